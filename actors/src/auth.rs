@@ -1,0 +1,199 @@
+//! The AuthToken actor: one cached token per (authority, tenant, client, audience), shared by
+//! every source that uses it, refreshed ahead of expiry, with one request in flight however many
+//! fetchers ask at once.
+
+use crate::http;
+use crate::secret::Secret;
+use crate::spec::{AuthSpec, TokenSpec};
+use crate::token::{self, AuthError, Token};
+use actix::prelude::*;
+use base64::Engine as _;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+/// Asks for the `Authorization` header value for a source.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<AuthHeader, AuthError>")]
+pub struct GetAuthHeader(pub AuthSpec);
+
+/// An `Authorization` header value (a secret: never logged).
+#[derive(Clone, Debug)]
+pub struct AuthHeader(pub Secret);
+
+/// The API refused a token (HTTP 401): drop it so the next request fetches a new one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InvalidateToken {
+    /// Whose token.
+    pub spec: TokenSpec,
+    /// The header that was refused; a newer token is kept.
+    pub refused: AuthHeader,
+}
+
+/// Counters for observability and tests.
+#[derive(Message)]
+#[rtype(result = "AuthStats")]
+pub struct GetAuthStats;
+
+/// What the AuthToken actor has done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthStats {
+    /// Tokens obtained.
+    pub tokens_fetched: u64,
+    /// Tokens dropped after a 401.
+    pub invalidations: u64,
+    /// Failed token requests.
+    pub failures: u64,
+}
+
+#[derive(Default)]
+struct Entry {
+    token: Option<Token>,
+    in_flight: bool,
+    waiters: Vec<oneshot::Sender<Result<Token, AuthError>>>,
+}
+
+/// The AuthToken actor.
+#[derive(Default)]
+pub struct AuthToken {
+    cache: HashMap<TokenSpec, Entry>,
+    stats: AuthStats,
+}
+
+impl Actor for AuthToken {
+    type Context = Context<Self>;
+}
+
+impl Supervised for AuthToken {}
+
+fn bearer(t: &Token) -> AuthHeader {
+    AuthHeader(Secret::new(format!("Bearer {}", t.value.expose())))
+}
+
+const TOKEN_ATTEMPTS: u32 = 4;
+
+impl AuthToken {
+    fn start_fetch(&mut self, spec: TokenSpec, secret: Secret, ctx: &mut Context<Self>) {
+        let entry = self.cache.entry(spec.clone()).or_default();
+        if entry.in_flight {
+            return;
+        }
+        entry.in_flight = true;
+        let spec2 = spec.clone();
+        let fut = async move {
+            let form = token::secret_form(&spec2, &secret);
+            let url = spec2.token_url();
+            let mut last = AuthError::Unavailable("no attempt".into());
+            for attempt in 0..TOKEN_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                }
+                let now = chrono::Utc::now();
+                match http::post_form(&url, &form, Some(Duration::from_secs(60))).await {
+                    Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
+                    Ok(r) => last = token::entra_error(r.status, &r.body, &spec2),
+                    Err(e) => {
+                        last = AuthError::Unavailable(format!("token request to {url} failed: {e}"))
+                    }
+                }
+                if matches!(last, AuthError::Rejected(_)) {
+                    break;
+                }
+                warn!(client_id = %spec2.client_id, attempt, error = %last, "token request failed, retrying");
+            }
+            Err(last)
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            let entry = act.cache.entry(spec.clone()).or_default();
+            entry.in_flight = false;
+            match &res {
+                Ok(t) => {
+                    act.stats.tokens_fetched += 1;
+                    info!(
+                        client_id = %spec.client_id,
+                        audience = %spec.audience,
+                        expires_in_secs = (t.expires_at - t.issued_at).num_seconds(),
+                        "token refreshed"
+                    );
+                    entry.token = Some(t.clone());
+                }
+                Err(e) => {
+                    act.stats.failures += 1;
+                    warn!(client_id = %spec.client_id, error = %e, "token request failed");
+                }
+            }
+            for w in entry.waiters.drain(..) {
+                let _ = w.send(res.clone());
+            }
+        }));
+    }
+}
+
+impl Handler<GetAuthHeader> for AuthToken {
+    type Result = ResponseFuture<Result<AuthHeader, AuthError>>;
+
+    fn handle(&mut self, msg: GetAuthHeader, ctx: &mut Context<Self>) -> Self::Result {
+        match msg.0 {
+            AuthSpec::Basic { username, password } => {
+                let raw = format!("{username}:{}", password.expose());
+                let header = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                );
+                Box::pin(async move { Ok(AuthHeader(Secret::new(header))) })
+            }
+            AuthSpec::ClientSecret { token: spec, secret } => {
+                let now = chrono::Utc::now();
+                let entry = self.cache.entry(spec.clone()).or_default();
+                if let Some(t) = &entry.token {
+                    if now < t.expires_at - chrono::Duration::seconds(1) {
+                        let header = bearer(t);
+                        if t.needs_refresh(now) {
+                            debug!(client_id = %spec.client_id, "refreshing token ahead of expiry");
+                            self.start_fetch(spec, secret, ctx);
+                        }
+                        return Box::pin(async move { Ok(header) });
+                    }
+                }
+                let (tx, rx) = oneshot::channel();
+                entry.waiters.push(tx);
+                self.start_fetch(spec, secret, ctx);
+                Box::pin(async move {
+                    match rx.await {
+                        Ok(Ok(t)) => Ok(bearer(&t)),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(AuthError::Unavailable("token actor stopped".into())),
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl Handler<InvalidateToken> for AuthToken {
+    type Result = ();
+
+    fn handle(&mut self, msg: InvalidateToken, _: &mut Context<Self>) {
+        if let Some(entry) = self.cache.get_mut(&msg.spec) {
+            if entry
+                .token
+                .as_ref()
+                .is_some_and(|t| bearer(t).0 == msg.refused.0)
+            {
+                entry.token = None;
+                self.stats.invalidations += 1;
+                info!(client_id = %msg.spec.client_id, "token refused by the API, dropped");
+            }
+        }
+    }
+}
+
+impl Handler<GetAuthStats> for AuthToken {
+    type Result = MessageResult<GetAuthStats>;
+
+    fn handle(&mut self, _: GetAuthStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats.clone())
+    }
+}

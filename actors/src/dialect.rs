@@ -1,0 +1,951 @@
+//! The two message trace API dialects: URLs, response pages, rows, timestamps and error bodies.
+//!
+//! Pure functions, no I/O. [`Api::Graph`] is Microsoft Graph
+//! (`/admin/exchange/tracing/messageTraces`, camelCase rows, absolute `@odata.nextLink`);
+//! [`Api::Reporting`] is the legacy Reporting Web Service (`reporting.svc/MessageTrace`, PascalCase
+//! rows, relative `odata.nextLink`, optionally the OData "verbose" envelope `{"d":…}`).
+//!
+//! Parsing is lenient about envelopes (each dialect accepts the other's next-link spelling and
+//! both JSON light and verbose) and strict about anything it cannot interpret: an unexpected
+//! shape is a [`DialectError`] with a one-line message, never a panic and never a silently empty
+//! page.
+//!
+//! # Examples
+//!
+//! ```
+//! use msgtrace_actors::dialect::Api;
+//! use url::Url;
+//!
+//! let request = Url::parse("https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace?$top=2").unwrap();
+//! let body = br#"{"value":[{"MessageTraceId":"t1","RecipientAddress":"a@b.c","Received":"2022-09-05T18:10:13.4907658"}],
+//!                 "odata.nextLink":"../../reportingwebservice/reporting.svc/MessageTrace?$top=2&$skiptoken=2"}"#;
+//! let page = Api::Reporting.parse_page(body, &request).unwrap();
+//! assert_eq!(page.rows.len(), 1);
+//! assert_eq!(Api::Reporting.row_identity(&page.rows[0]), Some(("t1".into(), "a@b.c".into())));
+//! assert_eq!(
+//!     page.next_link.unwrap().as_str(),
+//!     "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace?$top=2&$skiptoken=2"
+//! );
+//! ```
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::Value;
+use url::Url;
+
+/// How many characters of a response body (or of a value taken from it) an error message quotes.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// How many characters of a structured error message [`error_summary`] keeps.
+const MAX_SUMMARY_CHARS: usize = 300;
+
+/// Which message trace API a source talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    /// Microsoft Graph `admin/exchange/tracing/messageTraces` (current).
+    Graph,
+    /// The legacy Office 365 Reporting Web Service `reporting.svc/MessageTrace` (retiring).
+    Reporting,
+}
+
+/// One message trace row, as the API returned it (minus OData `__metadata`).
+pub type Row = serde_json::Map<String, Value>;
+
+/// One parsed response page.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The rows of this page, in the order the API returned them (newest first, per the docs).
+    pub rows: Vec<Row>,
+    /// The absolute URL of the next page, already resolved against the request URL; `None` on the
+    /// last page. A page may be empty and still have a next link: follow it.
+    pub next_link: Option<Url>,
+}
+
+/// A response body that is not a message trace page.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DialectError {
+    /// The body is empty (or only whitespace).
+    #[error("response body is empty (expected a JSON object with a `value` array)")]
+    EmptyBody,
+    /// The body is not JSON; `start` is [`error_summary`] of the body.
+    #[error("response is not JSON ({reason}); body starts: {start}")]
+    NotJson {
+        /// The JSON parser's complaint.
+        reason: String,
+        /// A one-line summary of the body (at most about 200 characters).
+        start: String,
+    },
+    /// The body is JSON but not an object.
+    #[error("response JSON is {found}, expected an object with a `value` array")]
+    NotAnObject {
+        /// What it is instead ("an array", "a string", …).
+        found: &'static str,
+    },
+    /// The body is a Microsoft error document although the status said success.
+    #[error("response is an error body, not a page: {summary}")]
+    ErrorBody {
+        /// [`error_summary`] of the body.
+        summary: String,
+    },
+    /// The body is a JSON object without any known row array.
+    #[error("response JSON has no `value` array (top-level keys: {keys})")]
+    NoValueArray {
+        /// The object's keys, comma-separated and shortened.
+        keys: String,
+    },
+    /// The row container exists but is not an array.
+    #[error("response field `{field}` is {found}, expected an array of rows")]
+    RowsNotAnArray {
+        /// Which field (`value`, `d`, `d.results`).
+        field: &'static str,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// An element of the row array is not an object.
+    #[error("row {index} of the response is {found}, expected a JSON object")]
+    RowNotAnObject {
+        /// Zero-based position in the row array.
+        index: usize,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// The next link is present but not a string.
+    #[error("response field `{field}` is {found}, expected a URL string")]
+    NextLinkNotAString {
+        /// Which field held it.
+        field: &'static str,
+        /// What it is instead.
+        found: &'static str,
+    },
+    /// The next link cannot be resolved to a URL.
+    #[error("nextLink `{link}` is not a valid URL: {reason}")]
+    InvalidNextLink {
+        /// The link as received (shortened).
+        link: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The next link resolves to the URL that was just requested: following it would loop.
+    #[error("nextLink `{link}` is the URL just requested; following it would loop forever")]
+    NextLinkLoops {
+        /// The resolved link (shortened).
+        link: String,
+    },
+}
+
+impl Api {
+    /// The URL of the first page for the inclusive window [`start`, `end_inclusive`].
+    ///
+    /// * Graph: `$filter=receivedDateTime ge <start> and receivedDateTime le <end>`.
+    /// * Reporting: `$filter=StartDate eq datetime'<start>' and EndDate eq datetime'<end>'`
+    ///   (no `$format`: JSON light is the default and [`Api::parse_page`] also reads verbose).
+    ///
+    /// Times are [`format_timestamp`] (7 fractional digits, `Z`), and `$top=page_size`.
+    /// Query parameters already in `base` are kept as they are, except `$filter`, `$top` and
+    /// `$skiptoken`, which this function owns and replaces. Spaces are encoded `%20`, quotes
+    /// `%27`; `$` and `:` stay literal. The fragment, if any, is dropped. The window is not
+    /// validated here (see [`Api::max_window`]).
+    pub fn first_page_url(
+        self,
+        base: &Url,
+        start: DateTime<Utc>,
+        end_inclusive: DateTime<Utc>,
+        page_size: u32,
+    ) -> Url {
+        let (start, end) = (format_timestamp(start), format_timestamp(end_inclusive));
+        let filter = match self {
+            Api::Graph => {
+                format!("receivedDateTime ge {start} and receivedDateTime le {end}")
+            }
+            Api::Reporting => {
+                format!("StartDate eq datetime'{start}' and EndDate eq datetime'{end}'")
+            }
+        };
+        let owned = ["$filter", "$top", "$skiptoken"];
+        let mut parts: Vec<String> = base
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|part| !part.is_empty())
+            .filter(|part| {
+                let key = url::form_urlencoded::parse(part.as_bytes())
+                    .next()
+                    .map(|(k, _)| k.into_owned())
+                    .unwrap_or_default();
+                !owned.contains(&key.as_str())
+            })
+            .map(str::to_owned)
+            .collect();
+        parts.push(format!("$filter={}", encode_query_value(&filter)));
+        parts.push(format!("$top={page_size}"));
+        let mut url = base.clone();
+        url.set_fragment(None);
+        url.set_query(Some(&parts.join("&")));
+        url
+    }
+
+    /// Parses a 200 response body into rows and the next page's URL.
+    ///
+    /// Accepted envelopes (on both dialects): `{"value":[…]}` with `@odata.nextLink` or
+    /// `odata.nextLink` (absolute or relative), and OData verbose `{"d":{"results":[…],"__next":…}}`
+    /// or `{"d":[…]}`. A relative next link is resolved against `request_url` (RFC 3986). Each
+    /// row's `__metadata` object is dropped: it is OData envelope (entity URI and type), not trace
+    /// data. An empty or null next link means "last page". An error document (`{"error":…}`,
+    /// `{"odata.error":…}`, `{"ErrorCode":…}`) is reported as [`DialectError::ErrorBody`] even
+    /// under status 200.
+    pub fn parse_page(self, body: &[u8], request_url: &Url) -> Result<Page, DialectError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(DialectError::EmptyBody);
+        }
+        let json: Value = serde_json::from_slice(body).map_err(|e| DialectError::NotJson {
+            reason: e.to_string(),
+            start: error_summary(body),
+        })?;
+        let Value::Object(top) = json else {
+            return Err(DialectError::NotAnObject {
+                found: describe(&json),
+            });
+        };
+
+        let (rows, verbose_next) = if let Some(value) = top.get("value") {
+            (rows_of("value", value)?, None)
+        } else if let Some(d) = top.get("d") {
+            match d {
+                Value::Array(_) => (rows_of("d", d)?, None),
+                Value::Object(inner) => match inner.get("results") {
+                    Some(results) => (rows_of("d.results", results)?, inner.get("__next")),
+                    None => {
+                        return Err(DialectError::NoValueArray {
+                            keys: format!("d.{{{}}}", key_list(inner)),
+                        })
+                    }
+                },
+                other => {
+                    return Err(DialectError::RowsNotAnArray {
+                        field: "d",
+                        found: describe(other),
+                    })
+                }
+            }
+        } else if ["error", "odata.error", "ErrorCode"]
+            .iter()
+            .any(|k| top.contains_key(*k))
+        {
+            return Err(DialectError::ErrorBody {
+                summary: error_summary(body),
+            });
+        } else {
+            return Err(DialectError::NoValueArray {
+                keys: key_list(&top),
+            });
+        };
+
+        let link = [
+            ("@odata.nextLink", top.get("@odata.nextLink")),
+            ("odata.nextLink", top.get("odata.nextLink")),
+            ("__next", top.get("__next")),
+            ("d.__next", verbose_next),
+        ]
+        .into_iter()
+        .find_map(|(field, value)| value.map(|v| (field, v)));
+        let next_link = match link {
+            None | Some((_, Value::Null)) => None,
+            Some((_, Value::String(s))) if s.trim().is_empty() => None,
+            Some((_, Value::String(s))) => Some(resolve_next_link(s.trim(), request_url)?),
+            Some((field, other)) => {
+                return Err(DialectError::NextLinkNotAString {
+                    field,
+                    found: describe(other),
+                })
+            }
+        };
+        Ok(Page { rows, next_link })
+    }
+
+    /// Name of the row field holding the received time: Graph `receivedDateTime`, Reporting
+    /// `Received`.
+    pub fn time_field(self) -> &'static str {
+        match self {
+            Api::Graph => "receivedDateTime",
+            Api::Reporting => "Received",
+        }
+    }
+
+    /// Names of the row fields that identify a row: (trace id, recipient). Graph `id` +
+    /// `recipientAddress`, Reporting `MessageTraceId` + `RecipientAddress`.
+    pub fn identity_fields(self) -> (&'static str, &'static str) {
+        match self {
+            Api::Graph => ("id", "recipientAddress"),
+            Api::Reporting => ("MessageTraceId", "RecipientAddress"),
+        }
+    }
+
+    /// The row's received time, parsed with [`parse_timestamp`]; `None` if missing or unreadable.
+    pub fn row_time(self, row: &Row) -> Option<DateTime<Utc>> {
+        row.get(self.time_field())
+            .and_then(Value::as_str)
+            .and_then(parse_timestamp)
+    }
+
+    /// The row's identity (trace id, recipient), verbatim; `None` unless both fields are
+    /// non-empty strings. The same identity can come back later with a new status (an update).
+    pub fn row_identity(self, row: &Row) -> Option<(String, String)> {
+        let (id_field, recipient_field) = self.identity_fields();
+        let field = |name: &str| {
+            row.get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Some((field(id_field)?, field(recipient_field)?))
+    }
+
+    /// The largest `$top` the API accepts: Graph 5000 (documented), Reporting 2000 (folklore).
+    pub fn max_page_size(self) -> u32 {
+        match self {
+            Api::Graph => 5000,
+            Api::Reporting => 2000,
+        }
+    }
+
+    /// The longest window one query may cover: 10 days. Documented for Graph; for Reporting it is
+    /// folklore (collectors report "≤ 10 days back", one documents ≤ 200 h per query).
+    pub fn max_window(self) -> chrono::Duration {
+        chrono::Duration::days(10)
+    }
+}
+
+/// Parses a timestamp in any shape seen in real responses, as UTC:
+///
+/// * `2022-09-05T18:10:13.4907658` (no zone: UTC; up to 9 fractional digits; `T` or space),
+/// * `2024-07-09T13:10:13.4907658Z`, `2026-01-21T14:12:34Z`, `…+02:00` (converted to UTC),
+/// * `/Date(1659020996164)/` (milliseconds since the epoch), also with literal backslashes
+///   `\/Date(…)\/` and with a zone suffix `/Date(1659020996164+0000)/` (the milliseconds are
+///   UTC already; the suffix is informational and ignored).
+///
+/// Returns `None` for anything else.
+pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if s.contains("Date(") {
+        return parse_ms_date(s);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|fmt| NaiveDateTime::parse_from_str(s, fmt).ok())
+    .map(|t| t.and_utc())
+}
+
+/// Parses the Microsoft JSON date `/Date(ms[+hhmm])/`, tolerating escaped slashes.
+fn parse_ms_date(s: &str) -> Option<DateTime<Utc>> {
+    let inner = s
+        .trim_matches(|c| c == '/' || c == '\\')
+        .strip_prefix("Date(")?
+        .strip_suffix(')')?;
+    // The sign of the number may be `-`; a zone suffix starts at a later `+` or `-`.
+    let zone_at = inner
+        .char_indices()
+        .skip(1)
+        .find(|&(_, c)| c == '+' || c == '-')
+        .map(|(i, _)| i);
+    let (millis, zone) = match zone_at {
+        Some(i) => inner.split_at(i),
+        None => (inner, ""),
+    };
+    let zone_ok =
+        zone.is_empty() || (zone.len() == 5 && zone[1..].bytes().all(|b| b.is_ascii_digit()));
+    let digits = millis.strip_prefix('-').unwrap_or(millis);
+    if !zone_ok || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    DateTime::from_timestamp_millis(millis.parse().ok()?)
+}
+
+/// Formats a time as the APIs expect: RFC 3339 with 7 fractional digits and `Z`
+/// (`2026-01-20T23:59:59.9999999Z`). Sub-100 ns precision is truncated.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    // A leap second is represented with nanoseconds ≥ 1e9; keep it within 7 digits.
+    let ticks = t.timestamp_subsec_nanos().min(999_999_999) / 100;
+    format!("{}.{ticks:07}Z", t.format("%Y-%m-%dT%H:%M:%S"))
+}
+
+/// Summarises a Microsoft error body in one line, for logs and error messages.
+///
+/// * Graph `{"error":{"code":"BadRequest","message":"…"}}` → `BadRequest: …`
+/// * Entra ID `{"error":"invalid_client","error_description":"AADSTS…"}` → `invalid_client: AADSTS…`
+/// * Reporting `{"ErrorCode":"","Message":"…"}` → `…` (`code: …` when the code is not empty)
+/// * OData v3 `{"odata.error":{"code":…,"message":{"value":"…"}}}` → `code: …`
+/// * HTML → the text of its `<title>`
+/// * anything else → its first 200 characters; an empty body → `(empty body)`.
+///
+/// Whitespace runs (including newlines) become single spaces; structured messages are cut at
+/// 300 characters.
+pub fn error_summary(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if text.trim().is_empty() {
+        return "(empty body)".to_owned();
+    }
+    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(&text) {
+        if let Some(summary) = json_error_summary(&obj) {
+            return shorten(&one_line(&summary), MAX_SUMMARY_CHARS);
+        }
+    }
+    if let Some(title) = html_title(&text) {
+        return shorten(&title, MAX_SUMMARY_CHARS);
+    }
+    shorten(&one_line(&text), MAX_QUOTED_CHARS)
+}
+
+/// `code: message`, or just the message when the code is missing or empty.
+fn code_and_message(code: Option<&Value>, message: Option<&Value>) -> Option<String> {
+    let message = message.and_then(Value::as_str).map(str::trim)?;
+    match code.and_then(Value::as_str).map(str::trim) {
+        Some(code) if !code.is_empty() => Some(format!("{code}: {message}")),
+        _ => Some(message.to_owned()),
+    }
+}
+
+/// The summary of the known JSON error shapes, if `obj` is one.
+fn json_error_summary(obj: &serde_json::Map<String, Value>) -> Option<String> {
+    match obj.get("error") {
+        // Graph / OData v4.
+        Some(Value::Object(err)) => {
+            return code_and_message(err.get("code"), err.get("message"))
+                .or_else(|| err.get("code").and_then(Value::as_str).map(str::to_owned));
+        }
+        // Entra ID token endpoint.
+        Some(Value::String(err)) => {
+            return Some(
+                code_and_message(obj.get("error"), obj.get("error_description"))
+                    .unwrap_or_else(|| err.clone()),
+            );
+        }
+        _ => {}
+    }
+    // OData v3 (Reporting Web Service in JSON light).
+    if let Some(Value::Object(err)) = obj.get("odata.error") {
+        let message = match err.get("message") {
+            Some(Value::Object(m)) => m.get("value"),
+            other => other,
+        };
+        return code_and_message(err.get("code"), message);
+    }
+    // Reporting Web Service plain error.
+    code_and_message(obj.get("ErrorCode"), obj.get("Message"))
+}
+
+/// The text of an HTML document's `<title>`, with the common entities decoded.
+fn html_title(text: &str) -> Option<String> {
+    // ASCII lowercasing keeps byte offsets identical to `text`.
+    let lower = text.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let content_start = open + lower[open..].find('>')? + 1;
+    let content_end = content_start + lower[content_start..].find("</title")?;
+    let title = one_line(&text[content_start..content_end])
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    (!title.is_empty()).then_some(title)
+}
+
+/// Collapses every whitespace run (newlines included) into one space and trims.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Cuts `s` to `max` characters, marking the cut with `…`.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
+
+/// "an array", "a string", … for error messages.
+fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The keys of an object, comma-separated, shortened for an error message.
+fn key_list(obj: &serde_json::Map<String, Value>) -> String {
+    if obj.is_empty() {
+        return "none".to_owned();
+    }
+    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    shorten(&keys.join(", "), MAX_QUOTED_CHARS)
+}
+
+/// The rows of a row array, each with its `__metadata` removed.
+fn rows_of(field: &'static str, value: &Value) -> Result<Vec<Row>, DialectError> {
+    let Value::Array(items) = value else {
+        return Err(DialectError::RowsNotAnArray {
+            field,
+            found: describe(value),
+        });
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| match item {
+            Value::Object(row) => {
+                let mut row = row.clone();
+                row.remove("__metadata");
+                Ok(row)
+            }
+            other => Err(DialectError::RowNotAnObject {
+                index,
+                found: describe(other),
+            }),
+        })
+        .collect()
+}
+
+/// Resolves a next link against the request URL and checks that it can be followed.
+fn resolve_next_link(link: &str, request_url: &Url) -> Result<Url, DialectError> {
+    let invalid = |reason: String| DialectError::InvalidNextLink {
+        link: shorten(link, MAX_QUOTED_CHARS),
+        reason,
+    };
+    let url = request_url.join(link).map_err(|e| invalid(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "scheme `{}` is not http or https",
+            shorten(url.scheme(), 20)
+        )));
+    }
+    if url == *request_url {
+        return Err(DialectError::NextLinkLoops {
+            link: shorten(url.as_str(), MAX_QUOTED_CHARS),
+        });
+    }
+    Ok(url)
+}
+
+/// Percent-encodes a query value: unreserved characters and `$ : , / @` stay literal, a space is
+/// `%20`, everything else (including `'`, `+`, `&`, `=`, `#`) is `%XX`.
+fn encode_query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~$:,/@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Timelike};
+    use proptest::prelude::*;
+
+    const RWS: &str =
+        "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace";
+    const GRAPH: &str = "https://graph.microsoft.com/v1.0/admin/exchange/tracing/messageTraces";
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    fn day() -> (DateTime<Utc>, DateTime<Utc>) {
+        let start = Utc.with_ymd_and_hms(2026, 1, 20, 0, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 1, 20, 23, 59, 59).unwrap()
+            + chrono::Duration::nanoseconds(999_999_999);
+        (start, end)
+    }
+
+    #[test]
+    fn graph_first_page_url() {
+        let (start, end) = day();
+        let u = Api::Graph.first_page_url(&url(GRAPH), start, end, 5000);
+        assert_eq!(
+            u.as_str(),
+            format!(
+                "{GRAPH}?$filter=receivedDateTime%20ge%202026-01-20T00:00:00.0000000Z%20and%20\
+                 receivedDateTime%20le%202026-01-20T23:59:59.9999999Z&$top=5000"
+            )
+        );
+        let pairs: Vec<(String, String)> = u.query_pairs().into_owned().collect();
+        assert_eq!(
+            pairs,
+            vec![
+                (
+                    "$filter".into(),
+                    "receivedDateTime ge 2026-01-20T00:00:00.0000000Z and receivedDateTime le \
+                     2026-01-20T23:59:59.9999999Z"
+                        .into()
+                ),
+                ("$top".into(), "5000".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn reporting_first_page_url_keeps_other_params() {
+        let (start, end) = day();
+        let base = url(&format!("{RWS}?tenant=a%20b&$top=9&$filter=old&x=1#frag"));
+        let u = Api::Reporting.first_page_url(&base, start, end, 2000);
+        assert_eq!(
+            u.as_str(),
+            format!(
+                "{RWS}?tenant=a%20b&x=1&$filter=StartDate%20eq%20datetime%272026-01-20T00:00:00.0000000Z%27\
+                 %20and%20EndDate%20eq%20datetime%272026-01-20T23:59:59.9999999Z%27&$top=2000"
+            )
+        );
+        let filter = u
+            .query_pairs()
+            .find(|(k, _)| k == "$filter")
+            .map(|(_, v)| v.into_owned())
+            .unwrap();
+        assert_eq!(
+            filter,
+            "StartDate eq datetime'2026-01-20T00:00:00.0000000Z' and EndDate eq \
+             datetime'2026-01-20T23:59:59.9999999Z'"
+        );
+    }
+
+    #[test]
+    fn timestamps_round_trip_format() {
+        let t = Utc.with_ymd_and_hms(2024, 7, 9, 13, 10, 13).unwrap()
+            + chrono::Duration::nanoseconds(490_765_899);
+        assert_eq!(format_timestamp(t), "2024-07-09T13:10:13.4907658Z");
+        assert_eq!(
+            parse_timestamp("2024-07-09T13:10:13.4907658Z")
+                .unwrap()
+                .nanosecond(),
+            490_765_800
+        );
+        let whole = Utc.with_ymd_and_hms(2026, 1, 21, 14, 12, 34).unwrap();
+        assert_eq!(format_timestamp(whole), "2026-01-21T14:12:34.0000000Z");
+    }
+
+    #[test]
+    fn timestamp_shapes() {
+        let t = |y, mo, d, h, mi, s, ns| {
+            Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap() + chrono::Duration::nanoseconds(ns)
+        };
+        let p = |s: &str| parse_timestamp(s);
+        assert_eq!(
+            p("2022-09-05T18:10:13.4907658"),
+            Some(t(2022, 9, 5, 18, 10, 13, 490_765_800))
+        );
+        assert_eq!(p("2022-09-05T18:10:13"), Some(t(2022, 9, 5, 18, 10, 13, 0)));
+        assert_eq!(
+            p("2022-09-05 18:10:13.5"),
+            Some(t(2022, 9, 5, 18, 10, 13, 500_000_000))
+        );
+        assert_eq!(
+            p("2026-01-21T14:12:34Z"),
+            Some(t(2026, 1, 21, 14, 12, 34, 0))
+        );
+        assert_eq!(
+            p("2026-01-21T16:12:34+02:00"),
+            Some(t(2026, 1, 21, 14, 12, 34, 0))
+        );
+        assert_eq!(
+            p("2026-01-21T14:12:34+00:00"),
+            Some(t(2026, 1, 21, 14, 12, 34, 0))
+        );
+        let ms = Some(t(2022, 7, 28, 15, 9, 56, 164_000_000));
+        assert_eq!(p("/Date(1659020996164)/"), ms);
+        assert_eq!(p(r"\/Date(1659020996164)\/"), ms);
+        assert_eq!(p("/Date(1659020996164+0000)/"), ms);
+        assert_eq!(p("/Date(1659020996164-0500)/"), ms);
+        assert_eq!(p(" /Date(0)/ "), Some(t(1970, 1, 1, 0, 0, 0, 0)));
+        assert_eq!(p("/Date(-1000)/"), Some(t(1969, 12, 31, 23, 59, 59, 0)));
+        for bad in [
+            "",
+            "x",
+            "/Date()/",
+            "/Date(abc)/",
+            "/Date(1+00)/",
+            "/Date(99999999999999999999)/",
+            "2022-13-01T00:00:00",
+            "2022-09-05",
+            "Date(",
+            "/Date(1",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn graph_page_with_absolute_next_link() {
+        let body = br#"{"@odata.context":"x","value":[{"id":"a","recipientAddress":"r@x","receivedDateTime":"2026-01-21T14:12:34Z"}],
+                        "@odata.nextLink":"https://graph.microsoft.com/v1.0/admin/exchange/tracing/messageTraces?$skiptoken=abc"}"#;
+        let page = Api::Graph.parse_page(body, &url(GRAPH)).unwrap();
+        assert_eq!(page.rows.len(), 1);
+        assert_eq!(
+            Api::Graph.row_identity(&page.rows[0]),
+            Some(("a".into(), "r@x".into()))
+        );
+        assert_eq!(
+            Api::Graph.row_time(&page.rows[0]),
+            Some(Utc.with_ymd_and_hms(2026, 1, 21, 14, 12, 34).unwrap())
+        );
+        assert_eq!(
+            page.next_link.unwrap().as_str(),
+            format!("{GRAPH}?$skiptoken=abc")
+        );
+    }
+
+    #[test]
+    fn reporting_relative_next_link() {
+        let request = url(&format!("{RWS}?$filter=x&$top=1000"));
+        let body = br#"{"odata.metadata":"m","value":[],"odata.nextLink":"../../reportingwebservice/reporting.svc/MessageTrace?$top=1000&$skiptoken=1000"}"#;
+        let page = Api::Reporting.parse_page(body, &request).unwrap();
+        assert!(page.rows.is_empty());
+        assert_eq!(
+            page.next_link.unwrap().as_str(),
+            format!("{RWS}?$top=1000&$skiptoken=1000")
+        );
+        // Either spelling, on either dialect.
+        let body = br#"{"value":[],"@odata.nextLink":"?$skiptoken=5"}"#;
+        let page = Api::Reporting.parse_page(body, &request).unwrap();
+        assert_eq!(
+            page.next_link.unwrap().as_str(),
+            format!("{RWS}?$skiptoken=5")
+        );
+    }
+
+    #[test]
+    fn verbose_envelopes() {
+        let body = br#"{"d":{"results":[{"__metadata":{"uri":"u"},"MessageTraceId":"t","RecipientAddress":"r","Received":"\/Date(1659020996164)\/"}],"__next":"https://reports.office365.com/next?$skiptoken=1"}}"#;
+        let page = Api::Reporting.parse_page(body, &url(RWS)).unwrap();
+        assert_eq!(page.rows.len(), 1);
+        assert!(!page.rows[0].contains_key("__metadata"));
+        assert_eq!(
+            page.next_link.unwrap().as_str(),
+            "https://reports.office365.com/next?$skiptoken=1"
+        );
+        assert_eq!(
+            Api::Reporting.row_time(&page.rows[0]),
+            DateTime::from_timestamp_millis(1659020996164)
+        );
+        let page = Api::Reporting
+            .parse_page(
+                br#"{"d":[{"__metadata":{},"MessageTraceId":"t"}]}"#,
+                &url(RWS),
+            )
+            .unwrap();
+        assert_eq!(page.rows.len(), 1);
+        assert_eq!(page.rows[0].len(), 1);
+        assert_eq!(page.next_link, None);
+    }
+
+    #[test]
+    fn last_page_variants() {
+        for body in [
+            r#"{"value":[]}"#,
+            r#"{"value":[],"@odata.nextLink":null}"#,
+            r#"{"value":[],"odata.nextLink":""}"#,
+        ] {
+            let page = Api::Graph.parse_page(body.as_bytes(), &url(GRAPH)).unwrap();
+            assert_eq!(page, Page::default(), "{body}");
+        }
+    }
+
+    #[test]
+    fn unexpected_shapes_have_clear_errors() {
+        let err = |body: &str| {
+            Api::Graph
+                .parse_page(body.as_bytes(), &url(GRAPH))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(""),
+            "response body is empty (expected a JSON object with a `value` array)"
+        );
+        assert_eq!(
+            err("<title>401 - Unauthorized</title>"),
+            "response is not JSON (expected value at line 1 column 1); body starts: 401 - Unauthorized"
+        );
+        assert_eq!(
+            err("[1]"),
+            "response JSON is an array, expected an object with a `value` array"
+        );
+        assert_eq!(
+            err(r#"{"odata.metadata":"m","values":[]}"#),
+            "response JSON has no `value` array (top-level keys: odata.metadata, values)"
+        );
+        assert_eq!(
+            err("{}"),
+            "response JSON has no `value` array (top-level keys: none)"
+        );
+        assert_eq!(
+            err(r#"{"d":{"x":1}}"#),
+            "response JSON has no `value` array (top-level keys: d.{x})"
+        );
+        assert_eq!(
+            err(r#"{"value":{}}"#),
+            "response field `value` is an object, expected an array of rows"
+        );
+        assert_eq!(
+            err(r#"{"d":"x"}"#),
+            "response field `d` is a string, expected an array of rows"
+        );
+        assert_eq!(
+            err(r#"{"value":[{},3]}"#),
+            "row 1 of the response is a number, expected a JSON object"
+        );
+        assert_eq!(
+            err(r#"{"value":[],"@odata.nextLink":7}"#),
+            "response field `@odata.nextLink` is a number, expected a URL string"
+        );
+        assert_eq!(
+            err(r#"{"value":[],"@odata.nextLink":"http://[::1"}"#),
+            "nextLink `http://[::1` is not a valid URL: invalid IPv6 address"
+        );
+        assert_eq!(
+            err(r#"{"value":[],"@odata.nextLink":"javascript:alert(1)"}"#),
+            "nextLink `javascript:alert(1)` is not a valid URL: scheme `javascript` is not http or https"
+        );
+        assert_eq!(
+            err(&format!(r#"{{"value":[],"@odata.nextLink":"{GRAPH}"}}"#)),
+            format!(
+                "nextLink `{GRAPH}` is the URL just requested; following it would loop forever"
+            )
+        );
+        assert_eq!(
+            err(r#"{"error":{"code":"Forbidden","message":"Missing role"}}"#),
+            "response is an error body, not a page: Forbidden: Missing role"
+        );
+        let long = format!(
+            r#"{{"value":[],"@odata.nextLink":"http://[{}"}}"#,
+            "a".repeat(5000)
+        );
+        assert!(err(&long).len() < 400);
+        let long = format!(
+            r#"{{{}}}"#,
+            (0..500)
+                .map(|i| format!(r#""k{i}":1"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(err(&long).len() < 400);
+    }
+
+    #[test]
+    fn rows_without_identity_or_time() {
+        let row: Row =
+            serde_json::from_str(r#"{"id":"a","recipientAddress":"","receivedDateTime":"soon"}"#)
+                .unwrap();
+        assert_eq!(Api::Graph.row_identity(&row), None);
+        assert_eq!(Api::Graph.row_time(&row), None);
+        assert_eq!(Api::Reporting.row_identity(&row), None);
+    }
+
+    #[test]
+    fn error_summaries() {
+        let s = |b: &str| error_summary(b.as_bytes());
+        assert_eq!(
+            s(
+                r#"{"error":{"code":"Unauthorized","message":"Service principal-less Authentication failed"}}"#
+            ),
+            "Unauthorized: Service principal-less Authentication failed"
+        );
+        assert_eq!(
+            s(
+                r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: 1"}"#
+            ),
+            "invalid_client: AADSTS7000215: Invalid client secret provided. Trace ID: 1"
+        );
+        assert_eq!(s(r#"{"error":"invalid_client"}"#), "invalid_client");
+        assert_eq!(
+            s(r#"{"ErrorCode":"","Message":"No permission."}"#),
+            "No permission."
+        );
+        assert_eq!(
+            s(r#"{"ErrorCode":"E1","Message":"No permission."}"#),
+            "E1: No permission."
+        );
+        assert_eq!(
+            s(r#"{"odata.error":{"code":"","message":{"lang":"en-US","value":"Bad filter"}}}"#),
+            "Bad filter"
+        );
+        assert_eq!(
+            s(r#"{"odata.error":{"code":"C","message":"Bad filter"}}"#),
+            "C: Bad filter"
+        );
+        assert_eq!(
+            s("<html><head><TITLE>\n  Bad &amp; worse\n</TITLE></head></html>"),
+            "Bad & worse"
+        );
+        assert_eq!(s(" \n "), "(empty body)");
+        assert_eq!(s("plain\ntext"), "plain text");
+        assert_eq!(s(r#"{"other":1}"#), r#"{"other":1}"#);
+        let long = "é".repeat(1000);
+        assert_eq!(s(&long), format!("{}…", "é".repeat(200)));
+        let long = format!(
+            r#"{{"error":{{"code":"c","message":"{}"}}}}"#,
+            "m".repeat(1000)
+        );
+        assert_eq!(s(&long).chars().count(), 301);
+    }
+
+    #[test]
+    fn api_constants_and_serde() {
+        assert_eq!(Api::Graph.max_page_size(), 5000);
+        assert_eq!(Api::Reporting.max_page_size(), 2000);
+        assert_eq!(Api::Graph.max_window(), chrono::Duration::days(10));
+        assert_eq!(Api::Reporting.max_window(), chrono::Duration::days(10));
+        assert_eq!(
+            serde_json::to_string(&Api::Reporting).unwrap(),
+            "\"reporting\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Api>("\"graph\"").unwrap(),
+            Api::Graph
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_page_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Api::Graph.parse_page(&body, &url(GRAPH));
+            let _ = Api::Reporting.parse_page(&body, &url(RWS));
+            let _ = error_summary(&body);
+        }
+
+        #[test]
+        fn parse_page_never_panics_on_json_like(body in r#"[\[\]{}":,a-z0-9 .@/\\?$=&_-]{0,120}"#) {
+            let _ = Api::Reporting.parse_page(body.as_bytes(), &url(RWS));
+            let _ = error_summary(body.as_bytes());
+        }
+
+        #[test]
+        fn next_links_never_panic(link in "\\PC{0,60}") {
+            let body = serde_json::json!({"value": [], "odata.nextLink": link}).to_string();
+            let _ = Api::Reporting.parse_page(body.as_bytes(), &url(RWS));
+        }
+
+        #[test]
+        fn parse_timestamp_never_panics(s in "\\PC{0,40}") {
+            let _ = parse_timestamp(&s);
+        }
+
+        #[test]
+        fn format_then_parse_is_exact_to_100ns(secs in 0i64..7_258_118_400, ticks in 0u32..10_000_000) {
+            let t = DateTime::from_timestamp(secs, ticks * 100).unwrap();
+            prop_assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! The Fetcher actor: runs a source's jobs. It plans the window, requests pages, follows next
+//! links, turns rows into events, hands each page to the sinks, and commits the checkpoint.
+//!
+//! The order for each page is fixed and is the delivery guarantee:
+//! fetch → parse → deliver to every sink → every sink acknowledges → write checkpoint and job
+//! record (one sled transaction) → `flush_async().await` → fetch the next page.
+//! A crash anywhere before the flush completes means the page is fetched again on restart
+//! (a duplicate, never a loss); a crash after it means the page is not fetched again.
+
+use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
+use crate::dialect::{self, Api, Page};
+use crate::event::{Batch, Event, EventMeta};
+use crate::http::{self, HttpError};
+use crate::retry::Failure;
+use crate::sink::Deliver;
+use crate::spec::{AuthSpec, SourceSpec};
+use crate::window::{self, SliceTask};
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use msgtrace_storage::{Checkpoint, InFlight, JobKind, JobRecord, JobState, Store, TaskRecord};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tracing::{debug, info, warn, Instrument};
+
+/// What a Fetcher needs to run jobs.
+pub struct FetcherEnv {
+    /// The source.
+    pub spec: SourceSpec,
+    /// The state directory.
+    pub store: Store,
+    /// Where tokens come from.
+    pub auth: Addr<AuthToken>,
+    /// The sinks that take this source's events.
+    pub sinks: Vec<Recipient<Deliver>>,
+    /// Told when a job ends.
+    pub supervisor: Recipient<JobFinished>,
+    /// Called after each page commit (instrumentation and fault injection).
+    pub page_hook: Option<crate::supervisor::PageHook>,
+}
+
+/// Start a job now.
+#[derive(Message)]
+#[rtype(result = "RunReply")]
+pub struct RunJob {
+    /// Why it runs.
+    pub kind: JobKind,
+    /// `job_timeout`: cancel the job (state saved) after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Answer to [`RunJob`].
+#[derive(Debug, Clone, PartialEq, Eq, MessageResponse)]
+pub enum RunReply {
+    /// The job started with this id.
+    Started(String),
+    /// A job of this source is still running: the request was skipped.
+    AlreadyRunning,
+}
+
+/// Stop after the page in flight (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Cancel;
+
+/// Sent to the supervisor when a job ends, whatever the outcome.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct JobFinished {
+    /// The source.
+    pub source: String,
+    /// The outcome.
+    pub summary: JobSummary,
+}
+
+/// A job's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSummary {
+    /// The job id.
+    pub job_id: String,
+    /// How it ended.
+    pub state: JobState,
+    /// Pages delivered.
+    pub pages: u64,
+    /// Events delivered.
+    pub rows: u64,
+    /// Rows dropped by the time filter.
+    pub dropped: u64,
+    /// The error that ended it.
+    pub error: Option<String>,
+    /// The window the job covered (start inclusive, end exclusive), when it had one.
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// The Fetcher actor (one per source).
+pub struct Fetcher {
+    env: Rc<FetcherEnv>,
+    cancel: Option<watch::Sender<bool>>,
+}
+
+impl Fetcher {
+    /// A fetcher for one source.
+    pub fn new(env: FetcherEnv) -> Fetcher {
+        Fetcher {
+            env: Rc::new(env),
+            cancel: None,
+        }
+    }
+}
+
+impl Actor for Fetcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<RunJob> for Fetcher {
+    type Result = RunReply;
+
+    fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> RunReply {
+        if self.cancel.is_some() {
+            return RunReply::AlreadyRunning;
+        }
+        let (tx, rx) = watch::channel(false);
+        self.cancel = Some(tx);
+        let now = Utc::now();
+        let job_id = format!("{}-{}", self.env.spec.id, now.format("%Y%m%dT%H%M%S%.3fZ"));
+        let deadline = msg.timeout.map(|t| Instant::now() + t);
+        let span = tracing::info_span!("job", source = %self.env.spec.id, job = %job_id);
+        let fut = collect(self.env.clone(), job_id.clone(), msg.kind, rx, deadline).instrument(span);
+        ctx.spawn(fut.into_actor(self).map(|summary, act, _| {
+            act.cancel = None;
+            act.env.supervisor.do_send(JobFinished {
+                source: act.env.spec.id.clone(),
+                summary,
+            });
+        }));
+        RunReply::Started(job_id)
+    }
+}
+
+impl Handler<Cancel> for Fetcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Cancel, _: &mut Context<Self>) {
+        if let Some(tx) = &self.cancel {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// Runs one job to its end. Never panics on bad input; every failure ends up in the summary and
+/// the job record, and the checkpoint never moves past an undelivered page.
+pub async fn collect(
+    env: Rc<FetcherEnv>,
+    job_id: String,
+    kind: JobKind,
+    cancel: watch::Receiver<bool>,
+    deadline: Option<Instant>,
+) -> JobSummary {
+    let spec = &env.spec;
+    let now = Utc::now();
+    let mut job = JobRecord::new(&spec.id, &job_id, kind, now);
+    let mut cp = match env.store.checkpoint(&spec.id) {
+        Ok(c) => c.unwrap_or(Checkpoint {
+            cursor: None,
+            in_flight: None,
+            pages_total: 0,
+            rows_total: 0,
+            updated_at: now,
+        }),
+        Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
+    };
+    let tasks = window::plan(&spec.window, Some(&cp), now);
+    job.window_start = tasks.first().map(|t| t.start);
+    job.window_end = tasks.last().map(|t| t.end);
+    job.tasks = tasks
+        .iter()
+        .map(|t| TaskRecord {
+            start: t.start,
+            end: t.end,
+            state: JobState::Pending,
+            pages: t.pages,
+            rows: t.rows,
+            dropped: 0,
+            retries: 0,
+            error: None,
+        })
+        .collect();
+    if let Err(e) = env.store.put_job(&job) {
+        return end_job(&env, job, JobState::Failed, Some(e.to_string())).await;
+    }
+    if tasks.is_empty() {
+        debug!("nothing due: the window is empty");
+    } else {
+        info!(
+            slices = tasks.len(),
+            start = %tasks[0].start,
+            end = %tasks[tasks.len() - 1].end,
+            "collecting"
+        );
+    }
+    for (i, task) in tasks.iter().enumerate() {
+        job.tasks[i].state = JobState::Running;
+        match collect_slice(&env, &mut job, i, task, &mut cp, &cancel, deadline).await {
+            Ok(()) => {
+                job.tasks[i].state = JobState::Succeeded;
+                info!(
+                    slice_start = %task.start,
+                    slice_end = %task.end,
+                    pages = job.tasks[i].pages,
+                    rows = job.tasks[i].rows,
+                    "slice complete"
+                );
+            }
+            Err(Stop::Cancelled(why)) => {
+                job.tasks[i].state = JobState::Cancelled;
+                return end_job(&env, job, JobState::Cancelled, why).await;
+            }
+            Err(Stop::Failed(e)) => {
+                warn!(error = %e, "job failed; the next run resumes from the last delivered page");
+                job.tasks[i].state = JobState::Failed;
+                job.tasks[i].error = Some(e.clone());
+                return end_job(&env, job, JobState::Failed, Some(e)).await;
+            }
+        }
+    }
+    end_job(&env, job, JobState::Succeeded, None).await
+}
+
+enum Stop {
+    Cancelled(Option<String>),
+    Failed(String),
+}
+
+async fn end_job(
+    env: &FetcherEnv,
+    mut job: JobRecord,
+    state: JobState,
+    error: Option<String>,
+) -> JobSummary {
+    if let Some(e) = &error {
+        job.errors.push(e.clone());
+    }
+    job.finish(state, Utc::now());
+    let mut error = error;
+    let saved = match env.store.put_job(&job) {
+        Ok(()) => env.store.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = saved {
+        warn!(error = %e, "could not save the job record");
+        error.get_or_insert_with(|| e.to_string());
+    }
+    info!(state = ?state, pages = job.pages, rows = job.rows, dropped = job.dropped, "job finished");
+    JobSummary {
+        job_id: job.id,
+        state,
+        pages: job.pages,
+        rows: job.rows,
+        dropped: job.dropped,
+        error,
+        window: job.window_start.zip(job.window_end),
+    }
+}
+
+async fn collect_slice(
+    env: &FetcherEnv,
+    job: &mut JobRecord,
+    i: usize,
+    task: &SliceTask,
+    cp: &mut Checkpoint,
+    cancel: &watch::Receiver<bool>,
+    deadline: Option<Instant>,
+) -> Result<(), Stop> {
+    let spec = &env.spec;
+    let mut link = task.next_link.clone();
+    let mut slice_pages = task.pages;
+    let mut slice_rows = task.rows;
+    loop {
+        if *cancel.borrow() {
+            return Err(Stop::Cancelled(None));
+        }
+        let url = match &link {
+            Some(l) => l.clone(),
+            None => spec
+                .api
+                .first_page_url(
+                    &spec.url,
+                    task.start,
+                    window::inclusive_end(task.end),
+                    spec.page_size,
+                )
+                .to_string(),
+        };
+        let fetched = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, fetch_page(env, &url, job, i, cancel)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Stop::Cancelled(Some(
+                            "job_timeout reached; the page in flight was abandoned and the next run resumes it".into(),
+                        )))
+                    }
+                }
+            }
+            None => fetch_page(env, &url, job, i, cancel).await,
+        };
+        let page = fetched?;
+        let is_last = page.next_link.is_none();
+        let (events, dropped) = build_events(spec, &page, task, &url, is_last);
+        let n = events.len() as u64;
+        if !events.is_empty() {
+            deliver(env, events).await.map_err(Stop::Failed)?;
+        }
+        slice_pages += 1;
+        slice_rows += n;
+        let next = page.next_link.map(|u| u.to_string());
+        match &next {
+            None => {
+                cp.cursor = Some(task.end);
+                cp.in_flight = None;
+            }
+            Some(next) => {
+                cp.in_flight = Some(InFlight {
+                    job_id: job.id.clone(),
+                    slice_start: task.start,
+                    slice_end: task.end,
+                    next_link: Some(next.clone()),
+                    pages: slice_pages,
+                    rows: slice_rows,
+                });
+            }
+        }
+        cp.pages_total += 1;
+        cp.rows_total += n;
+        cp.updated_at = Utc::now();
+        job.pages += 1;
+        job.rows += n;
+        job.dropped += dropped;
+        let t = &mut job.tasks[i];
+        t.pages = slice_pages;
+        t.rows = slice_rows;
+        t.dropped += dropped;
+        env.store
+            .commit(&spec.id, cp, Some(job), spec.durable)
+            .await
+            .map_err(|e| Stop::Failed(format!("could not save the checkpoint: {e}")))?;
+        debug!(page = slice_pages, rows = n, dropped, last = is_last, "page committed");
+        if let Some(hook) = &env.page_hook {
+            hook(&spec.id, job.pages, job.rows);
+        }
+        match next {
+            None => return Ok(()),
+            Some(n) => link = Some(n),
+        }
+    }
+}
+
+/// Fetches and parses one page, with retries, token refresh on 401, and cancellation.
+async fn fetch_page(
+    env: &FetcherEnv,
+    url: &str,
+    job: &mut JobRecord,
+    i: usize,
+    cancel: &watch::Receiver<bool>,
+) -> Result<Page, Stop> {
+    let spec = &env.spec;
+    let request_url = url::Url::parse(url)
+        .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
+    let mut retries: u32 = 0;
+    let mut reauthenticated = false;
+    loop {
+        let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
+            Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
+        };
+        let (failure, message) = match http::get(
+            url,
+            Some(header.0.expose()),
+            spec.request_timeout,
+            spec.max_body_bytes,
+        )
+        .await
+        {
+            Ok(resp) if resp.status == 200 => match spec.api.parse_page(&resp.body, &request_url) {
+                Ok(page) => return Ok(page),
+                Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
+            },
+            Ok(resp) if resp.status == 401 && !reauthenticated => {
+                if let AuthSpec::ClientSecret { token, .. } = &spec.auth {
+                    reauthenticated = true;
+                    info!("API answered 401: fetching a new token and retrying the page");
+                    env.auth.do_send(InvalidateToken {
+                        spec: token.clone(),
+                        refused: AuthHeader(header.0.clone()),
+                    });
+                    continue;
+                }
+                (
+                    Failure::Status {
+                        code: 401,
+                        retry_after: resp.retry_after,
+                    },
+                    explain_status(spec.api, 401, &resp.body, url),
+                )
+            }
+            Ok(resp) => (
+                Failure::Status {
+                    code: resp.status,
+                    retry_after: resp.retry_after,
+                },
+                explain_status(spec.api, resp.status, &resp.body, url),
+            ),
+            Err(HttpError::Timeout(t)) => (
+                Failure::Timeout,
+                format!("{}: request timed out after {t:?} (request_timeout_secs)", strip_query(url)),
+            ),
+            Err(HttpError::TooLarge(n)) => (
+                Failure::BadBody,
+                format!("{}: response body larger than {n} bytes; lower page_size", strip_query(url)),
+            ),
+            Err(HttpError::Connection(e)) => (Failure::Connection, format!("{}: {e}", strip_query(url))),
+            Err(HttpError::Request(e)) => return Err(Stop::Failed(e)),
+        };
+        match spec.retry.decide(&failure, retries) {
+            None => return Err(Stop::Failed(message)),
+            Some(d) => {
+                retries += 1;
+                job.retries += 1;
+                job.tasks[i].retries += 1;
+                if d.from_retry_after {
+                    warn!(delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After");
+                } else {
+                    warn!(attempt = retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page");
+                }
+                let mut c = cancel.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(d.delay) => {}
+                    _ = c.wait_for(|v| *v) => return Err(Stop::Cancelled(None)),
+                }
+            }
+        }
+    }
+}
+
+fn strip_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+/// One line for a non-200 answer: what happened, where, and what to do.
+pub fn explain_status(api: Api, status: u16, body: &[u8], url: &str) -> String {
+    let summary = dialect::error_summary(body);
+    let hint = if status == 401 && summary.contains("Service principal-less Authentication failed") {
+        " (the tenant has no service principal for Microsoft's message trace app 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373: create it, e.g. `New-MgServicePrincipal -AppId 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373`, and allow a few hours for provisioning)"
+    } else if status == 401 && api == Api::Reporting {
+        " (the app needs the Office 365 Exchange Online application permission ReportingWebService.Read.All with admin consent, and its service principal an Entra role such as Global Reader or Exchange Administrator)"
+    } else if status == 401 {
+        " (the app needs the Graph application permission ExchangeMessageTrace.Read.All with admin consent)"
+    } else if status == 403 {
+        " (the app is authenticated but not allowed to read message trace: check the API permission, admin consent and role)"
+    } else if status == 429 {
+        " (throttled: Graph allows 100 requests per 5 minutes per tenant)"
+    } else {
+        ""
+    };
+    format!("HTTP {status} from {}: {summary}{hint}", strip_query(url))
+}
+
+fn build_events(
+    spec: &SourceSpec,
+    page: &Page,
+    task: &SliceTask,
+    url: &str,
+    is_last: bool,
+) -> (Vec<Event>, u64) {
+    let input_id: Arc<str> = Arc::from(spec.id.as_str());
+    let source: Arc<str> = Arc::from(strip_query(url));
+    let now = Utc::now();
+    let mut dropped = 0;
+    let mut events = Vec::with_capacity(page.rows.len());
+    for row in &page.rows {
+        let time = spec.api.row_time(row);
+        if let Some(t) = time {
+            if !spec.disable_time_filter && (t < task.start || t >= task.end) {
+                dropped += 1;
+                continue;
+            }
+        }
+        let is_broken = time.is_none() || spec.api.row_identity(row).is_none();
+        let mut fields = row.clone();
+        fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
+        for (k, v) in &spec.fields {
+            fields.insert(k.clone(), v.clone());
+        }
+        events.push(Event {
+            fields,
+            meta: EventMeta {
+                input_id: input_id.clone(),
+                source: source.clone(),
+                is_final: false,
+                is_broken,
+            },
+        });
+    }
+    if is_last {
+        if let Some(e) = events.last_mut() {
+            e.meta.is_final = true;
+        }
+    }
+    (events, dropped)
+}
+
+fn epoch_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
+}
+
+async fn deliver(env: &FetcherEnv, events: Vec<Event>) -> Result<(), String> {
+    let batch = Batch {
+        source: Arc::from(env.spec.id.as_str()),
+        events: Arc::new(events),
+    };
+    let sends = env.sinks.iter().map(|s| s.send(Deliver(batch.clone())));
+    for r in futures_util::future::join_all(sends).await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("a sink is not running ({e})")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explains_service_principal_401() {
+        let body = br#"{"error":{"code":"InvalidAuthenticationToken","message":"Service principal-less Authentication failed: blah"}}"#;
+        let s = explain_status(Api::Graph, 401, body, "https://graph.microsoft.com/v1.0/x?$top=1");
+        assert!(s.contains("8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"), "{s}");
+        assert!(!s.contains("$top"));
+        let s = explain_status(Api::Reporting, 401, b"<title>401 - Unauthorized</title>", "https://r/x");
+        assert!(s.contains("ReportingWebService.Read.All"), "{s}");
+    }
+
+    #[test]
+    fn epoch_has_fractions() {
+        let t = DateTime::parse_from_rfc3339("2022-09-05T18:10:13.4907658Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!((epoch_seconds(t) - 1_662_401_413.490_765).abs() < 1e-5);
+    }
+}

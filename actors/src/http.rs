@@ -1,0 +1,144 @@
+//! The HTTP client: one awc `Client` per thread (awc's client is `!Send`), a timeout that
+//! covers the whole exchange including the body, a body size limit, and failures sorted into
+//! what the retry policy understands.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+/// A response whose body was read completely.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+/// Why no response could be had.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HttpError {
+    /// The exchange took longer than the request timeout.
+    #[error("request timed out after {0:?}")]
+    Timeout(Duration),
+    /// Connecting failed, the connection was reset, or the body was cut short.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The body exceeded the size limit.
+    #[error("response body larger than {0} bytes")]
+    TooLarge(usize),
+    /// The request could not be built (bad URL...).
+    #[error("{0}")]
+    Request(String),
+}
+
+thread_local! {
+    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+}
+
+/// Installs the pure-Rust TLS crypto provider once per process (rustls needs one chosen).
+pub fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn client() -> awc::Client {
+    CLIENT.with(|c| {
+        c.borrow_mut()
+            .get_or_insert_with(|| {
+                install_crypto();
+                awc::Client::builder()
+                    // Our own timeout below covers the whole exchange.
+                    .disable_timeout()
+                    .connector(awc::Connector::new().timeout(Duration::from_secs(30)))
+                    .finish()
+            })
+            .clone()
+    })
+}
+
+/// `GET url` with an `Authorization` header.
+pub async fn get(
+    url: &str,
+    authorization: Option<&str>,
+    timeout: Option<Duration>,
+    max_body: usize,
+) -> Result<HttpResponse, HttpError> {
+    let mut req = client()
+        .get(url)
+        .insert_header(("Accept", "application/json"));
+    if let Some(a) = authorization {
+        req = req.insert_header(("Authorization", a));
+    }
+    let exchange = async move {
+        let mut resp = req.send().await.map_err(classify_send)?;
+        finish(&mut resp, max_body).await
+    };
+    with_timeout(timeout, exchange).await
+}
+
+/// `POST url` with a form body.
+pub async fn post_form(
+    url: &str,
+    form: &[(&'static str, String)],
+    timeout: Option<Duration>,
+) -> Result<HttpResponse, HttpError> {
+    let req = client()
+        .post(url)
+        .insert_header(("Accept", "application/json"));
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let exchange = async move {
+        let mut resp = req.send_form(&form).await.map_err(classify_send)?;
+        finish(&mut resp, 1 << 20).await
+    };
+    with_timeout(timeout, exchange).await
+}
+
+async fn with_timeout<F>(timeout: Option<Duration>, f: F) -> Result<HttpResponse, HttpError>
+where
+    F: std::future::Future<Output = Result<HttpResponse, HttpError>>,
+{
+    match timeout {
+        Some(t) => match tokio::time::timeout(t, f).await {
+            Ok(r) => r,
+            Err(_) => Err(HttpError::Timeout(t)),
+        },
+        None => f.await,
+    }
+}
+
+async fn finish<S>(
+    resp: &mut awc::ClientResponse<S>,
+    max_body: usize,
+) -> Result<HttpResponse, HttpError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+    let body = resp.body().limit(max_body).await.map_err(|e| match e {
+        awc::error::PayloadError::Overflow => HttpError::TooLarge(max_body),
+        other => HttpError::Connection(format!("reading the body failed: {other}")),
+    })?;
+    Ok(HttpResponse {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+fn classify_send(e: awc::error::SendRequestError) -> HttpError {
+    use awc::error::SendRequestError as E;
+    match e {
+        E::Url(u) => HttpError::Request(format!("invalid URL: {u}")),
+        E::Timeout => HttpError::Timeout(Duration::ZERO),
+        other => HttpError::Connection(other.to_string()),
+    }
+}

@@ -1,0 +1,22 @@
+//! msgtrace actors and the plain logic they wrap.
+//!
+//! The actors ([`supervisor::Supervisor`], [`scheduler::Scheduler`], [`auth::AuthToken`],
+//! [`fetcher::Fetcher`], [`sink::SinkActor`]) only wire, time and supervise; the decisions live in
+//! plain modules with their own tests: [`window`] (what to collect), [`dialect`] (the two APIs),
+//! [`retry`], [`token`], [`time`] (relative time expressions).
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod dialect;
+pub mod event;
+pub mod fetcher;
+pub mod http;
+pub mod retry;
+pub mod scheduler;
+pub mod secret;
+pub mod sink;
+pub mod spec;
+pub mod supervisor;
+pub mod time;
+pub mod token;
+pub mod window;

@@ -1,0 +1,220 @@
+//! When and how long to wait before retrying a failed request (Cribl's retry settings).
+
+use std::time::Duration;
+
+/// The longest `Retry-After` that is honoured; longer ones are ignored (Cribl's rule).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
+
+/// The retry algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryKind {
+    /// `initial × multiplier^n`.
+    Backoff,
+    /// `initial` every time.
+    Static,
+    /// Never retry.
+    Disabled,
+}
+
+/// The retry policy of a source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Algorithm.
+    pub kind: RetryKind,
+    /// First delay.
+    pub initial: Duration,
+    /// Retries at most (0 = none).
+    pub limit: u32,
+    /// Base of the exponential backoff.
+    pub multiplier: f64,
+    /// HTTP status codes that are retried.
+    pub codes: Vec<u16>,
+    /// Honour `Retry-After` up to [`MAX_RETRY_AFTER`].
+    pub honor_retry_after: bool,
+    /// Retry a connection that timed out.
+    pub retry_connect_timeout: bool,
+    /// Retry a connection reset by the peer.
+    pub retry_connect_reset: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            kind: RetryKind::Backoff,
+            initial: Duration::from_millis(1000),
+            limit: 5,
+            multiplier: 2.0,
+            codes: vec![429, 503],
+            honor_retry_after: true,
+            retry_connect_timeout: true,
+            retry_connect_reset: true,
+        }
+    }
+}
+
+/// What happened to one attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The server answered with this status (and maybe a `Retry-After` delay).
+    Status {
+        /// HTTP status.
+        code: u16,
+        /// Parsed `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// The connection or the request timed out.
+    Timeout,
+    /// The connection was refused or reset, or the body was cut short.
+    Connection,
+    /// The body could not be used (not JSON, wrong shape, too large).
+    BadBody,
+}
+
+/// The decision for one failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Wait this long, then retry.
+    pub delay: Duration,
+    /// The delay came from `Retry-After`.
+    pub from_retry_after: bool,
+}
+
+impl RetryPolicy {
+    /// Whether to retry after `failure` when `retries_done` retries were made already, and after
+    /// how long. `None` = give up.
+    pub fn decide(&self, failure: &Failure, retries_done: u32) -> Option<Decision> {
+        if self.kind == RetryKind::Disabled || retries_done >= self.limit {
+            return None;
+        }
+        let retryable = match failure {
+            Failure::Status { code, .. } => {
+                !(200..300).contains(code) && self.codes.contains(code)
+            }
+            Failure::Timeout => self.retry_connect_timeout,
+            Failure::Connection => self.retry_connect_reset,
+            Failure::BadBody => true,
+        };
+        if !retryable {
+            return None;
+        }
+        if let Failure::Status {
+            retry_after: Some(after),
+            ..
+        } = failure
+        {
+            if self.honor_retry_after && *after <= MAX_RETRY_AFTER {
+                return Some(Decision {
+                    delay: *after,
+                    from_retry_after: true,
+                });
+            }
+        }
+        let delay = match self.kind {
+            RetryKind::Static => self.initial,
+            _ => {
+                let factor = self.multiplier.max(1.0).powi(retries_done.min(30) as i32);
+                let ms = (self.initial.as_millis() as f64 * factor).min(3_600_000.0);
+                Duration::from_millis(ms as u64)
+            }
+        };
+        Some(Decision {
+            delay,
+            from_retry_after: false,
+        })
+    }
+}
+
+/// Parses a `Retry-After` value: delay seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let delta = when.with_timezone(&chrono::Utc) - now;
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16) -> Failure {
+        Failure::Status {
+            code,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_stops_at_limit() {
+        let p = RetryPolicy::default();
+        let delays: Vec<_> = (0..6)
+            .map(|n| p.decide(&status(429), n).map(|d| d.delay.as_millis()))
+            .collect();
+        assert_eq!(
+            delays,
+            vec![Some(1000), Some(2000), Some(4000), Some(8000), Some(16000), None]
+        );
+    }
+
+    #[test]
+    fn codes_and_kinds() {
+        let mut p = RetryPolicy::default();
+        assert!(p.decide(&status(500), 0).is_none());
+        assert!(p.decide(&status(200), 0).is_none());
+        p.codes.push(200);
+        assert!(p.decide(&status(200), 0).is_none(), "2xx is never retried");
+        p.kind = RetryKind::Static;
+        assert_eq!(p.decide(&status(503), 3).unwrap().delay.as_millis(), 1000);
+        p.kind = RetryKind::Disabled;
+        assert!(p.decide(&status(503), 0).is_none());
+        let p = RetryPolicy {
+            limit: 0,
+            ..RetryPolicy::default()
+        };
+        assert!(p.decide(&status(503), 0).is_none());
+    }
+
+    #[test]
+    fn retry_after_honoured_up_to_20s() {
+        let p = RetryPolicy::default();
+        let f = |s| Failure::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(s)),
+        };
+        let d = p.decide(&f(7), 0).unwrap();
+        assert_eq!((d.delay.as_secs(), d.from_retry_after), (7, true));
+        let d = p.decide(&f(60), 0).unwrap();
+        assert_eq!((d.delay.as_millis(), d.from_retry_after), (1000, false));
+        let p = RetryPolicy {
+            honor_retry_after: false,
+            ..RetryPolicy::default()
+        };
+        assert!(!p.decide(&f(7), 0).unwrap().from_retry_after);
+    }
+
+    #[test]
+    fn connection_failures_follow_switches() {
+        let mut p = RetryPolicy::default();
+        assert!(p.decide(&Failure::Timeout, 0).is_some());
+        assert!(p.decide(&Failure::Connection, 0).is_some());
+        p.retry_connect_timeout = false;
+        p.retry_connect_reset = false;
+        assert!(p.decide(&Failure::Timeout, 0).is_none());
+        assert!(p.decide(&Failure::Connection, 0).is_none());
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("12", now), Some(Duration::from_secs(12)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:05 GMT", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

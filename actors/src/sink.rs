@@ -1,0 +1,120 @@
+//! The Sink actor: wraps a plain [`Sink`] and acknowledges a batch only once the sink has it.
+
+use crate::event::Batch;
+use actix::prelude::*;
+use futures_util::future::LocalBoxFuture;
+
+/// Why a sink could not take a batch.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("sink {sink}: {message}")]
+pub struct SinkError {
+    /// The sink's id.
+    pub sink: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// A destination for events. Implementations: stdout, file, HTTP (product crate), or a host's own.
+///
+/// `deliver` must return only once the batch is durable as far as the sink can tell (written and
+/// flushed, or acknowledged by the receiver): the checkpoint moves past the batch right after.
+pub trait Sink: Send + 'static {
+    /// The sink's id (its key in the configuration).
+    fn name(&self) -> &str;
+    /// Delivers one batch.
+    fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>>;
+    /// Flushes anything buffered (called on shutdown).
+    fn flush(&mut self) -> LocalBoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Delivers one page's events; answered once the sink has them.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<(), SinkError>")]
+pub struct Deliver(pub Batch);
+
+/// Flushes the sink.
+#[derive(Message)]
+#[rtype(result = "Result<(), SinkError>")]
+pub struct FlushSink;
+
+/// The Sink actor. One batch at a time ([`AtomicResponse`]): batches never interleave.
+pub struct SinkActor {
+    name: String,
+    sink: Option<Box<dyn Sink>>,
+}
+
+impl SinkActor {
+    /// Wraps a sink.
+    pub fn new(sink: Box<dyn Sink>) -> SinkActor {
+        SinkActor {
+            name: sink.name().to_owned(),
+            sink: Some(sink),
+        }
+    }
+}
+
+impl Actor for SinkActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Backpressure: a fetcher waits for its page anyway; keep the queue short.
+        ctx.set_mailbox_capacity(16);
+    }
+}
+
+impl Handler<Deliver> for SinkActor {
+    type Result = AtomicResponse<Self, Result<(), SinkError>>;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
+        let name = self.name.clone();
+        let sink = self.sink.take();
+        AtomicResponse::new(Box::pin(
+            async move {
+                match sink {
+                    Some(mut s) => {
+                        let r = s.deliver(&msg.0).await;
+                        (Some(s), r)
+                    }
+                    None => (
+                        None,
+                        Err(SinkError {
+                            sink: name,
+                            message: "sink is gone after an earlier failure".into(),
+                        }),
+                    ),
+                }
+            }
+            .into_actor(self)
+            .map(|(sink, r), act, _| {
+                act.sink = sink;
+                r
+            }),
+        ))
+    }
+}
+
+impl Handler<FlushSink> for SinkActor {
+    type Result = AtomicResponse<Self, Result<(), SinkError>>;
+
+    fn handle(&mut self, _: FlushSink, _: &mut Context<Self>) -> Self::Result {
+        let sink = self.sink.take();
+        AtomicResponse::new(Box::pin(
+            async move {
+                match sink {
+                    Some(mut s) => {
+                        let r = s.flush().await;
+                        (Some(s), r)
+                    }
+                    None => (None, Ok(())),
+                }
+            }
+            .into_actor(self)
+            .map(|(sink, r), act, _| {
+                act.sink = sink;
+                r
+            }),
+        ))
+    }
+}

@@ -1,0 +1,104 @@
+//! What the engine needs to know about a source, free of TOML: the product crate builds these
+//! from its validated configuration (or a host application builds them in code).
+
+use crate::dialect::Api;
+use crate::retry::RetryPolicy;
+use crate::secret::Secret;
+use crate::time::TimeExpr;
+use std::time::Duration;
+
+/// How a source proves who it is.
+#[derive(Clone, Debug)]
+pub enum AuthSpec {
+    /// HTTP Basic on every request (legacy endpoints and compatible proxies).
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// OAuth 2.0 client credentials with a client secret.
+    ClientSecret {
+        /// Where tokens come from.
+        token: TokenSpec,
+        /// The client secret.
+        secret: Secret,
+    },
+}
+
+/// Which Entra token endpoint to call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenEndpoint {
+    /// `/{tenant}/oauth2/v2.0/token` with `scope=<audience>/.default`.
+    V2,
+    /// `/{tenant}/oauth2/token` with `resource=<audience>`.
+    V1,
+}
+
+/// The identity a token is issued to: tokens are cached and shared per this key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenSpec {
+    /// Authority host, e.g. `https://login.microsoftonline.com`.
+    pub login_url: url::Url,
+    /// Directory (tenant) id.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Token audience, e.g. `https://graph.microsoft.com`.
+    pub audience: String,
+    /// v1 or v2 endpoint.
+    pub endpoint: TokenEndpoint,
+}
+
+impl TokenSpec {
+    /// The token URL.
+    pub fn token_url(&self) -> String {
+        let base = self.login_url.as_str().trim_end_matches('/');
+        match self.endpoint {
+            TokenEndpoint::V2 => format!("{base}/{}/oauth2/v2.0/token", self.tenant_id),
+            TokenEndpoint::V1 => format!("{base}/{}/oauth2/token", self.tenant_id),
+        }
+    }
+}
+
+/// How a run's window is chosen.
+#[derive(Clone, Debug)]
+pub struct WindowSpec {
+    /// Start of the first run's window (later runs continue from the cursor).
+    pub start: TimeExpr,
+    /// End of every run's window: the lag that lets late rows arrive.
+    pub end: TimeExpr,
+    /// Longest slice asked of the API in one query.
+    pub max_slice: chrono::Duration,
+}
+
+/// One source, ready to run.
+#[derive(Clone, Debug)]
+pub struct SourceSpec {
+    /// The input id.
+    pub id: String,
+    /// Which API dialect.
+    pub api: Api,
+    /// The API URL (first page is built from it).
+    pub url: url::Url,
+    /// Rows per page (`$top`).
+    pub page_size: u32,
+    /// Window planning.
+    pub window: WindowSpec,
+    /// Authentication.
+    pub auth: AuthSpec,
+    /// Retries of failed requests.
+    pub retry: RetryPolicy,
+    /// Per-request timeout including the body; `None` = unlimited.
+    pub request_timeout: Option<Duration>,
+    /// Largest response body accepted.
+    pub max_body_bytes: usize,
+    /// Static fields added to every event.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Keep events whose time falls outside their window.
+    pub disable_time_filter: bool,
+    /// 6-field cron expression of the schedule (seconds first).
+    pub cron: String,
+    /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
+    pub durable: bool,
+}

@@ -1,0 +1,674 @@
+//! The configuration file: TOML in, a validated [`Config`] out.
+//!
+//! Loading runs in three steps, each in its own file:
+//!
+//! 1. [`raw`]: the TOML text is parsed into a value tree, `${VAR}` references are expanded from the
+//!    environment ([`env`]), and the tree is deserialized into [`raw::RawConfig`], a struct that
+//!    mirrors every key of the file (`deny_unknown_fields`, every value optional). Type errors and
+//!    unknown keys are collected with their key path instead of stopping at the first one.
+//! 2. [`validate`](validate()): checks every value, fills in the defaults and resolves the hosts of
+//!    each source's plan, collecting every error. It does no I/O.
+//! 3. The result is a [`Config`] whose fields are typed (enums, [`Url`], [`Duration`]) so that
+//!    the rest of the program never re-checks a value.
+//!
+//! Every error carries the key path it concerns (`sources.contoso.poll_interval_mins`) and says what
+//! to do; [`ConfigErrors`] prints one `<path>: <message>` line per error.
+//!
+//! # Examples
+//!
+//! ```
+//! let config = msgtrace::config::from_str_with_env(
+//!     r#"
+//!     [sources.contoso.auth]
+//!     method = "oauth"
+//!     tenant_id = "contoso.onmicrosoft.com"
+//!     client_id = "00000000-0000-0000-0000-000000000000"
+//!     client_secret = "${SECRET}"
+//!
+//!     [sinks.out]
+//!     type = "stdout"
+//!     inputs = ["contoso"]
+//!     "#,
+//!     &|name| (name == "SECRET").then(|| "s3cr3t".to_string()),
+//! )
+//! .unwrap();
+//! assert_eq!(config.sources["contoso"].poll_interval_mins(), Some(15));
+//!
+//! let errors = msgtrace::config::from_str("[sources.x]\npoll_interval_mins = 45\n").unwrap_err();
+//! assert!(errors.to_string().contains("sources.x.poll_interval_mins: "));
+//! ```
+
+mod env;
+pub mod raw;
+mod validate;
+mod values;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+pub use msgtrace_actors::dialect::Api;
+pub use msgtrace_actors::time::TimeExpr;
+pub use validate::validate;
+
+/// Default Microsoft Graph message trace endpoint (global cloud, v1.0).
+pub const GRAPH_URL: &str = "https://graph.microsoft.com/v1.0/admin/exchange/tracing/messageTraces";
+/// Default Reporting Web Service endpoint for the commercial cloud and GCC.
+pub const RWS_URL: &str = "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace";
+/// Reporting Web Service endpoint for GCC High.
+pub const RWS_URL_US: &str = "https://reports.office365.us/ecp/reportingwebservice/reporting.svc/MessageTrace";
+
+/// A validated configuration: every value checked, every default filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the sled database (checkpoints, jobs, artifacts, secret store).
+    pub state_dir: PathBuf,
+    /// Verbosity of the engine's own log.
+    pub log_level: LogLevel,
+    /// Whether log lines are human text or JSON objects (for log shippers).
+    pub log_format: LogFormat,
+    /// Where to serve Prometheus `/metrics` and `/health`; `None` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The inputs, by Input ID (the key of `[sources.<id>]`), each polled on its own schedule.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Named certificates that `oauth_cert` sources refer to with `certificate = "<name>"`.
+    pub certificates: BTreeMap<String, CertificateConfig>,
+    /// The outputs, by id (the key of `[sinks.<id>]`).
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Things that are allowed but probably not meant (`http://` to a remote host, a source that
+    /// feeds no sink, ...), one `<path>: <message>` line each, for the caller to log or print.
+    pub warnings: Vec<String>,
+}
+
+/// One message trace input (`[sources.<id>]`).
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The Input ID: the key of `[sources.<id>]`, used in state keys, metrics and `__inputId`.
+    pub id: String,
+    /// Free text for people reading the configuration or the job inspector.
+    pub description: Option<String>,
+    /// Which Microsoft API (and so which request/response dialect) this source speaks.
+    pub api: Api,
+    /// The message trace endpoint ("Report URL"): given, or the default for `api` and `plan`.
+    pub url: Url,
+    /// The Microsoft 365 cloud the tenant lives in; decides the default hosts.
+    pub plan: Plan,
+    /// When runs start: every N minutes aligned to the hour, or a cron expression.
+    pub schedule: Schedule,
+    /// Start of each run's date range, relative to the run's time (or an epoch).
+    pub start: TimeExpr,
+    /// End of each run's date range: the lag that lets late rows arrive before they are read.
+    pub end: TimeExpr,
+    /// Rows per page (`$top`); bounded by the API (5000 Graph, 2000 Reporting).
+    pub page_size: u32,
+    /// Trailing span re-read each run to pick up late rows and status changes (zero: none).
+    pub reread: Duration,
+    /// Request budget per tenant; `None` leaves requests unthrottled.
+    pub quota: Option<Quota>,
+    /// Labels for grouping sources (job inspector, metrics); not added to events.
+    pub tags: Vec<String>,
+    /// Static fields added to every event of this source.
+    pub fields: BTreeMap<String, serde_json::Value>,
+    /// `true` keeps rows whose time falls outside the requested window.
+    pub disable_time_filter: bool,
+    /// Optional mapping of rows to a common schema.
+    pub normalize: Option<Normalize>,
+    /// The organisation's domains, lower-cased, for `email.direction` when normalizing to ECS.
+    pub local_domains: Vec<String>,
+    /// Per-source log verbosity; `None` uses the global `log_level`.
+    pub log_level: Option<LogLevel>,
+    /// Limit for one HTTP request (`request_timeout_secs`); `None` is unlimited (`0`).
+    pub request_timeout: Option<Duration>,
+    /// Limit for a whole job; `None` is unlimited (`"0"`).
+    pub job_timeout: Option<Duration>,
+    /// Whether a failed task is scheduled again (up to `task_reschedule_limit` times).
+    pub reschedule_tasks: bool,
+    /// How many times a failed task is rescheduled when `reschedule_tasks` is on.
+    pub task_reschedule_limit: u32,
+    /// How long the artifacts of finished jobs are kept before the TTL sweep removes them.
+    pub ttl: Duration,
+    /// Optional HTTP proxy for this source's requests (token endpoint and API).
+    pub proxy_url: Option<ProxyUrl>,
+    /// How this source authenticates.
+    pub auth: AuthConfig,
+    /// How failed requests are retried.
+    pub retry: RetryConfig,
+}
+
+impl SourceConfig {
+    /// The polling interval when the schedule is `poll_interval_mins`, `None` for cron schedules.
+    pub fn poll_interval_mins(&self) -> Option<u32> {
+        match self.schedule {
+            Schedule::Interval { mins } => Some(mins),
+            Schedule::Cron { .. } => None,
+        }
+    }
+}
+
+/// When a source's runs start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// `poll_interval_mins`: every `mins` minutes, aligned to the hour (`mins` divides 60).
+    Interval {
+        /// Minutes between runs: 1 2 3 4 5 6 10 12 15 20 30 or 60.
+        mins: u32,
+    },
+    /// `schedule`: a cron expression.
+    Cron {
+        /// The expression as written (5 fields, minute first), for messages.
+        written: String,
+        /// The same schedule in the `cron` crate's form (seconds first), ready for
+        /// `cron::Schedule::from_str`; numeric days of week are turned into names because that
+        /// crate counts Sunday as 1.
+        expr: String,
+    },
+}
+
+/// Microsoft 365 cloud ("Subscription Plan"); decides the default login, API and audience hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Commercial cloud (`enterprise`).
+    Enterprise,
+    /// Government Community Cloud (`gcc`): commercial hosts.
+    Gcc,
+    /// GCC High (`gcc_high`): `.us` hosts; no Graph message trace.
+    GccHigh,
+    /// Department of Defense (`dod`): `.us` login; no Graph message trace; RWS host unconfirmed.
+    Dod,
+}
+
+impl Plan {
+    /// The configuration spelling (`gcc_high`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Enterprise => "enterprise",
+            Plan::Gcc => "gcc",
+            Plan::GccHigh => "gcc_high",
+            Plan::Dod => "dod",
+        }
+    }
+
+    /// The Entra ID authority host of this cloud.
+    pub fn default_login_url(self) -> &'static str {
+        match self {
+            Plan::Enterprise | Plan::Gcc => "https://login.microsoftonline.com",
+            Plan::GccHigh | Plan::Dod => "https://login.microsoftonline.us",
+        }
+    }
+
+    /// The message trace endpoint Microsoft offers for `api` in this cloud, if any.
+    pub fn default_url(self, api: Api) -> Option<&'static str> {
+        match (api, self) {
+            (Api::Graph, Plan::Enterprise | Plan::Gcc) => Some(GRAPH_URL),
+            (Api::Graph, Plan::GccHigh | Plan::Dod) => None,
+            (Api::Reporting, Plan::Enterprise | Plan::Gcc) => Some(RWS_URL),
+            (Api::Reporting, Plan::GccHigh) => Some(RWS_URL_US),
+            (Api::Reporting, Plan::Dod) => None,
+        }
+    }
+
+    /// The token audience (`resource`) for `api` in this cloud, if it is known.
+    pub fn default_resource(self, api: Api) -> Option<&'static str> {
+        match (api, self) {
+            (Api::Graph, Plan::Enterprise | Plan::Gcc) => Some("https://graph.microsoft.com"),
+            (Api::Graph, Plan::GccHigh) => Some("https://graph.microsoft.us"),
+            (Api::Graph, Plan::Dod) => Some("https://dod-graph.microsoft.us"),
+            (Api::Reporting, Plan::Enterprise | Plan::Gcc) => Some("https://outlook.office365.com"),
+            (Api::Reporting, Plan::GccHigh) => Some("https://outlook.office365.us"),
+            (Api::Reporting, Plan::Dod) => None,
+        }
+    }
+}
+
+/// A request budget: at most `requests` requests in any `per` span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests allowed per span (Graph documents 100).
+    pub requests: u32,
+    /// The span the budget applies to (Graph documents 5 minutes).
+    pub per: Duration,
+}
+
+/// Row mapping applied before events reach the sinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalize {
+    /// Elastic Common Schema field names (`normalize = "ecs"`).
+    Ecs,
+}
+
+/// A log verbosity (`error | warn | info | debug`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Only failures.
+    Error,
+    /// Failures and things that look wrong.
+    Warn,
+    /// Progress of runs and jobs (the default).
+    Info,
+    /// Every request and decision.
+    Debug,
+}
+
+impl LogLevel {
+    /// The spelling `tracing` filters understand (`"info"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+        }
+    }
+}
+
+/// The shape of the engine's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// How a source authenticates, one variant per `auth.method`; each holds only what it needs.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    /// `basic`: HTTP Basic with an inline username and password (RWS-compatible endpoints only).
+    Basic {
+        /// The account name sent with HTTP Basic.
+        username: String,
+        /// The account password.
+        password: Secret,
+    },
+    /// `basic_secret`: HTTP Basic with credentials kept in the secret store.
+    BasicSecret {
+        /// Name of a `credentials` secret (`msgtrace secrets set NAME --kind credentials`).
+        credentials_secret: String,
+    },
+    /// `oauth`: client credentials with an inline client secret.
+    OAuth {
+        /// Tenant, client and token endpoint.
+        app: OAuthApp,
+        /// The application's client secret.
+        client_secret: Secret,
+    },
+    /// `oauth_secret`: client credentials with the client secret kept in the secret store.
+    OAuthSecret {
+        /// Tenant, client and token endpoint.
+        app: OAuthApp,
+        /// Name of a `text` secret in the secret store holding the client secret.
+        client_secret_ref: String,
+    },
+    /// `oauth_cert`: client credentials with a signed JWT assertion (certificate credential).
+    OAuthCert {
+        /// Tenant, client and token endpoint.
+        app: OAuthApp,
+        /// The certificate and key that sign the assertion (a `[certificates]` entry, resolved,
+        /// or the inline `cert_path`/`key_path`).
+        certificate: CertificateConfig,
+        /// The `[certificates]` entry this came from, `None` when given inline.
+        certificate_name: Option<String>,
+        /// Signature algorithm of the assertion (PS256 with `x5t#S256`, or RS256 with `x5t`).
+        assertion_alg: AssertionAlg,
+    },
+}
+
+impl AuthConfig {
+    /// The configuration spelling of the method (`oauth_cert`).
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthConfig::Basic { .. } => "basic",
+            AuthConfig::BasicSecret { .. } => "basic_secret",
+            AuthConfig::OAuth { .. } => "oauth",
+            AuthConfig::OAuthSecret { .. } => "oauth_secret",
+            AuthConfig::OAuthCert { .. } => "oauth_cert",
+        }
+    }
+
+    /// The token request settings for the OAuth methods, `None` for Basic.
+    pub fn oauth(&self) -> Option<&OAuthApp> {
+        match self {
+            AuthConfig::OAuth { app, .. }
+            | AuthConfig::OAuthSecret { app, .. }
+            | AuthConfig::OAuthCert { app, .. } => Some(app),
+            AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
+        }
+    }
+}
+
+/// What every OAuth client-credentials method needs to ask Entra ID for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthApp {
+    /// Directory (tenant) id or verified domain; part of the token URL.
+    pub tenant_id: String,
+    /// Application (client) id; also `iss`/`sub` of a certificate assertion.
+    pub client_id: String,
+    /// Authority host (`https://login.microsoftonline.com`): given, or the default of the plan.
+    pub login_url: Url,
+    /// Token audience: given, or the default for the api and plan (v2 asks for
+    /// `<resource>/.default`, v1 sends `resource=`).
+    pub resource: String,
+    /// Which token endpoint version to call.
+    pub token_endpoint: TokenEndpoint,
+}
+
+impl OAuthApp {
+    /// The token URL: `{login}/{tenant}/oauth2/v2.0/token` (v2) or `{login}/{tenant}/oauth2/token` (v1).
+    pub fn token_url(&self) -> String {
+        let login = self.login_url.as_str().trim_end_matches('/');
+        match self.token_endpoint {
+            TokenEndpoint::V2 => format!("{login}/{}/oauth2/v2.0/token", self.tenant_id),
+            TokenEndpoint::V1 => format!("{login}/{}/oauth2/token", self.tenant_id),
+        }
+    }
+}
+
+/// Entra ID token endpoint version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenEndpoint {
+    /// `/oauth2/token` with `resource=<audience>`.
+    V1,
+    /// `/oauth2/v2.0/token` with `scope=<audience>/.default` (the default).
+    V2,
+}
+
+/// Signature algorithm of a certificate client assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlg {
+    /// RSASSA-PSS with SHA-256 and an `x5t#S256` thumbprint (the default, current Microsoft docs).
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 and an `x5t` (SHA-1) thumbprint (older docs).
+    Rs256,
+}
+
+/// A certificate and its private key on disk (`[certificates.<name>]` or inline in `auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM file with the certificate whose thumbprint goes in the assertion header.
+    pub cert_path: PathBuf,
+    /// PEM file with the private key (PKCS#8, possibly encrypted) that signs the assertion.
+    pub key_path: PathBuf,
+    /// Passphrase of an encrypted key.
+    pub passphrase: Option<Secret>,
+}
+
+/// How failed requests are retried (`[sources.<id>.retry]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Backoff, fixed delay, or no retries.
+    pub kind: RetryKind,
+    /// Delay before the first retry (`initial_interval_ms`, at most 20 s).
+    pub initial_interval: Duration,
+    /// Retries after the first attempt (0 = none, at most 20).
+    pub limit: u32,
+    /// Factor applied to the delay after each retry with `backoff` (at least 1).
+    pub multiplier: f64,
+    /// HTTP statuses that are retried.
+    pub codes: Vec<u16>,
+    /// Whether a `Retry-After` of up to 20 s replaces the computed delay.
+    pub honor_retry_after: bool,
+    /// Whether a connection timeout is retried.
+    pub retry_connect_timeout: bool,
+    /// Whether a connection reset is retried.
+    pub retry_connect_reset: bool,
+}
+
+/// The retry strategy (`retry.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// Exponential: the delay is multiplied by `multiplier` after each retry (the default).
+    Backoff,
+    /// The same delay before every retry.
+    Static,
+    /// No retries at all.
+    Disabled,
+}
+
+/// One output (`[sinks.<id>]`).
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// The key of `[sinks.<id>]`, for logs and metrics.
+    pub id: String,
+    /// The sources whose events this sink receives (all exist in [`Config::sources`]).
+    pub inputs: Vec<String>,
+    /// Where and how events are written.
+    pub kind: SinkKind,
+}
+
+/// The sink types (`type`), each with its own settings.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    /// NDJSON on standard output.
+    Stdout,
+    /// NDJSON appended to a file.
+    File {
+        /// The file written to (created if missing).
+        path: PathBuf,
+    },
+    /// Batches POSTed to an HTTP endpoint.
+    Http(HttpSinkConfig),
+}
+
+/// Settings of an `http` sink.
+#[derive(Debug, Clone)]
+pub struct HttpSinkConfig {
+    /// Where batches are POSTed.
+    pub url: Url,
+    /// Body format of a batch.
+    pub format: HttpFormat,
+    /// Token sent as `Authorization` (`Splunk <token>` for HEC, `Bearer <token>` otherwise).
+    pub token: Option<Secret>,
+    /// Extra request headers; values are held as secrets since they often carry credentials.
+    pub headers: BTreeMap<String, Secret>,
+    /// Body compression.
+    pub compression: Compression,
+    /// When a batch is sent.
+    pub batch: BatchConfig,
+}
+
+/// Body format of an `http` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// One JSON object per line.
+    Ndjson,
+    /// One JSON array per batch.
+    Json,
+    /// Splunk HTTP Event Collector envelopes (`{"time":..,"event":{..}}` per event).
+    SplunkHec,
+    /// Elasticsearch `_bulk` (action line + document line).
+    ElasticsearchBulk,
+}
+
+/// Body compression of an `http` sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Plain body (the default).
+    None,
+    /// `Content-Encoding: gzip`.
+    Gzip,
+}
+
+/// Limits that close a batch of an `http` sink: whichever is reached first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Events per batch (default 5000).
+    pub max_rows: usize,
+    /// Body bytes per batch before compression (default 4 000 000).
+    pub max_bytes: usize,
+    /// Longest time an event waits in an open batch (default 1 s).
+    pub timeout: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig { max_rows: 5000, max_bytes: 4_000_000, timeout: Duration::from_secs(1) }
+    }
+}
+
+/// A secret value (password, client secret, passphrase, token).
+///
+/// Its `Debug` and `Display` print `***` and it is not `Serialize`, so that it cannot end up in a
+/// log line, an error message or a state dump by accident; [`Secret::expose`] is the one way in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A proxy URL, which may carry credentials (`http://user:pass@proxy:3128`): its `Debug` and
+/// `Display` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(Url);
+
+impl ProxyUrl {
+    /// The full URL, password included, for the HTTP client.
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({self})")
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // Cannot fail: the URL has a host, since it has a password.
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+/// One problem in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Where: a key path (`sources.contoso.auth.client_id`), or the file for a read error.
+    pub path: String,
+    /// What is wrong and what to do about it (never the value of an environment variable).
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+/// Every problem found in a configuration; displays one `<path>: <message>` line per error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The errors, in the order of the file's sections.
+    pub errors: Vec<ConfigError>,
+    /// Warnings found along the way (as in [`Config::warnings`]), so that `validate` can show
+    /// them even when the configuration is rejected.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors { errors: vec![error], warnings: Vec::new() }
+    }
+}
+
+/// Reads, expands (from the process environment) and validates the configuration file at `path`.
+///
+/// A missing or unreadable file is a single error whose path is the file name.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => "check the path given with -c",
+            std::io::ErrorKind::PermissionDenied => "make the file readable by this user",
+            std::io::ErrorKind::InvalidData => "save the file as UTF-8",
+            _ => "check the path given with -c",
+        };
+        ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}; {hint}"))
+    })?;
+    from_str(&text)
+}
+
+/// Parses and validates configuration text, expanding `${VAR}` from the process environment.
+pub fn from_str(toml: &str) -> Result<Config, ConfigErrors> {
+    from_str_with_env(toml, &env::process_env)
+}
+
+/// Parses and validates configuration text, looking variables up with `env` instead of the
+/// process environment (for tests and embedders that keep their own settings).
+pub fn from_str_with_env(toml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let parsed = raw::parse(toml, env);
+    let mut errors = parsed.errors;
+    let Some(raw) = parsed.raw else {
+        // A syntax error leaves nothing to validate.
+        return Err(ConfigErrors { errors, warnings: Vec::new() });
+    };
+    let mut result = validate::validate_parsed(raw, &parsed.expanded);
+    if errors.is_empty() {
+        return result;
+    }
+    // Errors found while reading the file come first; validation errors about a value that was
+    // already rejected (and so dropped) would only repeat them.
+    let warnings = match &mut result {
+        Ok(config) => std::mem::take(&mut config.warnings),
+        Err(later) => {
+            for error in later.errors.drain(..) {
+                if !errors.iter().any(|e| values::is_within(&error.path, &e.path)) {
+                    errors.push(error);
+                }
+            }
+            std::mem::take(&mut later.warnings)
+        }
+    };
+    Err(ConfigErrors { errors, warnings })
+}
+
+impl std::str::FromStr for Config {
+    type Err = ConfigErrors;
+
+    fn from_str(toml: &str) -> Result<Self, Self::Err> {
+        from_str(toml)
+    }
+}

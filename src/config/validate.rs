@@ -1,0 +1,922 @@
+//! Raw configuration to validated [`Config`]: every check, every default, no I/O.
+//!
+//! Each check records an error with its key path and carries on, so that one run reports every
+//! problem. Values that came from the environment are never repeated in a message.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use url::{Host, Url};
+
+use super::raw::{RawAuth, RawConfig, RawDuration, RawFieldValue, RawRetry, RawSink, RawSource, RawTime};
+use super::values::{cron_to_six_fields, join, parse_duration};
+use super::*;
+
+/// Divisors of 60: the intervals that keep runs aligned to the hour.
+const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
+const OAUTH_METHODS: &[&str] = &["oauth", "oauth_secret", "oauth_cert"];
+
+/// Validates a raw configuration, filling in defaults and collecting every error.
+///
+/// Does no I/O: files named in the configuration (certificates, sink paths) are checked when they
+/// are used.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    validate_parsed(raw, &BTreeSet::new())
+}
+
+/// [`validate`], knowing which key paths hold values from the environment (not to be echoed).
+pub(crate) fn validate_parsed(raw: RawConfig, expanded: &BTreeSet<String>) -> Result<Config, ConfigErrors> {
+    let mut cx = Cx { errors: Vec::new(), warnings: Vec::new(), expanded };
+
+    let state_dir = match raw.state_dir.as_deref() {
+        Some(dir) if dir.trim().is_empty() => {
+            cx.error("state_dir", "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key");
+            PathBuf::new()
+        }
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from("./msgtrace-state"),
+    };
+    let log_level = cx.log_level("log_level", raw.log_level.as_deref()).unwrap_or(LogLevel::Info);
+    let log_format =
+        cx.choice("log_format", raw.log_format.as_deref(), &[("text", LogFormat::Text), ("json", LogFormat::Json)]);
+    let log_format = log_format.unwrap_or(LogFormat::Text);
+    let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| match text.trim().parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            let shown = cx.quote("metrics_listen", text);
+            cx.error(
+                "metrics_listen",
+                format!("{shown} is not a socket address; write IP:PORT, e.g. \"127.0.0.1:9464\" or \"[::]:9464\""),
+            );
+            None
+        }
+    });
+
+    let mut certificates = BTreeMap::new();
+    for (name, cert) in &raw.certificates {
+        let path = join("certificates", name);
+        cx.check_id(&path, name, "certificate name");
+        let cert_path = cx.required_path(&join(&path, "cert_path"), cert.cert_path.as_deref(), "the certificate PEM file");
+        let key_path = cx.required_path(&join(&path, "key_path"), cert.key_path.as_deref(), "the private key PEM file");
+        if let (Some(cert_path), Some(key_path)) = (cert_path, key_path) {
+            let passphrase = secret(cert.passphrase.as_deref());
+            certificates.insert(name.clone(), CertificateConfig { cert_path, key_path, passphrase });
+        }
+    }
+
+    if raw.sources.is_empty() {
+        cx.error("sources", "no source is configured; add a [sources.<id>] table with its [sources.<id>.auth]");
+    }
+    let mut sources = BTreeMap::new();
+    for (id, source) in &raw.sources {
+        if let Some(source) = cx.source(id, source, &raw, &certificates) {
+            sources.insert(id.clone(), source);
+        }
+    }
+
+    let mut sinks = BTreeMap::new();
+    for (id, sink) in &raw.sinks {
+        if let Some(sink) = cx.sink(id, sink, &raw) {
+            sinks.insert(id.clone(), sink);
+        }
+    }
+
+    for id in raw.sources.keys() {
+        let fed = raw.sinks.values().any(|s| s.inputs.iter().flatten().any(|i| i == id));
+        if !fed {
+            cx.warn(
+                &join("sources", id),
+                "feeds no sink: its events are collected and dropped; add it to a sink's `inputs`",
+            );
+        }
+    }
+    for name in raw.certificates.keys() {
+        let used = raw
+            .sources
+            .values()
+            .any(|s| s.auth.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
+        if !used {
+            cx.warn(&join("certificates", name), "not used by any source");
+        }
+    }
+
+    if !cx.errors.is_empty() {
+        return Err(ConfigErrors { errors: cx.errors, warnings: cx.warnings });
+    }
+    Ok(Config {
+        state_dir,
+        log_level,
+        log_format,
+        metrics_listen,
+        sources,
+        certificates,
+        sinks,
+        warnings: cx.warnings,
+    })
+}
+
+/// The validation context: what was found so far.
+struct Cx<'a> {
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+    expanded: &'a BTreeSet<String>,
+}
+
+impl Cx<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError::new(path, message));
+    }
+
+    fn warn(&mut self, path: &str, message: impl std::fmt::Display) {
+        self.warnings.push(format!("{path}: {message}"));
+    }
+
+    /// A value for a message: quoted, or a neutral phrase when it came from the environment.
+    fn quote(&self, path: &str, value: &str) -> String {
+        if self.expanded.contains(path) {
+            "the value (from the environment)".to_owned()
+        } else {
+            format!("`{value}`")
+        }
+    }
+
+    /// One of a fixed set of spellings; `None` when absent or unknown (unknown is an error).
+    fn choice<T: Copy>(&mut self, path: &str, value: Option<&str>, options: &[(&str, T)]) -> Option<T> {
+        let value = value?;
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == value.trim()) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+        let shown = self.quote(path, value);
+        self.error(path, format!("unknown value {shown}; use one of: {}", names.join(", ")));
+        None
+    }
+
+    fn log_level(&mut self, path: &str, value: Option<&str>) -> Option<LogLevel> {
+        let levels =
+            [("error", LogLevel::Error), ("warn", LogLevel::Warn), ("info", LogLevel::Info), ("debug", LogLevel::Debug)];
+        self.choice(path, value, &levels)
+    }
+
+    /// Source, sink and certificate names end up in state keys, metrics labels and file names.
+    fn check_id(&mut self, path: &str, id: &str, what: &str) {
+        if id.is_empty() {
+            self.error(path, format!("empty {what}; use letters, digits, `_` and `-`"));
+        } else if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            self.error(path, format!("{what} `{id}` may only contain letters, digits, `_` and `-`; rename it"));
+        }
+    }
+
+    /// A required non-empty string.
+    fn required(&mut self, path: &str, value: Option<&str>, why: &str) -> Option<String> {
+        match value {
+            Some(v) if !v.trim().is_empty() => Some(v.to_owned()),
+            Some(_) => {
+                self.error(path, format!("is empty; set {why}"));
+                None
+            }
+            None => {
+                self.error(path, format!("is required; set {why}"));
+                None
+            }
+        }
+    }
+
+    fn required_path(&mut self, path: &str, value: Option<&str>, what: &str) -> Option<PathBuf> {
+        self.required(path, value, what).map(PathBuf::from)
+    }
+
+    /// An absolute http(s) URL; `http://` to a host other than loopback is allowed with a warning.
+    fn url(&mut self, path: &str, text: &str) -> Option<Url> {
+        let shown = self.quote(path, text);
+        let url = match Url::parse(text.trim()) {
+            Ok(url) => url,
+            Err(e) => {
+                self.error(path, format!("{shown} is not a valid URL ({e}); write an absolute URL such as https://host/path"));
+                return None;
+            }
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" => {
+                let loopback = match url.host() {
+                    Some(Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(Host::Ipv6(ip)) => ip.is_loopback(),
+                    Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+                    None => false,
+                };
+                if !loopback {
+                    self.warn(
+                        path,
+                        "plain http:// to a host that is not loopback: credentials and events travel unencrypted; \
+                         use https:// unless this is a test server",
+                    );
+                }
+            }
+            other => {
+                self.error(path, format!("scheme `{other}` is not supported; use https:// (or http:// for test servers)"));
+                return None;
+            }
+        }
+        if url.host().is_none() {
+            self.error(path, format!("{shown} has no host; write an absolute URL such as https://host/path"));
+            return None;
+        }
+        Some(url)
+    }
+
+    /// A non-negative integer that fits `T`, with its allowed range in the message.
+    fn int_in<T: TryFrom<i64>>(&mut self, path: &str, value: i64, min: i64, max: i64, hint: &str) -> Option<T> {
+        if value < min || value > max {
+            self.error(path, format!("{value} is out of range; use {min} to {max}{hint}"));
+            return None;
+        }
+        T::try_from(value).ok()
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&RawDuration>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(RawDuration::Secs(n)) if *n >= 0 => Duration::from_secs(n.unsigned_abs()),
+            Some(RawDuration::Secs(n)) => {
+                self.error(path, format!("{n} is negative; write a duration such as \"45s\", \"15m\", \"4h\" or 0"));
+                default
+            }
+            Some(RawDuration::Text(text)) => match parse_duration(text) {
+                Ok(d) => d,
+                Err(why) => {
+                    let shown = self.quote(path, text);
+                    self.error(path, format!("{shown}: {why}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn time(&mut self, path: &str, value: Option<&RawTime>, default: &str) -> Option<TimeExpr> {
+        let text = match value {
+            None => default.to_owned(),
+            Some(RawTime::Epoch(n)) if *n < 0 => {
+                self.error(path, format!("{n} is negative; write epoch seconds or a time expression such as \"-3h@h\""));
+                return None;
+            }
+            Some(RawTime::Epoch(n)) => n.to_string(),
+            Some(RawTime::Expr(s)) => s.clone(),
+        };
+        match TimeExpr::parse(&text) {
+            Ok(t) => Some(t),
+            Err(e) if self.expanded.contains(path) => {
+                let _ = e;
+                self.error(path, "the value (from the environment) is not a time expression; write e.g. \"-3h@h\", \"now\" or epoch seconds");
+                None
+            }
+            Err(e) => {
+                self.error(path, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn source(
+        &mut self,
+        id: &str,
+        raw: &RawSource,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<SourceConfig> {
+        let p = join("sources", id);
+        let at = |key: &str| join(&p, key);
+        self.check_id(&p, id, "source id");
+
+        let api = self.choice(&at("api"), raw.api.as_deref(), &[("graph", Api::Graph), ("reporting", Api::Reporting)]);
+        let plan = self.choice(
+            &at("plan"),
+            raw.plan.as_deref(),
+            &[("enterprise", Plan::Enterprise), ("gcc", Plan::Gcc), ("gcc_high", Plan::GccHigh), ("dod", Plan::Dod)],
+        );
+        let api_known = api.is_some() || raw.api.is_none();
+        let plan_known = plan.is_some() || raw.plan.is_none();
+        let api = api.unwrap_or(Api::Graph);
+        let plan = plan.unwrap_or(Plan::Enterprise);
+
+        let url = match raw.url.as_deref() {
+            Some(text) => self.url(&at("url"), text),
+            None if !(api_known && plan_known) => None,
+            None => match plan.default_url(api) {
+                Some(default) => Url::parse(default).ok(),
+                None if api == Api::Graph => {
+                    self.error(
+                        &at("api"),
+                        format!(
+                            "Microsoft offers no Graph message trace API for plan {} (Graph message trace exists \
+                             only in the global cloud); use api = \"reporting\", or set url to a compatible endpoint",
+                            plan.as_str()
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    self.error(
+                        &at("url"),
+                        format!(
+                            "Microsoft documents no Reporting Web Service host for plan {}; set url (and \
+                             auth.resource) to your tenant's endpoint",
+                            plan.as_str()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+
+        let schedule = match (raw.schedule.as_deref(), raw.poll_interval_mins) {
+            (Some(_), Some(_)) => {
+                self.error(&at("schedule"), "set either schedule or poll_interval_mins, not both; remove one");
+                None
+            }
+            (Some(expr), None) => match cron_to_six_fields(expr) {
+                Ok(six) => Some(Schedule::Cron { written: expr.trim().to_owned(), expr: six }),
+                Err(why) => {
+                    let shown = self.quote(&at("schedule"), expr);
+                    self.error(&at("schedule"), format!("{shown} is not a valid cron expression: {why}"));
+                    None
+                }
+            },
+            (None, mins) => {
+                let mins = mins.unwrap_or(15);
+                if POLL_INTERVALS.contains(&mins) {
+                    u32::try_from(mins).ok().map(|mins| Schedule::Interval { mins })
+                } else {
+                    self.error(
+                        &at("poll_interval_mins"),
+                        format!(
+                            "{mins} does not divide 60 evenly; use one of 1 2 3 4 5 6 10 12 15 20 30 60, or a \
+                             cron `schedule`"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+
+        let start = self.time(&at("start"), raw.start.as_ref(), "-3h@h");
+        let end = self.time(&at("end"), raw.end.as_ref(), "-2h@h");
+        if let (Some(start), Some(end)) = (&start, &end) {
+            // Relative expressions are compared at a fixed time (no clock read: no I/O, same answer
+            // every time); a mix of epoch and relative depends on the day, so it is left alone.
+            let is_epoch = |t: &TimeExpr| t.as_str().bytes().all(|b| b.is_ascii_digit());
+            if is_epoch(start) == is_epoch(end) {
+                let reference = Utc.with_ymd_and_hms(2024, 7, 9, 13, 37, 5).single();
+                if let Some(now) = reference {
+                    if start.resolve(now) >= end.resolve(now) {
+                        self.error(
+                            &at("end"),
+                            format!("end ({end}) is not after start ({start}); the date range would be empty"),
+                        );
+                    }
+                }
+            }
+        }
+
+        let max_page = if api == Api::Graph { 5000 } else { 2000 };
+        let page_hint = format!(" for api {}", if api == Api::Graph { "graph" } else { "reporting" });
+        let page_size = match raw.page_size {
+            None => Some(1000),
+            Some(n) => self.int_in(&at("page_size"), n, 1, max_page, &page_hint),
+        };
+
+        let reread = self.duration(&at("reread"), raw.reread.as_ref(), Duration::ZERO);
+
+        let quota = match &raw.quota {
+            None if api == Api::Graph => Some(Quota { requests: 100, per: Duration::from_secs(300) }),
+            None => None,
+            Some(q) => {
+                let qp = at("quota");
+                let requests = match q.requests {
+                    Some(n) => self.int_in::<u32>(&join(&qp, "requests"), n, 1, u32::MAX.into(), ""),
+                    None => {
+                        self.error(&join(&qp, "requests"), "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }");
+                        None
+                    }
+                };
+                let per = match q.per_secs {
+                    Some(n) => self.int_in::<u64>(&join(&qp, "per_secs"), n, 1, i64::MAX, "").map(Duration::from_secs),
+                    None => {
+                        self.error(&join(&qp, "per_secs"), "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }");
+                        None
+                    }
+                };
+                requests.zip(per).map(|(requests, per)| Quota { requests, per })
+            }
+        };
+
+        let tags = raw.tags.clone().unwrap_or_default();
+        for (i, tag) in tags.iter().enumerate() {
+            if tag.trim().is_empty() {
+                self.error(&format!("{}[{i}]", at("tags")), "empty tag; remove it");
+            }
+        }
+
+        let mut fields = BTreeMap::new();
+        for (name, value) in raw.fields.iter().flatten() {
+            let fp = join(&at("fields"), name);
+            if name.is_empty() || name == "_time" || name.starts_with("__") {
+                self.error(&fp, "reserved or empty field name (`_time` and `__*` are set by msgtrace); rename it");
+                continue;
+            }
+            let json = match value {
+                RawFieldValue::String(s) => serde_json::Value::String(s.clone()),
+                RawFieldValue::Integer(n) => serde_json::Value::from(*n),
+                RawFieldValue::Bool(b) => serde_json::Value::Bool(*b),
+                RawFieldValue::Float(f) => match serde_json::Number::from_f64(*f) {
+                    Some(n) => serde_json::Value::Number(n),
+                    None => {
+                        self.error(&fp, "nan and inf cannot be written to JSON events; use a finite number");
+                        continue;
+                    }
+                },
+            };
+            fields.insert(name.clone(), json);
+        }
+
+        let normalize = self.choice(&at("normalize"), raw.normalize.as_deref(), &[("ecs", Normalize::Ecs)]);
+        let mut local_domains = Vec::new();
+        for (i, domain) in raw.local_domains.iter().flatten().enumerate() {
+            let d = domain.trim().trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@' || c == '/') {
+                let path = format!("{}[{i}]", at("local_domains"));
+                let shown = self.quote(&path, domain);
+                self.error(&path, format!("{shown} is not a domain; write e.g. \"contoso.com\""));
+            } else {
+                local_domains.push(d);
+            }
+        }
+        if raw.local_domains.is_some() && raw.normalize.is_none() {
+            self.warn(&at("local_domains"), "only used with normalize = \"ecs\"; set it or remove local_domains");
+        }
+
+        let log_level = self.log_level(&at("log_level"), raw.log_level.as_deref());
+        let request_timeout = match raw.request_timeout_secs {
+            None => Some(Duration::from_secs(300)),
+            Some(0) => None,
+            Some(n) if n < 0 => {
+                self.error(&at("request_timeout_secs"), format!("{n} is negative; use seconds, or 0 for unlimited"));
+                None
+            }
+            Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
+        };
+        let job_timeout = Some(self.duration(&at("job_timeout"), raw.job_timeout.as_ref(), Duration::ZERO))
+            .filter(|d| !d.is_zero());
+        let task_reschedule_limit = match raw.task_reschedule_limit {
+            None => Some(1),
+            Some(n) => self.int_in(&at("task_reschedule_limit"), n, 0, u32::MAX.into(), ""),
+        };
+        let ttl = self.duration(&at("ttl"), raw.ttl.as_ref(), Duration::from_secs(4 * 3600));
+
+        let proxy_url = raw.proxy_url.as_deref().and_then(|text| self.url(&at("proxy_url"), text)).map(ProxyUrl);
+
+        let auth = match &raw.auth {
+            Some(auth) => self.auth(&at("auth"), auth, api, plan, raw.url.is_some(), config, certificates),
+            None => {
+                self.error(
+                    &at("auth"),
+                    "is required; add [sources.<id>.auth] with method = \"oauth\" (or basic, basic_secret, \
+                     oauth_secret, oauth_cert) and its credentials",
+                );
+                None
+            }
+        };
+        let retry = self.retry(&at("retry"), raw.retry.as_ref());
+
+        Some(SourceConfig {
+            id: id.to_owned(),
+            description: raw.description.clone(),
+            api,
+            url: url?,
+            plan,
+            schedule: schedule?,
+            start: start?,
+            end: end?,
+            page_size: page_size?,
+            reread,
+            quota,
+            tags,
+            fields,
+            disable_time_filter: raw.disable_time_filter.unwrap_or(false),
+            normalize,
+            local_domains,
+            log_level,
+            request_timeout,
+            job_timeout,
+            reschedule_tasks: raw.reschedule_tasks.unwrap_or(true),
+            task_reschedule_limit: task_reschedule_limit?,
+            ttl,
+            proxy_url,
+            auth: auth?,
+            retry: retry?,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn auth(
+        &mut self,
+        p: &str,
+        raw: &RawAuth,
+        api: Api,
+        plan: Plan,
+        explicit_url: bool,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        const METHODS: &[&str] = &["basic", "basic_secret", "oauth", "oauth_secret", "oauth_cert"];
+        let method = match raw.method.as_deref().map(str::trim) {
+            None => {
+                self.error(&at("method"), format!("is required; use one of: {}", METHODS.join(", ")));
+                return None;
+            }
+            Some(m) if METHODS.contains(&m) => m,
+            Some(m) => {
+                let shown = self.quote(&at("method"), m);
+                self.error(&at("method"), format!("unknown method {shown}; use one of: {}", METHODS.join(", ")));
+                return None;
+            }
+        };
+
+        // Which keys each method reads; any other key set is a mistake.
+        let owners: [(&str, bool, &[&str]); 15] = [
+            ("tenant_id", raw.tenant_id.is_some(), OAUTH_METHODS),
+            ("client_id", raw.client_id.is_some(), OAUTH_METHODS),
+            ("login_url", raw.login_url.is_some(), OAUTH_METHODS),
+            ("resource", raw.resource.is_some(), OAUTH_METHODS),
+            ("token_endpoint", raw.token_endpoint.is_some(), OAUTH_METHODS),
+            ("client_secret", raw.client_secret.is_some(), &["oauth"]),
+            ("client_secret_ref", raw.client_secret_ref.is_some(), &["oauth_secret"]),
+            ("username", raw.username.is_some(), &["basic"]),
+            ("password", raw.password.is_some(), &["basic"]),
+            ("credentials_secret", raw.credentials_secret.is_some(), &["basic_secret"]),
+            ("certificate", raw.certificate.is_some(), &["oauth_cert"]),
+            ("cert_path", raw.cert_path.is_some(), &["oauth_cert"]),
+            ("key_path", raw.key_path.is_some(), &["oauth_cert"]),
+            ("passphrase", raw.passphrase.is_some(), &["oauth_cert"]),
+            ("assertion_alg", raw.assertion_alg.is_some(), &["oauth_cert"]),
+        ];
+        for (key, present, methods) in owners {
+            if present && !methods.contains(&method) {
+                self.error(
+                    &at(key),
+                    format!("not used by method {method} (it belongs to {}); remove it or change method", methods.join(", ")),
+                );
+            }
+        }
+
+        if method.starts_with("basic") && api == Api::Graph && !explicit_url {
+            self.error(
+                &at("method"),
+                format!(
+                    "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
+                     oauth_cert, or api = \"reporting\""
+                ),
+            );
+        }
+
+        match method {
+            "basic" => {
+                let username = self.required(&at("username"), raw.username.as_deref(), "the account name for method basic");
+                let password = self.required(
+                    &at("password"),
+                    raw.password.as_deref(),
+                    "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
+                );
+                Some(AuthConfig::Basic { username: username?, password: Secret::new(password?) })
+            }
+            "basic_secret" => {
+                let name = self.required(
+                    &at("credentials_secret"),
+                    raw.credentials_secret.as_deref(),
+                    "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
+                );
+                Some(AuthConfig::BasicSecret { credentials_secret: name? })
+            }
+            "oauth" => {
+                let app = self.oauth_app(p, raw, api, plan);
+                let secret = self.required(
+                    &at("client_secret"),
+                    raw.client_secret.as_deref(),
+                    "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
+                     oauth_secret with client_secret_ref",
+                );
+                Some(AuthConfig::OAuth { app: app?, client_secret: Secret::new(secret?) })
+            }
+            "oauth_secret" => {
+                let app = self.oauth_app(p, raw, api, plan);
+                let name = self.required(
+                    &at("client_secret_ref"),
+                    raw.client_secret_ref.as_deref(),
+                    "the name of a secret in the store (msgtrace secrets set NAME)",
+                );
+                Some(AuthConfig::OAuthSecret { app: app?, client_secret_ref: name? })
+            }
+            _ => {
+                let app = self.oauth_app(p, raw, api, plan);
+                let alg = match raw.assertion_alg.as_deref() {
+                    None => Some(AssertionAlg::Ps256),
+                    Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
+                    Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
+                    Some(a) => {
+                        let shown = self.quote(&at("assertion_alg"), a);
+                        self.error(&at("assertion_alg"), format!("unknown algorithm {shown}; use PS256 or RS256"));
+                        None
+                    }
+                };
+                let inline = raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
+                let (certificate, certificate_name) = match (&raw.certificate, inline) {
+                    (Some(_), true) => {
+                        self.error(
+                            &at("certificate"),
+                            "set either certificate (a [certificates] entry) or cert_path/key_path/passphrase, not both",
+                        );
+                        (None, None)
+                    }
+                    (Some(name), false) => {
+                        if let Some(cert) = certificates.get(name) {
+                            (Some(cert.clone()), Some(name.clone()))
+                        } else if config.certificates.contains_key(name) {
+                            // The entry exists but has its own errors, reported under [certificates].
+                            (None, None)
+                        } else {
+                            let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
+                            let known = if known.is_empty() { "none are defined".to_owned() } else { known.join(", ") };
+                            let shown = self.quote(&at("certificate"), name);
+                            self.error(
+                                &at("certificate"),
+                                format!("no [certificates] entry named {shown}; known certificates: {known}"),
+                            );
+                            (None, None)
+                        }
+                    }
+                    (None, _) => {
+                        let cert_path = self.required_path(
+                            &at("cert_path"),
+                            raw.cert_path.as_deref(),
+                            "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
+                        );
+                        let key_path = self.required_path(&at("key_path"), raw.key_path.as_deref(), "the private key PEM file");
+                        let cert = cert_path.zip(key_path).map(|(cert_path, key_path)| CertificateConfig {
+                            cert_path,
+                            key_path,
+                            passphrase: secret(raw.passphrase.as_deref()),
+                        });
+                        (cert, None)
+                    }
+                };
+                Some(AuthConfig::OAuthCert { app: app?, certificate: certificate?, certificate_name, assertion_alg: alg? })
+            }
+        }
+    }
+
+    fn oauth_app(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<OAuthApp> {
+        let at = |key: &str| join(p, key);
+        let tenant_id = self.required(&at("tenant_id"), raw.tenant_id.as_deref(), "the directory (tenant) id or domain");
+        if let Some(t) = &tenant_id {
+            if t.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#')) {
+                self.error(&at("tenant_id"), "must be a tenant id (GUID) or domain, without spaces or `/`");
+            }
+        }
+        let client_id = self.required(&at("client_id"), raw.client_id.as_deref(), "the application (client) id");
+        let login_url = match raw.login_url.as_deref() {
+            Some(text) => self.url(&at("login_url"), text),
+            None => Url::parse(plan.default_login_url()).ok(),
+        };
+        let resource = match raw.resource.as_deref() {
+            Some(r) => self.required(&at("resource"), Some(r), "the token audience, e.g. \"https://outlook.office365.com\""),
+            None => match plan.default_resource(api) {
+                Some(r) => Some(r.to_owned()),
+                None => {
+                    self.error(
+                        &at("resource"),
+                        format!("no default token audience is known for plan {}; set resource", plan.as_str()),
+                    );
+                    None
+                }
+            },
+        };
+        let token_endpoint = match raw.token_endpoint.as_deref() {
+            None => Some(TokenEndpoint::V2),
+            Some(v) => self.choice(&at("token_endpoint"), Some(v), &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)]),
+        };
+        Some(OAuthApp {
+            tenant_id: tenant_id?.trim().to_owned(),
+            client_id: client_id?.trim().to_owned(),
+            login_url: login_url?,
+            resource: resource?.trim().trim_end_matches('/').to_owned(),
+            token_endpoint: token_endpoint?,
+        })
+    }
+
+    fn retry(&mut self, p: &str, raw: Option<&RawRetry>) -> Option<RetryConfig> {
+        let at = |key: &str| join(p, key);
+        let default = RawRetry::default();
+        let raw = raw.unwrap_or(&default);
+        let kind = match raw.kind.as_deref() {
+            None => Some(RetryKind::Backoff),
+            Some(k) => self.choice(
+                &at("type"),
+                Some(k),
+                &[("backoff", RetryKind::Backoff), ("static", RetryKind::Static), ("disabled", RetryKind::Disabled)],
+            ),
+        };
+        let initial_interval = match raw.initial_interval_ms {
+            None => Some(Duration::from_millis(1000)),
+            Some(n) => self.int_in::<u64>(&at("initial_interval_ms"), n, 0, 20_000, " milliseconds").map(Duration::from_millis),
+        };
+        let limit = match raw.limit {
+            None => Some(5),
+            Some(n) => self.int_in(&at("limit"), n, 0, 20, " (0 = no retries)"),
+        };
+        let multiplier = match raw.multiplier {
+            None => Some(2.0),
+            Some(m) if m.is_finite() && m >= 1.0 => Some(m),
+            Some(m) => {
+                self.error(&at("multiplier"), format!("{m} is below 1; use 1 (constant delay) or more, e.g. 2"));
+                None
+            }
+        };
+        let mut codes = Vec::new();
+        for (i, code) in raw.codes.iter().flatten().enumerate() {
+            let path = format!("{}[{i}]", at("codes"));
+            match u16::try_from(*code) {
+                Ok(c) if (100..=599).contains(&c) && !(200..=299).contains(&c) => codes.push(c),
+                _ if (200..=299).contains(code) => {
+                    self.error(&path, format!("{code} is a success status; list only failures such as 429 or 503"))
+                }
+                _ => self.error(&path, format!("{code} is not an HTTP status; use 100 to 599, e.g. 429 or 503")),
+            }
+        }
+        if raw.codes.is_none() {
+            codes = vec![429, 503];
+        }
+        Some(RetryConfig {
+            kind: kind?,
+            initial_interval: initial_interval?,
+            limit: limit?,
+            multiplier: multiplier?,
+            codes,
+            honor_retry_after: raw.honor_retry_after.unwrap_or(true),
+            retry_connect_timeout: raw.retry_connect_timeout.unwrap_or(true),
+            retry_connect_reset: raw.retry_connect_reset.unwrap_or(true),
+        })
+    }
+
+    fn sink(&mut self, id: &str, raw: &RawSink, config: &RawConfig) -> Option<SinkConfig> {
+        let p = join("sinks", id);
+        let at = |key: &str| join(&p, key);
+        self.check_id(&p, id, "sink id");
+
+        let inputs = match &raw.inputs {
+            None => {
+                self.error(&at("inputs"), "is required; list the source ids this sink receives, e.g. inputs = [\"contoso\"]");
+                None
+            }
+            Some(list) if list.is_empty() => {
+                self.error(&at("inputs"), "is empty; list the source ids this sink receives, e.g. inputs = [\"contoso\"]");
+                None
+            }
+            Some(list) => {
+                let mut ok = true;
+                for (i, input) in list.iter().enumerate() {
+                    if !config.sources.contains_key(input) {
+                        let path = format!("{}[{i}]", at("inputs"));
+                        let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
+                        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                        let shown = self.quote(&path, input);
+                        self.error(&path, format!("no source {shown}; known sources: {known}"));
+                        ok = false;
+                    }
+                }
+                ok.then(|| list.clone())
+            }
+        };
+
+        const TYPES: &[&str] = &["stdout", "file", "http"];
+        let kind = match raw.kind.as_deref().map(str::trim) {
+            None => {
+                self.error(&at("type"), "is required; use stdout, file or http");
+                return None;
+            }
+            Some(k) if TYPES.contains(&k) => k,
+            Some(k) => {
+                let shown = self.quote(&at("type"), k);
+                self.error(&at("type"), format!("unknown sink type {shown}; use stdout, file or http"));
+                return None;
+            }
+        };
+        let owners: [(&str, bool, &str); 7] = [
+            ("path", raw.path.is_some(), "file"),
+            ("url", raw.url.is_some(), "http"),
+            ("format", raw.format.is_some(), "http"),
+            ("token", raw.token.is_some(), "http"),
+            ("headers", raw.headers.is_some(), "http"),
+            ("compression", raw.compression.is_some(), "http"),
+            ("batch", raw.batch.is_some(), "http"),
+        ];
+        for (key, present, owner) in owners {
+            if present && owner != kind {
+                self.error(&at(key), format!("not used by sink type {kind} (only by {owner}); remove it"));
+            }
+        }
+
+        let kind = match kind {
+            "stdout" => Some(SinkKind::Stdout),
+            "file" => self
+                .required_path(&at("path"), raw.path.as_deref(), "the file to append events to")
+                .map(|path| SinkKind::File { path }),
+            _ => self.http_sink(&p, raw).map(SinkKind::Http),
+        };
+        Some(SinkConfig { id: id.to_owned(), inputs: inputs?, kind: kind? })
+    }
+
+    fn http_sink(&mut self, p: &str, raw: &RawSink) -> Option<HttpSinkConfig> {
+        let at = |key: &str| join(p, key);
+        let url = match raw.url.as_deref() {
+            Some(text) => self.url(&at("url"), text),
+            None => {
+                self.error(&at("url"), "is required for an http sink; set the endpoint events are POSTed to");
+                None
+            }
+        };
+        let formats = [
+            ("ndjson", HttpFormat::Ndjson),
+            ("json", HttpFormat::Json),
+            ("splunk_hec", HttpFormat::SplunkHec),
+            ("elasticsearch_bulk", HttpFormat::ElasticsearchBulk),
+        ];
+        let format = match raw.format.as_deref() {
+            Some(f) => self.choice(&at("format"), Some(f), &formats),
+            None => {
+                self.error(&at("format"), "is required for an http sink; use ndjson, json, splunk_hec or elasticsearch_bulk");
+                None
+            }
+        };
+        let token = secret(raw.token.as_deref());
+        if format == Some(HttpFormat::SplunkHec) && token.is_none() {
+            self.warn(&at("token"), "a Splunk HEC endpoint normally needs a token; set token = \"${HEC_TOKEN}\"");
+        }
+        let mut headers = BTreeMap::new();
+        for (name, value) in raw.headers.iter().flatten() {
+            let hp = join(&at("headers"), name);
+            let valid_name = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid_name {
+                self.error(&hp, "not a valid HTTP header name; use letters, digits and `-`");
+            } else if value.contains(['\r', '\n']) {
+                self.error(&hp, "header values cannot contain line breaks");
+            } else {
+                headers.insert(name.clone(), Secret::new(value.clone()));
+            }
+        }
+        let compression = match raw.compression.as_deref() {
+            None => Some(Compression::None),
+            Some(c) => self.choice(&at("compression"), Some(c), &[("none", Compression::None), ("gzip", Compression::Gzip)]),
+        };
+        let defaults = BatchConfig::default();
+        let batch = match &raw.batch {
+            None => Some(defaults),
+            Some(b) => {
+                let bp = at("batch");
+                let max_rows = match b.max_rows {
+                    None => Some(defaults.max_rows),
+                    Some(n) => self.int_in(&join(&bp, "max_rows"), n, 1, i64::from(u32::MAX), ""),
+                };
+                let max_bytes = match b.max_bytes {
+                    None => Some(defaults.max_bytes),
+                    Some(n) => self.int_in(&join(&bp, "max_bytes"), n, 1, i64::from(u32::MAX), ""),
+                };
+                let timeout = match b.timeout_secs {
+                    None => Some(defaults.timeout),
+                    Some(n) => self.int_in::<u64>(&join(&bp, "timeout_secs"), n, 0, 86_400, "").map(Duration::from_secs),
+                };
+                match (max_rows, max_bytes, timeout) {
+                    (Some(max_rows), Some(max_bytes), Some(timeout)) => Some(BatchConfig { max_rows, max_bytes, timeout }),
+                    _ => None,
+                }
+            }
+        };
+        Some(HttpSinkConfig {
+            url: url?,
+            format: format?,
+            token,
+            headers,
+            compression: compression?,
+            batch: batch?,
+        })
+    }
+}
+
+/// An optional secret; an empty string counts as unset.
+fn secret(value: Option<&str>) -> Option<Secret> {
+    value.filter(|v| !v.is_empty()).map(Secret::new)
+}

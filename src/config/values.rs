@@ -1,0 +1,325 @@
+//! Small parsers and message helpers shared by the loading and validation steps: durations, cron
+//! expressions, key paths and the wording of serde's errors.
+
+use std::time::Duration;
+
+/// Joins a key path and a key (`sources.a` + `url`).
+pub(crate) fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// Whether `path` is `parent` or lies inside it (`parent.x`, `parent[0]`).
+pub(crate) fn is_within(path: &str, parent: &str) -> bool {
+    match path.strip_prefix(parent) {
+        Some(rest) => rest.is_empty() || rest.starts_with('.') || rest.starts_with('['),
+        None => false,
+    }
+}
+
+/// Parses a duration: a number of seconds (`"30"`) or one or more `<n><unit>` parts with unit
+/// `s`, `m`, `h` or `d` (`"45s"`, `"15m"`, `"4h"`, `"2d"`, `"1h30m"`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    const HINT: &str = "write a number of seconds or <n><unit> with unit s, m, h or d, e.g. \"45s\", \"15m\", \"4h\", \"2d\"";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(format!("empty duration; {HINT}"));
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("duration too large; {HINT}"));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("not a duration; {HINT}"));
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| format!("duration too large; {HINT}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "" => return Err(format!("a number inside a duration needs a unit; {HINT}")),
+            _ => return Err(format!("unknown duration unit; {HINT}")),
+        };
+        rest = &rest[unit_len..];
+        total = number
+            .checked_mul(unit)
+            .and_then(|n| total.checked_add(n))
+            .ok_or_else(|| format!("duration too large; {HINT}"))?;
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Checks a standard 5-field cron expression (minute hour day-of-month month day-of-week, or a
+/// shorthand such as `@hourly`) and returns it in the `cron` crate's form: seconds first
+/// (`"0 */15 * * * *"`), with numeric days of week turned into names (that crate counts Sunday
+/// as 1 where standard cron counts it as 0).
+pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
+    let expr = expr.trim();
+    if expr.starts_with('@') {
+        return match expr {
+            "@yearly" | "@monthly" | "@weekly" | "@daily" | "@hourly" => Ok(expr.to_owned()),
+            _ => Err("unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields".to_owned()),
+        };
+    }
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "expected 5 fields (minute hour day-of-month month day-of-week), found {}; e.g. \"*/15 * * * *\"",
+            fields.len()
+        ));
+    }
+    const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+    let specs: [(&str, u32, u32, &[&str], u32); 5] = [
+        ("minute", 0, 59, &[], 0),
+        ("hour", 0, 23, &[], 0),
+        ("day-of-month", 1, 31, &[], 0),
+        ("month", 1, 12, MONTHS, 1),
+        ("day-of-week", 0, 7, DAYS, 0),
+    ];
+    let mut out = vec!["0".to_owned()];
+    for (field, (name, min, max, names, first)) in fields.iter().zip(specs) {
+        let checked = check_cron_field(field, min, max, names, first, name == "day-of-week")
+            .map_err(|why| format!("{name} field `{field}`: {why}"))?;
+        out.push(checked);
+    }
+    Ok(out.join(" "))
+}
+
+/// Checks one cron field; `dow` rewrites numeric days of week into names.
+fn check_cron_field(field: &str, min: u32, max: u32, names: &[&str], first: u32, dow: bool) -> Result<String, String> {
+    let value = |v: &str| -> Result<u32, String> {
+        if let Ok(n) = v.parse::<u32>() {
+            if (min..=max).contains(&n) {
+                return Ok(n);
+            }
+            return Err(format!("{n} is outside {min}-{max}"));
+        }
+        names
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(v))
+            .map(|i| i as u32 + first)
+            .ok_or_else(|| format!("`{v}` is not a number in {min}-{max}"))
+    };
+    let day = |n: u32| -> String {
+        let name = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][(n % 7) as usize];
+        name.to_owned()
+    };
+    let mut items = Vec::new();
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => match step.parse::<u32>() {
+                Ok(s) if s >= 1 => (base, Some(s)),
+                _ => return Err(format!("step `{step}` must be a positive number")),
+            },
+            None => (item, None),
+        };
+        let step_text = step.map(|s| format!("/{s}")).unwrap_or_default();
+        if base == "*" || (base == "?" && (dow || (min == 1 && max == 31))) {
+            items.push(format!("{base}{step_text}"));
+            continue;
+        }
+        if let Some((lo, hi)) = base.split_once('-') {
+            let (lo, hi) = (value(lo)?, value(hi)?);
+            if !dow {
+                if lo > hi {
+                    return Err(format!("range {lo}-{hi} runs backwards"));
+                }
+                items.push(format!("{lo}-{hi}{step_text}"));
+                continue;
+            }
+            // Days: 7 is Sunday again; a range ending on it wraps into Sat + Sun.
+            let (lo, hi) = (lo % 7, if hi == 7 && lo > 0 { 7 } else { hi % 7 });
+            if lo > hi {
+                return Err("day-of-week range runs backwards".to_owned());
+            }
+            if step.is_some() {
+                return Err("steps over a day-of-week range are not supported; list the days".to_owned());
+            }
+            if hi == 7 {
+                items.push(if lo == 6 { "Sat,Sun".to_owned() } else { format!("{}-Sat,Sun", day(lo)) });
+            } else if lo == hi {
+                items.push(day(lo));
+            } else {
+                items.push(format!("{}-{}", day(lo), day(hi)));
+            }
+            continue;
+        }
+        if base.is_empty() {
+            return Err("empty list item".to_owned());
+        }
+        let n = value(base)?;
+        if !dow {
+            items.push(format!("{n}{step_text}"));
+        } else if step.is_some() {
+            // `cron` counts from 1 (Sunday), standard cron from 0.
+            items.push(format!("{}{step_text}", n % 7 + 1));
+        } else {
+            items.push(day(n));
+        }
+    }
+    Ok(items.join(","))
+}
+
+/// Finds the key path of a line of TOML text (its table header plus the key on that line), for
+/// syntax errors, which toml reports by position only.
+pub(crate) fn key_path_at_line(text: &str, line: usize) -> Option<String> {
+    let mut header = String::new();
+    for (i, raw_line) in text.lines().enumerate() {
+        let trimmed = raw_line.trim();
+        if i + 1 == line {
+            if trimmed.starts_with('[') {
+                let name = trimmed.trim_start_matches('[').split(']').next()?.trim();
+                return (!name.is_empty()).then(|| name.to_owned());
+            }
+            let (key, _) = trimmed.split_once('=')?;
+            let key = key.trim();
+            let plausible = !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+            if !plausible {
+                return (!header.is_empty()).then_some(header);
+            }
+            let key: String = key.chars().filter(|c| !matches!(c, '"' | '\'' | ' ')).collect();
+            return Some(join(&header, &key));
+        }
+        if trimmed.starts_with('[') {
+            if let Some(name) = trimmed.trim_start_matches('[').split(']').next() {
+                header = name.trim().replace(['"', '\''], "");
+            }
+        }
+    }
+    None
+}
+
+/// The message for an unknown key: what it is, the accepted keys, and the closest one.
+pub(crate) fn unknown_key_message(field: &str, accepted: &[String]) -> String {
+    let closest = accepted
+        .iter()
+        .map(|a| (edit_distance(field, a), a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d);
+    let suggestion = closest.map(|(_, a)| format!("did you mean `{a}`? ")).unwrap_or_default();
+    if accepted.is_empty() {
+        format!("unknown key `{field}`; remove it")
+    } else {
+        format!("unknown key `{field}`; {suggestion}accepted keys: {}", accepted.join(", "))
+    }
+}
+
+/// Rewords serde's type errors for people who write TOML (tables, arrays, integers), and never
+/// repeats a string value (it may hold a secret from the environment).
+pub(crate) fn type_error_message(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: ")) else {
+        return message.to_owned();
+    };
+    let Some((found, expected)) = rest.rsplit_once(", expected ") else {
+        return message.to_owned();
+    };
+    let found = match found {
+        f if f.starts_with("string ") => "a string".to_owned(),
+        "map" => "a table".to_owned(),
+        "sequence" => "an array".to_owned(),
+        f if f.starts_with("integer ") && message.starts_with("invalid value") => {
+            format!("{} (out of range)", f.trim_start_matches("integer ").trim_matches('`'))
+        }
+        f => f.replace('`', ""),
+    };
+    let expected = match expected {
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        "a sequence" => "an array",
+        "i64" | "u64" | "u32" | "i32" | "u16" | "usize" => "an integer",
+        "f64" => "a number",
+        e => e,
+    };
+    format!("expected {expected}, found {found}")
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("4h"), Ok(Duration::from_secs(14_400)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "h", "4x", "-5s", "1.5h", "4 h", "5m3", "99999999999999999999", "18446744073709551615d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cron_expressions() {
+        assert_eq!(cron_to_six_fields("*/15 * * * *").unwrap(), "0 */15 * * * *");
+        assert_eq!(cron_to_six_fields("0 6 1 jan *").unwrap(), "0 0 6 1 1 *");
+        assert_eq!(cron_to_six_fields("5 0 * * 1-5").unwrap(), "0 5 0 * * Mon-Fri");
+        assert_eq!(cron_to_six_fields("5 0 * * 0,6").unwrap(), "0 5 0 * * Sun,Sat");
+        assert_eq!(cron_to_six_fields("5 0 * * 5-7").unwrap(), "0 5 0 * * Fri-Sat,Sun");
+        assert_eq!(cron_to_six_fields("5 0 * * 0/2").unwrap(), "0 5 0 * * 1/2");
+        assert_eq!(cron_to_six_fields("0 * * * sun").unwrap(), "0 0 * * * Sun");
+        assert_eq!(cron_to_six_fields("@hourly").unwrap(), "@hourly");
+        for bad in ["* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "x * * * *", "5-1 * * * *", "@often", "* * * * 8", ",5 * * * *"] {
+            assert!(cron_to_six_fields(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_paths_of_lines() {
+        let text = "a = 1\n[sources.x]\nb = 2\n[sources.x.auth]\n\"c\" = 3\n[[weird]]\n";
+        assert_eq!(key_path_at_line(text, 1).as_deref(), Some("a"));
+        assert_eq!(key_path_at_line(text, 3).as_deref(), Some("sources.x.b"));
+        assert_eq!(key_path_at_line(text, 4).as_deref(), Some("sources.x.auth"));
+        assert_eq!(key_path_at_line(text, 5).as_deref(), Some("sources.x.auth.c"));
+        assert_eq!(key_path_at_line(text, 6).as_deref(), Some("weird"));
+        assert_eq!(key_path_at_line(text, 99), None);
+    }
+
+    #[test]
+    fn messages() {
+        let accepted = vec!["poll_interval_mins".to_owned(), "page_size".to_owned()];
+        let m = unknown_key_message("poll_interval_min", &accepted);
+        assert!(m.contains("did you mean `poll_interval_mins`?"), "{m}");
+        assert!(m.ends_with("accepted keys: poll_interval_mins, page_size"));
+        assert!(!unknown_key_message("zzz", &accepted).contains("did you mean"));
+        assert_eq!(
+            type_error_message("invalid type: string \"hunter2\", expected i64"),
+            "expected an integer, found a string"
+        );
+        assert_eq!(
+            type_error_message("invalid type: integer `5`, expected struct RawAuth"),
+            "expected a table, found integer 5"
+        );
+        assert!(is_within("a.b.c", "a.b") && is_within("a.b[0]", "a.b") && is_within("a.b", "a.b"));
+        assert!(!is_within("a.bc", "a.b"));
+    }
+}

@@ -1,0 +1,292 @@
+//! Assembles the actors from a validated [`Config`] and runs them.
+//!
+//! ```text
+//!  Scheduler ──Due──▶ Supervisor ──RunJob──▶ Fetcher (one per source) ──GetAuthHeader──▶ AuthToken
+//!                        ▲   │                  │ Deliver(page)                          (shared)
+//!                        │   └─watchdog─────────┤
+//!                        └────JobFinished───────┘──▶ SinkActor (one per sink, own thread)
+//! ```
+
+use crate::config::{AuthConfig, Config, RetryKind, Schedule, SinkKind, SourceConfig};
+use crate::sinks::{FileSink, StdoutSink};
+use actix::prelude::*;
+use anyhow::{anyhow, Context as _};
+use msgtrace_actors::auth::AuthToken;
+use msgtrace_actors::retry::{self, RetryPolicy};
+use msgtrace_actors::scheduler;
+use msgtrace_actors::secret::Secret;
+use msgtrace_actors::sink::{Sink, SinkActor};
+use msgtrace_actors::spec::{AuthSpec, SourceSpec, TokenEndpoint, TokenSpec, WindowSpec};
+use msgtrace_actors::supervisor::{
+    PageHook, RunAll, RunReport, Shutdown, SinkEntry, SourceEntry, StartSchedules, Supervisor,
+};
+use msgtrace_storage::{JobKind, JobState, Store};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How the engine runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Collect what is due now for every source, then stop.
+    Once,
+    /// Run every source on its schedule until a shutdown signal.
+    Continuous,
+}
+
+/// Knobs that are not configuration keys.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
+    pub durable: bool,
+    /// Called after every committed page: (source, pages, rows) of the running job.
+    pub page_hook: Option<PageHook>,
+    /// How long a shutdown waits for pages in flight.
+    pub grace: Duration,
+    /// Listen for SIGINT/SIGTERM.
+    pub handle_signals: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            durable: true,
+            page_hook: None,
+            grace: Duration::from_secs(30),
+            handle_signals: true,
+        }
+    }
+}
+
+/// Largest response body accepted from the API: a 5000-row page is a few MiB.
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// Builds the engine-side description of a source.
+pub fn source_spec(src: &SourceConfig, durable: bool) -> Result<SourceSpec, String> {
+    let path = format!("sources.{}", src.id);
+    let auth = match &src.auth {
+        AuthConfig::Basic { username, password } => AuthSpec::Basic {
+            username: username.clone(),
+            password: Secret::new(password.expose()),
+        },
+        AuthConfig::OAuth { app, client_secret } => AuthSpec::ClientSecret {
+            token: TokenSpec {
+                login_url: app.login_url.clone(),
+                tenant_id: app.tenant_id.clone(),
+                client_id: app.client_id.clone(),
+                audience: app.resource.clone(),
+                endpoint: match app.token_endpoint {
+                    crate::config::TokenEndpoint::V1 => TokenEndpoint::V1,
+                    crate::config::TokenEndpoint::V2 => TokenEndpoint::V2,
+                },
+            },
+            secret: Secret::new(client_secret.expose()),
+        },
+        other => {
+            return Err(format!(
+                "{path}.auth.method: `{}` is not available in this build yet (supported now: basic, oauth); see docs/operations.md",
+                other.method()
+            ))
+        }
+    };
+    let cron = match &src.schedule {
+        Schedule::Interval { mins } => scheduler::cron_for_interval(*mins),
+        Schedule::Cron { expr, .. } => expr.clone(),
+    };
+    scheduler::parse_cron(&cron).map_err(|e| format!("{path}.schedule: {e}"))?;
+    let r = &src.retry;
+    let retry = RetryPolicy {
+        kind: match r.kind {
+            RetryKind::Backoff => retry::RetryKind::Backoff,
+            RetryKind::Static => retry::RetryKind::Static,
+            RetryKind::Disabled => retry::RetryKind::Disabled,
+        },
+        initial: r.initial_interval,
+        limit: r.limit,
+        multiplier: r.multiplier,
+        codes: r.codes.clone(),
+        honor_retry_after: r.honor_retry_after,
+        retry_connect_timeout: r.retry_connect_timeout,
+        retry_connect_reset: r.retry_connect_reset,
+    };
+    Ok(SourceSpec {
+        id: src.id.clone(),
+        api: src.api,
+        url: src.url.clone(),
+        page_size: src.page_size,
+        window: WindowSpec {
+            start: src.start.clone(),
+            end: src.end.clone(),
+            max_slice: src.api.max_window(),
+        },
+        auth,
+        retry,
+        request_timeout: src.request_timeout,
+        max_body_bytes: MAX_BODY_BYTES,
+        fields: src.fields.clone().into_iter().collect(),
+        disable_time_filter: src.disable_time_filter,
+        cron,
+        durable,
+    })
+}
+
+/// Warnings for keys that validate but are not in effect yet in this build (never silently).
+pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    for s in config.sources.values() {
+        let p = format!("sources.{}", s.id);
+        if !s.reread.is_zero() {
+            w.push(format!("{p}.reread: re-reading for late rows is not implemented yet; ignored"));
+        }
+        if s.normalize.is_some() {
+            w.push(format!("{p}.normalize: ECS normalization is not implemented yet; ignored"));
+        }
+        if s.proxy_url.is_some() {
+            w.push(format!("{p}.proxy_url: proxies are not implemented yet; ignored"));
+        }
+    }
+    if config.metrics_listen.is_some() {
+        w.push("metrics_listen: the metrics endpoint is not implemented yet; ignored".into());
+    }
+    w
+}
+
+/// Builds the sink for a sink configuration.
+fn build_sink(id: &str, kind: &SinkKind) -> anyhow::Result<Box<dyn Sink>> {
+    match kind {
+        SinkKind::Stdout => Ok(Box::new(StdoutSink::new(id))),
+        SinkKind::File { path } => Ok(Box::new(FileSink::new(id, path))),
+        SinkKind::Http(_) => Err(anyhow!(
+            "sinks.{id}.type: `http` sinks are not available in this build yet (use stdout or file); see docs/operations.md"
+        )),
+    }
+}
+
+/// Marks jobs left `running` by a process that died as `interrupted`, and applies the TTL.
+fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    for job in store.jobs(None)? {
+        if job.state == JobState::Running {
+            let mut j = job.clone();
+            j.finish(JobState::Interrupted, now);
+            j.errors
+                .push("the process stopped while this job ran; the next job resumed it".into());
+            store.put_job(&j)?;
+        }
+    }
+    for s in config.sources.values() {
+        let ttl = chrono::Duration::from_std(s.ttl).unwrap_or(chrono::Duration::hours(4));
+        let removed = store.sweep_jobs(&s.id, now - ttl)?;
+        if removed > 0 {
+            info!(source = %s.id, removed, "expired job records removed (ttl)");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the engine inside the current actix System until done (`Once`) or until a shutdown
+/// signal (`Continuous`). Returns the jobs' outcomes.
+pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
+    msgtrace_actors::http::install_crypto();
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for s in config.sources.values() {
+        match source_spec(s, opts.durable) {
+            Ok(spec) => sources.push(SourceEntry {
+                spec,
+                job_timeout: s.job_timeout,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(anyhow!(errors.join("\n")));
+    }
+    for w in unimplemented_warnings(config) {
+        warn!("{w}");
+    }
+    let store = Store::open(&config.state_dir)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    tidy_jobs(&store, config)?;
+
+    let mut arbiters = Vec::new();
+    let mut sinks = Vec::new();
+    for sink in config.sinks.values() {
+        let built = build_sink(&sink.id, &sink.kind)?;
+        let arbiter = Arbiter::new();
+        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
+        arbiters.push(arbiter);
+        sinks.push(SinkEntry {
+            name: sink.id.clone(),
+            addr,
+            inputs: sink.inputs.clone(),
+        });
+    }
+    let auth = AuthToken::default().start();
+    let supervisor = Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone()).start();
+
+    let work = async {
+        match mode {
+            Mode::Once => supervisor
+                .send(RunAll {
+                    kind: JobKind::Once,
+                })
+                .await
+                .map_err(|e| anyhow!("supervisor stopped: {e}")),
+            Mode::Continuous => {
+                supervisor.do_send(StartSchedules);
+                std::future::pending::<anyhow::Result<RunReport>>().await
+            }
+        }
+    };
+    let interrupted = async {
+        if opts.handle_signals {
+            wait_for_signal().await
+        } else {
+            std::future::pending::<()>().await
+        }
+    };
+    let once_report = tokio::select! {
+        r = work => Some(r?),
+        () = interrupted => {
+            info!("signal received");
+            None
+        }
+    };
+    let shutdown_report = supervisor
+        .send(Shutdown { grace: opts.grace })
+        .await
+        .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
+    for a in arbiters {
+        a.stop();
+    }
+    store.flush().await?;
+    Ok(match once_report {
+        Some(mut r) if mode == Mode::Once => {
+            r.restarts = r.restarts.max(shutdown_report.restarts);
+            r
+        }
+        _ => shutdown_report,
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,408 @@
+//! The simulated Microsoft Entra ID token endpoints and the checks of the data endpoints.
+//!
+//! Tokens are JWT-shaped (`header.claims.signature`, base64url) but only their presence in the
+//! server's table counts: the table remembers each token's audience and expiry.
+
+use std::time::{Duration, Instant};
+
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::model::splitmix64;
+use super::query::Params;
+use super::server::State;
+
+/// The audience a data endpoint wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// Microsoft Graph (`https://graph.microsoft.com`).
+    Graph,
+    /// Exchange Online Reporting Web Service (`https://outlook.office365.com`).
+    Rws,
+}
+
+/// One issued access token.
+#[derive(Clone, Debug)]
+pub(crate) struct IssuedToken {
+    /// The audience it was issued for (scope without `/.default`, or v1 `resource`).
+    pub audience: String,
+    /// When it stops being accepted.
+    pub expires: Instant,
+}
+
+/// Why a bearer token was refused (the text goes into the Graph error message).
+pub(crate) enum TokenError {
+    Missing,
+    Unknown,
+    Expired,
+    Audience,
+}
+
+impl TokenError {
+    pub(crate) fn message(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "Access token is empty.",
+            TokenError::Unknown => {
+                "Access token validation failure. The token was not issued by this tenant or was revoked."
+            }
+            TokenError::Expired => "Lifetime validation failed, the token is expired.",
+            TokenError::Audience => "Access token validation failure. Invalid audience.",
+        }
+    }
+}
+
+/// Whether an audience (URL or app id) is one the API accepts.
+fn audience_fits(audience: &str, api: Api) -> bool {
+    let a = audience.to_ascii_lowercase();
+    match api {
+        Api::Graph => a.contains("graph.") || a == "00000003-0000-0000-c000-000000000000",
+        Api::Rws => {
+            a.contains("outlook.")
+                || a.contains("office365")
+                || a.contains("exchange")
+                || a == "00000002-0000-0ff1-ce00-000000000000"
+        }
+    }
+}
+
+/// `Authorization: Bearer …` → the token text.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get("authorization")?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `Authorization: Basic …` → (user, password).
+pub(crate) fn basic(req: &HttpRequest) -> Option<(String, String)> {
+    let value = req.headers().get("authorization")?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(rest.trim()).ok()?).ok()?;
+    let (user, pass) = decoded.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+impl State {
+    /// Checks the request's bearer token for `api`.
+    pub(crate) fn check_bearer(&self, req: &HttpRequest, api: Api) -> Result<(), TokenError> {
+        let token = bearer(req).ok_or(TokenError::Missing)?;
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let issued = tokens.get(token).ok_or(TokenError::Unknown)?;
+        if Instant::now() >= issued.expires {
+            return Err(TokenError::Expired);
+        }
+        if self.config.check_audience && !audience_fits(&issued.audience, api) {
+            return Err(TokenError::Audience);
+        }
+        Ok(())
+    }
+
+    /// Checks Basic credentials against the configured username/password (if any).
+    pub(crate) fn check_basic(&self, req: &HttpRequest) -> bool {
+        match (&self.config.username, &self.config.password, basic(req)) {
+            (Some(u), Some(p), Some((user, pass))) => *u == user && *p == pass,
+            _ => false,
+        }
+    }
+
+    fn issue_token(&self, audience: &str) -> (String, u64) {
+        let lifetime = self.config.token_lifetime_secs;
+        let n = self.next_seq();
+        let now = Utc::now().timestamp();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"RS256","kid":"msgtrace-sim"}"#);
+        let claims = json!({
+            "aud": audience,
+            "iss": format!("https://sts.windows.net/{}/", self.config.tenant_id),
+            "iat": now,
+            "nbf": now,
+            "exp": now.saturating_add(lifetime as i64),
+            "appid": self.config.client_id,
+            "tid": self.config.tenant_id,
+            "roles": ["ExchangeMessageTrace.Read.All", "ReportingWebService.Read.All"],
+            "jti": n,
+        });
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        let mut sig = Vec::with_capacity(32);
+        let mut h = splitmix64(self.config.model.seed ^ n ^ 0x746f6b656e);
+        for _ in 0..4 {
+            h = splitmix64(h);
+            sig.extend_from_slice(&h.to_le_bytes());
+        }
+        let token = format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(sig));
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now_i = Instant::now();
+        tokens.retain(|_, t| t.expires > now_i);
+        tokens.insert(
+            token.clone(),
+            IssuedToken {
+                audience: audience.to_string(),
+                expires: now_i + Duration::from_secs(lifetime),
+            },
+        );
+        (token, lifetime)
+    }
+}
+
+/// An Entra ID error body (`error`, `error_description`, `error_codes`, `timestamp`, `trace_id`,
+/// `correlation_id`, `error_uri`).
+fn aad_error(
+    state: &State,
+    status: StatusCode,
+    error: &str,
+    code: u32,
+    text: &str,
+) -> HttpResponse {
+    let trace_id = state.request_id();
+    let correlation_id = state.request_id();
+    let timestamp = Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string();
+    let body = json!({
+        "error": error,
+        "error_description": format!(
+            "AADSTS{code}: {text} Trace ID: {trace_id} Correlation ID: {correlation_id} Timestamp: {timestamp}"
+        ),
+        "error_codes": [code],
+        "timestamp": timestamp,
+        "trace_id": trace_id,
+        "correlation_id": correlation_id,
+        "error_uri": format!("https://login.microsoftonline.com/error?code={code}"),
+    });
+    HttpResponse::build(status).json(body)
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Decodes one base64url JWT segment as JSON.
+fn jwt_part(part: &str) -> Option<Value> {
+    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Checks a client assertion's shape and claims (not its signature). Err = (code, text).
+fn check_assertion(assertion: &str, client_id: &str) -> Result<(), (u32, &'static str)> {
+    const BAD: (u32, &str) = (700027, "Client assertion failed signature validation.");
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, sig] = parts.as_slice() else {
+        return Err(BAD);
+    };
+    let (header, claims) = (jwt_part(header).ok_or(BAD)?, jwt_part(claims).ok_or(BAD)?);
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let has_thumbprint = header.get("x5t").is_some() || header.get("x5t#S256").is_some();
+    if !matches!(alg, "RS256" | "PS256") || !has_thumbprint || sig.is_empty() {
+        return Err(BAD);
+    }
+    let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default();
+    if claim("iss") != client_id || claim("sub") != client_id || claim("aud").is_empty() {
+        return Err((
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        ));
+    }
+    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    if exp <= Utc::now().timestamp() {
+        return Err((
+            700024,
+            "Client assertion is not within its valid time range.",
+        ));
+    }
+    Ok(())
+}
+
+/// Which token endpoint was called.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    V1,
+    V2,
+}
+
+async fn token(state: &State, tenant: &str, body: &[u8], flavor: Flavor) -> HttpResponse {
+    state.counters.bump(&state.counters.token_requests, 1);
+    let cfg = &state.config;
+    let form = Params::parse(&String::from_utf8_lossy(body));
+    if !tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
+        let text = format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+        );
+        return aad_error(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &text,
+        );
+    }
+    if form.get("grant_type") != Some("client_credentials") {
+        let text = "The app requested an unsupported grant type.";
+        return aad_error(
+            state,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            text,
+        );
+    }
+    let Some(client_id) = form.get("client_id") else {
+        let text = "The request body must contain the following parameter: 'client_id'.";
+        return aad_error(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900144,
+            text,
+        );
+    };
+    if client_id != cfg.client_id {
+        let text = format!(
+            "Application with identifier '{client_id}' was not found in the directory '{tenant}'."
+        );
+        return aad_error(
+            state,
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            700016,
+            &text,
+        );
+    }
+    match (
+        form.get("client_secret"),
+        form.get("client_assertion_type"),
+        form.get("client_assertion"),
+    ) {
+        (Some(secret), _, _) => {
+            if secret != cfg.client_secret {
+                let text = format!(
+                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."
+                );
+                return aad_error(
+                    state,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7000215,
+                    &text,
+                );
+            }
+        }
+        (None, Some(JWT_BEARER), Some(assertion)) => {
+            let checked = if cfg.accept_client_assertion {
+                check_assertion(assertion, client_id)
+            } else {
+                Err((700027, "Client assertion failed signature validation."))
+            };
+            if let Err((code, text)) = checked {
+                return aad_error(
+                    state,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    code,
+                    text,
+                );
+            }
+        }
+        _ => {
+            let text = "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.";
+            return aad_error(
+                state,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                7000218,
+                text,
+            );
+        }
+    }
+    let audience = match flavor {
+        Flavor::V2 => {
+            let Some(scope) = form.get("scope") else {
+                let text = "The request body must contain the following parameter: 'scope'.";
+                return aad_error(
+                    state,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    90014,
+                    text,
+                );
+            };
+            match scope
+                .split_whitespace()
+                .find_map(|s| s.strip_suffix("/.default"))
+            {
+                Some(a) if !a.is_empty() => a.to_string(),
+                _ => {
+                    let text = format!(
+                        "The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+                    );
+                    return aad_error(
+                        state,
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        70011,
+                        &text,
+                    );
+                }
+            }
+        }
+        Flavor::V1 => match form.get("resource").map(|r| r.trim_end_matches('/')) {
+            Some(r) if !r.is_empty() => r.to_string(),
+            _ => {
+                let text = "The request body must contain the following parameter: 'resource'.";
+                return aad_error(
+                    state,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    90014,
+                    text,
+                );
+            }
+        },
+    };
+    let (access_token, lifetime) = state.issue_token(&audience);
+    state.counters.bump(&state.counters.tokens_issued, 1);
+    let body = match flavor {
+        Flavor::V2 => json!({
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access_token,
+        }),
+        Flavor::V1 => {
+            let now = Utc::now().timestamp();
+            json!({
+                "token_type": "Bearer",
+                "expires_in": lifetime.to_string(),
+                "ext_expires_in": lifetime.to_string(),
+                "expires_on": now.saturating_add(lifetime as i64).to_string(),
+                "not_before": now.to_string(),
+                "resource": audience,
+                "access_token": access_token,
+            })
+        }
+    };
+    HttpResponse::Ok().json(body)
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` (client credentials; `scope=<audience>/.default`).
+pub(crate) async fn token_v2(
+    state: web::Data<State>,
+    tenant: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    token(&state, &tenant, &body, Flavor::V2).await
+}
+
+/// `POST /{tenant}/oauth2/token` (client credentials; `resource=<audience>`).
+pub(crate) async fn token_v1(
+    state: web::Data<State>,
+    tenant: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    token(&state, &tenant, &body, Flavor::V1).await
+}

@@ -1,0 +1,41 @@
+//! The simulated tenant: an HTTP server on loopback that behaves like Microsoft's services
+//! (Entra ID token endpoints, Graph message trace, the legacy Reporting Web Service), serving
+//! deterministic rows derived from a seed and a rate.
+//!
+//! Used by integration tests, `msgtrace demo`, `msgtrace simulate` and the benchmarks. A test knows
+//! exactly which rows a window holds through [`TenantModel::expected`] / [`TenantModel::count`].
+//!
+//! | path | what |
+//! |---|---|
+//! | `POST /{tenant}/oauth2/v2.0/token` | client credentials, `scope=<audience>/.default` |
+//! | `POST /{tenant}/oauth2/token` | client credentials, `resource=<audience>` (v1: string fields) |
+//! | `GET /v1.0/admin/exchange/tracing/messageTraces` (and `/beta/`) | Graph message trace |
+//! | `GET /ecp/reportingwebservice/reporting.svc/MessageTrace` | RWS (path case-insensitive) |
+//! | `GET /health` | 200 |
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use msgtrace::simulator::{SimConfig, SimServer};
+//!
+//! let server = SimServer::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())?;
+//! println!("graph at {}", server.graph_url());
+//! server.stop();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+mod auth;
+mod model;
+mod query;
+mod server;
+#[cfg(test)]
+mod tests;
+
+pub use model::{
+    format_7, format_7z, format_ms_date, format_window, from_ticks, ticks_ceil, ticks_floor,
+    Position, SimRow, SimRows, TenantModel, TICKS_PER_HOUR, TICKS_PER_SEC,
+};
+pub use server::{
+    SimConfig, SimFault, SimQuota, SimServer, SimStats, DEFAULT_TOP, DEFAULT_WINDOW_HOURS,
+    GRAPH_MAX_AGE_DAYS, GRAPH_MAX_WINDOW_DAYS, GRAPH_PATH, RWS_PATH, RWS_RETENTION_DAYS,
+};

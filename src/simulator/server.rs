@@ -1,0 +1,866 @@
+//! The HTTP server: Entra ID token endpoints, Graph message trace and the Reporting Web Service.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{ServerHandle, Service as _};
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::auth::{self, Api, IssuedToken};
+use super::model::{splitmix64, ticks_floor, TenantModel, TICKS_PER_HOUR};
+use super::query::{encode_value, parse_graph_filter, parse_rws_filter, Params, SkipToken};
+
+/// Graph: longest `$filter` window accepted.
+pub const GRAPH_MAX_WINDOW_DAYS: i64 = 10;
+/// Graph: oldest start accepted, days before now.
+pub const GRAPH_MAX_AGE_DAYS: i64 = 90;
+/// RWS: data retention; a start older than this many days before now is refused.
+pub const RWS_RETENTION_DAYS: i64 = 10;
+/// Window served when a request has no `$filter` (both APIs): the last 48 hours.
+pub const DEFAULT_WINDOW_HOURS: i64 = 48;
+/// `$top` when a request gives none (both APIs; capped by the configured maximum).
+pub const DEFAULT_TOP: u32 = 1000;
+
+/// The Graph message trace path (`/v1.0/…`; `/beta/…` is served too).
+pub const GRAPH_PATH: &str = "/v1.0/admin/exchange/tracing/messageTraces";
+/// The Reporting Web Service message trace path (matched case-insensitively, as IIS does).
+pub const RWS_PATH: &str = "/ecp/reportingwebservice/reporting.svc/MessageTrace";
+
+/// A request budget on the data endpoints (sliding window); beyond it they answer 429.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimQuota {
+    /// Data requests allowed per window.
+    pub requests: u32,
+    /// Window length in seconds (Graph documents 100 per 300 s per tenant).
+    pub per_secs: u64,
+}
+
+/// A one-shot misbehaviour of the next data request (Graph or RWS), for retry tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimFault {
+    /// Answer with this status (and a `Retry-After` header when given) instead of data.
+    Status {
+        /// HTTP status code, e.g. 429, 500, 503.
+        status: u16,
+        /// Seconds for the `Retry-After` header.
+        retry_after_secs: Option<u64>,
+    },
+    /// Wait this long, then serve the request normally (client timeout tests).
+    Delay {
+        /// Extra latency in milliseconds.
+        ms: u64,
+    },
+}
+
+/// Settings of a simulated tenant server.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The tenant's mail flow (which rows exist).
+    pub model: TenantModel,
+    /// Tenant id accepted in token URLs (`/{tenant}/oauth2/…`), compared case-insensitively.
+    pub tenant_id: String,
+    /// The only application (client) id the token endpoints know.
+    pub client_id: String,
+    /// That application's secret.
+    pub client_secret: String,
+    /// Basic-auth user accepted by RWS (together with `password`); `None` = Basic refused.
+    pub username: Option<String>,
+    /// Basic-auth password accepted by RWS.
+    pub password: Option<String>,
+    /// Lifetime of issued tokens in seconds (`expires_in`); Microsoft's is 3599.
+    pub token_lifetime_secs: u64,
+    /// Latency added to every data page response, in milliseconds.
+    pub page_latency_ms: u64,
+    /// Largest Graph `$top` (5000).
+    pub graph_max_top: u32,
+    /// Largest RWS `$top` (2000).
+    pub rws_max_top: u32,
+    /// Refuse tokens whose audience does not fit the API (Graph wants a `graph.` host, RWS an
+    /// `outlook.`/`office365`/`exchange` one). Default true.
+    pub check_audience: bool,
+    /// Accept `client_assertion` (certificate) token requests whose JWT header and claims are
+    /// well formed (`alg` RS256/PS256 with `x5t` or `x5t#S256`, `iss` = `sub` = client id, `exp` in
+    /// the future). The signature is not verified. Default true.
+    pub accept_client_assertion: bool,
+    /// Budget of data requests; `None` = unlimited (default).
+    pub quota: Option<SimQuota>,
+    /// Simulate a tenant without the message trace service principal: every Graph data request
+    /// answers 401 `Service principal-less Authentication failed…`. Default false.
+    pub graph_service_principal_missing: bool,
+    /// actix worker threads (default 2).
+    pub workers: usize,
+}
+
+impl Default for SimConfig {
+    /// Seed 42, 600 messages/hour, up to 3 recipients, `contoso.com`; tenant `sim-tenant`, client
+    /// `sim-client`, secret `sim-secret`; no Basic auth; tokens live 3599 s; no latency; `$top`
+    /// maxima 5000 (Graph) and 2000 (RWS).
+    fn default() -> Self {
+        SimConfig {
+            model: TenantModel::default(),
+            tenant_id: "sim-tenant".to_string(),
+            client_id: "sim-client".to_string(),
+            client_secret: "sim-secret".to_string(),
+            username: None,
+            password: None,
+            token_lifetime_secs: 3599,
+            page_latency_ms: 0,
+            graph_max_top: 5000,
+            rws_max_top: 2000,
+            check_audience: true,
+            accept_client_assertion: true,
+            quota: None,
+            graph_service_principal_missing: false,
+            workers: 2,
+        }
+    }
+}
+
+/// A snapshot of the server's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Requests to either token endpoint.
+    pub token_requests: u64,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+    /// Requests to either data endpoint (Graph or RWS), whatever their outcome.
+    pub data_requests: u64,
+    /// Data responses with rows or an empty page (status 200).
+    pub pages_served: u64,
+    /// Rows served in those pages.
+    pub rows_served: u64,
+    /// Responses with a 4xx status (any path).
+    pub client_errors: u64,
+    /// 401 responses on data endpoints.
+    pub unauthorized: u64,
+    /// 429 responses (quota or injected).
+    pub throttled: u64,
+}
+
+/// The live counters behind [`SimStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub token_requests: AtomicU64,
+    pub tokens_issued: AtomicU64,
+    pub data_requests: AtomicU64,
+    pub pages_served: AtomicU64,
+    pub rows_served: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub unauthorized: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> SimStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SimStats {
+            token_requests: g(&self.token_requests),
+            tokens_issued: g(&self.tokens_issued),
+            data_requests: g(&self.data_requests),
+            pages_served: g(&self.pages_served),
+            rows_served: g(&self.rows_served),
+            client_errors: g(&self.client_errors),
+            unauthorized: g(&self.unauthorized),
+            throttled: g(&self.throttled),
+        }
+    }
+}
+
+/// Everything the handlers share (one per server, behind an `Arc`).
+#[derive(Debug)]
+pub(crate) struct State {
+    pub config: SimConfig,
+    pub counters: Counters,
+    pub tokens: Mutex<HashMap<String, IssuedToken>>,
+    hour_totals: Mutex<HashMap<i64, u64>>,
+    faults: Mutex<VecDeque<SimFault>>,
+    quota_log: Mutex<VecDeque<Instant>>,
+    seq: AtomicU64,
+}
+
+impl State {
+    fn new(config: SimConfig) -> State {
+        State {
+            config,
+            counters: Counters::default(),
+            tokens: Mutex::new(HashMap::new()),
+            hour_totals: Mutex::new(HashMap::new()),
+            faults: Mutex::new(VecDeque::new()),
+            quota_log: Mutex::new(VecDeque::new()),
+            seq: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A fresh GUID-shaped id for `request-id`, `trace_id`, `correlation_id`.
+    pub(crate) fn request_id(&self) -> String {
+        let a = splitmix64(self.next_seq() ^ 0x0072_6571_7565_7374);
+        let b = splitmix64(a);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Rows in hour `h`, cached.
+    fn hour_total(&self, h: i64) -> u64 {
+        if let Some(n) = self
+            .hour_totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+        {
+            return *n;
+        }
+        let n = self.config.model.hour_total(h);
+        self.hour_totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, n);
+        n
+    }
+
+    /// Takes the next injected fault, if any.
+    fn take_fault(&self) -> Option<SimFault> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Records a data request against the quota; `Some(seconds)` = refused, retry after.
+    fn throttle(&self) -> Option<u64> {
+        let quota = self.config.quota?;
+        let window = Duration::from_secs(quota.per_secs);
+        let now = Instant::now();
+        let mut log = self.quota_log.lock().unwrap_or_else(|e| e.into_inner());
+        while log
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            log.pop_front();
+        }
+        if log.len() >= quota.requests as usize {
+            let wait = log
+                .front()
+                .map(|t| window.saturating_sub(now.duration_since(*t)))
+                .unwrap_or(window);
+            return Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        }
+        log.push_back(now);
+        None
+    }
+}
+
+/// A running simulated tenant (see the [module docs](super)). Stops on [`SimServer::stop`] or drop.
+pub struct SimServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    handle: Option<ServerHandle>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SimServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimServer {
+    /// Binds `addr` (port 0 = any free port), runs the actix-web server on its own thread with its
+    /// own actix System, and returns once the socket is listening. Works from a plain `#[test]` and
+    /// from inside another runtime.
+    pub fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let workers = config.workers.max(1);
+        let state = Arc::new(State::new(config));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("msgtrace-sim".to_string())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                let data = web::Data::from(shared);
+                let built = HttpServer::new(move || {
+                    let data = data.clone();
+                    let counted = data.clone();
+                    App::new()
+                        .app_data(data)
+                        .wrap_fn(move |req, srv| {
+                            let fut = srv.call(req);
+                            let state = counted.clone();
+                            async move {
+                                let res = fut.await?;
+                                if res.status().is_client_error() {
+                                    state.counters.bump(&state.counters.client_errors, 1);
+                                }
+                                Ok(res)
+                            }
+                        })
+                        .route("/health", web::get().to(health))
+                        .route(
+                            "/{tenant}/oauth2/v2.0/token",
+                            web::post().to(auth::token_v2),
+                        )
+                        .route("/{tenant}/oauth2/token", web::post().to(auth::token_v1))
+                        .default_service(web::to(dispatch))
+                })
+                .workers(workers)
+                .disable_signals()
+                .shutdown_timeout(1)
+                .bind(addr)
+                .and_then(|server| {
+                    let local =
+                        server.addrs().first().copied().ok_or_else(|| {
+                            std::io::Error::other("simulator: no address after bind")
+                        })?;
+                    Ok((server.run(), local))
+                });
+                match built {
+                    Ok((server, local)) => {
+                        let _ = tx.send(Ok((server.handle(), local)));
+                        if let Err(e) = system.block_on(server) {
+                            tracing::warn!(error = %e, "simulator server ended with an error");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        let (handle, addr) = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("simulator thread exited before listening"))??;
+        tracing::debug!(%addr, "simulated tenant listening");
+        Ok(SimServer {
+            addr,
+            state,
+            handle: Some(handle),
+            thread: Some(thread),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`: the login host, Graph host and RWS host at once.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `{base}/v1.0/admin/exchange/tracing/messageTraces`.
+    pub fn graph_url(&self) -> String {
+        format!("{}{GRAPH_PATH}", self.base_url())
+    }
+
+    /// `{base}/ecp/reportingwebservice/reporting.svc/MessageTrace`.
+    pub fn rws_url(&self) -> String {
+        format!("{}{RWS_PATH}", self.base_url())
+    }
+
+    /// `{base}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url_v2(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.base_url(),
+            self.state.config.tenant_id
+        )
+    }
+
+    /// `{base}/{tenant}/oauth2/token`.
+    pub fn token_url_v1(&self) -> String {
+        format!(
+            "{}/{}/oauth2/token",
+            self.base_url(),
+            self.state.config.tenant_id
+        )
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &SimConfig {
+        &self.state.config
+    }
+
+    /// The tenant model (to compute `expected()` in tests).
+    pub fn model(&self) -> &TenantModel {
+        &self.state.config.model
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> SimStats {
+        self.state.counters.snapshot()
+    }
+
+    /// Queues a fault for the next data request (FIFO: one fault per request).
+    pub fn inject_fault(&self, fault: SimFault) {
+        self.state
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(fault);
+    }
+
+    /// Forgets every issued token: the next data request with one answers 401.
+    pub fn revoke_tokens(&self) {
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Gracefully stops the server and joins its thread (in-flight requests get up to 1 s).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // The stop command is sent when `stop` is called; the returned future only reports
+            // completion, which joining the thread also does.
+            drop(handle.stop(true));
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Everything without an explicit route: the data endpoints (paths compared case-insensitively),
+/// else 404.
+async fn dispatch(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let path = req.path().to_ascii_lowercase();
+    let is_get = req.method() == actix_web::http::Method::GET;
+    if is_get && path == RWS_PATH.to_ascii_lowercase() {
+        return rws(&req, &state).await;
+    }
+    for version in ["v1.0", "beta"] {
+        if is_get && path == format!("/{version}/admin/exchange/tracing/messagetraces") {
+            return graph(&req, &state, version).await;
+        }
+    }
+    HttpResponse::NotFound()
+        .content_type("text/plain")
+        .body("Not Found")
+}
+
+/// `scheme://host` of the request as the client addressed it (Host header).
+fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+fn with_retry_after(
+    mut builder: actix_web::HttpResponseBuilder,
+    secs: Option<u64>,
+) -> actix_web::HttpResponseBuilder {
+    if let Some(s) = secs {
+        builder.insert_header(("Retry-After", s.to_string()));
+    }
+    builder
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graph
+
+/// `{"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}`.
+fn graph_error(
+    req: &HttpRequest,
+    state: &State,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> HttpResponse {
+    graph_error_retry(req, state, status, code, message, None)
+}
+
+fn graph_error_retry(
+    req: &HttpRequest,
+    state: &State,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> HttpResponse {
+    let request_id = state.request_id();
+    let client_request_id = req
+        .headers()
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| request_id.clone());
+    let body = json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+                "request-id": request_id,
+                "client-request-id": client_request_id,
+            }
+        }
+    });
+    let mut builder = with_retry_after(HttpResponse::build(status), retry_after);
+    if status == StatusCode::UNAUTHORIZED {
+        builder.insert_header((
+            "WWW-Authenticate",
+            "Bearer realm=\"\", authorization_uri=\"https://login.microsoftonline.com/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\"",
+        ));
+    }
+    builder.json(body)
+}
+
+fn bad_request(req: &HttpRequest, state: &State, message: &str) -> HttpResponse {
+    graph_error(req, state, StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+/// A status code from a fault, defaulting to 500 when out of range.
+fn fault_status(status: u16) -> StatusCode {
+    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// Applies the next injected fault: `Some(response)` replaces the request's answer.
+async fn apply_fault(state: &State) -> Option<(StatusCode, Option<u64>)> {
+    match state.take_fault()? {
+        SimFault::Delay { ms } => {
+            actix_rt::time::sleep(Duration::from_millis(ms)).await;
+            None
+        }
+        SimFault::Status {
+            status,
+            retry_after_secs,
+        } => {
+            let status = fault_status(status);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                state.counters.bump(&state.counters.throttled, 1);
+            }
+            Some((status, retry_after_secs))
+        }
+    }
+}
+
+/// Parses `$top`: default `min(DEFAULT_TOP, max)`, valid range `1..=max`.
+fn parse_top(params: &Params, max: u32) -> Result<u32, String> {
+    match params.get("$top") {
+        None => Ok(DEFAULT_TOP.min(max).max(1)),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "Invalid $top value '{v}': it must be an integer between 1 and {max}."
+            )),
+        },
+    }
+}
+
+fn graph_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        401 => "InvalidAuthenticationToken",
+        403 => "Forbidden",
+        400 => "BadRequest",
+        _ => "UnknownError",
+    }
+}
+
+async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
+    let counters = &state.counters;
+    counters.bump(&counters.data_requests, 1);
+    if let Some((status, retry)) = apply_fault(state).await {
+        let message = status.canonical_reason().unwrap_or("Simulated fault");
+        return graph_error_retry(req, state, status, graph_code(status), message, retry);
+    }
+    if let Err(e) = state.check_bearer(req, Api::Graph) {
+        counters.bump(&counters.unauthorized, 1);
+        return graph_error(
+            req,
+            state,
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            e.message(),
+        );
+    }
+    if state.config.graph_service_principal_missing {
+        counters.bump(&counters.unauthorized, 1);
+        let message = format!(
+            "Service principal-less Authentication failed: the service principal for application 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373 was not found in tenant '{}'.",
+            state.config.tenant_id
+        );
+        return graph_error(
+            req,
+            state,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            &message,
+        );
+    }
+    if let Some(retry) = state.throttle() {
+        counters.bump(&counters.throttled, 1);
+        let message =
+            "Too many requests. The tenant's message trace quota is exhausted; retry later.";
+        return graph_error_retry(
+            req,
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            message,
+            Some(retry),
+        );
+    }
+    let params = Params::parse(req.query_string());
+    let now = Utc::now();
+    let now_t = ticks_floor(now);
+    let top = match parse_top(&params, state.config.graph_max_top) {
+        Ok(t) => t,
+        Err(m) => return bad_request(req, state, &m),
+    };
+    let filter = params.get("$filter");
+    let window = match filter.map(parse_graph_filter) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(m)) => return bad_request(req, state, &format!("Invalid filter clause: {m}")),
+    };
+    let model = &state.config.model;
+    let (lo, hi, from) = match params.get("$skiptoken") {
+        Some(raw) => {
+            let Some(tok) = SkipToken::decode(raw, model.seed) else {
+                return bad_request(req, state, "Invalid skip token.");
+            };
+            if !model.is_valid_position(tok.pos) {
+                return bad_request(req, state, "Invalid skip token.");
+            }
+            if window.is_some_and(|w| (w.lo, w.hi) != (tok.lo, tok.hi)) {
+                return bad_request(
+                    req,
+                    state,
+                    "The skip token does not belong to this $filter.",
+                );
+            }
+            (tok.lo, tok.hi, Some(tok.pos))
+        }
+        None => match window {
+            Some(w) => {
+                if w.lo > w.hi {
+                    return bad_request(
+                        req,
+                        state,
+                        "The start date must be earlier than the end date.",
+                    );
+                }
+                if w.end - w.start > chrono::Duration::days(GRAPH_MAX_WINDOW_DAYS) {
+                    return bad_request(req, state, "The date range cannot exceed 10 days.");
+                }
+                if w.start < now - chrono::Duration::days(GRAPH_MAX_AGE_DAYS) {
+                    return bad_request(req, state, "The start date cannot be older than 90 days.");
+                }
+                (w.lo, w.hi, None)
+            }
+            None => (now_t - DEFAULT_WINDOW_HOURS * TICKS_PER_HOUR, now_t, None),
+        },
+    };
+    if state.config.page_latency_ms > 0 {
+        actix_rt::time::sleep(Duration::from_millis(state.config.page_latency_ms)).await;
+    }
+    let mut rows = model.rows_ticks(lo, hi.min(now_t), from);
+    let value: Vec<Value> = rows
+        .by_ref()
+        .take(top as usize)
+        .map(|r| r.to_graph_json())
+        .collect();
+    let origin = origin(req);
+    let mut body = json!({
+        "@odata.context": format!("{origin}/{version}/$metadata#admin/exchange/tracing/messageTraces"),
+        "value": value,
+    });
+    if let Some(pos) = rows.peek_position() {
+        let token = SkipToken { lo, hi, pos }.encode(model.seed);
+        let mut link = format!("{origin}{}?", req.path());
+        if let Some(f) = filter {
+            link.push_str(&format!("$filter={}&", encode_value(f)));
+        }
+        link.push_str(&format!("$top={top}&$skiptoken={token}"));
+        body["@odata.nextLink"] = Value::String(link);
+    }
+    counters.bump(&counters.pages_served, 1);
+    counters.bump(&counters.rows_served, value_len(&body));
+    HttpResponse::Ok().json(body)
+}
+
+fn value_len(body: &Value) -> u64 {
+    body.get("value")
+        .and_then(Value::as_array)
+        .map_or(0, |v| v.len() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting Web Service
+
+/// The IIS 401 page Microsoft answers on RWS.
+const RWS_401_HTML: &str = r#"<title>401 - Unauthorized: Access is denied due to invalid credentials.</title><body><div id="header"><h1>Server Error</h1></div><div id="content"><div class="content-container"><fieldset><h2>401 - Unauthorized: Access is denied due to invalid credentials.</h2><h3>You do not have permission to view this directory or page using the credentials that you supplied.</h3></fieldset></div></div></body>"#;
+
+/// `{"ErrorCode":…,"Message":…}`: the plain JSON error body of RWS.
+fn rws_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> HttpResponse {
+    with_retry_after(HttpResponse::build(status), retry_after)
+        .json(json!({"ErrorCode": code, "Message": message}))
+}
+
+fn rws_bad_request(message: &str) -> HttpResponse {
+    rws_error(StatusCode::BAD_REQUEST, "InvalidQuery", message, None)
+}
+
+async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
+    let counters = &state.counters;
+    counters.bump(&counters.data_requests, 1);
+    if let Some((status, retry)) = apply_fault(state).await {
+        let message = status.canonical_reason().unwrap_or("Simulated fault");
+        return rws_error(status, "", message, retry);
+    }
+    let authorized = state.check_bearer(req, Api::Rws).is_ok() || state.check_basic(req);
+    if !authorized {
+        counters.bump(&counters.unauthorized, 1);
+        let mut builder = HttpResponse::Unauthorized();
+        builder.insert_header(("WWW-Authenticate", "Bearer"));
+        if state.config.username.is_some() {
+            builder.append_header(("WWW-Authenticate", "Basic realm=\"reports.office365.com\""));
+        }
+        return builder.content_type("text/html").body(RWS_401_HTML);
+    }
+    if let Some(retry) = state.throttle() {
+        counters.bump(&counters.throttled, 1);
+        return rws_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "",
+            "Too many requests.",
+            Some(retry),
+        );
+    }
+    let params = Params::parse(req.query_string());
+    let now = Utc::now();
+    let now_t = ticks_floor(now);
+    let top = match parse_top(&params, state.config.rws_max_top) {
+        Ok(t) => t,
+        Err(m) => return rws_bad_request(&m),
+    };
+    let skip = match params.get("$skiptoken").map(|s| s.trim().parse::<u64>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return rws_bad_request("Invalid $skiptoken: it must be a non-negative integer.")
+        }
+    };
+    let filter = params.get("$filter");
+    let (start, end, lo, hi) = match filter.map(parse_rws_filter) {
+        None => {
+            let start = now - chrono::Duration::hours(DEFAULT_WINDOW_HOURS);
+            (start, now, ticks_floor(start), now_t)
+        }
+        Some(Err(m)) => return rws_bad_request(&m),
+        Some(Ok(w)) => {
+            if w.lo > w.hi {
+                return rws_bad_request("StartDate must be earlier than EndDate.");
+            }
+            if w.start < now - chrono::Duration::days(RWS_RETENTION_DAYS) {
+                return rws_bad_request(
+                    "Invalid StartDate value. The StartDate can't be older than 10 days from today.",
+                );
+            }
+            (w.start, w.end, w.lo, w.hi)
+        }
+    };
+    if state.config.page_latency_ms > 0 {
+        actix_rt::time::sleep(Duration::from_millis(state.config.page_latency_ms)).await;
+    }
+    let model = &state.config.model;
+    let hi = hi.min(now_t);
+    let page: Vec<_> = match model.seek(lo, hi, skip, &mut |h| state.hour_total(h)) {
+        Some(pos) => model
+            .rows_ticks(lo, hi, Some(pos))
+            .take(top as usize)
+            .collect(),
+        None => Vec::new(),
+    };
+    let full = page.len() == top as usize;
+    let origin = origin(req);
+    let format = params.get("$format");
+    let verbose = format.is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let mut link = String::from("../../reportingwebservice/reporting.svc/MessageTrace?");
+    if let Some(f) = filter {
+        link.push_str(&format!("$filter={}&", encode_value(f)));
+    }
+    if let Some(f) = format {
+        link.push_str(&format!("$format={}&", encode_value(f)));
+    }
+    link.push_str(&format!("$top={top}&$skiptoken={}", skip + u64::from(top)));
+    let n = page.len() as u64;
+    let body = if verbose {
+        let service = format!("{origin}/ecp/ReportingWebService/Reporting.svc/MessageTrace");
+        let rows: Vec<Value> = page
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.to_rws_verbose_json(start, end, skip + i as u64, &service))
+            .collect();
+        if params.get("$top").is_some() {
+            json!({ "d": rows })
+        } else {
+            let mut d = json!({ "results": rows });
+            if full {
+                d["__next"] = Value::String(format!("{origin}/ecp/{}", &link[6..]));
+            }
+            json!({ "d": d })
+        }
+    } else {
+        let rows: Vec<Value> = page
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.to_rws_json(start, end, skip + i as u64))
+            .collect();
+        let mut body = json!({
+            "odata.metadata": format!("{origin}/ecp/ReportingWebService/Reporting.svc/$metadata#MessageTrace"),
+            "value": rows,
+        });
+        if full {
+            body["odata.nextLink"] = Value::String(link);
+        }
+        body
+    };
+    counters.bump(&counters.pages_served, 1);
+    counters.bump(&counters.rows_served, n);
+    HttpResponse::Ok().json(body)
+}

@@ -1,0 +1,179 @@
+//! The built-in sinks: `stdout` and `file` (NDJSON). Both acknowledge a batch only once it is
+//! written and flushed (the file sink also `fsync`s), so the checkpoint never moves past rows
+//! that are not on disk.
+
+use futures_util::future::LocalBoxFuture;
+use msgtrace_actors::event::Batch;
+use msgtrace_actors::sink::{Sink, SinkError};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// NDJSON on standard output.
+pub struct StdoutSink {
+    name: String,
+}
+
+impl StdoutSink {
+    /// A stdout sink with this id.
+    pub fn new(name: &str) -> StdoutSink {
+        StdoutSink { name: name.into() }
+    }
+}
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
+        let bytes = batch.to_ndjson();
+        let r = {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes).and_then(|()| out.flush())
+        };
+        let name = self.name.clone();
+        Box::pin(async move {
+            r.map_err(|e| SinkError {
+                sink: name,
+                message: format!("writing to stdout failed: {e}"),
+            })
+        })
+    }
+}
+
+/// NDJSON appended to a file.
+pub struct FileSink {
+    name: String,
+    path: PathBuf,
+    file: Option<File>,
+    fsync: bool,
+}
+
+impl FileSink {
+    /// A file sink with this id writing to `path`. The file is opened on first delivery.
+    pub fn new(name: &str, path: &Path) -> FileSink {
+        FileSink {
+            name: name.into(),
+            path: path.to_path_buf(),
+            file: None,
+            fsync: true,
+        }
+    }
+
+    /// Whether to `fsync` each batch (on by default; flushing to the OS alone survives a process
+    /// crash but not a power loss).
+    pub fn with_fsync(mut self, fsync: bool) -> FileSink {
+        self.fsync = fsync;
+        self
+    }
+
+    fn err(&self, what: &str, e: std::io::Error) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message: format!("{what} {}: {e}", self.path.display()),
+        }
+    }
+
+    fn open(&mut self) -> Result<&mut File, SinkError> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| self.err("cannot create the directory of", e))?;
+            }
+            let mut f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| self.err("cannot open", e))?;
+            repair_torn_tail(&mut f).map_err(|e| self.err("cannot repair the end of", e))?;
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+}
+
+/// A crash in the middle of a write can leave a partial last line. Cut the file back to its last
+/// complete line: that page was not acknowledged, so it is delivered again whole.
+pub fn repair_torn_tail(f: &mut File) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut pos = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let start = pos.saturating_sub(buf.len() as u64);
+        let n = (pos - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if pos == len && buf[n - 1] == b'\n' {
+            return Ok(());
+        }
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            f.set_len(start + i as u64 + 1)?;
+            break;
+        }
+        if start == 0 {
+            f.set_len(0)?;
+            break;
+        }
+        pos = start;
+    }
+    tracing::warn!("cut a partial last line left by an interrupted write");
+    f.sync_data()
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
+        let bytes = batch.to_ndjson();
+        let fsync = self.fsync;
+        let r = self.open().and_then(|f| {
+            f.write_all(&bytes)
+                .and_then(|()| f.flush())
+                .and_then(|()| if fsync { f.sync_data() } else { Ok(()) })
+                .map_err(|e| e.to_string())
+                .map_err(|e| SinkError {
+                    sink: String::new(),
+                    message: e,
+                })
+        });
+        let r = r.map_err(|mut e| {
+            if e.sink.is_empty() {
+                e.sink = self.name.clone();
+                e.message = format!("writing {} failed: {}", self.path.display(), e.message);
+            }
+            e
+        });
+        if r.is_err() {
+            // Reopen next time: the failed write may have left a partial line to repair.
+            self.file = None;
+        }
+        Box::pin(async move { r })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_cut_to_last_full_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.ndjson");
+        std::fs::write(&p, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let mut f = OpenOptions::new().read(true).append(true).open(&p).unwrap();
+        repair_torn_tail(&mut f).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        repair_torn_tail(&mut f).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        std::fs::write(&p, b"partial").unwrap();
+        let mut f = OpenOptions::new().read(true).append(true).open(&p).unwrap();
+        repair_torn_tail(&mut f).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"");
+    }
+}

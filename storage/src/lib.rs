@@ -1,0 +1,365 @@
+//! Everything msgtrace keeps on disk, on [sled].
+//!
+//! The state directory holds one sled database with these trees:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `checkpoints` | cursor name (the source id, or `backfill/<source>/<id>`) | [`Checkpoint`] |
+//! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
+//! | `meta` | `schema` | the layout version of the directory |
+//!
+//! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
+//! state directory and a human can read the dump. This crate knows nothing of actix or TOML.
+#![deny(missing_docs)]
+
+pub mod dump;
+pub mod record;
+
+use std::path::{Path, PathBuf};
+
+pub use record::{Checkpoint, InFlight, JobKind, JobRecord, JobState, TaskRecord};
+
+/// The on-disk layout version written to the `meta` tree.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What can go wrong with the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another process (usually a running engine) holds sled's exclusive lock.
+    #[error("state directory {dir} is in use by another msgtrace process (sled holds an exclusive lock); stop that process, or copy the directory and use the copy")]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// sled failed (I/O error, corruption).
+    #[error("state directory {dir}: {source}")]
+    Sled {
+        /// The state directory.
+        dir: PathBuf,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored value could not be decoded.
+    #[error("state directory: record `{key}` in tree `{tree}` cannot be read ({reason}); it was written by an incompatible msgtrace version or is damaged")]
+    Corrupt {
+        /// The tree name.
+        tree: String,
+        /// The key, printed readably.
+        key: String,
+        /// The decode error.
+        reason: String,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// A handle to the state directory. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    checkpoints: sled::Tree,
+    jobs: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+const CHECKPOINTS: &str = "checkpoints";
+const JOBS: &str = "jobs";
+const META: &str = "meta";
+
+impl Store {
+    /// Opens (or creates) the state directory.
+    ///
+    /// Fails with [`StorageError::Locked`] when another process has it open.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&dir)
+            .open()
+            .map_err(|e| classify_open_error(&dir, e))?;
+        let sled_err = |source| StorageError::Sled {
+            dir: dir.clone(),
+            source,
+        };
+        let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
+        let jobs = db.open_tree(JOBS).map_err(sled_err)?;
+        let meta = db.open_tree(META).map_err(sled_err)?;
+        if meta.get("schema").map_err(sled_err)?.is_none() {
+            meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
+                .map_err(sled_err)?;
+        }
+        Ok(Store {
+            dir,
+            db,
+            checkpoints,
+            jobs,
+        })
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sled_err(&self, source: sled::Error) -> StorageError {
+        StorageError::Sled {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// The checkpoint stored under `name` (a source id, or a backfill cursor name).
+    pub fn checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        match self
+            .checkpoints
+            .get(name.as_bytes())
+            .map_err(|e| self.sled_err(e))?
+        {
+            None => Ok(None),
+            Some(bytes) => record::decode_checkpoint(&bytes)
+                .map(Some)
+                .map_err(|reason| StorageError::Corrupt {
+                    tree: CHECKPOINTS.into(),
+                    key: name.into(),
+                    reason,
+                }),
+        }
+    }
+
+    /// Writes a checkpoint and, when given, the job record that goes with it, atomically, then
+    /// waits until both are on disk (`flush_async`). This is the commit point of a page.
+    pub async fn commit(
+        &self,
+        name: &str,
+        checkpoint: &Checkpoint,
+        job: Option<&JobRecord>,
+        durable: bool,
+    ) -> Result<()> {
+        self.write(name, checkpoint, job)?;
+        if durable {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint and job record atomically without flushing.
+    pub fn write(&self, name: &str, checkpoint: &Checkpoint, job: Option<&JobRecord>) -> Result<()> {
+        use sled::Transactional;
+        let cp = record::encode_checkpoint(checkpoint);
+        let job_kv = job.map(|j| (job_key(&j.source, &j.id), record::encode_job(j)));
+        (&self.checkpoints, &self.jobs)
+            .transaction(|(cps, jobs)| {
+                cps.insert(name.as_bytes(), cp.as_slice())?;
+                if let Some((k, v)) = &job_kv {
+                    jobs.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => self.sled_err(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    self.sled_err(sled::Error::Unsupported("transaction aborted".into()))
+                }
+            })
+    }
+
+    /// Removes a checkpoint (used when a backfill finishes).
+    pub fn remove_checkpoint(&self, name: &str) -> Result<()> {
+        self.checkpoints
+            .remove(name.as_bytes())
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Stores a job record (without flushing).
+    pub fn put_job(&self, job: &JobRecord) -> Result<()> {
+        self.jobs
+            .insert(job_key(&job.source, &job.id), record::encode_job(job))
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// All job records, oldest first, optionally only one source's.
+    pub fn jobs(&self, source: Option<&str>) -> Result<Vec<JobRecord>> {
+        let iter = match source {
+            Some(s) => self.jobs.scan_prefix(job_prefix(s)),
+            None => self.jobs.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            let job = record::decode_job(&v).map_err(|reason| StorageError::Corrupt {
+                tree: JOBS.into(),
+                key: String::from_utf8_lossy(&k).replace('\0', "/"),
+                reason,
+            })?;
+            out.push(job);
+        }
+        out.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Removes the records of jobs that finished before `cutoff` (the artifact TTL sweep).
+    /// Returns how many were removed. Running jobs are never removed.
+    pub fn sweep_jobs(&self, source: &str, cutoff: chrono::DateTime<chrono::Utc>) -> Result<usize> {
+        let mut removed = 0;
+        for job in self.jobs(Some(source))? {
+            if job.state.is_finished() && job.finished_at.is_some_and(|t| t < cutoff) {
+                self.jobs
+                    .remove(job_key(&job.source, &job.id))
+                    .map_err(|e| self.sled_err(e))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Flushes synchronously (for shutdown paths outside an async context).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// The underlying database, for the dump tool.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+}
+
+fn job_prefix(source: &str) -> Vec<u8> {
+    let mut k = source.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn job_key(source: &str, id: &str) -> Vec<u8> {
+    let mut k = job_prefix(source);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn classify_open_error(dir: &Path, e: sled::Error) -> StorageError {
+    if let sled::Error::Io(io) = &e {
+        let text = io.to_string();
+        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock") {
+            return StorageError::Locked {
+                dir: dir.to_path_buf(),
+            };
+        }
+    }
+    StorageError::Sled {
+        dir: dir.to_path_buf(),
+        source: e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn t(h: u32) -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, h, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn checkpoint_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint {
+            cursor: Some(t(3)),
+            in_flight: Some(InFlight {
+                job_id: "j1".into(),
+                slice_start: t(3),
+                slice_end: t(4),
+                next_link: Some("http://127.0.0.1/x?$skiptoken=abc".into()),
+                pages: 2,
+                rows: 20,
+            }),
+            pages_total: 7,
+            rows_total: 70,
+            updated_at: t(5),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            futures_block_on(store.commit("contoso", &cp, None, true)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.checkpoint("contoso").unwrap(), Some(cp));
+        assert_eq!(store.checkpoint("other").unwrap(), None);
+    }
+
+    #[test]
+    fn second_open_reports_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another msgtrace process"));
+    }
+
+    #[test]
+    fn jobs_listed_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = JobRecord::new("a", "a-1", JobKind::Scheduled, t(1));
+        old.finish(JobState::Succeeded, t(2));
+        let running = JobRecord::new("a", "a-2", JobKind::Scheduled, t(3));
+        let other = JobRecord::new("b", "b-1", JobKind::Once, t(1));
+        for j in [&old, &running, &other] {
+            store.put_job(j).unwrap();
+        }
+        assert_eq!(store.jobs(Some("a")).unwrap().len(), 2);
+        assert_eq!(store.jobs(None).unwrap().len(), 3);
+        assert_eq!(store.sweep_jobs("a", t(10)).unwrap(), 1);
+        let left: Vec<_> = store
+            .jobs(Some("a"))
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(left, vec!["a-2".to_string()]);
+    }
+
+    #[test]
+    fn corrupt_record_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.checkpoints.insert("bad", &b"{not json"[..]).unwrap();
+        let err = store.checkpoint("bad").unwrap_err();
+        assert!(err.to_string().contains("record `bad` in tree `checkpoints`"));
+    }
+
+    fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+        // A minimal executor: sled's flush_async completes on its own threads.
+        use std::sync::Arc;
+        use std::task::{Context, Poll, Wake, Waker};
+        struct Thread(std::thread::Thread);
+        impl Wake for Thread {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Thread(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::park();
+        }
+    }
+}
