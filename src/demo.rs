@@ -108,9 +108,8 @@ path = {out}
         handle_signals: true,
         ..EngineOptions::default()
     };
-    let report = actix_rt::System::new().block_on(async move {
-        engine::run(&config, Mode::Once, options).await
-    })?;
+    let report = actix_rt::System::new()
+        .block_on(async move { engine::run(&config, Mode::Once, options).await })?;
     let (_, job) = report
         .jobs
         .first()
@@ -148,7 +147,10 @@ pub fn count_rows(path: &Path) -> anyhow::Result<(u64, u64)> {
             .with_context(|| format!("{} line {lines} is not JSON", path.display()))?;
         seen.insert((
             v["id"].as_str().unwrap_or_default().to_owned(),
-            v["recipientAddress"].as_str().unwrap_or_default().to_owned(),
+            v["recipientAddress"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         ));
     }
     Ok((lines, seen.len() as u64))

@@ -135,13 +135,19 @@ pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
     for s in config.sources.values() {
         let p = format!("sources.{}", s.id);
         if !s.reread.is_zero() {
-            w.push(format!("{p}.reread: re-reading for late rows is not implemented yet; ignored"));
+            w.push(format!(
+                "{p}.reread: re-reading for late rows is not implemented yet; ignored"
+            ));
         }
         if s.normalize.is_some() {
-            w.push(format!("{p}.normalize: ECS normalization is not implemented yet; ignored"));
+            w.push(format!(
+                "{p}.normalize: ECS normalization is not implemented yet; ignored"
+            ));
         }
         if s.proxy_url.is_some() {
-            w.push(format!("{p}.proxy_url: proxies are not implemented yet; ignored"));
+            w.push(format!(
+                "{p}.proxy_url: proxies are not implemented yet; ignored"
+            ));
         }
     }
     if config.metrics_listen.is_some() {
@@ -222,7 +228,8 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
         });
     }
     let auth = AuthToken::default().start();
-    let supervisor = Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone()).start();
+    let supervisor =
+        Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone()).start();
 
     let work = async {
         match mode {

@@ -78,7 +78,8 @@ impl FileSink {
     fn open(&mut self) -> Result<&mut File, SinkError> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| self.err("cannot create the directory of", e))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| self.err("cannot create the directory of", e))?;
             }
             let mut f = OpenOptions::new()
                 .create(true)

@@ -144,7 +144,10 @@ impl Handler<GetAuthHeader> for AuthToken {
                 );
                 Box::pin(async move { Ok(AuthHeader(Secret::new(header))) })
             }
-            AuthSpec::ClientSecret { token: spec, secret } => {
+            AuthSpec::ClientSecret {
+                token: spec,
+                secret,
+            } => {
                 let now = chrono::Utc::now();
                 let entry = self.cache.entry(spec.clone()).or_default();
                 if let Some(t) = &entry.token {

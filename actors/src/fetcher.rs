@@ -126,7 +126,8 @@ impl Handler<RunJob> for Fetcher {
         let job_id = format!("{}-{}", self.env.spec.id, now.format("%Y%m%dT%H%M%S%.3fZ"));
         let deadline = msg.timeout.map(|t| Instant::now() + t);
         let span = tracing::info_span!("job", source = %self.env.spec.id, job = %job_id);
-        let fut = collect(self.env.clone(), job_id.clone(), msg.kind, rx, deadline).instrument(span);
+        let fut =
+            collect(self.env.clone(), job_id.clone(), msg.kind, rx, deadline).instrument(span);
         ctx.spawn(fut.into_actor(self).map(|summary, act, _| {
             act.cancel = None;
             act.env.supervisor.do_send(JobFinished {
@@ -346,7 +347,13 @@ async fn collect_slice(
             .commit(&spec.id, cp, Some(job), spec.durable)
             .await
             .map_err(|e| Stop::Failed(format!("could not save the checkpoint: {e}")))?;
-        debug!(page = slice_pages, rows = n, dropped, last = is_last, "page committed");
+        debug!(
+            page = slice_pages,
+            rows = n,
+            dropped,
+            last = is_last,
+            "page committed"
+        );
         if let Some(hook) = &env.page_hook {
             hook(&spec.id, job.pages, job.rows);
         }
@@ -415,13 +422,21 @@ async fn fetch_page(
             ),
             Err(HttpError::Timeout(t)) => (
                 Failure::Timeout,
-                format!("{}: request timed out after {t:?} (request_timeout_secs)", strip_query(url)),
+                format!(
+                    "{}: request timed out after {t:?} (request_timeout_secs)",
+                    strip_query(url)
+                ),
             ),
             Err(HttpError::TooLarge(n)) => (
                 Failure::BadBody,
-                format!("{}: response body larger than {n} bytes; lower page_size", strip_query(url)),
+                format!(
+                    "{}: response body larger than {n} bytes; lower page_size",
+                    strip_query(url)
+                ),
             ),
-            Err(HttpError::Connection(e)) => (Failure::Connection, format!("{}: {e}", strip_query(url))),
+            Err(HttpError::Connection(e)) => {
+                (Failure::Connection, format!("{}: {e}", strip_query(url)))
+            }
             Err(HttpError::Request(e)) => return Err(Stop::Failed(e)),
         };
         match spec.retry.decide(&failure, retries) {
@@ -452,7 +467,8 @@ fn strip_query(url: &str) -> &str {
 /// One line for a non-200 answer: what happened, where, and what to do.
 pub fn explain_status(api: Api, status: u16, body: &[u8], url: &str) -> String {
     let summary = dialect::error_summary(body);
-    let hint = if status == 401 && summary.contains("Service principal-less Authentication failed") {
+    let hint = if status == 401 && summary.contains("Service principal-less Authentication failed")
+    {
         " (the tenant has no service principal for Microsoft's message trace app 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373: create it, e.g. `New-MgServicePrincipal -AppId 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373`, and allow a few hours for provisioning)"
     } else if status == 401 && api == Api::Reporting {
         " (the app needs the Office 365 Exchange Online application permission ReportingWebService.Read.All with admin consent, and its service principal an Entra role such as Global Reader or Exchange Administrator)"
@@ -539,10 +555,20 @@ mod tests {
     #[test]
     fn explains_service_principal_401() {
         let body = br#"{"error":{"code":"InvalidAuthenticationToken","message":"Service principal-less Authentication failed: blah"}}"#;
-        let s = explain_status(Api::Graph, 401, body, "https://graph.microsoft.com/v1.0/x?$top=1");
+        let s = explain_status(
+            Api::Graph,
+            401,
+            body,
+            "https://graph.microsoft.com/v1.0/x?$top=1",
+        );
         assert!(s.contains("8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"), "{s}");
         assert!(!s.contains("$top"));
-        let s = explain_status(Api::Reporting, 401, b"<title>401 - Unauthorized</title>", "https://r/x");
+        let s = explain_status(
+            Api::Reporting,
+            401,
+            b"<title>401 - Unauthorized</title>",
+            "https://r/x",
+        );
         assert!(s.contains("ReportingWebService.Read.All"), "{s}");
     }
 

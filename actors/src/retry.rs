@@ -87,9 +87,7 @@ impl RetryPolicy {
             return None;
         }
         let retryable = match failure {
-            Failure::Status { code, .. } => {
-                !(200..300).contains(code) && self.codes.contains(code)
-            }
+            Failure::Status { code, .. } => !(200..300).contains(code) && self.codes.contains(code),
             Failure::Timeout => self.retry_connect_timeout,
             Failure::Connection => self.retry_connect_reset,
             Failure::BadBody => true,
@@ -154,7 +152,14 @@ mod tests {
             .collect();
         assert_eq!(
             delays,
-            vec![Some(1000), Some(2000), Some(4000), Some(8000), Some(16000), None]
+            vec![
+                Some(1000),
+                Some(2000),
+                Some(4000),
+                Some(8000),
+                Some(16000),
+                None
+            ]
         );
     }
 

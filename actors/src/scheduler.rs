@@ -56,7 +56,10 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
 
 impl Scheduler {
     /// A scheduler for `(source id, 6-field cron)` pairs that tells `target` when one is due.
-    pub fn new(sources: Vec<(String, String)>, target: Recipient<Due>) -> Result<Scheduler, String> {
+    pub fn new(
+        sources: Vec<(String, String)>,
+        target: Recipient<Due>,
+    ) -> Result<Scheduler, String> {
         let mut entries = Vec::new();
         for (source, expr) in sources {
             let schedule = parse_cron(&expr)?;

@@ -89,7 +89,9 @@ pub struct RunReport {
 impl RunReport {
     /// Whether every job succeeded.
     pub fn all_succeeded(&self) -> bool {
-        self.jobs.iter().all(|(_, s)| s.state == JobState::Succeeded)
+        self.jobs
+            .iter()
+            .all(|(_, s)| s.state == JobState::Succeeded)
     }
 }
 
@@ -184,7 +186,9 @@ impl Supervisor {
             async move { fetcher.send(RunJob { kind, timeout }).await }
                 .into_actor(self)
                 .map(move |reply, act, _| match reply {
-                    Ok(RunReply::Started(job)) => info!(source = %source, job = %job, "job started"),
+                    Ok(RunReply::Started(job)) => {
+                        info!(source = %source, job = %job, "job started")
+                    }
                     Ok(RunReply::AlreadyRunning) => {
                         warn!(source = %source, "previous run still going: this tick is skipped");
                     }
@@ -318,7 +322,11 @@ impl Handler<Due> for Supervisor {
         if self.shutting_down {
             return;
         }
-        if self.slots.get(&msg.source).is_some_and(|s| s.running.is_some()) {
+        if self
+            .slots
+            .get(&msg.source)
+            .is_some_and(|s| s.running.is_some())
+        {
             warn!(source = %msg.source, scheduled_for = %msg.scheduled_for, "previous run still going: this tick is skipped");
             return;
         }

@@ -63,7 +63,9 @@ pub fn secret_form(spec: &TokenSpec, secret: &Secret) -> Vec<(&'static str, Stri
 /// Parses a token response (v1: string numbers, `expires_on`; v2: numbers).
 pub fn parse_token_response(body: &[u8], now: DateTime<Utc>) -> Result<Token, AuthError> {
     let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        AuthError::Unavailable(format!("token endpoint answered with something that is not JSON ({e})"))
+        AuthError::Unavailable(format!(
+            "token endpoint answered with something that is not JSON ({e})"
+        ))
     })?;
     let access = v
         .get("access_token")
@@ -121,7 +123,10 @@ pub fn entra_error(status: u16, body: &[u8], spec: &TokenSpec) -> AuthError {
         Some(70011) => format!("scope {}/.default is not valid: check resource and token_endpoint", spec.audience),
         _ => String::new(),
     };
-    let mut msg = format!("token request to {} failed with HTTP {status}", spec.token_url());
+    let mut msg = format!(
+        "token request to {} failed with HTTP {status}",
+        spec.token_url()
+    );
     if !first_line.is_empty() {
         msg.push_str(&format!(": {first_line}"));
     } else if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
@@ -178,7 +183,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((t.expires_at - now).num_seconds(), 3600);
-        let t = parse_token_response(br#"{"expires_on":"1000100","access_token":"x"}"#, now).unwrap();
+        let t =
+            parse_token_response(br#"{"expires_on":"1000100","access_token":"x"}"#, now).unwrap();
         assert_eq!((t.expires_at - now).num_seconds(), 100);
         assert!(parse_token_response(b"<html>", now).is_err());
         assert!(parse_token_response(br#"{"expires_in":5}"#, now).is_err());
@@ -197,7 +203,10 @@ mod tests {
             expires_at: now + chrono::Duration::seconds(3),
             ..long.clone()
         };
-        assert_eq!(short.refresh_at(), now + chrono::Duration::milliseconds(2400));
+        assert_eq!(
+            short.refresh_at(),
+            now + chrono::Duration::milliseconds(2400)
+        );
         assert!(!short.needs_refresh(now + chrono::Duration::seconds(2)));
         assert!(short.needs_refresh(now + chrono::Duration::seconds(3)));
     }
@@ -208,10 +217,17 @@ mod tests {
         let e = entra_error(401, body, &spec(TokenEndpoint::V2));
         let s = e.to_string();
         assert!(matches!(e, AuthError::Rejected(_)));
-        assert!(s.contains("AADSTS7000215: Invalid client secret provided."), "{s}");
+        assert!(
+            s.contains("AADSTS7000215: Invalid client secret provided."),
+            "{s}"
+        );
         assert!(s.contains("copy the secret's Value"), "{s}");
         assert!(!s.contains("Trace ID"));
-        let e = entra_error(400, br#"{"error_description":"AADSTS90002: Tenant 'x' not found."}"#, &spec(TokenEndpoint::V2));
+        let e = entra_error(
+            400,
+            br#"{"error_description":"AADSTS90002: Tenant 'x' not found."}"#,
+            &spec(TokenEndpoint::V2),
+        );
         assert!(e.to_string().contains("tenant t1 does not exist"));
     }
 }

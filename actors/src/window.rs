@@ -25,7 +25,11 @@ pub struct SliceTask {
 }
 
 /// The slices of one run, in collection order (oldest first).
-pub fn plan(window: &WindowSpec, checkpoint: Option<&Checkpoint>, now: DateTime<Utc>) -> Vec<SliceTask> {
+pub fn plan(
+    window: &WindowSpec,
+    checkpoint: Option<&Checkpoint>,
+    now: DateTime<Utc>,
+) -> Vec<SliceTask> {
     let end = window.end.resolve(now);
     let mut tasks = Vec::new();
     let from = match checkpoint {
@@ -143,7 +147,9 @@ mod tests {
         let w = spec("-3h@h", "-2h@h", 240);
         let t = plan(&w, Some(&cp(at(1, 0, 0))), at(25, 12, 0));
         assert!(t.len() > 2);
-        assert!(t.iter().all(|s| s.end - s.start <= chrono::Duration::hours(240)));
+        assert!(t
+            .iter()
+            .all(|s| s.end - s.start <= chrono::Duration::hours(240)));
         assert_eq!(t.first().unwrap().start, at(1, 0, 0));
         assert_eq!(t.last().unwrap().end, at(25, 10, 0));
     }

@@ -2,12 +2,16 @@
 //! directory, secrets redacted.
 
 use clap::Parser;
-use msgtrace::storage::{dump, Store, StorageError};
+use msgtrace::storage::{dump, StorageError, Store};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "msgtrace-dump", version, about = "Prints a msgtrace state directory")]
+#[command(
+    name = "msgtrace-dump",
+    version,
+    about = "Prints a msgtrace state directory"
+)]
 struct Cli {
     /// The state directory (`state_dir` of the configuration).
     state_dir: PathBuf,

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "msgtrace", version, about = "Collects Office 365 / Exchange Online message trace")]
+#[command(
+    name = "msgtrace",
+    version,
+    about = "Collects Office 365 / Exchange Online message trace"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -80,7 +84,12 @@ enum Command {
         #[arg(long, default_value = "sim-client")]
         client_id: String,
         /// Client secret accepted (read from the environment variable MSGTRACE_SIM_SECRET when set).
-        #[arg(long, default_value = "sim-secret", env = "MSGTRACE_SIM_SECRET", hide_env_values = true)]
+        #[arg(
+            long,
+            default_value = "sim-secret",
+            env = "MSGTRACE_SIM_SECRET",
+            hide_env_values = true
+        )]
         client_secret: String,
     },
 }
@@ -171,7 +180,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     bad = true;
                 }
             }
-            for w in cfg.warnings.iter().chain(engine::unimplemented_warnings(&cfg).iter()) {
+            for w in cfg
+                .warnings
+                .iter()
+                .chain(engine::unimplemented_warnings(&cfg).iter())
+            {
                 eprintln!("msgtrace: warning: {w}");
             }
             if bad {
@@ -195,9 +208,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 tracing::warn!("{w}");
             }
             let mode = if once { Mode::Once } else { Mode::Continuous };
-            let report = actix_rt::System::new().block_on(async {
-                engine::run(&cfg, mode, EngineOptions::default()).await
-            });
+            let report = actix_rt::System::new()
+                .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
             let report = match report {
                 Ok(r) => r,
                 Err(e) => {
@@ -207,7 +219,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             for (source, job) in &report.jobs {
                 if let Some(e) = &job.error {
-                    eprintln!("msgtrace: source {source}: job {} {:?}: {e}", job.job_id, job.state);
+                    eprintln!(
+                        "msgtrace: source {source}: job {} {:?}: {e}",
+                        job.job_id, job.state
+                    );
                 }
             }
             if once && !report.all_succeeded() {

@@ -25,7 +25,11 @@ pub(crate) fn expand_tree(
     errors: &mut Vec<ConfigError>,
     expanded: &mut BTreeSet<String>,
 ) {
-    let mut walker = Walker { env, errors, expanded };
+    let mut walker = Walker {
+        env,
+        errors,
+        expanded,
+    };
     if let toml::Value::Table(table) = tree {
         walker.table(table, "");
     }
@@ -123,7 +127,10 @@ pub(crate) fn expand(
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
             let Some(close) = tail.find('}') else {
-                problems.push("`${` without a closing `}`; write `${NAME}`, or `$$` for a literal dollar".to_owned());
+                problems.push(
+                    "`${` without a closing `}`; write `${NAME}`, or `$$` for a literal dollar"
+                        .to_owned(),
+                );
                 rest = "";
                 break;
             };
@@ -139,8 +146,16 @@ pub(crate) fn expand(
             }
             rest = &tail[close + 1..];
         } else if bare && after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
-            let len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-            lookup(&after[..len], env, &mut out, &mut problems, &mut substituted);
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            lookup(
+                &after[..len],
+                env,
+                &mut out,
+                &mut problems,
+                &mut substituted,
+            );
             rest = &after[len..];
         } else {
             out.push('$');
@@ -149,7 +164,10 @@ pub(crate) fn expand(
     }
     out.push_str(rest);
     if problems.is_empty() {
-        Ok(Expansion { text: out, substituted })
+        Ok(Expansion {
+            text: out,
+            substituted,
+        })
     } else {
         Err(problems)
     }
@@ -252,6 +270,10 @@ mod tests {
         assert_eq!(tree["t"]["cert_path"].as_str(), Some("/etc/certs/c"));
         assert!(tree["t"].get("gone").is_none());
         assert_eq!(tree["t"]["list"][0].as_str(), Some(""));
-        assert!(expanded.contains("a") && expanded.contains("t.list[1]") && expanded.contains("t.cert_path"));
+        assert!(
+            expanded.contains("a")
+                && expanded.contains("t.list[1]")
+                && expanded.contains("t.cert_path")
+        );
     }
 }

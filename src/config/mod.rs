@@ -58,9 +58,11 @@ pub use validate::validate;
 /// Default Microsoft Graph message trace endpoint (global cloud, v1.0).
 pub const GRAPH_URL: &str = "https://graph.microsoft.com/v1.0/admin/exchange/tracing/messageTraces";
 /// Default Reporting Web Service endpoint for the commercial cloud and GCC.
-pub const RWS_URL: &str = "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace";
+pub const RWS_URL: &str =
+    "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace";
 /// Reporting Web Service endpoint for GCC High.
-pub const RWS_URL_US: &str = "https://reports.office365.us/ecp/reportingwebservice/reporting.svc/MessageTrace";
+pub const RWS_URL_US: &str =
+    "https://reports.office365.us/ecp/reportingwebservice/reporting.svc/MessageTrace";
 
 /// A validated configuration: every value checked, every default filled in.
 #[derive(Debug, Clone)]
@@ -505,7 +507,11 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_rows: 5000, max_bytes: 4_000_000, timeout: Duration::from_secs(1) }
+        BatchConfig {
+            max_rows: 5000,
+            max_bytes: 4_000_000,
+            timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -581,7 +587,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -611,7 +620,10 @@ impl std::error::Error for ConfigErrors {}
 
 impl From<ConfigError> for ConfigErrors {
     fn from(error: ConfigError) -> Self {
-        ConfigErrors { errors: vec![error], warnings: Vec::new() }
+        ConfigErrors {
+            errors: vec![error],
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -626,7 +638,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             std::io::ErrorKind::InvalidData => "save the file as UTF-8",
             _ => "check the path given with -c",
         };
-        ConfigError::new(path.display().to_string(), format!("cannot read the configuration file: {e}; {hint}"))
+        ConfigError::new(
+            path.display().to_string(),
+            format!("cannot read the configuration file: {e}; {hint}"),
+        )
     })?;
     from_str(&text)
 }
@@ -638,12 +653,18 @@ pub fn from_str(toml: &str) -> Result<Config, ConfigErrors> {
 
 /// Parses and validates configuration text, looking variables up with `env` instead of the
 /// process environment (for tests and embedders that keep their own settings).
-pub fn from_str_with_env(toml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+pub fn from_str_with_env(
+    toml: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
     let parsed = raw::parse(toml, env);
     let mut errors = parsed.errors;
     let Some(raw) = parsed.raw else {
         // A syntax error leaves nothing to validate.
-        return Err(ConfigErrors { errors, warnings: Vec::new() });
+        return Err(ConfigErrors {
+            errors,
+            warnings: Vec::new(),
+        });
     };
     let mut result = validate::validate_parsed(raw, &parsed.expanded);
     if errors.is_empty() {
@@ -655,7 +676,10 @@ pub fn from_str_with_env(toml: &str, env: &dyn Fn(&str) -> Option<String>) -> Re
         Ok(config) => std::mem::take(&mut config.warnings),
         Err(later) => {
             for error in later.errors.drain(..) {
-                if !errors.iter().any(|e| values::is_within(&error.path, &e.path)) {
+                if !errors
+                    .iter()
+                    .any(|e| values::is_within(&error.path, &e.path))
+                {
                     errors.push(error);
                 }
             }

@@ -240,7 +240,9 @@ impl<'de> Deserialize<'de> for RawTime {
                 Ok(RawTime::Epoch(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawTime, E> {
-                i64::try_from(v).map(RawTime::Epoch).map_err(|_| E::custom("epoch seconds out of range"))
+                i64::try_from(v)
+                    .map(RawTime::Epoch)
+                    .map_err(|_| E::custom("epoch seconds out of range"))
             }
         }
         deserializer.deserialize_any(V)
@@ -262,7 +264,9 @@ impl<'de> Deserialize<'de> for RawDuration {
         impl Visitor<'_> for V {
             type Value = RawDuration;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as \"45s\", \"15m\", \"4h\", \"2d\" or a number of seconds")
+                f.write_str(
+                    "a duration such as \"45s\", \"15m\", \"4h\", \"2d\" or a number of seconds",
+                )
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
                 Ok(RawDuration::Text(v.to_owned()))
@@ -271,7 +275,9 @@ impl<'de> Deserialize<'de> for RawDuration {
                 Ok(RawDuration::Secs(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
-                i64::try_from(v).map(RawDuration::Secs).map_err(|_| E::custom("duration out of range"))
+                i64::try_from(v)
+                    .map(RawDuration::Secs)
+                    .map_err(|_| E::custom("duration out of range"))
             }
         }
         deserializer.deserialize_any(V)
@@ -306,7 +312,9 @@ impl<'de> Deserialize<'de> for RawFieldValue {
                 Ok(RawFieldValue::Integer(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawFieldValue, E> {
-                Ok(i64::try_from(v).map(RawFieldValue::Integer).unwrap_or(RawFieldValue::Float(v as f64)))
+                Ok(i64::try_from(v)
+                    .map(RawFieldValue::Integer)
+                    .unwrap_or(RawFieldValue::Float(v as f64)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawFieldValue, E> {
                 Ok(RawFieldValue::Float(v))
@@ -352,14 +360,20 @@ pub(crate) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Parsed 
 fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
     let message = error.message().trim().replace('\n', "; ");
     let Some(span) = error.span() else {
-        return ConfigError::new("(file)", format!("TOML syntax error: {message}; fix the syntax"));
+        return ConfigError::new(
+            "(file)",
+            format!("TOML syntax error: {message}; fix the syntax"),
+        );
     };
     let offset = span.start.min(text.len());
     let before = text.get(..offset).unwrap_or("");
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     let path = values::key_path_at_line(text, line).unwrap_or_else(|| format!("line {line}"));
-    ConfigError::new(path, format!("TOML syntax error at line {line}, column {column}: {message}; fix the syntax"))
+    ConfigError::new(
+        path,
+        format!("TOML syntax error at line {line}, column {column}: {message}; fix the syntax"),
+    )
 }
 
 /// Deserializes `tree`; on an error, records it with its key path, removes the key it concerns
@@ -380,7 +394,11 @@ fn deserialize_collecting(mut tree: toml::Value, errors: &mut Vec<ConfigError>) 
             }
             None => (container.clone(), values::type_error_message(&message)),
         };
-        let path_shown = if path.is_empty() { "(top level)".to_owned() } else { path.clone() };
+        let path_shown = if path.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            path.clone()
+        };
         errors.push(ConfigError::new(path_shown, text));
         rounds = rounds.saturating_sub(1);
         if path.is_empty() || rounds == 0 || !remove_path(&mut tree, &path) {
@@ -407,7 +425,12 @@ fn split_error(error: &toml::de::Error) -> (String, String) {
 fn unknown_field(message: &str) -> Option<(String, Vec<String>)> {
     let rest = message.strip_prefix("unknown field `")?;
     let (field, rest) = rest.split_once('`')?;
-    let accepted = rest.split('`').skip(1).step_by(2).map(str::to_owned).collect();
+    let accepted = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
     Some((field.to_owned(), accepted))
 }
 
@@ -429,7 +452,11 @@ fn remove_path(value: &mut toml::Value, path: &str) -> bool {
     }
     let candidates: Vec<String> = table
         .keys()
-        .filter(|k| path.len() > k.len() + 1 && path.starts_with(k.as_str()) && path.as_bytes()[k.len()] == b'.')
+        .filter(|k| {
+            path.len() > k.len() + 1
+                && path.starts_with(k.as_str())
+                && path.as_bytes()[k.len()] == b'.'
+        })
         .cloned()
         .collect();
     candidates.iter().any(|k| match table.get_mut(k) {
@@ -454,7 +481,13 @@ mod tests {
         );
         let paths: Vec<_> = parsed.errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths.len(), 5, "{:?}", parsed.errors);
-        for p in ["bogus", "sources.a.page_size", "sources.a.nope", "sources.a.auth.method", "sources.a.auth.extra"] {
+        for p in [
+            "bogus",
+            "sources.a.page_size",
+            "sources.a.nope",
+            "sources.a.auth.method",
+            "sources.a.auth.extra",
+        ] {
             assert!(paths.contains(&p), "{p} missing in {paths:?}");
         }
         assert!(parsed.raw.unwrap().sources.contains_key("a"));

@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use url::{Host, Url};
 
-use super::raw::{RawAuth, RawConfig, RawDuration, RawFieldValue, RawRetry, RawSink, RawSource, RawTime};
+use super::raw::{
+    RawAuth, RawConfig, RawDuration, RawFieldValue, RawRetry, RawSink, RawSource, RawTime,
+};
 use super::values::{cron_to_six_fields, join, parse_duration};
 use super::*;
 
@@ -28,20 +30,35 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 }
 
 /// [`validate`], knowing which key paths hold values from the environment (not to be echoed).
-pub(crate) fn validate_parsed(raw: RawConfig, expanded: &BTreeSet<String>) -> Result<Config, ConfigErrors> {
-    let mut cx = Cx { errors: Vec::new(), warnings: Vec::new(), expanded };
+pub(crate) fn validate_parsed(
+    raw: RawConfig,
+    expanded: &BTreeSet<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut cx = Cx {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        expanded,
+    };
 
     let state_dir = match raw.state_dir.as_deref() {
         Some(dir) if dir.trim().is_empty() => {
-            cx.error("state_dir", "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key");
+            cx.error(
+                "state_dir",
+                "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key",
+            );
             PathBuf::new()
         }
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from("./msgtrace-state"),
     };
-    let log_level = cx.log_level("log_level", raw.log_level.as_deref()).unwrap_or(LogLevel::Info);
-    let log_format =
-        cx.choice("log_format", raw.log_format.as_deref(), &[("text", LogFormat::Text), ("json", LogFormat::Json)]);
+    let log_level = cx
+        .log_level("log_level", raw.log_level.as_deref())
+        .unwrap_or(LogLevel::Info);
+    let log_format = cx.choice(
+        "log_format",
+        raw.log_format.as_deref(),
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    );
     let log_format = log_format.unwrap_or(LogFormat::Text);
     let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| match text.trim().parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
@@ -59,16 +76,34 @@ pub(crate) fn validate_parsed(raw: RawConfig, expanded: &BTreeSet<String>) -> Re
     for (name, cert) in &raw.certificates {
         let path = join("certificates", name);
         cx.check_id(&path, name, "certificate name");
-        let cert_path = cx.required_path(&join(&path, "cert_path"), cert.cert_path.as_deref(), "the certificate PEM file");
-        let key_path = cx.required_path(&join(&path, "key_path"), cert.key_path.as_deref(), "the private key PEM file");
+        let cert_path = cx.required_path(
+            &join(&path, "cert_path"),
+            cert.cert_path.as_deref(),
+            "the certificate PEM file",
+        );
+        let key_path = cx.required_path(
+            &join(&path, "key_path"),
+            cert.key_path.as_deref(),
+            "the private key PEM file",
+        );
         if let (Some(cert_path), Some(key_path)) = (cert_path, key_path) {
             let passphrase = secret(cert.passphrase.as_deref());
-            certificates.insert(name.clone(), CertificateConfig { cert_path, key_path, passphrase });
+            certificates.insert(
+                name.clone(),
+                CertificateConfig {
+                    cert_path,
+                    key_path,
+                    passphrase,
+                },
+            );
         }
     }
 
     if raw.sources.is_empty() {
-        cx.error("sources", "no source is configured; add a [sources.<id>] table with its [sources.<id>.auth]");
+        cx.error(
+            "sources",
+            "no source is configured; add a [sources.<id>] table with its [sources.<id>.auth]",
+        );
     }
     let mut sources = BTreeMap::new();
     for (id, source) in &raw.sources {
@@ -85,7 +120,10 @@ pub(crate) fn validate_parsed(raw: RawConfig, expanded: &BTreeSet<String>) -> Re
     }
 
     for id in raw.sources.keys() {
-        let fed = raw.sinks.values().any(|s| s.inputs.iter().flatten().any(|i| i == id));
+        let fed = raw
+            .sinks
+            .values()
+            .any(|s| s.inputs.iter().flatten().any(|i| i == id));
         if !fed {
             cx.warn(
                 &join("sources", id),
@@ -104,7 +142,10 @@ pub(crate) fn validate_parsed(raw: RawConfig, expanded: &BTreeSet<String>) -> Re
     }
 
     if !cx.errors.is_empty() {
-        return Err(ConfigErrors { errors: cx.errors, warnings: cx.warnings });
+        return Err(ConfigErrors {
+            errors: cx.errors,
+            warnings: cx.warnings,
+        });
     }
     Ok(Config {
         state_dir,
@@ -144,29 +185,50 @@ impl Cx<'_> {
     }
 
     /// One of a fixed set of spellings; `None` when absent or unknown (unknown is an error).
-    fn choice<T: Copy>(&mut self, path: &str, value: Option<&str>, options: &[(&str, T)]) -> Option<T> {
+    fn choice<T: Copy>(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        options: &[(&str, T)],
+    ) -> Option<T> {
         let value = value?;
         if let Some((_, v)) = options.iter().find(|(name, _)| *name == value.trim()) {
             return Some(*v);
         }
         let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
         let shown = self.quote(path, value);
-        self.error(path, format!("unknown value {shown}; use one of: {}", names.join(", ")));
+        self.error(
+            path,
+            format!("unknown value {shown}; use one of: {}", names.join(", ")),
+        );
         None
     }
 
     fn log_level(&mut self, path: &str, value: Option<&str>) -> Option<LogLevel> {
-        let levels =
-            [("error", LogLevel::Error), ("warn", LogLevel::Warn), ("info", LogLevel::Info), ("debug", LogLevel::Debug)];
+        let levels = [
+            ("error", LogLevel::Error),
+            ("warn", LogLevel::Warn),
+            ("info", LogLevel::Info),
+            ("debug", LogLevel::Debug),
+        ];
         self.choice(path, value, &levels)
     }
 
     /// Source, sink and certificate names end up in state keys, metrics labels and file names.
     fn check_id(&mut self, path: &str, id: &str, what: &str) {
         if id.is_empty() {
-            self.error(path, format!("empty {what}; use letters, digits, `_` and `-`"));
-        } else if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            self.error(path, format!("{what} `{id}` may only contain letters, digits, `_` and `-`; rename it"));
+            self.error(
+                path,
+                format!("empty {what}; use letters, digits, `_` and `-`"),
+            );
+        } else if !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            self.error(
+                path,
+                format!("{what} `{id}` may only contain letters, digits, `_` and `-`; rename it"),
+            );
         }
     }
 
@@ -205,7 +267,9 @@ impl Cx<'_> {
                 let loopback = match url.host() {
                     Some(Host::Ipv4(ip)) => ip.is_loopback(),
                     Some(Host::Ipv6(ip)) => ip.is_loopback(),
-                    Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+                    Some(Host::Domain(d)) => {
+                        d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost")
+                    }
                     None => false,
                 };
                 if !loopback {
@@ -222,16 +286,29 @@ impl Cx<'_> {
             }
         }
         if url.host().is_none() {
-            self.error(path, format!("{shown} has no host; write an absolute URL such as https://host/path"));
+            self.error(
+                path,
+                format!("{shown} has no host; write an absolute URL such as https://host/path"),
+            );
             return None;
         }
         Some(url)
     }
 
     /// A non-negative integer that fits `T`, with its allowed range in the message.
-    fn int_in<T: TryFrom<i64>>(&mut self, path: &str, value: i64, min: i64, max: i64, hint: &str) -> Option<T> {
+    fn int_in<T: TryFrom<i64>>(
+        &mut self,
+        path: &str,
+        value: i64,
+        min: i64,
+        max: i64,
+        hint: &str,
+    ) -> Option<T> {
         if value < min || value > max {
-            self.error(path, format!("{value} is out of range; use {min} to {max}{hint}"));
+            self.error(
+                path,
+                format!("{value} is out of range; use {min} to {max}{hint}"),
+            );
             return None;
         }
         T::try_from(value).ok()
@@ -242,7 +319,12 @@ impl Cx<'_> {
             None => default,
             Some(RawDuration::Secs(n)) if *n >= 0 => Duration::from_secs(n.unsigned_abs()),
             Some(RawDuration::Secs(n)) => {
-                self.error(path, format!("{n} is negative; write a duration such as \"45s\", \"15m\", \"4h\" or 0"));
+                self.error(
+                    path,
+                    format!(
+                        "{n} is negative; write a duration such as \"45s\", \"15m\", \"4h\" or 0"
+                    ),
+                );
                 default
             }
             Some(RawDuration::Text(text)) => match parse_duration(text) {
@@ -291,11 +373,20 @@ impl Cx<'_> {
         let at = |key: &str| join(&p, key);
         self.check_id(&p, id, "source id");
 
-        let api = self.choice(&at("api"), raw.api.as_deref(), &[("graph", Api::Graph), ("reporting", Api::Reporting)]);
+        let api = self.choice(
+            &at("api"),
+            raw.api.as_deref(),
+            &[("graph", Api::Graph), ("reporting", Api::Reporting)],
+        );
         let plan = self.choice(
             &at("plan"),
             raw.plan.as_deref(),
-            &[("enterprise", Plan::Enterprise), ("gcc", Plan::Gcc), ("gcc_high", Plan::GccHigh), ("dod", Plan::Dod)],
+            &[
+                ("enterprise", Plan::Enterprise),
+                ("gcc", Plan::Gcc),
+                ("gcc_high", Plan::GccHigh),
+                ("dod", Plan::Dod),
+            ],
         );
         let api_known = api.is_some() || raw.api.is_none();
         let plan_known = plan.is_some() || raw.plan.is_none();
@@ -334,21 +425,32 @@ impl Cx<'_> {
 
         let schedule = match (raw.schedule.as_deref(), raw.poll_interval_mins) {
             (Some(_), Some(_)) => {
-                self.error(&at("schedule"), "set either schedule or poll_interval_mins, not both; remove one");
+                self.error(
+                    &at("schedule"),
+                    "set either schedule or poll_interval_mins, not both; remove one",
+                );
                 None
             }
             (Some(expr), None) => match cron_to_six_fields(expr) {
-                Ok(six) => Some(Schedule::Cron { written: expr.trim().to_owned(), expr: six }),
+                Ok(six) => Some(Schedule::Cron {
+                    written: expr.trim().to_owned(),
+                    expr: six,
+                }),
                 Err(why) => {
                     let shown = self.quote(&at("schedule"), expr);
-                    self.error(&at("schedule"), format!("{shown} is not a valid cron expression: {why}"));
+                    self.error(
+                        &at("schedule"),
+                        format!("{shown} is not a valid cron expression: {why}"),
+                    );
                     None
                 }
             },
             (None, mins) => {
                 let mins = mins.unwrap_or(15);
                 if POLL_INTERVALS.contains(&mins) {
-                    u32::try_from(mins).ok().map(|mins| Schedule::Interval { mins })
+                    u32::try_from(mins)
+                        .ok()
+                        .map(|mins| Schedule::Interval { mins })
                 } else {
                     self.error(
                         &at("poll_interval_mins"),
@@ -382,7 +484,14 @@ impl Cx<'_> {
         }
 
         let max_page = if api == Api::Graph { 5000 } else { 2000 };
-        let page_hint = format!(" for api {}", if api == Api::Graph { "graph" } else { "reporting" });
+        let page_hint = format!(
+            " for api {}",
+            if api == Api::Graph {
+                "graph"
+            } else {
+                "reporting"
+            }
+        );
         let page_size = match raw.page_size {
             None => Some(1000),
             Some(n) => self.int_in(&at("page_size"), n, 1, max_page, &page_hint),
@@ -391,25 +500,40 @@ impl Cx<'_> {
         let reread = self.duration(&at("reread"), raw.reread.as_ref(), Duration::ZERO);
 
         let quota = match &raw.quota {
-            None if api == Api::Graph => Some(Quota { requests: 100, per: Duration::from_secs(300) }),
+            None if api == Api::Graph => Some(Quota {
+                requests: 100,
+                per: Duration::from_secs(300),
+            }),
             None => None,
             Some(q) => {
                 let qp = at("quota");
                 let requests = match q.requests {
-                    Some(n) => self.int_in::<u32>(&join(&qp, "requests"), n, 1, u32::MAX.into(), ""),
+                    Some(n) => {
+                        self.int_in::<u32>(&join(&qp, "requests"), n, 1, u32::MAX.into(), "")
+                    }
                     None => {
-                        self.error(&join(&qp, "requests"), "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }");
+                        self.error(
+                            &join(&qp, "requests"),
+                            "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }",
+                        );
                         None
                     }
                 };
                 let per = match q.per_secs {
-                    Some(n) => self.int_in::<u64>(&join(&qp, "per_secs"), n, 1, i64::MAX, "").map(Duration::from_secs),
+                    Some(n) => self
+                        .int_in::<u64>(&join(&qp, "per_secs"), n, 1, i64::MAX, "")
+                        .map(Duration::from_secs),
                     None => {
-                        self.error(&join(&qp, "per_secs"), "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }");
+                        self.error(
+                            &join(&qp, "per_secs"),
+                            "is required in quota; e.g. quota = { requests = 100, per_secs = 300 }",
+                        );
                         None
                     }
                 };
-                requests.zip(per).map(|(requests, per)| Quota { requests, per })
+                requests
+                    .zip(per)
+                    .map(|(requests, per)| Quota { requests, per })
             }
         };
 
@@ -434,7 +558,10 @@ impl Cx<'_> {
                 RawFieldValue::Float(f) => match serde_json::Number::from_f64(*f) {
                     Some(n) => serde_json::Value::Number(n),
                     None => {
-                        self.error(&fp, "nan and inf cannot be written to JSON events; use a finite number");
+                        self.error(
+                            &fp,
+                            "nan and inf cannot be written to JSON events; use a finite number",
+                        );
                         continue;
                     }
                 },
@@ -442,20 +569,30 @@ impl Cx<'_> {
             fields.insert(name.clone(), json);
         }
 
-        let normalize = self.choice(&at("normalize"), raw.normalize.as_deref(), &[("ecs", Normalize::Ecs)]);
+        let normalize = self.choice(
+            &at("normalize"),
+            raw.normalize.as_deref(),
+            &[("ecs", Normalize::Ecs)],
+        );
         let mut local_domains = Vec::new();
         for (i, domain) in raw.local_domains.iter().flatten().enumerate() {
             let d = domain.trim().trim_start_matches('@').to_ascii_lowercase();
             if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@' || c == '/') {
                 let path = format!("{}[{i}]", at("local_domains"));
                 let shown = self.quote(&path, domain);
-                self.error(&path, format!("{shown} is not a domain; write e.g. \"contoso.com\""));
+                self.error(
+                    &path,
+                    format!("{shown} is not a domain; write e.g. \"contoso.com\""),
+                );
             } else {
                 local_domains.push(d);
             }
         }
         if raw.local_domains.is_some() && raw.normalize.is_none() {
-            self.warn(&at("local_domains"), "only used with normalize = \"ecs\"; set it or remove local_domains");
+            self.warn(
+                &at("local_domains"),
+                "only used with normalize = \"ecs\"; set it or remove local_domains",
+            );
         }
 
         let log_level = self.log_level(&at("log_level"), raw.log_level.as_deref());
@@ -463,23 +600,39 @@ impl Cx<'_> {
             None => Some(Duration::from_secs(300)),
             Some(0) => None,
             Some(n) if n < 0 => {
-                self.error(&at("request_timeout_secs"), format!("{n} is negative; use seconds, or 0 for unlimited"));
+                self.error(
+                    &at("request_timeout_secs"),
+                    format!("{n} is negative; use seconds, or 0 for unlimited"),
+                );
                 None
             }
             Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
         };
-        let job_timeout = Some(self.duration(&at("job_timeout"), raw.job_timeout.as_ref(), Duration::ZERO))
-            .filter(|d| !d.is_zero());
+        let job_timeout =
+            Some(self.duration(&at("job_timeout"), raw.job_timeout.as_ref(), Duration::ZERO))
+                .filter(|d| !d.is_zero());
         let task_reschedule_limit = match raw.task_reschedule_limit {
             None => Some(1),
             Some(n) => self.int_in(&at("task_reschedule_limit"), n, 0, u32::MAX.into(), ""),
         };
         let ttl = self.duration(&at("ttl"), raw.ttl.as_ref(), Duration::from_secs(4 * 3600));
 
-        let proxy_url = raw.proxy_url.as_deref().and_then(|text| self.url(&at("proxy_url"), text)).map(ProxyUrl);
+        let proxy_url = raw
+            .proxy_url
+            .as_deref()
+            .and_then(|text| self.url(&at("proxy_url"), text))
+            .map(ProxyUrl);
 
         let auth = match &raw.auth {
-            Some(auth) => self.auth(&at("auth"), auth, api, plan, raw.url.is_some(), config, certificates),
+            Some(auth) => self.auth(
+                &at("auth"),
+                auth,
+                api,
+                plan,
+                raw.url.is_some(),
+                config,
+                certificates,
+            ),
             None => {
                 self.error(
                     &at("auth"),
@@ -532,16 +685,28 @@ impl Cx<'_> {
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AuthConfig> {
         let at = |key: &str| join(p, key);
-        const METHODS: &[&str] = &["basic", "basic_secret", "oauth", "oauth_secret", "oauth_cert"];
+        const METHODS: &[&str] = &[
+            "basic",
+            "basic_secret",
+            "oauth",
+            "oauth_secret",
+            "oauth_cert",
+        ];
         let method = match raw.method.as_deref().map(str::trim) {
             None => {
-                self.error(&at("method"), format!("is required; use one of: {}", METHODS.join(", ")));
+                self.error(
+                    &at("method"),
+                    format!("is required; use one of: {}", METHODS.join(", ")),
+                );
                 return None;
             }
             Some(m) if METHODS.contains(&m) => m,
             Some(m) => {
                 let shown = self.quote(&at("method"), m);
-                self.error(&at("method"), format!("unknown method {shown}; use one of: {}", METHODS.join(", ")));
+                self.error(
+                    &at("method"),
+                    format!("unknown method {shown}; use one of: {}", METHODS.join(", ")),
+                );
                 return None;
             }
         };
@@ -552,17 +717,33 @@ impl Cx<'_> {
             ("client_id", raw.client_id.is_some(), OAUTH_METHODS),
             ("login_url", raw.login_url.is_some(), OAUTH_METHODS),
             ("resource", raw.resource.is_some(), OAUTH_METHODS),
-            ("token_endpoint", raw.token_endpoint.is_some(), OAUTH_METHODS),
+            (
+                "token_endpoint",
+                raw.token_endpoint.is_some(),
+                OAUTH_METHODS,
+            ),
             ("client_secret", raw.client_secret.is_some(), &["oauth"]),
-            ("client_secret_ref", raw.client_secret_ref.is_some(), &["oauth_secret"]),
+            (
+                "client_secret_ref",
+                raw.client_secret_ref.is_some(),
+                &["oauth_secret"],
+            ),
             ("username", raw.username.is_some(), &["basic"]),
             ("password", raw.password.is_some(), &["basic"]),
-            ("credentials_secret", raw.credentials_secret.is_some(), &["basic_secret"]),
+            (
+                "credentials_secret",
+                raw.credentials_secret.is_some(),
+                &["basic_secret"],
+            ),
             ("certificate", raw.certificate.is_some(), &["oauth_cert"]),
             ("cert_path", raw.cert_path.is_some(), &["oauth_cert"]),
             ("key_path", raw.key_path.is_some(), &["oauth_cert"]),
             ("passphrase", raw.passphrase.is_some(), &["oauth_cert"]),
-            ("assertion_alg", raw.assertion_alg.is_some(), &["oauth_cert"]),
+            (
+                "assertion_alg",
+                raw.assertion_alg.is_some(),
+                &["oauth_cert"],
+            ),
         ];
         for (key, present, methods) in owners {
             if present && !methods.contains(&method) {
@@ -585,13 +766,20 @@ impl Cx<'_> {
 
         match method {
             "basic" => {
-                let username = self.required(&at("username"), raw.username.as_deref(), "the account name for method basic");
+                let username = self.required(
+                    &at("username"),
+                    raw.username.as_deref(),
+                    "the account name for method basic",
+                );
                 let password = self.required(
                     &at("password"),
                     raw.password.as_deref(),
                     "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
                 );
-                Some(AuthConfig::Basic { username: username?, password: Secret::new(password?) })
+                Some(AuthConfig::Basic {
+                    username: username?,
+                    password: Secret::new(password?),
+                })
             }
             "basic_secret" => {
                 let name = self.required(
@@ -599,7 +787,9 @@ impl Cx<'_> {
                     raw.credentials_secret.as_deref(),
                     "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
                 );
-                Some(AuthConfig::BasicSecret { credentials_secret: name? })
+                Some(AuthConfig::BasicSecret {
+                    credentials_secret: name?,
+                })
             }
             "oauth" => {
                 let app = self.oauth_app(p, raw, api, plan);
@@ -609,7 +799,10 @@ impl Cx<'_> {
                     "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
                      oauth_secret with client_secret_ref",
                 );
-                Some(AuthConfig::OAuth { app: app?, client_secret: Secret::new(secret?) })
+                Some(AuthConfig::OAuth {
+                    app: app?,
+                    client_secret: Secret::new(secret?),
+                })
             }
             "oauth_secret" => {
                 let app = self.oauth_app(p, raw, api, plan);
@@ -618,7 +811,10 @@ impl Cx<'_> {
                     raw.client_secret_ref.as_deref(),
                     "the name of a secret in the store (msgtrace secrets set NAME)",
                 );
-                Some(AuthConfig::OAuthSecret { app: app?, client_secret_ref: name? })
+                Some(AuthConfig::OAuthSecret {
+                    app: app?,
+                    client_secret_ref: name?,
+                })
             }
             _ => {
                 let app = self.oauth_app(p, raw, api, plan);
@@ -628,11 +824,15 @@ impl Cx<'_> {
                     Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
                     Some(a) => {
                         let shown = self.quote(&at("assertion_alg"), a);
-                        self.error(&at("assertion_alg"), format!("unknown algorithm {shown}; use PS256 or RS256"));
+                        self.error(
+                            &at("assertion_alg"),
+                            format!("unknown algorithm {shown}; use PS256 or RS256"),
+                        );
                         None
                     }
                 };
-                let inline = raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
+                let inline =
+                    raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
                 let (certificate, certificate_name) = match (&raw.certificate, inline) {
                     (Some(_), true) => {
                         self.error(
@@ -648,8 +848,13 @@ impl Cx<'_> {
                             // The entry exists but has its own errors, reported under [certificates].
                             (None, None)
                         } else {
-                            let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
-                            let known = if known.is_empty() { "none are defined".to_owned() } else { known.join(", ") };
+                            let known: Vec<&str> =
+                                config.certificates.keys().map(String::as_str).collect();
+                            let known = if known.is_empty() {
+                                "none are defined".to_owned()
+                            } else {
+                                known.join(", ")
+                            };
                             let shown = self.quote(&at("certificate"), name);
                             self.error(
                                 &at("certificate"),
@@ -664,41 +869,70 @@ impl Cx<'_> {
                             raw.cert_path.as_deref(),
                             "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
                         );
-                        let key_path = self.required_path(&at("key_path"), raw.key_path.as_deref(), "the private key PEM file");
-                        let cert = cert_path.zip(key_path).map(|(cert_path, key_path)| CertificateConfig {
-                            cert_path,
-                            key_path,
-                            passphrase: secret(raw.passphrase.as_deref()),
+                        let key_path = self.required_path(
+                            &at("key_path"),
+                            raw.key_path.as_deref(),
+                            "the private key PEM file",
+                        );
+                        let cert = cert_path.zip(key_path).map(|(cert_path, key_path)| {
+                            CertificateConfig {
+                                cert_path,
+                                key_path,
+                                passphrase: secret(raw.passphrase.as_deref()),
+                            }
                         });
                         (cert, None)
                     }
                 };
-                Some(AuthConfig::OAuthCert { app: app?, certificate: certificate?, certificate_name, assertion_alg: alg? })
+                Some(AuthConfig::OAuthCert {
+                    app: app?,
+                    certificate: certificate?,
+                    certificate_name,
+                    assertion_alg: alg?,
+                })
             }
         }
     }
 
     fn oauth_app(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<OAuthApp> {
         let at = |key: &str| join(p, key);
-        let tenant_id = self.required(&at("tenant_id"), raw.tenant_id.as_deref(), "the directory (tenant) id or domain");
+        let tenant_id = self.required(
+            &at("tenant_id"),
+            raw.tenant_id.as_deref(),
+            "the directory (tenant) id or domain",
+        );
         if let Some(t) = &tenant_id {
             if t.contains(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#')) {
-                self.error(&at("tenant_id"), "must be a tenant id (GUID) or domain, without spaces or `/`");
+                self.error(
+                    &at("tenant_id"),
+                    "must be a tenant id (GUID) or domain, without spaces or `/`",
+                );
             }
         }
-        let client_id = self.required(&at("client_id"), raw.client_id.as_deref(), "the application (client) id");
+        let client_id = self.required(
+            &at("client_id"),
+            raw.client_id.as_deref(),
+            "the application (client) id",
+        );
         let login_url = match raw.login_url.as_deref() {
             Some(text) => self.url(&at("login_url"), text),
             None => Url::parse(plan.default_login_url()).ok(),
         };
         let resource = match raw.resource.as_deref() {
-            Some(r) => self.required(&at("resource"), Some(r), "the token audience, e.g. \"https://outlook.office365.com\""),
+            Some(r) => self.required(
+                &at("resource"),
+                Some(r),
+                "the token audience, e.g. \"https://outlook.office365.com\"",
+            ),
             None => match plan.default_resource(api) {
                 Some(r) => Some(r.to_owned()),
                 None => {
                     self.error(
                         &at("resource"),
-                        format!("no default token audience is known for plan {}; set resource", plan.as_str()),
+                        format!(
+                            "no default token audience is known for plan {}; set resource",
+                            plan.as_str()
+                        ),
                     );
                     None
                 }
@@ -706,7 +940,11 @@ impl Cx<'_> {
         };
         let token_endpoint = match raw.token_endpoint.as_deref() {
             None => Some(TokenEndpoint::V2),
-            Some(v) => self.choice(&at("token_endpoint"), Some(v), &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)]),
+            Some(v) => self.choice(
+                &at("token_endpoint"),
+                Some(v),
+                &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)],
+            ),
         };
         Some(OAuthApp {
             tenant_id: tenant_id?.trim().to_owned(),
@@ -726,12 +964,18 @@ impl Cx<'_> {
             Some(k) => self.choice(
                 &at("type"),
                 Some(k),
-                &[("backoff", RetryKind::Backoff), ("static", RetryKind::Static), ("disabled", RetryKind::Disabled)],
+                &[
+                    ("backoff", RetryKind::Backoff),
+                    ("static", RetryKind::Static),
+                    ("disabled", RetryKind::Disabled),
+                ],
             ),
         };
         let initial_interval = match raw.initial_interval_ms {
             None => Some(Duration::from_millis(1000)),
-            Some(n) => self.int_in::<u64>(&at("initial_interval_ms"), n, 0, 20_000, " milliseconds").map(Duration::from_millis),
+            Some(n) => self
+                .int_in::<u64>(&at("initial_interval_ms"), n, 0, 20_000, " milliseconds")
+                .map(Duration::from_millis),
         };
         let limit = match raw.limit {
             None => Some(5),
@@ -741,7 +985,10 @@ impl Cx<'_> {
             None => Some(2.0),
             Some(m) if m.is_finite() && m >= 1.0 => Some(m),
             Some(m) => {
-                self.error(&at("multiplier"), format!("{m} is below 1; use 1 (constant delay) or more, e.g. 2"));
+                self.error(
+                    &at("multiplier"),
+                    format!("{m} is below 1; use 1 (constant delay) or more, e.g. 2"),
+                );
                 None
             }
         };
@@ -750,10 +997,14 @@ impl Cx<'_> {
             let path = format!("{}[{i}]", at("codes"));
             match u16::try_from(*code) {
                 Ok(c) if (100..=599).contains(&c) && !(200..=299).contains(&c) => codes.push(c),
-                _ if (200..=299).contains(code) => {
-                    self.error(&path, format!("{code} is a success status; list only failures such as 429 or 503"))
-                }
-                _ => self.error(&path, format!("{code} is not an HTTP status; use 100 to 599, e.g. 429 or 503")),
+                _ if (200..=299).contains(code) => self.error(
+                    &path,
+                    format!("{code} is a success status; list only failures such as 429 or 503"),
+                ),
+                _ => self.error(
+                    &path,
+                    format!("{code} is not an HTTP status; use 100 to 599, e.g. 429 or 503"),
+                ),
             }
         }
         if raw.codes.is_none() {
@@ -782,7 +1033,10 @@ impl Cx<'_> {
                 None
             }
             Some(list) if list.is_empty() => {
-                self.error(&at("inputs"), "is empty; list the source ids this sink receives, e.g. inputs = [\"contoso\"]");
+                self.error(
+                    &at("inputs"),
+                    "is empty; list the source ids this sink receives, e.g. inputs = [\"contoso\"]",
+                );
                 None
             }
             Some(list) => {
@@ -791,7 +1045,11 @@ impl Cx<'_> {
                     if !config.sources.contains_key(input) {
                         let path = format!("{}[{i}]", at("inputs"));
                         let known: Vec<&str> = config.sources.keys().map(String::as_str).collect();
-                        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                        let known = if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        };
                         let shown = self.quote(&path, input);
                         self.error(&path, format!("no source {shown}; known sources: {known}"));
                         ok = false;
@@ -810,7 +1068,10 @@ impl Cx<'_> {
             Some(k) if TYPES.contains(&k) => k,
             Some(k) => {
                 let shown = self.quote(&at("type"), k);
-                self.error(&at("type"), format!("unknown sink type {shown}; use stdout, file or http"));
+                self.error(
+                    &at("type"),
+                    format!("unknown sink type {shown}; use stdout, file or http"),
+                );
                 return None;
             }
         };
@@ -825,18 +1086,29 @@ impl Cx<'_> {
         ];
         for (key, present, owner) in owners {
             if present && owner != kind {
-                self.error(&at(key), format!("not used by sink type {kind} (only by {owner}); remove it"));
+                self.error(
+                    &at(key),
+                    format!("not used by sink type {kind} (only by {owner}); remove it"),
+                );
             }
         }
 
         let kind = match kind {
             "stdout" => Some(SinkKind::Stdout),
             "file" => self
-                .required_path(&at("path"), raw.path.as_deref(), "the file to append events to")
+                .required_path(
+                    &at("path"),
+                    raw.path.as_deref(),
+                    "the file to append events to",
+                )
                 .map(|path| SinkKind::File { path }),
             _ => self.http_sink(&p, raw).map(SinkKind::Http),
         };
-        Some(SinkConfig { id: id.to_owned(), inputs: inputs?, kind: kind? })
+        Some(SinkConfig {
+            id: id.to_owned(),
+            inputs: inputs?,
+            kind: kind?,
+        })
     }
 
     fn http_sink(&mut self, p: &str, raw: &RawSink) -> Option<HttpSinkConfig> {
@@ -844,7 +1116,10 @@ impl Cx<'_> {
         let url = match raw.url.as_deref() {
             Some(text) => self.url(&at("url"), text),
             None => {
-                self.error(&at("url"), "is required for an http sink; set the endpoint events are POSTed to");
+                self.error(
+                    &at("url"),
+                    "is required for an http sink; set the endpoint events are POSTed to",
+                );
                 None
             }
         };
@@ -863,15 +1138,23 @@ impl Cx<'_> {
         };
         let token = secret(raw.token.as_deref());
         if format == Some(HttpFormat::SplunkHec) && token.is_none() {
-            self.warn(&at("token"), "a Splunk HEC endpoint normally needs a token; set token = \"${HEC_TOKEN}\"");
+            self.warn(
+                &at("token"),
+                "a Splunk HEC endpoint normally needs a token; set token = \"${HEC_TOKEN}\"",
+            );
         }
         let mut headers = BTreeMap::new();
         for (name, value) in raw.headers.iter().flatten() {
             let hp = join(&at("headers"), name);
             let valid_name = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !valid_name {
-                self.error(&hp, "not a valid HTTP header name; use letters, digits and `-`");
+                self.error(
+                    &hp,
+                    "not a valid HTTP header name; use letters, digits and `-`",
+                );
             } else if value.contains(['\r', '\n']) {
                 self.error(&hp, "header values cannot contain line breaks");
             } else {
@@ -880,7 +1163,11 @@ impl Cx<'_> {
         }
         let compression = match raw.compression.as_deref() {
             None => Some(Compression::None),
-            Some(c) => self.choice(&at("compression"), Some(c), &[("none", Compression::None), ("gzip", Compression::Gzip)]),
+            Some(c) => self.choice(
+                &at("compression"),
+                Some(c),
+                &[("none", Compression::None), ("gzip", Compression::Gzip)],
+            ),
         };
         let defaults = BatchConfig::default();
         let batch = match &raw.batch {
@@ -897,10 +1184,16 @@ impl Cx<'_> {
                 };
                 let timeout = match b.timeout_secs {
                     None => Some(defaults.timeout),
-                    Some(n) => self.int_in::<u64>(&join(&bp, "timeout_secs"), n, 0, 86_400, "").map(Duration::from_secs),
+                    Some(n) => self
+                        .int_in::<u64>(&join(&bp, "timeout_secs"), n, 0, 86_400, "")
+                        .map(Duration::from_secs),
                 };
                 match (max_rows, max_bytes, timeout) {
-                    (Some(max_rows), Some(max_bytes), Some(timeout)) => Some(BatchConfig { max_rows, max_bytes, timeout }),
+                    (Some(max_rows), Some(max_bytes), Some(timeout)) => Some(BatchConfig {
+                        max_rows,
+                        max_bytes,
+                        timeout,
+                    }),
                     _ => None,
                 }
             }

@@ -29,18 +29,27 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("empty duration; {HINT}"));
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse::<u64>().map(Duration::from_secs).map_err(|_| format!("duration too large; {HINT}"));
+        return text
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("duration too large; {HINT}"));
     }
     let mut total: u64 = 0;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("not a duration; {HINT}"));
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| format!("duration too large; {HINT}"))?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration too large; {HINT}"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "s" => 1,
             "m" => 60,
@@ -67,7 +76,10 @@ pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
     if expr.starts_with('@') {
         return match expr {
             "@yearly" | "@monthly" | "@weekly" | "@daily" | "@hourly" => Ok(expr.to_owned()),
-            _ => Err("unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields".to_owned()),
+            _ => Err(
+                "unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields"
+                    .to_owned(),
+            ),
         };
     }
     let fields: Vec<&str> = expr.split_whitespace().collect();
@@ -77,7 +89,9 @@ pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
             fields.len()
         ));
     }
-    const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: &[&str] = &[
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
     const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
     let specs: [(&str, u32, u32, &[&str], u32); 5] = [
         ("minute", 0, 59, &[], 0),
@@ -96,7 +110,14 @@ pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
 }
 
 /// Checks one cron field; `dow` rewrites numeric days of week into names.
-fn check_cron_field(field: &str, min: u32, max: u32, names: &[&str], first: u32, dow: bool) -> Result<String, String> {
+fn check_cron_field(
+    field: &str,
+    min: u32,
+    max: u32,
+    names: &[&str],
+    first: u32,
+    dow: bool,
+) -> Result<String, String> {
     let value = |v: &str| -> Result<u32, String> {
         if let Ok(n) = v.parse::<u32>() {
             if (min..=max).contains(&n) {
@@ -143,10 +164,16 @@ fn check_cron_field(field: &str, min: u32, max: u32, names: &[&str], first: u32,
                 return Err("day-of-week range runs backwards".to_owned());
             }
             if step.is_some() {
-                return Err("steps over a day-of-week range are not supported; list the days".to_owned());
+                return Err(
+                    "steps over a day-of-week range are not supported; list the days".to_owned(),
+                );
             }
             if hi == 7 {
-                items.push(if lo == 6 { "Sat,Sun".to_owned() } else { format!("{}-Sat,Sun", day(lo)) });
+                items.push(if lo == 6 {
+                    "Sat,Sun".to_owned()
+                } else {
+                    format!("{}-Sat,Sun", day(lo))
+                });
             } else if lo == hi {
                 items.push(day(lo));
             } else {
@@ -184,11 +211,16 @@ pub(crate) fn key_path_at_line(text: &str, line: usize) -> Option<String> {
             let (key, _) = trimmed.split_once('=')?;
             let key = key.trim();
             let plausible = !key.is_empty()
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c));
             if !plausible {
                 return (!header.is_empty()).then_some(header);
             }
-            let key: String = key.chars().filter(|c| !matches!(c, '"' | '\'' | ' ')).collect();
+            let key: String = key
+                .chars()
+                .filter(|c| !matches!(c, '"' | '\'' | ' '))
+                .collect();
             return Some(join(&header, &key));
         }
         if trimmed.starts_with('[') {
@@ -207,18 +239,26 @@ pub(crate) fn unknown_key_message(field: &str, accepted: &[String]) -> String {
         .map(|a| (edit_distance(field, a), a))
         .filter(|(d, a)| *d <= 2.max(a.len() / 4))
         .min_by_key(|(d, _)| *d);
-    let suggestion = closest.map(|(_, a)| format!("did you mean `{a}`? ")).unwrap_or_default();
+    let suggestion = closest
+        .map(|(_, a)| format!("did you mean `{a}`? "))
+        .unwrap_or_default();
     if accepted.is_empty() {
         format!("unknown key `{field}`; remove it")
     } else {
-        format!("unknown key `{field}`; {suggestion}accepted keys: {}", accepted.join(", "))
+        format!(
+            "unknown key `{field}`; {suggestion}accepted keys: {}",
+            accepted.join(", ")
+        )
     }
 }
 
 /// Rewords serde's type errors for people who write TOML (tables, arrays, integers), and never
 /// repeats a string value (it may hold a secret from the environment).
 pub(crate) fn type_error_message(message: &str) -> String {
-    let Some(rest) = message.strip_prefix("invalid type: ").or_else(|| message.strip_prefix("invalid value: ")) else {
+    let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+    else {
         return message.to_owned();
     };
     let Some((found, expected)) = rest.rsplit_once(", expected ") else {
@@ -229,7 +269,10 @@ pub(crate) fn type_error_message(message: &str) -> String {
         "map" => "a table".to_owned(),
         "sequence" => "an array".to_owned(),
         f if f.starts_with("integer ") && message.starts_with("invalid value") => {
-            format!("{} (out of range)", f.trim_start_matches("integer ").trim_matches('`'))
+            format!(
+                "{} (out of range)",
+                f.trim_start_matches("integer ").trim_matches('`')
+            )
         }
         f => f.replace('`', ""),
     };
@@ -273,22 +316,56 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "h", "4x", "-5s", "1.5h", "4 h", "5m3", "99999999999999999999", "18446744073709551615d"] {
+        for bad in [
+            "",
+            "h",
+            "4x",
+            "-5s",
+            "1.5h",
+            "4 h",
+            "5m3",
+            "99999999999999999999",
+            "18446744073709551615d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn cron_expressions() {
-        assert_eq!(cron_to_six_fields("*/15 * * * *").unwrap(), "0 */15 * * * *");
+        assert_eq!(
+            cron_to_six_fields("*/15 * * * *").unwrap(),
+            "0 */15 * * * *"
+        );
         assert_eq!(cron_to_six_fields("0 6 1 jan *").unwrap(), "0 0 6 1 1 *");
-        assert_eq!(cron_to_six_fields("5 0 * * 1-5").unwrap(), "0 5 0 * * Mon-Fri");
-        assert_eq!(cron_to_six_fields("5 0 * * 0,6").unwrap(), "0 5 0 * * Sun,Sat");
-        assert_eq!(cron_to_six_fields("5 0 * * 5-7").unwrap(), "0 5 0 * * Fri-Sat,Sun");
+        assert_eq!(
+            cron_to_six_fields("5 0 * * 1-5").unwrap(),
+            "0 5 0 * * Mon-Fri"
+        );
+        assert_eq!(
+            cron_to_six_fields("5 0 * * 0,6").unwrap(),
+            "0 5 0 * * Sun,Sat"
+        );
+        assert_eq!(
+            cron_to_six_fields("5 0 * * 5-7").unwrap(),
+            "0 5 0 * * Fri-Sat,Sun"
+        );
         assert_eq!(cron_to_six_fields("5 0 * * 0/2").unwrap(), "0 5 0 * * 1/2");
         assert_eq!(cron_to_six_fields("0 * * * sun").unwrap(), "0 0 * * * Sun");
         assert_eq!(cron_to_six_fields("@hourly").unwrap(), "@hourly");
-        for bad in ["* * * *", "* * * * * *", "60 * * * *", "* 24 * * *", "* * 0 * *", "*/0 * * * *", "x * * * *", "5-1 * * * *", "@often", "* * * * 8", ",5 * * * *"] {
+        for bad in [
+            "* * * *",
+            "* * * * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "* * 0 * *",
+            "*/0 * * * *",
+            "x * * * *",
+            "5-1 * * * *",
+            "@often",
+            "* * * * 8",
+            ",5 * * * *",
+        ] {
             assert!(cron_to_six_fields(bad).is_err(), "{bad}");
         }
     }
@@ -299,7 +376,10 @@ mod tests {
         assert_eq!(key_path_at_line(text, 1).as_deref(), Some("a"));
         assert_eq!(key_path_at_line(text, 3).as_deref(), Some("sources.x.b"));
         assert_eq!(key_path_at_line(text, 4).as_deref(), Some("sources.x.auth"));
-        assert_eq!(key_path_at_line(text, 5).as_deref(), Some("sources.x.auth.c"));
+        assert_eq!(
+            key_path_at_line(text, 5).as_deref(),
+            Some("sources.x.auth.c")
+        );
         assert_eq!(key_path_at_line(text, 6).as_deref(), Some("weird"));
         assert_eq!(key_path_at_line(text, 99), None);
     }

@@ -115,6 +115,7 @@ impl State {
 
     fn issue_token(&self, audience: &str) -> (String, u64) {
         let lifetime = self.config.token_lifetime_secs;
+        let lifetime_i64 = i64::try_from(lifetime).unwrap_or(i64::MAX);
         let n = self.next_seq();
         let now = Utc::now().timestamp();
         let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"RS256","kid":"msgtrace-sim"}"#);
@@ -123,7 +124,7 @@ impl State {
             "iss": format!("https://sts.windows.net/{}/", self.config.tenant_id),
             "iat": now,
             "nbf": now,
-            "exp": now.saturating_add(lifetime as i64),
+            "exp": now.saturating_add(lifetime_i64),
             "appid": self.config.client_id,
             "tid": self.config.tenant_id,
             "roles": ["ExchangeMessageTrace.Read.All", "ReportingWebService.Read.All"],
@@ -144,7 +145,10 @@ impl State {
             token.clone(),
             IssuedToken {
                 audience: audience.to_string(),
-                expires: now_i + Duration::from_secs(lifetime),
+                // A lifetime beyond what Instant can hold means "never" (about a century here).
+                expires: now_i
+                    .checked_add(Duration::from_secs(lifetime))
+                    .unwrap_or(now_i + Duration::from_secs(100 * 365 * 86_400)),
             },
         );
         (token, lifetime)
@@ -379,7 +383,7 @@ async fn token(state: &State, tenant: &str, body: &[u8], flavor: Flavor) -> Http
                 "token_type": "Bearer",
                 "expires_in": lifetime.to_string(),
                 "ext_expires_in": lifetime.to_string(),
-                "expires_on": now.saturating_add(lifetime as i64).to_string(),
+                "expires_on": now.saturating_add(i64::try_from(lifetime).unwrap_or(i64::MAX)).to_string(),
                 "not_before": now.to_string(),
                 "resource": audience,
                 "access_token": access_token,

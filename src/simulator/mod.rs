@@ -15,11 +15,17 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
+//! use chrono::{Duration, Utc};
 //! use msgtrace::simulator::{SimConfig, SimServer};
 //!
-//! let server = SimServer::start(SimConfig::default(), "127.0.0.1:0".parse().unwrap())?;
-//! println!("graph at {}", server.graph_url());
+//! let server = SimServer::start(SimConfig::default(), ([127, 0, 0, 1], 0).into())?;
+//! assert!(server.graph_url().ends_with("/v1.0/admin/exchange/tracing/messageTraces"));
+//! // What a collector of the last complete hour must deliver, exactly once:
+//! let now = Utc::now();
+//! let end = now - Duration::hours(1);
+//! let rows = server.model().expected(end - Duration::hours(1), end, now);
+//! assert_eq!(rows.len() as u64, server.model().count(end - Duration::hours(1), end, now));
 //! server.stop();
 //! # Ok::<(), std::io::Error>(())
 //! ```

@@ -13,7 +13,8 @@
 //! that sequence, which is what makes paging cost O(page size).
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// 100 ns ticks per second (the precision of Microsoft's timestamps).
 pub const TICKS_PER_SEC: i64 = 10_000_000;
@@ -213,7 +214,7 @@ pub fn ticks_floor(t: DateTime<Utc>) -> i64 {
 
 /// Whole 100 ns ticks since the epoch, rounded up.
 pub fn ticks_ceil(t: DateTime<Utc>) -> i64 {
-    let extra = i64::from(t.timestamp_subsec_nanos() % 100 > 0);
+    let extra = i64::from(t.timestamp_subsec_nanos() % 100).signum();
     ticks_floor(t).saturating_add(extra)
 }
 
@@ -694,43 +695,126 @@ impl Iterator for SimRows {
     }
 }
 
+/// A Graph row as serialized (field order as Microsoft's).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GraphRow<'a> {
+    id: &'a str,
+    sender_address: &'a str,
+    recipient_address: &'a str,
+    message_id: &'a str,
+    received_date_time: String,
+    subject: &'a str,
+    size: u64,
+    #[serde(rename = "fromIP")]
+    from_ip: &'a str,
+    #[serde(rename = "toIP")]
+    to_ip: &'a str,
+    status: String,
+}
+
+/// The `__metadata` object of a verbose RWS row.
+#[derive(Serialize)]
+pub(crate) struct RwsMetadata {
+    id: String,
+    uri: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+/// An RWS row as serialized (JSON light, or verbose with `__metadata` and `/Date(ms)/` dates).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct RwsRow<'a> {
+    #[serde(rename = "__metadata", skip_serializing_if = "Option::is_none")]
+    metadata: Option<RwsMetadata>,
+    organization: &'a str,
+    message_id: &'a str,
+    received: String,
+    sender_address: &'a str,
+    recipient_address: &'a str,
+    subject: &'a str,
+    status: &'a str,
+    #[serde(rename = "ToIP")]
+    to_ip: Option<&'a str>,
+    #[serde(rename = "FromIP")]
+    from_ip: &'a str,
+    size: u64,
+    message_trace_id: &'a str,
+    start_date: &'a str,
+    end_date: &'a str,
+    index: u64,
+}
+
 impl SimRow {
+    /// The Graph row, borrowed, ready to serialize.
+    pub(crate) fn graph_row(&self) -> GraphRow<'_> {
+        GraphRow {
+            id: &self.trace_id,
+            sender_address: &self.sender,
+            recipient_address: &self.recipient,
+            message_id: &self.message_id,
+            received_date_time: format_7z(self.received),
+            subject: &self.subject,
+            size: self.size,
+            from_ip: &self.from_ip,
+            to_ip: self.to_ip.as_deref().unwrap_or(""),
+            status: graph_status(&self.status),
+        }
+    }
+
+    /// The RWS JSON light row, borrowed; `start`/`end` are the already formatted window echoes.
+    pub(crate) fn rws_row<'a>(&'a self, start: &'a str, end: &'a str, index: u64) -> RwsRow<'a> {
+        RwsRow {
+            metadata: None,
+            organization: &self.organization,
+            message_id: &self.message_id,
+            received: format_7(self.received),
+            sender_address: &self.sender,
+            recipient_address: &self.recipient,
+            subject: &self.subject,
+            status: &self.status,
+            to_ip: self.to_ip.as_deref(),
+            from_ip: &self.from_ip,
+            size: self.size,
+            message_trace_id: &self.trace_id,
+            start_date: start,
+            end_date: end,
+            index,
+        }
+    }
+
+    /// The RWS verbose row, borrowed; `start`/`end` are already `/Date(ms)/` strings.
+    pub(crate) fn rws_verbose_row<'a>(
+        &'a self,
+        start: &'a str,
+        end: &'a str,
+        index: u64,
+        service_url: &str,
+    ) -> RwsRow<'a> {
+        let uri = format!("{service_url}({index})");
+        RwsRow {
+            metadata: Some(RwsMetadata {
+                id: uri.clone(),
+                uri,
+                kind: "TenantReporting.MessageTrace",
+            }),
+            received: format_ms_date(self.received),
+            ..self.rws_row(start, end, index)
+        }
+    }
+
     /// The Graph `messageTraces` shape (camelCase, `receivedDateTime` with 7 digits and `Z`,
     /// `toIP` `""` for inbound, status with a lower-case first letter).
     pub fn to_graph_json(&self) -> Value {
-        json!({
-            "id": self.trace_id,
-            "senderAddress": self.sender,
-            "recipientAddress": self.recipient,
-            "messageId": self.message_id,
-            "receivedDateTime": format_7z(self.received),
-            "subject": self.subject,
-            "size": self.size,
-            "fromIP": self.from_ip,
-            "toIP": self.to_ip.clone().unwrap_or_default(),
-            "status": graph_status(&self.status),
-        })
+        serde_json::to_value(self.graph_row()).unwrap_or_default()
     }
 
     /// The RWS JSON light row (PascalCase, `Received` with 7 digits and no zone, `ToIP` null for
     /// inbound, the query window echoed in `StartDate`/`EndDate`, `Index` = row index in the query).
     pub fn to_rws_json(&self, start: DateTime<Utc>, end: DateTime<Utc>, index: u64) -> Value {
-        json!({
-            "Organization": self.organization,
-            "MessageId": self.message_id,
-            "Received": format_7(self.received),
-            "SenderAddress": self.sender,
-            "RecipientAddress": self.recipient,
-            "Subject": self.subject,
-            "Status": self.status,
-            "ToIP": self.to_ip,
-            "FromIP": self.from_ip,
-            "Size": self.size,
-            "MessageTraceId": self.trace_id,
-            "StartDate": format_window(start),
-            "EndDate": format_window(end),
-            "Index": index,
-        })
+        let (start, end) = (format_window(start), format_window(end));
+        serde_json::to_value(self.rws_row(&start, &end, index)).unwrap_or_default()
     }
 
     /// The RWS verbose row (`$format=json`): a `__metadata` object whose `id`/`uri` are
@@ -743,28 +827,9 @@ impl SimRow {
         index: u64,
         service_url: &str,
     ) -> Value {
-        let uri = format!("{service_url}({index})");
-        json!({
-            "__metadata": {
-                "id": uri,
-                "uri": uri,
-                "type": "TenantReporting.MessageTrace",
-            },
-            "Organization": self.organization,
-            "MessageId": self.message_id,
-            "Received": format_ms_date(self.received),
-            "SenderAddress": self.sender,
-            "RecipientAddress": self.recipient,
-            "Subject": self.subject,
-            "Status": self.status,
-            "ToIP": self.to_ip,
-            "FromIP": self.from_ip,
-            "Size": self.size,
-            "MessageTraceId": self.trace_id,
-            "StartDate": format_ms_date(start),
-            "EndDate": format_ms_date(end),
-            "Index": index,
-        })
+        let (start, end) = (format_ms_date(start), format_ms_date(end));
+        serde_json::to_value(self.rws_verbose_row(&start, &end, index, service_url))
+            .unwrap_or_default()
     }
 }
 

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{ServerHandle, Service as _};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use chrono::Utc;
-use serde_json::{json, Value};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
 
 use super::auth::{self, Api, IssuedToken};
-use super::model::{splitmix64, ticks_floor, TenantModel, TICKS_PER_HOUR};
+use super::model::{
+    format_ms_date, format_window, from_ticks, splitmix64, ticks_floor, GraphRow, Position, RwsRow,
+    SimRow, TenantModel, TICKS_PER_HOUR,
+};
 use super::query::{encode_value, parse_graph_filter, parse_rws_filter, Params, SkipToken};
 
 /// Graph: longest `$filter` window accepted.
@@ -550,7 +554,7 @@ fn fault_status(status: u16) -> StatusCode {
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// Applies the next injected fault: `Some(response)` replaces the request's answer.
+/// Applies the next injected fault: `Some((status, Retry-After))` replaces the request's answer.
 async fn apply_fault(state: &State) -> Option<(StatusCode, Option<u64>)> {
     match state.take_fault()? {
         SimFault::Delay { ms } => {
@@ -595,133 +599,176 @@ fn graph_code(status: StatusCode) -> &'static str {
     }
 }
 
-async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
+/// What a Graph request asks for once validated: tick window, page size, resume position.
+struct GraphQuery<'a> {
+    lo: i64,
+    hi: i64,
+    top: u32,
+    from: Option<Position>,
+    filter: Option<&'a str>,
+}
+
+/// Validates `$top`, `$filter` and `$skiptoken`; `Err` is the 400 message.
+fn graph_query<'a>(
+    params: &'a Params,
+    state: &State,
+    now_t: i64,
+) -> Result<GraphQuery<'a>, String> {
+    let now = from_ticks(now_t);
+    let top = parse_top(params, state.config.graph_max_top)?;
+    let filter = params.get("$filter");
+    let window = filter
+        .map(parse_graph_filter)
+        .transpose()
+        .map_err(|m| format!("Invalid filter clause: {m}"))?;
+    let model = &state.config.model;
+    if let Some(raw) = params.get("$skiptoken") {
+        let tok = SkipToken::decode(raw, model.seed)
+            .filter(|t| model.is_valid_position(t.pos))
+            .ok_or("Invalid skip token.")?;
+        if window.is_some_and(|w| (w.lo, w.hi) != (tok.lo, tok.hi)) {
+            return Err("The skip token does not belong to this $filter.".to_string());
+        }
+        return Ok(GraphQuery {
+            lo: tok.lo,
+            hi: tok.hi,
+            top,
+            from: Some(tok.pos),
+            filter,
+        });
+    }
+    let Some(w) = window else {
+        let lo = now_t - DEFAULT_WINDOW_HOURS * TICKS_PER_HOUR;
+        return Ok(GraphQuery {
+            lo,
+            hi: now_t,
+            top,
+            from: None,
+            filter,
+        });
+    };
+    if w.lo > w.hi {
+        return Err("The start date must be earlier than the end date.".to_string());
+    }
+    if w.end - w.start > chrono::Duration::days(GRAPH_MAX_WINDOW_DAYS) {
+        return Err("The date range cannot exceed 10 days.".to_string());
+    }
+    if w.start < now - chrono::Duration::days(GRAPH_MAX_AGE_DAYS) {
+        return Err("The start date cannot be older than 90 days.".to_string());
+    }
+    Ok(GraphQuery {
+        lo: w.lo,
+        hi: w.hi,
+        top,
+        from: None,
+        filter,
+    })
+}
+
+/// Refusals common to both data endpoints before the query is read: injected faults, then
+/// authentication (`authorized`), then the quota. `Err` carries (status, Retry-After, message).
+async fn gate(
+    state: &State,
+    authorized: impl FnOnce() -> Result<(), String>,
+) -> Result<(), (StatusCode, Option<u64>, String)> {
     let counters = &state.counters;
     counters.bump(&counters.data_requests, 1);
     if let Some((status, retry)) = apply_fault(state).await {
         let message = status.canonical_reason().unwrap_or("Simulated fault");
-        return graph_error_retry(req, state, status, graph_code(status), message, retry);
+        return Err((status, retry, message.to_string()));
     }
-    if let Err(e) = state.check_bearer(req, Api::Graph) {
+    if let Err(message) = authorized() {
         counters.bump(&counters.unauthorized, 1);
-        return graph_error(
-            req,
-            state,
-            StatusCode::UNAUTHORIZED,
-            "InvalidAuthenticationToken",
-            e.message(),
-        );
-    }
-    if state.config.graph_service_principal_missing {
-        counters.bump(&counters.unauthorized, 1);
-        let message = format!(
-            "Service principal-less Authentication failed: the service principal for application 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373 was not found in tenant '{}'.",
-            state.config.tenant_id
-        );
-        return graph_error(
-            req,
-            state,
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            &message,
-        );
+        return Err((StatusCode::UNAUTHORIZED, None, message));
     }
     if let Some(retry) = state.throttle() {
         counters.bump(&counters.throttled, 1);
         let message =
             "Too many requests. The tenant's message trace quota is exhausted; retry later.";
-        return graph_error_retry(
-            req,
-            state,
+        return Err((
             StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            message,
             Some(retry),
-        );
+            message.to_string(),
+        ));
     }
-    let params = Params::parse(req.query_string());
-    let now = Utc::now();
-    let now_t = ticks_floor(now);
-    let top = match parse_top(&params, state.config.graph_max_top) {
-        Ok(t) => t,
-        Err(m) => return bad_request(req, state, &m),
-    };
-    let filter = params.get("$filter");
-    let window = match filter.map(parse_graph_filter) {
-        None => None,
-        Some(Ok(w)) => Some(w),
-        Some(Err(m)) => return bad_request(req, state, &format!("Invalid filter clause: {m}")),
-    };
-    let model = &state.config.model;
-    let (lo, hi, from) = match params.get("$skiptoken") {
-        Some(raw) => {
-            let Some(tok) = SkipToken::decode(raw, model.seed) else {
-                return bad_request(req, state, "Invalid skip token.");
-            };
-            if !model.is_valid_position(tok.pos) {
-                return bad_request(req, state, "Invalid skip token.");
-            }
-            if window.is_some_and(|w| (w.lo, w.hi) != (tok.lo, tok.hi)) {
-                return bad_request(
-                    req,
-                    state,
-                    "The skip token does not belong to this $filter.",
-                );
-            }
-            (tok.lo, tok.hi, Some(tok.pos))
-        }
-        None => match window {
-            Some(w) => {
-                if w.lo > w.hi {
-                    return bad_request(
-                        req,
-                        state,
-                        "The start date must be earlier than the end date.",
-                    );
-                }
-                if w.end - w.start > chrono::Duration::days(GRAPH_MAX_WINDOW_DAYS) {
-                    return bad_request(req, state, "The date range cannot exceed 10 days.");
-                }
-                if w.start < now - chrono::Duration::days(GRAPH_MAX_AGE_DAYS) {
-                    return bad_request(req, state, "The start date cannot be older than 90 days.");
-                }
-                (w.lo, w.hi, None)
-            }
-            None => (now_t - DEFAULT_WINDOW_HOURS * TICKS_PER_HOUR, now_t, None),
-        },
-    };
+    Ok(())
+}
+
+/// The configured per-page latency (after validation: error answers are not delayed).
+async fn page_latency(state: &State) {
     if state.config.page_latency_ms > 0 {
         actix_rt::time::sleep(Duration::from_millis(state.config.page_latency_ms)).await;
     }
-    let mut rows = model.rows_ticks(lo, hi.min(now_t), from);
-    let value: Vec<Value> = rows
-        .by_ref()
-        .take(top as usize)
-        .map(|r| r.to_graph_json())
-        .collect();
+}
+
+async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
+    let cfg = &state.config;
+    let authorized = || {
+        state
+            .check_bearer(req, Api::Graph)
+            .map_err(|e| e.message().to_string())?;
+        if cfg.graph_service_principal_missing {
+            return Err(format!(
+                "Service principal-less Authentication failed: the service principal for application 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373 was not found in tenant '{}'.",
+                cfg.tenant_id
+            ));
+        }
+        Ok(())
+    };
+    if let Err((status, retry, message)) = gate(state, authorized).await {
+        return graph_error_retry(req, state, status, graph_code(status), &message, retry);
+    }
+    let params = Params::parse(req.query_string());
+    let now_t = ticks_floor(Utc::now());
+    let q = match graph_query(&params, state, now_t) {
+        Ok(q) => q,
+        Err(m) => return bad_request(req, state, &m),
+    };
+    page_latency(state).await;
+    let mut rows = cfg.model.rows_ticks(q.lo, q.hi.min(now_t), q.from);
+    let page: Vec<SimRow> = rows.by_ref().take(q.top as usize).collect();
+    let n = page.len() as u64;
     let origin = origin(req);
-    let mut body = json!({
-        "@odata.context": format!("{origin}/{version}/$metadata#admin/exchange/tracing/messageTraces"),
-        "value": value,
-    });
-    if let Some(pos) = rows.peek_position() {
-        let token = SkipToken { lo, hi, pos }.encode(model.seed);
+    let next = rows.peek_position();
+    let next_link = next.map(|pos| {
+        let token = SkipToken {
+            lo: q.lo,
+            hi: q.hi,
+            pos,
+        }
+        .encode(cfg.model.seed);
         let mut link = format!("{origin}{}?", req.path());
-        if let Some(f) = filter {
+        if let Some(f) = q.filter {
             link.push_str(&format!("$filter={}&", encode_value(f)));
         }
-        link.push_str(&format!("$top={top}&$skiptoken={token}"));
-        body["@odata.nextLink"] = Value::String(link);
-    }
+        link.push_str(&format!("$top={}&$skiptoken={token}", q.top));
+        link
+    });
+    let body = GraphPage {
+        context: format!("{origin}/{version}/$metadata#admin/exchange/tracing/messageTraces"),
+        value: page.iter().map(SimRow::graph_row).collect(),
+        next_link,
+    };
+    let counters = &state.counters;
     counters.bump(&counters.pages_served, 1);
-    counters.bump(&counters.rows_served, value_len(&body));
+    counters.bump(&counters.rows_served, n);
+    tracing::debug!(
+        api = "graph",
+        rows = n,
+        more = next.is_some(),
+        "simulator served a page"
+    );
     HttpResponse::Ok().json(body)
 }
 
-fn value_len(body: &Value) -> u64 {
-    body.get("value")
-        .and_then(Value::as_array)
-        .map_or(0, |v| v.len() as u64)
+/// A Graph page: `@odata.context`, `value`, `@odata.nextLink` when more rows exist.
+#[derive(Serialize)]
+struct GraphPage<'a> {
+    #[serde(rename = "@odata.context")]
+    context: String,
+    value: Vec<GraphRow<'a>>,
+    #[serde(rename = "@odata.nextLink", skip_serializing_if = "Option::is_none")]
+    next_link: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,68 +792,103 @@ fn rws_bad_request(message: &str) -> HttpResponse {
     rws_error(StatusCode::BAD_REQUEST, "InvalidQuery", message, None)
 }
 
-async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
-    let counters = &state.counters;
-    counters.bump(&counters.data_requests, 1);
-    if let Some((status, retry)) = apply_fault(state).await {
-        let message = status.canonical_reason().unwrap_or("Simulated fault");
-        return rws_error(status, "", message, retry);
-    }
-    let authorized = state.check_bearer(req, Api::Rws).is_ok() || state.check_basic(req);
-    if !authorized {
-        counters.bump(&counters.unauthorized, 1);
-        let mut builder = HttpResponse::Unauthorized();
-        builder.insert_header(("WWW-Authenticate", "Bearer"));
-        if state.config.username.is_some() {
-            builder.append_header(("WWW-Authenticate", "Basic realm=\"reports.office365.com\""));
-        }
-        return builder.content_type("text/html").body(RWS_401_HTML);
-    }
-    if let Some(retry) = state.throttle() {
-        counters.bump(&counters.throttled, 1);
-        return rws_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "",
-            "Too many requests.",
-            Some(retry),
-        );
-    }
-    let params = Params::parse(req.query_string());
-    let now = Utc::now();
-    let now_t = ticks_floor(now);
-    let top = match parse_top(&params, state.config.rws_max_top) {
-        Ok(t) => t,
-        Err(m) => return rws_bad_request(&m),
-    };
+/// What an RWS request asks for once validated.
+struct RwsQuery<'a> {
+    /// The window as written (echoed in `StartDate`/`EndDate`).
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    lo: i64,
+    hi: i64,
+    top: u32,
+    skip: u64,
+    filter: Option<&'a str>,
+}
+
+/// Validates `$top`, `$skiptoken` and `$filter`; `Err` is the 400 message.
+fn rws_query<'a>(
+    params: &'a Params,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<RwsQuery<'a>, String> {
+    let top = parse_top(params, state.config.rws_max_top)?;
     let skip = match params.get("$skiptoken").map(|s| s.trim().parse::<u64>()) {
         None => 0,
         Some(Ok(n)) => n,
         Some(Err(_)) => {
-            return rws_bad_request("Invalid $skiptoken: it must be a non-negative integer.")
+            return Err("Invalid $skiptoken: it must be a non-negative integer.".to_string())
         }
     };
     let filter = params.get("$filter");
-    let (start, end, lo, hi) = match filter.map(parse_rws_filter) {
-        None => {
-            let start = now - chrono::Duration::hours(DEFAULT_WINDOW_HOURS);
-            (start, now, ticks_floor(start), now_t)
-        }
-        Some(Err(m)) => return rws_bad_request(&m),
-        Some(Ok(w)) => {
-            if w.lo > w.hi {
-                return rws_bad_request("StartDate must be earlier than EndDate.");
-            }
-            if w.start < now - chrono::Duration::days(RWS_RETENTION_DAYS) {
-                return rws_bad_request(
-                    "Invalid StartDate value. The StartDate can't be older than 10 days from today.",
-                );
-            }
-            (w.start, w.end, w.lo, w.hi)
+    let Some(w) = filter.map(parse_rws_filter).transpose()? else {
+        let start = now - chrono::Duration::hours(DEFAULT_WINDOW_HOURS);
+        let (lo, hi) = (ticks_floor(start), ticks_floor(now));
+        return Ok(RwsQuery {
+            start,
+            end: now,
+            lo,
+            hi,
+            top,
+            skip,
+            filter,
+        });
+    };
+    if w.lo > w.hi {
+        return Err("StartDate must be earlier than EndDate.".to_string());
+    }
+    if w.start < now - chrono::Duration::days(RWS_RETENTION_DAYS) {
+        return Err(
+            "Invalid StartDate value. The StartDate can't be older than 10 days from today."
+                .to_string(),
+        );
+    }
+    Ok(RwsQuery {
+        start: w.start,
+        end: w.end,
+        lo: w.lo,
+        hi: w.hi,
+        top,
+        skip,
+        filter,
+    })
+}
+
+async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
+    let authorized = || {
+        if state.check_bearer(req, Api::Rws).is_ok() || state.check_basic(req) {
+            Ok(())
+        } else {
+            Err(String::new())
         }
     };
-    if state.config.page_latency_ms > 0 {
-        actix_rt::time::sleep(Duration::from_millis(state.config.page_latency_ms)).await;
+    match gate(state, authorized).await {
+        Ok(()) => {}
+        Err((StatusCode::UNAUTHORIZED, _, _)) => {
+            let mut builder = HttpResponse::Unauthorized();
+            builder.insert_header(("WWW-Authenticate", "Bearer"));
+            if state.config.username.is_some() {
+                builder
+                    .append_header(("WWW-Authenticate", "Basic realm=\"reports.office365.com\""));
+            }
+            return builder.content_type("text/html").body(RWS_401_HTML);
+        }
+        Err((status, retry, message)) => return rws_error(status, "", &message, retry),
     }
+    let params = Params::parse(req.query_string());
+    let now = Utc::now();
+    let now_t = ticks_floor(now);
+    let RwsQuery {
+        start,
+        end,
+        lo,
+        hi,
+        top,
+        skip,
+        filter,
+    } = match rws_query(&params, state, now) {
+        Ok(q) => q,
+        Err(m) => return rws_bad_request(&m),
+    };
+    page_latency(state).await;
     let model = &state.config.model;
     let hi = hi.min(now_t);
     let page: Vec<_> = match model.seek(lo, hi, skip, &mut |h| state.hour_total(h)) {
@@ -820,47 +902,89 @@ async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
     let origin = origin(req);
     let format = params.get("$format");
     let verbose = format.is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    let mut link = String::from("../../reportingwebservice/reporting.svc/MessageTrace?");
+    // Relative to `/ecp/`: Microsoft's links start `../../` from `…/reporting.svc/MessageTrace`.
+    let mut next = String::from("reportingwebservice/reporting.svc/MessageTrace?");
     if let Some(f) = filter {
-        link.push_str(&format!("$filter={}&", encode_value(f)));
+        next.push_str(&format!("$filter={}&", encode_value(f)));
     }
     if let Some(f) = format {
-        link.push_str(&format!("$format={}&", encode_value(f)));
+        next.push_str(&format!("$format={}&", encode_value(f)));
     }
-    link.push_str(&format!("$top={top}&$skiptoken={}", skip + u64::from(top)));
+    next.push_str(&format!("$top={top}&$skiptoken={}", skip + u64::from(top)));
     let n = page.len() as u64;
-    let body = if verbose {
+    let index = |i: usize| skip + i as u64;
+    let response = if verbose {
         let service = format!("{origin}/ecp/ReportingWebService/Reporting.svc/MessageTrace");
-        let rows: Vec<Value> = page
+        let (start, end) = (format_ms_date(start), format_ms_date(end));
+        let rows: Vec<RwsRow> = page
             .iter()
             .enumerate()
-            .map(|(i, r)| r.to_rws_verbose_json(start, end, skip + i as u64, &service))
+            .map(|(i, r)| r.rws_verbose_row(&start, &end, index(i), &service))
             .collect();
         if params.get("$top").is_some() {
-            json!({ "d": rows })
+            HttpResponse::Ok().json(VerboseArray { d: rows })
         } else {
-            let mut d = json!({ "results": rows });
-            if full {
-                d["__next"] = Value::String(format!("{origin}/ecp/{}", &link[6..]));
-            }
-            json!({ "d": d })
+            let next = full.then(|| format!("{origin}/ecp/{next}"));
+            HttpResponse::Ok().json(VerboseResults {
+                d: Results {
+                    results: rows,
+                    next,
+                },
+            })
         }
     } else {
-        let rows: Vec<Value> = page
-            .iter()
-            .enumerate()
-            .map(|(i, r)| r.to_rws_json(start, end, skip + i as u64))
-            .collect();
-        let mut body = json!({
-            "odata.metadata": format!("{origin}/ecp/ReportingWebService/Reporting.svc/$metadata#MessageTrace"),
-            "value": rows,
-        });
-        if full {
-            body["odata.nextLink"] = Value::String(link);
-        }
-        body
+        let (start, end) = (format_window(start), format_window(end));
+        HttpResponse::Ok().json(RwsPage {
+            metadata: format!(
+                "{origin}/ecp/ReportingWebService/Reporting.svc/$metadata#MessageTrace"
+            ),
+            value: page
+                .iter()
+                .enumerate()
+                .map(|(i, r)| r.rws_row(&start, &end, index(i)))
+                .collect(),
+            next_link: full.then(|| format!("../../{next}")),
+        })
     };
+    let counters = &state.counters;
     counters.bump(&counters.pages_served, 1);
     counters.bump(&counters.rows_served, n);
-    HttpResponse::Ok().json(body)
+    tracing::debug!(
+        api = "rws",
+        rows = n,
+        skip,
+        more = full,
+        "simulator served a page"
+    );
+    response
+}
+
+/// An RWS JSON light page: `odata.metadata`, `value`, a relative `odata.nextLink` when full.
+#[derive(Serialize)]
+struct RwsPage<'a> {
+    #[serde(rename = "odata.metadata")]
+    metadata: String,
+    value: Vec<RwsRow<'a>>,
+    #[serde(rename = "odata.nextLink", skip_serializing_if = "Option::is_none")]
+    next_link: Option<String>,
+}
+
+/// Verbose RWS with `$top`: `{"d":[...]}`.
+#[derive(Serialize)]
+struct VerboseArray<'a> {
+    d: Vec<RwsRow<'a>>,
+}
+
+/// Verbose RWS without `$top`: `{"d":{"results":[...],"__next":…}}`.
+#[derive(Serialize)]
+struct VerboseResults<'a> {
+    d: Results<'a>,
+}
+
+/// The `d` object of [`VerboseResults`].
+#[derive(Serialize)]
+struct Results<'a> {
+    results: Vec<RwsRow<'a>>,
+    #[serde(rename = "__next", skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }

@@ -590,3 +590,62 @@ fn start_fails_cleanly_on_a_taken_port() {
     let again = SimServer::start(config(), first.addr());
     assert!(again.is_err());
 }
+
+#[test]
+fn client_assertion_and_missing_service_principal() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let server = start(SimConfig {
+        graph_service_principal_missing: true,
+        ..config()
+    });
+    let jwt = |iss: &str, exp: i64| {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"PS256","typ":"JWT","x5t#S256":"dGh1bWI"}"#);
+        let claims = serde_json::json!({"aud": server.token_url_v2(), "iss": iss, "sub": iss,
+            "jti": "1", "nbf": 0, "iat": 0, "exp": exp});
+        let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!("{header}.{claims}.c2lnbmF0dXJl")
+    };
+    run(async {
+        let c = client();
+        let later = Utc::now().timestamp() + 600;
+        let mut results = Vec::new();
+        for assertion in [
+            jwt("sim-client", later),
+            jwt("someone-else", later),
+            jwt("sim-client", 1),
+        ] {
+            let (status, body) = post_form(
+                &c,
+                &server.token_url_v2(),
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "sim-client"),
+                    (
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    ),
+                    ("client_assertion", &assertion),
+                    ("scope", "https://graph.microsoft.com/.default"),
+                ],
+            )
+            .await;
+            results.push((status, body["error_codes"][0].as_u64()));
+            if status == StatusCode::OK {
+                let tok = body["access_token"].as_str().expect("token").to_string();
+                let (status, body) = get_json(&c, &server.graph_url(), &tok).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED);
+                let message = body["error"]["message"].as_str().expect("message");
+                assert!(message.starts_with("Service principal-less Authentication failed"));
+            }
+        }
+        assert_eq!(
+            results,
+            [
+                (StatusCode::OK, None),
+                (StatusCode::UNAUTHORIZED, Some(700021)),
+                (StatusCode::UNAUTHORIZED, Some(700024)),
+            ]
+        );
+    });
+}

@@ -99,7 +99,10 @@ fn redact(v: &mut serde_json::Value) {
         serde_json::Value::Object(map) => {
             for (k, val) in map.iter_mut() {
                 let lower = k.to_ascii_lowercase();
-                if SECRET_FIELDS.iter().any(|s| lower == *s || lower.ends_with(&format!("_{s}"))) {
+                if SECRET_FIELDS
+                    .iter()
+                    .any(|s| lower == *s || lower.ends_with(&format!("_{s}")))
+                {
                     *val = serde_json::Value::String("<redacted>".into());
                 } else {
                     redact(val);
@@ -115,7 +118,11 @@ fn redact(v: &mut serde_json::Value) {
 pub fn render_text(trees: &[DumpTree]) -> String {
     let mut s = String::new();
     for t in trees {
-        s.push_str(&format!("== tree {} ({} records)\n", t.name, t.records.len()));
+        s.push_str(&format!(
+            "== tree {} ({} records)\n",
+            t.name,
+            t.records.len()
+        ));
         for r in &t.records {
             let v = match &r.value {
                 serde_json::Value::String(s) => s.clone(),

@@ -150,7 +150,12 @@ impl Store {
     }
 
     /// Writes a checkpoint and job record atomically without flushing.
-    pub fn write(&self, name: &str, checkpoint: &Checkpoint, job: Option<&JobRecord>) -> Result<()> {
+    pub fn write(
+        &self,
+        name: &str,
+        checkpoint: &Checkpoint,
+        job: Option<&JobRecord>,
+    ) -> Result<()> {
         use sled::Transactional;
         let cp = record::encode_checkpoint(checkpoint);
         let job_kv = job.map(|j| (job_key(&j.source, &j.id), record::encode_job(j)));
@@ -307,7 +312,9 @@ mod tests {
         let _a = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StorageError::Locked { .. }), "{err}");
-        assert!(err.to_string().contains("in use by another msgtrace process"));
+        assert!(err
+            .to_string()
+            .contains("in use by another msgtrace process"));
     }
 
     #[test]
@@ -339,7 +346,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.checkpoints.insert("bad", &b"{not json"[..]).unwrap();
         let err = store.checkpoint("bad").unwrap_err();
-        assert!(err.to_string().contains("record `bad` in tree `checkpoints`"));
+        assert!(err
+            .to_string()
+            .contains("record `bad` in tree `checkpoints`"));
     }
 
     fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -1,0 +1,158 @@
+//! Helpers shared by the integration tests: a simulated tenant, configs that point at it, and
+//! readers for the NDJSON output.
+#![allow(dead_code)]
+
+use msgtrace::actors::dialect::Api;
+use msgtrace::actors::supervisor::RunReport;
+use msgtrace::config::{self, Config};
+use msgtrace::engine::{self, EngineOptions, Mode};
+use msgtrace::simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH, RWS_PATH};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A simulated tenant with `messages_per_hour` and the given tweaks.
+pub fn sim(messages_per_hour: u32, tweak: impl FnOnce(&mut SimConfig)) -> SimServer {
+    let mut c = SimConfig {
+        model: TenantModel {
+            messages_per_hour,
+            ..TenantModel::default()
+        },
+        ..SimConfig::default()
+    };
+    tweak(&mut c);
+    SimServer::start(c, "127.0.0.1:0".parse().unwrap()).expect("simulator starts")
+}
+
+fn q(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// One source `src` (OAuth against the simulator) feeding one file sink.
+pub struct Scenario<'a> {
+    /// Which API.
+    pub api: Api,
+    /// The state directory.
+    pub state_dir: &'a Path,
+    /// The NDJSON output.
+    pub out: &'a Path,
+    /// `start` of the source.
+    pub start: &'a str,
+    /// `end` of the source.
+    pub end: &'a str,
+    /// `page_size`.
+    pub page_size: u32,
+    /// More TOML lines for the source table.
+    pub extra: &'a str,
+}
+
+/// The configuration of a scenario against `sim`.
+pub fn config_toml(sim: &SimServer, s: &Scenario) -> String {
+    let path = match s.api {
+        Api::Graph => GRAPH_PATH,
+        Api::Reporting => RWS_PATH,
+    };
+    let api_name = match s.api {
+        Api::Graph => "graph",
+        Api::Reporting => "reporting",
+    };
+    format!(
+        r#"
+state_dir = {state}
+log_level = "warn"
+
+[sources.src]
+api = "{api_name}"
+url = {url}
+start = {start}
+end = {end}
+page_size = {page_size}
+{extra}
+
+[sources.src.auth]
+method = "oauth"
+tenant_id = "sim-tenant"
+client_id = "sim-client"
+client_secret = "sim-secret"
+login_url = {base}
+
+[sources.src.retry]
+initial_interval_ms = 50
+
+[sinks.out]
+type = "file"
+inputs = ["src"]
+path = {out}
+"#,
+        state = q(&s.state_dir.to_string_lossy()),
+        url = q(&format!("{}{path}", sim.base_url())),
+        start = q(s.start),
+        end = q(s.end),
+        page_size = s.page_size,
+        extra = s.extra,
+        base = q(&sim.base_url()),
+        out = q(&s.out.to_string_lossy()),
+    )
+}
+
+/// Parses a configuration or panics with its errors.
+pub fn parse(toml: &str) -> Config {
+    config::from_str(toml).unwrap_or_else(|e| panic!("config invalid:\n{e}"))
+}
+
+/// Runs the engine once on a fresh actix System.
+pub fn run_once(config: &Config, opts: EngineOptions) -> RunReport {
+    init_logs();
+    let config = config.clone();
+    actix_rt::System::new()
+        .block_on(async move { engine::run(&config, Mode::Once, opts).await })
+        .expect("engine runs")
+}
+
+/// Options for tests: no signal handling (tests run in threads).
+pub fn opts() -> EngineOptions {
+    EngineOptions {
+        handle_signals: false,
+        ..EngineOptions::default()
+    }
+}
+
+/// Counts each (trace id, recipient) identity in an NDJSON file.
+pub fn identities(path: &Path, api: Api) -> HashMap<(String, String), usize> {
+    let (a, b) = api.identity_fields();
+    let mut m = HashMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("line {} not JSON: {e}", i + 1));
+        let key = (
+            v[a].as_str().expect("identity field").to_owned(),
+            v[b].as_str().expect("identity field").to_owned(),
+        );
+        *m.entry(key).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Checks an output against the simulator's expected identities: returns (missing, extra,
+/// duplicated rows).
+pub fn compare(
+    got: &HashMap<(String, String), usize>,
+    expected: &[(String, String)],
+) -> (usize, usize, usize) {
+    let exp: std::collections::HashSet<_> = expected.iter().cloned().collect();
+    assert_eq!(exp.len(), expected.len(), "simulator identities are unique");
+    let missing = exp.iter().filter(|k| !got.contains_key(*k)).count();
+    let extra = got.keys().filter(|k| !exp.contains(*k)).count();
+    let dups = got.values().map(|n| n - 1).sum();
+    (missing, extra, dups)
+}
+
+/// Logs to the test output when `MSGTRACE_LOG` is set (e.g. `MSGTRACE_LOG=debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("MSGTRACE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
