@@ -675,8 +675,9 @@ pub fn from_str_with_env(
     let warnings = match &mut result {
         Ok(config) => std::mem::take(&mut config.warnings),
         Err(later) => {
+            let read_errors = errors.len();
             for error in later.errors.drain(..) {
-                if !errors
+                if !errors[..read_errors]
                     .iter()
                     .any(|e| values::is_within(&error.path, &e.path))
                 {

@@ -5,7 +5,7 @@
 //! [`validate`](super::validate()), which turns a [`RawConfig`] into a [`Config`](super::Config).
 //! Every struct denies unknown keys (and none uses `flatten`, which would silently turn that off).
 //!
-//! [`parse`] reads a whole file: TOML syntax, then `${VAR}` expansion on the value tree, then
+//! `parse` reads a whole file: TOML syntax, then `${VAR}` expansion on the value tree, then
 //! deserialization that records every type error and unknown key with its path and drops the
 //! offending key, so that one run reports them all.
 

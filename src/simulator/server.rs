@@ -524,17 +524,17 @@ fn graph_error_retry(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| request_id.clone());
-    let body = json!({
-        "error": {
-            "code": code,
-            "message": message,
-            "innerError": {
-                "date": Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
-                "request-id": request_id,
-                "client-request-id": client_request_id,
-            }
-        }
-    });
+    let body = GraphErrorBody {
+        error: GraphError {
+            code,
+            message,
+            inner_error: InnerError {
+                date: Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+                request_id,
+                client_request_id,
+            },
+        },
+    };
     let mut builder = with_retry_after(HttpResponse::build(status), retry_after);
     if status == StatusCode::UNAUTHORIZED {
         builder.insert_header((
@@ -543,6 +543,28 @@ fn graph_error_retry(
         ));
     }
     builder.json(body)
+}
+
+/// `{"error":{…}}` in Microsoft's field order.
+#[derive(Serialize)]
+struct GraphErrorBody<'a> {
+    error: GraphError<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GraphError<'a> {
+    code: &'a str,
+    message: &'a str,
+    inner_error: InnerError,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct InnerError {
+    date: String,
+    request_id: String,
+    client_request_id: String,
 }
 
 fn bad_request(req: &HttpRequest, state: &State, message: &str) -> HttpResponse {
