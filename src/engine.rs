@@ -7,16 +7,19 @@
 //!                        └────JobFinished───────┘──▶ SinkActor (one per sink, own thread)
 //! ```
 
-use crate::config::{AuthConfig, Config, RetryKind, Schedule, SinkKind, SourceConfig};
+use crate::config::{AuthConfig, Config, OAuthApp, RetryKind, Schedule, Secret, SinkKind, SourceConfig};
+use crate::secrets::SecretStore;
 use crate::sinks::{FileSink, StdoutSink};
 use actix::prelude::*;
 use anyhow::{anyhow, Context as _};
 use msgtrace_actors::auth::AuthToken;
 use msgtrace_actors::retry::{self, RetryPolicy};
 use msgtrace_actors::scheduler;
-use msgtrace_actors::secret::Secret;
+use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::sink::{Sink, SinkActor};
-use msgtrace_actors::spec::{AuthSpec, SourceSpec, TokenEndpoint, TokenSpec, WindowSpec};
+use msgtrace_actors::spec::{
+    AuthSpec, ClientCredential, SourceSpec, TokenEndpoint, TokenSpec, WindowSpec,
+};
 use msgtrace_actors::supervisor::{
     PageHook, RunAll, RunReport, Shutdown, SinkEntry, SourceEntry, StartSchedules, Supervisor,
 };
@@ -60,34 +63,26 @@ impl Default for EngineOptions {
 /// Largest response body accepted from the API: a 5000-row page is a few MiB.
 const MAX_BODY_BYTES: usize = 64 << 20;
 
-/// Builds the engine-side description of a source.
-pub fn source_spec(src: &SourceConfig, durable: bool) -> Result<SourceSpec, String> {
+/// Where [`source_spec`] takes the values of store secrets (`oauth_secret`, `basic_secret`) from.
+#[derive(Clone, Copy, Debug)]
+pub enum SecretAccess<'a> {
+    /// Read them from the secret store (engine start; `validate` when the state directory is free).
+    Store(&'a SecretStore),
+    /// Do not read them: such sources get an empty placeholder. Only for `validate` while a
+    /// running engine holds the state directory; never run a spec built so.
+    Skip,
+}
+
+/// Builds the engine-side description of a source: resolves store secrets and loads and checks
+/// certificates (unreadable file, bad key, wrong passphrase, key not matching the certificate,
+/// expired certificate: one line each, naming the file and the fix).
+pub fn source_spec(
+    src: &SourceConfig,
+    durable: bool,
+    secrets: SecretAccess<'_>,
+) -> Result<SourceSpec, String> {
     let path = format!("sources.{}", src.id);
-    let auth = match &src.auth {
-        AuthConfig::Basic { username, password } => AuthSpec::Basic {
-            username: username.clone(),
-            password: Secret::new(password.expose()),
-        },
-        AuthConfig::OAuth { app, client_secret } => AuthSpec::ClientSecret {
-            token: TokenSpec {
-                login_url: app.login_url.clone(),
-                tenant_id: app.tenant_id.clone(),
-                client_id: app.client_id.clone(),
-                audience: app.resource.clone(),
-                endpoint: match app.token_endpoint {
-                    crate::config::TokenEndpoint::V1 => TokenEndpoint::V1,
-                    crate::config::TokenEndpoint::V2 => TokenEndpoint::V2,
-                },
-            },
-            secret: Secret::new(client_secret.expose()),
-        },
-        other => {
-            return Err(format!(
-                "{path}.auth.method: `{}` is not available in this build yet (supported now: basic, oauth); see docs/operations.md",
-                other.method()
-            ))
-        }
-    };
+    let auth = auth_spec(&src.auth, secrets).map_err(|e| format!("{path}.auth: {e}"))?;
     let cron = match &src.schedule {
         Schedule::Interval { mins } => scheduler::cron_for_interval(*mins),
         Schedule::Cron { expr, .. } => expr.clone(),
@@ -117,6 +112,9 @@ pub fn source_spec(src: &SourceConfig, durable: bool) -> Result<SourceSpec, Stri
             start: src.start.clone(),
             end: src.end.clone(),
             max_slice: src.api.max_window(),
+            reread: (!src.reread.is_zero())
+                .then(|| chrono::Duration::from_std(src.reread).ok())
+                .flatten(),
         },
         auth,
         retry,
@@ -126,6 +124,97 @@ pub fn source_spec(src: &SourceConfig, durable: bool) -> Result<SourceSpec, Stri
         disable_time_filter: src.disable_time_filter,
         cron,
         durable,
+        quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {
+            requests: q.requests,
+            per: q.per,
+        }),
+    })
+}
+
+fn token_spec(app: &OAuthApp) -> TokenSpec {
+    TokenSpec {
+        login_url: app.login_url.clone(),
+        tenant_id: app.tenant_id.clone(),
+        client_id: app.client_id.clone(),
+        audience: app.resource.clone(),
+        endpoint: match app.token_endpoint {
+            crate::config::TokenEndpoint::V1 => TokenEndpoint::V1,
+            crate::config::TokenEndpoint::V2 => TokenEndpoint::V2,
+        },
+    }
+}
+
+/// The engine-side authentication of one source (see [`source_spec`]).
+fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, String> {
+    Ok(match auth {
+        AuthConfig::Basic { username, password } => AuthSpec::Basic {
+            username: username.clone(),
+            password: password.clone(),
+        },
+        AuthConfig::BasicSecret { credentials_secret } => {
+            let (username, password) = match secrets {
+                SecretAccess::Store(store) => store
+                    .credentials(credentials_secret)
+                    .map_err(|e| format!("credentials_secret: {e}"))?,
+                SecretAccess::Skip => (String::new(), Secret::default()),
+            };
+            AuthSpec::Basic { username, password }
+        }
+        AuthConfig::OAuth { app, client_secret } => AuthSpec::OAuth {
+            token: token_spec(app),
+            credential: ClientCredential::Secret(client_secret.clone()),
+        },
+        AuthConfig::OAuthSecret {
+            app,
+            client_secret_ref,
+        } => {
+            let secret = match secrets {
+                SecretAccess::Store(store) => store
+                    .text(client_secret_ref)
+                    .map_err(|e| format!("client_secret_ref: {e}"))?,
+                SecretAccess::Skip => Secret::default(),
+            };
+            AuthSpec::OAuth {
+                token: token_spec(app),
+                credential: ClientCredential::Secret(secret),
+            }
+        }
+        AuthConfig::OAuthCert {
+            app,
+            certificate,
+            certificate_name,
+            assertion_alg,
+        } => {
+            let at = match certificate_name {
+                Some(name) => format!("certificate ([certificates.{name}])"),
+                None => "cert_path".to_string(),
+            };
+            let loaded = ClientCertificate::load(
+                &certificate.cert_path,
+                &certificate.key_path,
+                certificate.passphrase.as_ref(),
+                chrono::Utc::now(),
+            )
+            .map_err(|e| format!("{at}: {e}"))?;
+            let days_left = (loaded.not_after() - chrono::Utc::now()).num_days();
+            if days_left < 30 {
+                warn!(
+                    certificate = %certificate.cert_path.display(),
+                    days_left,
+                    "certificate expires soon: renew it and upload the new one to the app registration"
+                );
+            }
+            AuthSpec::OAuth {
+                token: token_spec(app),
+                credential: ClientCredential::Certificate {
+                    certificate: std::sync::Arc::new(loaded),
+                    alg: match assertion_alg {
+                        crate::config::AssertionAlg::Ps256 => AssertionAlg::Ps256,
+                        crate::config::AssertionAlg::Rs256 => AssertionAlg::Rs256,
+                    },
+                },
+            }
+        }
     })
 }
 
@@ -193,10 +282,14 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
 /// signal (`Continuous`). Returns the jobs' outcomes.
 pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
     msgtrace_actors::http::install_crypto();
+    // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
+    let store = Store::open(&config.state_dir)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let secrets = SecretStore::new(store.clone());
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for s in config.sources.values() {
-        match source_spec(s, opts.durable) {
+        match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
             Ok(spec) => sources.push(SourceEntry {
                 spec,
                 job_timeout: s.job_timeout,
@@ -210,8 +303,6 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
     for w in unimplemented_warnings(config) {
         warn!("{w}");
     }
-    let store = Store::open(&config.state_dir)
-        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
     tidy_jobs(&store, config)?;
 
     let mut arbiters = Vec::new();

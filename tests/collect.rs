@@ -56,6 +56,7 @@ fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
     let state = dir.path().join("state");
+    let start = hours_ago(48);
     let mk = |end: &str| {
         parse(&config_toml(
             &sim,
@@ -63,7 +64,7 @@ fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
                 api,
                 state_dir: &state,
                 out: &out,
-                start: "-2d@h",
+                start: &start,
                 end,
                 page_size: 300,
                 extra: "",
@@ -71,8 +72,8 @@ fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
         ))
     };
     let mut windows = Vec::new();
-    for end in ["-30h@h", "-29h@h", "-20h@h", "-1h@h", "-1h@h"] {
-        let report = run_once(&mk(end), opts());
+    for end in [30, 29, 20, 1, 1] {
+        let report = run_once(&mk(&hours_ago(end)), opts());
         assert!(report.all_succeeded(), "{report:?}");
         if let Some(w) = report.jobs[0].1.window {
             windows.push(w);
@@ -141,4 +142,79 @@ fn a_panicking_fetcher_is_restarted_and_the_job_completes_from_its_checkpoint() 
     let expected = sim.model().expected(ws, we, chrono::Utc::now());
     // The crash came after page 3 was committed: nothing is fetched twice.
     assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+}
+
+#[test]
+fn a_start_older_than_graph_keeps_is_clamped_and_the_gap_recorded() {
+    let api = Api::Graph;
+    let sim = sim(2, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg = parse(&config_toml(
+        &sim,
+        &Scenario {
+            api,
+            state_dir: &state,
+            out: &out,
+            start: "-100d@d",
+            end: "-1h@h",
+            page_size: 1000,
+            extra: "",
+        },
+    ));
+    let report = run_once(&cfg, opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let (ws, we) = report.jobs[0].1.window.unwrap();
+    let now = chrono::Utc::now();
+    let age = now - ws;
+    assert!(age < chrono::Duration::days(90) && age > chrono::Duration::days(89));
+    let expected = sim.model().expected(ws, we, now);
+    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    let jobs = Store::open(&state).unwrap().jobs(Some("src")).unwrap();
+    assert_eq!(jobs[0].gaps.len(), 1, "{:?}", jobs[0]);
+    assert_eq!(jobs[0].gaps[0].1, ws);
+    assert!(
+        jobs[0].errors[0].starts_with("gap: "),
+        "{:?}",
+        jobs[0].errors
+    );
+}
+
+#[test]
+fn rereading_a_span_already_delivered_emits_no_duplicate() {
+    let api = Api::Reporting;
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg = parse(&config_toml(
+        &sim,
+        &Scenario {
+            api,
+            state_dir: &state,
+            out: &out,
+            start: &hours_ago(24),
+            end: &hours_ago(1),
+            page_size: 200,
+            extra: "reread = \"12h\"",
+        },
+    ));
+    let first = run_once(&cfg, opts());
+    assert!(first.all_succeeded(), "{first:?}");
+    let second = run_once(&cfg, opts());
+    assert!(second.all_succeeded(), "{second:?}");
+    let (ws, we) = first.jobs[0].1.window.unwrap();
+    let expected = sim.model().expected(ws, we, chrono::Utc::now());
+    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    let store = Store::open(&state).unwrap();
+    let jobs = store.jobs(Some("src")).unwrap();
+    let reread = &jobs[1];
+    assert!(
+        reread.tasks.iter().any(|t| t.pages > 0),
+        "the second run re-read: {reread:?}"
+    );
+    assert_eq!(reread.rows, 0, "nothing new, nothing changed");
+    assert!(reread.known > 0);
+    assert!(store.seen_len("src") > 0);
 }

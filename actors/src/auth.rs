@@ -4,7 +4,7 @@
 
 use crate::http;
 use crate::secret::Secret;
-use crate::spec::{AuthSpec, TokenSpec};
+use crate::spec::{AuthSpec, ClientCredential, TokenSpec};
 use crate::token::{self, AuthError, Token};
 use actix::prelude::*;
 use base64::Engine as _;
@@ -75,7 +75,12 @@ fn bearer(t: &Token) -> AuthHeader {
 const TOKEN_ATTEMPTS: u32 = 4;
 
 impl AuthToken {
-    fn start_fetch(&mut self, spec: TokenSpec, secret: Secret, ctx: &mut Context<Self>) {
+    fn start_fetch(
+        &mut self,
+        spec: TokenSpec,
+        credential: ClientCredential,
+        ctx: &mut Context<Self>,
+    ) {
         let entry = self.cache.entry(spec.clone()).or_default();
         if entry.in_flight {
             return;
@@ -83,7 +88,6 @@ impl AuthToken {
         entry.in_flight = true;
         let spec2 = spec.clone();
         let fut = async move {
-            let form = token::secret_form(&spec2, &secret);
             let url = spec2.token_url();
             let mut last = AuthError::Unavailable("no attempt".into());
             for attempt in 0..TOKEN_ATTEMPTS {
@@ -91,9 +95,30 @@ impl AuthToken {
                     tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                 }
                 let now = chrono::Utc::now();
+                let form = match &credential {
+                    ClientCredential::Secret(secret) => token::secret_form(&spec2, secret),
+                    // A fresh assertion (new jti, current nbf/exp) for every request.
+                    ClientCredential::Certificate { certificate, alg } => {
+                        match certificate.client_assertion(*alg, &spec2.client_id, &url, now) {
+                            Ok(assertion) => token::assertion_form(&spec2, &assertion),
+                            Err(e) => return Err(AuthError::Rejected(e.to_string())),
+                        }
+                    }
+                };
                 match http::post_form(&url, &form, Some(Duration::from_secs(60))).await {
                     Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
-                    Ok(r) => last = token::entra_error(r.status, &r.body, &spec2),
+                    Ok(r) => {
+                        last = token::entra_error(r.status, &r.body, &spec2);
+                        if let (AuthError::Rejected(msg), ClientCredential::Certificate { certificate, .. }) =
+                            (&mut last, &credential)
+                        {
+                            msg.push_str(&format!(
+                                " [certificate {}, thumbprint {}]",
+                                certificate.subject(),
+                                certificate.thumbprint()
+                            ));
+                        }
+                    }
                     Err(e) => {
                         last = AuthError::Unavailable(format!("token request to {url} failed: {e}"))
                     }
@@ -144,9 +169,9 @@ impl Handler<GetAuthHeader> for AuthToken {
                 );
                 Box::pin(async move { Ok(AuthHeader(Secret::new(header))) })
             }
-            AuthSpec::ClientSecret {
+            AuthSpec::OAuth {
                 token: spec,
-                secret,
+                credential,
             } => {
                 let now = chrono::Utc::now();
                 let entry = self.cache.entry(spec.clone()).or_default();
@@ -155,14 +180,14 @@ impl Handler<GetAuthHeader> for AuthToken {
                         let header = bearer(t);
                         if t.needs_refresh(now) {
                             debug!(client_id = %spec.client_id, "refreshing token ahead of expiry");
-                            self.start_fetch(spec, secret, ctx);
+                            self.start_fetch(spec, credential, ctx);
                         }
                         return Box::pin(async move { Ok(header) });
                     }
                 }
                 let (tx, rx) = oneshot::channel();
                 entry.waiters.push(tx);
-                self.start_fetch(spec, secret, ctx);
+                self.start_fetch(spec, credential, ctx);
                 Box::pin(async move {
                     match rx.await {
                         Ok(Ok(t)) => Ok(bearer(&t)),

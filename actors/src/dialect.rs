@@ -313,6 +313,22 @@ impl Api {
     pub fn max_window(self) -> chrono::Duration {
         chrono::Duration::days(10)
     }
+
+    /// Name of the delivery status field (Graph `status`, Reporting `Status`).
+    pub fn status_field(self) -> &'static str {
+        match self {
+            Api::Graph => "status",
+            Api::Reporting => "Status",
+        }
+    }
+
+    /// How far back the API keeps data: Graph 90 days (documented), Reporting 10 days (folklore).
+    pub fn retention(self) -> chrono::Duration {
+        match self {
+            Api::Graph => chrono::Duration::days(90),
+            Api::Reporting => chrono::Duration::days(10),
+        }
+    }
 }
 
 /// Parses a timestamp in any shape seen in real responses, as UTC:

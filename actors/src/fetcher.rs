@@ -13,11 +13,13 @@ use crate::event::{Batch, Event, EventMeta};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
 use crate::sink::Deliver;
-use crate::spec::{AuthSpec, SourceSpec};
+use crate::spec::SourceSpec;
 use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use msgtrace_storage::{Checkpoint, InFlight, JobKind, JobRecord, JobState, Store, TaskRecord};
+use msgtrace_storage::{
+    Checkpoint, Commit, InFlight, JobKind, JobRecord, JobState, SeenEntry, Store, TaskRecord,
+};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +40,8 @@ pub struct FetcherEnv {
     pub supervisor: Recipient<JobFinished>,
     /// Called after each page commit (instrumentation and fault injection).
     pub page_hook: Option<crate::supervisor::PageHook>,
+    /// The tenant's request budget.
+    pub quota: Option<crate::quota::SharedGate>,
 }
 
 /// Start a job now.
@@ -171,7 +175,20 @@ pub async fn collect(
         }),
         Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
-    let tasks = window::plan(&spec.window, Some(&cp), now);
+    let plan = window::plan(&spec.window, Some(&cp), now, Some(spec.api.retention()));
+    if let Some((g0, g1)) = plan.gap {
+        warn!(
+            gap_start = %g0,
+            gap_end = %g1,
+            "the window starts before the oldest data the API keeps; this span cannot be collected and is recorded as a gap"
+        );
+        job.gaps.push((g0, g1));
+        job.errors.push(format!(
+            "gap: {g0} .. {g1} is older than the API keeps ({} days) and was skipped",
+            spec.api.retention().num_days()
+        ));
+    }
+    let tasks = plan.tasks;
     job.window_start = tasks.first().map(|t| t.start);
     job.window_end = tasks.last().map(|t| t.end);
     job.tasks = tasks
@@ -184,6 +201,7 @@ pub async fn collect(
             rows: t.rows,
             dropped: 0,
             retries: 0,
+            requeries: t.resume.as_ref().map_or(0, |f| f.requeries),
             error: None,
         })
         .collect();
@@ -210,6 +228,7 @@ pub async fn collect(
                     slice_end = %task.end,
                     pages = job.tasks[i].pages,
                     rows = job.tasks[i].rows,
+                    reread = task.reread,
                     "slice complete"
                 );
             }
@@ -217,12 +236,20 @@ pub async fn collect(
                 job.tasks[i].state = JobState::Cancelled;
                 return end_job(&env, job, JobState::Cancelled, why).await;
             }
-            Err(Stop::Failed(e)) => {
+            Err(Stop::Failed(e) | Stop::Rejected(e)) => {
                 warn!(error = %e, "job failed; the next run resumes from the last delivered page");
                 job.tasks[i].state = JobState::Failed;
                 job.tasks[i].error = Some(e.clone());
                 return end_job(&env, job, JobState::Failed, Some(e)).await;
             }
+        }
+    }
+    if let (Some(span), Some(cursor)) = (spec.window.reread, cp.cursor) {
+        // Entries older than the next re-read's start are never looked up again.
+        match env.store.expire_seen(&spec.id, cursor - span - chrono::Duration::hours(1)) {
+            Ok(0) => {}
+            Ok(n) => debug!(expired = n, "identity index entries past the re-read span removed"),
+            Err(e) => warn!(error = %e, "could not expire identity index entries"),
         }
     }
     end_job(&env, job, JobState::Succeeded, None).await
@@ -231,6 +258,8 @@ pub async fn collect(
 enum Stop {
     Cancelled(Option<String>),
     Failed(String),
+    /// The API refused the request itself (400, 404, 410) or its body was unusable, after retries.
+    Rejected(String),
 }
 
 async fn end_job(
@@ -264,6 +293,9 @@ async fn end_job(
     }
 }
 
+/// Re-queries of one slice allowed in one job before it fails.
+const MAX_REQUERIES: u32 = 3;
+
 async fn collect_slice(
     env: &FetcherEnv,
     job: &mut JobRecord,
@@ -277,10 +309,26 @@ async fn collect_slice(
     let mut link = task.next_link.clone();
     let mut slice_pages = task.pages;
     let mut slice_rows = task.rows;
+    let mut track = match &task.resume {
+        Some(f) => Progress {
+            query_end: f.query_end,
+            oldest: f.oldest,
+            oldest_ids: f.oldest_ids.clone(),
+            skip: if f.query_end.is_some() {
+                f.oldest_ids.clone()
+            } else {
+                Vec::new()
+            },
+            requeries: f.requeries,
+        },
+        None => Progress::default(),
+    };
+    let mut requeries_now = 0;
     loop {
         if *cancel.borrow() {
             return Err(Stop::Cancelled(None));
         }
+        let is_next_link = link.is_some();
         let url = match &link {
             Some(l) => l.clone(),
             None => spec
@@ -288,15 +336,18 @@ async fn collect_slice(
                 .first_page_url(
                     &spec.url,
                     task.start,
-                    window::inclusive_end(task.end),
+                    track
+                        .query_end
+                        .unwrap_or_else(|| window::inclusive_end(task.end)),
                     spec.page_size,
                 )
                 .to_string(),
         };
+        let fetch = fetch_page(env, &url, is_next_link, job, i, cancel);
         let fetched = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, fetch_page(env, &url, job, i, cancel)).await {
+                match tokio::time::timeout(left, fetch).await {
                     Ok(r) => r,
                     Err(_) => {
                         return Err(Stop::Cancelled(Some(
@@ -305,11 +356,55 @@ async fn collect_slice(
                     }
                 }
             }
-            None => fetch_page(env, &url, job, i, cancel).await,
+            None => fetch.await,
         };
-        let page = fetched?;
+        let page = match fetched {
+            Ok(p) => p,
+            Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
+                // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
+                // recipient address") is abandoned. Rows come newest first, so every row newer
+                // than the oldest one delivered is already out: re-query the slice up to that
+                // instant (inclusive) and skip the rows delivered at exactly it.
+                requeries_now += 1;
+                track.requeries += 1;
+                job.tasks[i].requeries += 1;
+                track.query_end = Some(
+                    track
+                        .oldest
+                        .unwrap_or_else(|| window::inclusive_end(task.end)),
+                );
+                track.skip = track.oldest_ids.clone();
+                warn!(
+                    error = %e,
+                    requery_end = ?track.query_end,
+                    "next link keeps failing: abandoned; re-querying the rest of the slice, rows already delivered are skipped"
+                );
+                job.errors
+                    .push(format!("next link abandoned and the slice re-queried: {e}"));
+                link = None;
+                continue;
+            }
+            Err(Stop::Rejected(e)) => return Err(Stop::Failed(e)),
+            Err(other) => return Err(other),
+        };
         let is_last = page.next_link.is_none();
-        let (events, dropped) = build_events(spec, &page, task, &url, is_last);
+        let built = build_events(env, &page, task, &url, is_last, &mut track)?;
+        let (events, dropped, seen) = (built.events, built.dropped, built.seen);
+        if built.skipped > 0 {
+            debug!(
+                skipped = built.skipped,
+                "rows delivered before the re-query skipped"
+            );
+        }
+        if built.known > 0 || built.updates > 0 {
+            debug!(
+                known = built.known,
+                updates = built.updates,
+                "rows already delivered skipped; status changes emitted as updates"
+            );
+        }
+        job.known += built.known;
+        job.updates += built.updates;
         let n = events.len() as u64;
         if !events.is_empty() {
             deliver(env, events).await.map_err(Stop::Failed)?;
@@ -318,6 +413,7 @@ async fn collect_slice(
         slice_rows += n;
         let next = page.next_link.map(|u| u.to_string());
         match &next {
+            _ if task.reread => {}
             None => {
                 cp.cursor = Some(task.end);
                 cp.in_flight = None;
@@ -330,12 +426,18 @@ async fn collect_slice(
                     next_link: Some(next.clone()),
                     pages: slice_pages,
                     rows: slice_rows,
+                    query_end: track.query_end,
+                    oldest: track.oldest,
+                    oldest_ids: track.oldest_ids.clone(),
+                    requeries: track.requeries,
                 });
             }
         }
-        cp.pages_total += 1;
-        cp.rows_total += n;
-        cp.updated_at = Utc::now();
+        if !task.reread {
+            cp.pages_total += 1;
+            cp.rows_total += n;
+            cp.updated_at = Utc::now();
+        }
         job.pages += 1;
         job.rows += n;
         job.dropped += dropped;
@@ -344,7 +446,15 @@ async fn collect_slice(
         t.rows = slice_rows;
         t.dropped += dropped;
         env.store
-            .commit(&spec.id, cp, Some(job), spec.durable)
+            .commit(
+                Commit {
+                    source: &spec.id,
+                    checkpoint: (!task.reread).then_some((spec.id.as_str(), &*cp)),
+                    job: Some(job),
+                    seen: &seen,
+                },
+                spec.durable,
+            )
             .await
             .map_err(|e| Stop::Failed(format!("could not save the checkpoint: {e}")))?;
         debug!(
@@ -364,10 +474,36 @@ async fn collect_slice(
     }
 }
 
+/// What a slice has delivered so far, for re-queries.
+#[derive(Default)]
+struct Progress {
+    query_end: Option<DateTime<Utc>>,
+    oldest: Option<DateTime<Utc>>,
+    oldest_ids: Vec<(String, String)>,
+    /// Identities to drop (delivered before a re-query, at the re-query's end instant).
+    skip: Vec<(String, String)>,
+    requeries: u32,
+}
+
+impl Progress {
+    fn delivered(&mut self, t: DateTime<Utc>, id: (String, String)) {
+        match self.oldest {
+            Some(o) if t > o => {}
+            Some(o) if t == o => self.oldest_ids.push(id),
+            _ => {
+                self.oldest = Some(t);
+                self.oldest_ids.clear();
+                self.oldest_ids.push(id);
+            }
+        }
+    }
+}
+
 /// Fetches and parses one page, with retries, token refresh on 401, and cancellation.
 async fn fetch_page(
     env: &FetcherEnv,
     url: &str,
+    is_next_link: bool,
     job: &mut JobRecord,
     i: usize,
     cancel: &watch::Receiver<bool>,
@@ -383,6 +519,15 @@ async fn fetch_page(
             Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
             Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
         };
+        if let Some(gate) = &env.quota {
+            let waited = crate::quota::acquire(gate).await;
+            if !waited.is_zero() {
+                debug!(
+                    waited_ms = waited.as_millis() as u64,
+                    "waited for the API request budget"
+                );
+            }
+        }
         let (failure, message) = match http::get(
             url,
             Some(header.0.expose()),
@@ -396,7 +541,7 @@ async fn fetch_page(
                 Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
             },
             Ok(resp) if resp.status == 401 && !reauthenticated => {
-                if let AuthSpec::ClientSecret { token, .. } = &spec.auth {
+                if let Some(token) = spec.auth.token_spec() {
                     reauthenticated = true;
                     info!("API answered 401: fetching a new token and retrying the page");
                     env.auth.do_send(InvalidateToken {
@@ -413,13 +558,24 @@ async fn fetch_page(
                     explain_status(spec.api, 401, &resp.body, url),
                 )
             }
-            Ok(resp) => (
-                Failure::Status {
-                    code: resp.status,
-                    retry_after: resp.retry_after,
-                },
-                explain_status(spec.api, resp.status, &resp.body, url),
-            ),
+            Ok(resp) => {
+                if resp.status == 429 {
+                    job.throttled += 1;
+                    if let (Some(gate), Some(after)) = (&env.quota, resp.retry_after) {
+                        // Every source of this tenant holds back, not only this one.
+                        gate.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .block_until(Instant::now() + after);
+                    }
+                }
+                (
+                    Failure::Status {
+                        code: resp.status,
+                        retry_after: resp.retry_after,
+                    },
+                    explain_status(spec.api, resp.status, &resp.body, url),
+                )
+            }
             Err(HttpError::Timeout(t)) => (
                 Failure::Timeout,
                 format!(
@@ -439,8 +595,27 @@ async fn fetch_page(
             }
             Err(HttpError::Request(e)) => return Err(Stop::Failed(e)),
         };
-        match spec.retry.decide(&failure, retries) {
-            None => return Err(Stop::Failed(message)),
+        let decision = spec.retry.decide(&failure, retries).or_else(|| {
+            // A next link answered 400 may be a transient server state: two more tries.
+            (is_next_link
+                && matches!(failure, Failure::Status { code: 400, .. })
+                && retries < NEXT_LINK_400_RETRIES)
+                .then(|| crate::retry::Decision {
+                    delay: Duration::from_millis(500 << retries),
+                    from_retry_after: false,
+                })
+        });
+        match decision {
+            None => {
+                return Err(match failure {
+                    Failure::Status {
+                        code: 400 | 404 | 410,
+                        ..
+                    }
+                    | Failure::BadBody => Stop::Rejected(message),
+                    _ => Stop::Failed(message),
+                })
+            }
             Some(d) => {
                 retries += 1;
                 job.retries += 1;
@@ -459,6 +634,9 @@ async fn fetch_page(
         }
     }
 }
+
+/// Tries of a next link that answers 400 before it is abandoned (beyond the retry policy).
+const NEXT_LINK_400_RETRIES: u32 = 2;
 
 fn strip_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
@@ -484,33 +662,95 @@ pub fn explain_status(api: Api, status: u16, body: &[u8], url: &str) -> String {
     format!("HTTP {status} from {}: {summary}{hint}", strip_query(url))
 }
 
+struct Built {
+    events: Vec<Event>,
+    /// Rows outside the slice (time filter).
+    dropped: u64,
+    /// Rows skipped after a re-query (delivered before it).
+    skipped: u64,
+    /// Rows skipped because the identity index has them with the same status.
+    known: u64,
+    /// Rows emitted as updates (the identity index has them with another status).
+    updates: u64,
+    /// Identity index entries for the rows emitted (only when re-reading is on).
+    seen: Vec<SeenEntry>,
+}
+
 fn build_events(
-    spec: &SourceSpec,
+    env: &FetcherEnv,
     page: &Page,
     task: &SliceTask,
     url: &str,
     is_last: bool,
-) -> (Vec<Event>, u64) {
+    track: &mut Progress,
+) -> Result<Built, Stop> {
+    let spec = &env.spec;
+    let index = spec.window.reread.is_some();
     let input_id: Arc<str> = Arc::from(spec.id.as_str());
     let source: Arc<str> = Arc::from(strip_query(url));
     let now = Utc::now();
-    let mut dropped = 0;
-    let mut events = Vec::with_capacity(page.rows.len());
+    let mut out = Built {
+        events: Vec::with_capacity(page.rows.len()),
+        dropped: 0,
+        skipped: 0,
+        known: 0,
+        updates: 0,
+        seen: Vec::new(),
+    };
     for row in &page.rows {
         let time = spec.api.row_time(row);
         if let Some(t) = time {
             if !spec.disable_time_filter && (t < task.start || t >= task.end) {
-                dropped += 1;
+                out.dropped += 1;
                 continue;
             }
         }
-        let is_broken = time.is_none() || spec.api.row_identity(row).is_none();
+        let identity = spec.api.row_identity(row);
+        let mut update = false;
+        if let (Some(t), Some(id)) = (time, &identity) {
+            if !track.skip.is_empty() && Some(t) == track.query_end && track.skip.contains(id) {
+                out.skipped += 1;
+                continue;
+            }
+            if index {
+                let status = row
+                    .get(spec.api.status_field())
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let entry = SeenEntry {
+                    time: t,
+                    trace_id: id.0.clone(),
+                    recipient: id.1.clone(),
+                    status,
+                };
+                match env
+                    .store
+                    .seen_status(&spec.id, &entry)
+                    .map_err(|e| Stop::Failed(format!("reading the identity index failed: {e}")))?
+                {
+                    Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
+                        out.known += 1;
+                        continue;
+                    }
+                    Some(_) => update = true,
+                    None => {}
+                }
+                out.seen.push(entry);
+            }
+            track.delivered(t, id.clone());
+        }
+        let is_broken = time.is_none() || identity.is_none();
         let mut fields = row.clone();
         fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
+        if update {
+            out.updates += 1;
+            fields.insert("_update".into(), true.into());
+        }
         for (k, v) in &spec.fields {
             fields.insert(k.clone(), v.clone());
         }
-        events.push(Event {
+        out.events.push(Event {
             fields,
             meta: EventMeta {
                 input_id: input_id.clone(),
@@ -521,11 +761,11 @@ fn build_events(
         });
     }
     if is_last {
-        if let Some(e) = events.last_mut() {
+        if let Some(e) = out.events.last_mut() {
             e.meta.is_final = true;
         }
     }
-    (events, dropped)
+    Ok(out)
 }
 
 fn epoch_seconds(t: DateTime<Utc>) -> f64 {

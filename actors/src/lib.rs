@@ -6,11 +6,13 @@
 //! [`retry`], [`token`], [`time`] (relative time expressions).
 #![deny(missing_docs)]
 
+pub mod assertion;
 pub mod auth;
 pub mod dialect;
 pub mod event;
 pub mod fetcher;
 pub mod http;
+pub mod quota;
 pub mod retry;
 pub mod scheduler;
 pub mod secret;

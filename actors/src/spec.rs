@@ -1,10 +1,12 @@
 //! What the engine needs to know about a source, free of TOML: the product crate builds these
 //! from its validated configuration (or a host application builds them in code).
 
+use crate::assertion::{AssertionAlg, ClientCertificate};
 use crate::dialect::Api;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::time::TimeExpr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a source proves who it is.
@@ -17,12 +19,37 @@ pub enum AuthSpec {
         /// Password.
         password: Secret,
     },
-    /// OAuth 2.0 client credentials with a client secret.
-    ClientSecret {
-        /// Where tokens come from.
+    /// OAuth 2.0 client credentials: a bearer token from Entra ID, obtained with a client secret
+    /// or a certificate (signed client assertion).
+    OAuth {
+        /// Where tokens come from; tokens are cached and shared per this key.
         token: TokenSpec,
-        /// The client secret.
-        secret: Secret,
+        /// How the application proves who it is to the token endpoint.
+        credential: ClientCredential,
+    },
+}
+
+impl AuthSpec {
+    /// The token identity of an OAuth source, `None` for Basic.
+    pub fn token_spec(&self) -> Option<&TokenSpec> {
+        match self {
+            AuthSpec::OAuth { token, .. } => Some(token),
+            AuthSpec::Basic { .. } => None,
+        }
+    }
+}
+
+/// What an application presents to the token endpoint.
+#[derive(Clone, Debug)]
+pub enum ClientCredential {
+    /// A client secret (`client_secret=`).
+    Secret(Secret),
+    /// A certificate: a client assertion JWT signed fresh for every token request.
+    Certificate {
+        /// The certificate and its private key.
+        certificate: Arc<ClientCertificate>,
+        /// PS256 (`x5t#S256`) or RS256 (`x5t`).
+        alg: AssertionAlg,
     },
 }
 
@@ -70,6 +97,9 @@ pub struct WindowSpec {
     pub end: TimeExpr,
     /// Longest slice asked of the API in one query.
     pub max_slice: chrono::Duration,
+    /// Re-read this trailing span of what earlier runs collected, for late rows and status
+    /// changes (`reread`); `None` = off.
+    pub reread: Option<chrono::Duration>,
 }
 
 /// One source, ready to run.
@@ -101,4 +131,19 @@ pub struct SourceSpec {
     pub cron: String,
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
     pub durable: bool,
+    /// The API request budget, shared by every source with the same [`SourceSpec::quota_key`].
+    pub quota: Option<crate::quota::QuotaSpec>,
+}
+
+impl SourceSpec {
+    /// Which budget this source draws from: the API host and the tenant (or Basic user).
+    pub fn quota_key(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        let port = self.url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let who = match &self.auth {
+            AuthSpec::Basic { username, .. } => username.clone(),
+            AuthSpec::OAuth { token, .. } => token.tenant_id.to_ascii_lowercase(),
+        };
+        format!("{host}{port}/{who}")
+    }
 }

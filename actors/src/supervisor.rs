@@ -123,6 +123,7 @@ pub struct Supervisor {
     report: RunReport,
     page_hook: Option<PageHook>,
     pending_sources: Option<Vec<SourceEntry>>,
+    quotas: crate::quota::QuotaRegistry,
 }
 
 impl Supervisor {
@@ -151,12 +152,13 @@ impl Supervisor {
             page_hook,
             // Fetchers are started in `started`, once the supervisor has an address.
             pending_sources: Some(sources),
+            quotas: crate::quota::QuotaRegistry::default(),
         }
     }
 }
 
 impl Supervisor {
-    fn spawn_fetcher(&self, entry: &SourceEntry, ctx: &mut Context<Self>) -> Addr<Fetcher> {
+    fn spawn_fetcher(&mut self, entry: &SourceEntry, ctx: &mut Context<Self>) -> Addr<Fetcher> {
         let sinks: Vec<Recipient<Deliver>> = self
             .sinks
             .iter()
@@ -170,6 +172,10 @@ impl Supervisor {
             sinks,
             supervisor: ctx.address().recipient(),
             page_hook: self.page_hook.clone(),
+            quota: entry
+                .spec
+                .quota
+                .map(|q| self.quotas.gate(&entry.spec.quota_key(), q)),
         };
         Fetcher::new(env).start()
     }

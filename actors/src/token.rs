@@ -50,6 +50,24 @@ pub fn secret_form(spec: &TokenSpec, secret: &Secret) -> Vec<(&'static str, Stri
         ("client_id", spec.client_id.clone()),
         ("client_secret", secret.expose().to_string()),
     ];
+    push_audience(spec, &mut form);
+    form
+}
+
+/// The form fields of a client-credentials token request with a signed client assertion
+/// (certificate credential).
+pub fn assertion_form(spec: &TokenSpec, assertion: &Secret) -> Vec<(&'static str, String)> {
+    let mut form = vec![
+        ("grant_type", "client_credentials".to_string()),
+        ("client_id", spec.client_id.clone()),
+        ("client_assertion_type", crate::assertion::JWT_BEARER.to_string()),
+        ("client_assertion", assertion.expose().to_string()),
+    ];
+    push_audience(spec, &mut form);
+    form
+}
+
+fn push_audience(spec: &TokenSpec, form: &mut Vec<(&'static str, String)>) {
     match spec.endpoint {
         TokenEndpoint::V2 => form.push((
             "scope",
@@ -57,7 +75,6 @@ pub fn secret_form(spec: &TokenSpec, secret: &Secret) -> Vec<(&'static str, Stri
         )),
         TokenEndpoint::V1 => form.push(("resource", spec.audience.clone())),
     }
-    form
 }
 
 /// Parses a token response (v1: string numbers, `expires_on`; v2: numbers).
@@ -114,11 +131,16 @@ pub fn entra_error(status: u16, body: &[u8], spec: &TokenSpec) -> AuthError {
         });
     let first_line = desc.lines().next().unwrap_or("").trim();
     let hint = match code {
-        Some(7000215) => format!("the client secret of application {} is wrong: copy the secret's Value (not its ID) from the app registration into client_secret", spec.client_id),
-        Some(7000222) => format!("the client secret of application {} has expired: create a new one in the app registration and update client_secret", spec.client_id),
+        Some(7000215) => format!("the client secret of application {} is wrong: copy the secret's Value (not its ID) from the app registration into client_secret, or with oauth_secret into the store (msgtrace secrets set NAME)", spec.client_id),
+        Some(7000222) => format!("the client secret of application {} has expired: create a new one in the app registration and update client_secret (or the stored secret)", spec.client_id),
         Some(700016) => format!("application {} is not known in tenant {}: check client_id and tenant_id, or grant admin consent in that tenant", spec.client_id, spec.tenant_id),
         Some(90002) => format!("tenant {} does not exist: check tenant_id (the Directory ID) and the plan / login_url", spec.tenant_id),
-        Some(700027) => "the client assertion's signature is invalid: upload the certificate that matches the private key to the app registration".into(),
+        Some(700027) => format!("the client assertion's signature was not accepted: upload the certificate (cert_path) to the certificates of application {} in the app registration, and check that key_path holds its private key", spec.client_id),
+        Some(700024) => "the client assertion is outside its validity time: check this machine's clock (NTP)".into(),
+        Some(700021) => format!("the client assertion's issuer does not match client_id {}: check client_id", spec.client_id),
+        Some(700023) => format!("the client assertion's audience does not match {}: check login_url, tenant_id and token_endpoint", spec.token_url()),
+        Some(7000274) => "the client assertion was used before (jti replayed): this is a bug or a replay; report it".into(),
+        Some(50027) => "the client assertion is not a valid JWT: check the certificate and key".into(),
         Some(500011) => format!("resource {} is not available in this tenant: check resource, plan and api", spec.audience),
         Some(70011) => format!("scope {}/.default is not valid: check resource and token_endpoint", spec.audience),
         _ => String::new(),

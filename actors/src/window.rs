@@ -22,14 +22,34 @@ pub struct SliceTask {
     pub pages: u64,
     /// Rows already delivered (when resuming).
     pub rows: u64,
+    /// Where a resumed slice stands after re-queries (see [`msgtrace_storage::InFlight`]).
+    pub resume: Option<msgtrace_storage::InFlight>,
+    /// A re-read of a span collected before (for late rows and status changes): it does not
+    /// move the cursor, and rows already delivered with the same status are skipped.
+    pub reread: bool,
 }
 
-/// The slices of one run, in collection order (oldest first).
+/// What a run will collect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The slices, oldest first.
+    pub tasks: Vec<SliceTask>,
+    /// A span older than the API keeps, which cannot be collected: `[start, end)`.
+    pub gap: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// Margin kept inside the API's retention so that a start computed now is still accepted when the
+/// request arrives.
+const RETENTION_MARGIN_MINS: i64 = 10;
+
+/// The slices of one run, in collection order (oldest first). A start older than `retention`
+/// (the API keeps no data before it) is moved forward and the lost span reported as a gap.
 pub fn plan(
     window: &WindowSpec,
     checkpoint: Option<&Checkpoint>,
     now: DateTime<Utc>,
-) -> Vec<SliceTask> {
+    retention: Option<chrono::Duration>,
+) -> Plan {
     let end = window.end.resolve(now);
     let mut tasks = Vec::new();
     let from = match checkpoint {
@@ -42,6 +62,8 @@ pub fn plan(
                 next_link: f.next_link.clone(),
                 pages: f.pages,
                 rows: f.rows,
+                resume: Some(f.clone()),
+                reread: false,
             });
             f.slice_end
         }
@@ -50,8 +72,44 @@ pub fn plan(
         }) => *c,
         _ => window.start.resolve(now),
     };
+    let mut gap = None;
+    let from = match retention {
+        Some(keep) => {
+            let oldest = now - keep + chrono::Duration::minutes(RETENTION_MARGIN_MINS);
+            if from < oldest && from < end {
+                let clamped = oldest.min(end);
+                gap = Some((from, clamped));
+                clamped
+            } else {
+                from
+            }
+        }
+        None => from,
+    };
     tasks.extend(split(from, end, window.max_slice));
-    tasks
+    // The trailing span already collected by earlier runs is read again, after the new data.
+    if let (
+        Some(span),
+        Some(Checkpoint {
+            cursor: Some(c), ..
+        }),
+    ) = (window.reread, checkpoint)
+    {
+        let floor =
+            retention.map(|keep| now - keep + chrono::Duration::minutes(RETENTION_MARGIN_MINS));
+        let mut s = *c - span;
+        if let Some(f) = floor {
+            s = s.max(f);
+        }
+        let already = checkpoint
+            .and_then(|cp| cp.in_flight.as_ref())
+            .map_or(*c, |f| f.slice_start.min(*c));
+        for mut t in split(s, already, window.max_slice) {
+            t.reread = true;
+            tasks.push(t);
+        }
+    }
+    Plan { tasks, gap }
 }
 
 /// Cuts `[from, to)` into consecutive slices of at most `max`.
@@ -71,6 +129,8 @@ pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, max: chrono::Duration) -> V
             next_link: None,
             pages: 0,
             rows: 0,
+            resume: None,
+            reread: false,
         });
         s = e;
     }
@@ -96,6 +156,7 @@ mod tests {
             start: TimeExpr::parse(start).unwrap(),
             end: TimeExpr::parse(end).unwrap(),
             max_slice: chrono::Duration::hours(max_h),
+            reread: None,
         }
     }
 
@@ -115,7 +176,7 @@ mod tests {
 
     #[test]
     fn first_run_uses_start_and_end() {
-        let t = plan(&spec("-3h@h", "-2h@h", 240), None, at(10, 12, 7));
+        let t = plan(&spec("-3h@h", "-2h@h", 240), None, at(10, 12, 7), None).tasks;
         assert_eq!(t.len(), 1);
         assert_eq!((t[0].start, t[0].end), (at(10, 9, 0), at(10, 10, 0)));
     }
@@ -129,7 +190,7 @@ mod tests {
             let mut covered: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
             for _ in 0..50 {
                 let c = cursor.map(cp);
-                for task in plan(&w, c.as_ref(), now) {
+                for task in plan(&w, c.as_ref(), now, None).tasks {
                     covered.push((task.start, task.end));
                     cursor = Some(task.end);
                 }
@@ -145,7 +206,7 @@ mod tests {
     #[test]
     fn catch_up_after_downtime_is_sliced() {
         let w = spec("-3h@h", "-2h@h", 240);
-        let t = plan(&w, Some(&cp(at(1, 0, 0))), at(25, 12, 0));
+        let t = plan(&w, Some(&cp(at(1, 0, 0))), at(25, 12, 0), None).tasks;
         assert!(t.len() > 2);
         assert!(t
             .iter()
@@ -165,8 +226,12 @@ mod tests {
             next_link: Some("http://x/next".into()),
             pages: 3,
             rows: 30,
+            query_end: None,
+            oldest: None,
+            oldest_ids: Vec::new(),
+            requeries: 0,
         });
-        let t = plan(&w, Some(&c), at(10, 9, 30));
+        let t = plan(&w, Some(&c), at(10, 9, 30), None).tasks;
         assert_eq!(t[0].next_link.as_deref(), Some("http://x/next"));
         assert_eq!(t[0].pages, 3);
         assert_eq!(
@@ -178,7 +243,63 @@ mod tests {
     #[test]
     fn nothing_due_when_cursor_is_ahead() {
         let w = spec("-3h@h", "-2h@h", 240);
-        assert!(plan(&w, Some(&cp(at(10, 10, 0))), at(10, 12, 59)).is_empty());
+        assert!(plan(&w, Some(&cp(at(10, 10, 0))), at(10, 12, 59), None)
+            .tasks
+            .is_empty());
+    }
+
+    #[test]
+    fn a_start_older_than_retention_is_clamped_with_a_recorded_gap() {
+        let w = spec("-100d@d", "-1h@h", 240);
+        let now = at(10, 12, 0);
+        let p = plan(&w, None, now, Some(chrono::Duration::days(90)));
+        let (g0, g1) = p.gap.expect("gap");
+        assert_eq!(g0, w.start.resolve(now));
+        assert_eq!(
+            g1,
+            now - chrono::Duration::days(90) + chrono::Duration::minutes(10)
+        );
+        assert_eq!(p.tasks[0].start, g1, "collection starts where the gap ends");
+        assert_eq!(p.tasks.last().unwrap().end, at(10, 11, 0));
+        // Within retention: untouched.
+        let p = plan(
+            &spec("-3d", "-1h@h", 240),
+            None,
+            now,
+            Some(chrono::Duration::days(90)),
+        );
+        assert!(p.gap.is_none());
+        // A cursor left behind by long downtime is clamped too.
+        let p = plan(
+            &w,
+            Some(&cp(at(1, 0, 0))),
+            now,
+            Some(chrono::Duration::days(5)),
+        );
+        assert!(p.gap.is_some());
+    }
+
+    #[test]
+    fn reread_follows_the_new_data_and_covers_the_trailing_span() {
+        let mut w = spec("-3h@h", "-2h@h", 240);
+        w.reread = Some(chrono::Duration::hours(24));
+        let p = plan(&w, Some(&cp(at(10, 10, 0))), at(10, 13, 5), None);
+        assert_eq!(p.tasks.len(), 2);
+        assert!(!p.tasks[0].reread);
+        assert_eq!(
+            (p.tasks[0].start, p.tasks[0].end),
+            (at(10, 10, 0), at(10, 11, 0))
+        );
+        assert!(p.tasks[1].reread);
+        assert_eq!(
+            (p.tasks[1].start, p.tasks[1].end),
+            (at(9, 10, 0), at(10, 10, 0))
+        );
+        // The first run has nothing to re-read.
+        assert!(plan(&w, None, at(10, 13, 5), None)
+            .tasks
+            .iter()
+            .all(|t| !t.reread));
     }
 
     #[test]

@@ -3,8 +3,10 @@
 use anyhow::{anyhow, Context};
 use clap::{Parser, Subcommand};
 use msgtrace::config::{self, Config, LogFormat};
-use msgtrace::engine::{self, EngineOptions, Mode};
-use msgtrace::simulator::{SimConfig, SimServer, TenantModel};
+use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
+use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
+use msgtrace::storage::{StorageError, Store};
+use msgtrace::simulator::{LateRows, SimConfig, SimServer, TenantModel};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,6 +49,11 @@ enum Command {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Manage the secret store in the state directory (values are read from stdin or a prompt).
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCommand,
     },
     /// Show jobs and their tasks.
     Jobs {
@@ -91,6 +98,59 @@ enum Command {
             hide_env_values = true
         )]
         client_secret: String,
+        /// PEM certificate registered for the application: client assertions signed with its
+        /// key are accepted (repeatable).
+        #[arg(long)]
+        client_cert: Vec<PathBuf>,
+        /// Basic-auth user accepted by the Reporting Web Service (with --password).
+        #[arg(long, requires = "password")]
+        username: Option<String>,
+        /// Basic-auth password (read from the environment variable MSGTRACE_SIM_PASSWORD when set).
+        #[arg(long, env = "MSGTRACE_SIM_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Per mille of rows published late, 0..=1000 (0 with --changing-per-mille 0 = every row
+        /// at once).
+        #[arg(long, default_value_t = 0)]
+        late_per_mille: u32,
+        /// A late row becomes visible 1..=this many milliseconds after its received time.
+        #[arg(long, default_value_t = 600_000)]
+        max_delay_ms: u64,
+        /// Per mille of rows shown Pending first, then with their final status, 0..=1000.
+        #[arg(long, default_value_t = 0)]
+        changing_per_mille: u32,
+        /// Milliseconds after its received time at which a changing row gets its final status.
+        #[arg(long, default_value_t = 300_000)]
+        status_change_after_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Store a secret: the value is read from stdin, or prompted for without echo on a terminal
+    /// (credentials: username on the first line, password on the second). Never from arguments.
+    Set {
+        /// The secret's name (letters, digits, `.`, `_`, `-`).
+        name: String,
+        /// Configuration file (for the state directory).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// What the secret holds.
+        #[arg(long, default_value = "text", value_parser = ["text", "credentials"])]
+        kind: String,
+    },
+    /// List the secrets' names and kinds (never their values).
+    List {
+        /// Configuration file (for the state directory).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Remove a secret.
+    Rm {
+        /// The secret's name.
+        name: String,
+        /// Configuration file (for the state directory).
+        #[arg(short, long)]
+        config: PathBuf,
     },
 }
 
@@ -174,8 +234,37 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let mut bad = false;
+            // Store secrets are checked when the state directory can be read.
+            let uses_store = cfg.sources.values().any(|s| {
+                matches!(
+                    s.auth,
+                    config::AuthConfig::BasicSecret { .. } | config::AuthConfig::OAuthSecret { .. }
+                )
+            });
+            let secrets = if !uses_store {
+                None
+            } else if !cfg.state_dir.exists() {
+                Some(SecretStore::absent(&cfg.state_dir))
+            } else {
+                match Store::open(&cfg.state_dir) {
+                    Ok(store) => Some(SecretStore::new(store)),
+                    Err(e @ StorageError::Locked { .. }) => {
+                        eprintln!("msgtrace: note: stored secrets not checked: {e}");
+                        None
+                    }
+                    Err(e) => {
+                        eprintln!("msgtrace: {e}");
+                        bad = true;
+                        None
+                    }
+                }
+            };
+            let access = match &secrets {
+                Some(s) => SecretAccess::Store(s),
+                None => SecretAccess::Skip,
+            };
             for s in cfg.sources.values() {
-                if let Err(e) = engine::source_spec(s, true) {
+                if let Err(e) = engine::source_spec(s, true, access) {
                     eprintln!("msgtrace: {e}");
                     bad = true;
                 }
@@ -230,6 +319,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Secrets { action } => secrets_command(action),
         Command::Jobs { config, json } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -277,6 +367,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             tenant_id,
             client_id,
             client_secret,
+            client_cert,
+            username,
+            password,
+            late_per_mille,
+            max_delay_ms,
+            changing_per_mille,
+            status_change_after_ms,
         } => {
             init_logging("info", false);
             if messages_per_hour == 0 || max_recipients == 0 {
@@ -284,7 +381,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "--messages-per-hour and --max-recipients must be at least 1"
                 ));
             }
-            let config = SimConfig {
+            if late_per_mille > 1000 || changing_per_mille > 1000 {
+                return Err(anyhow!(
+                    "--late-per-mille and --changing-per-mille must be at most 1000"
+                ));
+            }
+            let late = (late_per_mille > 0 || changing_per_mille > 0).then_some(LateRows {
+                late_per_mille,
+                max_delay_ms,
+                changing_per_mille,
+                status_change_after_ms,
+            });
+            let mut config = SimConfig {
                 model: TenantModel {
                     seed,
                     messages_per_hour,
@@ -296,8 +404,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 client_secret,
                 token_lifetime_secs,
                 page_latency_ms,
+                password: password.filter(|_| username.is_some()),
+                username,
+                late,
                 ..SimConfig::default()
             };
+            for path in &client_cert {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --client-cert {}", path.display()))?;
+                if config.register_certificate_pem(&pem) == 0 {
+                    return Err(anyhow!(
+                        "--client-cert {}: no -----BEGIN CERTIFICATE----- block in it",
+                        path.display()
+                    ));
+                }
+            }
             let sim = SimServer::start(config, listen)
                 .with_context(|| format!("listening on {listen}"))?;
             println!("simulated tenant listening on {}", sim.base_url());
@@ -309,6 +430,98 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             });
             sim.stop();
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Opens the secret store of a configuration's state directory (creating the directory).
+fn open_secrets(config: &Path) -> Result<SecretStore, ExitCode> {
+    let cfg = load(config)?;
+    match Store::open(&cfg.state_dir) {
+        Ok(store) => Ok(SecretStore::new(store)),
+        Err(e) => {
+            eprintln!("msgtrace: {e}");
+            Err(ExitCode::from(1))
+        }
+    }
+}
+
+/// Reads a secret's value: stdin, or a prompt without echo when stdin is a terminal.
+fn read_secret_value(name: &str, kind: SecretKind) -> anyhow::Result<SecretValue> {
+    use std::io::{IsTerminal as _, Read as _};
+    let input = if std::io::stdin().is_terminal() {
+        match kind {
+            SecretKind::Text => {
+                let v = rpassword::prompt_password(format!("value of secret {name}: "))?;
+                zeroize::Zeroizing::new(v)
+            }
+            SecretKind::Credentials => {
+                eprint!("username for secret {name}: ");
+                let mut user = String::new();
+                std::io::stdin().read_line(&mut user)?;
+                let pass = zeroize::Zeroizing::new(rpassword::prompt_password(format!(
+                    "password for secret {name}: "
+                ))?);
+                zeroize::Zeroizing::new(format!("{}\n{}", user.trim(), pass.as_str()))
+            }
+        }
+    } else {
+        let mut v = zeroize::Zeroizing::new(String::new());
+        std::io::stdin().read_to_string(&mut v)?;
+        v
+    };
+    SecretValue::parse(kind, &input).map_err(|e| anyhow!("secret {name}: {e}"))
+}
+
+fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
+    init_logging("warn", false);
+    match action {
+        SecretsCommand::Set { name, config, kind } => {
+            let kind: SecretKind = kind.parse().map_err(|e: String| anyhow!(e))?;
+            if let Err(e) = msgtrace::secrets::check_name(&name) {
+                eprintln!("msgtrace: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            let secrets = match open_secrets(&config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let value = read_secret_value(&name, kind)?;
+            let new_key = matches!(secrets.key_source(), KeySource::File(p) if !p.exists());
+            secrets.set(&name, &value)?;
+            println!(
+                "secret {name} ({kind}) stored, encrypted with {}{}",
+                secrets.key_source().describe(),
+                if new_key { " (created, mode 0600: keep it, and back it up apart from the state directory)" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        SecretsCommand::List { config } => {
+            let secrets = match open_secrets(&config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let list = secrets.list()?;
+            if list.is_empty() {
+                eprintln!("msgtrace: the secret store is empty");
+            }
+            for (name, kind) in list {
+                println!("{name}\t{kind}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SecretsCommand::Rm { name, config } => {
+            let secrets = match open_secrets(&config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            if secrets.remove(&name)? {
+                println!("secret {name} removed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("msgtrace: no secret named `{name}`; `msgtrace secrets list -c FILE` shows the names");
+                Ok(ExitCode::from(1))
+            }
         }
     }
 }

@@ -515,36 +515,12 @@ impl Default for BatchConfig {
     }
 }
 
-/// A secret value (password, client secret, passphrase, token).
+/// A secret value (password, client secret, passphrase, token): the one `Secret` type of the
+/// whole program, re-exported from the actors crate.
 ///
 /// Its `Debug` and `Display` print `***` and it is not `Serialize`, so that it cannot end up in a
 /// log line, an error message or a state dump by accident; [`Secret::expose`] is the one way in.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use msgtrace_actors::secret::Secret;
 
 /// A proxy URL, which may carry credentials (`http://user:pass@proxy:3128`): its `Debug` and
 /// `Display` hide the password.

@@ -1,7 +1,8 @@
 //! The simulated Microsoft Entra ID token endpoints and the checks of the data endpoints.
 //!
 //! Tokens are JWT-shaped (`header.claims.signature`, base64url) but only their presence in the
-//! server's table counts: the table remembers each token's audience and expiry.
+//! server's table counts: the table remembers each token's audience and expiry. Client
+//! assertions, on the other hand, are verified for real (see `check_assertion`).
 
 use std::time::{Duration, Instant};
 
@@ -189,36 +190,155 @@ fn jwt_part(part: &str) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Checks a client assertion's shape and claims (not its signature). Err = (code, text).
-fn check_assertion(assertion: &str, client_id: &str) -> Result<(), (u32, &'static str)> {
-    const BAD: (u32, &str) = (700027, "Client assertion failed signature validation.");
-    let parts: Vec<&str> = assertion.split('.').collect();
-    let [header, claims, sig] = parts.as_slice() else {
-        return Err(BAD);
-    };
-    let (header, claims) = (jwt_part(header).ok_or(BAD)?, jwt_part(claims).ok_or(BAD)?);
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let has_thumbprint = header.get("x5t").is_some() || header.get("x5t#S256").is_some();
-    if !matches!(alg, "RS256" | "PS256") || !has_thumbprint || sig.is_empty() {
-        return Err(BAD);
+/// Every `CERTIFICATE` block of a PEM text, as DER.
+pub(crate) fn pem_certificates(pem: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        if line == "-----BEGIN CERTIFICATE-----" {
+            body = Some(String::new());
+        } else if line == "-----END CERTIFICATE-----" {
+            if let Some(der) = body.take().and_then(|b| STANDARD.decode(b).ok()) {
+                out.push(der);
+            }
+        } else if let Some(b) = body.as_mut() {
+            b.push_str(line);
+        }
     }
+    out
+}
+
+/// The DER `RSAPublicKey` of a DER certificate, if it has an RSA key.
+fn rsa_public_key(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use x509_cert::der::Decode as _;
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    (spki.algorithm.oid.to_string() == "1.2.840.113549.1.1.1")
+        .then(|| spki.subject_public_key.raw_bytes().to_vec())
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// An AADSTS code and its text.
+type Refusal = (u32, String);
+
+/// Checks a client assertion the way Entra ID does: the signing certificate is found by its
+/// thumbprint among the registered ones, the signature verified (RS256 or PS256), then `iss` /
+/// `sub`, `aud` (one of `audiences`: the token URLs of this tenant), `nbf` / `exp`, and `jti`
+/// reuse.
+///
+/// Codes (Entra's where Microsoft documents them): 50027 malformed JWT; 700027 invalid signature
+/// or unknown key; 700021 issuer/subject not the client id; 700023 audience not the token URL;
+/// 700024 outside `nbf`..`exp`; 7000274 `jti` already used (Microsoft publishes no code for a
+/// replayed assertion; this one is the simulator's choice).
+fn check_assertion(
+    state: &State,
+    assertion: &str,
+    client_id: &str,
+    audiences: &[String],
+) -> Result<(), Refusal> {
+    let malformed = || (50027, "JWT token is invalid or malformed.".to_string());
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header_b64, claims_b64, sig_b64] = parts.as_slice() else {
+        return Err(malformed());
+    };
+    let header = jwt_part(header_b64).ok_or_else(malformed)?;
+    let claims = jwt_part(claims_b64).ok_or_else(malformed)?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig_b64.trim_end_matches('='))
+        .map_err(|_| malformed())?;
+    let hstr = |k: &str| header.get(k).and_then(Value::as_str);
+    // The key: x5t#S256 (SHA-256 of the DER certificate) first, else x5t (SHA-1).
+    let wanted = hstr("x5t#S256")
+        .map(|t| (t, &ring::digest::SHA256))
+        .or_else(|| hstr("x5t").map(|t| (t, &ring::digest::SHA1_FOR_LEGACY_USE_ONLY)));
+    let client_thumb = wanted
+        .and_then(|(t, _)| URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')).ok())
+        .map(|b| hex_upper(&b))
+        .unwrap_or_default();
+    let not_found = || {
+        (
+            700027,
+            format!(
+                "Client assertion contains an invalid signature. [Reason - The key was not found., Thumbprint of key used by client: '{client_thumb}', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '{client_id}'.]"
+            ),
+        )
+    };
+    let (thumb, digest_alg) = wanted.ok_or_else(not_found)?;
+    let cert = state
+        .config
+        .client_certificates
+        .iter()
+        .find(|der| {
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(digest_alg, der)) == thumb.trim_end_matches('=')
+        })
+        .ok_or_else(not_found)?;
+    let public_key = rsa_public_key(cert).ok_or_else(not_found)?;
+    let verify_alg: &dyn ring::signature::VerificationAlgorithm = match hstr("alg") {
+        Some("RS256") => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        Some("PS256") => &ring::signature::RSA_PSS_2048_8192_SHA256,
+        _ => {
+            return Err((
+                700027,
+                "Client assertion contains an invalid signature. [Reason - The algorithm is not supported.]"
+                    .to_string(),
+            ))
+        }
+    };
+    let signed = format!("{header_b64}.{claims_b64}");
+    ring::signature::UnparsedPublicKey::new(verify_alg, &public_key)
+        .verify(signed.as_bytes(), &sig)
+        .map_err(|_| {
+            (
+                700027,
+                format!(
+                    "Client assertion contains an invalid signature. [Reason - The provided signature value did not match the expected signature value., Thumbprint of key used by client: '{client_thumb}']"
+                ),
+            )
+        })?;
     let claim = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default();
-    if claim("iss") != client_id || claim("sub") != client_id || claim("aud").is_empty() {
+    if claim("iss") != client_id || claim("sub") != client_id {
         return Err((
             700021,
-            "Client assertion application identifier doesn't match 'client_id' parameter.",
+            "Client assertion application identifier doesn't match 'client_id' parameter."
+                .to_string(),
         ));
     }
+    let aud = claim("aud").trim_end_matches('/');
+    if !audiences
+        .iter()
+        .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(aud))
+    {
+        return Err((
+            700023,
+            format!("Client assertion audience claim does not match Realm issuer. The audience in the assertion was '{aud}'."),
+        ));
+    }
+    let now = Utc::now().timestamp();
     let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-    if exp <= Utc::now().timestamp() {
+    let nbf = claims.get("nbf").and_then(Value::as_i64).unwrap_or(0);
+    // Entra allows a few minutes of clock skew on nbf.
+    if exp <= now || nbf > now + 300 {
         return Err((
             700024,
-            "Client assertion is not within its valid time range.",
+            format!("Client assertion is not within its valid time range. Current time: {now}, assertion valid from {nbf}, expiry time of assertion {exp}."),
         ));
     }
+    let jti = claim("jti");
+    if jti.is_empty() {
+        return Err(malformed());
+    }
+    let mut seen = state.seen_jtis.lock().unwrap_or_else(|e| e.into_inner());
+    seen.retain(|_, e| *e > now);
+    if seen.contains_key(jti) {
+        return Err((
+            7000274,
+            "Client assertion has already been used: its jti was seen before. Sign a new assertion for every request.".to_string(),
+        ));
+    }
+    seen.insert(jti.to_string(), exp);
     Ok(())
 }
 
@@ -229,11 +349,17 @@ enum Flavor {
     V2,
 }
 
-async fn token(state: &State, tenant: &str, body: &[u8], flavor: Flavor) -> HttpResponse {
+async fn token(
+    state: &State,
+    req: &HttpRequest,
+    tenant: &str,
+    body: &[u8],
+    flavor: Flavor,
+) -> HttpResponse {
     state.counters.bump(&state.counters.token_requests, 1);
     let cfg = &state.config;
     let form = Params::parse(&String::from_utf8_lossy(body));
-    if !tenant.eq_ignore_ascii_case(&cfg.tenant_id) {
+    if !cfg.accepts_tenant(tenant) {
         let text = format!(
             "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
         );
@@ -297,19 +423,26 @@ async fn token(state: &State, tenant: &str, body: &[u8], flavor: Flavor) -> Http
             }
         }
         (None, Some(JWT_BEARER), Some(assertion)) => {
+            // Entra accepts the URL of either token endpoint of the tenant as `aud`.
+            let info = req.connection_info();
+            let base = format!("{}://{}/{tenant}/oauth2", info.scheme(), info.host());
+            let audiences = [format!("{base}/v2.0/token"), format!("{base}/token")];
             let checked = if cfg.accept_client_assertion {
-                check_assertion(assertion, client_id)
+                check_assertion(state, assertion, client_id, &audiences)
             } else {
-                Err((700027, "Client assertion failed signature validation."))
+                Err((
+                    700027,
+                    "Client assertion contains an invalid signature. [Reason - The key was not found.]"
+                        .to_string(),
+                ))
             };
             if let Err((code, text)) = checked {
-                return aad_error(
-                    state,
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_client",
-                    code,
-                    text,
-                );
+                let status = if code == 50027 {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                return aad_error(state, status, "invalid_client", code, &text);
             }
         }
         _ => {
@@ -396,17 +529,19 @@ async fn token(state: &State, tenant: &str, body: &[u8], flavor: Flavor) -> Http
 /// `POST /{tenant}/oauth2/v2.0/token` (client credentials; `scope=<audience>/.default`).
 pub(crate) async fn token_v2(
     state: web::Data<State>,
+    req: HttpRequest,
     tenant: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    token(&state, &tenant, &body, Flavor::V2).await
+    token(&state, &req, &tenant, &body, Flavor::V2).await
 }
 
 /// `POST /{tenant}/oauth2/token` (client credentials; `resource=<audience>`).
 pub(crate) async fn token_v1(
     state: web::Data<State>,
+    req: HttpRequest,
     tenant: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    token(&state, &tenant, &body, Flavor::V1).await
+    token(&state, &req, &tenant, &body, Flavor::V1).await
 }

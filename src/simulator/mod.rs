@@ -36,10 +36,12 @@ mod query;
 mod server;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_late;
 
 pub use model::{
     format_7, format_7z, format_ms_date, format_window, from_ticks, ticks_ceil, ticks_floor,
-    Position, SimRow, SimRows, TenantModel, TICKS_PER_HOUR, TICKS_PER_SEC,
+    LateRows, Position, SimRow, SimRows, TenantModel, TICKS_PER_HOUR, TICKS_PER_SEC,
 };
 pub use server::{
     SimConfig, SimFault, SimQuota, SimServer, SimStats, DEFAULT_TOP, DEFAULT_WINDOW_HOURS,

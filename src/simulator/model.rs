@@ -74,6 +74,54 @@ pub struct SimRow {
     pub organization: String,
 }
 
+/// Late publishing and status changes, as Microsoft's message trace does.
+///
+/// Whether a row is late, its delay, and whether its status changes all derive from the model's
+/// seed and the row's identity (trace id, recipient) only, never from the clock, so a test can
+/// compute them (see [`TenantModel::late_delay_ms`], [`TenantModel::is_changing`],
+/// [`TenantModel::row_visible_at`], [`TenantModel::status_at`],
+/// [`TenantModel::expected_visible`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LateRows {
+    /// Per mille of rows published late (0..=1000).
+    pub late_per_mille: u32,
+    /// A late row becomes visible `1..=max_delay_ms` after its received time (deterministic per row).
+    pub max_delay_ms: u64,
+    /// Per mille of rows whose status is "Pending"/"pending"/"GettingStatus" at first and changes to their final status.
+    pub changing_per_mille: u32,
+    /// The status changes this long after the received time.
+    pub status_change_after_ms: u64,
+}
+
+impl LateRows {
+    /// Longest delay of any row, in ticks (0 when no row can be late).
+    fn max_delay_ticks(&self) -> i64 {
+        if self.late_per_mille == 0 {
+            0
+        } else {
+            ms_ticks(self.max_delay_ms)
+        }
+    }
+
+    /// Milliseconds after which every row received at or before an instant is visible with its
+    /// final status: `max(max_delay_ms, status_change_after_ms)`.
+    pub fn settle_ms(&self) -> u64 {
+        self.max_delay_ms.max(self.status_change_after_ms)
+    }
+}
+
+/// Milliseconds as 100 ns ticks (saturating).
+fn ms_ticks(ms: u64) -> i64 {
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(TICKS_PER_SEC / 1000)
+}
+
+/// Status shown by a changing row before its change (RWS casing; Graph `pending`).
+const INTERIM_STATUS: &str = "Pending";
+/// Final status of a changing row whose model status is itself transient.
+const SETTLED_STATUS: &str = "Delivered";
+
 /// A row's place in the newest-first sequence: hour since the epoch, message index within the
 /// hour, recipient index within the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,6 +169,7 @@ const SALT_MESSAGE: u64 = 1;
 const SALT_JITTER: u64 = 2;
 const SALT_ROW: u64 = 3;
 const SALT_GUID: u64 = 4;
+const SALT_LATE: u64 = 5;
 
 const INTERNAL_USERS: &[&str] = &[
     "adele.vance",
@@ -477,6 +526,8 @@ impl TenantModel {
             hi,
             pos,
             current: None,
+            late: None,
+            peeked: None,
         }
     }
 
@@ -518,6 +569,142 @@ impl TenantModel {
     pub fn count(&self, start: DateTime<Utc>, end: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
         let (lo, hi) = Self::half_open(start, end, now);
         self.count_ticks(lo, hi, &mut |h| self.hour_total(h))
+    }
+
+    /// Hash of a row's identity (trace id, recipient) under the seed: the source of everything
+    /// [`LateRows`] decides per row.
+    fn row_key(&self, row: &SimRow) -> u64 {
+        fn fold(mut h: u64, s: &str) -> u64 {
+            for chunk in s.as_bytes().chunks(8) {
+                let mut w = [0u8; 8];
+                w[..chunk.len()].copy_from_slice(chunk);
+                h = splitmix64(h ^ u64::from_le_bytes(w));
+            }
+            splitmix64(h ^ s.len() as u64)
+        }
+        let h = hash4(self.seed, SALT_LATE, 0, 0);
+        fold(fold(h, &row.trace_id), &row.recipient)
+    }
+
+    /// Delay of `row`'s publication after its received time in milliseconds: `1..=max_delay_ms`
+    /// for a late row, 0 for a row published on time.
+    pub fn late_delay_ms(&self, row: &SimRow, late: &LateRows) -> u64 {
+        let key = self.row_key(row);
+        if late.max_delay_ms == 0 || splitmix64(key ^ 1) % 1000 >= u64::from(late.late_per_mille) {
+            return 0;
+        }
+        1 + splitmix64(key ^ 2) % late.max_delay_ms
+    }
+
+    /// Whether `row` shows `Pending` until `status_change_after_ms` after its received time.
+    pub fn is_changing(&self, row: &SimRow, late: &LateRows) -> bool {
+        splitmix64(self.row_key(row) ^ 3) % 1000 < u64::from(late.changing_per_mille)
+    }
+
+    /// `row`'s status once settled (RWS casing): a changing row whose model status is `Pending`
+    /// or `GettingStatus` ends `Delivered`; any other row keeps its model status. `row` must carry
+    /// its model status (as [`TenantModel::rows`] and [`TenantModel::row_at`] give it).
+    pub fn final_status(&self, row: &SimRow, late: &LateRows) -> String {
+        self.settled(row, self.is_changing(row, late)).to_string()
+    }
+
+    fn settled<'a>(&self, row: &'a SimRow, changing: bool) -> &'a str {
+        match row.status.as_str() {
+            "Pending" | "GettingStatus" if changing => SETTLED_STATUS,
+            s => s,
+        }
+    }
+
+    /// Whether `row` is served at `now`: `received + late_delay_ms(row) <= now` (100 ns ticks).
+    pub fn row_visible_at(&self, row: &SimRow, now: DateTime<Utc>, late: &LateRows) -> bool {
+        let delay = ms_ticks(self.late_delay_ms(row, late));
+        ticks_floor(row.received).saturating_add(delay) <= ticks_floor(now)
+    }
+
+    /// `row`'s status at `now` (RWS casing): `Pending` while a changing row's
+    /// `now < received + status_change_after_ms`, else [`TenantModel::final_status`].
+    pub fn status_at(&self, row: &SimRow, now: DateTime<Utc>, late: &LateRows) -> String {
+        let mut row = row.clone();
+        self.apply_status(&mut row, ticks_floor(now), late);
+        row.status
+    }
+
+    /// Sets `row.status` to its status at `now_t` ticks.
+    fn apply_status(&self, row: &mut SimRow, now_t: i64, late: &LateRows) {
+        if !self.is_changing(row, late) {
+            return;
+        }
+        let change =
+            ticks_floor(row.received).saturating_add(ms_ticks(late.status_change_after_ms));
+        let status = if now_t < change {
+            INTERIM_STATUS
+        } else {
+            self.settled(row, true)
+        };
+        if status != row.status {
+            row.status = status.to_string();
+        }
+    }
+
+    /// Whether `row` is visible at `now_t` ticks; if so, its status is set to the one at `now_t`.
+    fn apply_late(&self, row: &mut SimRow, now_t: i64, late: &LateRows) -> bool {
+        let delay = ms_ticks(self.late_delay_ms(row, late));
+        if ticks_floor(row.received).saturating_add(delay) > now_t {
+            return false;
+        }
+        self.apply_status(row, now_t, late);
+        true
+    }
+
+    /// What the server serves at `now` for the half-open window `[start, end)` when `late` is
+    /// configured: (trace_id, recipient, status in RWS casing) of the rows visible at `now`,
+    /// newest first, each with its status at `now`.
+    pub fn expected_visible(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+        late: &LateRows,
+    ) -> Vec<(String, String, String)> {
+        let (lo, hi) = Self::half_open(start, end, now);
+        self.rows_ticks(lo, hi, None)
+            .visible_at(Some(*late), ticks_floor(now))
+            .map(|r| (r.trace_id, r.recipient, r.status))
+            .collect()
+    }
+
+    /// [`TenantModel::seek`] counting only the rows visible at `now_t` ticks (plain `seek` when
+    /// `late` is `None`). Rows older than the longest delay are all visible, so only the newest
+    /// `max_delay_ms` of the range is iterated; the rest uses `full` as `seek` does.
+    pub(crate) fn seek_visible(
+        &self,
+        lo: i64,
+        hi: i64,
+        mut offset: u64,
+        late: Option<&LateRows>,
+        now_t: i64,
+        full: &mut dyn FnMut(i64) -> u64,
+    ) -> Option<Position> {
+        let Some(late) = late else {
+            return self.seek(lo, hi, offset, full);
+        };
+        let hi = hi.min(now_t);
+        // Rows received at or before `sure` are visible whatever their delay.
+        let sure = now_t.saturating_sub(late.max_delay_ticks());
+        if hi > sure {
+            let mut recent = self
+                .rows_ticks(lo.max(sure.saturating_add(1)), hi, None)
+                .visible_at(Some(*late), now_t);
+            let want = usize::try_from(offset).unwrap_or(usize::MAX);
+            let skipped = recent.by_ref().take(want).count();
+            if skipped == want {
+                if let Some(p) = recent.peek_position() {
+                    return Some(p);
+                }
+            }
+            offset -= skipped as u64;
+        }
+        self.seek(lo, hi.min(sure), offset, full)
     }
 
     /// The row at `pos` (which must be valid, see [`TenantModel::is_valid_position`]).
@@ -621,11 +808,55 @@ pub struct SimRows {
     /// Candidate position of the next row (not yet checked against the range).
     pos: Option<Position>,
     current: Option<Message>,
+    /// Late publishing evaluated at this instant (ticks): invisible rows are skipped and
+    /// statuses are those at that instant. `None` = every row, model statuses.
+    late: Option<(LateRows, i64)>,
+    /// The row at `pos`, already built, found visible and given its status (late mode only).
+    peeked: Option<SimRow>,
 }
 
 impl SimRows {
+    /// Only the rows visible at `now_ticks` (100 ns ticks since the epoch) under `late`, with
+    /// their statuses at that instant; positions of invisible rows are skipped (also by
+    /// [`SimRows::peek_position`]). `None` leaves the iterator unchanged.
+    pub fn visible_at(mut self, late: Option<LateRows>, now_ticks: i64) -> SimRows {
+        self.late = late.map(|l| (l, now_ticks));
+        self.peeked = None;
+        self
+    }
+
     /// Position of the next row this iterator would yield, or `None` when it is exhausted.
     pub fn peek_position(&mut self) -> Option<Position> {
+        loop {
+            let p = self.peek_in_range()?;
+            let Some((late, now_t)) = self.late else {
+                return Some(p);
+            };
+            if self.peeked.is_some() {
+                return Some(p);
+            }
+            let m = self.message_at(p);
+            let mut row = self.model.build_row(&m, p.recipient);
+            let recipients = m.recipients;
+            self.current = Some(m);
+            if self.model.apply_late(&mut row, now_t, &late) {
+                self.peeked = Some(row);
+                return Some(p);
+            }
+            self.advance(p, recipients);
+        }
+    }
+
+    /// The message of `p`, reusing the cached one when it matches.
+    fn message_at(&mut self, p: Position) -> Message {
+        match self.current.take() {
+            Some(m) if m.hour == p.hour && m.index == p.message => m,
+            _ => self.model.message(p.hour, p.message),
+        }
+    }
+
+    /// Position of the next row in the tick range (visible or not).
+    fn peek_in_range(&mut self) -> Option<Position> {
         loop {
             let p = self.pos?;
             if self.model.messages_per_hour == 0 || p.hour < self.lo.div_euclid(TICKS_PER_HOUR) {
@@ -684,11 +915,11 @@ impl Iterator for SimRows {
 
     fn next(&mut self) -> Option<SimRow> {
         let p = self.peek_position()?;
-        let m = match self.current.take() {
-            Some(m) if m.hour == p.hour && m.index == p.message => m,
-            _ => self.model.message(p.hour, p.message),
+        let m = self.message_at(p);
+        let row = match self.peeked.take() {
+            Some(row) => row,
+            None => self.model.build_row(&m, p.recipient),
         };
-        let row = self.model.build_row(&m, p.recipient);
         self.advance(p, m.recipients);
         self.current = Some(m);
         Some(row)

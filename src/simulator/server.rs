@@ -16,8 +16,8 @@ use serde_json::json;
 
 use super::auth::{self, Api, IssuedToken};
 use super::model::{
-    format_ms_date, format_window, from_ticks, splitmix64, ticks_floor, GraphRow, Position, RwsRow,
-    SimRow, TenantModel, TICKS_PER_HOUR,
+    format_ms_date, format_window, from_ticks, splitmix64, ticks_floor, GraphRow, LateRows,
+    Position, RwsRow, SimRow, TenantModel, TICKS_PER_HOUR,
 };
 use super::query::{encode_value, parse_graph_filter, parse_rws_filter, Params, SkipToken};
 
@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub model: TenantModel,
     /// Tenant id accepted in token URLs (`/{tenant}/oauth2/…`), compared case-insensitively.
     pub tenant_id: String,
+    /// More tenant ids the token endpoints accept besides `tenant_id`: a provider's many tenants
+    /// on one server (the scale benchmark). They share the model and the app registration.
+    /// Default empty.
+    pub other_tenant_ids: Vec<String>,
     /// The only application (client) id the token endpoints know.
     pub client_id: String,
     /// That application's secret.
@@ -89,15 +93,26 @@ pub struct SimConfig {
     /// Refuse tokens whose audience does not fit the API (Graph wants a `graph.` host, RWS an
     /// `outlook.`/`office365`/`exchange` one). Default true.
     pub check_audience: bool,
-    /// Accept `client_assertion` (certificate) token requests whose JWT header and claims are
-    /// well formed (`alg` RS256/PS256 with `x5t` or `x5t#S256`, `iss` = `sub` = client id, `exp` in
-    /// the future). The signature is not verified. Default true.
+    /// Accept `client_assertion` (certificate) token requests at all. Default true. An assertion
+    /// is accepted only when it is signed by the key of one of `client_certificates` (found by
+    /// its `x5t#S256` or `x5t` thumbprint) with RS256 or PS256, has `iss` = `sub` = client id,
+    /// `aud` = the token URL called, `nbf` ≤ now < `exp`, and a `jti` not seen before.
     pub accept_client_assertion: bool,
+    /// DER certificates registered for the application (the app registration's "Certificates"),
+    /// whose keys may sign client assertions. Default none: every assertion is refused with
+    /// AADSTS700027 "The key was not found". See [`SimConfig::register_certificate_pem`].
+    pub client_certificates: Vec<Vec<u8>>,
     /// Budget of data requests; `None` = unlimited (default).
     pub quota: Option<SimQuota>,
     /// Simulate a tenant without the message trace service principal: every Graph data request
     /// answers 401 `Service principal-less Authentication failed…`. Default false.
     pub graph_service_principal_missing: bool,
+    /// Late publishing and status changes (see [`LateRows`]), evaluated at the server's clock on
+    /// every data request: a row is served only once `received + delay <= now`, and a changing row
+    /// shows `Pending`/`pending` until `received + status_change_after`. Graph pages skip rows not
+    /// yet visible; RWS offsets count only visible rows. `None` (default) = every row at once,
+    /// statuses fixed.
+    pub late: Option<LateRows>,
     /// actix worker threads (default 2).
     pub workers: usize,
 }
@@ -110,6 +125,7 @@ impl Default for SimConfig {
         SimConfig {
             model: TenantModel::default(),
             tenant_id: "sim-tenant".to_string(),
+            other_tenant_ids: Vec::new(),
             client_id: "sim-client".to_string(),
             client_secret: "sim-secret".to_string(),
             username: None,
@@ -120,10 +136,30 @@ impl Default for SimConfig {
             rws_max_top: 2000,
             check_audience: true,
             accept_client_assertion: true,
+            client_certificates: Vec::new(),
             quota: None,
             graph_service_principal_missing: false,
+            late: None,
             workers: 2,
         }
+    }
+}
+
+impl SimConfig {
+    /// Registers every `CERTIFICATE` of a PEM text for client assertions; how many were found.
+    pub fn register_certificate_pem(&mut self, pem: &str) -> usize {
+        let found = auth::pem_certificates(pem);
+        let n = found.len();
+        self.client_certificates.extend(found);
+        n
+    }
+
+    /// Whether the token endpoints know `tenant` (`tenant_id` or one of `other_tenant_ids`,
+    /// case-insensitively).
+    pub fn accepts_tenant(&self, tenant: &str) -> bool {
+        std::iter::once(&self.tenant_id)
+            .chain(&self.other_tenant_ids)
+            .any(|t| t.eq_ignore_ascii_case(tenant))
     }
 }
 
@@ -187,6 +223,8 @@ pub(crate) struct State {
     pub config: SimConfig,
     pub counters: Counters,
     pub tokens: Mutex<HashMap<String, IssuedToken>>,
+    /// `jti`s of accepted client assertions and their `exp` (replay detection).
+    pub seen_jtis: Mutex<HashMap<String, i64>>,
     hour_totals: Mutex<HashMap<i64, u64>>,
     faults: Mutex<VecDeque<SimFault>>,
     quota_log: Mutex<VecDeque<Instant>>,
@@ -199,6 +237,7 @@ impl State {
             config,
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
+            seen_jtis: Mutex::new(HashMap::new()),
             hour_totals: Mutex::new(HashMap::new()),
             faults: Mutex::new(VecDeque::new()),
             quota_log: Mutex::new(VecDeque::new()),
@@ -747,7 +786,10 @@ async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse 
         Err(m) => return bad_request(req, state, &m),
     };
     page_latency(state).await;
-    let mut rows = cfg.model.rows_ticks(q.lo, q.hi.min(now_t), q.from);
+    let mut rows = cfg
+        .model
+        .rows_ticks(q.lo, q.hi.min(now_t), q.from)
+        .visible_at(cfg.late, now_t);
     let page: Vec<SimRow> = rows.by_ref().take(q.top as usize).collect();
     let n = page.len() as u64;
     let origin = origin(req);
@@ -913,9 +955,12 @@ async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
     page_latency(state).await;
     let model = &state.config.model;
     let hi = hi.min(now_t);
-    let page: Vec<_> = match model.seek(lo, hi, skip, &mut |h| state.hour_total(h)) {
+    let late = state.config.late;
+    let full_hour = &mut |h| state.hour_total(h);
+    let page: Vec<_> = match model.seek_visible(lo, hi, skip, late.as_ref(), now_t, full_hour) {
         Some(pos) => model
             .rows_ticks(lo, hi, Some(pos))
+            .visible_at(late, now_t)
             .take(top as usize)
             .collect(),
         None => Vec::new(),

@@ -592,7 +592,7 @@ fn start_fails_cleanly_on_a_taken_port() {
 }
 
 #[test]
-fn client_assertion_and_missing_service_principal() {
+fn unverifiable_assertions_are_refused_and_missing_service_principal() {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     let server = start(SimConfig {
@@ -610,10 +610,12 @@ fn client_assertion_and_missing_service_principal() {
         let c = client();
         let later = Utc::now().timestamp() + 600;
         let mut results = Vec::new();
+        // No certificate is registered: well-formed or not, nothing is signed by a known key.
+        // (Signed assertions are tested end to end in tests/auth.rs.)
         for assertion in [
             jwt("sim-client", later),
-            jwt("someone-else", later),
-            jwt("sim-client", 1),
+            jwt("someone-else", 1),
+            "not-a-jwt".to_string(),
         ] {
             let (status, body) = post_form(
                 &c,
@@ -631,21 +633,59 @@ fn client_assertion_and_missing_service_principal() {
             )
             .await;
             results.push((status, body["error_codes"][0].as_u64()));
-            if status == StatusCode::OK {
-                let tok = body["access_token"].as_str().expect("token").to_string();
-                let (status, body) = get_json(&c, &server.graph_url(), &tok).await;
-                assert_eq!(status, StatusCode::UNAUTHORIZED);
-                let message = body["error"]["message"].as_str().expect("message");
-                assert!(message.starts_with("Service principal-less Authentication failed"));
-            }
         }
         assert_eq!(
             results,
             [
-                (StatusCode::OK, None),
-                (StatusCode::UNAUTHORIZED, Some(700021)),
-                (StatusCode::UNAUTHORIZED, Some(700024)),
+                (StatusCode::UNAUTHORIZED, Some(700027)),
+                (StatusCode::UNAUTHORIZED, Some(700027)),
+                (StatusCode::BAD_REQUEST, Some(50027)),
             ]
         );
+        let (status, body) = post_form(
+            &c,
+            &server.token_url_v2(),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "sim-client"),
+                ("client_secret", "sim-secret"),
+                ("scope", "https://graph.microsoft.com/.default"),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let tok = body["access_token"].as_str().expect("token").to_string();
+        let (status, body) = get_json(&c, &server.graph_url(), &tok).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.starts_with("Service principal-less Authentication failed"));
+    });
+}
+
+#[test]
+fn other_tenant_ids_get_tokens_too() {
+    let server = start(SimConfig {
+        other_tenant_ids: vec!["tenant-0001".to_string(), "Tenant-0002".to_string()],
+        ..config()
+    });
+    let base = server.base_url();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "sim-client"),
+        ("client_secret", "sim-secret"),
+        ("scope", "https://graph.microsoft.com/.default"),
+    ];
+    run(async {
+        let c = client();
+        for (tenant, want) in [
+            ("sim-tenant", StatusCode::OK),
+            ("tenant-0001", StatusCode::OK),
+            ("TENANT-0002", StatusCode::OK),
+            ("tenant-0003", StatusCode::BAD_REQUEST),
+        ] {
+            let url = format!("{base}/{tenant}/oauth2/v2.0/token");
+            let (status, body) = post_form(&c, &url, &form).await;
+            assert_eq!(status, want, "{tenant}: {body}");
+        }
     });
 }

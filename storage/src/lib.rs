@@ -7,6 +7,7 @@
 //! | `checkpoints` | cursor name (the source id, or `backfill/<source>/<id>`) | [`Checkpoint`] |
 //! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
 //! | `meta` | `schema` | the layout version of the directory |
+//! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //!
 //! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
 //! state directory and a human can read the dump. This crate knows nothing of actix or TOML.
@@ -62,6 +63,33 @@ pub struct Store {
     db: sled::Db,
     checkpoints: sled::Tree,
     jobs: sled::Tree,
+    seen: sled::Tree,
+}
+
+/// What one page changes in the state directory, written atomically by [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct Commit<'a> {
+    /// The source the identity index entries belong to.
+    pub source: &'a str,
+    /// The checkpoint to store, under its cursor name.
+    pub checkpoint: Option<(&'a str, &'a Checkpoint)>,
+    /// The job record to store.
+    pub job: Option<&'a JobRecord>,
+    /// Rows delivered, for the identity index (only when re-reading is on).
+    pub seen: &'a [SeenEntry],
+}
+
+/// A delivered row in the identity index: its identity, received time and status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenEntry {
+    /// The row's received time (part of the key, so that old entries expire by range).
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Trace id (`MessageTraceId` / `id`).
+    pub trace_id: String,
+    /// Recipient address.
+    pub recipient: String,
+    /// The status delivered.
+    pub status: String,
 }
 
 impl std::fmt::Debug for Store {
@@ -72,6 +100,7 @@ impl std::fmt::Debug for Store {
 
 const CHECKPOINTS: &str = "checkpoints";
 const JOBS: &str = "jobs";
+const SEEN: &str = "seen";
 const META: &str = "meta";
 
 impl Store {
@@ -90,6 +119,7 @@ impl Store {
         };
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
         let jobs = db.open_tree(JOBS).map_err(sled_err)?;
+        let seen = db.open_tree(SEEN).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
         if meta.get("schema").map_err(sled_err)?.is_none() {
             meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
@@ -100,6 +130,7 @@ impl Store {
             db,
             checkpoints,
             jobs,
+            seen,
         })
     }
 
@@ -133,37 +164,41 @@ impl Store {
         }
     }
 
-    /// Writes a checkpoint and, when given, the job record that goes with it, atomically, then
-    /// waits until both are on disk (`flush_async`). This is the commit point of a page.
-    pub async fn commit(
-        &self,
-        name: &str,
-        checkpoint: &Checkpoint,
-        job: Option<&JobRecord>,
-        durable: bool,
-    ) -> Result<()> {
-        self.write(name, checkpoint, job)?;
+    /// Writes what a page changed (checkpoint, job record, identity index entries) atomically,
+    /// then, when `durable`, waits until it is on disk (`flush_async`). This is the commit point
+    /// of a page.
+    pub async fn commit(&self, commit: Commit<'_>, durable: bool) -> Result<()> {
+        self.write(&commit)?;
         if durable {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Writes a checkpoint and job record atomically without flushing.
-    pub fn write(
-        &self,
-        name: &str,
-        checkpoint: &Checkpoint,
-        job: Option<&JobRecord>,
-    ) -> Result<()> {
+    /// Writes a [`Commit`] atomically (one sled transaction over the trees) without flushing.
+    pub fn write(&self, commit: &Commit<'_>) -> Result<()> {
         use sled::Transactional;
-        let cp = record::encode_checkpoint(checkpoint);
-        let job_kv = job.map(|j| (job_key(&j.source, &j.id), record::encode_job(j)));
-        (&self.checkpoints, &self.jobs)
-            .transaction(|(cps, jobs)| {
-                cps.insert(name.as_bytes(), cp.as_slice())?;
+        let cp = commit
+            .checkpoint
+            .map(|(name, cp)| (name.as_bytes().to_vec(), record::encode_checkpoint(cp)));
+        let job_kv = commit
+            .job
+            .map(|j| (job_key(&j.source, &j.id), record::encode_job(j)));
+        let seen: Vec<(Vec<u8>, Vec<u8>)> = commit
+            .seen
+            .iter()
+            .map(|e| (seen_key(commit.source, e), record::encode_seen(&e.status)))
+            .collect();
+        (&self.checkpoints, &self.jobs, &self.seen)
+            .transaction(|(cps, jobs, seen_tree)| {
+                if let Some((k, v)) = &cp {
+                    cps.insert(k.as_slice(), v.as_slice())?;
+                }
                 if let Some((k, v)) = &job_kv {
                     jobs.insert(k.as_slice(), v.as_slice())?;
+                }
+                for (k, v) in &seen {
+                    seen_tree.insert(k.as_slice(), v.as_slice())?;
                 }
                 Ok(())
             })
@@ -173,6 +208,49 @@ impl Store {
                     self.sled_err(sled::Error::Unsupported("transaction aborted".into()))
                 }
             })
+    }
+
+    /// The status last delivered for a row identity, if the identity index has it.
+    pub fn seen_status(&self, source: &str, entry: &SeenEntry) -> Result<Option<String>> {
+        match self
+            .seen
+            .get(seen_key(source, entry))
+            .map_err(|e| self.sled_err(e))?
+        {
+            None => Ok(None),
+            Some(v) => record::decode_seen(&v)
+                .map(Some)
+                .map_err(|reason| StorageError::Corrupt {
+                    tree: SEEN.into(),
+                    key: format!("{source}/{}/{}", entry.trace_id, entry.recipient),
+                    reason,
+                }),
+        }
+    }
+
+    /// Removes identity index entries of rows received before `before`; returns how many.
+    pub fn expire_seen(
+        &self,
+        source: &str,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize> {
+        let start = seen_prefix(source);
+        let mut end = start.clone();
+        end.extend_from_slice(&before.timestamp_micros().to_be_bytes());
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.seen.range(start..end) {
+            let (k, _) = item.map_err(|e| self.sled_err(e))?;
+            batch.remove(k);
+            n += 1;
+        }
+        self.seen.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+        Ok(n)
+    }
+
+    /// How many identities the index holds for a source.
+    pub fn seen_len(&self, source: &str) -> usize {
+        self.seen.scan_prefix(seen_prefix(source)).count()
     }
 
     /// Removes a checkpoint (used when a backfill finishes).
@@ -238,10 +316,66 @@ impl Store {
         Ok(())
     }
 
+    /// Stores `value` under `key` in the named tree `tree` (for records this crate does not
+    /// model itself, such as the `secrets` tree, whose values the caller versions and encrypts),
+    /// then flushes.
+    pub fn put_raw(&self, tree: &str, key: &str, value: &[u8]) -> Result<()> {
+        let t = self.db.open_tree(tree).map_err(|e| self.sled_err(e))?;
+        t.insert(key.as_bytes(), value)
+            .map_err(|e| self.sled_err(e))?;
+        self.flush_blocking()
+    }
+
+    /// The value under `key` in the named tree, if any.
+    pub fn get_raw(&self, tree: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let t = self.db.open_tree(tree).map_err(|e| self.sled_err(e))?;
+        Ok(t.get(key.as_bytes())
+            .map_err(|e| self.sled_err(e))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Removes `key` from the named tree and flushes; whether it was there.
+    pub fn remove_raw(&self, tree: &str, key: &str) -> Result<bool> {
+        let t = self.db.open_tree(tree).map_err(|e| self.sled_err(e))?;
+        let was = t
+            .remove(key.as_bytes())
+            .map_err(|e| self.sled_err(e))?
+            .is_some();
+        self.flush_blocking()?;
+        Ok(was)
+    }
+
+    /// Every (key, value) of the named tree, in key order.
+    pub fn list_raw(&self, tree: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let t = self.db.open_tree(tree).map_err(|e| self.sled_err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter() {
+            let (k, v) = item.map_err(|e| self.sled_err(e))?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The underlying database, for the dump tool.
     pub fn db(&self) -> &sled::Db {
         &self.db
     }
+}
+
+fn seen_prefix(source: &str) -> Vec<u8> {
+    let mut k = source.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// `source \0 received-µs (big endian) trace \0 recipient`: ordered by time within a source.
+fn seen_key(source: &str, e: &SeenEntry) -> Vec<u8> {
+    let mut k = seen_prefix(source);
+    k.extend_from_slice(&e.time.timestamp_micros().to_be_bytes());
+    k.extend_from_slice(e.trace_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(e.recipient.to_ascii_lowercase().as_bytes());
+    k
 }
 
 fn job_prefix(source: &str) -> Vec<u8> {
@@ -292,6 +426,10 @@ mod tests {
                 next_link: Some("http://127.0.0.1/x?$skiptoken=abc".into()),
                 pages: 2,
                 rows: 20,
+                query_end: None,
+                oldest: Some(t(3)),
+                oldest_ids: vec![("id".into(), "a@b.c".into())],
+                requeries: 0,
             }),
             pages_total: 7,
             rows_total: 70,
@@ -299,11 +437,54 @@ mod tests {
         };
         {
             let store = Store::open(dir.path()).unwrap();
-            futures_block_on(store.commit("contoso", &cp, None, true)).unwrap();
+            futures_block_on(store.commit(
+                Commit {
+                    source: "contoso",
+                    checkpoint: Some(("contoso", &cp)),
+                    ..Commit::default()
+                },
+                true,
+            ))
+            .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.checkpoint("contoso").unwrap(), Some(cp));
         assert_eq!(store.checkpoint("other").unwrap(), None);
+    }
+
+    #[test]
+    fn identity_index_remembers_status_and_expires_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let e = |h, id: &str, status: &str| SeenEntry {
+            time: t(h),
+            trace_id: id.into(),
+            recipient: "A@b.c".into(),
+            status: status.into(),
+        };
+        let entries = vec![e(1, "x", "Pending"), e(2, "y", "Delivered")];
+        store
+            .write(&Commit {
+                source: "s",
+                seen: &entries,
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.seen_status("s", &e(1, "x", "")).unwrap().as_deref(),
+            Some("Pending")
+        );
+        let mut other_case = e(1, "x", "");
+        other_case.recipient = "a@B.C".into();
+        assert!(store.seen_status("s", &other_case).unwrap().is_some());
+        assert!(store
+            .seen_status("other", &e(1, "x", ""))
+            .unwrap()
+            .is_none());
+        assert_eq!(store.seen_len("s"), 2);
+        assert_eq!(store.expire_seen("s", t(2)).unwrap(), 1);
+        assert_eq!(store.seen_len("s"), 1);
+        assert!(store.seen_status("s", &e(2, "y", "")).unwrap().is_some());
     }
 
     #[test]
@@ -338,6 +519,25 @@ mod tests {
             .map(|j| j.id)
             .collect();
         assert_eq!(left, vec!["a-2".to_string()]);
+    }
+
+    #[test]
+    fn raw_trees_put_get_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_raw("secrets", "b", b"2").unwrap();
+            store.put_raw("secrets", "a", b"1").unwrap();
+            assert_eq!(store.get_raw("secrets", "a").unwrap(), Some(b"1".to_vec()));
+            assert!(store.remove_raw("secrets", "b").unwrap());
+            assert!(!store.remove_raw("secrets", "b").unwrap());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.list_raw("secrets").unwrap(),
+            vec![("a".to_string(), b"1".to_vec())]
+        );
+        assert_eq!(store.get_raw("secrets", "zz").unwrap(), None);
     }
 
     #[test]

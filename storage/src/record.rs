@@ -39,6 +39,20 @@ pub struct InFlight {
     pub pages: u64,
     /// Rows of this slice delivered so far.
     pub rows: u64,
+    /// Set when a next link was abandoned and the slice re-queried: the inclusive end of the
+    /// re-query (the oldest row time delivered before it).
+    #[serde(default)]
+    pub query_end: Option<DateTime<Utc>>,
+    /// The oldest row time delivered in this slice so far (rows come newest first).
+    #[serde(default)]
+    pub oldest: Option<DateTime<Utc>>,
+    /// Identities (trace id, recipient) of the delivered rows at exactly `oldest`: a re-query
+    /// that includes that instant skips them.
+    #[serde(default)]
+    pub oldest_ids: Vec<(String, String)>,
+    /// Re-queries of this slice so far.
+    #[serde(default)]
+    pub requeries: u32,
 }
 
 /// Why a job ran.
@@ -95,6 +109,9 @@ pub struct TaskRecord {
     pub dropped: u64,
     /// Requests retried.
     pub retries: u64,
+    /// Next links abandoned and the slice re-queried.
+    #[serde(default)]
+    pub requeries: u32,
     /// The last error, if any (never contains a secret).
     pub error: Option<String>,
 }
@@ -124,6 +141,18 @@ pub struct JobRecord {
     pub dropped: u64,
     /// Requests retried.
     pub retries: u64,
+    /// 429 answers received.
+    #[serde(default)]
+    pub throttled: u64,
+    /// Rows skipped because they were delivered before with the same status (re-reads).
+    #[serde(default)]
+    pub known: u64,
+    /// Rows delivered again because their status changed (marked `_update`).
+    #[serde(default)]
+    pub updates: u64,
+    /// Spans that could not be collected (older than the API keeps), `[start, end)`.
+    #[serde(default)]
+    pub gaps: Vec<(DateTime<Utc>, DateTime<Utc>)>,
     /// Errors met (one line each, never a secret).
     pub errors: Vec<String>,
     /// When it started.
@@ -147,6 +176,10 @@ impl JobRecord {
             rows: 0,
             dropped: 0,
             retries: 0,
+            throttled: 0,
+            known: 0,
+            updates: 0,
+            gaps: Vec::new(),
             errors: Vec::new(),
             started_at: now,
             finished_at: None,
@@ -172,6 +205,29 @@ enum CheckpointRecord {
 enum JobRecordEnvelope {
     #[serde(rename = "1")]
     V1(JobRecord),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum SeenRecord {
+    #[serde(rename = "1")]
+    V1 { status: String },
+}
+
+/// Encodes an identity index value (the status delivered) with its version tag.
+pub fn encode_seen(status: &str) -> Vec<u8> {
+    serde_json::to_vec(&SeenRecord::V1 {
+        status: status.to_owned(),
+    })
+    .expect("seen record serializes")
+}
+
+/// Decodes an identity index value.
+pub fn decode_seen(bytes: &[u8]) -> Result<String, String> {
+    match serde_json::from_slice::<SeenRecord>(bytes) {
+        Ok(SeenRecord::V1 { status }) => Ok(status),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Encodes a checkpoint with its version tag.

@@ -66,6 +66,7 @@ url = {url}
 start = {start}
 end = {end}
 page_size = {page_size}
+{quota}
 {extra}
 
 [sources.src.auth]
@@ -88,6 +89,12 @@ path = {out}
         start = q(s.start),
         end = q(s.end),
         page_size = s.page_size,
+        // Tests are not throttled by default; quota tests set their own.
+        quota = if s.extra.contains("quota") {
+            ""
+        } else {
+            "quota = { requests = 100000, per_secs = 1 }"
+        },
         extra = s.extra,
         base = q(&sim.base_url()),
         out = q(&s.out.to_string_lossy()),
@@ -155,4 +162,11 @@ pub fn init_logs() {
             .with_test_writer()
             .try_init();
     }
+}
+
+/// Epoch seconds of the current hour minus `hours`, as a config time expression: tests that
+/// compare runs use absolute bounds so that an hour turning mid-test changes nothing.
+pub fn hours_ago(hours: i64) -> String {
+    let now = chrono::Utc::now().timestamp();
+    (now - now.rem_euclid(3600) - hours * 3600).to_string()
 }
