@@ -7,33 +7,43 @@
 //!                        └────JobFinished───────┘──▶ SinkActor (one per sink, own thread)
 //! ```
 
-use crate::config::{AuthConfig, Config, OAuthApp, RetryKind, Schedule, Secret, SinkKind, SourceConfig};
+use crate::config::{
+    AuthConfig, Config, OAuthApp, RetryKind, Schedule, Secret, SinkKind, SourceConfig,
+};
 use crate::secrets::SecretStore;
-use crate::sinks::{FileSink, StdoutSink};
+use crate::sinks::{FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
 use anyhow::{anyhow, Context as _};
+use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::auth::AuthToken;
 use msgtrace_actors::retry::{self, RetryPolicy};
 use msgtrace_actors::scheduler;
-use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::sink::{Sink, SinkActor};
 use msgtrace_actors::spec::{
     AuthSpec, ClientCredential, SourceSpec, TokenEndpoint, TokenSpec, WindowSpec,
 };
 use msgtrace_actors::supervisor::{
-    PageHook, RunAll, RunReport, Shutdown, SinkEntry, SourceEntry, StartSchedules, Supervisor,
+    PageHook, RunAll, RunBackfill, RunReport, Shutdown, SinkEntry, SourceEntry, StartSchedules,
+    Supervisor,
 };
 use msgtrace_storage::{JobKind, JobState, Store};
 use std::time::Duration;
 use tracing::{info, warn};
 
 /// How the engine runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Collect what is due now for every source, then stop.
     Once,
     /// Run every source on its schedule until a shutdown signal.
     Continuous,
+    /// Collect a past range of one source with its own resumable checkpoint, then stop.
+    Backfill {
+        /// The source id.
+        source: String,
+        /// The range.
+        backfill: msgtrace_actors::fetcher::Backfill,
+    },
 }
 
 /// Knobs that are not configuration keys.
@@ -47,6 +57,8 @@ pub struct EngineOptions {
     pub grace: Duration,
     /// Listen for SIGINT/SIGTERM.
     pub handle_signals: bool,
+    /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
+    pub sink_retry: Option<RetryPolicy>,
 }
 
 impl Default for EngineOptions {
@@ -56,6 +68,7 @@ impl Default for EngineOptions {
             page_hook: None,
             grace: Duration::from_secs(30),
             handle_signals: true,
+            sink_retry: None,
         }
     }
 }
@@ -246,13 +259,17 @@ pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
 }
 
 /// Builds the sink for a sink configuration.
-fn build_sink(id: &str, kind: &SinkKind) -> anyhow::Result<Box<dyn Sink>> {
+fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions) -> Box<dyn Sink> {
     match kind {
-        SinkKind::Stdout => Ok(Box::new(StdoutSink::new(id))),
-        SinkKind::File { path } => Ok(Box::new(FileSink::new(id, path))),
-        SinkKind::Http(_) => Err(anyhow!(
-            "sinks.{id}.type: `http` sinks are not available in this build yet (use stdout or file); see docs/operations.md"
-        )),
+        SinkKind::Stdout => Box::new(StdoutSink::new(id)),
+        SinkKind::File { path } => Box::new(FileSink::new(id, path)),
+        SinkKind::Http(http) => {
+            let sink = HttpSink::new(id, http);
+            Box::new(match &opts.sink_retry {
+                Some(r) => sink.with_retry(r.clone()),
+                None => sink,
+            })
+        }
     }
 }
 
@@ -308,7 +325,7 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
     let mut arbiters = Vec::new();
     let mut sinks = Vec::new();
     for sink in config.sinks.values() {
-        let built = build_sink(&sink.id, &sink.kind)?;
+        let built = build_sink(&sink.id, &sink.kind, &opts);
         let arbiter = Arbiter::new();
         let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
         arbiters.push(arbiter);
@@ -323,7 +340,14 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
         Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone()).start();
 
     let work = async {
-        match mode {
+        match &mode {
+            Mode::Backfill { source, backfill } => supervisor
+                .send(RunBackfill {
+                    source: source.clone(),
+                    backfill: backfill.clone(),
+                })
+                .await
+                .map_err(|e| anyhow!("supervisor stopped: {e}")),
             Mode::Once => supervisor
                 .send(RunAll {
                     kind: JobKind::Once,
@@ -359,7 +383,7 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
     }
     store.flush().await?;
     Ok(match once_report {
-        Some(mut r) if mode == Mode::Once => {
+        Some(mut r) if mode != Mode::Continuous => {
             r.restarts = r.restarts.max(shutdown_report.restarts);
             r
         }

@@ -50,8 +50,32 @@ pub struct FetcherEnv {
 pub struct RunJob {
     /// Why it runs.
     pub kind: JobKind,
+    /// A one-shot range with its own checkpoint instead of the continuous cursor.
+    pub backfill: Option<Backfill>,
     /// `job_timeout`: cancel the job (state saved) after this long.
     pub timeout: Option<Duration>,
+}
+
+/// A backfill: a fixed past range collected once, resumable, leaving the source's continuous
+/// cursor alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backfill {
+    /// Range start (inclusive).
+    pub start: DateTime<Utc>,
+    /// Range end (exclusive).
+    pub end: DateTime<Utc>,
+}
+
+impl Backfill {
+    /// The checkpoint name of this range for `source`: running the same backfill again resumes
+    /// it (or finds it complete).
+    pub fn cursor_name(&self, source: &str) -> String {
+        format!(
+            "backfill/{source}/{}-{}",
+            self.start.timestamp(),
+            self.end.timestamp()
+        )
+    }
 }
 
 /// Answer to [`RunJob`].
@@ -130,8 +154,15 @@ impl Handler<RunJob> for Fetcher {
         let job_id = format!("{}-{}", self.env.spec.id, now.format("%Y%m%dT%H%M%S%.3fZ"));
         let deadline = msg.timeout.map(|t| Instant::now() + t);
         let span = tracing::info_span!("job", source = %self.env.spec.id, job = %job_id);
-        let fut =
-            collect(self.env.clone(), job_id.clone(), msg.kind, rx, deadline).instrument(span);
+        let fut = collect(
+            self.env.clone(),
+            job_id.clone(),
+            msg.kind,
+            msg.backfill,
+            rx,
+            deadline,
+        )
+        .instrument(span);
         ctx.spawn(fut.into_actor(self).map(|summary, act, _| {
             act.cancel = None;
             act.env.supervisor.do_send(JobFinished {
@@ -159,13 +190,27 @@ pub async fn collect(
     env: Rc<FetcherEnv>,
     job_id: String,
     kind: JobKind,
+    backfill: Option<Backfill>,
     cancel: watch::Receiver<bool>,
     deadline: Option<Instant>,
 ) -> JobSummary {
     let spec = &env.spec;
     let now = Utc::now();
     let mut job = JobRecord::new(&spec.id, &job_id, kind, now);
-    let mut cp = match env.store.checkpoint(&spec.id) {
+    // A backfill has its own cursor and a fixed range; a continuous run uses the source's.
+    let (cursor_name, window) = match &backfill {
+        Some(b) => (
+            b.cursor_name(&spec.id),
+            crate::spec::WindowSpec {
+                start: crate::time::TimeExpr::epoch(b.start),
+                end: crate::time::TimeExpr::epoch(b.end),
+                max_slice: spec.window.max_slice,
+                reread: None,
+            },
+        ),
+        None => (spec.id.clone(), spec.window.clone()),
+    };
+    let mut cp = match env.store.checkpoint(&cursor_name) {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
             in_flight: None,
@@ -175,7 +220,7 @@ pub async fn collect(
         }),
         Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
-    let plan = window::plan(&spec.window, Some(&cp), now, Some(spec.api.retention()));
+    let plan = window::plan(&window, Some(&cp), now, Some(spec.api.retention()));
     if let Some((g0, g1)) = plan.gap {
         warn!(
             gap_start = %g0,
@@ -220,7 +265,18 @@ pub async fn collect(
     }
     for (i, task) in tasks.iter().enumerate() {
         job.tasks[i].state = JobState::Running;
-        match collect_slice(&env, &mut job, i, task, &mut cp, &cancel, deadline).await {
+        match collect_slice(
+            &env,
+            &cursor_name,
+            &mut job,
+            i,
+            task,
+            &mut cp,
+            &cancel,
+            deadline,
+        )
+        .await
+        {
             Ok(()) => {
                 job.tasks[i].state = JobState::Succeeded;
                 info!(
@@ -244,11 +300,17 @@ pub async fn collect(
             }
         }
     }
-    if let (Some(span), Some(cursor)) = (spec.window.reread, cp.cursor) {
+    if let (Some(span), Some(cursor)) = (window.reread, cp.cursor) {
         // Entries older than the next re-read's start are never looked up again.
-        match env.store.expire_seen(&spec.id, cursor - span - chrono::Duration::hours(1)) {
+        match env
+            .store
+            .expire_seen(&spec.id, cursor - span - chrono::Duration::hours(1))
+        {
             Ok(0) => {}
-            Ok(n) => debug!(expired = n, "identity index entries past the re-read span removed"),
+            Ok(n) => debug!(
+                expired = n,
+                "identity index entries past the re-read span removed"
+            ),
             Err(e) => warn!(error = %e, "could not expire identity index entries"),
         }
     }
@@ -296,8 +358,10 @@ async fn end_job(
 /// Re-queries of one slice allowed in one job before it fails.
 const MAX_REQUERIES: u32 = 3;
 
+#[allow(clippy::too_many_arguments)]
 async fn collect_slice(
     env: &FetcherEnv,
+    cursor_name: &str,
     job: &mut JobRecord,
     i: usize,
     task: &SliceTask,
@@ -449,7 +513,7 @@ async fn collect_slice(
             .commit(
                 Commit {
                     source: &spec.id,
-                    checkpoint: (!task.reread).then_some((spec.id.as_str(), &*cp)),
+                    checkpoint: (!task.reread).then_some((cursor_name, &*cp)),
                     job: Some(job),
                     seen: &seen,
                 },

@@ -3,7 +3,9 @@
 //! dead one, which resumes from its checkpoint), and runs the graceful shutdown.
 
 use crate::auth::AuthToken;
-use crate::fetcher::{Cancel, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply};
+use crate::fetcher::{
+    Backfill, Cancel, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply,
+};
 use crate::scheduler::{Due, Scheduler, StopScheduling};
 use crate::sink::{Deliver, FlushSink, SinkActor};
 use crate::spec::SourceSpec;
@@ -43,6 +45,34 @@ pub struct SourceEntry {
 pub struct RunAll {
     /// Recorded as the jobs' kind.
     pub kind: JobKind,
+}
+
+/// Runs a backfill of one source and answers when it ended.
+#[derive(Message)]
+#[rtype(result = "RunReport")]
+pub struct RunBackfill {
+    /// The source.
+    pub source: String,
+    /// The range.
+    pub backfill: Backfill,
+}
+
+/// What a source was asked to run (kept so that a crashed fetcher's job can be re-sent).
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    /// Why.
+    pub kind: JobKind,
+    /// A backfill range, or the continuous cursor.
+    pub backfill: Option<Backfill>,
+}
+
+impl JobRequest {
+    fn scheduled() -> JobRequest {
+        JobRequest {
+            kind: JobKind::Scheduled,
+            backfill: None,
+        }
+    }
 }
 
 /// Starts the schedules (continuous mode): every source runs now, then on its schedule.
@@ -102,7 +132,7 @@ pub type PageHook = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 struct Slot {
     entry: SourceEntry,
     fetcher: Addr<Fetcher>,
-    running: Option<JobKind>,
+    running: Option<JobRequest>,
     restarts_in_row: u32,
     restarts: u32,
     last: Option<JobSummary>,
@@ -180,33 +210,36 @@ impl Supervisor {
         Fetcher::new(env).start()
     }
 
-    fn run_source(&mut self, source: &str, kind: JobKind, ctx: &mut Context<Self>) {
+    fn run_source(&mut self, source: &str, req: JobRequest, ctx: &mut Context<Self>) {
         let Some(slot) = self.slots.get_mut(source) else {
             return;
         };
         let fetcher = slot.fetcher.clone();
         let timeout = slot.entry.job_timeout;
         let source = source.to_owned();
-        slot.running = Some(kind);
-        ctx.spawn(
-            async move { fetcher.send(RunJob { kind, timeout }).await }
-                .into_actor(self)
-                .map(move |reply, act, _| match reply {
-                    Ok(RunReply::Started(job)) => {
-                        info!(source = %source, job = %job, "job started")
+        slot.running = Some(req.clone());
+        let msg = RunJob {
+            kind: req.kind,
+            backfill: req.backfill.clone(),
+            timeout,
+        };
+        ctx.spawn(async move { fetcher.send(msg).await }.into_actor(self).map(
+            move |reply, act, _| match reply {
+                Ok(RunReply::Started(job)) => {
+                    info!(source = %source, job = %job, "job started")
+                }
+                Ok(RunReply::AlreadyRunning) => {
+                    warn!(source = %source, "previous run still going: this tick is skipped");
+                }
+                Err(_) => {
+                    // The fetcher died before taking the job: the watchdog restarts it and
+                    // re-runs the job because `running` is still set.
+                    if let Some(s) = act.slots.get_mut(&source) {
+                        s.running = Some(req);
                     }
-                    Ok(RunReply::AlreadyRunning) => {
-                        warn!(source = %source, "previous run still going: this tick is skipped");
-                    }
-                    Err(_) => {
-                        // The fetcher died before taking the job: the watchdog restarts it and
-                        // re-runs the job because `running` is still set.
-                        if let Some(s) = act.slots.get_mut(&source) {
-                            s.running = Some(kind);
-                        }
-                    }
-                }),
-        );
+                }
+            },
+        ));
     }
 
     fn watch(&mut self, ctx: &mut Context<Self>) {
@@ -237,7 +270,7 @@ impl Supervisor {
                 r.restarts += 1;
             }
             error!(source = %source, restarts = slot.restarts, "fetcher died (panic); restarted from its checkpoint");
-            if let Some(kind) = slot.running {
+            if let Some(req) = slot.running.clone() {
                 if slot.restarts_in_row > MAX_CONSECUTIVE_RESTARTS || self.shutting_down {
                     let summary = JobSummary {
                         job_id: String::new(),
@@ -253,7 +286,7 @@ impl Supervisor {
                     };
                     self.finished(source.clone(), summary);
                 } else {
-                    self.run_source(&source, kind, ctx);
+                    self.run_source(&source, req, ctx);
                 }
             }
         }
@@ -336,7 +369,7 @@ impl Handler<Due> for Supervisor {
             warn!(source = %msg.source, scheduled_for = %msg.scheduled_for, "previous run still going: this tick is skipped");
             return;
         }
-        self.run_source(&msg.source, JobKind::Scheduled, ctx);
+        self.run_source(&msg.source, JobRequest::scheduled(), ctx);
     }
 }
 
@@ -352,8 +385,44 @@ impl Handler<RunAll> for Supervisor {
             self.waiting.push((set, tx, RunReport::default()));
             for s in self.order.clone() {
                 if self.slots.get(&s).is_some_and(|x| x.running.is_none()) {
-                    self.run_source(&s, msg.kind, ctx);
+                    self.run_source(
+                        &s,
+                        JobRequest {
+                            kind: msg.kind,
+                            backfill: None,
+                        },
+                        ctx,
+                    );
                 }
+            }
+        }
+        Box::pin(async move { rx.await.unwrap_or_default() })
+    }
+}
+
+impl Handler<RunBackfill> for Supervisor {
+    type Result = ResponseFuture<RunReport>;
+
+    fn handle(&mut self, msg: RunBackfill, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        match self.slots.get(&msg.source) {
+            None => {
+                let _ = tx.send(RunReport::default());
+            }
+            Some(_) => {
+                self.waiting.push((
+                    HashSet::from([msg.source.clone()]),
+                    tx,
+                    RunReport::default(),
+                ));
+                self.run_source(
+                    &msg.source,
+                    JobRequest {
+                        kind: JobKind::Backfill,
+                        backfill: Some(msg.backfill),
+                    },
+                    ctx,
+                );
             }
         }
         Box::pin(async move { rx.await.unwrap_or_default() })
@@ -375,7 +444,7 @@ impl Handler<StartSchedules> for Supervisor {
         }
         // Catch up at once rather than waiting for the first tick.
         for s in self.order.clone() {
-            self.run_source(&s, JobKind::Scheduled, ctx);
+            self.run_source(&s, JobRequest::scheduled(), ctx);
         }
     }
 }

@@ -182,6 +182,15 @@ pub struct TimeExpr {
 }
 
 impl TimeExpr {
+    /// An absolute time (whole seconds), as if written as epoch seconds.
+    pub fn epoch(t: DateTime<Utc>) -> TimeExpr {
+        let secs = t.timestamp();
+        TimeExpr {
+            source: secs.to_string(),
+            kind: Kind::Epoch(DateTime::from_timestamp(secs, 0).unwrap_or(t)),
+        }
+    }
+
     /// Parses an expression; surrounding whitespace is ignored.
     ///
     /// Errors name the bad part and list the accepted forms. Offsets beyond 600,000 years in a

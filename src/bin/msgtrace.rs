@@ -5,8 +5,8 @@ use clap::{Parser, Subcommand};
 use msgtrace::config::{self, Config, LogFormat};
 use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
-use msgtrace::storage::{StorageError, Store};
 use msgtrace::simulator::{LateRows, SimConfig, SimServer, TenantModel};
+use msgtrace::storage::{StorageError, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -43,6 +43,21 @@ enum Command {
         /// Collect what is due now for every source, then exit (0 if all succeeded, 1 if not).
         #[arg(long)]
         once: bool,
+    },
+    /// Collect a past range of one source once, resumably, without moving its continuous cursor.
+    Backfill {
+        /// Configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The source (input id).
+        #[arg(long)]
+        source: String,
+        /// Range start: relative time (`-7d@d`) or epoch seconds.
+        #[arg(long, allow_hyphen_values = true)]
+        start: String,
+        /// Range end (exclusive): relative time (`-1d@d`) or epoch seconds.
+        #[arg(long, allow_hyphen_values = true)]
+        end: String,
     },
     /// Check a configuration file and report every error.
     Validate {
@@ -287,6 +302,87 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backfill {
+            config,
+            source,
+            start,
+            end,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(cfg.log_level.as_str(), cfg.log_format == LogFormat::Json);
+            if !cfg.sources.contains_key(&source) {
+                let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
+                eprintln!(
+                    "msgtrace: --source {source}: no such source in {}; known sources: {}",
+                    config.display(),
+                    known.join(", ")
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let now = chrono::Utc::now();
+            let parse = |what: &str, e: &str| {
+                msgtrace::actors::time::TimeExpr::parse(e)
+                    .map(|t| t.resolve(now))
+                    .map_err(|err| format!("--{what}: {err}"))
+            };
+            let (s, e) = match (parse("start", &start), parse("end", &end)) {
+                (Ok(s), Ok(e)) if s < e => (s, e),
+                (Ok(s), Ok(e)) => {
+                    eprintln!("msgtrace: --start ({s}) must be before --end ({e})");
+                    return Ok(ExitCode::from(2));
+                }
+                (Err(m), _) | (_, Err(m)) => {
+                    eprintln!("msgtrace: {m}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let backfill = msgtrace::actors::fetcher::Backfill { start: s, end: e };
+            eprintln!(
+                "msgtrace: backfilling {source} from {s} to {e} (checkpoint {}; run the same command again to resume)",
+                backfill.cursor_name(&source)
+            );
+            let hook: msgtrace::actors::supervisor::PageHook =
+                std::sync::Arc::new(move |_, pages, rows| {
+                    eprintln!("  page {pages:>5}  {rows:>9} rows delivered");
+                });
+            let opts = EngineOptions {
+                page_hook: Some(hook),
+                ..EngineOptions::default()
+            };
+            let mode = Mode::Backfill {
+                source: source.clone(),
+                backfill,
+            };
+            let report =
+                actix_rt::System::new().block_on(async { engine::run(&cfg, mode, opts).await });
+            let report = match report {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("msgtrace: {e:#}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            for (_, job) in &report.jobs {
+                match &job.error {
+                    Some(err) => eprintln!(
+                        "msgtrace: backfill job {} {:?}: {err}",
+                        job.job_id, job.state
+                    ),
+                    None => println!(
+                        "backfill {}: {:?}, {} pages, {} rows",
+                        job.job_id, job.state, job.pages, job.rows
+                    ),
+                }
+            }
+            Ok(if report.all_succeeded() && !report.jobs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Run { config, once } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -492,7 +588,11 @@ fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "secret {name} ({kind}) stored, encrypted with {}{}",
                 secrets.key_source().describe(),
-                if new_key { " (created, mode 0600: keep it, and back it up apart from the state directory)" } else { "" }
+                if new_key {
+                    " (created, mode 0600: keep it, and back it up apart from the state directory)"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
