@@ -137,6 +137,7 @@ pub fn source_spec(
         disable_time_filter: src.disable_time_filter,
         cron,
         durable,
+        reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
         quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {
             requests: q.requests,
             per: q.per,

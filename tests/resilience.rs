@@ -82,3 +82,93 @@ fn throttling_and_server_errors_are_retried_to_completion() {
     let (requeries, _) = run_with_faults_after_page(Api::Graph, 2, faults);
     assert_eq!(requeries, 0);
 }
+
+fn faults_then_run(
+    extra: &str,
+    faults: usize,
+) -> (
+    msgtrace::actors::supervisor::RunReport,
+    Vec<msgtrace::storage::JobRecord>,
+) {
+    let api = Api::Graph;
+    let sim = Arc::new(sim(60, |_| {}));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let mut sc = scenario(api, &state, &out);
+    sc.extra = extra;
+    let cfg = parse(&config_toml(&sim, &sc));
+    let armed = Arc::new(AtomicBool::new(true));
+    let (s, a) = (sim.clone(), armed.clone());
+    let mut o = opts();
+    o.page_hook = Some(Arc::new(move |_, pages, _| {
+        if pages == 2 && a.swap(false, Ordering::SeqCst) {
+            for _ in 0..faults {
+                s.inject_fault(SimFault::Status {
+                    status: 503,
+                    retry_after_secs: None,
+                });
+            }
+        }
+    }));
+    let report = run_once(&cfg, o);
+    if report.all_succeeded() {
+        let (ws, we) = report.jobs[0].1.window.unwrap();
+        let expected = sim.model().expected(ws, we, chrono::Utc::now());
+        assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    }
+    let jobs = msgtrace::storage::Store::open(&state)
+        .unwrap()
+        .jobs(Some("src"))
+        .unwrap();
+    (report, jobs)
+}
+
+#[test]
+fn a_task_failing_with_a_non_fatal_error_is_rescheduled_and_completes() {
+    // Six 503s exhaust the retry limit (5): the task fails, is rescheduled once, and completes.
+    let (report, jobs) = faults_then_run("", 6);
+    assert!(report.all_succeeded(), "{report:?}");
+    assert_eq!(jobs[0].tasks[0].reschedules, 1, "{:?}", jobs[0]);
+    // Without rescheduling the job fails, and says why.
+    let (report, jobs) = faults_then_run("reschedule_tasks = false", 6);
+    assert!(!report.all_succeeded());
+    assert!(
+        jobs[0].errors.iter().any(|e| e.contains("HTTP 503")),
+        "{:?}",
+        jobs[0].errors
+    );
+}
+
+#[test]
+fn a_job_stopped_by_job_timeout_resumes_on_the_next_run_without_losing_a_row() {
+    let api = Api::Graph;
+    let sim = sim(60, |c| c.page_latency_ms = 80);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let start = hours_ago(24);
+    let end = hours_ago(1);
+    let mk = |extra: &'static str| {
+        let mut sc = scenario(api, &state, &out);
+        sc.start = &start;
+        sc.end = &end;
+        sc.extra = extra;
+        parse(&config_toml(&sim, &sc))
+    };
+    let first = run_once(&mk("job_timeout = \"1s\""), opts());
+    let (_, job) = &first.jobs[0];
+    assert_eq!(job.state, msgtrace::storage::JobState::Cancelled, "{job:?}");
+    assert!(job
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("job_timeout"));
+    assert!(job.pages > 0);
+    let second = run_once(&mk(""), opts());
+    assert!(second.all_succeeded(), "{second:?}");
+    let (ws, _) = job.window.unwrap();
+    let (_, we) = second.jobs[0].1.window.unwrap();
+    let expected = sim.model().expected(ws, we, chrono::Utc::now());
+    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+}

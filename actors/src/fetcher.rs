@@ -247,6 +247,7 @@ pub async fn collect(
             dropped: 0,
             retries: 0,
             requeries: t.resume.as_ref().map_or(0, |f| f.requeries),
+            reschedules: 0,
             error: None,
         })
         .collect();
@@ -263,20 +264,44 @@ pub async fn collect(
             "collecting"
         );
     }
-    for (i, task) in tasks.iter().enumerate() {
+    for (i, first_try) in tasks.iter().enumerate() {
         job.tasks[i].state = JobState::Running;
-        match collect_slice(
-            &env,
-            &cursor_name,
-            &mut job,
-            i,
-            task,
-            &mut cp,
-            &cancel,
-            deadline,
-        )
-        .await
-        {
+        let mut task = first_try.clone();
+        let mut reschedules = 0;
+        let outcome = loop {
+            match collect_slice(
+                &env,
+                &cursor_name,
+                &mut job,
+                i,
+                &task,
+                &mut cp,
+                &cancel,
+                deadline,
+            )
+            .await
+            {
+                // A task that failed with a non-fatal error is run again (from its last
+                // committed page) up to `task_reschedule_limit` times.
+                Err(Stop::Failed(e) | Stop::Rejected(e))
+                    if reschedules < spec.reschedule_limit.unwrap_or(0) =>
+                {
+                    reschedules += 1;
+                    job.tasks[i].reschedules += 1;
+                    let delay = spec.retry.initial * 2;
+                    warn!(error = %e, attempt = reschedules, delay_ms = delay.as_millis() as u64, "task failed; rescheduling it");
+                    job.errors.push(format!("task rescheduled after: {e}"));
+                    let mut c = cancel.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = c.wait_for(|v| *v) => break Err(Stop::Cancelled(None)),
+                    }
+                    task = resume_task(first_try, &cp);
+                }
+                other => break other,
+            }
+        };
+        match outcome {
             Ok(()) => {
                 job.tasks[i].state = JobState::Succeeded;
                 info!(
@@ -292,7 +317,7 @@ pub async fn collect(
                 job.tasks[i].state = JobState::Cancelled;
                 return end_job(&env, job, JobState::Cancelled, why).await;
             }
-            Err(Stop::Failed(e) | Stop::Rejected(e)) => {
+            Err(Stop::Failed(e) | Stop::Rejected(e) | Stop::Fatal(e)) => {
                 warn!(error = %e, "job failed; the next run resumes from the last delivered page");
                 job.tasks[i].state = JobState::Failed;
                 job.tasks[i].error = Some(e.clone());
@@ -322,6 +347,8 @@ enum Stop {
     Failed(String),
     /// The API refused the request itself (400, 404, 410) or its body was unusable, after retries.
     Rejected(String),
+    /// Retrying cannot help (credentials or permissions refused): not rescheduled.
+    Fatal(String),
 }
 
 async fn end_job(
@@ -352,6 +379,24 @@ async fn end_job(
         dropped: job.dropped,
         error,
         window: job.window_start.zip(job.window_end),
+    }
+}
+
+/// The task to run again after a failure: from its last committed page when it has one.
+fn resume_task(task: &SliceTask, cp: &Checkpoint) -> SliceTask {
+    match &cp.in_flight {
+        Some(f) if !task.reread && f.slice_start == task.start && f.slice_end == task.end => {
+            SliceTask {
+                start: f.slice_start,
+                end: f.slice_end,
+                next_link: f.next_link.clone(),
+                pages: f.pages,
+                rows: f.rows,
+                resume: Some(f.clone()),
+                reread: false,
+            }
+        }
+        _ => task.clone(),
     }
 }
 
@@ -580,6 +625,9 @@ async fn fetch_page(
     loop {
         let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
             Ok(Ok(h)) => h,
+            Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
+                return Err(Stop::Fatal(e.to_string()))
+            }
             Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
             Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
         };
@@ -677,6 +725,9 @@ async fn fetch_page(
                         ..
                     }
                     | Failure::BadBody => Stop::Rejected(message),
+                    Failure::Status {
+                        code: 401 | 403, ..
+                    } => Stop::Fatal(message),
                     _ => Stop::Failed(message),
                 })
             }

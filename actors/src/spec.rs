@@ -131,6 +131,9 @@ pub struct SourceSpec {
     pub cron: String,
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
     pub durable: bool,
+    /// Run a task that failed with a non-fatal error again, up to this many times
+    /// (`reschedule_tasks` / `task_reschedule_limit`); `None` = never.
+    pub reschedule_limit: Option<u32>,
     /// The API request budget, shared by every source with the same [`SourceSpec::quota_key`].
     pub quota: Option<crate::quota::QuotaSpec>,
 }

@@ -112,6 +112,9 @@ pub struct TaskRecord {
     /// Next links abandoned and the slice re-queried.
     #[serde(default)]
     pub requeries: u32,
+    /// Times the task was run again after a non-fatal failure.
+    #[serde(default)]
+    pub reschedules: u32,
     /// The last error, if any (never contains a secret).
     pub error: Option<String>,
 }
