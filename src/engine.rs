@@ -237,11 +237,7 @@ pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
     let mut w = Vec::new();
     for s in config.sources.values() {
         let p = format!("sources.{}", s.id);
-        if !s.reread.is_zero() {
-            w.push(format!(
-                "{p}.reread: re-reading for late rows is not implemented yet; ignored"
-            ));
-        }
+
         if s.normalize.is_some() {
             w.push(format!(
                 "{p}.normalize: ECS normalization is not implemented yet; ignored"
