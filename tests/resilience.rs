@@ -172,3 +172,33 @@ fn a_job_stopped_by_job_timeout_resumes_on_the_next_run_without_losing_a_row() {
     let expected = sim.model().expected(ws, we, chrono::Utc::now());
     assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
 }
+
+#[test]
+fn a_page_that_stalls_past_request_timeout_is_retried() {
+    let api = Api::Graph;
+    let sim = Arc::new(sim(60, |_| {}));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let mut sc = scenario(api, &state, &out);
+    sc.extra = "request_timeout_secs = 1";
+    let cfg = parse(&config_toml(&sim, &sc));
+    let armed = Arc::new(AtomicBool::new(true));
+    let (s, a) = (sim.clone(), armed.clone());
+    let mut o = opts();
+    o.page_hook = Some(Arc::new(move |_, pages, _| {
+        if pages == 2 && a.swap(false, Ordering::SeqCst) {
+            s.inject_fault(SimFault::Delay { ms: 2500 });
+        }
+    }));
+    let report = run_once(&cfg, o);
+    assert!(report.all_succeeded(), "{report:?}");
+    let (ws, we) = report.jobs[0].1.window.unwrap();
+    let expected = sim.model().expected(ws, we, chrono::Utc::now());
+    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    let jobs = msgtrace::storage::Store::open(&state)
+        .unwrap()
+        .jobs(Some("src"))
+        .unwrap();
+    assert!(jobs[0].retries >= 1, "{:?}", jobs[0]);
+}
