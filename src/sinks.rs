@@ -1,6 +1,7 @@
-//! The built-in sinks: `stdout` and `file` (NDJSON). Both acknowledge a batch only once it is
-//! written and flushed (the file sink also `fsync`s), so the checkpoint never moves past rows
-//! that are not on disk.
+//! The built-in sinks: `stdout` and `file` (NDJSON), and [`http`] (NDJSON, JSON, Splunk HEC,
+//! Elasticsearch bulk). Each acknowledges a batch only once it is written and flushed (the file
+//! sink also `fsync`s) or accepted by the receiver, so the checkpoint never moves past rows that
+//! are not delivered.
 
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::event::Batch;
@@ -8,6 +9,9 @@ use msgtrace_actors::sink::{Sink, SinkError};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+pub mod http;
+pub use http::HttpSink;
 
 /// NDJSON on standard output.
 pub struct StdoutSink {

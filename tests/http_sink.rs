@@ -1,0 +1,459 @@
+//! The `http` sink end to end: a collection from the simulated tenant delivered to receivers on
+//! 127.0.0.1 that check the request format the way Splunk HEC and Elasticsearch `_bulk` do.
+
+mod common;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use common::*;
+use msgtrace::actors::dialect::Api;
+use msgtrace::actors::retry::{RetryKind, RetryPolicy};
+use msgtrace::engine::EngineOptions;
+use msgtrace::sinks::http::event_identity;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request as the receiver saw it, body decompressed.
+#[derive(Clone, Debug)]
+struct Req {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// What the receiver answers to the n-th request (0-based): status and body.
+type Answer = Arc<dyn Fn(usize, &Req) -> (u16, String) + Send + Sync>;
+
+/// An HTTP receiver on 127.0.0.1 that records every request.
+struct Receiver {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Req>>>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Receiver {
+    fn start(addr: SocketAddr, answer: Answer) -> Receiver {
+        let requests: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let seen = requests.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            let server = HttpServer::new(move || {
+                let seen = seen.clone();
+                let answer = answer.clone();
+                App::new()
+                    .app_data(web::PayloadConfig::new(64 << 20))
+                    .default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                        let seen = seen.clone();
+                        let answer = answer.clone();
+                        async move {
+                            let headers: HashMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect();
+                            let body = if headers.get("content-encoding").map(String::as_str)
+                                == Some("gzip")
+                            {
+                                let mut out = Vec::new();
+                                flate2::read::GzDecoder::new(&body[..])
+                                    .read_to_end(&mut out)
+                                    .expect("a gzip body");
+                                out
+                            } else {
+                                body.to_vec()
+                            };
+                            let r = Req { headers, body };
+                            let n = {
+                                let mut s = seen.lock().unwrap();
+                                s.push(r.clone());
+                                s.len() - 1
+                            };
+                            let (status, text) = answer(n, &r);
+                            HttpResponse::build(
+                                actix_web::http::StatusCode::from_u16(status).unwrap(),
+                            )
+                            .content_type("application/json")
+                            .body(text)
+                        }
+                    }))
+            })
+            .workers(1)
+            .bind(addr)
+            .expect("receiver binds");
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((addr, server.handle())).unwrap();
+            system.block_on(server).unwrap();
+        });
+        let (addr, handle) = rx.recv().unwrap();
+        Receiver {
+            addr,
+            requests,
+            handle,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn stop(&self) {
+        actix_rt::System::new().block_on(self.handle.stop(false));
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn ok() -> Answer {
+    Arc::new(|_, _| (200, "{}".into()))
+}
+
+/// Answers like Splunk HEC: the token, then every event object with `time` and `event`.
+fn hec() -> Answer {
+    Arc::new(|_, r: &Req| {
+        if r.headers.get("authorization").map(String::as_str) != Some("Splunk hec-token") {
+            return (401, r#"{"text":"Invalid token","code":4}"#.into());
+        }
+        for v in serde_json::Deserializer::from_slice(&r.body).into_iter::<Value>() {
+            let Ok(v) = v else {
+                return (400, r#"{"text":"Invalid data format","code":6}"#.into());
+            };
+            if !v["event"].is_object() {
+                return (
+                    400,
+                    r#"{"text":"Event field is required","code":12}"#.into(),
+                );
+            }
+            if !v["time"].is_number() {
+                return (400, r#"{"text":"Invalid time","code":6}"#.into());
+            }
+        }
+        (200, r#"{"text":"Success","code":0}"#.into())
+    })
+}
+
+/// Answers like Elasticsearch `_bulk`: action line + document line pairs; `refuse(n)` makes the
+/// n-th request's first item fail with a mapping error.
+fn bulk(refuse: impl Fn(usize) -> bool + Send + Sync + 'static) -> Answer {
+    Arc::new(move |n, r: &Req| {
+        let text = std::str::from_utf8(&r.body).unwrap();
+        if !text.ends_with('\n') {
+            return (400, r#"{"error":{"type":"illegal_argument_exception","reason":"The bulk request must be terminated by a newline [\n]"},"status":400}"#.into());
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() & 1 == 1 {
+            return (
+                400,
+                r#"{"error":{"reason":"Malformed action/metadata line"},"status":400}"#.into(),
+            );
+        }
+        let mut items = Vec::new();
+        for pair in lines.chunks(2) {
+            let action: Value = serde_json::from_str(pair[0]).unwrap();
+            let doc: Value = serde_json::from_str(pair[1]).unwrap();
+            assert!(doc.is_object() && action["index"].is_object(), "{pair:?}");
+            let id = action["index"]["_id"].as_str().unwrap_or_default();
+            if refuse(n) && items.is_empty() {
+                items.push(json!({"index": {"_id": id, "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [size]"}}}));
+            } else {
+                items.push(json!({"index": {"_id": id, "status": 201, "result": "created"}}));
+            }
+        }
+        let errors = items.iter().any(|i| i["index"]["status"] != 201);
+        (
+            200,
+            json!({"took": 1, "errors": errors, "items": items}).to_string(),
+        )
+    })
+}
+
+/// The events a receiver got, per format.
+fn received_events(reqs: &[Req], format: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in reqs {
+        match format {
+            "json" => {
+                let v: Vec<Value> = serde_json::from_slice(&r.body).expect("a JSON array");
+                out.extend(v);
+            }
+            _ => {
+                for v in serde_json::Deserializer::from_slice(&r.body).into_iter::<Value>() {
+                    out.push(v.unwrap());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn identity(v: &Value) -> (String, String) {
+    event_identity(v.as_object().unwrap()).expect("an identity")
+}
+
+struct Setup {
+    sim: msgtrace::simulator::SimServer,
+    dir: tempfile::TempDir,
+    start: String,
+    end: String,
+}
+
+fn setup() -> Setup {
+    Setup {
+        sim: sim(40, |_| {}),
+        dir: tempfile::tempdir().unwrap(),
+        start: hours_ago(8),
+        end: hours_ago(1),
+    }
+}
+
+impl Setup {
+    /// The scenario's configuration (a file sink `out`) plus an http sink `web`.
+    fn config(&self, sink: &str) -> msgtrace::config::Config {
+        self.config_with(sink, "")
+    }
+
+    /// [`Setup::config`] with more TOML lines for the source.
+    fn config_with(&self, sink: &str, extra: &str) -> msgtrace::config::Config {
+        let base = config_toml(
+            &self.sim,
+            &Scenario {
+                api: Api::Graph,
+                state_dir: &self.dir.path().join("state"),
+                out: &self.dir.path().join("out.ndjson"),
+                start: &self.start,
+                end: &self.end,
+                page_size: 50,
+                extra,
+            },
+        );
+        parse(&format!(
+            "{base}\n[sinks.web]\ntype = \"http\"\ninputs = [\"src\"]\n{sink}\n"
+        ))
+    }
+
+    fn expected(&self) -> Vec<(String, String)> {
+        let s = chrono::DateTime::from_timestamp(self.start.parse().unwrap(), 0).unwrap();
+        let e = chrono::DateTime::from_timestamp(self.end.parse().unwrap(), 0).unwrap();
+        self.sim.model().expected(s, e, chrono::Utc::now())
+    }
+}
+
+fn fast_retry(limit: u32) -> EngineOptions {
+    EngineOptions {
+        sink_retry: Some(RetryPolicy {
+            kind: RetryKind::Backoff,
+            initial: Duration::from_millis(20),
+            limit,
+            multiplier: 2.0,
+            codes: vec![429, 500, 502, 503, 504],
+            honor_retry_after: true,
+            retry_connect_timeout: true,
+            retry_connect_reset: true,
+        }),
+        ..opts()
+    }
+}
+
+/// Every expected identity exactly once, the same set the file sink wrote.
+fn assert_exactly_once(got: &[Value], s: &Setup) {
+    let mut count: HashMap<(String, String), usize> = HashMap::new();
+    for v in got {
+        *count.entry(identity(v)).or_default() += 1;
+    }
+    let expected = s.expected();
+    assert!(expected.len() > 150, "several pages: {}", expected.len());
+    assert_eq!(
+        compare(&count, &expected),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
+    let file = identities(&s.dir.path().join("out.ndjson"), Api::Graph);
+    assert_eq!(file.len(), expected.len());
+}
+
+#[test]
+fn ndjson_in_batches_with_headers_and_bearer_token() {
+    let s = setup();
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), ok());
+    let cfg = s.config(&format!(
+        "url = \"{}\"\nformat = \"ndjson\"\ntoken = \"t0k\"\nheaders = {{ \"X-Team\" = \"secops\" }}\nbatch = {{ max_rows = 20 }}",
+        rx.url("/ingest")
+    ));
+    let report = run_once(&cfg, opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let reqs = rx.requests();
+    for r in &reqs {
+        assert_eq!(r.headers["content-type"], "application/x-ndjson");
+        assert_eq!(r.headers["authorization"], "Bearer t0k");
+        assert_eq!(r.headers["x-team"], "secops");
+        assert!(!r.headers.contains_key("content-encoding"));
+        let lines = r
+            .body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        assert!((1..=20).contains(&lines), "{lines} rows in one batch");
+    }
+    let events = received_events(&reqs, "ndjson");
+    // Pages of 50 rows in batches of at most 20: three requests per full page.
+    assert!(reqs.len() >= events.len() / 20, "{} requests", reqs.len());
+    assert!(events.iter().all(|e| e["_time"].is_number()));
+    assert!(events.iter().all(|e| e.get("__inputId").is_none()));
+    assert_exactly_once(&events, &s);
+}
+
+#[test]
+fn json_arrays_gzip_compressed() {
+    let s = setup();
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), ok());
+    let cfg = s.config(&format!(
+        "url = \"{}\"\nformat = \"json\"\ncompression = \"gzip\"\nbatch = {{ max_rows = 1000, max_bytes = 20000 }}",
+        rx.url("/ingest")
+    ));
+    let report = run_once(&cfg, opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let reqs = rx.requests();
+    for r in &reqs {
+        assert_eq!(r.headers["content-encoding"], "gzip");
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert!(
+            r.body.len() <= 20000 + 2000,
+            "max_bytes holds: {}",
+            r.body.len()
+        );
+    }
+    assert_exactly_once(&received_events(&reqs, "json"), &s);
+}
+
+#[test]
+fn splunk_hec_envelopes_with_token() {
+    let s = setup();
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), hec());
+    let cfg = s.config(&format!(
+        "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"hec-token\"",
+        rx.url("/services/collector/event")
+    ));
+    let report = run_once(&cfg, opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let envelopes = received_events(&rx.requests(), "hec");
+    for v in &envelopes {
+        assert_eq!(v["sourcetype"], "o365:messagetrace");
+        assert_eq!(v["source"], "src");
+        let t = v["time"].as_f64().unwrap();
+        let received =
+            chrono::DateTime::parse_from_rfc3339(v["event"]["receivedDateTime"].as_str().unwrap())
+                .unwrap();
+        assert!((t - received.timestamp_millis() as f64 / 1000.0).abs() < 0.001);
+    }
+    let events: Vec<Value> = envelopes.iter().map(|v| v["event"].clone()).collect();
+    assert_exactly_once(&events, &s);
+
+    // A wrong token is refused at once (no retries on 401), and the run fails.
+    let s2 = setup();
+    let cfg = s2.config(&format!(
+        "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"wrong\"",
+        rx.url("/services/collector/event")
+    ));
+    let report = run_once(&cfg, opts());
+    assert!(!report.all_succeeded());
+    let err = report.jobs[0].1.error.clone().unwrap();
+    assert!(err.contains("HTTP 401") && err.contains("token"), "{err}");
+    assert!(!err.contains("wrong"), "the token is never shown: {err}");
+}
+
+#[test]
+fn elasticsearch_bulk_ids_make_a_repeated_page_an_overwrite() {
+    let s = setup();
+    // The 4th request (a batch in the middle of the second page) is refused for good once:
+    // the first run fails after delivering part of that page.
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), bulk(|n| n == 3));
+    let cfg = s.config_with(
+        &format!(
+            "url = \"{}\"\nformat = \"elasticsearch_bulk\"\nbatch = {{ max_rows = 20 }}",
+            rx.url("/msgtrace/_bulk")
+        ),
+        // The failed page waits for the next run instead of being retried within this one.
+        "reschedule_tasks = false",
+    );
+    let first = run_once(&cfg, opts());
+    assert!(!first.all_succeeded(), "{first:?}");
+    let err = first.jobs[0].1.error.clone().unwrap();
+    assert!(err.contains("mapper_parsing_exception"), "{err}");
+    let second = run_once(&cfg, opts());
+    assert!(second.all_succeeded(), "{second:?}");
+
+    let mut docs: HashMap<String, Value> = HashMap::new();
+    let mut actions = 0;
+    for r in rx.requests() {
+        assert_eq!(r.headers["content-type"], "application/x-ndjson");
+        let text = String::from_utf8(r.body).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for pair in lines.chunks(2) {
+            actions += 1;
+            let id = pair[0]["index"]["_id"].as_str().expect("an _id").to_owned();
+            if let Some(before) = docs.insert(id.clone(), pair[1].clone()) {
+                assert_eq!(identity(&before), identity(&pair[1]), "one _id, one row");
+            }
+        }
+    }
+    let expected = s.expected();
+    assert!(actions > expected.len(), "part of a page was sent twice");
+    let got: Vec<Value> = docs.into_values().collect();
+    assert_exactly_once(&got, &s);
+    let ids: HashSet<(String, String)> = got.iter().map(identity).collect();
+    assert_eq!(ids.len(), expected.len());
+}
+
+#[test]
+fn a_receiver_down_fails_the_run_and_the_next_run_delivers_every_row() {
+    let s = setup();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = s.config_with(
+        &format!(
+            "url = \"http://{port}/ingest\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}"
+        ),
+        "reschedule_tasks = false",
+    );
+    // Nobody listens: connection refused, retried, then the delivery fails.
+    let down = run_once(&cfg, fast_retry(2));
+    assert!(!down.all_succeeded(), "{down:?}");
+    assert_eq!(down.jobs[0].1.pages, 0);
+    let err = down.jobs[0].1.error.clone().unwrap();
+    assert!(err.contains("after 2 retries"), "{err}");
+
+    // Up, but answering 503 to its first three requests: retried within the run.
+    let rx = Receiver::start(
+        port,
+        Arc::new(|n, _| {
+            if n < 3 {
+                (503, "{}".into())
+            } else {
+                (200, "{}".into())
+            }
+        }),
+    );
+    let up = run_once(&cfg, fast_retry(4));
+    assert!(up.all_succeeded(), "{up:?}");
+    let reqs = rx.requests();
+    let events = received_events(&reqs[3..], "ndjson");
+    assert_exactly_once(&events, &s);
+}
