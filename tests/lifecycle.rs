@@ -112,9 +112,7 @@ fn a_job_spanning_many_token_lifetimes_completes_with_refreshes_not_failures() {
     let report = run_once(&cfg, opts());
     let took = t0.elapsed();
     assert!(report.all_succeeded(), "{report:?}");
-    let (ws, we) = report.jobs[0].1.window.unwrap();
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    assert_exactly_once(&sim, &report, &out, api);
     let stats = sim.stats();
     assert!(
         took >= Duration::from_secs(5),

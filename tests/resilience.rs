@@ -39,9 +39,7 @@ fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u6
     }));
     let report = run_once(&cfg, o);
     assert!(report.all_succeeded(), "{report:?}");
-    let (ws, we) = report.jobs[0].1.window.unwrap();
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    assert_exactly_once(&sim, &report, &out, api);
     let jobs = msgtrace::storage::Store::open(&state)
         .unwrap()
         .jobs(Some("src"))
@@ -113,9 +111,7 @@ fn faults_then_run(
     }));
     let report = run_once(&cfg, o);
     if report.all_succeeded() {
-        let (ws, we) = report.jobs[0].1.window.unwrap();
-        let expected = sim.model().expected(ws, we, chrono::Utc::now());
-        assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+        assert_exactly_once(&sim, &report, &out, api);
     }
     let jobs = msgtrace::storage::Store::open(&state)
         .unwrap()
@@ -193,9 +189,7 @@ fn a_page_that_stalls_past_request_timeout_is_retried() {
     }));
     let report = run_once(&cfg, o);
     assert!(report.all_succeeded(), "{report:?}");
-    let (ws, we) = report.jobs[0].1.window.unwrap();
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    assert_exactly_once(&sim, &report, &out, api);
     let jobs = msgtrace::storage::Store::open(&state)
         .unwrap()
         .jobs(Some("src"))

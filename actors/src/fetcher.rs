@@ -42,6 +42,8 @@ pub struct FetcherEnv {
     pub page_hook: Option<crate::supervisor::PageHook>,
     /// The tenant's request budget.
     pub quota: Option<crate::quota::SharedGate>,
+    /// Pipeline hooks applied to each page's events before the sinks.
+    pub hooks: Vec<crate::hook::Hook>,
 }
 
 /// Start a job now.
@@ -386,15 +388,7 @@ async fn end_job(
 fn resume_task(task: &SliceTask, cp: &Checkpoint) -> SliceTask {
     match &cp.in_flight {
         Some(f) if !task.reread && f.slice_start == task.start && f.slice_end == task.end => {
-            SliceTask {
-                start: f.slice_start,
-                end: f.slice_end,
-                next_link: f.next_link.clone(),
-                pages: f.pages,
-                rows: f.rows,
-                resume: Some(f.clone()),
-                reread: false,
-            }
+            SliceTask::resume(f)
         }
         _ => task.clone(),
     }
@@ -887,7 +881,11 @@ fn epoch_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
 }
 
-async fn deliver(env: &FetcherEnv, events: Vec<Event>) -> Result<(), String> {
+async fn deliver(env: &FetcherEnv, mut events: Vec<Event>) -> Result<(), String> {
+    crate::hook::apply(&env.hooks, &mut events)?;
+    if events.is_empty() {
+        return Ok(());
+    }
     let batch = Batch {
         source: Arc::from(env.spec.id.as_str()),
         events: Arc::new(events),

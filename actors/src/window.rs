@@ -29,6 +29,21 @@ pub struct SliceTask {
     pub reread: bool,
 }
 
+impl SliceTask {
+    /// The slice a checkpoint's in-flight record describes, resumed from its next link.
+    pub fn resume(f: &msgtrace_storage::InFlight) -> SliceTask {
+        SliceTask {
+            start: f.slice_start,
+            end: f.slice_end,
+            next_link: f.next_link.clone(),
+            pages: f.pages,
+            rows: f.rows,
+            resume: Some(f.clone()),
+            reread: false,
+        }
+    }
+}
+
 /// What a run will collect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -56,15 +71,7 @@ pub fn plan(
         Some(Checkpoint {
             in_flight: Some(f), ..
         }) => {
-            tasks.push(SliceTask {
-                start: f.slice_start,
-                end: f.slice_end,
-                next_link: f.next_link.clone(),
-                pages: f.pages,
-                rows: f.rows,
-                resume: Some(f.clone()),
-                reread: false,
-            });
+            tasks.push(SliceTask::resume(f));
             f.slice_end
         }
         Some(Checkpoint {

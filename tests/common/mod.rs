@@ -170,3 +170,21 @@ pub fn hours_ago(hours: i64) -> String {
     let now = chrono::Utc::now().timestamp();
     (now - now.rem_euclid(3600) - hours * 3600).to_string()
 }
+
+/// Asserts that `out` holds exactly the simulator's rows of every job's window of `report`: none
+/// missing, none extra, none twice.
+pub fn assert_exactly_once(sim: &SimServer, report: &RunReport, out: &Path, api: Api) {
+    assert!(report.all_succeeded(), "{report:?}");
+    let now = chrono::Utc::now();
+    let mut expected = Vec::new();
+    for (_, job) in &report.jobs {
+        if let Some((s, e)) = job.window {
+            expected.extend(sim.model().expected(s, e, now));
+        }
+    }
+    assert_eq!(
+        compare(&identities(out, api), &expected),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
+}
