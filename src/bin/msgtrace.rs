@@ -446,6 +446,27 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                         j.rows,
                         j.errors.len()
                     );
+                    for t in &j.tasks {
+                        println!(
+                            "    task {} .. {}  {:<9} pages {:>5}  rows {:>8}  dropped {}  retries {}{}{}",
+                            fmt(Some(t.start)),
+                            fmt(Some(t.end)),
+                            format!("{:?}", t.state).to_lowercase(),
+                            t.pages,
+                            t.rows,
+                            t.dropped,
+                            t.retries,
+                            if t.requeries > 0 { format!("  requeries {}", t.requeries) } else { String::new() },
+                            if t.reschedules > 0 { format!("  reschedules {}", t.reschedules) } else { String::new() },
+                        );
+                    }
+                    for (g0, g1) in &j.gaps {
+                        println!(
+                            "    gap  {} .. {}  (older than the API keeps)",
+                            fmt(Some(*g0)),
+                            fmt(Some(*g1))
+                        );
+                    }
                     for e in &j.errors {
                         println!("    error: {e}");
                     }
