@@ -217,7 +217,9 @@ pub enum SecretError {
         source_desc: String,
     },
     /// The record does not decode.
-    #[error("secret `{name}` is damaged or from an incompatible msgtrace ({reason}); store it again")]
+    #[error(
+        "secret `{name}` is damaged or from an incompatible msgtrace ({reason}); store it again"
+    )]
     Corrupt {
         /// Its name.
         name: String,
@@ -389,12 +391,10 @@ impl SecretStore {
     fn key(&self, create: bool) -> Result<Zeroizing<[u8; 32]>, SecretError> {
         let source_desc = self.key_source.describe();
         match &self.key_source {
-            KeySource::Value(v) => {
-                parse_key(v.expose()).map_err(|reason| SecretError::BadKey {
-                    source_desc,
-                    reason,
-                })
-            }
+            KeySource::Value(v) => parse_key(v.expose()).map_err(|reason| SecretError::BadKey {
+                source_desc,
+                reason,
+            }),
             KeySource::File(path) => {
                 let io = |e: std::io::Error| SecretError::KeyFile {
                     path: path.display().to_string(),
@@ -414,8 +414,7 @@ impl SecretStore {
                         let hex = Zeroizing::new(
                             key.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n",
                         );
-                        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
-                        {
+                        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                             std::fs::create_dir_all(parent).map_err(io)?;
                         }
                         write_private_file(path, hex.as_bytes()).map_err(io)?;
@@ -671,8 +670,8 @@ mod tests {
         let s = store(dir.path());
         s.set("client", &SecretValue::Text(Secret::new("hunter2-text")))
             .unwrap();
-        let creds = SecretValue::parse(SecretKind::Credentials, "svc@contoso.com\nhunter2-pw\n")
-            .unwrap();
+        let creds =
+            SecretValue::parse(SecretKind::Credentials, "svc@contoso.com\nhunter2-pw\n").unwrap();
         s.set("rws", &creds).unwrap();
         assert_eq!(s.text("client").unwrap().expose(), "hunter2-text");
         let (u, p) = s.credentials("rws").unwrap();
@@ -685,9 +684,17 @@ mod tests {
             ]
         );
         // At rest: versioned JSON, no plaintext.
-        let raw = s.opened().unwrap().get_raw(TREE, "client").unwrap().unwrap();
+        let raw = s
+            .opened()
+            .unwrap()
+            .get_raw(TREE, "client")
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8(raw).unwrap();
-        assert!(text.starts_with(r#"{"version":"1","kind":"text""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"version":"1","kind":"text""#),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"));
         // The key file is private and beside, not inside, the state directory.
         #[cfg(unix)]
@@ -710,14 +717,20 @@ mod tests {
         s.set("client", &SecretValue::Text(Secret::new("hunter2")))
             .unwrap();
         let e = s.credentials("client").unwrap_err().to_string();
-        assert!(e.contains("is a text secret but a credentials secret"), "{e}");
+        assert!(
+            e.contains("is a text secret but a credentials secret"),
+            "{e}"
+        );
         let e = s.text("nope").unwrap_err().to_string();
         assert!(e.contains("no secret named `nope`"), "{e}");
         assert!(e.contains("stored: client"), "{e}");
         let other = SecretStore::new(s.store.clone().unwrap())
             .with_key_source(KeySource::Value(Secret::new("00".repeat(32))));
         let e = other.text("client").unwrap_err().to_string();
-        assert!(e.contains("cannot be decrypted with the key from the environment"), "{e}");
+        assert!(
+            e.contains("cannot be decrypted with the key from the environment"),
+            "{e}"
+        );
         let bad = SecretStore::new(s.store.clone().unwrap())
             .with_key_source(KeySource::Value(Secret::new("short")));
         let e = bad.text("client").unwrap_err().to_string();

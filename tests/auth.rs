@@ -65,13 +65,31 @@ fn make_certs(dir: &Path) -> Certs {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out",
-            "cert.pem", "-subj", "/CN=msgtrace-test", "-days", "2",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-subj",
+            "/CN=msgtrace-test",
+            "-days",
+            "2",
         ],
     );
     openssl(
         dir,
-        &["rsa", "-in", "key.pem", "-traditional", "-out", "key-pkcs1.pem"],
+        &[
+            "rsa",
+            "-in",
+            "key.pem",
+            "-traditional",
+            "-out",
+            "key-pkcs1.pem",
+        ],
     );
     openssl(
         dir,
@@ -171,7 +189,11 @@ fn five_methods_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs)
     toml += &source(
         "basic",
         &rws,
-        &format!("method = \"basic\"\nusername = {}\npassword = {}", q(BASIC_USER), q(BASIC_PASSWORD)),
+        &format!(
+            "method = \"basic\"\nusername = {}\npassword = {}",
+            q(BASIC_USER),
+            q(BASIC_PASSWORD)
+        ),
     );
     toml += &source(
         "basic_secret",
@@ -181,7 +203,11 @@ fn five_methods_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs)
     toml += &source(
         "oauth",
         &graph,
-        &format!("method = \"oauth\"\n{app}client_secret = {}\nlogin_url = {}", q(CLIENT_SECRET), q(&base)),
+        &format!(
+            "method = \"oauth\"\n{app}client_secret = {}\nlogin_url = {}",
+            q(CLIENT_SECRET),
+            q(&base)
+        ),
     );
     toml += &source(
         "oauth_secret",
@@ -191,7 +217,10 @@ fn five_methods_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs)
     toml += &source(
         "oauth_cert",
         &graph,
-        &format!("method = \"oauth_cert\"\n{app}certificate = \"app\"\nlogin_url = {}", q(&localhost)),
+        &format!(
+            "method = \"oauth_cert\"\n{app}certificate = \"app\"\nlogin_url = {}",
+            q(&localhost)
+        ),
     );
     toml += &source(
         "oauth_cert_rs256",
@@ -223,13 +252,24 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
 
     // The store secrets, from stdin.
     let o = msgtrace(
-        &["secrets", "set", "rws-creds", "-c", cfg_s, "--kind", "credentials"],
+        &[
+            "secrets",
+            "set",
+            "rws-creds",
+            "-c",
+            cfg_s,
+            "--kind",
+            "credentials",
+        ],
         Some(&format!("{BASIC_USER}\n{BASIC_PASSWORD}\n")),
         &[],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let stdout = text(&o.stdout);
-    assert!(stdout.contains("secret rws-creds (credentials) stored"), "{stdout}");
+    assert!(
+        stdout.contains("secret rws-creds (credentials) stored"),
+        "{stdout}"
+    );
     assert!(stdout.contains("state.key (created"), "{stdout}");
     let o = msgtrace(
         &["secrets", "set", "app-secret", "-c", cfg_s],
@@ -237,7 +277,11 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         &[],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let o = msgtrace(&["secrets", "set", "scratch", "-c", cfg_s], Some("x\n"), &[]);
+    let o = msgtrace(
+        &["secrets", "set", "scratch", "-c", cfg_s],
+        Some("x\n"),
+        &[],
+    );
     assert!(o.status.success());
     let o = msgtrace(&["secrets", "rm", "scratch", "-c", cfg_s], None, &[]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -245,7 +289,10 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
     let listed = text(&o.stdout);
     assert_eq!(listed, "app-secret\ttext\nrws-creds\tcredentials\n");
     let key_file = dir.path().join("state.key");
-    let key_hex = std::fs::read_to_string(&key_file).unwrap().trim().to_string();
+    let key_hex = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(key_hex.len(), 64);
 
     let o = msgtrace(&["validate", "-c", cfg_s], None, &[]);
@@ -278,8 +325,16 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
             .find(|j| j["source"] == id)
             .unwrap_or_else(|| panic!("a job for {id}: {jobs_json}"));
         assert_eq!(job["state"], "succeeded", "{id}: {job}");
-        let t = |k: &str| job[k].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
-        let expected = sim.model().expected(t("window_start"), t("window_end"), now);
+        let t = |k: &str| {
+            job[k]
+                .as_str()
+                .unwrap()
+                .parse::<chrono::DateTime<chrono::Utc>>()
+                .unwrap()
+        };
+        let expected = sim
+            .model()
+            .expected(t("window_start"), t("window_end"), now);
         assert!(!expected.is_empty());
         let got = identities(&out.join(format!("{id}.ndjson")), api);
         assert_eq!(compare(&got, &expected), (0, 0, 0), "{id}");
@@ -295,7 +350,10 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         .unwrap();
     assert!(dump.status.success(), "{}", text(&dump.stderr));
     let dump_text = text(&dump.stdout);
-    assert!(dump_text.contains("== tree secrets (2 records)"), "{dump_text}");
+    assert!(
+        dump_text.contains("== tree secrets (2 records)"),
+        "{dump_text}"
+    );
     let dump_json = Command::new(env!("CARGO_BIN_EXE_msgtrace-dump"))
         .arg(&state)
         .arg("--json")
@@ -374,8 +432,18 @@ fn client_assertions_verify_with_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let certs = make_certs(dir.path());
     let d = &certs.dir;
-    openssl(d, &["x509", "-in", "cert.pem", "-pubkey", "-noout", "-out", "pub.pem"]);
-    openssl(d, &["x509", "-in", "cert.pem", "-outform", "der", "-out", "cert.der"]);
+    openssl(
+        d,
+        &[
+            "x509", "-in", "cert.pem", "-pubkey", "-noout", "-out", "pub.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509", "-in", "cert.pem", "-outform", "der", "-out", "cert.der",
+        ],
+    );
     // Thumbprints computed by openssl.
     let digest = |alg: &str| {
         let o = Command::new("openssl")
@@ -401,11 +469,18 @@ fn client_assertions_verify_with_openssl() {
         let pass = msgtrace::config::Secret::new(KEY_PASSPHRASE);
         let cert = ClientCertificate::load(&certs.cert, key, Some(&pass), now).unwrap();
         assert_eq!(
-            fingerprint.trim().rsplit('=').next().unwrap().replace(':', ""),
+            fingerprint
+                .trim()
+                .rsplit('=')
+                .next()
+                .unwrap()
+                .replace(':', ""),
             cert.thumbprint()
         );
         for alg in [AssertionAlg::Ps256, AssertionAlg::Rs256] {
-            let jwt = cert.client_assertion(alg, "app-id", token_url, now).unwrap();
+            let jwt = cert
+                .client_assertion(alg, "app-id", token_url, now)
+                .unwrap();
             let (header, claims, signed, sig) = split_jwt(jwt.expose());
             assert_eq!(header["typ"], "JWT");
             match alg {
@@ -430,7 +505,14 @@ fn client_assertions_verify_with_openssl() {
             // The second implementation: openssl checks the signature against the certificate.
             std::fs::write(d.join("signed.txt"), &signed).unwrap();
             std::fs::write(d.join("sig.bin"), &sig).unwrap();
-            let mut args = vec!["dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig.bin"];
+            let mut args = vec![
+                "dgst",
+                "-sha256",
+                "-verify",
+                "pub.pem",
+                "-signature",
+                "sig.bin",
+            ];
             if alg == AssertionAlg::Ps256 {
                 args.extend([
                     "-sigopt",
@@ -440,7 +522,11 @@ fn client_assertions_verify_with_openssl() {
                 ]);
             }
             args.push("signed.txt");
-            let o = Command::new("openssl").current_dir(d).args(&args).output().unwrap();
+            let o = Command::new("openssl")
+                .current_dir(d)
+                .args(&args)
+                .output()
+                .unwrap();
             assert!(
                 o.status.success() && text(&o.stdout).contains("Verified OK"),
                 "{alg:?}: {}{}",
@@ -449,7 +535,11 @@ fn client_assertions_verify_with_openssl() {
             );
             // A tampered claim set does not verify.
             std::fs::write(d.join("signed.txt"), signed.replace('.', "x.")).unwrap();
-            let o = Command::new("openssl").current_dir(d).args(&args).output().unwrap();
+            let o = Command::new("openssl")
+                .current_dir(d)
+                .args(&args)
+                .output()
+                .unwrap();
             assert!(!o.status.success());
         }
     }
@@ -469,12 +559,29 @@ fn certificate_problems_are_one_clear_line_at_validation() {
     let other = make_certs(&other);
     openssl(
         d,
-        &["x509", "-in", "cert.pem", "-signkey", "key.pem", "-days", "-1", "-out", "expired.pem"],
+        &[
+            "x509",
+            "-in",
+            "cert.pem",
+            "-signkey",
+            "key.pem",
+            "-days",
+            "-1",
+            "-out",
+            "expired.pem",
+        ],
     );
     openssl(
         d,
         &[
-            "rsa", "-in", "key.pem", "-traditional", "-aes256", "-passout", "pass:x", "-out",
+            "rsa",
+            "-in",
+            "key.pem",
+            "-traditional",
+            "-aes256",
+            "-passout",
+            "pass:x",
+            "-out",
             "legacy.pem",
         ],
     );
@@ -483,17 +590,49 @@ fn certificate_problems_are_one_clear_line_at_validation() {
     let cert = certs.cert.to_string_lossy().into_owned();
     let enc = certs.key_encrypted.to_string_lossy().into_owned();
     let cases: Vec<(String, String, Option<&str>, &str)> = vec![
-        (p("missing.pem"), p("key.pem"), None, "cannot read the certificate file"),
-        (cert.clone(), p("missing.key"), None, "cannot read the private key file"),
-        (cert.clone(), p("garbage.pem"), None, "holds no usable RSA private key"),
-        (cert.clone(), enc.clone(), None, "is encrypted: set passphrase"),
-        (cert.clone(), enc.clone(), Some("wrong"), "cannot be decrypted with the passphrase"),
-        (cert.clone(), other.key.to_string_lossy().into_owned(), None, "does not match the certificate"),
+        (
+            p("missing.pem"),
+            p("key.pem"),
+            None,
+            "cannot read the certificate file",
+        ),
+        (
+            cert.clone(),
+            p("missing.key"),
+            None,
+            "cannot read the private key file",
+        ),
+        (
+            cert.clone(),
+            p("garbage.pem"),
+            None,
+            "holds no usable RSA private key",
+        ),
+        (
+            cert.clone(),
+            enc.clone(),
+            None,
+            "is encrypted: set passphrase",
+        ),
+        (
+            cert.clone(),
+            enc.clone(),
+            Some("wrong"),
+            "cannot be decrypted with the passphrase",
+        ),
+        (
+            cert.clone(),
+            other.key.to_string_lossy().into_owned(),
+            None,
+            "does not match the certificate",
+        ),
         (p("expired.pem"), p("key.pem"), None, "expired on"),
         (cert.clone(), p("legacy.pem"), Some("x"), "legacy format"),
     ];
     for (cert_path, key_path, pass, want) in cases {
-        let pass = pass.map(|p| format!("passphrase = {}\n", q(p))).unwrap_or_default();
+        let pass = pass
+            .map(|p| format!("passphrase = {}\n", q(p)))
+            .unwrap_or_default();
         let toml = format!(
             "state_dir = {}\n[sources.s.auth]\nmethod = \"oauth_cert\"\ntenant_id = \"t\"\nclient_id = \"c\"\n\
              cert_path = {}\nkey_path = {}\n{pass}\n[sinks.o]\ntype = \"stdout\"\ninputs = [\"s\"]\n",
@@ -510,14 +649,20 @@ fn certificate_problems_are_one_clear_line_at_validation() {
             .lines()
             .find(|l| l.contains(want))
             .unwrap_or_else(|| panic!("{want}: {err}"));
-        assert!(line.starts_with("msgtrace: sources.s.auth: cert_path: "), "{line}");
+        assert!(
+            line.starts_with("msgtrace: sources.s.auth: cert_path: "),
+            "{line}"
+        );
         let named = if want.contains("certificate file") || want == "expired on" {
             &cert_path
         } else {
             &key_path
         };
         assert!(line.contains(named.as_str()), "{line}");
-        assert!(!line.contains("wrong") || want.contains("passphrase"), "{line}");
+        assert!(
+            !line.contains("wrong") || want.contains("passphrase"),
+            "{line}"
+        );
     }
     // Store secrets that are missing are validation errors too, and stop `run` with exit 1.
     let toml = format!(
@@ -570,19 +715,34 @@ fn entra_errors_of_every_method_name_the_cause_and_the_fix() {
     let sim = sim_for_auth(None);
     let good = spec(&sim);
     let msg = token_error(&good, token::secret_form(&good, &"wrong".into()));
-    assert!(msg.contains("AADSTS7000215") && msg.contains("copy the secret's Value"), "{msg}");
+    assert!(
+        msg.contains("AADSTS7000215") && msg.contains("copy the secret's Value"),
+        "{msg}"
+    );
     let stranger = TokenSpec {
         client_id: "stranger".into(),
         ..good.clone()
     };
-    let msg = token_error(&stranger, token::secret_form(&stranger, &CLIENT_SECRET.into()));
-    assert!(msg.contains("AADSTS700016") && msg.contains("check client_id and tenant_id"), "{msg}");
+    let msg = token_error(
+        &stranger,
+        token::secret_form(&stranger, &CLIENT_SECRET.into()),
+    );
+    assert!(
+        msg.contains("AADSTS700016") && msg.contains("check client_id and tenant_id"),
+        "{msg}"
+    );
     let elsewhere = TokenSpec {
         tenant_id: "elsewhere".into(),
         ..good.clone()
     };
-    let msg = token_error(&elsewhere, token::secret_form(&elsewhere, &CLIENT_SECRET.into()));
-    assert!(msg.contains("AADSTS90002") && msg.contains("tenant elsewhere does not exist"), "{msg}");
+    let msg = token_error(
+        &elsewhere,
+        token::secret_form(&elsewhere, &CLIENT_SECRET.into()),
+    );
+    assert!(
+        msg.contains("AADSTS90002") && msg.contains("tenant elsewhere does not exist"),
+        "{msg}"
+    );
     if !has_openssl() {
         return;
     }
@@ -592,20 +752,43 @@ fn entra_errors_of_every_method_name_the_cause_and_the_fix() {
     let cert = ClientCertificate::load(&certs.cert, &certs.key, None, now).unwrap();
     let url = good.token_url();
     let sign = |client: &str, aud: &str, at: chrono::DateTime<chrono::Utc>| {
-        cert.client_assertion(AssertionAlg::Ps256, client, aud, at).unwrap()
+        cert.client_assertion(AssertionAlg::Ps256, client, aud, at)
+            .unwrap()
     };
     // Not registered: the key is not found.
-    let msg = token_error(&good, token::assertion_form(&good, &sign("sim-client", &url, now)));
-    assert!(msg.contains("AADSTS700027") && msg.contains("upload the certificate"), "{msg}");
+    let msg = token_error(
+        &good,
+        token::assertion_form(&good, &sign("sim-client", &url, now)),
+    );
+    assert!(
+        msg.contains("AADSTS700027") && msg.contains("upload the certificate"),
+        "{msg}"
+    );
     // Registered on a second server: signature, issuer, audience, time and replay are checked.
     let sim2 = sim_for_auth(Some(&certs));
     let good = spec(&sim2);
     let url = good.token_url();
     let ok = sign("sim-client", &url, now);
     let cases = [
-        (sign("other-app", &url, now), "AADSTS700021", "check client_id"),
-        (sign("sim-client", "https://login.example/x/oauth2/v2.0/token", now), "AADSTS700023", "check login_url"),
-        (sign("sim-client", &url, now - chrono::Duration::hours(1)), "AADSTS700024", "check this machine's clock"),
+        (
+            sign("other-app", &url, now),
+            "AADSTS700021",
+            "check client_id",
+        ),
+        (
+            sign(
+                "sim-client",
+                "https://login.example/x/oauth2/v2.0/token",
+                now,
+            ),
+            "AADSTS700023",
+            "check login_url",
+        ),
+        (
+            sign("sim-client", &url, now - chrono::Duration::hours(1)),
+            "AADSTS700024",
+            "check this machine's clock",
+        ),
     ];
     for (assertion, code, fix) in cases {
         let msg = token_error(&good, token::assertion_form(&good, &assertion));
@@ -621,19 +804,23 @@ fn entra_errors_of_every_method_name_the_cause_and_the_fix() {
     );
     let forged = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(sig));
     let msg = token_error(&good, token::assertion_form(&good, &forged.into()));
-    assert!(msg.contains("AADSTS700027") && msg.contains("did not match"), "{msg}");
+    assert!(
+        msg.contains("AADSTS700027") && msg.contains("did not match"),
+        "{msg}"
+    );
     // The good one works once, then is a replay.
     let url2 = url.clone();
     let form = token::assertion_form(&good, &ok);
     let status = actix_rt::System::new()
-        .block_on(async move {
-            msgtrace::actors::http::post_form(&url2, &form, None).await
-        })
+        .block_on(async move { msgtrace::actors::http::post_form(&url2, &form, None).await })
         .unwrap()
         .status;
     assert_eq!(status, 200);
     let msg = token_error(&good, token::assertion_form(&good, &ok));
-    assert!(msg.contains("AADSTS7000274") && msg.contains("jti"), "{msg}");
+    assert!(
+        msg.contains("AADSTS7000274") && msg.contains("jti"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -262,20 +262,23 @@ fn parse_key(
             };
             let info = pkcs8::EncryptedPrivateKeyInfo::try_from(block.der.as_slice())
                 .map_err(|e| bad(format!("encrypted PKCS#8 does not parse: {e}")))?;
-            let doc = info.decrypt(pass.expose().as_bytes()).map_err(|e| match e {
-                pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::DecryptFailed) => {
-                    CertError::WrongPassphrase {
+            let doc = info.decrypt(pass.expose().as_bytes()).map_err(|e| {
+                use pkcs8::pkcs5::Error as P5;
+                match e {
+                    pkcs8::Error::EncryptedPrivateKey(
+                        other @ (P5::UnsupportedAlgorithm { .. }
+                        | P5::AlgorithmParametersInvalid { .. }
+                        | P5::NoPbes1CryptSupport),
+                    ) => CertError::UnsupportedEncryption {
                         path: key_path.to_string(),
-                    }
+                        reason: other.to_string(),
+                    },
+                    // Bad padding (pkcs5 reports it as DecryptFailed or EncryptFailed), or garbage
+                    // DER when a wrong passphrase happens to leave valid padding.
+                    _ => CertError::WrongPassphrase {
+                        path: key_path.to_string(),
+                    },
                 }
-                pkcs8::Error::EncryptedPrivateKey(other) => CertError::UnsupportedEncryption {
-                    path: key_path.to_string(),
-                    reason: other.to_string(),
-                },
-                // A wrong passphrase that happens to leave valid padding yields garbage DER.
-                _ => CertError::WrongPassphrase {
-                    path: key_path.to_string(),
-                },
             })?;
             pkcs8_to_ring(doc.as_bytes(), key_path).map_err(|e| match e {
                 CertError::BadKey { .. } => CertError::WrongPassphrase {
@@ -434,7 +437,14 @@ impl ClientCertificate {
         token_url: &str,
         now: DateTime<Utc>,
     ) -> Result<Secret, CertError> {
-        self.check_validity(now)?;
+        // Loading checked the start of validity; a long-running engine can outlive the end.
+        if now >= self.not_after {
+            return Err(CertError::Expired {
+                path: self.cert_path.clone(),
+                subject: self.subject.clone(),
+                not_after: self.not_after.to_rfc3339(),
+            });
+        }
         let rng = SystemRandom::new();
         let header = match alg {
             AssertionAlg::Ps256 => {
@@ -519,11 +529,19 @@ mod tests {
         let legacy = b"-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\nAAEC\n-----END RSA PRIVATE KEY-----\n";
         let e = parse_key(legacy, "k.pem", None).unwrap_err();
         assert!(matches!(e, CertError::LegacyEncryptedKey { .. }), "{e}");
-        let enc = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAEC\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let enc =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAEC\n-----END ENCRYPTED PRIVATE KEY-----\n";
         let e = parse_key(enc, "k.pem", None).unwrap_err();
-        assert!(e.to_string().contains("k.pem is encrypted: set passphrase"), "{e}");
+        assert!(
+            e.to_string().contains("k.pem is encrypted: set passphrase"),
+            "{e}"
+        );
         let e = parse_key(b"nothing", "k.pem", None).unwrap_err();
-        assert!(e.to_string().starts_with("the private key file k.pem holds no usable RSA private key"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("the private key file k.pem holds no usable RSA private key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -109,8 +109,10 @@ impl AuthToken {
                     Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
                     Ok(r) => {
                         last = token::entra_error(r.status, &r.body, &spec2);
-                        if let (AuthError::Rejected(msg), ClientCredential::Certificate { certificate, .. }) =
-                            (&mut last, &credential)
+                        if let (
+                            AuthError::Rejected(msg),
+                            ClientCredential::Certificate { certificate, .. },
+                        ) = (&mut last, &credential)
                         {
                             msg.push_str(&format!(
                                 " [certificate {}, thumbprint {}]",

@@ -60,7 +60,10 @@ pub fn assertion_form(spec: &TokenSpec, assertion: &Secret) -> Vec<(&'static str
     let mut form = vec![
         ("grant_type", "client_credentials".to_string()),
         ("client_id", spec.client_id.clone()),
-        ("client_assertion_type", crate::assertion::JWT_BEARER.to_string()),
+        (
+            "client_assertion_type",
+            crate::assertion::JWT_BEARER.to_string(),
+        ),
         ("client_assertion", assertion.expose().to_string()),
     ];
     push_audience(spec, &mut form);

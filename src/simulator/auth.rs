@@ -272,7 +272,8 @@ fn check_assertion(
         .client_certificates
         .iter()
         .find(|der| {
-            URL_SAFE_NO_PAD.encode(ring::digest::digest(digest_alg, der)) == thumb.trim_end_matches('=')
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(digest_alg, der))
+                == thumb.trim_end_matches('=')
         })
         .ok_or_else(not_found)?;
     let public_key = rsa_public_key(cert).ok_or_else(not_found)?;
