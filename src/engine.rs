@@ -59,6 +59,9 @@ pub struct EngineOptions {
     pub handle_signals: bool,
     /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
+    /// The host's pipeline hooks, run in order on every page's events before the sinks (after
+    /// the built-in `normalize`).
+    pub hooks: Vec<msgtrace_actors::hook::Hook>,
 }
 
 impl Default for EngineOptions {
@@ -69,6 +72,7 @@ impl Default for EngineOptions {
             grace: Duration::from_secs(30),
             handle_signals: true,
             sink_retry: None,
+            hooks: Vec::new(),
         }
     }
 }
@@ -238,11 +242,6 @@ pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
     for s in config.sources.values() {
         let p = format!("sources.{}", s.id);
 
-        if s.normalize.is_some() {
-            w.push(format!(
-                "{p}.normalize: ECS normalization is not implemented yet; ignored"
-            ));
-        }
         if s.proxy_url.is_some() {
             w.push(format!(
                 "{p}.proxy_url: proxies are not implemented yet; ignored"
@@ -253,6 +252,29 @@ pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
         w.push("metrics_listen: the metrics endpoint is not implemented yet; ignored".into());
     }
     w
+}
+
+/// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
+fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors::hook::Hook> {
+    let ecs: std::collections::HashMap<String, crate::normalize::EcsOptions> = config
+        .sources
+        .values()
+        .filter(|s| s.normalize == Some(crate::config::Normalize::Ecs))
+        .map(|s| {
+            let opts = crate::normalize::EcsOptions {
+                api: s.api,
+                local_domains: s.local_domains.clone(),
+                keep: s.fields.keys().cloned().collect(),
+            };
+            (s.id.clone(), opts)
+        })
+        .collect();
+    let mut hooks = Vec::new();
+    if !ecs.is_empty() {
+        hooks.push(crate::normalize::ecs_hook(ecs));
+    }
+    hooks.extend(opts.hooks.iter().cloned());
+    hooks
 }
 
 /// Builds the sink for a sink configuration.
@@ -334,7 +356,9 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
     }
     let auth = AuthToken::default().start();
     let supervisor =
-        Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone()).start();
+        Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone())
+            .with_hooks(pipeline_hooks(config, &opts))
+            .start();
 
     let work = async {
         match &mode {

@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: the TOML model (raw, then validated with every error at once).
 //! - [`engine`]: builds the actors from a configuration and runs them.
-//! - [`sinks`]: the built-in `stdout` and `file` sinks.
+//! - [`sinks`]: the built-in `stdout`, `file` and `http` sinks.
+//! - [`normalize`]: `normalize = "ecs"`, rows mapped to Elastic Common Schema names.
 //! - [`secrets`]: the encrypted secret store (`msgtrace secrets`, `oauth_secret`, `basic_secret`).
 //! - [`simulator`]: the simulated tenant (token endpoints, Graph, Reporting Web Service).
 //! - [`demo`]: `msgtrace demo`, the whole engine against the simulator.
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod normalize;
 pub mod secrets;
 pub mod simulator;
 pub mod sinks;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod dialect;
 pub mod event;
 pub mod fetcher;
+pub mod hook;
 pub mod http;
 pub mod quota;
 pub mod retry;

@@ -152,6 +152,7 @@ pub struct Supervisor {
     shutdown_waiters: Vec<oneshot::Sender<RunReport>>,
     report: RunReport,
     page_hook: Option<PageHook>,
+    hooks: Vec<crate::hook::Hook>,
     pending_sources: Option<Vec<SourceEntry>>,
     quotas: crate::quota::QuotaRegistry,
 }
@@ -180,6 +181,7 @@ impl Supervisor {
             shutdown_waiters: Vec::new(),
             report: RunReport::default(),
             page_hook,
+            hooks: Vec::new(),
             // Fetchers are started in `started`, once the supervisor has an address.
             pending_sources: Some(sources),
             quotas: crate::quota::QuotaRegistry::default(),
@@ -188,6 +190,12 @@ impl Supervisor {
 }
 
 impl Supervisor {
+    /// Pipeline hooks applied, in order, to every source's events before the sinks.
+    pub fn with_hooks(mut self, hooks: Vec<crate::hook::Hook>) -> Supervisor {
+        self.hooks = hooks;
+        self
+    }
+
     fn spawn_fetcher(&mut self, entry: &SourceEntry, ctx: &mut Context<Self>) -> Addr<Fetcher> {
         let sinks: Vec<Recipient<Deliver>> = self
             .sinks
@@ -202,6 +210,7 @@ impl Supervisor {
             sinks,
             supervisor: ctx.address().recipient(),
             page_hook: self.page_hook.clone(),
+            hooks: self.hooks.clone(),
             quota: entry
                 .spec
                 .quota

@@ -1,0 +1,94 @@
+//! Pipeline hooks: functions that see every page's events, with their metadata
+//! ([`EventMeta`](crate::event::EventMeta): `__inputId`, `__source`, `__final`, `__isBroken`),
+//! right before the sinks, and may change, drop or add events (Cribl's pre-processing pipeline).
+//!
+//! Hooks run in the Fetcher, in the order given, once per page, and only for pages with events.
+//! The page is acknowledged (and the checkpoint moves) once the sinks have what the hooks left;
+//! an empty result is acknowledged at once. A hook that panics fails the delivery of that page
+//! like a failed sink: nothing is acknowledged, and the page is delivered again by a later run.
+//!
+//! # Examples
+//!
+//! ```
+//! use msgtrace_actors::hook::{self, Hook};
+//! use std::sync::Arc;
+//!
+//! // Drop events of rows that could not be understood, tag the others.
+//! let tag: Hook = Arc::new(|events| {
+//!     events.retain(|e| !e.meta.is_broken);
+//!     for e in events.iter_mut() {
+//!         e.fields.insert("pipeline".into(), "mail".into());
+//!     }
+//! });
+//! let mut events = Vec::new();
+//! hook::apply(&[tag], &mut events).unwrap();
+//! ```
+
+use crate::event::Event;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// A pipeline hook: sees a page's events and edits the list in place.
+pub type Hook = Arc<dyn Fn(&mut Vec<Event>) + Send + Sync>;
+
+/// Runs `hooks` in order over `events`. A panic in a hook is caught and returned as an error
+/// (the page is then not delivered, so not acknowledged).
+pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), String> {
+    for (i, hook) in hooks.iter().enumerate() {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(events))) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            return Err(format!(
+                "pipeline hook {} panicked ({what}); the page was not delivered",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventMeta;
+
+    fn ev(n: i64) -> Event {
+        let mut fields = serde_json::Map::new();
+        fields.insert("n".into(), n.into());
+        Event {
+            fields,
+            meta: EventMeta {
+                input_id: Arc::from("a"),
+                source: Arc::from("u"),
+                is_final: false,
+                is_broken: n == 2,
+            },
+        }
+    }
+
+    #[test]
+    fn hooks_run_in_order_and_may_drop_or_add() {
+        let drop_broken: Hook = Arc::new(|e| e.retain(|e| !e.meta.is_broken));
+        let add: Hook = Arc::new(|e| {
+            let len = e.len() as i64;
+            e.push(ev(100 + len))
+        });
+        let mut events = vec![ev(1), ev(2), ev(3)];
+        apply(&[drop_broken, add], &mut events).unwrap();
+        let ns: Vec<i64> = events
+            .iter()
+            .map(|e| e.fields["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, vec![1, 3, 102]);
+    }
+
+    #[test]
+    fn a_panicking_hook_is_an_error() {
+        let bad: Hook = Arc::new(|_| panic!("boom"));
+        let err = apply(&[bad], &mut vec![ev(1)]).unwrap_err();
+        assert!(err.contains("boom"), "{err}");
+    }
+}

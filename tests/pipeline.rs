@@ -1,0 +1,191 @@
+//! Pipeline hooks and `normalize = "ecs"` through the full engine.
+
+mod common;
+
+use common::*;
+use msgtrace::actors::dialect::Api;
+use msgtrace::actors::event::{Event, EventMeta};
+use msgtrace::actors::hook::Hook;
+use msgtrace::engine::EngineOptions;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ecs_normalization_of_both_dialects() {
+    for api in [Api::Graph, Api::Reporting] {
+        let sim = sim(30, |_| {});
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.ndjson");
+        let cfg = parse(&config_toml(
+            &sim,
+            &Scenario {
+                api,
+                state_dir: &dir.path().join("state"),
+                out: &out,
+                start: &hours_ago(6),
+                end: &hours_ago(1),
+                page_size: 100,
+                extra: "normalize = \"ecs\"\nlocal_domains = [\"contoso.com\"]\nfields = { env = \"test\" }",
+            },
+        ));
+        assert!(
+            !msgtrace::engine::unimplemented_warnings(&cfg)
+                .iter()
+                .any(|w| w.contains("normalize")),
+            "normalize is in effect"
+        );
+        let report = run_once(&cfg, opts());
+        assert!(report.all_succeeded(), "{report:?}");
+        let events = lines(&out);
+        assert_eq!(events.len() as u64, report.jobs[0].1.rows);
+        let mut directions = std::collections::HashSet::new();
+        let (id_field, _) = api.identity_fields();
+        for e in &events {
+            assert!(e["@timestamp"].is_string(), "{e}");
+            assert!(e["email"]["from"]["address"][0].is_string(), "{e}");
+            assert!(e["email"]["to"]["address"][0].is_string(), "{e}");
+            assert!(e["email"]["local_id"].is_string(), "{e}");
+            assert!(e["email"]["message_id"].is_string(), "{e}");
+            assert!(
+                ["success", "failure", "unknown"]
+                    .contains(&e["event"]["outcome"].as_str().unwrap()),
+                "{e}"
+            );
+            assert_eq!(e["env"], "test");
+            assert!(e["_time"].is_number());
+            let original = &e["microsoft"]["online_message_trace"];
+            assert_eq!(original[id_field], e["email"]["local_id"]);
+            assert!(original.get("env").is_none());
+            directions.insert(e["email"]["direction"].as_str().unwrap().to_owned());
+        }
+        assert!(
+            directions.contains("inbound") && directions.contains("outbound"),
+            "{directions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
+    let sim = sim(30, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let cfg = parse(&config_toml(
+        &sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &dir.path().join("state"),
+            out: &out,
+            start: &hours_ago(6),
+            end: &hours_ago(1),
+            page_size: 40,
+            extra: "",
+        },
+    ));
+    let seen: Arc<Mutex<Vec<EventMeta>>> = Arc::default();
+    let s = seen.clone();
+    let hook: Hook = Arc::new(move |events: &mut Vec<Event>| {
+        s.lock()
+            .unwrap()
+            .extend(events.iter().map(|e| e.meta.clone()));
+        // Drop failed deliveries, mark the rest, and add one summary event per page.
+        events.retain(|e| e.fields["status"] != "failed");
+        for e in events.iter_mut() {
+            e.fields.insert("hooked".into(), true.into());
+        }
+        let mut summary = events[0].clone();
+        summary.fields = serde_json::Map::new();
+        summary
+            .fields
+            .insert("page_summary".into(), (events.len() as u64).into());
+        events.push(summary);
+    });
+    let report = run_once(
+        &cfg,
+        EngineOptions {
+            hooks: vec![hook],
+            ..opts()
+        },
+    );
+    assert!(report.all_succeeded(), "{report:?}");
+    let seen = seen.lock().unwrap();
+    let rows = report.jobs[0].1.rows as usize;
+    assert_eq!(seen.len(), rows, "the hook saw every event");
+    assert!(seen.iter().all(|m| &*m.input_id == "src" && !m.is_broken));
+    assert!(seen.iter().all(|m| m.source.ends_with("/messageTraces")));
+    assert_eq!(
+        seen.iter().filter(|m| m.is_final).count(),
+        1,
+        "one window, one final event"
+    );
+    assert!(seen.last().unwrap().is_final);
+
+    let written = lines(&out);
+    let summaries: Vec<&Value> = written
+        .iter()
+        .filter(|e| e.get("page_summary").is_some())
+        .collect();
+    let rows_out: Vec<&Value> = written
+        .iter()
+        .filter(|e| e.get("page_summary").is_none())
+        .collect();
+    assert_eq!(summaries.len() as u64, report.jobs[0].1.pages);
+    assert!(rows_out
+        .iter()
+        .all(|e| e["hooked"] == true && e["status"] != "failed"));
+    let failed = rows - rows_out.len();
+    assert!(failed > 0, "the simulator has failed deliveries");
+    assert!(written.iter().all(|e| e.get("__inputId").is_none()));
+}
+
+#[test]
+fn a_panicking_hook_fails_the_page_and_moves_no_checkpoint() {
+    let sim = sim(30, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg = parse(&config_toml(
+        &sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &state,
+            out: &out,
+            start: &hours_ago(6),
+            end: &hours_ago(1),
+            page_size: 40,
+            extra: "reschedule_tasks = false",
+        },
+    ));
+    let hook: Hook = Arc::new(|_| panic!("bad hook"));
+    let report = run_once(
+        &cfg,
+        EngineOptions {
+            hooks: vec![hook],
+            ..opts()
+        },
+    );
+    assert!(!report.all_succeeded());
+    assert!(report.jobs[0]
+        .1
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("bad hook"));
+    assert_eq!(report.restarts, 0, "the fetcher did not die");
+    assert!(!out.exists() || lines(&out).is_empty());
+    let cp = msgtrace::storage::Store::open(&state)
+        .unwrap()
+        .checkpoint("src")
+        .unwrap();
+    if let Some(c) = cp {
+        assert!(c.cursor.is_none() && c.pages_total == 0, "{c:?}");
+    }
+}
