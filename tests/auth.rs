@@ -375,7 +375,29 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         "eyJ0eXAiOiJKV1Qi",
         "eyJhbGciOi",
     ];
+    // Debug output of the validated configuration and of the engine's source specs (with the
+    // store secrets resolved and the certificates loaded).
+    let config = msgtrace::config::load(&cfg).unwrap();
+    let debug = {
+        let store = msgtrace::storage::Store::open(&state).unwrap();
+        let secrets = msgtrace::secrets::SecretStore::new(store);
+        let specs: Vec<_> = config
+            .sources
+            .values()
+            .map(|s| {
+                msgtrace::engine::source_spec(
+                    s,
+                    true,
+                    msgtrace::engine::SecretAccess::Store(&secrets),
+                )
+                .unwrap()
+            })
+            .collect();
+        format!("{config:?}\n{specs:?}\n{secrets:?}")
+    };
+    assert!(debug.contains("oauth_cert_rs256") && debug.contains("***"));
     for (what, haystack) in [
+        ("Debug output", &debug),
         ("debug logs", &logs),
         ("jobs --json", &jobs_json),
         ("msgtrace-dump", &dump_text),
@@ -888,4 +910,107 @@ fn graph_without_the_service_principal_names_the_app_to_provision() {
             && err.contains("8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"),
         "{err}"
     );
+}
+
+#[test]
+fn the_secret_key_can_come_from_the_environment_and_a_wrong_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state_dir = {}\n[sources.s]\napi = \"reporting\"\n[sources.s.auth]\nmethod = \"basic_secret\"\n\
+             credentials_secret = \"creds\"\n[sinks.o]\ntype = \"stdout\"\ninputs = [\"s\"]\n",
+            qp(&state)
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let key = STANDARD.encode([9u8; 32]);
+    let env = [("MSGTRACE_SECRET_KEY", key.as_str())];
+    // Argument errors: no value on the command line, a bad name, an unknown kind.
+    let o = msgtrace(
+        &["secrets", "set", "bad name", "-c", cfg],
+        Some("x\n"),
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let o = msgtrace(
+        &["secrets", "set", "creds", "-c", cfg, "--kind", "other"],
+        Some("x\n"),
+        &env,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = msgtrace(
+        &[
+            "secrets",
+            "set",
+            "creds",
+            "-c",
+            cfg,
+            "--kind",
+            "credentials",
+        ],
+        Some("only-a-user\n"),
+        &env,
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("password on the second"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = msgtrace(
+        &[
+            "secrets",
+            "set",
+            "creds",
+            "-c",
+            cfg,
+            "--kind",
+            "credentials",
+        ],
+        Some("user\npass-w0rd\n"),
+        &env,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("MSGTRACE_SECRET_KEY"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(
+        !dir.path().join("state.key").exists(),
+        "no key file when the key is given"
+    );
+    let o = msgtrace(&["validate", "-c", cfg], None, &env);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Another key: the secret is there but cannot be opened, and the message says why.
+    let other = "ab".repeat(32);
+    let o = msgtrace(
+        &["validate", "-c", cfg],
+        None,
+        &[("MSGTRACE_SECRET_KEY", &other)],
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("secret `creds` cannot be decrypted with the key from the environment variable MSGTRACE_SECRET_KEY"),
+        "{err}"
+    );
+    // No key at all.
+    let o = msgtrace(&["validate", "-c", cfg], None, &[]);
+    let err = text(&o.stderr);
+    assert!(err.contains("state.key does not exist"), "{err}");
+    // A key file named by MSGTRACE_SECRET_KEY_FILE.
+    let key_file = dir.path().join("k");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let o = msgtrace(
+        &["validate", "-c", cfg],
+        None,
+        &[("MSGTRACE_SECRET_KEY_FILE", key_file.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!err.contains("pass-w0rd"));
 }
