@@ -219,6 +219,7 @@ pub async fn collect(
             pages_total: 0,
             rows_total: 0,
             updated_at: now,
+            origin: None,
         }),
         Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
@@ -236,6 +237,9 @@ pub async fn collect(
         ));
     }
     let tasks = plan.tasks;
+    if cp.origin.is_none() {
+        cp.origin = tasks.first().map(|t| t.start);
+    }
     job.window_start = tasks.first().map(|t| t.start);
     job.window_end = tasks.last().map(|t| t.end);
     job.tasks = tasks

@@ -108,6 +108,10 @@ pub fn plan(
         if let Some(f) = floor {
             s = s.max(f);
         }
+        // Never before the first window's start: a re-read is not a backfill.
+        if let Some(origin) = checkpoint.and_then(|cp| cp.origin) {
+            s = s.max(origin);
+        }
         let already = checkpoint
             .and_then(|cp| cp.in_flight.as_ref())
             .map_or(*c, |f| f.slice_start.min(*c));
@@ -178,6 +182,7 @@ mod tests {
             pages_total: 0,
             rows_total: 0,
             updated_at: cursor,
+            origin: None,
         }
     }
 
@@ -307,6 +312,11 @@ mod tests {
             .tasks
             .iter()
             .all(|t| !t.reread));
+        // Never before the first window's start.
+        let mut c = cp(at(10, 10, 0));
+        c.origin = Some(at(10, 6, 0));
+        let p = plan(&w, Some(&c), at(10, 13, 5), None);
+        assert_eq!(p.tasks[1].start, at(10, 6, 0));
     }
 
     #[test]

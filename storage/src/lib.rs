@@ -434,6 +434,7 @@ mod tests {
             pages_total: 7,
             rows_total: 70,
             updated_at: t(5),
+            origin: None,
         };
         {
             let store = Store::open(dir.path()).unwrap();

@@ -22,6 +22,9 @@ pub struct Checkpoint {
     pub rows_total: u64,
     /// When this checkpoint was written.
     pub updated_at: DateTime<Utc>,
+    /// Start of the very first window of this cursor: re-reads never go before it.
+    #[serde(default)]
+    pub origin: Option<DateTime<Utc>>,
 }
 
 /// A slice whose pages are partly delivered.
@@ -271,6 +274,7 @@ mod tests {
             pages_total: 0,
             rows_total: 0,
             updated_at: DateTime::from_timestamp(0, 0).unwrap(),
+            origin: None,
         };
         let bytes = encode_checkpoint(&cp);
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
