@@ -317,49 +317,8 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
 /// Runs the engine inside the current actix System until done (`Once`) or until a shutdown
 /// signal (`Continuous`). Returns the jobs' outcomes.
 pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
-    msgtrace_actors::http::install_crypto();
-    // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
-    let store = Store::open(&config.state_dir)
-        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
-    let secrets = SecretStore::new(store.clone());
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for s in config.sources.values() {
-        match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
-            Ok(spec) => sources.push(SourceEntry {
-                spec,
-                job_timeout: s.job_timeout,
-            }),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(anyhow!(errors.join("\n")));
-    }
-    for w in unimplemented_warnings(config) {
-        warn!("{w}");
-    }
-    tidy_jobs(&store, config)?;
-
-    let mut arbiters = Vec::new();
-    let mut sinks = Vec::new();
-    for sink in config.sinks.values() {
-        let built = build_sink(&sink.id, &sink.kind, &opts);
-        let arbiter = Arbiter::new();
-        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
-        arbiters.push(arbiter);
-        sinks.push(SinkEntry {
-            name: sink.id.clone(),
-            addr,
-            inputs: sink.inputs.clone(),
-        });
-    }
-    let auth = AuthToken::default().start();
-    let supervisor =
-        Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone())
-            .with_hooks(pipeline_hooks(config, &opts))
-            .start();
-
+    let engine = start(config, &opts, Vec::new())?;
+    let supervisor = engine.supervisor.clone();
     let work = async {
         match &mode {
             Mode::Backfill { source, backfill } => supervisor
@@ -395,20 +354,116 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
             None
         }
     };
-    let shutdown_report = supervisor
-        .send(Shutdown { grace: opts.grace })
-        .await
-        .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
-    for a in arbiters {
-        a.stop();
-    }
-    store.flush().await?;
+    let shutdown_report = engine.stop().await?;
     Ok(match once_report {
         Some(mut r) if mode != Mode::Continuous => {
             r.restarts = r.restarts.max(shutdown_report.restarts);
             r
         }
         _ => shutdown_report,
+    })
+}
+
+/// A sink supplied by the host application (embedding), with the source ids it takes.
+pub struct HostSink {
+    /// The sink.
+    pub sink: Box<dyn Sink>,
+    /// Source ids whose events it takes; empty: every source.
+    pub inputs: Vec<String>,
+}
+
+/// A running engine: the actors are started and idle until told to collect (through
+/// [`Started::supervisor`]); [`Started::stop`] shuts it down.
+pub struct Started {
+    /// The Supervisor: send it `RunAll`, `StartSchedules`, `GetStatus`.
+    pub supervisor: Addr<Supervisor>,
+    /// The state directory.
+    pub store: Store,
+    arbiters: Vec<Arbiter>,
+    grace: Duration,
+}
+
+impl Started {
+    /// Graceful shutdown: pages in flight finish (or are abandoned after the grace period), sinks
+    /// and state are flushed, the sink threads stop. Returns the jobs that ended meanwhile.
+    pub async fn stop(self) -> anyhow::Result<RunReport> {
+        let report = self
+            .supervisor
+            .send(Shutdown { grace: self.grace })
+            .await
+            .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
+        for a in self.arbiters {
+            a.stop();
+        }
+        self.store.flush().await?;
+        Ok(report)
+    }
+}
+
+/// Opens the state directory and starts the actors (inside the current actix System), with the
+/// configured sinks plus `host_sinks`. Nothing is collected until the supervisor is told to.
+pub fn start(
+    config: &Config,
+    opts: &EngineOptions,
+    host_sinks: Vec<HostSink>,
+) -> anyhow::Result<Started> {
+    msgtrace_actors::http::install_crypto();
+    // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
+    let store = Store::open(&config.state_dir)
+        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    let secrets = SecretStore::new(store.clone());
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for s in config.sources.values() {
+        match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
+            Ok(spec) => sources.push(SourceEntry {
+                spec,
+                job_timeout: s.job_timeout,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(anyhow!(errors.join("\n")));
+    }
+    for w in unimplemented_warnings(config) {
+        warn!("{w}");
+    }
+    tidy_jobs(&store, config)?;
+
+    let mut arbiters = Vec::new();
+    let mut sinks = Vec::new();
+    let all: Vec<String> = config.sources.keys().cloned().collect();
+    let configured = config.sinks.values().map(|s| {
+        (
+            s.id.clone(),
+            build_sink(&s.id, &s.kind, opts),
+            s.inputs.clone(),
+        )
+    });
+    let hosted = host_sinks.into_iter().map(|h| {
+        let inputs = if h.inputs.is_empty() {
+            all.clone()
+        } else {
+            h.inputs
+        };
+        (h.sink.name().to_owned(), h.sink, inputs)
+    });
+    for (name, built, inputs) in configured.chain(hosted) {
+        let arbiter = Arbiter::new();
+        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
+        arbiters.push(arbiter);
+        sinks.push(SinkEntry { name, addr, inputs });
+    }
+    let auth = AuthToken::default().start();
+    let supervisor = Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone())
+        .with_hooks(pipeline_hooks(config, opts))
+        .start();
+    Ok(Started {
+        supervisor,
+        store,
+        arbiters,
+        grace: opts.grace,
     })
 }
 
