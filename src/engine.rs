@@ -16,6 +16,7 @@ use actix::prelude::*;
 use anyhow::{anyhow, Context as _};
 use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::auth::AuthToken;
+use msgtrace_actors::proxy::Proxy;
 use msgtrace_actors::retry::{self, RetryPolicy};
 use msgtrace_actors::scheduler;
 use msgtrace_actors::sink::{Sink, SinkActor};
@@ -99,7 +100,19 @@ pub fn source_spec(
     secrets: SecretAccess<'_>,
 ) -> Result<SourceSpec, String> {
     let path = format!("sources.{}", src.id);
-    let auth = auth_spec(&src.auth, secrets).map_err(|e| format!("{path}.auth: {e}"))?;
+    let mut auth = auth_spec(&src.auth, secrets).map_err(|e| format!("{path}.auth: {e}"))?;
+    let proxy = match &src.proxy_url {
+        Some(p) => Some(Proxy::from_url(p.url()).map_err(|e| format!("{path}.proxy_url: {e}"))?),
+        None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
+            .map_err(|e| format!("{path}: {e} (from the environment)"))?,
+    };
+    if let AuthSpec::OAuth { token, .. } = &mut auth {
+        token.proxy = match &src.proxy_url {
+            Some(_) => proxy.clone(),
+            None => Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
+                .map_err(|e| format!("{path}: {e} (from the environment)"))?,
+        };
+    }
     let cron = match &src.schedule {
         Schedule::Interval { mins } => scheduler::cron_for_interval(*mins),
         Schedule::Cron { expr, .. } => expr.clone(),
@@ -142,6 +155,7 @@ pub fn source_spec(
         cron,
         durable,
         reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
+        proxy,
         quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {
             requests: q.requests,
             per: q.per,
@@ -159,6 +173,7 @@ fn token_spec(app: &OAuthApp) -> TokenSpec {
             crate::config::TokenEndpoint::V1 => TokenEndpoint::V1,
             crate::config::TokenEndpoint::V2 => TokenEndpoint::V2,
         },
+        proxy: None,
     }
 }
 
@@ -238,16 +253,7 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
 
 /// Warnings for keys that validate but are not in effect yet in this build (never silently).
 pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
-    let mut w = Vec::new();
-    for s in config.sources.values() {
-        let p = format!("sources.{}", s.id);
-
-        if s.proxy_url.is_some() {
-            w.push(format!(
-                "{p}.proxy_url: proxies are not implemented yet; ignored"
-            ));
-        }
-    }
+        let mut w = Vec::new();
     if config.metrics_listen.is_some() {
         w.push("metrics_listen: the metrics endpoint is not implemented yet; ignored".into());
     }

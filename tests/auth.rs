@@ -714,6 +714,7 @@ fn spec(sim: &SimServer) -> TokenSpec {
         client_id: "sim-client".into(),
         audience: "https://graph.microsoft.com".into(),
         endpoint: TokenEndpoint::V2,
+        proxy: None,
     }
 }
 
@@ -722,8 +723,13 @@ fn token_error(spec: &TokenSpec, form: Vec<(&'static str, String)>) -> String {
     let url = spec.token_url();
     let r = actix_rt::System::new()
         .block_on(async move {
-            msgtrace::actors::http::post_form(&url, &form, Some(std::time::Duration::from_secs(10)))
-                .await
+            msgtrace::actors::http::post_form(
+                &url,
+                &form,
+                Some(std::time::Duration::from_secs(10)),
+                None,
+            )
+            .await
         })
         .unwrap();
     assert_ne!(r.status, 200, "{}", text(&r.body));
@@ -834,7 +840,7 @@ fn entra_errors_of_every_method_name_the_cause_and_the_fix() {
     let url2 = url.clone();
     let form = token::assertion_form(&good, &ok);
     let status = actix_rt::System::new()
-        .block_on(async move { msgtrace::actors::http::post_form(&url2, &form, None).await })
+        .block_on(async move { msgtrace::actors::http::post_form(&url2, &form, None, None).await })
         .unwrap()
         .status;
     assert_eq!(status, 200);

@@ -105,7 +105,14 @@ impl AuthToken {
                         }
                     }
                 };
-                match http::post_form(&url, &form, Some(Duration::from_secs(60))).await {
+                match http::post_form(
+                    &url,
+                    &form,
+                    Some(Duration::from_secs(60)),
+                    spec2.proxy.as_ref(),
+                )
+                .await
+                {
                     Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
                     Ok(r) => {
                         last = token::entra_error(r.status, &r.body, &spec2);

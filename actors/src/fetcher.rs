@@ -643,6 +643,7 @@ async fn fetch_page(
             Some(header.0.expose()),
             spec.request_timeout,
             spec.max_body_bytes,
+            spec.proxy.as_ref(),
         )
         .await
         {

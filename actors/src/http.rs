@@ -2,7 +2,9 @@
 //! covers the whole exchange including the body, a body size limit, and failures sorted into
 //! what the retry policy understands.
 
+use crate::proxy::{Proxy, ProxyConnector};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// A response whose body was read completely.
@@ -34,7 +36,9 @@ pub enum HttpError {
 }
 
 thread_local! {
-    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+    /// One client per proxy (or none) per thread: awc's client is `!Send`, and its connector,
+    /// which tunnels through the proxy, is fixed at construction.
+    static CLIENTS: RefCell<HashMap<Option<Proxy>, awc::Client>> = RefCell::new(HashMap::new());
 }
 
 /// Installs the pure-Rust TLS crypto provider once per process (rustls needs one chosen).
@@ -45,16 +49,27 @@ pub fn install_crypto() {
     });
 }
 
-fn client() -> awc::Client {
-    CLIENT.with(|c| {
+fn client(proxy: Option<&Proxy>) -> awc::Client {
+    CLIENTS.with(|c| {
         c.borrow_mut()
-            .get_or_insert_with(|| {
+            .entry(proxy.cloned())
+            .or_insert_with(|| {
                 install_crypto();
-                awc::Client::builder()
+                let builder = awc::Client::builder()
                     // Our own timeout below covers the whole exchange.
-                    .disable_timeout()
-                    .connector(awc::Connector::new().timeout(Duration::from_secs(30)))
-                    .finish()
+                    .disable_timeout();
+                match proxy {
+                    None => builder
+                        .connector(awc::Connector::new().timeout(Duration::from_secs(30)))
+                        .finish(),
+                    Some(p) => builder
+                        .connector(
+                            awc::Connector::new()
+                                .connector(ProxyConnector(p.clone()))
+                                .timeout(Duration::from_secs(30)),
+                        )
+                        .finish(),
+                }
             })
             .clone()
     })
@@ -66,8 +81,9 @@ pub async fn get(
     authorization: Option<&str>,
     timeout: Option<Duration>,
     max_body: usize,
+    proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
-    let mut req = client()
+    let mut req = client(proxy)
         .get(url)
         .insert_header(("Accept", "application/json"));
     if let Some(a) = authorization {
@@ -85,8 +101,9 @@ pub async fn post_form(
     url: &str,
     form: &[(&'static str, String)],
     timeout: Option<Duration>,
+    proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
-    let req = client()
+    let req = client(proxy)
         .post(url)
         .insert_header(("Accept", "application/json"));
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -13,6 +13,7 @@ pub mod event;
 pub mod fetcher;
 pub mod hook;
 pub mod http;
+pub mod proxy;
 pub mod quota;
 pub mod retry;
 pub mod scheduler;

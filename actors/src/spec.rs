@@ -75,6 +75,8 @@ pub struct TokenSpec {
     pub audience: String,
     /// v1 or v2 endpoint.
     pub endpoint: TokenEndpoint,
+    /// The proxy token requests go through.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl TokenSpec {
@@ -134,6 +136,8 @@ pub struct SourceSpec {
     /// Run a task that failed with a non-fatal error again, up to this many times
     /// (`reschedule_tasks` / `task_reschedule_limit`); `None` = never.
     pub reschedule_limit: Option<u32>,
+    /// The proxy API requests go through (`proxy_url`, or the environment's).
+    pub proxy: Option<crate::proxy::Proxy>,
     /// The API request budget, shared by every source with the same [`SourceSpec::quota_key`].
     pub quota: Option<crate::quota::QuotaSpec>,
 }

@@ -178,6 +178,7 @@ mod tests {
             client_id: "c1".into(),
             audience: "https://graph.microsoft.com".into(),
             endpoint,
+            proxy: None,
         }
     }
 
