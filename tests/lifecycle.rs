@@ -124,3 +124,56 @@ fn a_job_spanning_many_token_lifetimes_completes_with_refreshes_not_failures() {
         "no 401 ever reached the API: {stats:?}"
     );
 }
+
+#[test]
+fn a_tick_that_arrives_while_the_previous_run_is_going_is_skipped() {
+    use msgtrace::actors::scheduler::Due;
+    use msgtrace::actors::supervisor::{GetStatus, RunAll};
+    let api = Api::Graph;
+    let sim = sim(60, |c| c.page_latency_ms = 40);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg = parse(&config_toml(
+        &sim,
+        &Scenario {
+            api,
+            state_dir: &state,
+            out: &out,
+            start: "-1d@h",
+            end: "-1h@h",
+            page_size: 100,
+            extra: "",
+        },
+    ));
+    let report = actix_rt::System::new().block_on(async move {
+        let engine = msgtrace::engine::start(&cfg, &opts(), Vec::new()).unwrap();
+        let sup = engine.supervisor.clone();
+        let run = sup.send(RunAll {
+            kind: msgtrace::storage::JobKind::Once,
+        });
+        let run = actix_rt::spawn(run);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let status = sup.send(GetStatus).await.unwrap();
+        assert!(status[0].running, "the first run is going");
+        // Two ticks while it runs: both skipped.
+        for _ in 0..2 {
+            sup.send(Due {
+                source: "src".into(),
+                scheduled_for: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+        }
+        let report = run.await.unwrap().unwrap();
+        engine.stop().await.unwrap();
+        report
+    });
+    assert_eq!(report.jobs.len(), 1);
+    let jobs = msgtrace::storage::Store::open(&state)
+        .unwrap()
+        .jobs(Some("src"))
+        .unwrap();
+    assert_eq!(jobs.len(), 1, "no second job was started: {jobs:?}");
+    assert_exactly_once(&sim, &report, &out, api);
+}
