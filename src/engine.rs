@@ -252,12 +252,9 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
 }
 
 /// Warnings for keys that validate but are not in effect yet in this build (never silently).
-pub fn unimplemented_warnings(config: &Config) -> Vec<String> {
-        let mut w = Vec::new();
-    if config.metrics_listen.is_some() {
-        w.push("metrics_listen: the metrics endpoint is not implemented yet; ignored".into());
-    }
-    w
+pub fn unimplemented_warnings(_config: &Config) -> Vec<String> {
+    // Every key of the interface is in effect in this build.
+    Vec::new()
 }
 
 /// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
@@ -387,6 +384,7 @@ pub struct Started {
     pub store: Store,
     arbiters: Vec<Arbiter>,
     grace: Duration,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl Started {
@@ -402,6 +400,9 @@ impl Started {
             a.stop();
         }
         self.store.flush().await?;
+        if let Some(m) = self.metrics {
+            m.stop().await;
+        }
         Ok(report)
     }
 }
@@ -462,14 +463,23 @@ pub fn start(
         sinks.push(SinkEntry { name, addr, inputs });
     }
     let auth = AuthToken::default().start();
-    let supervisor = Supervisor::new(store.clone(), auth, sources, sinks, opts.page_hook.clone())
-        .with_hooks(pipeline_hooks(config, opts))
-        .start();
+    let supervisor =
+        Supervisor::new(store.clone(), auth.clone(), sources, sinks, opts.page_hook.clone())
+            .with_hooks(pipeline_hooks(config, opts))
+            .start();
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::serve(addr, supervisor.clone(), auth, store.clone())
+                .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
     Ok(Started {
         supervisor,
         store,
         arbiters,
         grace: opts.grace,
+        metrics,
     })
 }
 

@@ -87,6 +87,7 @@ pub mod config;
 pub mod demo;
 pub mod embed;
 pub mod engine;
+pub mod metrics;
 pub mod normalize;
 pub mod secrets;
 pub mod simulator;

@@ -367,6 +367,7 @@ async fn end_job(
         job.errors.push(e.clone());
     }
     job.finish(state, Utc::now());
+    crate::telemetry::job_ended(&env.spec.id, state);
     let mut error = error;
     let saved = match env.store.put_job(&job) {
         Ok(()) => env.store.flush().await,
@@ -571,6 +572,7 @@ async fn collect_slice(
             last = is_last,
             "page committed"
         );
+        crate::telemetry::page_committed(&spec.id, n);
         if let Some(hook) = &env.page_hook {
             hook(&spec.id, job.pages, job.rows);
         }
@@ -672,6 +674,7 @@ async fn fetch_page(
             Ok(resp) => {
                 if resp.status == 429 {
                     job.throttled += 1;
+                    crate::telemetry::throttled(&spec.id);
                     if let (Some(gate), Some(after)) = (&env.quota, resp.retry_after) {
                         // Every source of this tenant holds back, not only this one.
                         gate.lock()
@@ -734,6 +737,7 @@ async fn fetch_page(
                 retries += 1;
                 job.retries += 1;
                 job.tasks[i].retries += 1;
+                crate::telemetry::retried(&spec.id);
                 if d.from_retry_after {
                     warn!(delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After");
                 } else {

@@ -21,6 +21,7 @@ pub mod secret;
 pub mod sink;
 pub mod spec;
 pub mod supervisor;
+pub mod telemetry;
 pub mod time;
 pub mod token;
 pub mod window;
