@@ -113,7 +113,7 @@ fn check_reread(api: Api) {
         "no row from outside the span"
     );
     assert!(
-        updates > 10,
+        updates > 0,
         "{api:?}: status changes were delivered as updates ({updates})"
     );
 }
