@@ -463,10 +463,15 @@ pub fn start(
         sinks.push(SinkEntry { name, addr, inputs });
     }
     let auth = AuthToken::default().start();
-    let supervisor =
-        Supervisor::new(store.clone(), auth.clone(), sources, sinks, opts.page_hook.clone())
-            .with_hooks(pipeline_hooks(config, opts))
-            .start();
+    let supervisor = Supervisor::new(
+        store.clone(),
+        auth.clone(),
+        sources,
+        sinks,
+        opts.page_hook.clone(),
+    )
+    .with_hooks(pipeline_hooks(config, opts))
+    .start();
     let metrics = match config.metrics_listen {
         Some(addr) => Some(
             crate::metrics::serve(addr, supervisor.clone(), auth, store.clone())

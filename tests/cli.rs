@@ -121,8 +121,11 @@ fn validate_accepts_a_good_config_and_run_once_collects() {
     let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(jobs[0]["state"], "succeeded");
     let table = text(&msgtrace(&["jobs", "-c", c]).stdout);
-        assert!(table.contains("succeeded"), "{table}");
-    assert!(table.contains("    task "), "tasks are listed under their job: {table}");
+    assert!(table.contains("succeeded"), "{table}");
+    assert!(
+        table.contains("    task "),
+        "tasks are listed under their job: {table}"
+    );
 
     let o = dump(&[state.to_str().unwrap()]);
     let t = text(&o.stdout);
