@@ -21,7 +21,7 @@ fn scenario<'a>(api: Api, dir: &'a std::path::Path, out: &'a std::path::Path) ->
     }
 }
 
-fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u64, String) {
+fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u64, String, u64) {
     let sim = Arc::new(sim(60, |_| {}));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
@@ -45,7 +45,7 @@ fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u6
         .jobs(Some("src"))
         .unwrap();
     let requeries: u32 = jobs[0].tasks.iter().map(|t| t.requeries).sum();
-    (requeries as u64, jobs[0].errors.join("\n"))
+    (requeries as u64, jobs[0].errors.join("\n"), jobs[0].retries)
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn a_next_link_that_keeps_failing_is_abandoned_and_the_slice_requeried_without_d
             status: 400,
             retry_after_secs: None,
         };
-        let (requeries, errors) = run_with_faults_after_page(api, 3, vec![poisoned; 3]);
+        let (requeries, errors, _) = run_with_faults_after_page(api, 3, vec![poisoned; 3]);
         assert_eq!(requeries, 1, "{api:?}");
         assert!(errors.contains("next link abandoned"), "{errors}");
     }
@@ -77,7 +77,8 @@ fn throttling_and_server_errors_are_retried_to_completion() {
             retry_after_secs: None,
         },
     ];
-    let (requeries, _) = run_with_faults_after_page(Api::Graph, 2, faults);
+    let (requeries, _, retries) = run_with_faults_after_page(Api::Graph, 2, faults);
+    assert_eq!(retries, 3);
     assert_eq!(requeries, 0);
 }
 
@@ -195,4 +196,38 @@ fn a_page_that_stalls_past_request_timeout_is_retried() {
         .jobs(Some("src"))
         .unwrap();
     assert!(jobs[0].retries >= 1, "{:?}", jobs[0]);
+}
+
+#[test]
+fn hostile_responses_are_retried_and_no_page_is_half_delivered() {
+    let not_json = SimFault::Body {
+        status: 200,
+        content_type: "application/json",
+        body: "{\"value\": [ {\"id\": ",
+    };
+    let html = SimFault::Body {
+        status: 200,
+        content_type: "text/html",
+        body: "<html><head><title>Service Unavailable</title></head><body>busy</body></html>",
+    };
+    let shape = SimFault::Body {
+        status: 200,
+        content_type: "application/json",
+        body: "{\"unexpected\": true}",
+    };
+    for (api, fault) in [
+        (Api::Graph, not_json),
+        (Api::Reporting, html),
+        (Api::Graph, shape),
+        (Api::Graph, SimFault::Truncated),
+        (Api::Reporting, SimFault::Truncated),
+    ] {
+        // Each: retried, then every row exactly once (checked inside).
+        let (requeries, errors, retries) = run_with_faults_after_page(api, 2, vec![fault, fault]);
+        assert_eq!(requeries, 0, "{api:?} {fault:?}: {errors}");
+        assert_eq!(
+            retries, 2,
+            "{api:?} {fault:?}: both bad answers were retried"
+        );
+    }
 }

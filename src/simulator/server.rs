@@ -56,11 +56,24 @@ pub enum SimFault {
         /// Seconds for the `Retry-After` header.
         retry_after_secs: Option<u64>,
     },
-    /// Wait this long, then serve the request normally (client timeout tests).
+        /// Wait this long, then serve the request normally (client timeout tests).
     Delay {
         /// Extra latency in milliseconds.
         ms: u64,
     },
+    /// Answer with this body instead of data: invalid JSON, an HTML error page, an unexpected
+    /// shape.
+    Body {
+        /// HTTP status code.
+        status: u16,
+        /// `Content-Type` of the body.
+        content_type: &'static str,
+        /// The body.
+        body: &'static str,
+    },
+    /// Start a 200 JSON answer and break the connection in the middle of the body (a truncated
+    /// body, as after a connection reset).
+    Truncated,
 }
 
 /// Settings of a simulated tenant server.
@@ -279,6 +292,36 @@ impl State {
             .unwrap_or_else(|e| e.into_inner())
             .insert(h, n);
         n
+    }
+
+        /// Takes the next injected fault if it replaces the whole answer (a body fault).
+    fn take_body_fault(&self) -> Option<HttpResponse> {
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let answer = match faults.front()? {
+            SimFault::Body {
+                status,
+                content_type,
+                body,
+            } => HttpResponse::build(fault_status(*status))
+                .content_type(*content_type)
+                .body(*body),
+            SimFault::Truncated => {
+                let parts: Vec<Result<actix_web::web::Bytes, std::io::Error>> = vec![
+                    Ok(actix_web::web::Bytes::from_static(b"{\"value\":[{\"id\":\"x\",")),
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "simulated connection reset",
+                    )),
+                ];
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .streaming(futures_util::stream::iter(parts))
+            }
+            _ => return None,
+        };
+        faults.pop_front();
+        self.counters.bump(&self.counters.data_requests, 1);
+        Some(answer)
     }
 
     /// Takes the next injected fault, if any.
@@ -622,6 +665,8 @@ async fn apply_fault(state: &State) -> Option<(StatusCode, Option<u64>)> {
             actix_rt::time::sleep(Duration::from_millis(ms)).await;
             None
         }
+        // Taken by `take_body_fault` before the gate; unreachable here.
+        SimFault::Body { .. } | SimFault::Truncated => None,
         SimFault::Status {
             status,
             retry_after_secs,
@@ -776,6 +821,9 @@ async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse 
         }
         Ok(())
     };
+        if let Some(answer) = state.take_body_fault() {
+        return answer;
+    }
     if let Err((status, retry, message)) = gate(state, authorized).await {
         return graph_error_retry(req, state, status, graph_code(status), &message, retry);
     }
@@ -924,6 +972,9 @@ async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
             Err(String::new())
         }
     };
+        if let Some(answer) = state.take_body_fault() {
+        return answer;
+    }
     match gate(state, authorized).await {
         Ok(()) => {}
         Err((StatusCode::UNAUTHORIZED, _, _)) => {
