@@ -56,7 +56,7 @@ pub enum SimFault {
         /// Seconds for the `Retry-After` header.
         retry_after_secs: Option<u64>,
     },
-        /// Wait this long, then serve the request normally (client timeout tests).
+    /// Wait this long, then serve the request normally (client timeout tests).
     Delay {
         /// Extra latency in milliseconds.
         ms: u64,
@@ -294,7 +294,7 @@ impl State {
         n
     }
 
-        /// Takes the next injected fault if it replaces the whole answer (a body fault).
+    /// Takes the next injected fault if it replaces the whole answer (a body fault).
     fn take_body_fault(&self) -> Option<HttpResponse> {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let answer = match faults.front()? {
@@ -307,7 +307,9 @@ impl State {
                 .body(*body),
             SimFault::Truncated => {
                 let parts: Vec<Result<actix_web::web::Bytes, std::io::Error>> = vec![
-                    Ok(actix_web::web::Bytes::from_static(b"{\"value\":[{\"id\":\"x\",")),
+                    Ok(actix_web::web::Bytes::from_static(
+                        b"{\"value\":[{\"id\":\"x\",",
+                    )),
                     Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,
                         "simulated connection reset",
@@ -821,7 +823,7 @@ async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse 
         }
         Ok(())
     };
-        if let Some(answer) = state.take_body_fault() {
+    if let Some(answer) = state.take_body_fault() {
         return answer;
     }
     if let Err((status, retry, message)) = gate(state, authorized).await {
@@ -972,7 +974,7 @@ async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
             Err(String::new())
         }
     };
-        if let Some(answer) = state.take_body_fault() {
+    if let Some(answer) = state.take_body_fault() {
         return answer;
     }
     match gate(state, authorized).await {
