@@ -9,7 +9,6 @@ use crate::simulator::{SimConfig, SimServer};
 use anyhow::{anyhow, Context};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What the demo collects.
 #[derive(Clone, Debug)]
@@ -97,19 +96,17 @@ path = {out}
         out = toml_str(&opts.out.to_string_lossy()),
     );
     let config = config::from_str(&toml).map_err(|e| anyhow!("demo configuration: {e}"))?;
-    let progress = opts.progress;
-    let hook: msgtrace_actors::supervisor::PageHook = Arc::new(move |_source, pages, rows| {
-        if progress {
-            eprintln!("  page {pages:>4}  {rows:>8} rows delivered and checkpointed");
-        }
-    });
+    let progress = crate::progress::Progress::stderr();
     let options = EngineOptions {
-        page_hook: Some(hook),
+        page_hook: opts.progress.then(|| progress.hook()),
         handle_signals: true,
         ..EngineOptions::default()
     };
     let report = actix_rt::System::new()
         .block_on(async move { engine::run(&config, Mode::Once, options).await })?;
+    if opts.progress {
+        progress.finish();
+    }
     let (_, job) = report
         .jobs
         .first()

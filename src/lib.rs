@@ -89,6 +89,7 @@ pub mod embed;
 pub mod engine;
 pub mod metrics;
 pub mod normalize;
+pub mod progress;
 pub mod secrets;
 pub mod simulator;
 pub mod sinks;

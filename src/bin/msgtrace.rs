@@ -344,12 +344,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 "msgtrace: backfilling {source} from {s} to {e} (checkpoint {}; run the same command again to resume)",
                 backfill.cursor_name(&source)
             );
-            let hook: msgtrace::actors::supervisor::PageHook =
-                std::sync::Arc::new(move |_, pages, rows| {
-                    eprintln!("  page {pages:>5}  {rows:>9} rows delivered");
-                });
+            let progress = msgtrace::progress::Progress::stderr();
             let opts = EngineOptions {
-                page_hook: Some(hook),
+                page_hook: Some(progress.hook()),
                 ..EngineOptions::default()
             };
             let mode = Mode::Backfill {
@@ -358,6 +355,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             let report =
                 actix_rt::System::new().block_on(async { engine::run(&cfg, mode, opts).await });
+            progress.finish();
             let report = match report {
                 Ok(r) => r,
                 Err(e) => {
