@@ -177,3 +177,35 @@ fn run_once_exits_1_when_the_api_refuses() {
     assert!(e.contains("client secret"), "{e}");
     assert!(!e.contains("sim-secret"), "{e}");
 }
+
+#[test]
+fn a_source_log_level_applies_inside_its_jobs() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    let toml = config_toml(
+        &sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &dir.path().join("state"),
+            out: &dir.path().join("out.ndjson"),
+            start: "-3h@h",
+            end: "-1h@h",
+            page_size: 100,
+            extra: "log_level = \"debug\"",
+        },
+    );
+    // Global level warn (from the template); the source says debug.
+    std::fs::write(&cfg, &toml).unwrap();
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("page committed"),
+        "debug lines of the source's job: {err}"
+    );
+    // Without it, nothing below warn.
+    std::fs::write(&cfg, toml.replace("log_level = \"debug\"", "")).unwrap();
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    assert!(!text(&o.stderr).contains("page committed"));
+}

@@ -194,10 +194,27 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_logging(level: &str, json: bool) {
+/// Logging for a configuration: its `log_level`, plus each source's own `log_level` applied to
+/// everything logged inside that source's jobs.
+fn init_config_logging(cfg: &Config) {
+    let mut directives = format!(
+        "{},actix_server=warn,actix_web=warn",
+        cfg.log_level.as_str()
+    );
+    for s in cfg.sources.values() {
+        if let Some(level) = s.log_level {
+            directives.push_str(&format!(",[job{{source={}}}]={}", s.id, level.as_str()));
+        }
+    }
+    init_logging(&directives, cfg.log_format == LogFormat::Json);
+}
+
+fn init_logging(directives: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MSGTRACE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},actix_server=warn,actix_web=warn")));
+    let filter = EnvFilter::try_from_env("MSGTRACE_LOG").unwrap_or_else(|_| {
+        EnvFilter::try_new(directives)
+            .unwrap_or_else(|_| EnvFilter::new("info,actix_server=warn,actix_web=warn"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -215,7 +232,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             hours,
             page_size,
         } => {
-            init_logging("warn", false);
+            init_logging("warn,actix_server=warn,actix_web=warn", false);
             eprintln!(
                 "msgtrace demo: starting the simulated tenant on 127.0.0.1 and collecting {hours} hours of mail flow"
             );
@@ -312,7 +329,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            init_logging(cfg.log_level.as_str(), cfg.log_format == LogFormat::Json);
+            init_config_logging(&cfg);
             if !cfg.sources.contains_key(&source) {
                 let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
                 eprintln!(
@@ -386,7 +403,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            init_logging(cfg.log_level.as_str(), cfg.log_format == LogFormat::Json);
+            init_config_logging(&cfg);
             for w in &cfg.warnings {
                 tracing::warn!("{w}");
             }
@@ -490,7 +507,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             changing_per_mille,
             status_change_after_ms,
         } => {
-            init_logging("info", false);
+            init_logging("info,actix_server=warn,actix_web=warn", false);
             if messages_per_hour == 0 || max_recipients == 0 {
                 return Err(anyhow!(
                     "--messages-per-hour and --max-recipients must be at least 1"
