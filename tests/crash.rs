@@ -7,22 +7,7 @@ mod common;
 use common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::Store;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// xorshift64*: enough randomness for kill timings, seeded and printed for reproduction.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 fn crash_run(api: Api, kills_wanted: u32) {
     let page_size = 100;
@@ -47,29 +32,8 @@ fn crash_run(api: Api, kills_wanted: u32) {
         ),
     )
     .unwrap();
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash test seed {seed} (set CRASH_SEED to reproduce)");
-    let mut rng = Rng(seed);
-    let bin = env!("CARGO_BIN_EXE_msgtrace");
-    let spawn = || {
-        Command::new(bin)
-            .args(["run", "--once", "-c"])
-            .arg(&cfg_path)
-            .env("MSGTRACE_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("child starts")
-    };
+    let mut rng = Rng::seeded("crash test");
+    let spawn = || spawn_run_once(&cfg_path);
     let started = Instant::now();
     let mut kills = 0;
     let mut finished_early = 0;

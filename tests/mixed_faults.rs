@@ -7,21 +7,7 @@ use common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::simulator::{SimFault, SimQuota};
 use msgtrace::storage::Store;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
 
 const FAULTS: [SimFault; 7] = [
     SimFault::Status {
@@ -82,24 +68,8 @@ fn all_fault_classes_and_sigkills_lose_no_row() {
         ),
     )
     .unwrap();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("mixed-fault seed {seed}");
-    let mut rng = Rng(seed);
-    let bin = env!("CARGO_BIN_EXE_msgtrace");
-    let spawn = || {
-        Command::new(bin)
-            .args(["run", "--once", "-c"])
-            .arg(&cfg)
-            .env("MSGTRACE_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let mut rng = Rng::seeded("mixed-fault");
+    let spawn = || spawn_run_once(&cfg);
     let mut kills = 0;
     let mut injected = 0;
     let started = Instant::now();

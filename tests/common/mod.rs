@@ -188,3 +188,50 @@ pub fn assert_exactly_once(sim: &SimServer, report: &RunReport, out: &Path, api:
         "missing, extra, duplicates"
     );
 }
+
+/// xorshift64*: enough randomness for kill timings and fault choices, seeded from the clock (or
+/// `CRASH_SEED`) and printed so that a failure can be reproduced.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator seeded from `CRASH_SEED` or the clock; prints the seed under `label`.
+    pub fn seeded(label: &str) -> Rng {
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("{label} seed {seed} (set CRASH_SEED to reproduce)");
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// Starts `msgtrace run --once -c cfg` as a child process, quiet.
+pub fn spawn_run_once(cfg: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["run", "--once", "-c"])
+        .arg(cfg)
+        .env("MSGTRACE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("msgtrace starts")
+}
