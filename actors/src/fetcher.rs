@@ -623,14 +623,7 @@ async fn fetch_page(
     let mut retries: u32 = 0;
     let mut reauthenticated = false;
     loop {
-        let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
-                return Err(Stop::Fatal(e.to_string()))
-            }
-            Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
-            Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
-        };
+        // The budget first: a long wait must not age the token taken for this request.
         if let Some(gate) = &env.quota {
             let waited = crate::quota::acquire(gate).await;
             if !waited.is_zero() {
@@ -640,6 +633,14 @@ async fn fetch_page(
                 );
             }
         }
+        let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
+                return Err(Stop::Fatal(e.to_string()))
+            }
+            Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
+            Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
+        };
         let (failure, message) = match http::get(
             url,
             Some(header.0.expose()),
