@@ -78,6 +78,15 @@ fn metrics_move_during_a_run_and_health_answers() {
             if p > 0.0 && seen.last() != Some(&p) {
                 seen.push(p);
                 assert!(sample(&body, rows) > 0.0, "{body}");
+                assert!(
+                    sample(&body, "msgtrace_response_bytes_total{source=\"src\"}") > 0.0,
+                    "{body}"
+                );
+                // The test config's budget is 100000 per second: plenty left.
+                assert!(
+                    sample(&body, "msgtrace_quota_remaining{source=\"src\"}") > 1000.0,
+                    "{body}"
+                );
                 assert!(body.contains("msgtrace_token_requests_total 1"), "{body}");
                 assert!(
                     body.contains("msgtrace_source_running{source=\"src\"} 1"),

@@ -626,6 +626,11 @@ async fn fetch_page(
         // The budget first: a long wait must not age the token taken for this request.
         if let Some(gate) = &env.quota {
             let waited = crate::quota::acquire(gate).await;
+            let left = gate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remaining(Instant::now());
+            crate::telemetry::quota_remaining(&spec.id, left);
             if !waited.is_zero() {
                 debug!(
                     waited_ms = waited.as_millis() as u64,
@@ -650,10 +655,13 @@ async fn fetch_page(
         )
         .await
         {
-            Ok(resp) if resp.status == 200 => match spec.api.parse_page(&resp.body, &request_url) {
-                Ok(page) => return Ok(page),
-                Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
-            },
+            Ok(resp) if resp.status == 200 => {
+                crate::telemetry::response_bytes(&spec.id, resp.body.len());
+                match spec.api.parse_page(&resp.body, &request_url) {
+                    Ok(page) => return Ok(page),
+                    Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
+                }
+            }
             Ok(resp) if resp.status == 401 && !reauthenticated => {
                 if let Some(token) = spec.auth.token_spec() {
                     reauthenticated = true;

@@ -6,6 +6,8 @@
 //! |---|---|---|---|
 //! | `msgtrace_rows_total` | counter | `source` | events delivered to every sink and checkpointed |
 //! | `msgtrace_pages_total` | counter | `source` | pages delivered and checkpointed |
+//! | `msgtrace_response_bytes_total` | counter | `source` | bytes of API response bodies received |
+//! | `msgtrace_quota_remaining` | gauge | `source` | requests left in the tenant's budget after the last one |
 //! | `msgtrace_retries_total` | counter | `source` | API requests retried |
 //! | `msgtrace_throttled_total` | counter | `source` | API answers 429 |
 //! | `msgtrace_jobs_total` | counter | `source`, `state` | jobs ended, by outcome |
@@ -26,6 +28,17 @@ pub fn page_committed(source: &str, rows: u64) {
     counter!("msgtrace_pages_total", "source" => s.clone()).increment(1);
     counter!("msgtrace_rows_total", "source" => s.clone()).increment(rows);
     gauge!("msgtrace_last_page_timestamp_seconds", "source" => s).set(now());
+}
+
+/// An API response body of `bytes` was received.
+pub fn response_bytes(source: &str, bytes: usize) {
+    counter!("msgtrace_response_bytes_total", "source" => source.to_owned())
+        .increment(bytes as u64);
+}
+
+/// Requests left in the tenant's budget right after one was taken.
+pub fn quota_remaining(source: &str, left: u32) {
+    gauge!("msgtrace_quota_remaining", "source" => source.to_owned()).set(f64::from(left));
 }
 
 /// An API request is retried.
