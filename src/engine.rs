@@ -284,7 +284,7 @@ fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors:
 fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions) -> Box<dyn Sink> {
     match kind {
         SinkKind::Stdout => Box::new(StdoutSink::new(id)),
-        SinkKind::File { path } => Box::new(FileSink::new(id, path)),
+        SinkKind::File { path, rotate } => Box::new(FileSink::new(id, path).with_rotation(*rotate)),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);
             Box::new(match &opts.sink_retry {

@@ -52,6 +52,7 @@ pub struct FileSink {
     path: PathBuf,
     file: Option<File>,
     fsync: bool,
+    rotate: Option<crate::config::Rotation>,
 }
 
 impl FileSink {
@@ -62,7 +63,44 @@ impl FileSink {
             path: path.to_path_buf(),
             file: None,
             fsync: true,
+            rotate: None,
         }
+    }
+
+    /// Rotates the file by size (see [`crate::config::Rotation`]).
+    pub fn with_rotation(mut self, rotate: Option<crate::config::Rotation>) -> FileSink {
+        self.rotate = rotate;
+        self
+    }
+
+    /// Renames the live file to `path.1` (shifting older ones, dropping the oldest) when
+    /// `incoming` more bytes would take it past the limit. A page is never split.
+    fn rotate_if_needed(&mut self, incoming: usize) -> std::io::Result<()> {
+        let Some(r) = self.rotate else {
+            return Ok(());
+        };
+        let len = match std::fs::metadata(&self.path) {
+            Ok(m) => m.len(),
+            Err(_) => return Ok(()),
+        };
+        if len == 0 || len + incoming as u64 <= r.max_bytes {
+            return Ok(());
+        }
+        self.file = None;
+        let rotated = |n: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{n}"));
+            PathBuf::from(p)
+        };
+        let _ = std::fs::remove_file(rotated(r.keep));
+        for n in (1..r.keep).rev() {
+            if rotated(n).exists() {
+                std::fs::rename(rotated(n), rotated(n + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(1))?;
+        tracing::info!(sink = %self.name, file = %self.path.display(), "rotated");
+        Ok(())
     }
 
     /// Whether to `fsync` each batch (on by default; flushing to the OS alone survives a process
@@ -137,6 +175,10 @@ impl Sink for FileSink {
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
         let bytes = batch.to_ndjson();
         let fsync = self.fsync;
+        if let Err(e) = self.rotate_if_needed(bytes.len()) {
+            let err = self.err("cannot rotate", e);
+            return Box::pin(async move { Err(err) });
+        }
         let r = self.open().and_then(|f| {
             f.write_all(&bytes)
                 .and_then(|()| f.flush())
@@ -165,6 +207,60 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_by_size_never_splits_a_page_and_keeps_n_files() {
+        use msgtrace_actors::event::{Event, EventMeta};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let mut sink = FileSink::new("f", &path).with_rotation(Some(crate::config::Rotation {
+            max_bytes: 250,
+            keep: 2,
+        }));
+        let page = |n: usize| {
+            let events = (0..n)
+                .map(|i| {
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("i".into(), (i as u64).into());
+                    fields.insert("pad".into(), "x".repeat(30).into());
+                    Event {
+                        fields,
+                        meta: EventMeta {
+                            input_id: Arc::from("s"),
+                            source: Arc::from("u"),
+                            is_final: false,
+                            is_broken: false,
+                        },
+                    }
+                })
+                .collect();
+            Batch {
+                source: Arc::from("s"),
+                events: Arc::new(events),
+            }
+        };
+        let block = |f: LocalBoxFuture<'_, Result<(), SinkError>>| {
+            actix_rt::System::new().block_on(f).unwrap()
+        };
+        for _ in 0..6 {
+            block(sink.deliver(&page(3)));
+        }
+        let lines = |p: &Path| {
+            std::fs::read_to_string(p)
+                .map(|t| t.lines().count())
+                .unwrap_or(0)
+        };
+        let rotated = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+        // Each page is 3 lines of ~50 bytes: at most one page (150 bytes) fits under 250 with
+        // another; files hold whole pages.
+        for p in [path.clone(), rotated(1), rotated(2)] {
+            assert!(p.exists(), "{}", p.display());
+            assert_eq!(lines(&p) % 3, 0, "whole pages only in {}", p.display());
+            assert!(std::fs::metadata(&p).unwrap().len() <= 250);
+        }
+        assert!(!rotated(3).exists(), "only `keep` rotated files");
+    }
 
     #[test]
     fn torn_tail_is_cut_to_last_full_line() {

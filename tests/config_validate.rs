@@ -100,7 +100,7 @@ fn interface_example_is_valid_with_its_variables_set() {
     );
 
     assert!(
-        matches!(&config.sinks["out"].kind, SinkKind::File { path } if path == Path::new("/var/log/msgtrace/events.ndjson"))
+        matches!(&config.sinks["out"].kind, SinkKind::File { path, .. } if path == Path::new("/var/log/msgtrace/events.ndjson"))
     );
     let SinkKind::Http(siem) = &config.sinks["siem"].kind else {
         panic!("siem should be http")
@@ -600,4 +600,33 @@ fn nothing_panics_on_odd_input() {
             assert!(!e.path.is_empty() && !e.message.is_empty(), "{text}: {e:?}");
         }
     }
+}
+
+#[test]
+fn file_sink_rotation_keys() {
+    let base = read("minimal.toml");
+    let with = |extra: &str| {
+        config::from_str_with_env(&format!("{base}\n[sinks.file]\ntype = \"file\"\ninputs = [\"contoso\"]\npath = \"/tmp/x.ndjson\"\n{extra}\n"), &test_env)
+    };
+    let c = with("rotate_max_bytes = 1048576").unwrap();
+    match &c.sinks["file"].kind {
+        SinkKind::File { rotate, .. } => assert_eq!(
+            *rotate,
+            Some(msgtrace::config::Rotation {
+                max_bytes: 1_048_576,
+                keep: 5
+            })
+        ),
+        other => panic!("{other:?}"),
+    }
+    let e = with("rotate_max_bytes = 10").unwrap_err().to_string();
+    assert!(
+        e.contains("sinks.file.rotate_max_bytes: 10 is out of range"),
+        "{e}"
+    );
+    let e = with("rotate_keep = 3").unwrap_err().to_string();
+    assert!(
+        e.contains("sinks.file.rotate_keep: has no effect without rotate_max_bytes"),
+        "{e}"
+    );
 }

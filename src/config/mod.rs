@@ -450,9 +450,22 @@ pub enum SinkKind {
     File {
         /// The file written to (created if missing).
         path: PathBuf,
+        /// Size-based rotation, when configured.
+        rotate: Option<Rotation>,
     },
     /// Batches POSTed to an HTTP endpoint.
     Http(HttpSinkConfig),
+}
+
+/// Size-based rotation of a file sink: before a page would make the file larger than
+/// `max_bytes`, it is renamed to `path.1` (older ones shift to `.2` .. `.keep`, the oldest is
+/// removed) and a new file is started. A page is never split across files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Largest size of the live file, in bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
 }
 
 /// Settings of an `http` sink.

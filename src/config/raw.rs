@@ -190,6 +190,10 @@ pub struct RawSink {
     pub inputs: Option<Vec<String>>,
     /// `path` (file).
     pub path: Option<String>,
+    /// `rotate_max_bytes` (file): rotate the file before it would grow past this size.
+    pub rotate_max_bytes: Option<i64>,
+    /// `rotate_keep` (file): rotated files kept (`path.1` newest .. `path.N`).
+    pub rotate_keep: Option<i64>,
     /// `url` (http).
     pub url: Option<String>,
     /// `format` (http): ndjson | json | splunk_hec | elasticsearch_bulk.

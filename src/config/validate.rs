@@ -1075,8 +1075,10 @@ impl Cx<'_> {
                 return None;
             }
         };
-        let owners: [(&str, bool, &str); 7] = [
+        let owners: [(&str, bool, &str); 9] = [
             ("path", raw.path.is_some(), "file"),
+            ("rotate_max_bytes", raw.rotate_max_bytes.is_some(), "file"),
+            ("rotate_keep", raw.rotate_keep.is_some(), "file"),
             ("url", raw.url.is_some(), "http"),
             ("format", raw.format.is_some(), "http"),
             ("token", raw.token.is_some(), "http"),
@@ -1095,13 +1097,33 @@ impl Cx<'_> {
 
         let kind = match kind {
             "stdout" => Some(SinkKind::Stdout),
-            "file" => self
-                .required_path(
+            "file" => {
+                let rotate = match raw.rotate_max_bytes {
+                    None => None,
+                    Some(n) => self
+                        .int_in::<u64>(&at("rotate_max_bytes"), n, 4096, i64::MAX, "")
+                        .map(|max_bytes| Rotation { max_bytes, keep: 5 }),
+                };
+                let keep = match raw.rotate_keep {
+                    None => Some(5),
+                    Some(n) => self.int_in::<u32>(&at("rotate_keep"), n, 1, 1000, ""),
+                };
+                if raw.rotate_keep.is_some() && raw.rotate_max_bytes.is_none() {
+                    self.error(
+                        &at("rotate_keep"),
+                        "has no effect without rotate_max_bytes; set both or neither",
+                    );
+                }
+                self.required_path(
                     &at("path"),
                     raw.path.as_deref(),
                     "the file to append events to",
                 )
-                .map(|path| SinkKind::File { path }),
+                .map(|path| SinkKind::File {
+                    path,
+                    rotate: rotate.zip(keep).map(|(r, keep)| Rotation { keep, ..r }),
+                })
+            }
             _ => self.http_sink(&p, raw).map(SinkKind::Http),
         };
         Some(SinkConfig {
