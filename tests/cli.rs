@@ -209,3 +209,47 @@ fn a_source_log_level_applies_inside_its_jobs() {
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     assert!(!text(&o.stderr).contains("page committed"));
 }
+
+#[test]
+fn the_stdout_sink_writes_one_json_line_per_row() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("unused.ndjson");
+    let toml = config_toml(
+        &sim,
+        &Scenario {
+            api: Api::Reporting,
+            state_dir: &dir.path().join("state"),
+            out: &out,
+            start: "-4h@h",
+            end: "-1h@h",
+            page_size: 100,
+            extra: "",
+        },
+    )
+    .replace("type = \"file\"", "type = \"stdout\"")
+    .replace(
+        &format!(
+            "path = {}",
+            serde_json::to_string(&out.to_string_lossy()).unwrap()
+        ),
+        "",
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    let mut ids = std::collections::HashSet::new();
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["_time"].is_f64());
+        ids.insert((
+            v["MessageTraceId"].as_str().unwrap().to_owned(),
+            v["RecipientAddress"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert_eq!(ids.len(), stdout.lines().count(), "no row twice");
+    assert!(ids.len() > 100);
+    assert!(!out.exists());
+}
