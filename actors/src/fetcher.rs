@@ -285,6 +285,12 @@ pub async fn collect(
                 &cancel,
                 deadline,
             )
+            .instrument(tracing::info_span!(
+                "slice",
+                start = %task.start,
+                end = %task.end,
+                reread = task.reread
+            ))
             .await
             {
                 // A task that failed with a non-fatal error is run again (from its last
