@@ -231,3 +231,30 @@ fn hostile_responses_are_retried_and_no_page_is_half_delivered() {
         );
     }
 }
+
+#[test]
+fn revoked_tokens_are_replaced_and_the_page_retried() {
+    let api = Api::Graph;
+    let sim = Arc::new(sim(60, |_| {}));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg = parse(&config_toml(&sim, &scenario(api, &state, &out)));
+    let (s, fired) = (sim.clone(), Arc::new(AtomicBool::new(true)));
+    let mut o = opts();
+    let f = fired.clone();
+    o.page_hook = Some(Arc::new(move |_, pages, _| {
+        if pages == 3 && f.swap(false, Ordering::SeqCst) {
+            s.revoke_tokens();
+        }
+    }));
+    let report = run_once(&cfg, o);
+    assert!(!fired.load(Ordering::SeqCst), "tokens were revoked mid-run");
+    assert_exactly_once(&sim, &report, &out, api);
+    let stats = sim.stats();
+    assert_eq!(
+        stats.unauthorized, 1,
+        "one 401, then a new token: {stats:?}"
+    );
+    assert_eq!(stats.tokens_issued, 2, "{stats:?}");
+}
