@@ -253,3 +253,96 @@ fn the_stdout_sink_writes_one_json_line_per_row() {
     assert!(ids.len() > 100);
     assert!(!out.exists());
 }
+
+#[test]
+fn msgtrace_simulate_serves_a_fault_schedule_and_a_collection_still_completes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args([
+            "simulate",
+            "--listen",
+            &listen,
+            "--messages-per-hour",
+            "120",
+        ])
+        .args([
+            "--faults",
+            "429,503,truncated,invalid-json,html,wrong-shape",
+            "--fault-every",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Ready once it prints its address.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sim.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains(&listen), "{first}");
+    let base = format!("http://{listen}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    let (start, end) = (hours_ago(12), hours_ago(1));
+    let toml = format!(
+        r#"
+state_dir = {state}
+log_level = "warn"
+[sources.src]
+url = {url}
+start = "{start}"
+end = "{end}"
+page_size = 100
+quota = {{ requests = 100000, per_secs = 1 }}
+[sources.src.auth]
+method = "oauth"
+tenant_id = "sim-tenant"
+client_id = "sim-client"
+client_secret = "sim-secret"
+login_url = {base}
+[sources.src.retry]
+initial_interval_ms = 50
+limit = 10
+codes = [429, 502, 503]
+[sinks.out]
+type = "file"
+inputs = ["src"]
+path = {out}
+"#,
+        state = q(&dir.path().join("state").to_string_lossy()),
+        url = q(&format!("{base}{}", msgtrace::simulator::GRAPH_PATH)),
+        base = q(&base),
+        out = q(&out.to_string_lossy()),
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let model = msgtrace::simulator::TenantModel {
+        messages_per_hour: 120,
+        ..Default::default()
+    };
+    let at = |s: &str| chrono::DateTime::from_timestamp(s.parse().unwrap(), 0).unwrap();
+    let expected = model.expected(at(&start), at(&end), chrono::Utc::now());
+    assert_eq!(compare(&identities(&out, Api::Graph), &expected), (0, 0, 0));
+    let jobs = msgtrace::storage::Store::open(dir.path().join("state"))
+        .unwrap()
+        .jobs(Some("src"))
+        .unwrap();
+    assert!(
+        jobs[0].retries >= 5,
+        "the schedule's faults were met and retried: {:?}",
+        jobs[0]
+    );
+}

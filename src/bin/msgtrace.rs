@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use msgtrace::config::{self, Config, LogFormat};
 use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
-use msgtrace::simulator::{LateRows, SimConfig, SimServer, TenantModel};
+use msgtrace::simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
 use msgtrace::storage::{StorageError, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -136,6 +136,13 @@ enum Command {
         /// Milliseconds after its received time at which a changing row gets its final status.
         #[arg(long, default_value_t = 300_000)]
         status_change_after_ms: u64,
+        /// Faults to serve in turn, comma-separated: status codes (429 with Retry-After, 400 =
+        /// poisoned next link, 500, 503...), stall, invalid-json, html, wrong-shape, truncated.
+        #[arg(long, value_delimiter = ',')]
+        faults: Vec<String>,
+        /// Serve the next fault of --faults on every N-th data request.
+        #[arg(long, default_value_t = 10)]
+        fault_every: u64,
     },
 }
 
@@ -506,8 +513,18 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             max_delay_ms,
             changing_per_mille,
             status_change_after_ms,
+            faults,
+            fault_every,
         } => {
             init_logging("info,actix_server=warn,actix_web=warn", false);
+            let faults = faults
+                .iter()
+                .map(|f| SimFault::by_name(f))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow!("--faults: {e}"))?;
+            if !faults.is_empty() && fault_every == 0 {
+                return Err(anyhow!("--fault-every must be at least 1"));
+            }
             if messages_per_hour == 0 || max_recipients == 0 {
                 return Err(anyhow!(
                     "--messages-per-hour and --max-recipients must be at least 1"
@@ -539,6 +556,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 password: password.filter(|_| username.is_some()),
                 username,
                 late,
+                fault_schedule: (!faults.is_empty()).then_some(FaultSchedule {
+                    every: fault_every,
+                    faults,
+                }),
                 ..SimConfig::default()
             };
             for path in &client_cert {

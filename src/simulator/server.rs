@@ -126,8 +126,58 @@ pub struct SimConfig {
     /// yet visible; RWS offsets count only visible rows. `None` (default) = every row at once,
     /// statuses fixed.
     pub late: Option<LateRows>,
+    /// A deterministic fault schedule: every `every`-th data request gets the next fault of the
+    /// list, cyclically (on top of faults injected one by one). `None` = none (default).
+    pub fault_schedule: Option<FaultSchedule>,
     /// actix worker threads (default 2).
     pub workers: usize,
+}
+
+/// Faults on a fixed rhythm, for soak runs from tests and `msgtrace simulate`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultSchedule {
+    /// Every this many data requests (≥ 1).
+    pub every: u64,
+    /// The faults, used in turn.
+    pub faults: Vec<SimFault>,
+}
+
+impl SimFault {
+    /// A fault by name, for the command line: a status code (`429` comes with `Retry-After: 1`,
+    /// `400` is a poisoned next link), `stall` (30 s), `invalid-json`, `html`, `wrong-shape`,
+    /// `truncated`.
+    pub fn by_name(name: &str) -> Result<SimFault, String> {
+        Ok(match name.trim() {
+            "stall" => SimFault::Delay { ms: 30_000 },
+            "invalid-json" => SimFault::Body {
+                status: 200,
+                content_type: "application/json",
+                body: "{\"value\": [ {\"id\": ",
+            },
+            "html" => SimFault::Body {
+                status: 502,
+                content_type: "text/html",
+                body: "<html><head><title>502 Bad Gateway</title></head></html>",
+            },
+            "wrong-shape" => SimFault::Body {
+                status: 200,
+                content_type: "application/json",
+                body: "{\"unexpected\": true}",
+            },
+            "truncated" => SimFault::Truncated,
+            code => match code.parse::<u16>() {
+                Ok(status) if (400..600).contains(&status) => SimFault::Status {
+                    status,
+                    retry_after_secs: (status == 429).then_some(1),
+                },
+                _ => {
+                    return Err(format!(
+                        "unknown fault `{code}`; use a status code (400..599), stall, invalid-json, html, wrong-shape or truncated"
+                    ))
+                }
+            },
+        })
+    }
 }
 
 impl Default for SimConfig {
@@ -153,6 +203,7 @@ impl Default for SimConfig {
             quota: None,
             graph_service_principal_missing: false,
             late: None,
+            fault_schedule: None,
             workers: 2,
         }
     }
@@ -240,6 +291,8 @@ pub(crate) struct State {
     pub seen_jtis: Mutex<HashMap<String, i64>>,
     hour_totals: Mutex<HashMap<i64, u64>>,
     faults: Mutex<VecDeque<SimFault>>,
+    /// Data requests seen by the fault schedule.
+    scheduled: AtomicU64,
     quota_log: Mutex<VecDeque<Instant>>,
     seq: AtomicU64,
 }
@@ -253,6 +306,7 @@ impl State {
             seen_jtis: Mutex::new(HashMap::new()),
             hour_totals: Mutex::new(HashMap::new()),
             faults: Mutex::new(VecDeque::new()),
+            scheduled: AtomicU64::new(0),
             quota_log: Mutex::new(VecDeque::new()),
             seq: AtomicU64::new(1),
         }
@@ -324,6 +378,24 @@ impl State {
         faults.pop_front();
         self.counters.bump(&self.counters.data_requests, 1);
         Some(answer)
+    }
+
+    /// Queues the scheduled fault of this data request, if it has one.
+    fn schedule_fault(&self) {
+        let Some(sched) = &self.config.fault_schedule else {
+            return;
+        };
+        if sched.every == 0 || sched.faults.is_empty() {
+            return;
+        }
+        let n = self.scheduled.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(sched.every) {
+            let f = sched.faults[((n / sched.every - 1) % sched.faults.len() as u64) as usize];
+            self.faults
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_front(f);
+        }
     }
 
     /// Takes the next injected fault, if any.
@@ -810,6 +882,7 @@ async fn page_latency(state: &State) {
 }
 
 async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
+    state.schedule_fault();
     let cfg = &state.config;
     let authorized = || {
         state
@@ -967,6 +1040,7 @@ fn rws_query<'a>(
 }
 
 async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
+    state.schedule_fault();
     let authorized = || {
         if state.check_bearer(req, Api::Rws).is_ok() || state.check_basic(req) {
             Ok(())
