@@ -63,6 +63,8 @@ pub struct EngineOptions {
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
     /// the built-in `normalize`).
     pub hooks: Vec<msgtrace_actors::hook::Hook>,
+    /// Largest API response body accepted (64 MiB: a 5000-row page is a few MiB).
+    pub max_body_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -74,6 +76,7 @@ impl Default for EngineOptions {
             handle_signals: true,
             sink_retry: None,
             hooks: Vec::new(),
+            max_body_bytes: MAX_BODY_BYTES,
         }
     }
 }
@@ -424,7 +427,10 @@ pub fn start(
     for s in config.sources.values() {
         match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
             Ok(spec) => sources.push(SourceEntry {
-                spec,
+                spec: SourceSpec {
+                    max_body_bytes: opts.max_body_bytes,
+                    ..spec
+                },
                 job_timeout: s.job_timeout,
             }),
             Err(e) => errors.push(e),

@@ -258,3 +258,32 @@ fn revoked_tokens_are_replaced_and_the_page_retried() {
     );
     assert_eq!(stats.tokens_issued, 2, "{stats:?}");
 }
+
+#[test]
+fn a_body_over_the_size_limit_is_refused_with_a_clear_error() {
+    let api = Api::Graph;
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let mut sc = scenario(api, &state, &out);
+    sc.extra = "reschedule_tasks = false";
+    let cfg = parse(&config_toml(&sim, &sc));
+    let mut o = opts();
+    // A page of 100 rows is ~40 KB; the limit here is 4 KB.
+    o.max_body_bytes = 4096;
+    let report = run_once(&cfg, o);
+    let job = &report.jobs[0].1;
+    assert_eq!(job.state, msgtrace::storage::JobState::Failed);
+    let err = job.error.clone().unwrap_or_default();
+    assert!(
+        err.contains("larger than 4096 bytes") && err.contains("lower page_size"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing half delivered");
+    let cp = msgtrace::storage::Store::open(&state)
+        .unwrap()
+        .checkpoint("src")
+        .unwrap();
+    assert!(cp.is_none_or(|c| c.cursor.is_none() && c.in_flight.is_none()));
+}
