@@ -240,8 +240,10 @@ pub async fn collect(
     if cp.origin.is_none() {
         cp.origin = tasks.first().map(|t| t.start);
     }
-    job.window_start = tasks.first().map(|t| t.start);
-    job.window_end = tasks.last().map(|t| t.end);
+    // The job's window is the new data it collects; re-read slices (older spans) are tasks only.
+    let mut new_data = tasks.iter().filter(|t| !t.reread);
+    job.window_start = new_data.next().map(|t| t.start);
+    job.window_end = tasks.iter().rev().find(|t| !t.reread).map(|t| t.end);
     job.tasks = tasks
         .iter()
         .map(|t| TaskRecord {
