@@ -17,6 +17,8 @@ pub mod dump;
 pub mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub use record::{Checkpoint, InFlight, JobKind, JobRecord, JobState, TaskRecord};
 
@@ -64,6 +66,20 @@ pub struct Store {
     checkpoints: sled::Tree,
     jobs: sled::Tree,
     seen: sled::Tree,
+    flushes: Arc<FlushGate>,
+}
+
+/// Lets one `flush_async` run at a time, shared by every clone of a [`Store`]: sled 0.34.7
+/// deadlocks when several run at once (spacejam/sled#1308; a thousand sources committing their
+/// first page together hung the engine for good). Callers whose writes were done before a flush
+/// started share that flush instead of running their own (group commit), so waiting costs at
+/// most one flush.
+#[derive(Default)]
+struct FlushGate {
+    /// Flush requests so far; a caller takes its ticket after its writes are done.
+    requested: AtomicU64,
+    /// The highest ticket whose writes are on disk; held while a flush runs.
+    durable: futures_util::lock::Mutex<u64>,
 }
 
 /// What one page changes in the state directory, written atomically by [`Store::commit`].
@@ -131,6 +147,7 @@ impl Store {
             checkpoints,
             jobs,
             seen,
+            flushes: Arc::default(),
         })
     }
 
@@ -304,9 +321,19 @@ impl Store {
         Ok(removed)
     }
 
-    /// Waits until everything written so far is on disk.
+    /// Waits until everything written so far is on disk. One sled flush runs at a time (see
+    /// `FlushGate`); a flush that started after this call's writes covers them too.
     pub async fn flush(&self) -> Result<()> {
+        let gate = &self.flushes;
+        let ticket = gate.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut durable = gate.durable.lock().await;
+        if *durable >= ticket {
+            return Ok(());
+        }
+        // Every ticket handed out so far belongs to writes that are done: this flush covers them.
+        let covers = gate.requested.load(Ordering::SeqCst);
         self.db.flush_async().await.map_err(|e| self.sled_err(e))?;
+        *durable = covers;
         Ok(())
     }
 
@@ -550,6 +577,71 @@ mod tests {
         assert!(err
             .to_string()
             .contains("record `bad` in tree `checkpoints`"));
+    }
+
+    /// Regression: sled 0.34.7 deadlocks when several `flush_async` run at once
+    /// (spacejam/sled#1308); a thousand sources committing their first page together hung the
+    /// engine for good. Commits of many sources at once must all complete.
+    #[test]
+    fn many_concurrent_commits_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cp = Checkpoint {
+                cursor: Some(t(3)),
+                in_flight: None,
+                pages_total: 1,
+                rows_total: 1,
+                updated_at: t(3),
+                origin: None,
+            };
+            let mut commits: Vec<_> = (0..200)
+                .map(|i| {
+                    let (store, cp) = (store.clone(), cp.clone());
+                    Some(Box::pin(async move {
+                        let name = format!("s{i}");
+                        let job = JobRecord::new(&name, "j", JobKind::Once, t(1));
+                        store
+                            .commit(
+                                Commit {
+                                    source: &name,
+                                    checkpoint: Some((&name, &cp)),
+                                    job: Some(&job),
+                                    seen: &[],
+                                },
+                                true,
+                            )
+                            .await
+                    }))
+                })
+                .collect();
+            // Polls every commit until all are done (a join_all without a dependency).
+            futures_block_on(std::future::poll_fn(|cx| {
+                let mut pending = false;
+                for slot in commits.iter_mut() {
+                    if let Some(f) = slot {
+                        match std::future::Future::poll(f.as_mut(), cx) {
+                            std::task::Poll::Ready(r) => {
+                                r.unwrap();
+                                *slot = None;
+                            }
+                            std::task::Poll::Pending => pending = true,
+                        }
+                    }
+                }
+                if pending {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            }));
+            let _ = tx.send(store.jobs(None).unwrap().len());
+        });
+        let n = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("200 concurrent commits did not complete within 60 s: sled deadlocked");
+        assert_eq!(n, 200);
     }
 
     fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
