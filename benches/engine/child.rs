@@ -1,0 +1,247 @@
+//! What a child process runs: the engine, or one of the two baselines. Each prints one
+//! `RESULT {json}` line on stdout at the end; the engine also prints `page` after every committed
+//! page when asked (the resume measurement stamps those lines as they arrive).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use msgtrace::actors::dialect::Api;
+use msgtrace::actors::http;
+use msgtrace::actors::supervisor::PageHook;
+use msgtrace::engine::{self, EngineOptions, Mode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::measure::cpu_time;
+
+/// Largest body the baselines accept (the engine's own limit).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
+/// One workload, passed to the child as JSON.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Work {
+    /// The whole engine (`engine::run`) on a configuration file.
+    Engine {
+        /// The configuration file.
+        config: PathBuf,
+        /// `EngineOptions.durable`: `flush_async` after every page.
+        durable: bool,
+        /// Print `page` after every committed page.
+        print_pages: bool,
+        /// The scale measurement: CPU from the start until every source has delivered its poll.
+        scale: Option<Scale>,
+    },
+    /// Baseline (a): the same pages, the same awc client, bodies appended to a file unparsed.
+    RawFetch {
+        /// Which API (to find the next link).
+        api: Api,
+        /// The first page, exactly as the engine asks for it.
+        first_url: String,
+        /// The v2 token endpoint.
+        token_url: String,
+        /// `scope` of the token request.
+        scope: String,
+        /// Where the bodies go (each one as a little-endian u64 length, then the bytes).
+        out: PathBuf,
+    },
+    /// Baseline (b): the bodies the raw fetch saved, parsed into rows and serialized to NDJSON in
+    /// memory.
+    ParseOnly {
+        /// Which API.
+        api: Api,
+        /// The URL the first body came from (to resolve relative next links).
+        request_url: String,
+        /// The raw fetch's output.
+        bodies: PathBuf,
+    },
+}
+
+/// Many sources, all due at once (`--once` makes every source due when the engine starts).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy)]
+pub struct Scale {
+    /// Sources in the configuration (each commits exactly one page).
+    pub sources: usize,
+}
+
+/// Entry point of a child process.
+pub fn main(spec: &str) {
+    let work: Work = serde_json::from_str(spec).expect("work spec is JSON");
+    let result = match work {
+        Work::Engine {
+            config,
+            durable,
+            print_pages,
+            scale,
+        } => run_engine(&config, durable, print_pages, scale),
+        Work::RawFetch {
+            api,
+            first_url,
+            token_url,
+            scope,
+            out,
+        } => raw_fetch(api, &first_url, &token_url, &scope, &out),
+        Work::ParseOnly {
+            api,
+            request_url,
+            bodies,
+        } => parse_only(api, &request_url, &bodies),
+    };
+    println!("RESULT {result}");
+}
+
+/// Process CPU and time when the last source of a scale run committed its page.
+type Delivered = (Duration, DateTime<Utc>);
+
+fn run_engine(
+    path: &std::path::Path,
+    durable: bool,
+    print_pages: bool,
+    scale: Option<Scale>,
+) -> serde_json::Value {
+    let config = msgtrace::config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
+    let delivered: Arc<Mutex<Option<Delivered>>> = Arc::default();
+    let pages = Arc::new(AtomicUsize::new(0));
+    let hook: PageHook = {
+        let pages = pages.clone();
+        let delivered = delivered.clone();
+        Arc::new(move |_source: &str, _pages: u64, _rows: u64| {
+            let n = pages.fetch_add(1, Ordering::Relaxed) + 1;
+            if print_pages {
+                println!("page");
+            }
+            if scale.is_some_and(|s| n == s.sources) {
+                *delivered.lock().unwrap() = Some((cpu_time(libc::RUSAGE_SELF), Utc::now()));
+            }
+        })
+    };
+    let opts = EngineOptions {
+        durable,
+        page_hook: Some(hook),
+        grace: Duration::from_secs(30),
+        handle_signals: false,
+        ..EngineOptions::default()
+    };
+    // `--once` makes every source due at this instant.
+    let (due, cpu_at_due, started) = (Utc::now(), cpu_time(libc::RUSAGE_SELF), Instant::now());
+    let report = actix_rt::System::new()
+        .block_on(async { engine::run(&config, Mode::Once, opts).await })
+        .unwrap_or_else(|e| panic!("engine: {e:#}"));
+    let secs = started.elapsed().as_secs_f64();
+    let rows: u64 = report.jobs.iter().map(|(_, j)| j.rows).sum();
+    let job_pages: u64 = report.jobs.iter().map(|(_, j)| j.pages).sum();
+    let delivered = *delivered.lock().unwrap();
+    json!({
+        "ok": report.all_succeeded(),
+        "jobs": report.jobs.len(),
+        "rows": rows,
+        "pages": job_pages,
+        "engine_secs": secs,
+        "due_micros": due.timestamp_micros(),
+        "poll_cpu_secs": delivered.map(|(cpu, _)| cpu.saturating_sub(cpu_at_due).as_secs_f64()),
+        "all_delivered_after_due_secs": delivered
+            .map(|(_, at)| (at - due).num_microseconds().unwrap_or(0) as f64 / 1e6),
+    })
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    actix_rt::System::new().block_on(f)
+}
+
+fn raw_fetch(
+    api: Api,
+    first_url: &str,
+    token_url: &str,
+    scope: &str,
+    out: &std::path::Path,
+) -> serde_json::Value {
+    block_on(async {
+        let form = [
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", "sim-client".to_string()),
+            ("client_secret", "sim-secret".to_string()),
+            ("scope", scope.to_string()),
+        ];
+        let token = http::post_form(token_url, &form, None, None)
+            .await
+            .expect("token request");
+        assert_eq!(token.status, 200, "token endpoint refused");
+        let token: serde_json::Value = serde_json::from_slice(&token.body).expect("token JSON");
+        let auth = format!(
+            "Bearer {}",
+            token["access_token"].as_str().expect("access_token")
+        );
+        let mut file = std::fs::File::create(out).expect("raw output file");
+        let mut url = url::Url::parse(first_url).expect("first URL");
+        let (mut pages, mut bytes) = (0u64, 0u64);
+        loop {
+            let resp = http::get(url.as_str(), Some(&auth), None, MAX_BODY_BYTES, None)
+                .await
+                .expect("page request");
+            assert_eq!(resp.status, 200, "page refused");
+            file.write_all(&(resp.body.len() as u64).to_le_bytes())
+                .and_then(|()| file.write_all(&resp.body))
+                .expect("raw output written");
+            pages += 1;
+            bytes += resp.body.len() as u64;
+            match next_link(api, &resp.body) {
+                Some(link) => url = url.join(&link).expect("next link resolves"),
+                None => break,
+            }
+        }
+        json!({"pages": pages, "bytes": bytes})
+    })
+}
+
+/// The next link without parsing the page: both simulated APIs write it after the rows, so a
+/// search of the body's tail finds it (the raw fetch must not pay for JSON parsing).
+fn next_link(api: Api, body: &[u8]) -> Option<String> {
+    let key: &[u8] = match api {
+        Api::Graph => b"\"@odata.nextLink\":\"",
+        Api::Reporting => b"\"odata.nextLink\":\"",
+    };
+    let tail = &body[body.len().saturating_sub(4096)..];
+    let at = tail.windows(key.len()).rposition(|w| w == key)? + key.len();
+    let end = tail[at..].iter().position(|b| *b == b'"')? + at;
+    Some(String::from_utf8_lossy(&tail[at..end]).replace("\\/", "/"))
+}
+
+fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_json::Value {
+    let request_url = url::Url::parse(request_url).expect("request URL");
+    let mut file = std::io::BufReader::new(std::fs::File::open(bodies).expect("raw bodies"));
+    let mut body = Vec::new();
+    let mut ndjson = Vec::new();
+    let (mut pages, mut rows, mut cpu) = (0u64, 0u64, Duration::ZERO);
+    let mut wall = Duration::ZERO;
+    loop {
+        let mut len = [0u8; 8];
+        if file.read_exact(&mut len).is_err() {
+            break;
+        }
+        body.resize(u64::from_le_bytes(len) as usize, 0);
+        file.read_exact(&mut body).expect("raw body");
+        // Only the parse and the serialization are timed, not reading the file.
+        let (c0, t0) = (cpu_time(libc::RUSAGE_THREAD), Instant::now());
+        let page = api.parse_page(&body, &request_url).expect("page parses");
+        ndjson.clear();
+        for row in &page.rows {
+            serde_json::to_writer(&mut ndjson, row).expect("row serializes");
+            ndjson.push(b'\n');
+        }
+        rows += page.rows.len() as u64;
+        drop(page);
+        cpu += cpu_time(libc::RUSAGE_THREAD).saturating_sub(c0);
+        wall += t0.elapsed();
+        pages += 1;
+    }
+    json!({
+        "pages": pages,
+        "rows": rows,
+        "cpu_secs": cpu.as_secs_f64(),
+        "wall_secs": wall.as_secs_f64(),
+    })
+}

@@ -1,0 +1,174 @@
+//! Child processes and what the kernel says about them: wall time, CPU time (user + system, all
+//! threads) and peak RSS from `wait4`'s rusage, so that the simulator in the bench process is never
+//! counted in a figure.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::child::Work;
+
+/// A running child: its process, its stdout lines (each stamped when it arrived) and its start.
+pub struct Running {
+    child: Child,
+    /// Stdout lines, stamped on arrival.
+    pub lines: Receiver<(Instant, String)>,
+    reader: Option<JoinHandle<()>>,
+    /// When the child was spawned.
+    pub spawned: Instant,
+}
+
+/// A child that has ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// Spawn to exit.
+    pub wall: Duration,
+    /// User + system CPU of the child (all its threads).
+    pub cpu: Duration,
+    /// Peak resident set size of the child, bytes.
+    pub max_rss: u64,
+    /// Whether it exited with status 0.
+    pub success: bool,
+    /// Whether it was killed for running past its time limit.
+    pub hung: bool,
+    /// Its `RESULT {...}` line, parsed.
+    pub result: serde_json::Value,
+}
+
+/// Starts this bench binary again as a child that runs `work`.
+pub fn spawn(work: &Work) -> Running {
+    let exe = std::env::current_exe().expect("the bench knows its own path");
+    let spec = serde_json::to_string(work).expect("work serializes");
+    let spawned = Instant::now();
+    let mut child = Command::new(exe)
+        .arg("--child")
+        .arg(spec)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the bench can start itself as a child");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        child,
+        lines: rx,
+        reader: Some(reader),
+        spawned,
+    }
+}
+
+impl Running {
+    /// Waits for the next line; `None` when the child closed its stdout.
+    pub fn next_line(&self) -> Option<(Instant, String)> {
+        self.lines.recv().ok()
+    }
+
+    /// Sends SIGKILL, then reaps the child.
+    pub fn kill(self) -> Finished {
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        self.wait()
+    }
+
+    /// Reaps the child with `wait4` and collects its rusage and its `RESULT` line.
+    pub fn wait(self) -> Finished {
+        self.wait_at_most(None)
+    }
+
+    /// Like [`Running::wait`], but a child still running after `limit` (a hang) is killed; its
+    /// [`Finished::hung`] says so.
+    pub fn wait_at_most(mut self, limit: Option<Duration>) -> Finished {
+        let pid = self.child.id() as libc::pid_t;
+        let mut status: libc::c_int = 0;
+        // SAFETY: rusage is plain old data; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let mut hung = false;
+        let mut wall = None;
+        if let Some(limit) = limit {
+            // Poll (every 2 ms: negligible against the runs measured) until the deadline.
+            loop {
+                let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+                if r == pid {
+                    wall = Some(self.spawned.elapsed());
+                    break;
+                }
+                if self.spawned.elapsed() > limit {
+                    hung = true;
+                    // SAFETY: kill(2) on the pid of our own unreaped child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if wall.is_none() {
+            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+            assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
+        }
+        let wall = wall.unwrap_or_else(|| self.spawned.elapsed());
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        let mut result = serde_json::Value::Null;
+        while let Ok((_, line)) = self.lines.try_recv() {
+            if let Some(json) = line.strip_prefix("RESULT ") {
+                result = serde_json::from_str(json).expect("RESULT line is JSON");
+            }
+        }
+        Finished {
+            wall,
+            cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+            max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            hung,
+            result,
+        }
+    }
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+}
+
+/// CPU time (user + system) used so far by this process (`who` = `RUSAGE_SELF`) or by the calling
+/// thread (`RUSAGE_THREAD`).
+pub fn cpu_time(who: libc::c_int) -> Duration {
+    // SAFETY: rusage is plain old data that getrusage fills.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::getrusage(who, &mut usage) };
+    assert_eq!(r, 0, "getrusage failed");
+    timeval(usage.ru_utime) + timeval(usage.ru_stime)
+}
+
+/// Lines in a file (NDJSON rows), 0 if it does not exist.
+pub fn count_lines(path: &Path) -> u64 {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0;
+    loop {
+        let got = f.read(&mut buf).expect("output file reads");
+        if got == 0 {
+            return n;
+        }
+        n += buf[..got].iter().filter(|b| **b == b'\n').count() as u64;
+    }
+}
