@@ -201,29 +201,30 @@ impl Api {
             reason: e.to_string(),
             start: error_summary(body),
         })?;
-        let Value::Object(top) = json else {
+        let Value::Object(mut top) = json else {
             return Err(DialectError::NotAnObject {
                 found: describe(&json),
             });
         };
 
-        let (rows, verbose_next) = if let Some(value) = top.get("value") {
+        // The rows are moved out of the parsed document, not copied.
+        let (rows, verbose_next) = if let Some(value) = top.remove("value") {
             (rows_of("value", value)?, None)
-        } else if let Some(d) = top.get("d") {
+        } else if let Some(d) = top.remove("d") {
             match d {
                 Value::Array(_) => (rows_of("d", d)?, None),
-                Value::Object(inner) => match inner.get("results") {
-                    Some(results) => (rows_of("d.results", results)?, inner.get("__next")),
+                Value::Object(mut inner) => match inner.remove("results") {
+                    Some(results) => (rows_of("d.results", results)?, inner.remove("__next")),
                     None => {
                         return Err(DialectError::NoValueArray {
-                            keys: format!("d.{{{}}}", key_list(inner)),
+                            keys: format!("d.{{{}}}", key_list(&inner)),
                         })
                     }
                 },
                 other => {
                     return Err(DialectError::RowsNotAnArray {
                         field: "d",
-                        found: describe(other),
+                        found: describe(&other),
                     })
                 }
             }
@@ -244,7 +245,7 @@ impl Api {
             ("@odata.nextLink", top.get("@odata.nextLink")),
             ("odata.nextLink", top.get("odata.nextLink")),
             ("__next", top.get("__next")),
-            ("d.__next", verbose_next),
+            ("d.__next", verbose_next.as_ref()),
         ]
         .into_iter()
         .find_map(|(field, value)| value.map(|v| (field, v)));
@@ -348,15 +349,29 @@ pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ]
-    .iter()
-    .find_map(|fmt| NaiveDateTime::parse_from_str(s, fmt).ok())
-    .map(|t| t.and_utc())
+    // What `NaiveDateTime::parse_from_str` does, without re-reading the format string for every
+    // row (Reporting rows have no zone, so every one of them comes here).
+    NAIVE_FORMATS
+        .iter()
+        .find_map(|items| {
+            let mut parsed = chrono::format::Parsed::new();
+            chrono::format::parse(&mut parsed, s, items.iter()).ok()?;
+            parsed.to_naive_datetime_with_offset(0).ok()
+        })
+        .map(|t: NaiveDateTime| t.and_utc())
 }
+
+/// The zone-less timestamp shapes (taken as UTC), in the order they are tried, as parsed format
+/// items.
+static NAIVE_FORMATS: std::sync::LazyLock<[Vec<chrono::format::Item<'static>>; 3]> =
+    std::sync::LazyLock::new(|| {
+        [
+            "%Y-%m-%dT%H:%M:%S%.f",
+            "%Y-%m-%d %H:%M:%S%.f",
+            "%Y-%m-%dT%H:%M",
+        ]
+        .map(|fmt| chrono::format::StrftimeItems::new(fmt).collect())
+    });
 
 /// Parses the Microsoft JSON date `/Date(ms[+hhmm])/`, tolerating escaped slashes.
 fn parse_ms_date(s: &str) -> Option<DateTime<Utc>> {
@@ -507,25 +522,27 @@ fn key_list(obj: &serde_json::Map<String, Value>) -> String {
 }
 
 /// The rows of a row array, each with its `__metadata` removed.
-fn rows_of(field: &'static str, value: &Value) -> Result<Vec<Row>, DialectError> {
-    let Value::Array(items) = value else {
-        return Err(DialectError::RowsNotAnArray {
-            field,
-            found: describe(value),
-        });
+fn rows_of(field: &'static str, value: Value) -> Result<Vec<Row>, DialectError> {
+    let items = match value {
+        Value::Array(items) => items,
+        other => {
+            return Err(DialectError::RowsNotAnArray {
+                field,
+                found: describe(&other),
+            })
+        }
     };
     items
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(index, item)| match item {
-            Value::Object(row) => {
-                let mut row = row.clone();
+            Value::Object(mut row) => {
                 row.remove("__metadata");
                 Ok(row)
             }
             other => Err(DialectError::RowNotAnObject {
                 index,
-                found: describe(other),
+                found: describe(&other),
             }),
         })
         .collect()

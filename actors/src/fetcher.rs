@@ -8,7 +8,7 @@
 //! (a duplicate, never a loss); a crash after it means the page is not fetched again.
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
-use crate::dialect::{self, Api, Page};
+use crate::dialect::{self, Api, Page, Row};
 use crate::event::{Batch, Event, EventMeta};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
@@ -44,7 +44,16 @@ pub struct FetcherEnv {
     pub quota: Option<crate::quota::SharedGate>,
     /// Pipeline hooks applied to each page's events before the sinks.
     pub hooks: Vec<crate::hook::Hook>,
+    /// The engine-wide budget of rows between fetch and commit ([`ROWS_IN_FLIGHT`], shared by
+    /// every fetcher): a page takes `page_size` of it before its request and gives it back once
+    /// it is committed, so that a thousand sources due at once do not hold a thousand parsed
+    /// pages in memory while the sinks work through them.
+    pub rows_in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Rows that may be between fetch and commit in one engine, all sources together (parsed rows
+/// take about 1 KiB each in memory: about 50 MiB). A page larger than the budget takes all of it.
+pub const ROWS_IN_FLIGHT: usize = 50_000;
 
 /// Start a job now.
 #[derive(Message)]
@@ -474,7 +483,8 @@ async fn collect_slice(
             }
             None => fetch.await,
         };
-        let page = match fetched {
+        // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
+        let (mut page, _slot) = match fetched {
             Ok(p) => p,
             Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
@@ -504,7 +514,8 @@ async fn collect_slice(
             Err(other) => return Err(other),
         };
         let is_last = page.next_link.is_none();
-        let built = build_events(env, &page, task, &url, is_last, &mut track)?;
+        let rows = std::mem::take(&mut page.rows);
+        let built = build_events(env, rows, task, &url, is_last, &mut track)?;
         let (events, dropped, seen) = (built.events, built.dropped, built.seen);
         if built.skipped > 0 {
             debug!(
@@ -624,7 +635,7 @@ async fn fetch_page(
     job: &mut JobRecord,
     i: usize,
     cancel: &watch::Receiver<bool>,
-) -> Result<Page, Stop> {
+) -> Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop> {
     let spec = &env.spec;
     let request_url = url::Url::parse(url)
         .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
@@ -646,6 +657,15 @@ async fn fetch_page(
                 );
             }
         }
+        // Then this page's share of the rows-in-flight budget (before the token, for the same
+        // reason); given back after its commit, or before a retry's wait.
+        let rows = spec.page_size.min(ROWS_IN_FLIGHT as u32);
+        let slot = env
+            .rows_in_flight
+            .clone()
+            .acquire_many_owned(rows)
+            .await
+            .map_err(|_| Stop::Failed("the engine is stopping".into()))?;
         let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
             Ok(Ok(h)) => h,
             Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
@@ -666,7 +686,7 @@ async fn fetch_page(
             Ok(resp) if resp.status == 200 => {
                 crate::telemetry::response_bytes(&spec.id, resp.body.len());
                 match spec.api.parse_page(&resp.body, &request_url) {
-                    Ok(page) => return Ok(page),
+                    Ok(page) => return Ok((page, slot)),
                     Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
                 }
             }
@@ -726,6 +746,8 @@ async fn fetch_page(
             }
             Err(HttpError::Request(e)) => return Err(Stop::Failed(e)),
         };
+        // Not while waiting to retry.
+        drop(slot);
         let decision = spec.retry.decide(&failure, retries).or_else(|| {
             // A next link answered 400 may be a transient server state: two more tries.
             (is_next_link
@@ -813,7 +835,7 @@ struct Built {
 
 fn build_events(
     env: &FetcherEnv,
-    page: &Page,
+    rows: Vec<Row>,
     task: &SliceTask,
     url: &str,
     is_last: bool,
@@ -825,30 +847,32 @@ fn build_events(
     let source: Arc<str> = Arc::from(strip_query(url));
     let now = Utc::now();
     let mut out = Built {
-        events: Vec::with_capacity(page.rows.len()),
+        events: Vec::with_capacity(rows.len()),
         dropped: 0,
         skipped: 0,
         known: 0,
         updates: 0,
         seen: Vec::new(),
     };
-    for row in &page.rows {
-        let time = spec.api.row_time(row);
+    // Each row becomes its event's fields as it is (moved, not copied).
+    for mut fields in rows {
+        let time = spec.api.row_time(&fields);
         if let Some(t) = time {
             if !spec.disable_time_filter && (t < task.start || t >= task.end) {
                 out.dropped += 1;
                 continue;
             }
         }
-        let identity = spec.api.row_identity(row);
+        let identity = spec.api.row_identity(&fields);
+        let is_broken = time.is_none() || identity.is_none();
         let mut update = false;
-        if let (Some(t), Some(id)) = (time, &identity) {
-            if !track.skip.is_empty() && Some(t) == track.query_end && track.skip.contains(id) {
+        if let (Some(t), Some(id)) = (time, identity) {
+            if !track.skip.is_empty() && Some(t) == track.query_end && track.skip.contains(&id) {
                 out.skipped += 1;
                 continue;
             }
             if index {
-                let status = row
+                let status = fields
                     .get(spec.api.status_field())
                     .and_then(|s| s.as_str())
                     .unwrap_or_default()
@@ -873,10 +897,8 @@ fn build_events(
                 }
                 out.seen.push(entry);
             }
-            track.delivered(t, id.clone());
+            track.delivered(t, id);
         }
-        let is_broken = time.is_none() || identity.is_none();
-        let mut fields = row.clone();
         fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
         if update {
             out.updates += 1;

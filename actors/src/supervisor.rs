@@ -155,6 +155,8 @@ pub struct Supervisor {
     hooks: Vec<crate::hook::Hook>,
     pending_sources: Option<Vec<SourceEntry>>,
     quotas: crate::quota::QuotaRegistry,
+    /// The engine-wide budget of rows between fetch and commit, shared by every fetcher.
+    rows_in_flight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Supervisor {
@@ -185,6 +187,9 @@ impl Supervisor {
             // Fetchers are started in `started`, once the supervisor has an address.
             pending_sources: Some(sources),
             quotas: crate::quota::QuotaRegistry::default(),
+            rows_in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                crate::fetcher::ROWS_IN_FLIGHT,
+            )),
         }
     }
 }
@@ -211,6 +216,7 @@ impl Supervisor {
             supervisor: ctx.address().recipient(),
             page_hook: self.page_hook.clone(),
             hooks: self.hooks.clone(),
+            rows_in_flight: self.rows_in_flight.clone(),
             quota: entry
                 .spec
                 .quota

@@ -91,6 +91,8 @@ pub fn main(spec: &str) {
             bodies,
         } => parse_only(api, &request_url, &bodies),
     };
+    let mut result = result;
+    result["peak_rss_kib"] = json!(crate::measure::peak_rss_kib(std::process::id()));
     println!("RESULT {result}");
 }
 
@@ -122,7 +124,6 @@ fn run_engine(
     let opts = EngineOptions {
         durable,
         page_hook: Some(hook),
-        grace: Duration::from_secs(30),
         handle_signals: false,
         ..EngineOptions::default()
     };

@@ -1,6 +1,12 @@
-//! Child processes and what the kernel says about them: wall time, CPU time (user + system, all
-//! threads) and peak RSS from `wait4`'s rusage, so that the simulator in the bench process is never
-//! counted in a figure.
+//! Child processes and what the kernel says about them: wall time and CPU time (user + system, all
+//! threads) from `wait4`'s rusage, and peak RSS from the child's own `VmHWM`, so that the
+//! simulator in the bench process is never counted in a figure.
+//!
+//! `ru_maxrss` cannot be used for the peak RSS: `std::process::Command` starts children with
+//! `posix_spawn` (the child shares the parent's memory until `exec`), and Linux folds the
+//! high-water mark of the memory a process leaves at `exec` into its `ru_maxrss`, so every child
+//! would report at least the bench process's own RSS. `VmHWM` in `/proc/<pid>/status` belongs to
+//! the memory of the new program only.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -28,7 +34,7 @@ pub struct Finished {
     pub wall: Duration,
     /// User + system CPU of the child (all its threads).
     pub cpu: Duration,
-    /// Peak resident set size of the child, bytes.
+    /// Peak resident set size of the child (its `VmHWM`), bytes.
     pub max_rss: u64,
     /// Whether it exited with status 0.
     pub success: bool,
@@ -77,11 +83,14 @@ impl Running {
 
     /// Sends SIGKILL, then reaps the child.
     pub fn kill(self) -> Finished {
+        let rss = peak_rss_kib(self.child.id());
         // SAFETY: kill(2) on the pid of our own unreaped child.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL);
         }
-        self.wait()
+        let mut f = self.wait();
+        f.max_rss = rss.unwrap_or(0) * 1024;
+        f
     }
 
     /// Reaps the child with `wait4` and collects its rusage and its `RESULT` line.
@@ -96,7 +105,7 @@ impl Running {
         let mut status: libc::c_int = 0;
         // SAFETY: rusage is plain old data; wait4 fills it for our own child.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let mut hung = false;
+        let (mut hung, mut hung_rss) = (false, None);
         let mut wall = None;
         if let Some(limit) = limit {
             // Poll (every 2 ms: negligible against the runs measured) until the deadline.
@@ -108,6 +117,7 @@ impl Running {
                 }
                 if self.spawned.elapsed() > limit {
                     hung = true;
+                    hung_rss = peak_rss_kib(self.child.id());
                     // SAFETY: kill(2) on the pid of our own unreaped child.
                     unsafe {
                         libc::kill(pid, libc::SIGKILL);
@@ -131,15 +141,23 @@ impl Running {
                 result = serde_json::from_str(json).expect("RESULT line is JSON");
             }
         }
+        let peak_kib = result["peak_rss_kib"].as_u64().or(hung_rss).unwrap_or(0);
         Finished {
             wall,
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-            max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+            max_rss: peak_kib * 1024,
             success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             hung,
             result,
         }
     }
+}
+
+/// Peak resident set size of a running process (`VmHWM`), KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn timeval(t: libc::timeval) -> Duration {
