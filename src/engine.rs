@@ -52,6 +52,9 @@ pub enum Mode {
 pub struct EngineOptions {
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
     pub durable: bool,
+    /// Request each source's next page while the page before it is delivered and committed
+    /// (on by default). Off only to measure what it gains.
+    pub prefetch: bool,
     /// Called after every committed page: (source, pages, rows) of the running job.
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
@@ -65,18 +68,25 @@ pub struct EngineOptions {
     pub hooks: Vec<msgtrace_actors::hook::Hook>,
     /// Largest API response body accepted (64 MiB: a 5000-row page is a few MiB).
     pub max_body_bytes: usize,
+    /// Rows that may be between fetch and commit in the whole engine, all sources together
+    /// (default [`msgtrace_actors::fetcher::ROWS_IN_FLIGHT`]): what bounds memory when many
+    /// sources are due at once or a sink is slow. A page takes `page_size` of it (all of it when
+    /// `page_size` is larger).
+    pub rows_in_flight: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             durable: true,
+            prefetch: true,
             page_hook: None,
             grace: Duration::from_secs(30),
             handle_signals: true,
             sink_retry: None,
             hooks: Vec::new(),
             max_body_bytes: MAX_BODY_BYTES,
+            rows_in_flight: msgtrace_actors::fetcher::ROWS_IN_FLIGHT,
         }
     }
 }
@@ -157,6 +167,7 @@ pub fn source_spec(
         disable_time_filter: src.disable_time_filter,
         cron,
         durable,
+        prefetch: true,
         reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
         proxy,
         quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {
@@ -429,6 +440,7 @@ pub fn start(
             Ok(spec) => sources.push(SourceEntry {
                 spec: SourceSpec {
                     max_body_bytes: opts.max_body_bytes,
+                    prefetch: opts.prefetch,
                     ..spec
                 },
                 job_timeout: s.job_timeout,
@@ -477,6 +489,7 @@ pub fn start(
         opts.page_hook.clone(),
     )
     .with_hooks(pipeline_hooks(config, opts))
+    .with_rows_in_flight(opts.rows_in_flight)
     .start();
     let metrics = match config.metrics_listen {
         Some(addr) => Some(

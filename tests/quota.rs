@@ -5,42 +5,16 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::{SimQuota, GRAPH_PATH};
+use msgtrace::simulator::SimQuota;
 
 fn two_sources(sim: &msgtrace::simulator::SimServer, dir: &std::path::Path, quota: &str) -> String {
-    let q = |s: &str| serde_json::to_string(s).unwrap();
-    let url = q(&format!("{}{GRAPH_PATH}", sim.base_url()));
-    let base = q(&sim.base_url());
-    let mut t = format!(
-        "state_dir = {}\nlog_level = \"warn\"\n",
-        q(&dir.join("state").to_string_lossy())
-    );
-    for (id, start, end) in [("a", "-1d@h", "-12h@h"), ("b", "-12h@h", "-1h@h")] {
-        t.push_str(&format!(
-            r#"
-[sources.{id}]
-url = {url}
-start = "{start}"
-end = "{end}"
-page_size = 100
-{quota}
-[sources.{id}.auth]
-method = "oauth"
-tenant_id = "sim-tenant"
-client_id = "sim-client"
-client_secret = "sim-secret"
-login_url = {base}
-[sources.{id}.retry]
-initial_interval_ms = 100
-limit = 10
-"#
-        ));
-    }
-    t.push_str(&format!(
-        "[sinks.out]\ntype = \"file\"\ninputs = [\"a\", \"b\"]\npath = {}\n",
-        q(&dir.join("out.ndjson").to_string_lossy())
-    ));
-    t
+    graph_sources_toml(
+        sim,
+        &dir.join("state"),
+        &dir.join("out.ndjson"),
+        &[("a", "-1d@h", "-12h@h"), ("b", "-12h@h", "-1h@h")],
+        quota,
+    )
 }
 
 #[test]

@@ -3,9 +3,16 @@
 //!
 //! The order for each page is fixed and is the delivery guarantee:
 //! fetch → parse → deliver to every sink → every sink acknowledges → write checkpoint and job
-//! record (one sled transaction) → `flush_async().await` → fetch the next page.
+//! record (one sled transaction) → `flush_async().await` → deliver the next page.
 //! A crash anywhere before the flush completes means the page is fetched again on restart
 //! (a duplicate, never a loss); a crash after it means the page is not fetched again.
+//!
+//! The next page's request overlaps this page's delivery and commit ([`SourceSpec::prefetch`]):
+//! it is sent as soon as this page is parsed, and its rows wait, unseen by any sink and by the
+//! identity index, until this page is committed. So a crash delivers at most one page twice
+//! (the one being committed) and fetches at most two twice (that one and the one prefetched).
+//!
+//! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use crate::dialect::{self, Api, Page, Row};
@@ -48,12 +55,43 @@ pub struct FetcherEnv {
     /// every fetcher): a page takes `page_size` of it before its request and gives it back once
     /// it is committed, so that a thousand sources due at once do not hold a thousand parsed
     /// pages in memory while the sinks work through them.
-    pub rows_in_flight: Arc<tokio::sync::Semaphore>,
+    pub rows_in_flight: RowBudget,
 }
 
 /// Rows that may be between fetch and commit in one engine, all sources together (parsed rows
 /// take about 1 KiB each in memory: about 50 MiB). A page larger than the budget takes all of it.
 pub const ROWS_IN_FLIGHT: usize = 50_000;
+
+/// The engine-wide budget of rows between fetch and commit (see [`FetcherEnv::rows_in_flight`]).
+#[derive(Clone)]
+pub struct RowBudget {
+    rows: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl RowBudget {
+    /// A budget of `rows` rows (at least 1).
+    pub fn new(rows: usize) -> RowBudget {
+        let total = rows.clamp(
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        );
+        RowBudget {
+            rows: Arc::new(tokio::sync::Semaphore::new(total)),
+            total: total as u32,
+        }
+    }
+
+    /// Takes one page's share: `page_size` rows, or the whole budget for a larger page (which
+    /// then runs alone). Given back when the permit is dropped.
+    async fn take(&self, page_size: u32) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.rows
+            .clone()
+            .acquire_many_owned(page_size.min(self.total))
+            .await
+            .ok()
+    }
+}
 
 /// Start a job now.
 #[derive(Message)]
@@ -281,13 +319,14 @@ pub async fn collect(
             "collecting"
         );
     }
+    let env = &env;
     for (i, first_try) in tasks.iter().enumerate() {
         job.tasks[i].state = JobState::Running;
         let mut task = first_try.clone();
         let mut reschedules = 0;
         let outcome = loop {
             match collect_slice(
-                &env,
+                env,
                 &cursor_name,
                 &mut job,
                 i,
@@ -338,13 +377,13 @@ pub async fn collect(
             }
             Err(Stop::Cancelled(why)) => {
                 job.tasks[i].state = JobState::Cancelled;
-                return end_job(&env, job, JobState::Cancelled, why).await;
+                return end_job(env, job, JobState::Cancelled, why).await;
             }
             Err(Stop::Failed(e) | Stop::Rejected(e) | Stop::Fatal(e)) => {
                 warn!(error = %e, "job failed; the next run resumes from the last delivered page");
                 job.tasks[i].state = JobState::Failed;
                 job.tasks[i].error = Some(e.clone());
-                return end_job(&env, job, JobState::Failed, Some(e)).await;
+                return end_job(env, job, JobState::Failed, Some(e)).await;
             }
         }
     }
@@ -362,7 +401,7 @@ pub async fn collect(
             Err(e) => warn!(error = %e, "could not expire identity index entries"),
         }
     }
-    end_job(&env, job, JobState::Succeeded, None).await
+    end_job(env, job, JobState::Succeeded, None).await
 }
 
 enum Stop {
@@ -421,7 +460,7 @@ const MAX_REQUERIES: u32 = 3;
 
 #[allow(clippy::too_many_arguments)]
 async fn collect_slice(
-    env: &FetcherEnv,
+    env: &Rc<FetcherEnv>,
     cursor_name: &str,
     job: &mut JobRecord,
     i: usize,
@@ -449,6 +488,8 @@ async fn collect_slice(
         None => Progress::default(),
     };
     let mut requeries_now = 0;
+    // The next page, requested while this one is delivered and committed (aborted if dropped).
+    let mut prefetched: Option<Prefetch> = None;
     loop {
         if *cancel.borrow() {
             return Err(Stop::Cancelled(None));
@@ -468,7 +509,12 @@ async fn collect_slice(
                 )
                 .to_string(),
         };
-        let fetch = fetch_page(env, &url, is_next_link, job, i, cancel);
+        let fetch = async {
+            match prefetched.take() {
+                Some(p) if p.url == url => p.join().await,
+                _ => fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone()).await,
+            }
+        };
         let fetched = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
@@ -483,8 +529,11 @@ async fn collect_slice(
             }
             None => fetch.await,
         };
+        job.retries += fetched.retries;
+        job.tasks[i].retries += fetched.retries;
+        job.throttled += fetched.throttled;
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
-        let (mut page, _slot) = match fetched {
+        let (mut page, _slot) = match fetched.page {
             Ok(p) => p,
             Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
@@ -532,6 +581,9 @@ async fn collect_slice(
         }
         job.known += built.known;
         job.updates += built.updates;
+        if let (true, Some(next)) = (spec.prefetch, &page.next_link) {
+            prefetched = Some(Prefetch::start(env, next.to_string(), cancel));
+        }
         let n = events.len() as u64;
         if !events.is_empty() {
             deliver(env, events).await.map_err(Stop::Failed)?;
@@ -627,19 +679,89 @@ impl Progress {
     }
 }
 
+/// A page fetched (or not) and what it took, for the job record.
+struct Fetched {
+    /// The parsed page and its share of the rows-in-flight budget.
+    page: Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop>,
+    /// Requests retried.
+    retries: u64,
+    /// 429 answers.
+    throttled: u64,
+}
+
+/// The next page's fetch, running as its own task beside the delivery and commit of the page
+/// before it. Dropping it aborts the fetch (a failed delivery, a cancelled job).
+struct Prefetch {
+    url: String,
+    task: tokio::task::JoinHandle<Fetched>,
+}
+
+impl Prefetch {
+    fn start(env: &Rc<FetcherEnv>, url: String, cancel: &watch::Receiver<bool>) -> Prefetch {
+        let fetch = fetch_page(env.clone(), url.clone(), true, cancel.clone())
+            .instrument(tracing::Span::current());
+        Prefetch {
+            url,
+            task: tokio::task::spawn_local(fetch),
+        }
+    }
+
+    async fn join(mut self) -> Fetched {
+        match (&mut self.task).await {
+            Ok(f) => f,
+            // A panic in the fetch is the fetcher's panic, as without the prefetch.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Fetched {
+                page: Err(Stop::Cancelled(None)),
+                retries: 0,
+                throttled: 0,
+            },
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Fetches and parses one page, with retries, token refresh on 401, and cancellation.
 async fn fetch_page(
+    env: Rc<FetcherEnv>,
+    url: String,
+    is_next_link: bool,
+    cancel: watch::Receiver<bool>,
+) -> Fetched {
+    let mut retries: u32 = 0;
+    let mut throttled = 0;
+    let page = fetch_with_retries(
+        &env,
+        &url,
+        is_next_link,
+        &cancel,
+        &mut retries,
+        &mut throttled,
+    )
+    .await;
+    Fetched {
+        page,
+        retries: u64::from(retries),
+        throttled,
+    }
+}
+
+async fn fetch_with_retries(
     env: &FetcherEnv,
     url: &str,
     is_next_link: bool,
-    job: &mut JobRecord,
-    i: usize,
     cancel: &watch::Receiver<bool>,
+    retries: &mut u32,
+    throttled: &mut u64,
 ) -> Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop> {
     let spec = &env.spec;
     let request_url = url::Url::parse(url)
         .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
-    let mut retries: u32 = 0;
     let mut reauthenticated = false;
     loop {
         // The budget first: a long wait must not age the token taken for this request.
@@ -659,13 +781,11 @@ async fn fetch_page(
         }
         // Then this page's share of the rows-in-flight budget (before the token, for the same
         // reason); given back after its commit, or before a retry's wait.
-        let rows = spec.page_size.min(ROWS_IN_FLIGHT as u32);
         let slot = env
             .rows_in_flight
-            .clone()
-            .acquire_many_owned(rows)
+            .take(spec.page_size)
             .await
-            .map_err(|_| Stop::Failed("the engine is stopping".into()))?;
+            .ok_or_else(|| Stop::Failed("the engine is stopping".into()))?;
         let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
             Ok(Ok(h)) => h,
             Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
@@ -710,7 +830,7 @@ async fn fetch_page(
             }
             Ok(resp) => {
                 if resp.status == 429 {
-                    job.throttled += 1;
+                    *throttled += 1;
                     crate::telemetry::throttled(&spec.id);
                     if let (Some(gate), Some(after)) = (&env.quota, resp.retry_after) {
                         // Every source of this tenant holds back, not only this one.
@@ -748,13 +868,13 @@ async fn fetch_page(
         };
         // Not while waiting to retry.
         drop(slot);
-        let decision = spec.retry.decide(&failure, retries).or_else(|| {
+        let decision = spec.retry.decide(&failure, *retries).or_else(|| {
             // A next link answered 400 may be a transient server state: two more tries.
             (is_next_link
                 && matches!(failure, Failure::Status { code: 400, .. })
-                && retries < NEXT_LINK_400_RETRIES)
+                && *retries < NEXT_LINK_400_RETRIES)
                 .then(|| crate::retry::Decision {
-                    delay: Duration::from_millis(500 << retries),
+                    delay: Duration::from_millis(500 << *retries),
                     from_retry_after: false,
                 })
         });
@@ -773,14 +893,12 @@ async fn fetch_page(
                 })
             }
             Some(d) => {
-                retries += 1;
-                job.retries += 1;
-                job.tasks[i].retries += 1;
+                *retries += 1;
                 crate::telemetry::retried(&spec.id);
                 if d.from_retry_after {
                     warn!(delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After");
                 } else {
-                    warn!(attempt = retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page");
+                    warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page");
                 }
                 let mut c = cancel.clone();
                 tokio::select! {

@@ -156,7 +156,7 @@ pub struct Supervisor {
     pending_sources: Option<Vec<SourceEntry>>,
     quotas: crate::quota::QuotaRegistry,
     /// The engine-wide budget of rows between fetch and commit, shared by every fetcher.
-    rows_in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    rows_in_flight: crate::fetcher::RowBudget,
 }
 
 impl Supervisor {
@@ -187,9 +187,7 @@ impl Supervisor {
             // Fetchers are started in `started`, once the supervisor has an address.
             pending_sources: Some(sources),
             quotas: crate::quota::QuotaRegistry::default(),
-            rows_in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
-                crate::fetcher::ROWS_IN_FLIGHT,
-            )),
+            rows_in_flight: crate::fetcher::RowBudget::new(crate::fetcher::ROWS_IN_FLIGHT),
         }
     }
 }
@@ -198,6 +196,13 @@ impl Supervisor {
     /// Pipeline hooks applied, in order, to every source's events before the sinks.
     pub fn with_hooks(mut self, hooks: Vec<crate::hook::Hook>) -> Supervisor {
         self.hooks = hooks;
+        self
+    }
+
+    /// The engine-wide budget of rows between fetch and commit (default
+    /// [`crate::fetcher::ROWS_IN_FLIGHT`]; at least 1).
+    pub fn with_rows_in_flight(mut self, rows: usize) -> Supervisor {
+        self.rows_in_flight = crate::fetcher::RowBudget::new(rows);
         self
     }
 

@@ -101,6 +101,60 @@ path = {out}
     )
 }
 
+/// Graph sources of the one simulated tenant (OAuth), each `(id, start, end)`, all feeding the
+/// file sink `out`; `extra` goes into every source table. Tests are not throttled unless `extra`
+/// sets a `quota`.
+pub fn graph_sources_toml(
+    sim: &SimServer,
+    state_dir: &Path,
+    out: &Path,
+    sources: &[(&str, &str, &str)],
+    extra: &str,
+) -> String {
+    let url = q(&format!("{}{GRAPH_PATH}", sim.base_url()));
+    let base = q(&sim.base_url());
+    let quota = if extra.contains("quota") {
+        ""
+    } else {
+        "quota = { requests = 100000, per_secs = 1 }"
+    };
+    let mut t = format!(
+        "state_dir = {}\nlog_level = \"warn\"\n",
+        q(&state_dir.to_string_lossy())
+    );
+    for (id, start, end) in sources {
+        t.push_str(&format!(
+            r#"
+[sources.{id}]
+url = {url}
+start = {start}
+end = {end}
+page_size = 100
+{quota}
+{extra}
+[sources.{id}.auth]
+method = "oauth"
+tenant_id = "sim-tenant"
+client_id = "sim-client"
+client_secret = "sim-secret"
+login_url = {base}
+[sources.{id}.retry]
+initial_interval_ms = 100
+limit = 10
+"#,
+            start = q(start),
+            end = q(end),
+        ));
+    }
+    let inputs: Vec<String> = sources.iter().map(|s| q(s.0)).collect();
+    t.push_str(&format!(
+        "[sinks.out]\ntype = \"file\"\ninputs = [{}]\npath = {}\n",
+        inputs.join(", "),
+        q(&out.to_string_lossy())
+    ));
+    t
+}
+
 /// Parses a configuration or panics with its errors.
 pub fn parse(toml: &str) -> Config {
     config::from_str(toml).unwrap_or_else(|e| panic!("config invalid:\n{e}"))
