@@ -83,6 +83,8 @@
 //! ```
 #![deny(missing_docs)]
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod embed;
@@ -96,3 +98,10 @@ pub mod sinks;
 
 pub use msgtrace_actors as actors;
 pub use msgtrace_storage as storage;
+
+/// Without the `mimalloc` feature the binaries keep the system allocator.
+#[cfg(not(feature = "mimalloc"))]
+#[macro_export]
+macro_rules! binary_allocator {
+    () => {};
+}

@@ -10,11 +10,8 @@ use msgtrace::storage::{StorageError, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// mimalloc (feature `mimalloc`, on by default): the engine frees a page's many small
-/// allocations at once, where glibc's allocator took a third of its CPU (docs/benchmarks.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc, tuned (feature `mimalloc`, on by default): see `msgtrace::allocator`.
+msgtrace::binary_allocator!();
 
 #[derive(Parser)]
 #[command(
