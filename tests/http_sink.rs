@@ -457,3 +457,119 @@ fn a_receiver_down_fails_the_run_and_the_next_run_delivers_every_row() {
     let events = received_events(&reqs[3..], "ndjson");
     assert_exactly_once(&events, &s);
 }
+
+#[test]
+fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
+    let s = setup();
+    let page_size = 50;
+    // Pages of 50 rows in batches of 30: two requests per page. The receiver goes down twice
+    // (503, by request number, 0-based):
+    // - requests 4 and 5, the first batch of page 3: the sink's own retries (limit 2) ride it out;
+    // - requests 13 to 16: the second batch of page 6 is refused three times, the sink gives up and
+    //   the task fails; it is rescheduled (the default: once) from its checkpoint, so page 6 is
+    //   fetched and sent again: its first batch is refused once more (16), then accepted.
+    let down = |n: usize| (4..=5).contains(&n) || (13..=16).contains(&n);
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move |n, _| {
+            if down(n) {
+                (503, r#"{"text":"Server is busy","code":9}"#.into())
+            } else {
+                (200, "{}".into())
+            }
+        }),
+    );
+    let cfg = s.config(&format!(
+        "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
+        rx.url("/ingest")
+    ));
+    // After every commit: the rows the job has committed, and the distinct rows the receiver had
+    // accepted by then.
+    let commits: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
+    let hook: msgtrace::actors::supervisor::PageHook = {
+        let (commits, requests) = (commits.clone(), rx.requests.clone());
+        Arc::new(move |_, _, rows| {
+            let accepted: Vec<Req> = requests
+                .lock()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| !down(*n))
+                .map(|(_, r)| r.clone())
+                .collect();
+            let distinct: HashSet<(String, String)> = received_events(&accepted, "ndjson")
+                .iter()
+                .map(identity)
+                .collect();
+            commits.lock().unwrap().push((rows, distinct.len()));
+        })
+    };
+    let report = run_once(
+        &cfg,
+        EngineOptions {
+            page_hook: Some(hook),
+            ..fast_retry(2)
+        },
+    );
+    assert!(report.all_succeeded(), "{report:?}");
+
+    let expected = s.expected();
+    assert!(
+        expected.len() > 8 * page_size,
+        "pages after the outage: {} rows",
+        expected.len()
+    );
+    // The checkpoint never moved past a row the receiver had not accepted.
+    let commits = commits.lock().unwrap().clone();
+    assert!(commits.len() > 8, "{commits:?}");
+    for (committed, accepted) in &commits {
+        assert!(
+            *committed as usize <= *accepted,
+            "committed {committed} rows, the receiver had {accepted}: {commits:?}"
+        );
+    }
+    // The second outage went through the task's reschedule, and the job ended at the window's end.
+    let store = msgtrace::storage::Store::open(s.dir.path().join("state")).unwrap();
+    let jobs = store.jobs(Some("src")).unwrap();
+    let reschedules: u32 = jobs
+        .iter()
+        .flat_map(|j| &j.tasks)
+        .map(|t| t.reschedules)
+        .sum();
+    assert_eq!(reschedules, 1, "{jobs:?}");
+    let cp = store.checkpoint("src").unwrap().unwrap();
+    assert!(cp.in_flight.is_none(), "{cp:?}");
+    assert_eq!(
+        cp.cursor.map(|c| c.timestamp().to_string()),
+        Some(s.end.clone())
+    );
+
+    // Every row arrived. Rows sent twice are only the batch of page 6 accepted before its page
+    // failed: the page is acknowledged as a whole, so the rescheduled task sends it again whole.
+    let reqs = rx.requests();
+    let accepted: Vec<Req> = reqs
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| !down(*n))
+        .map(|(_, r)| r.clone())
+        .collect();
+    let mut count: HashMap<(String, String), usize> = HashMap::new();
+    for v in received_events(&accepted, "ndjson") {
+        *count.entry(identity(&v)).or_default() += 1;
+    }
+    let rows_of = |r: &Req| received_events(std::slice::from_ref(r), "ndjson").len();
+    let (missing, extra, twice) = compare(&count, &expected);
+    assert_eq!((missing, extra), (0, 0), "missing, extra");
+    assert_eq!(twice, rows_of(&reqs[12]), "the first batch of page 6");
+    assert!(twice <= page_size);
+    // The file sink got page 6 twice too: a page goes to every sink together, and is committed only
+    // when all of them have it.
+    let file = identities(&s.dir.path().join("out.ndjson"), Api::Graph);
+    let (missing, extra, twice) = compare(&file, &expected);
+    assert_eq!((missing, extra), (0, 0), "file: missing, extra");
+    assert_eq!(
+        twice,
+        rows_of(&reqs[12]) + rows_of(&reqs[13]),
+        "file: page 6"
+    );
+}

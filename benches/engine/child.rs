@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::http;
+use msgtrace::actors::retry::RetryPolicy;
 use msgtrace::actors::supervisor::PageHook;
 use msgtrace::engine::{self, EngineOptions, Mode};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,14 @@ pub enum Work {
         print_pages: bool,
         /// The scale measurement: CPU from the start until every source has delivered its poll.
         scale: Option<Scale>,
+        /// Run as `msgtrace run` does without `--once`: on schedule (every source catches up at
+        /// once) until SIGTERM.
+        #[serde(default)]
+        continuous: bool,
+        /// First delay of the `http` sinks' retry policy, milliseconds (the smoke run shortens
+        /// it); `None` is the default policy (1 s, doubling, 5 retries).
+        #[serde(default)]
+        sink_retry_initial_ms: Option<u64>,
     },
     /// Baseline (a): the same pages, the same awc client, bodies appended to a file unparsed.
     RawFetch {
@@ -77,7 +86,16 @@ pub fn main(spec: &str) {
             durable,
             print_pages,
             scale,
-        } => run_engine(&config, durable, print_pages, scale),
+            continuous,
+            sink_retry_initial_ms,
+        } => run_engine(
+            &config,
+            durable,
+            print_pages,
+            scale,
+            continuous,
+            sink_retry_initial_ms,
+        ),
         Work::RawFetch {
             api,
             first_url,
@@ -104,6 +122,8 @@ fn run_engine(
     durable: bool,
     print_pages: bool,
     scale: Option<Scale>,
+    continuous: bool,
+    sink_retry_initial_ms: Option<u64>,
 ) -> serde_json::Value {
     let config = msgtrace::config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
     let delivered: Arc<Mutex<Option<Delivered>>> = Arc::default();
@@ -124,13 +144,23 @@ fn run_engine(
     let opts = EngineOptions {
         durable,
         page_hook: Some(hook),
-        handle_signals: false,
+        // A continuous run ends on SIGTERM, as `msgtrace run` does.
+        handle_signals: continuous,
+        sink_retry: sink_retry_initial_ms.map(|ms| RetryPolicy {
+            initial: Duration::from_millis(ms),
+            ..msgtrace::sinks::http::default_retry()
+        }),
         ..EngineOptions::default()
+    };
+    let mode = if continuous {
+        Mode::Continuous
+    } else {
+        Mode::Once
     };
     // `--once` makes every source due at this instant.
     let (due, cpu_at_due, started) = (Utc::now(), cpu_time(libc::RUSAGE_SELF), Instant::now());
     let report = actix_rt::System::new()
-        .block_on(async { engine::run(&config, Mode::Once, opts).await })
+        .block_on(async { engine::run(&config, mode, opts).await })
         .unwrap_or_else(|e| panic!("engine: {e:#}"));
     let secs = started.elapsed().as_secs_f64();
     let rows: u64 = report.jobs.iter().map(|(_, j)| j.rows).sum();

@@ -1,9 +1,10 @@
-//! The engine benchmark (issue 7): throughput, memory, scale, the cost of durability and resume,
-//! each beside a baseline measured in the same run, printed as one table.
+//! The engine benchmark (issue 7): throughput, memory, scale, the cost of durability, resume and
+//! a sink that is down for a while (issue 5), each beside a baseline measured in the same run,
+//! printed as one table.
 //!
 //! ```sh
 //! cargo bench --bench engine                      # the full run (release build, a few minutes)
-//! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume
+//! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume sinkdown
 //! cargo bench --bench engine -- --rounds 1              # one throughput round instead of three
 //! ```
 //!
@@ -17,6 +18,7 @@
 
 mod child;
 mod measure;
+mod sinkdown;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use msgtrace::storage::Store;
 
 use child::{Scale, Work};
 use measure::{count_lines, Finished};
+use sinkdown::SinkDownPlan;
 
 /// The sizes of one run.
 struct Plan {
@@ -47,6 +50,8 @@ struct Plan {
     resume_rows: u64,
     resume_page: u32,
     resume_kills: usize,
+    /// The sink-down measurement.
+    sinkdown: SinkDownPlan,
 }
 
 impl Plan {
@@ -60,6 +65,14 @@ impl Plan {
             resume_rows: 200_000,
             resume_page: 5000,
             resume_kills: 5,
+            sinkdown: SinkDownPlan {
+                rows: 1_000_000,
+                page_size: 5000,
+                down_after_rows: 100_000,
+                outage: Duration::from_secs(25),
+                retry_initial_ms: None,
+                time_limit: Duration::from_secs(600),
+            },
         }
     }
 
@@ -73,6 +86,14 @@ impl Plan {
             resume_rows: 6_000,
             resume_page: 500,
             resume_kills: 1,
+            sinkdown: SinkDownPlan {
+                rows: 6_000,
+                page_size: 500,
+                down_after_rows: 1_500,
+                outage: Duration::from_millis(600),
+                retry_initial_ms: Some(50),
+                time_limit: Duration::from_secs(60),
+            },
         }
     }
 }
@@ -141,6 +162,9 @@ fn main() {
     }
     if wanted("resume") {
         resume(&sim, &plan, dir.path(), &mut table);
+    }
+    if wanted("sinkdown") {
+        sinkdown::sinkdown(&sim, &plan.sinkdown, dir.path(), &mut table);
     }
     sim.stop();
 
@@ -230,6 +254,25 @@ fn write_config(
     page_size: u32,
     sources: &[(String, String)],
 ) {
+    let inputs: Vec<String> = sources.iter().map(|(id, _)| q(id)).collect();
+    let sink = format!(
+        "type = \"file\"\ninputs = [{}]\npath = {}\n",
+        inputs.join(", "),
+        q(&files.out.to_string_lossy())
+    );
+    write_config_with_sink(files, sim, api, (start, end), page_size, sources, &sink);
+}
+
+/// [`write_config`] with the sink `out` given as the body of its TOML table.
+fn write_config_with_sink(
+    files: &EngineFiles,
+    sim: &SimServer,
+    api: Api,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    page_size: u32,
+    sources: &[(String, String)],
+    sink: &str,
+) {
     let api_name = match api {
         Api::Graph => "graph",
         Api::Reporting => "reporting",
@@ -265,14 +308,7 @@ login_url = {base}
         )
         .expect("string write");
     }
-    let inputs: Vec<String> = sources.iter().map(|(id, _)| q(id)).collect();
-    write!(
-        toml,
-        "\n[sinks.out]\ntype = \"file\"\ninputs = [{}]\npath = {}\n",
-        inputs.join(", "),
-        q(&files.out.to_string_lossy())
-    )
-    .expect("string write");
+    write!(toml, "\n[sinks.out]\n{sink}").expect("string write");
     std::fs::write(&files.config, toml).expect("config written");
 }
 
@@ -296,6 +332,8 @@ fn engine_once(
         durable,
         print_pages: false,
         scale: None,
+        continuous: false,
+        sink_retry_initial_ms: None,
     })
     .wait();
     assert!(
@@ -599,6 +637,8 @@ fn scale_run(sim: &SimServer, dir: &Path, tenants: &[String]) -> ScaleRun {
         durable: true,
         print_pages: false,
         scale: Some(Scale { sources: n }),
+        continuous: false,
+        sink_retry_initial_ms: None,
     })
     .wait_at_most(Some(SCALE_TIME_LIMIT));
     if f.hung {
@@ -665,6 +705,8 @@ fn resume(sim: &SimServer, plan: &Plan, dir: &Path, table: &mut Table) {
         durable: true,
         print_pages: true,
         scale: None,
+        continuous: false,
+        sink_retry_initial_ms: None,
     };
     let first_page = |r: &measure::Running| -> Instant {
         match r.next_line() {

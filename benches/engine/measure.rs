@@ -81,6 +81,20 @@ impl Running {
         self.lines.recv().ok()
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (a graceful stop: the engine finishes the page in flight and exits); reap it
+    /// with [`Running::wait`].
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+
     /// Sends SIGKILL, then reaps the child.
     pub fn kill(self) -> Finished {
         let rss = peak_rss_kib(self.child.id());
@@ -158,6 +172,46 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resident set size of a running process now (`VmRSS`), KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples a process's `VmRSS` at a fixed interval on its own thread, until stopped or the
+/// process is gone.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: JoinHandle<Vec<(Instant, u64)>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `pid` every `every`.
+    pub fn start(pid: u32, every: Duration) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match rss_kib(pid) {
+                    Some(kib) => samples.push((Instant::now(), kib * 1024)),
+                    None => break,
+                }
+                std::thread::sleep(every);
+            }
+            samples
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops sampling: (when, RSS bytes) of every sample.
+    pub fn finish(self) -> Vec<(Instant, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("RSS sampler")
+    }
 }
 
 fn timeval(t: libc::timeval) -> Duration {
