@@ -68,7 +68,7 @@ impl Plan {
             sinkdown: SinkDownPlan {
                 rows: 1_000_000,
                 page_size: 5000,
-                down_after_rows: 100_000,
+                down_after_rows: 300_000,
                 outage: Duration::from_secs(25),
                 retry_initial_ms: None,
                 time_limit: Duration::from_secs(600),
