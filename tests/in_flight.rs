@@ -170,7 +170,10 @@ fn the_rows_in_flight_budget_bounds_the_pages_of_all_sources_while_a_sink_is_bus
         // Time for requests beyond the budget to show up if the budget did not hold them.
         Duration::from_millis(500),
     );
-    assert_eq!(seen, 2, "two pages' worth of rows in flight while the sink held one");
+    assert_eq!(
+        seen, 2,
+        "two pages' worth of rows in flight while the sink held one"
+    );
     assert_eq!(report.jobs.len(), 4);
     assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
 }

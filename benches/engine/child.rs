@@ -32,6 +32,9 @@ pub enum Work {
         config: PathBuf,
         /// `EngineOptions.durable`: `flush_async` after every page.
         durable: bool,
+        /// `EngineOptions.prefetch`: the next page requested during this one's commit.
+        #[serde(default = "yes")]
+        prefetch: bool,
         /// Print `page` after every committed page.
         print_pages: bool,
         /// The scale measurement: CPU from the start until every source has delivered its poll.
@@ -70,6 +73,10 @@ pub enum Work {
     },
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// Many sources, all due at once (`--once` makes every source due when the engine starts).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy)]
 pub struct Scale {
@@ -84,13 +91,14 @@ pub fn main(spec: &str) {
         Work::Engine {
             config,
             durable,
+            prefetch,
             print_pages,
             scale,
             continuous,
             sink_retry_initial_ms,
         } => run_engine(
             &config,
-            durable,
+            (durable, prefetch),
             print_pages,
             scale,
             continuous,
@@ -119,7 +127,7 @@ type Delivered = (Duration, DateTime<Utc>);
 
 fn run_engine(
     path: &std::path::Path,
-    durable: bool,
+    (durable, prefetch): (bool, bool),
     print_pages: bool,
     scale: Option<Scale>,
     continuous: bool,
@@ -143,6 +151,7 @@ fn run_engine(
     };
     let opts = EngineOptions {
         durable,
+        prefetch,
         page_hook: Some(hook),
         // A continuous run ends on SIGTERM, as `msgtrace run` does.
         handle_signals: continuous,

@@ -248,6 +248,7 @@ fn collect(
     let child = measure::spawn(&Work::Engine {
         config: files.config.clone(),
         durable: true,
+        prefetch: true,
         print_pages: true,
         scale: None,
         continuous: true,
