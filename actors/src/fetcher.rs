@@ -334,6 +334,7 @@ pub async fn collect(
                 &mut cp,
                 &cancel,
                 deadline,
+                kind == JobKind::Scheduled,
             )
             .instrument(tracing::info_span!(
                 "slice",
@@ -468,6 +469,7 @@ async fn collect_slice(
     cp: &mut Checkpoint,
     cancel: &watch::Receiver<bool>,
     deadline: Option<Instant>,
+    hold: bool,
 ) -> Result<(), Stop> {
     let spec = &env.spec;
     let mut link = task.next_link.clone();
@@ -586,7 +588,13 @@ async fn collect_slice(
         }
         let n = events.len() as u64;
         if !events.is_empty() {
-            deliver(env, events).await.map_err(Stop::Failed)?;
+            let hold = hold.then_some(Hold { cancel, deadline });
+            let refused = deliver(env, events, hold).await?;
+            if let Some(e) = refused {
+                job.errors.push(format!(
+                    "a sink refused a page for a while (the page was held and delivered again): {e}"
+                ));
+            }
         }
         slice_pages += 1;
         slice_rows += n;
@@ -1047,24 +1055,96 @@ fn epoch_seconds(t: DateTime<Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
 }
 
-async fn deliver(env: &FetcherEnv, mut events: Vec<Event>) -> Result<(), String> {
-    crate::hook::apply(&env.hooks, &mut events)?;
+/// How a scheduled job rides out a sink that refuses a page: until the job is cancelled or
+/// reaches its `job_timeout`.
+struct Hold<'a> {
+    cancel: &'a watch::Receiver<bool>,
+    deadline: Option<Instant>,
+}
+
+/// Longest wait between two deliveries of a held page.
+const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Hands one page's events to every sink and waits for all of them.
+///
+/// A sink that fails (after its own retries) fails the page, unless `hold` is given (scheduled
+/// jobs, that is `msgtrace run`): then the page is held and given again, after a backoff from
+/// the source's `retry.initial_interval_ms` doubling up to 60 s, to the sinks that failed only
+/// (the others already have it), until they take it. Meanwhile nothing is fetched beyond the
+/// one page prefetched, and the checkpoint stays before the page: backpressure with bounded
+/// memory, and delivery resumes as soon as the sink is back instead of at the next scheduled
+/// run. Returns the first refusal when there was one.
+async fn deliver(
+    env: &FetcherEnv,
+    mut events: Vec<Event>,
+    hold: Option<Hold<'_>>,
+) -> Result<Option<String>, Stop> {
+    crate::hook::apply(&env.hooks, &mut events).map_err(Stop::Failed)?;
     if events.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let batch = Batch {
         source: Arc::from(env.spec.id.as_str()),
         events: Arc::new(events),
     };
-    let sends = env.sinks.iter().map(|s| s.send(Deliver(batch.clone())));
-    for r in futures_util::future::join_all(sends).await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(e) => return Err(format!("a sink is not running ({e})")),
+    let mut pending: Vec<&Recipient<Deliver>> = env.sinks.iter().collect();
+    let mut first_refusal = None;
+    let mut attempt: u32 = 0;
+    loop {
+        let sends = pending.iter().map(|s| s.send(Deliver(batch.clone())));
+        let results = futures_util::future::join_all(sends).await;
+        let mut refused = None;
+        let mut failed = Vec::new();
+        for (sink, r) in pending.iter().zip(results) {
+            let e = match r {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("a sink is not running ({e})"),
+            };
+            refused.get_or_insert(e);
+            failed.push(*sink);
         }
+        let Some(e) = refused else {
+            if first_refusal.is_some() {
+                info!(
+                    attempts = attempt + 1,
+                    "the held page was delivered; collection goes on"
+                );
+            }
+            return Ok(first_refusal);
+        };
+        let Some(hold) = &hold else {
+            return Err(Stop::Failed(e));
+        };
+        let delay = env
+            .spec
+            .retry
+            .initial
+            .max(Duration::from_millis(100))
+            .saturating_mul(1 << attempt.min(10))
+            .min(HOLD_MAX_DELAY);
+        warn!(
+            error = %e,
+            attempt = attempt + 1,
+            delay_ms = delay.as_millis() as u64,
+            "a sink did not take the page: holding it (the checkpoint stays before it) and giving it again to the sinks that failed"
+        );
+        crate::telemetry::page_held(&env.spec.id);
+        first_refusal.get_or_insert(e);
+        if hold.deadline.is_some_and(|d| Instant::now() + delay >= d) {
+            return Err(Stop::Cancelled(Some(
+                "job_timeout reached while a sink refused a page; the next run delivers it again"
+                    .into(),
+            )));
+        }
+        let mut c = hold.cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = c.wait_for(|v| *v) => return Err(Stop::Cancelled(None)),
+        }
+        pending = failed;
+        attempt += 1;
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! | `msgtrace_retries_total` | counter | `source` | API requests retried |
 //! | `msgtrace_throttled_total` | counter | `source` | API answers 429 |
 //! | `msgtrace_jobs_total` | counter | `source`, `state` | jobs ended, by outcome |
+//! | `msgtrace_sink_refusals_total` | counter | `source` | pages a sink refused (after its own retries) and that were held to be given again |
 //! | `msgtrace_last_page_timestamp_seconds` | gauge | `source` | when the last page was checkpointed |
 //! | `msgtrace_last_success_timestamp_seconds` | gauge | `source` | when the last job succeeded |
 
@@ -49,6 +50,11 @@ pub fn retried(source: &str) {
 /// The API answered 429.
 pub fn throttled(source: &str) {
     counter!("msgtrace_throttled_total", "source" => source.to_owned()).increment(1);
+}
+
+/// A sink refused a page, which is held and given to it again.
+pub fn page_held(source: &str) {
+    counter!("msgtrace_sink_refusals_total", "source" => source.to_owned()).increment(1);
 }
 
 /// A job ended.

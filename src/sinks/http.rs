@@ -33,6 +33,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 use std::cell::RefCell;
 use std::io::Write;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -70,6 +71,11 @@ pub struct HttpSink {
     batch: BatchConfig,
     retry: RetryPolicy,
     request_timeout: Duration,
+    /// The page that failed part way, and how many of its request bodies the receiver had
+    /// accepted: when the same page is given again (a scheduled job holds a refused page), those
+    /// are not sent twice. A `Weak` keeps the page's address from being reused by another page
+    /// without keeping its events in memory.
+    partly_sent: Option<(Weak<Vec<Event>>, usize)>,
 }
 
 impl HttpSink {
@@ -100,6 +106,7 @@ impl HttpSink {
             batch: config.batch,
             retry: default_retry(),
             request_timeout: Duration::from_secs(30),
+            partly_sent: None,
         }
     }
 
@@ -379,13 +386,22 @@ impl Sink for HttpSink {
         Box::pin(async move {
             let bodies = encode(self.format, &batch.events, &self.batch);
             let n = bodies.len();
-            for (i, (body, rows)) in bodies.into_iter().enumerate() {
-                self.send(body, rows).await.map_err(|mut e| {
+            // The same page again after a failure part way: its accepted bodies are skipped
+            // (encoding is deterministic, so they are the same bodies).
+            let done = match self.partly_sent.take() {
+                Some((page, done)) if std::ptr::eq(page.as_ptr(), Arc::as_ptr(&batch.events)) => {
+                    done
+                }
+                _ => 0,
+            };
+            for (i, (body, rows)) in bodies.into_iter().enumerate().skip(done) {
+                if let Err(mut e) = self.send(body, rows).await {
+                    self.partly_sent = Some((Arc::downgrade(&batch.events), i));
                     if n > 1 {
                         e.message = format!("batch {} of {n} of the page: {}", i + 1, e.message);
                     }
-                    e
-                })?;
+                    return Err(e);
+                }
             }
             Ok(())
         })
