@@ -291,12 +291,17 @@ impl Api {
     /// The row's identity (trace id, recipient), verbatim; `None` unless both fields are
     /// non-empty strings. The same identity can come back later with a new status (an update).
     pub fn row_identity(self, row: &Row) -> Option<(String, String)> {
+        self.row_identity_ref(row)
+            .map(|(id, recipient)| (id.to_owned(), recipient.to_owned()))
+    }
+
+    /// [`Api::row_identity`], borrowed from the row.
+    pub fn row_identity_ref(self, row: &Row) -> Option<(&str, &str)> {
         let (id_field, recipient_field) = self.identity_fields();
         let field = |name: &str| {
             row.get(name)
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned)
         };
         Some((field(id_field)?, field(recipient_field)?))
     }

@@ -980,6 +980,10 @@ fn build_events(
         updates: 0,
         seen: Vec::new(),
     };
+    // The oldest rows of the page delivered (indexes into `out.events`), for re-queries: their
+    // identities are copied once, at the end, not for every row (rows come newest first, so
+    // nearly every row is the oldest so far when it is seen).
+    let mut oldest: Option<(DateTime<Utc>, Vec<usize>)> = None;
     // Each row becomes its event's fields as it is (moved, not copied).
     for mut fields in rows {
         let time = spec.api.row_time(&fields);
@@ -989,11 +993,17 @@ fn build_events(
                 continue;
             }
         }
-        let identity = spec.api.row_identity(&fields);
+        let identity = spec.api.row_identity_ref(&fields);
         let is_broken = time.is_none() || identity.is_none();
         let mut update = false;
-        if let (Some(t), Some(id)) = (time, identity) {
-            if !track.skip.is_empty() && Some(t) == track.query_end && track.skip.contains(&id) {
+        if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
+            if !track.skip.is_empty()
+                && Some(t) == track.query_end
+                && track
+                    .skip
+                    .iter()
+                    .any(|(a, b)| a == trace_id && b == recipient)
+            {
                 out.skipped += 1;
                 continue;
             }
@@ -1005,8 +1015,8 @@ fn build_events(
                     .to_owned();
                 let entry = SeenEntry {
                     time: t,
-                    trace_id: id.0.clone(),
-                    recipient: id.1.clone(),
+                    trace_id: trace_id.to_owned(),
+                    recipient: recipient.to_owned(),
                     status,
                 };
                 match env
@@ -1023,15 +1033,17 @@ fn build_events(
                 }
                 out.seen.push(entry);
             }
-            track.delivered(t, id);
+            let at = out.events.len();
+            match &mut oldest {
+                Some((o, _)) if t > *o => {}
+                Some((o, at_oldest)) if t == *o => at_oldest.push(at),
+                _ => oldest = Some((t, vec![at])),
+            }
         }
         fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
         if update {
             out.updates += 1;
             fields.insert("_update".into(), true.into());
-        }
-        for (k, v) in &spec.fields {
-            fields.insert(k.clone(), v.clone());
         }
         out.events.push(Event {
             fields,
@@ -1042,6 +1054,21 @@ fn build_events(
                 is_broken,
             },
         });
+    }
+    if let Some((t, at)) = oldest {
+        for i in at {
+            if let Some(id) = spec.api.row_identity(&out.events[i].fields) {
+                track.delivered(t, id);
+            }
+        }
+    }
+    // The static fields last, so that the identities above are the API's, whatever they name.
+    if !spec.fields.is_empty() {
+        for e in &mut out.events {
+            for (k, v) in &spec.fields {
+                e.fields.insert(k.clone(), v.clone());
+            }
+        }
     }
     if is_last {
         if let Some(e) = out.events.last_mut() {

@@ -36,6 +36,9 @@ pub struct Finished {
     pub cpu: Duration,
     /// Peak resident set size of the child (its `VmHWM`), bytes.
     pub max_rss: u64,
+    /// Its resident set size once settled: the median of `VmRSS` sampled every 100 ms over the
+    /// second half of the run, bytes (only where sampled, see [`settled`]).
+    pub settled_rss: Option<u64>,
     /// Whether it exited with status 0.
     pub success: bool,
     /// Whether it was killed for running past its time limit.
@@ -160,11 +163,20 @@ impl Running {
             wall,
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
             max_rss: peak_kib * 1024,
+            settled_rss: None,
             success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             hung,
             result,
         }
     }
+}
+
+/// The median of the second half of RSS samples (what a process holds once its start is over;
+/// the peak may be a transient). `None` without samples.
+pub fn settled(samples: &[(Instant, u64)]) -> Option<u64> {
+    let mut late: Vec<u64> = samples[samples.len() / 2..].iter().map(|s| s.1).collect();
+    late.sort_unstable();
+    late.get(late.len() / 2).copied()
 }
 
 /// Peak resident set size of a running process (`VmHWM`), KiB.
