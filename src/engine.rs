@@ -52,9 +52,9 @@ pub enum Mode {
 pub struct EngineOptions {
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
     pub durable: bool,
-    /// Request each source's next page while the page before it is delivered and committed
-    /// (on by default). Off only to measure what it gains.
-    pub prefetch: bool,
+    /// Pages each source fetches ahead while the page before them is delivered and committed
+    /// (default [`msgtrace_actors::fetcher::PREFETCH_PAGES`]); 0 only to measure what it gains.
+    pub prefetch: usize,
     /// Called after every committed page: (source, pages, rows) of the running job.
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
@@ -79,7 +79,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             durable: true,
-            prefetch: true,
+            prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
             page_hook: None,
             grace: Duration::from_secs(30),
             handle_signals: true,
@@ -167,7 +167,7 @@ pub fn source_spec(
         disable_time_filter: src.disable_time_filter,
         cron,
         durable,
-        prefetch: true,
+        prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
         reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
         proxy,
         quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {

@@ -100,21 +100,27 @@ fn one_source(sim: &SimServer, dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn the_next_page_is_requested_while_the_page_before_it_is_delivered() {
+fn the_next_pages_are_requested_while_the_page_before_them_is_delivered() {
     let sim = Arc::new(sim(60, |_| {}));
     let dir = tempfile::tempdir().unwrap();
-    // Waits (up to 30 s, a bound for a broken engine, not a timing) for the second request.
+    let ahead = msgtrace::actors::fetcher::PREFETCH_PAGES as u64;
+    // Waits (up to 30 s, a bound for a broken engine, not a timing) for the pages fetched ahead,
+    // then a little longer, for any request beyond them to show.
     let (report, seen) = run_holding(
         &sim,
         &one_source(&sim, dir.path()),
         opts(),
-        2,
+        1 + ahead,
         Duration::from_secs(30),
-        Duration::ZERO,
+        Duration::from_millis(300),
     );
-    assert_eq!(seen, 2, "page 2 was requested while page 1 was delivered");
+    assert_eq!(
+        seen,
+        1 + ahead,
+        "while page 1 was delivered, the {ahead} pages after it were requested, and no more"
+    );
     assert!(report.jobs[0].1.pages > 3, "{report:?}");
-    // The prefetched pages came out in order, each once, after the page before was committed.
+    // The pages fetched ahead came out in order, each once, after the page before was committed.
     assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
 }
 
@@ -126,7 +132,7 @@ fn without_prefetch_nothing_is_requested_while_a_page_is_delivered() {
         &sim,
         &one_source(&sim, dir.path()),
         EngineOptions {
-            prefetch: false,
+            prefetch: 0,
             ..opts()
         },
         2,
@@ -141,8 +147,8 @@ fn without_prefetch_nothing_is_requested_while_a_page_is_delivered() {
 fn the_rows_in_flight_budget_bounds_the_pages_of_all_sources_while_a_sink_is_busy() {
     let sim = Arc::new(sim(60, |_| {}));
     let dir = tempfile::tempdir().unwrap();
-    // Four sources due at once, each with a page being fetched and one prefetched: eight pages
-    // without a budget. A budget of two pages (page_size 100) lets two be requested.
+    // Four sources due at once, each with a page being fetched and two fetched ahead: twelve
+    // pages without a budget. A budget of two pages (page_size 100) lets two be requested.
     let ranges: Vec<(String, String)> = (0..4)
         .map(|k| (hours_ago(4 * k + 4), hours_ago(4 * k + 1)))
         .collect();

@@ -7,10 +7,11 @@
 //! A crash anywhere before the flush completes means the page is fetched again on restart
 //! (a duplicate, never a loss); a crash after it means the page is not fetched again.
 //!
-//! The next page's request overlaps this page's delivery and commit ([`SourceSpec::prefetch`]):
-//! it is sent as soon as this page is parsed, and its rows wait, unseen by any sink and by the
-//! identity index, until this page is committed. So a crash delivers at most one page twice
-//! (the one being committed) and fetches at most two twice (that one and the one prefetched).
+//! The next pages' requests overlap this page's delivery and commit ([`SourceSpec::prefetch`],
+//! default [`PREFETCH_PAGES`]): a task follows the next links ahead, up to that many pages, and
+//! their rows wait, unseen by any sink and by the identity index, until the page before them is
+//! committed. So a crash delivers at most one page twice (the one being committed) and fetches
+//! at most 1 + `prefetch` twice (that one and those fetched ahead).
 //!
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
@@ -57,6 +58,10 @@ pub struct FetcherEnv {
     /// pages in memory while the sinks work through them.
     pub rows_in_flight: RowBudget,
 }
+
+/// Pages a source fetches ahead of the one being delivered and committed, by default: two keep
+/// the API busy while this side parses one and delivers and commits another.
+pub const PREFETCH_PAGES: usize = 2;
 
 /// Rows that may be between fetch and commit in one engine, all sources together (parsed rows
 /// take about 1 KiB each in memory: about 50 MiB). A page larger than the budget takes all of it.
@@ -512,10 +517,13 @@ async fn collect_slice(
                 .to_string(),
         };
         let fetch = async {
-            match prefetched.take() {
-                Some(p) if p.url == url => p.join().await,
-                _ => fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone()).await,
+            if let Some(p) = prefetched.as_mut() {
+                if let Some(f) = p.take(&url).await {
+                    return f;
+                }
+                prefetched = None;
             }
+            fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone()).await
         };
         let fetched = match deadline {
             Some(d) => {
@@ -559,6 +567,7 @@ async fn collect_slice(
                 job.errors
                     .push(format!("next link abandoned and the slice re-queried: {e}"));
                 link = None;
+                prefetched = None;
                 continue;
             }
             Err(Stop::Rejected(e)) => return Err(Stop::Failed(e)),
@@ -583,8 +592,13 @@ async fn collect_slice(
         }
         job.known += built.known;
         job.updates += built.updates;
-        if let (true, Some(next)) = (spec.prefetch, &page.next_link) {
-            prefetched = Some(Prefetch::start(env, next.to_string(), cancel));
+        if let (true, Some(next)) = (spec.prefetch > 0 && prefetched.is_none(), &page.next_link) {
+            prefetched = Some(Prefetch::start(
+                env,
+                next.to_string(),
+                cancel,
+                spec.prefetch,
+            ));
         }
         let n = events.len() as u64;
         if !events.is_empty() {
@@ -697,33 +711,50 @@ struct Fetched {
     throttled: u64,
 }
 
-/// The next page's fetch, running as its own task beside the delivery and commit of the page
-/// before it. Dropping it aborts the fetch (a failed delivery, a cancelled job).
+/// The pages after the one being delivered, fetched ahead by their own task (on the fetcher's
+/// thread) while the pages before them are delivered and committed: up to `depth` of them,
+/// following the next links in order, handed over in that order. Dropping it aborts the task
+/// (a failed delivery, a cancelled job, a re-query).
 struct Prefetch {
-    url: String,
-    task: tokio::task::JoinHandle<Fetched>,
+    pages: tokio::sync::mpsc::UnboundedReceiver<Ahead>,
+    task: tokio::task::JoinHandle<()>,
 }
 
+/// A page fetched ahead: its URL, the page, and its place among the `depth` allowed.
+type Ahead = (String, Fetched, tokio::sync::OwnedSemaphorePermit);
+
 impl Prefetch {
-    fn start(env: &Rc<FetcherEnv>, url: String, cancel: &watch::Receiver<bool>) -> Prefetch {
-        let fetch = fetch_page(env.clone(), url.clone(), true, cancel.clone())
+    fn start(
+        env: &Rc<FetcherEnv>,
+        url: String,
+        cancel: &watch::Receiver<bool>,
+        depth: usize,
+    ) -> Prefetch {
+        let (tx, pages) = tokio::sync::mpsc::unbounded_channel();
+        let places = Arc::new(tokio::sync::Semaphore::new(depth.max(1)));
+        let fetch = fetch_ahead(env.clone(), url, cancel.clone(), places, tx)
             .instrument(tracing::Span::current());
         Prefetch {
-            url,
+            pages,
             task: tokio::task::spawn_local(fetch),
         }
     }
 
-    async fn join(mut self) -> Fetched {
-        match (&mut self.task).await {
-            Ok(f) => f,
-            // A panic in the fetch is the fetcher's panic, as without the prefetch.
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Fetched {
-                page: Err(Stop::Cancelled(None)),
-                retries: 0,
-                throttled: 0,
-            },
+    /// The next page fetched ahead, when it is `url` (it always is: both sides follow the same
+    /// next links; `None` otherwise, and the caller fetches it itself).
+    async fn take(&mut self, url: &str) -> Option<Fetched> {
+        match self.pages.recv().await {
+            // Its place is given back: the task may fetch one more.
+            Some((u, fetched, _place)) => (u == url).then_some(fetched),
+            None => {
+                // A panic in the task is the fetcher's panic, as without the prefetch.
+                if let Err(e) = (&mut self.task).await {
+                    if e.is_panic() {
+                        std::panic::resume_unwind(e.into_panic());
+                    }
+                }
+                None
+            }
         }
     }
 }
@@ -731,6 +762,34 @@ impl Prefetch {
 impl Drop for Prefetch {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The task of a [`Prefetch`]: fetches `url` and the pages its next links lead to, each once it
+/// has a place, until the last page or the first failure (handed over like a page).
+async fn fetch_ahead(
+    env: Rc<FetcherEnv>,
+    mut url: String,
+    cancel: watch::Receiver<bool>,
+    places: Arc<tokio::sync::Semaphore>,
+    pages: tokio::sync::mpsc::UnboundedSender<Ahead>,
+) {
+    loop {
+        let Ok(place) = places.clone().acquire_owned().await else {
+            return;
+        };
+        let fetched = fetch_page(env.clone(), url.clone(), true, cancel.clone()).await;
+        let next = match &fetched.page {
+            Ok((page, _)) => page.next_link.as_ref().map(|u| u.to_string()),
+            Err(_) => None,
+        };
+        if pages.send((url, fetched, place)).is_err() {
+            return;
+        }
+        match next {
+            Some(n) => url = n,
+            None => return,
+        }
     }
 }
 
@@ -1098,7 +1157,7 @@ const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
 /// jobs, that is `msgtrace run`): then the page is held and given again, after a backoff from
 /// the source's `retry.initial_interval_ms` doubling up to 60 s, to the sinks that failed only
 /// (the others already have it), until they take it. Meanwhile nothing is fetched beyond the
-/// one page prefetched, and the checkpoint stays before the page: backpressure with bounded
+/// pages fetched ahead, and the checkpoint stays before the page: backpressure with bounded
 /// memory, and delivery resumes as soon as the sink is back instead of at the next scheduled
 /// run. Returns the first refusal when there was one.
 async fn deliver(

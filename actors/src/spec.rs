@@ -133,10 +133,11 @@ pub struct SourceSpec {
     pub cron: String,
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.
     pub durable: bool,
-    /// Request the next page while this one is delivered and committed (on by default; off
-    /// only to measure what it gains). At most one page is ever delivered twice after a crash
-    /// either way; with it, up to two are fetched twice.
-    pub prefetch: bool,
+    /// Pages fetched ahead while the one before them is delivered and committed
+    /// ([`crate::fetcher::PREFETCH_PAGES`] by default; 0 only to measure what it gains). At most
+    /// one page is ever delivered twice after a crash either way; up to 1 + this many are
+    /// fetched twice.
+    pub prefetch: usize,
     /// Run a task that failed with a non-fatal error again, up to this many times
     /// (`reschedule_tasks` / `task_reschedule_limit`); `None` = never.
     pub reschedule_limit: Option<u32>,

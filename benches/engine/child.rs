@@ -32,9 +32,9 @@ pub enum Work {
         config: PathBuf,
         /// `EngineOptions.durable`: `flush_async` after every page.
         durable: bool,
-        /// `EngineOptions.prefetch`: the next page requested during this one's commit.
-        #[serde(default = "yes")]
-        prefetch: bool,
+        /// `EngineOptions.prefetch`: pages fetched ahead during a page's delivery and commit.
+        #[serde(default = "prefetch_pages")]
+        prefetch: usize,
         /// Print `page` after every committed page.
         print_pages: bool,
         /// The scale measurement: CPU from the start until every source has delivered its poll.
@@ -73,8 +73,8 @@ pub enum Work {
     },
 }
 
-fn yes() -> bool {
-    true
+fn prefetch_pages() -> usize {
+    msgtrace::actors::fetcher::PREFETCH_PAGES
 }
 
 /// Many sources, all due at once (`--once` makes every source due when the engine starts).
@@ -127,7 +127,7 @@ type Delivered = (Duration, DateTime<Utc>);
 
 fn run_engine(
     path: &std::path::Path,
-    (durable, prefetch): (bool, bool),
+    (durable, prefetch): (bool, usize),
     print_pages: bool,
     scale: Option<Scale>,
     continuous: bool,

@@ -322,14 +322,14 @@ struct Knobs {
     /// `EngineOptions::durable`.
     durable: bool,
     /// `EngineOptions::prefetch`.
-    prefetch: bool,
+    prefetch: usize,
 }
 
 impl Knobs {
     /// What `msgtrace run` does.
     const DEFAULT: Knobs = Knobs {
         durable: true,
-        prefetch: true,
+        prefetch: msgtrace::actors::fetcher::PREFETCH_PAGES,
     };
 }
 
@@ -439,7 +439,7 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
             ));
         }
         let knobs = Knobs {
-            prefetch: false,
+            prefetch: 0,
             ..Knobs::DEFAULT
         };
         let seq_name = format!("{name}-sequential");
@@ -515,7 +515,7 @@ impl Throughput {
             );
             let ratio = self.rate(&self.engine) / self.rate(&self.sequential);
             table.row(
-                &format!("{name}: prefetch (next page requested during the commit)"),
+                &format!("{name}: prefetch (pages fetched ahead during a commit)"),
                 &format!("on: {} rows/s", thousands(self.rate(&self.engine))),
                 &format!(
                     "off: {} rows/s, RSS {}",
@@ -702,7 +702,7 @@ fn scale_run(sim: &SimServer, dir: &Path, tenants: &[String]) -> ScaleRun {
     let f = measure::spawn(&Work::Engine {
         config: files.config.clone(),
         durable: true,
-        prefetch: true,
+        prefetch: msgtrace::actors::fetcher::PREFETCH_PAGES,
         print_pages: false,
         scale: Some(Scale { sources: n }),
         continuous: false,
@@ -771,7 +771,7 @@ fn resume(sim: &SimServer, plan: &Plan, dir: &Path, table: &mut Table) {
     let work = Work::Engine {
         config: files.config.clone(),
         durable: true,
-        prefetch: true,
+        prefetch: msgtrace::actors::fetcher::PREFETCH_PAGES,
         print_pages: true,
         scale: None,
         continuous: false,
@@ -826,8 +826,8 @@ fn resume(sim: &SimServer, plan: &Plan, dir: &Path, table: &mut Table) {
         "≤ 1 s",
         worst <= Duration::from_secs(1),
     );
-    // What a kill may repeat: the page being committed is delivered again; the page prefetched
-    // meanwhile was never delivered, but is fetched again.
+    // What a kill may repeat: the page being committed is delivered again; the pages fetched
+    // ahead meanwhile were never delivered, but are fetched again.
     let one_page_each = kills * u64::from(page);
     table.row(
         &format!("resume: rows delivered twice ({kills} kills)"),
@@ -840,16 +840,17 @@ fn resume(sim: &SimServer, plan: &Plan, dir: &Path, table: &mut Table) {
         "≤ 1 page per kill",
         duplicate_rows <= one_page_each,
     );
+    let in_flight = 1 + msgtrace::actors::fetcher::PREFETCH_PAGES as u64;
     table.row(
         &format!("resume: pages fetched twice ({kills} kills)"),
         &format!("{fetched_twice} pages"),
         &format!(
-            "in flight at a kill (committing + prefetched): ≤ {}",
-            2 * kills
+            "in flight at a kill (committing + fetched ahead): ≤ {}",
+            in_flight * kills
         ),
         fetched_twice as f64 / kills as f64,
-        "≤ 2 per kill (prefetch)",
-        fetched_twice <= 2 * kills,
+        &format!("≤ {in_flight} per kill (prefetch)"),
+        fetched_twice <= in_flight * kills,
     );
 }
 

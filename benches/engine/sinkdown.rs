@@ -248,7 +248,7 @@ fn collect(
     let child = measure::spawn(&Work::Engine {
         config: files.config.clone(),
         durable: true,
-        prefetch: true,
+        prefetch: msgtrace::actors::fetcher::PREFETCH_PAGES,
         print_pages: true,
         scale: None,
         continuous: true,
