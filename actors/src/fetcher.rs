@@ -495,7 +495,8 @@ async fn collect_slice(
         None => Progress::default(),
     };
     let mut requeries_now = 0;
-    // The next page, requested while this one is delivered and committed (aborted if dropped).
+    // The pages after this one, fetched ahead while it is delivered and committed (aborted if
+    // dropped).
     let mut prefetched: Option<Prefetch> = None;
     loop {
         if *cancel.borrow() {
