@@ -654,3 +654,62 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
         Some(s.end.clone())
     );
 }
+
+#[test]
+fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
+    let s = setup();
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let is_up = up.clone();
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move |_, _| {
+            if is_up.load(std::sync::atomic::Ordering::SeqCst) {
+                (200, "{}".into())
+            } else {
+                (503, r#"{"text":"Server is busy","code":9}"#.into())
+            }
+        }),
+    );
+    let cfg = s.config(&format!(
+        "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
+        rx.url("/ingest")
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = msgtrace::embed::EngineBuilder::new(cfg.clone())
+        .options(fast_retry(1))
+        .scheduled(true)
+        .start()
+        .expect("engine starts");
+    // The first page refused, held and given again: the sink's try and retry, three times.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while rx.requests().len() < 6 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        rx.requests().len() >= 6,
+        "the page was held and given again"
+    );
+    runtime.block_on(handle.shutdown()).expect("shutdown");
+    let refused = rx.requests().len();
+
+    // The job was cancelled with its first page not checkpointed.
+    let store = msgtrace::storage::Store::open(s.dir.path().join("state")).unwrap();
+    let jobs = store.jobs(Some("src")).unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, msgtrace::storage::JobState::Cancelled);
+    assert_eq!(jobs[0].pages, 0, "{jobs:?}");
+    assert!(store
+        .checkpoint("src")
+        .unwrap()
+        .is_none_or(|cp| cp.cursor.is_none() && cp.in_flight.is_none()));
+    drop(store);
+
+    // The receiver is back: the next run delivers every row, the refused page included, once.
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = run_once(&cfg, fast_retry(1));
+    assert!(report.all_succeeded(), "{report:?}");
+    assert_exactly_once(&received_events(&rx.requests()[refused..], "ndjson"), &s);
+}
