@@ -713,3 +713,68 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
     assert!(report.all_succeeded(), "{report:?}");
     assert_exactly_once(&received_events(&rx.requests()[refused..], "ndjson"), &s);
 }
+
+#[test]
+fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
+    let sim = sim(40, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let rx = Receiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| (503, r#"{"text":"Server is busy","code":9}"#.into())),
+    );
+    // Source `a` feeds the http sink, down for the whole test; source `b` feeds the file sink.
+    // The rows-in-flight budget is three pages. Were `a`'s pages fetched ahead kept during its
+    // hold, `a` would hold all three whenever they took the budget before `b`'s next page (which
+    // depends on the order the two jobs' requests come back in), and `b` would never get one.
+    let (a0, a1, b0, b1) = (hours_ago(8), hours_ago(5), hours_ago(4), hours_ago(1));
+    let toml = graph_sources_toml(
+        &sim,
+        &dir.path().join("state"),
+        &dir.path().join("out.ndjson"),
+        &[("a", &a0, &a1), ("b", &b0, &b1)],
+        "",
+    )
+    .replace("inputs = [\"a\", \"b\"]", "inputs = [\"b\"]");
+    let toml = format!(
+        "{toml}\n[sinks.web]\ntype = \"http\"\ninputs = [\"a\"]\nurl = \"{}\"\nformat = \"ndjson\"\n",
+        rx.url("/ingest")
+    );
+    let expected_b = {
+        let t = |s: &str| chrono::DateTime::from_timestamp(s.parse().unwrap(), 0).unwrap();
+        sim.model().expected(t(&b0), t(&b1), chrono::Utc::now())
+    };
+    assert!(
+        expected_b.len() > 200,
+        "several pages: {}",
+        expected_b.len()
+    );
+    let handle = msgtrace::embed::EngineBuilder::new(parse(&toml))
+        .options(EngineOptions {
+            rows_in_flight: 300,
+            ..fast_retry(0)
+        })
+        .scheduled(true)
+        .start()
+        .expect("engine starts");
+    let out = dir.path().join("out.ndjson");
+    // A bound for a broken engine, not a timing.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while identities(&out, Api::Graph).len() < expected_b.len() && std::time::Instant::now() < until
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Taken while `a` still holds its page (the shutdown would free the budget).
+    let b_delivered = identities(&out, Api::Graph);
+    let a_refused = rx.requests().len();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(handle.shutdown()).expect("shutdown");
+    assert!(a_refused >= 1, "`a`'s page was refused by then");
+    assert_eq!(
+        compare(&b_delivered, &expected_b),
+        (0, 0, 0),
+        "b: missing, extra, twice, while `a` was held"
+    );
+}

@@ -603,7 +603,11 @@ async fn collect_slice(
         }
         let n = events.len() as u64;
         if !events.is_empty() {
-            let hold = hold.then_some(Hold { cancel, deadline });
+            let hold = hold.then_some(Hold {
+                cancel,
+                deadline,
+                ahead: &mut prefetched,
+            });
             let refused = deliver(env, events, hold).await?;
             if let Some(e) = refused {
                 job.errors.push(format!(
@@ -1147,6 +1151,10 @@ fn epoch_seconds(t: DateTime<Utc>) -> f64 {
 struct Hold<'a> {
     cancel: &'a watch::Receiver<bool>,
     deadline: Option<Instant>,
+    /// The pages fetched ahead: dropped (aborted) once a sink refuses, so that a long outage
+    /// holds one page per source, not three, of memory and of the engine-wide rows-in-flight
+    /// budget that sources feeding other sinks need. They are fetched again once it is over.
+    ahead: &'a mut Option<Prefetch>,
 }
 
 /// Longest wait between two deliveries of a held page.
@@ -1164,7 +1172,7 @@ const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
 async fn deliver(
     env: &FetcherEnv,
     mut events: Vec<Event>,
-    hold: Option<Hold<'_>>,
+    mut hold: Option<Hold<'_>>,
 ) -> Result<Option<String>, Stop> {
     crate::hook::apply(&env.hooks, &mut events).map_err(Stop::Failed)?;
     if events.is_empty() {
@@ -1200,9 +1208,10 @@ async fn deliver(
             }
             return Ok(first_refusal);
         };
-        let Some(hold) = &hold else {
+        let Some(hold) = &mut hold else {
             return Err(Stop::Failed(e));
         };
+        *hold.ahead = None;
         let delay = env
             .spec
             .retry
