@@ -256,11 +256,7 @@ fn the_stdout_sink_writes_one_json_line_per_row() {
 
 #[test]
 fn msgtrace_simulate_serves_a_fault_schedule_and_a_collection_still_completes() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut sim = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
         .args([

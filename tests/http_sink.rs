@@ -121,6 +121,18 @@ fn ok() -> Answer {
     Arc::new(|_, _| (200, "{}".into()))
 }
 
+/// Answers 503 "Server is busy" (as Splunk HEC does) to the requests `busy` picks by number
+/// (0-based), 200 to the others.
+fn busy_when(busy: impl Fn(usize) -> bool + Send + Sync + 'static) -> Answer {
+    Arc::new(move |n, _| {
+        if busy(n) {
+            (503, r#"{"text":"Server is busy","code":9}"#.into())
+        } else {
+            (200, "{}".into())
+        }
+    })
+}
+
 /// Answers like Splunk HEC: the token, then every event object with `time` and `event`.
 fn hec() -> Answer {
     Arc::new(|_, r: &Req| {
@@ -423,10 +435,7 @@ fn elasticsearch_bulk_ids_make_a_repeated_page_an_overwrite() {
 #[test]
 fn a_receiver_down_fails_the_run_and_the_next_run_delivers_every_row() {
     let s = setup();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = s.config_with(
         &format!(
             "url = \"http://{port}/ingest\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}"
@@ -469,16 +478,7 @@ fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
     //   the task fails; it is rescheduled (the default: once) from its checkpoint, so page 6 is
     //   fetched and sent again: its first batch is refused once more (16), then accepted.
     let down = |n: usize| (4..=5).contains(&n) || (13..=16).contains(&n);
-    let rx = Receiver::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(move |n, _| {
-            if down(n) {
-                (503, r#"{"text":"Server is busy","code":9}"#.into())
-            } else {
-                (200, "{}".into())
-            }
-        }),
-    );
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(down));
     let cfg = s.config(&format!(
         "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
         rx.url("/ingest")
@@ -581,16 +581,7 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
     // refused: the second batch of page 3, then (the sink retrying once) its own retry, then two
     // more deliveries of the held page. No task reschedule: the hold alone rides it out.
     let down = |n: usize| (5..=10).contains(&n);
-    let rx = Receiver::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(move |n, _| {
-            if down(n) {
-                (503, r#"{"text":"Server is busy","code":9}"#.into())
-            } else {
-                (200, "{}".into())
-            }
-        }),
-    );
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(down));
     let cfg = s.config_with(
         &format!(
             "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
@@ -615,16 +606,9 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
         .scheduled(true)
         .start()
         .expect("engine starts");
-    // A bound for a broken engine, not a timing: the held page is given again within a second.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while accepted().len() < expected.len() && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(handle.shutdown()).expect("shutdown");
+    // The held page is given again within a second.
+    wait_for(|| accepted().len() >= expected.len());
+    block_on(handle.shutdown()).expect("shutdown");
 
     // All six refusals were served (the sink's try and retry, three times), and more after them.
     assert!(rx.requests().len() > 11, "{}", rx.requests().len());
@@ -662,37 +646,24 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
     let is_up = up.clone();
     let rx = Receiver::start(
         "127.0.0.1:0".parse().unwrap(),
-        Arc::new(move |_, _| {
-            if is_up.load(std::sync::atomic::Ordering::SeqCst) {
-                (200, "{}".into())
-            } else {
-                (503, r#"{"text":"Server is busy","code":9}"#.into())
-            }
-        }),
+        busy_when(move |_| !is_up.load(std::sync::atomic::Ordering::SeqCst)),
     );
     let cfg = s.config(&format!(
         "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
         rx.url("/ingest")
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let handle = msgtrace::embed::EngineBuilder::new(cfg.clone())
         .options(fast_retry(1))
         .scheduled(true)
         .start()
         .expect("engine starts");
     // The first page refused, held and given again: the sink's try and retry, three times.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while rx.requests().len() < 6 && std::time::Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(|| rx.requests().len() >= 6);
     assert!(
         rx.requests().len() >= 6,
         "the page was held and given again"
     );
-    runtime.block_on(handle.shutdown()).expect("shutdown");
+    block_on(handle.shutdown()).expect("shutdown");
     let refused = rx.requests().len();
 
     // The job was cancelled with its first page not checkpointed.
@@ -718,10 +689,7 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
 fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
     let sim = sim(40, |_| {});
     let dir = tempfile::tempdir().unwrap();
-    let rx = Receiver::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Arc::new(|_, _| (503, r#"{"text":"Server is busy","code":9}"#.into())),
-    );
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(|_| true));
     // Source `a` feeds the http sink, down for the whole test; source `b` feeds the file sink.
     // The rows-in-flight budget is three pages. Were `a`'s pages fetched ahead kept during its
     // hold, `a` would hold all three whenever they took the budget before `b`'s next page (which
@@ -757,20 +725,11 @@ fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
         .start()
         .expect("engine starts");
     let out = dir.path().join("out.ndjson");
-    // A bound for a broken engine, not a timing.
-    let until = std::time::Instant::now() + Duration::from_secs(60);
-    while identities(&out, Api::Graph).len() < expected_b.len() && std::time::Instant::now() < until
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(|| identities(&out, Api::Graph).len() >= expected_b.len());
     // Taken while `a` still holds its page (the shutdown would free the budget).
     let b_delivered = identities(&out, Api::Graph);
     let a_refused = rx.requests().len();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(handle.shutdown()).expect("shutdown");
+    block_on(handle.shutdown()).expect("shutdown");
     assert!(a_refused >= 1, "`a`'s page was refused by then");
     assert_eq!(
         compare(&b_delivered, &expected_b),

@@ -76,11 +76,7 @@ fn run_holding(
         .sink(Box::new(sink), &[])
         .start()
         .expect("engine starts");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let report = runtime.block_on(async {
+    let report = block_on(async {
         let report = handle.run_once().await.expect("run");
         handle.shutdown().await.expect("shutdown");
         report

@@ -42,11 +42,7 @@ fn sample(metrics: &str, series: &str) -> f64 {
 fn metrics_move_during_a_run_and_health_answers() {
     let sim = sim(120, |c| c.page_latency_ms = 60);
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let toml = format!(
         "metrics_listen = \"{addr}\"\n{}",

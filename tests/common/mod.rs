@@ -155,6 +155,38 @@ limit = 10
     t
 }
 
+/// A port on 127.0.0.1 that nothing listens on (bound once by the OS, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `done` holds, checking every 20 ms, for at most 60 s: a bound for a broken
+/// engine, not a timing. Returns whether it held.
+pub fn wait_for(mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+/// Runs a future of the embedding API (which works from any runtime) to its end on a
+/// current-thread tokio runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// Parses a configuration or panics with its errors.
 pub fn parse(toml: &str) -> Config {
     config::from_str(toml).unwrap_or_else(|e| panic!("config invalid:\n{e}"))
