@@ -263,6 +263,28 @@ impl Api {
         Ok(Page { rows, next_link })
     }
 
+    /// The next link of a page read off its body without parsing it: the string after the last
+    /// `"@odata.nextLink":` (then `"odata.nextLink":`, `"__next":`, the keys [`Api::parse_page`]
+    /// tries), resolved as it resolves it. Services put the link after the rows, so the search
+    /// from the end is short. A guess, to start the next request while the page is still being
+    /// parsed: the caller checks it against the parsed page's link (a row's text could contain
+    /// the key), and `None` only means no guess.
+    pub fn peek_next_link(self, body: &[u8], request_url: &Url) -> Option<Url> {
+        const KEYS: [&[u8]; 3] = [b"\"@odata.nextLink\"", b"\"odata.nextLink\"", b"\"__next\""];
+        KEYS.iter().find_map(|key| {
+            let at = memchr::memmem::rfind(body, key)?;
+            let rest = body[at + key.len()..]
+                .trim_ascii_start()
+                .strip_prefix(b":")?;
+            let mut de = serde_json::Deserializer::from_slice(rest);
+            let link = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
+            let link = link.trim();
+            (!link.is_empty())
+                .then(|| resolve_next_link(link, request_url).ok())
+                .flatten()
+        })
+    }
+
     /// Name of the row field holding the received time: Graph `receivedDateTime`, Reporting
     /// `Received`.
     pub fn time_field(self) -> &'static str {
@@ -607,6 +629,59 @@ mod tests {
         let end = Utc.with_ymd_and_hms(2026, 1, 20, 23, 59, 59).unwrap()
             + chrono::Duration::nanoseconds(999_999_999);
         (start, end)
+    }
+
+    #[test]
+    fn the_next_link_read_off_the_end_is_the_parsed_one_or_none() {
+        let peek = |api: Api, body: &str| {
+            api.peek_next_link(body.as_bytes(), &url(GRAPH))
+                .map(|u| u.to_string())
+        };
+        let parsed = |api: Api, body: &str| {
+            api.parse_page(body.as_bytes(), &url(GRAPH))
+                .unwrap()
+                .next_link
+                .map(|u| u.to_string())
+        };
+        // Escapes decoded, spaces around the colon, a relative link resolved: as the parse does.
+        for (api, body) in [
+            (
+                Api::Graph,
+                r#"{"value":[{"id":"a"}],"@odata.nextLink" : "https:\/\/graph.microsoft.com\/v1.0\/x?$skiptoken=a\u0026b=1"}"#,
+            ),
+            (
+                Api::Graph,
+                r#"{"@odata.nextLink":"?$skiptoken=2","value":[]}"#,
+            ),
+            (
+                Api::Reporting,
+                r#"{"d":{"results":[],"__next":"https://r/x?$skiptoken=2"}}"#,
+            ),
+            (
+                Api::Reporting,
+                r#"{"value":[],"odata.nextLink":"MessageTrace?$skiptoken=4"}"#,
+            ),
+        ] {
+            assert!(peek(api, body).is_some(), "{body}");
+            assert_eq!(peek(api, body), parsed(api, body), "{body}");
+        }
+        // No link, a null or empty one, one that is not a string: no guess.
+        for body in [
+            r#"{"value":[]}"#,
+            r#"{"value":[],"@odata.nextLink":null}"#,
+            r#"{"value":[],"@odata.nextLink":"  "}"#,
+            r#"{"value":[],"@odata.nextLink":42}"#,
+            r#"{"value":[],"@odata.nextLink":"unterminated"#,
+        ] {
+            assert_eq!(peek(Api::Graph, body), None, "{body}");
+        }
+        // A row's text cannot hold the key (its quotes are escaped)...
+        let body = r#"{"@odata.nextLink":"https://g/right","value":[{"subject":"\"@odata.nextLink\":\"https://g/wrong\""}]}"#;
+        assert_eq!(peek(Api::Graph, body).as_deref(), Some("https://g/right"));
+        // ...but a field name ending in it can: a wrong guess, which is why the fetcher checks.
+        let body = r#"{"@odata.nextLink":"https://g/right","value":[{"x\"@odata.nextLink":"https://g/wrong"}]}"#;
+        assert_eq!(parsed(Api::Graph, body).as_deref(), Some("https://g/right"));
+        assert_ne!(peek(Api::Graph, body), parsed(Api::Graph, body));
     }
 
     #[test]

@@ -524,7 +524,7 @@ async fn collect_slice(
                 }
                 prefetched = None;
             }
-            fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone()).await
+            fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone(), None).await
         };
         let fetched = match deadline {
             Some(d) => {
@@ -574,6 +574,15 @@ async fn collect_slice(
             Err(Stop::Rejected(e)) => return Err(Stop::Failed(e)),
             Err(other) => return Err(other),
         };
+        // Before this page's events are built: the next request goes out first.
+        if let (true, Some(next)) = (spec.prefetch > 0 && prefetched.is_none(), &page.next_link) {
+            prefetched = Some(Prefetch::start(
+                env,
+                next.to_string(),
+                cancel,
+                spec.prefetch,
+            ));
+        }
         let is_last = page.next_link.is_none();
         let rows = std::mem::take(&mut page.rows);
         let built = build_events(env, rows, task, &url, is_last, &mut track)?;
@@ -593,14 +602,6 @@ async fn collect_slice(
         }
         job.known += built.known;
         job.updates += built.updates;
-        if let (true, Some(next)) = (spec.prefetch > 0 && prefetched.is_none(), &page.next_link) {
-            prefetched = Some(Prefetch::start(
-                env,
-                next.to_string(),
-                cancel,
-                spec.prefetch,
-            ));
-        }
         let n = events.len() as u64;
         if !events.is_empty() {
             let hold = hold.then_some(Hold {
@@ -772,31 +773,139 @@ impl Drop for Prefetch {
 
 /// The task of a [`Prefetch`]: fetches `url` and the pages its next links lead to, each once it
 /// has a place, until the last page or the first failure (handed over like a page).
+///
+/// A page's next link is read off the end of its body ([`Api::peek_next_link`]) as soon as the
+/// body is in, and when a place is free the next page is requested at once, by its own task,
+/// while this one is still being parsed: the service prepares the next page while this one is
+/// parsed, instead of after. The guess is checked against the parsed page's link; a wrong one
+/// (which would take a row containing the key's text) is aborted and the right one fetched.
 async fn fetch_ahead(
     env: Rc<FetcherEnv>,
-    mut url: String,
+    url: String,
     cancel: watch::Receiver<bool>,
     places: Arc<tokio::sync::Semaphore>,
     pages: tokio::sync::mpsc::UnboundedSender<Ahead>,
 ) {
+    let Ok(place) = places.clone().acquire_owned().await else {
+        return;
+    };
+    let mut current = Started::spawn(&env, url, &cancel, &places, place);
     loop {
-        let Ok(place) = places.clone().acquire_owned().await else {
-            return;
+        let (fetched, successor) = match (&mut current.task.0).await {
+            Ok(done) => done,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
         };
-        let fetched = fetch_page(env.clone(), url.clone(), true, cancel.clone()).await;
         let next = match &fetched.page {
             Ok((page, _)) => page.next_link.as_ref().map(|u| u.to_string()),
             Err(_) => None,
         };
+        let Started { url, place, .. } = current;
         if pages.send((url, fetched, place)).is_err() {
             return;
         }
-        match next {
-            Some(n) => url = n,
-            None => return,
+        let Some(next) = next else {
+            return;
+        };
+        current = match successor {
+            Some(s) if s.url == next => s,
+            guessed => {
+                if let Some(wrong) = &guessed {
+                    warn!(
+                        guessed = %strip_query(&wrong.url),
+                        "the next link read off the end of a page was not the page's own; fetching the right one"
+                    );
+                }
+                drop(guessed);
+                let Ok(place) = places.clone().acquire_owned().await else {
+                    return;
+                };
+                Started::spawn(&env, next, &cancel, &places, place)
+            }
+        };
+    }
+}
+
+/// A page being fetched ahead by its own task, holding its place among the pages ahead. The
+/// task ends with the page and, when it started one, the page after it. Dropping it aborts the
+/// task and so, in turn, the page after it.
+struct Started {
+    url: String,
+    place: tokio::sync::OwnedSemaphorePermit,
+    task: AbortOnDrop<(Fetched, Option<Started>)>,
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Started {
+    fn spawn(
+        env: &Rc<FetcherEnv>,
+        url: String,
+        cancel: &watch::Receiver<bool>,
+        places: &Arc<tokio::sync::Semaphore>,
+        place: tokio::sync::OwnedSemaphorePermit,
+    ) -> Started {
+        let fetch: futures_util::future::LocalBoxFuture<'static, _> = Box::pin(
+            fetch_and_start_next(env.clone(), url.clone(), cancel.clone(), places.clone())
+                .instrument(tracing::Span::current()),
+        );
+        Started {
+            url,
+            place,
+            task: AbortOnDrop(tokio::task::spawn_local(fetch)),
         }
     }
 }
+
+/// Fetches `url`, and starts the page after it as soon as its body is in (when a place is free).
+async fn fetch_and_start_next(
+    env: Rc<FetcherEnv>,
+    url: String,
+    cancel: watch::Receiver<bool>,
+    places: Arc<tokio::sync::Semaphore>,
+) -> (Fetched, Option<Started>) {
+    let mut next: Option<Started> = None;
+    let fetched = {
+        let mut start_next = |body: &[u8], request_url: &url::Url| {
+            // A body given again (the page was retried) replaces the one before.
+            next = None;
+            let Some(link) = env.spec.api.peek_next_link(body, request_url) else {
+                return;
+            };
+            if let Ok(place) = places.clone().try_acquire_owned() {
+                next = Some(Started::spawn(
+                    &env,
+                    link.to_string(),
+                    &cancel,
+                    &places,
+                    place,
+                ));
+            }
+        };
+        fetch_page(
+            env.clone(),
+            url,
+            true,
+            cancel.clone(),
+            Some(&mut start_next),
+        )
+        .await
+    };
+    if fetched.page.is_err() {
+        next = None;
+    }
+    (fetched, next)
+}
+
+/// Called with each 200 body before it is parsed, and the URL it came from.
+type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
 /// Fetches and parses one page, with retries, token refresh on 401, and cancellation.
 async fn fetch_page(
@@ -804,6 +913,7 @@ async fn fetch_page(
     url: String,
     is_next_link: bool,
     cancel: watch::Receiver<bool>,
+    on_body: Option<OnBody<'_>>,
 ) -> Fetched {
     let mut retries: u32 = 0;
     let mut throttled = 0;
@@ -812,8 +922,8 @@ async fn fetch_page(
         &url,
         is_next_link,
         &cancel,
-        &mut retries,
-        &mut throttled,
+        (&mut retries, &mut throttled),
+        on_body,
     )
     .await;
     Fetched {
@@ -828,8 +938,8 @@ async fn fetch_with_retries(
     url: &str,
     is_next_link: bool,
     cancel: &watch::Receiver<bool>,
-    retries: &mut u32,
-    throttled: &mut u64,
+    (retries, throttled): (&mut u32, &mut u64),
+    mut on_body: Option<OnBody<'_>>,
 ) -> Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop> {
     let spec = &env.spec;
     let request_url = url::Url::parse(url)
@@ -877,9 +987,13 @@ async fn fetch_with_retries(
         {
             Ok(resp) if resp.status == 200 => {
                 crate::telemetry::response_bytes(&spec.id, resp.body.len());
-                match spec.api.parse_page(&resp.body, &request_url) {
-                    Ok(page) => return Ok((page, slot)),
-                    Err(e) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
+                if let Some(f) = on_body.as_mut() {
+                    f(&resp.body, &request_url);
+                }
+                match parse_off_thread(spec.api, resp.body, &request_url).await {
+                    None => return Err(Stop::Failed("the engine is stopping".into())),
+                    Some(Ok(page)) => return Ok((page, slot)),
+                    Some(Err(e)) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
                 }
             }
             Ok(resp) if resp.status == 401 && !reauthenticated => {
@@ -979,6 +1093,28 @@ async fn fetch_with_retries(
                 }
             }
         }
+    }
+}
+
+/// Parses a page on a thread of the blocking pool, so that the fetcher's thread goes on with
+/// requests (the next page's above all) and deliveries meanwhile. At most one parse per core
+/// runs at once, however many sources fetch.
+async fn parse_off_thread(
+    api: Api,
+    body: bytes::Bytes,
+    request_url: &url::Url,
+) -> Option<Result<Page, dialect::DialectError>> {
+    static PARSERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    // Never closed, so always a permit.
+    let _parser = PARSERS.acquire().await.ok();
+    let request_url = request_url.clone();
+    match tokio::task::spawn_blocking(move || api.parse_page(&body, &request_url)).await {
+        Ok(parsed) => Some(parsed),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => None,
     }
 }
 

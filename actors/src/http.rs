@@ -140,15 +140,43 @@ where
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
-    let body = resp.body().limit(max_body).await.map_err(|e| match e {
-        awc::error::PayloadError::Overflow => HttpError::TooLarge(max_body),
-        other => HttpError::Connection(format!("reading the body failed: {other}")),
-    })?;
+    let body = read_body(resp, max_body).await?;
     Ok(HttpResponse {
         status,
         retry_after,
         body,
     })
+}
+
+/// Reads the whole body into one buffer sized from `Content-Length` when there is one (a page is
+/// megabytes: growing the buffer by doubling copied it several times over), at most `max_body`
+/// bytes.
+async fn read_body<S>(
+    resp: &mut awc::ClientResponse<S>,
+    max_body: usize,
+) -> Result<bytes::Bytes, HttpError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    use futures_util::StreamExt as _;
+    let announced = resp
+        .headers()
+        .get(awc::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if announced.is_some_and(|n| n > max_body) {
+        return Err(HttpError::TooLarge(max_body));
+    }
+    let mut body = bytes::BytesMut::with_capacity(announced.unwrap_or(0));
+    while let Some(chunk) = resp.next().await {
+        let chunk =
+            chunk.map_err(|e| HttpError::Connection(format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > max_body {
+            return Err(HttpError::TooLarge(max_body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 fn classify_send(e: awc::error::SendRequestError) -> HttpError {

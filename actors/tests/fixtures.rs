@@ -89,8 +89,16 @@ fn request(api: Api) -> Url {
 }
 
 fn page(api: Api, body: &[u8]) -> Page {
-    api.parse_page(body, &request(api))
-        .unwrap_or_else(|e| panic!("parse_page failed: {e}"))
+    let page = api
+        .parse_page(body, &request(api))
+        .unwrap_or_else(|e| panic!("parse_page failed: {e}"));
+    // The guess the fetcher starts the next request with agrees with the parse on every page.
+    assert_eq!(
+        api.peek_next_link(body, &request(api)),
+        page.next_link,
+        "the next link read off the end of the body differs from the parsed one"
+    );
+    page
 }
 
 fn page_of(api: Api, rel: &str) -> Page {
