@@ -18,14 +18,26 @@ pub use mimalloc::MiMalloc;
 /// well under glibc's total). It must run before the first allocation creates the first arena,
 /// that is before `main` (the Rust runtime allocates before it):
 /// [`binary_allocator!`](crate::binary_allocator) registers it as an ELF constructor on Linux.
+///
+/// An option set in the environment (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`) wins
+/// over this tuning, as mimalloc documents for its defaults.
 pub extern "C" fn tune() {
     // Option indexes, the same in mimalloc v2 and v3.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets options of the allocator linked into this binary; no pointers involved.
-    unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    let options = [
+        (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0),
+    ];
+    for (option, variable, value) in options {
+        // SAFETY: `getenv` with a NUL-terminated name, before `main` (no thread can be changing
+        // the environment); `mi_option_set` sets an option of the allocator linked into this
+        // binary. Neither allocates.
+        unsafe {
+            if libc::getenv(variable.as_ptr()).is_null() {
+                libmimalloc_sys::mi_option_set(option, value);
+            }
+        }
     }
 }
 

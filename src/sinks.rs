@@ -16,12 +16,17 @@ pub use http::HttpSink;
 /// NDJSON on standard output.
 pub struct StdoutSink {
     name: String,
+    /// The NDJSON of the page being written, kept for the next page (see [`Batch::write_ndjson`]).
+    buf: Vec<u8>,
 }
 
 impl StdoutSink {
     /// A stdout sink with this id.
     pub fn new(name: &str) -> StdoutSink {
-        StdoutSink { name: name.into() }
+        StdoutSink {
+            name: name.into(),
+            buf: Vec::new(),
+        }
     }
 }
 
@@ -31,11 +36,14 @@ impl Sink for StdoutSink {
     }
 
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
-        let bytes = batch.to_ndjson();
+        batch.write_ndjson(&mut self.buf);
         let r = {
             let mut out = std::io::stdout().lock();
-            out.write_all(&bytes).and_then(|()| out.flush())
+            out.write_all(&self.buf).and_then(|()| out.flush())
         };
+        if self.buf.capacity() > KEEP_BUFFER_BYTES {
+            self.buf = Vec::new();
+        }
         let name = self.name.clone();
         Box::pin(async move {
             r.map_err(|e| SinkError {
@@ -46,6 +54,10 @@ impl Sink for StdoutSink {
     }
 }
 
+/// The largest page buffer a file sink keeps between pages (a page of 5000 Graph rows is about
+/// 2 MB of NDJSON).
+const KEEP_BUFFER_BYTES: usize = 16 << 20;
+
 /// NDJSON appended to a file.
 pub struct FileSink {
     name: String,
@@ -53,6 +65,8 @@ pub struct FileSink {
     file: Option<File>,
     fsync: bool,
     rotate: Option<crate::config::Rotation>,
+    /// The NDJSON of the page being written, kept for the next page (see [`Batch::write_ndjson`]).
+    buf: Vec<u8>,
 }
 
 impl FileSink {
@@ -64,6 +78,7 @@ impl FileSink {
             file: None,
             fsync: true,
             rotate: None,
+            buf: Vec::new(),
         }
     }
 
@@ -173,14 +188,27 @@ impl Sink for FileSink {
     }
 
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
-        let bytes = batch.to_ndjson();
-        let fsync = self.fsync;
-        if let Err(e) = self.rotate_if_needed(bytes.len()) {
-            let err = self.err("cannot rotate", e);
-            return Box::pin(async move { Err(err) });
+        let mut bytes = std::mem::take(&mut self.buf);
+        batch.write_ndjson(&mut bytes);
+        let r = self.write(&bytes);
+        // Kept for the next page unless an unusually large page grew it.
+        if bytes.capacity() <= KEEP_BUFFER_BYTES {
+            self.buf = bytes;
         }
+        Box::pin(async move { r })
+    }
+}
+
+impl FileSink {
+    /// Appends `bytes` (whole lines), rotating first when due, then `fsync`s them unless told not
+    /// to.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
+        if let Err(e) = self.rotate_if_needed(bytes.len()) {
+            return Err(self.err("cannot rotate", e));
+        }
+        let fsync = self.fsync;
         let r = self.open().and_then(|f| {
-            f.write_all(&bytes)
+            f.write_all(bytes)
                 .and_then(|()| f.flush())
                 .and_then(|()| if fsync { f.sync_data() } else { Ok(()) })
                 .map_err(|e| e.to_string())
@@ -200,7 +228,7 @@ impl Sink for FileSink {
             // Reopen next time: the failed write may have left a partial line to repair.
             self.file = None;
         }
-        Box::pin(async move { r })
+        r
     }
 }
 

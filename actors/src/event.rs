@@ -48,9 +48,16 @@ impl Batch {
     /// All events as NDJSON.
     pub fn to_ndjson(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.events.len() * 512);
-        for e in self.events.iter() {
-            e.write_ndjson(&mut out);
-        }
+        self.write_ndjson(&mut out);
         out
+    }
+
+    /// Replaces the contents of `out` with all events as NDJSON. A sink that keeps `out` from
+    /// page to page reuses its memory: no multi-megabyte allocation (and page faults) per page.
+    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
+        out.clear();
+        for e in self.events.iter() {
+            e.write_ndjson(out);
+        }
     }
 }
