@@ -4,7 +4,7 @@
 
 mod common;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::HttpResponse;
 use common::*;
 use msgtrace::storage::Store;
 
@@ -30,63 +30,16 @@ fn page() -> serde_json::Value {
     ]})
 }
 
-fn serve() -> (String, actix_web::dev::ServerHandle) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            let server = HttpServer::new(|| {
-                App::new()
-                    .route(
-                        "/t/oauth2/v2.0/token",
-                        web::post().to(|| async {
-                            HttpResponse::Ok().json(serde_json::json!({"token_type": "Bearer", "expires_in": 3600, "access_token": "tok"}))
-                        }),
-                    )
-                    .route("/graph", web::get().to(|| async { HttpResponse::Ok().json(page()) }))
-            })
-            .workers(1)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap();
-            let addr = server.addrs()[0];
-            let server = server.run();
-            tx.send((format!("http://{addr}"), server.handle())).unwrap();
-            let _ = server.await;
-        });
-    });
-    rx.recv().unwrap()
-}
-
 fn run(disable: bool) -> (Vec<String>, u64) {
-    let (base, handle) = serve();
-    let (start, end) = window();
+    let (base, handle) = fake_api(|_| HttpResponse::Ok().json(page()));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let q = |s: &str| serde_json::to_string(s).unwrap();
-    let toml = format!(
-        r#"
-state_dir = {state}
-[sources.src]
-url = {url}
-start = "{start}"
-end = "{end}"
-disable_time_filter = {disable}
-quota = {{ requests = 1000, per_secs = 1 }}
-[sources.src.auth]
-method = "oauth"
-tenant_id = "t"
-client_id = "c"
-client_secret = "s"
-login_url = {base}
-[sinks.out]
-type = "file"
-inputs = ["src"]
-path = {out}
-"#,
-        state = q(&dir.path().join("state").to_string_lossy()),
-        url = q(&format!("{base}/graph")),
-        base = q(&base),
-        out = q(&out.to_string_lossy()),
+    let toml = fake_api_toml(
+        &base,
+        window(),
+        &dir.path().join("state"),
+        &out,
+        &format!("disable_time_filter = {disable}"),
     );
     let report = run_once(&parse(&toml), opts());
     assert!(report.all_succeeded(), "{report:?}");
@@ -104,7 +57,7 @@ path = {out}
         .unwrap()
         .jobs(Some("src"))
         .unwrap();
-    actix_rt::System::new().block_on(handle.stop(false));
+    block_on(handle.stop(false));
     (ids, jobs[0].dropped)
 }
 

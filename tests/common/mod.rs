@@ -321,3 +321,80 @@ pub fn spawn_run_once(cfg: &Path) -> std::process::Child {
         .spawn()
         .expect("msgtrace starts")
 }
+
+/// An API that is not the simulator, on 127.0.0.1: a v2 token endpoint at `/t/oauth2/v2.0/token`
+/// and `page(query)` answering `GET /graph?{query}`. Returns the base URL and the server's
+/// handle (stop it with `block_on(handle.stop(false))`).
+pub fn fake_api(
+    page: impl Fn(&str) -> actix_web::HttpResponse + Send + Sync + Clone + 'static,
+) -> (String, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                let page = page.clone();
+                App::new()
+                    .route(
+                        "/t/oauth2/v2.0/token",
+                        web::post().to(|| async {
+                            HttpResponse::Ok().json(serde_json::json!({"token_type": "Bearer", "expires_in": 3600, "access_token": "tok"}))
+                        }),
+                    )
+                    .route(
+                        "/graph",
+                        web::get().to(move |req: HttpRequest| {
+                            let response = page(req.query_string());
+                            async move { response }
+                        }),
+                    )
+            })
+            .workers(1)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap();
+            let addr = server.addrs()[0];
+            let server = server.run();
+            tx.send((format!("http://{addr}"), server.handle())).unwrap();
+            let _ = server.await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// A one-source config (Graph at `{base}/graph`, OAuth against `fake_api`'s token endpoint, the
+/// window `start..end` in epoch seconds, one file sink at `out`), with `extra` source keys.
+pub fn fake_api_toml(
+    base: &str,
+    (start, end): (i64, i64),
+    state: &Path,
+    out: &Path,
+    extra: &str,
+) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    format!(
+        r#"
+state_dir = {state}
+[sources.src]
+url = {url}
+start = "{start}"
+end = "{end}"
+quota = {{ requests = 1000, per_secs = 1 }}
+{extra}
+[sources.src.auth]
+method = "oauth"
+tenant_id = "t"
+client_id = "c"
+client_secret = "s"
+login_url = {base}
+[sinks.out]
+type = "file"
+inputs = ["src"]
+path = {out}
+"#,
+        state = q(&state.to_string_lossy()),
+        url = q(&format!("{base}/graph")),
+        base = q(base),
+        out = q(&out.to_string_lossy()),
+    )
+}
