@@ -207,7 +207,11 @@ impl Api {
             });
         };
 
-        // The rows are moved out of the parsed document, not copied.
+        // The rows are moved out of the parsed document, not copied. Only verbose rows carry
+        // `__metadata`: when the body never names it, no row is searched for it. (A key spelt
+        // with escapes, `"\u005f_metadata"`, would then stay in its row: an extra field, no loss.)
+        let metadata = memchr::memmem::find(body, b"\"__metadata\"").is_some();
+        let rows_of = |field, value| rows_of(field, value, metadata);
         let (rows, verbose_next) = if let Some(value) = top.remove("value") {
             (rows_of("value", value)?, None)
         } else if let Some(d) = top.remove("d") {
@@ -370,6 +374,56 @@ impl Api {
 /// Returns `None` for anything else.
 pub fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
+    if let Some(t) = parse_plain_timestamp(s.as_bytes()) {
+        return Some(t);
+    }
+    parse_timestamp_slowly(s)
+}
+
+/// The shapes nearly every row has, read by hand (a third of the cost of the general path, which
+/// every Reporting row went through): `YYYY-MM-DDTHH:MM:SS`, then 1 to 9 fraction digits after a
+/// dot, then `Z` or nothing; or the same with a space for the `T` and no `Z`. `None` for anything
+/// else, which the general path then reads; where both read a string, they agree (tested).
+fn parse_plain_timestamp(s: &[u8]) -> Option<DateTime<Utc>> {
+    fn number(digits: &[u8]) -> Option<u32> {
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    }
+    if s.len() < 19 || s[4] != b'-' || s[7] != b'-' || s[13] != b':' || s[16] != b':' {
+        return None;
+    }
+    let (rest, zulu) = match s.split_last() {
+        Some((b'Z', rest)) => (rest, true),
+        _ => (s, false),
+    };
+    match (s[10], zulu) {
+        (b'T', _) | (b' ', false) => {}
+        _ => return None,
+    }
+    let nanos = match &rest[19..] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            number(digits)? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(
+        number(&s[0..4])? as i32,
+        number(&s[5..7])?,
+        number(&s[8..10])?,
+    )?;
+    let time = chrono::NaiveTime::from_hms_nano_opt(
+        number(&s[11..13])?,
+        number(&s[14..16])?,
+        number(&s[17..19])?,
+        nanos,
+    )?;
+    Some(date.and_time(time).and_utc())
+}
+
+/// [`parse_timestamp`] for every shape it accepts.
+fn parse_timestamp_slowly(s: &str) -> Option<DateTime<Utc>> {
     if s.contains("Date(") {
         return parse_ms_date(s);
     }
@@ -548,8 +602,8 @@ fn key_list(obj: &serde_json::Map<String, Value>) -> String {
     shorten(&keys.join(", "), MAX_QUOTED_CHARS)
 }
 
-/// The rows of a row array, each with its `__metadata` removed.
-fn rows_of(field: &'static str, value: Value) -> Result<Vec<Row>, DialectError> {
+/// The rows of `value` (an array of objects), each without its `__metadata` when `metadata`.
+fn rows_of(field: &'static str, value: Value, metadata: bool) -> Result<Vec<Row>, DialectError> {
     let items = match value {
         Value::Array(items) => items,
         other => {
@@ -564,7 +618,9 @@ fn rows_of(field: &'static str, value: Value) -> Result<Vec<Row>, DialectError> 
         .enumerate()
         .map(|(index, item)| match item {
             Value::Object(mut row) => {
-                row.remove("__metadata");
+                if metadata {
+                    row.remove("__metadata");
+                }
                 Ok(row)
             }
             other => Err(DialectError::RowNotAnObject {
@@ -1053,6 +1109,34 @@ mod tests {
         #[test]
         fn parse_timestamp_never_panics(s in "\\PC{0,40}") {
             let _ = parse_timestamp(&s);
+        }
+
+        #[test]
+        fn the_plain_shapes_read_by_hand_as_the_general_path_reads_them(
+            s in "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,11})?Z?",
+            t in "[0-9Tt :.Z+-]{15,32}",
+        ) {
+            for s in [s, t] {
+                if let Some(fast) = parse_plain_timestamp(s.as_bytes()) {
+                    prop_assert_eq!(Some(fast), parse_timestamp_slowly(&s), "{}", s);
+                }
+            }
+        }
+
+        #[test]
+        fn valid_plain_timestamps_take_the_fast_path(secs in 0i64..7_258_118_400, nanos in 0u32..1_000_000_000, digits in 1usize..=9) {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            for fmt in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"] {
+                let frac = &format!("{:09}", nanos)[..digits];
+                let s = format!("{}.{frac}", t.format(fmt));
+                let fast = parse_plain_timestamp(s.as_bytes());
+                prop_assert!(fast.is_some(), "{}", s);
+                prop_assert_eq!(fast, parse_timestamp_slowly(&s), "{}", s);
+                if fmt.contains('T') {
+                    let z = format!("{s}Z");
+                    prop_assert_eq!(parse_plain_timestamp(z.as_bytes()), parse_timestamp_slowly(&z), "{}", z);
+                }
+            }
         }
 
         #[test]
