@@ -74,16 +74,7 @@ fn a_misleading_row_costs_at_most_one_request_and_no_row() {
     block_on(handle.stop(false));
     assert!(report.all_succeeded(), "{report:?}");
 
-    let ids: Vec<String> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids: Vec<String> = output_ids(&out);
     let want: Vec<String> = (1..=4)
         .flat_map(|n| (0..3).map(move |i| format!("p{n}-{i}")))
         .collect();

@@ -43,16 +43,7 @@ fn run(disable: bool) -> (Vec<String>, u64) {
     );
     let report = run_once(&parse(&toml), opts());
     assert!(report.all_succeeded(), "{report:?}");
-    let ids = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let ids = output_ids(&out);
     let jobs = Store::open(dir.path().join("state"))
         .unwrap()
         .jobs(Some("src"))

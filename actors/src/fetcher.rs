@@ -11,7 +11,9 @@
 //! default [`PREFETCH_PAGES`]): a task follows the next links ahead, up to that many pages, and
 //! their rows wait, unseen by any sink and by the identity index, until the page before them is
 //! committed. So a crash delivers at most one page twice (the one being committed) and fetches
-//! at most 1 + `prefetch` twice (that one and those fetched ahead).
+//! at most 1 + `prefetch` twice (that one and those fetched ahead). Ahead, a page's request goes
+//! out as soon as the link to it is read off the end of the page before, while that page is
+//! parsed on the blocking pool (`fetch_ahead`).
 //!
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
@@ -778,7 +780,8 @@ impl Drop for Prefetch {
 /// body is in, and when a place is free the next page is requested at once, by its own task,
 /// while this one is still being parsed: the service prepares the next page while this one is
 /// parsed, instead of after. The guess is checked against the parsed page's link; a wrong one
-/// (which would take a row containing the key's text) is aborted and the right one fetched.
+/// (only a row field *named* like the key, after the real link, can cause one) is aborted and the
+/// right one fetched: at most one request wasted, never a row.
 async fn fetch_ahead(
     env: Rc<FetcherEnv>,
     url: String,

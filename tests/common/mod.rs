@@ -398,3 +398,17 @@ path = {out}
         out = q(&out.to_string_lossy()),
     )
 }
+
+/// The `id` field of every line of an NDJSON output file, in order.
+pub fn output_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
