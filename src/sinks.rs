@@ -41,9 +41,7 @@ impl Sink for StdoutSink {
             let mut out = std::io::stdout().lock();
             out.write_all(&self.buf).and_then(|()| out.flush())
         };
-        if self.buf.capacity() > KEEP_BUFFER_BYTES {
-            self.buf = Vec::new();
-        }
+        release_if_large(&mut self.buf);
         let name = self.name.clone();
         Box::pin(async move {
             r.map_err(|e| SinkError {
@@ -54,9 +52,16 @@ impl Sink for StdoutSink {
     }
 }
 
-/// The largest page buffer a file sink keeps between pages (a page of 5000 Graph rows is about
-/// 2 MB of NDJSON).
+/// The largest page buffer the file and stdout sinks keep between pages (a page of 5000 Graph rows
+/// is about 2 MB of NDJSON).
 const KEEP_BUFFER_BYTES: usize = 16 << 20;
+
+/// Lets go of a page buffer an unusually large page grew past [`KEEP_BUFFER_BYTES`].
+fn release_if_large(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_BUFFER_BYTES {
+        *buf = Vec::new();
+    }
+}
 
 /// NDJSON appended to a file.
 pub struct FileSink {
@@ -191,10 +196,8 @@ impl Sink for FileSink {
         let mut bytes = std::mem::take(&mut self.buf);
         batch.write_ndjson(&mut bytes);
         let r = self.write(&bytes);
-        // Kept for the next page unless an unusually large page grew it.
-        if bytes.capacity() <= KEEP_BUFFER_BYTES {
-            self.buf = bytes;
-        }
+        self.buf = bytes;
+        release_if_large(&mut self.buf);
         Box::pin(async move { r })
     }
 }
