@@ -17,7 +17,7 @@ use msgtrace::engine::{self, EngineOptions, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::measure::cpu_time;
+use crate::measure::{cpu_time, usage};
 
 /// Largest body the baselines accept (the engine's own limit).
 const MAX_BODY_BYTES: usize = 64 << 20;
@@ -255,7 +255,7 @@ fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_js
     let mut file = std::io::BufReader::new(std::fs::File::open(bodies).expect("raw bodies"));
     let mut body = Vec::new();
     let mut ndjson = Vec::new();
-    let (mut pages, mut rows, mut cpu) = (0u64, 0u64, Duration::ZERO);
+    let (mut pages, mut rows, mut cpu, mut faults) = (0u64, 0u64, Duration::ZERO, 0u64);
     let mut wall = Duration::ZERO;
     loop {
         let mut len = [0u8; 8];
@@ -265,7 +265,7 @@ fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_js
         body.resize(u64::from_le_bytes(len) as usize, 0);
         file.read_exact(&mut body).expect("raw body");
         // Only the parse and the serialization are timed, not reading the file.
-        let (c0, t0) = (cpu_time(libc::RUSAGE_THREAD), Instant::now());
+        let ((c0, f0), t0) = (usage(libc::RUSAGE_THREAD), Instant::now());
         let page = api.parse_page(&body, &request_url).expect("page parses");
         ndjson.clear();
         for row in &page.rows {
@@ -274,7 +274,9 @@ fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_js
         }
         rows += page.rows.len() as u64;
         drop(page);
-        cpu += cpu_time(libc::RUSAGE_THREAD).saturating_sub(c0);
+        let (c1, f1) = usage(libc::RUSAGE_THREAD);
+        cpu += c1.saturating_sub(c0);
+        faults += f1.saturating_sub(f0);
         wall += t0.elapsed();
         pages += 1;
     }
@@ -282,6 +284,7 @@ fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_js
         "pages": pages,
         "rows": rows,
         "cpu_secs": cpu.as_secs_f64(),
+        "minor_faults": faults,
         "wall_secs": wall.as_secs_f64(),
     })
 }

@@ -6,6 +6,7 @@
 //! cargo bench --bench engine                      # the full run (release build, a few minutes)
 //! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume sinkdown
 //! cargo bench --bench engine -- --rounds 1              # one throughput round instead of three
+//! cargo bench --bench engine -- --rows 50000            # throughput rows (default 1,000,000)
 //! ```
 //!
 //! Without `--bench` (that is, under `cargo test`) it runs a smoke version with tiny sizes that
@@ -122,6 +123,13 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
     {
         plan.rounds = n;
+    }
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--rows")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        plan.rows = n;
     }
     let only: Option<Vec<String>> = args
         .iter()
@@ -379,6 +387,10 @@ struct Throughput {
     bytes: u64,
     raw: Finished,
     parse_cpu: f64,
+    /// Minor page faults of the parse-only run with the least CPU.
+    parse_faults: u64,
+    /// Engine CPU ÷ parse-only CPU of each round (the two measured minutes apart, not hours).
+    paired: Vec<f64>,
     engine: Finished,
     non_durable: Option<Finished>,
     /// The engine without prefetch (each page requested only after the one before it is
@@ -458,27 +470,44 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
             Some(rows),
             "{name}: parsed rows"
         );
-        parse_cpus.push(parse.result["cpu_secs"].as_f64().expect("cpu_secs"));
+        parse_cpus.push((
+            parse.result["cpu_secs"].as_f64().expect("cpu_secs"),
+            parse.result["minor_faults"].as_u64().expect("minor_faults"),
+        ));
     }
     let _ = std::fs::remove_file(&bodies);
     Throughput {
         rows,
         bytes,
         raw: best(raws),
-        parse_cpu: parse_cpus.into_iter().fold(f64::INFINITY, f64::min),
+        paired: engines
+            .iter()
+            .zip(&parse_cpus)
+            .map(|(e, (p, _))| e.cpu.as_secs_f64() / p)
+            .collect(),
+        parse_cpu: parse_cpus.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
+        parse_faults: parse_cpus
+            .iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or(0, |p| p.1),
         engine: best(engines),
         non_durable: durability.then(|| best(non_durables)),
         sequential: best(sequentials),
     }
 }
 
-/// The best of several runs of one workload: the shortest wall time, the least CPU and the
-/// highest peak RSS (each possibly from a different run).
+/// The best of several runs of one workload: the shortest wall time, the least CPU (with that
+/// run's page faults) and the highest peak RSS (each possibly from a different run).
 fn best(runs: Vec<Finished>) -> Finished {
-    let cpu = runs.iter().map(|r| r.cpu).min().expect("a run");
+    let (cpu, minor_faults) = runs
+        .iter()
+        .map(|r| (r.cpu, r.minor_faults))
+        .min()
+        .expect("a run");
     let max_rss = runs.iter().map(|r| r.max_rss).max().expect("a run");
     let mut fastest = runs.into_iter().min_by_key(|r| r.wall).expect("a run");
     fastest.cpu = cpu;
+    fastest.minor_faults = minor_faults;
     fastest.max_rss = max_rss;
     fastest
 }
@@ -529,10 +558,19 @@ impl Throughput {
             let engine_cpu = per_row(self.engine.cpu.as_secs_f64());
             let parse_cpu = per_row(self.parse_cpu);
             let ratio = engine_cpu / parse_cpu;
+            let faults = |n: u64| n as f64 / self.rows as f64;
+            let paired: Vec<String> = self.paired.iter().map(|r| format!("{r:.2}")).collect();
             table.row(
                 &format!("{name}: engine CPU per row"),
-                &format!("{engine_cpu:.2} µs/row"),
-                &format!("parse only: {parse_cpu:.2} µs/row"),
+                &format!(
+                    "{engine_cpu:.2} µs/row, {:.2} page faults/row; each round ÷ its parse only: {}",
+                    faults(self.engine.minor_faults),
+                    paired.join(", ")
+                ),
+                &format!(
+                    "parse only: {parse_cpu:.2} µs/row, {:.2} page faults/row",
+                    faults(self.parse_faults)
+                ),
                 ratio,
                 "≤ 2 × parse only",
                 ratio <= 2.0,

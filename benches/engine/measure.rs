@@ -34,6 +34,9 @@ pub struct Finished {
     pub wall: Duration,
     /// User + system CPU of the child (all its threads).
     pub cpu: Duration,
+    /// Minor page faults of the child (all its threads): memory the kernel had to map and zero,
+    /// which costs system CPU.
+    pub minor_faults: u64,
     /// Peak resident set size of the child (its `VmHWM`), bytes.
     pub max_rss: u64,
     /// Its resident set size once settled: the median of `VmRSS` sampled every 100 ms over the
@@ -52,7 +55,21 @@ pub fn spawn(work: &Work) -> Running {
     let exe = std::env::current_exe().expect("the bench knows its own path");
     let spec = serde_json::to_string(work).expect("work serializes");
     let spawned = Instant::now();
-    let mut child = Command::new(exe)
+    // `BENCH_CHILD_WRAP="valgrind --tool=callgrind"` (words split on spaces) runs each child
+    // under that command: a profile, or an instruction count that the host's noise cannot move.
+    // The figures printed are then the wrapper's, not the engine's.
+    let wrap: Vec<String> = std::env::var("BENCH_CHILD_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .arg("--child")
         .arg(spec)
         .stdin(Stdio::null())
@@ -162,6 +179,7 @@ impl Running {
         Finished {
             wall,
             cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
+            minor_faults: usage.ru_minflt as u64,
             max_rss: peak_kib * 1024,
             settled_rss: None,
             success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
@@ -233,11 +251,19 @@ fn timeval(t: libc::timeval) -> Duration {
 /// CPU time (user + system) used so far by this process (`who` = `RUSAGE_SELF`) or by the calling
 /// thread (`RUSAGE_THREAD`).
 pub fn cpu_time(who: libc::c_int) -> Duration {
+    usage(who).0
+}
+
+/// CPU time (user + system) and minor page faults so far, as [`cpu_time`].
+pub fn usage(who: libc::c_int) -> (Duration, u64) {
     // SAFETY: rusage is plain old data that getrusage fills.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::getrusage(who, &mut usage) };
     assert_eq!(r, 0, "getrusage failed");
-    timeval(usage.ru_utime) + timeval(usage.ru_stime)
+    (
+        timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        usage.ru_minflt as u64,
+    )
 }
 
 /// Lines in a file (NDJSON rows), 0 if it does not exist.
