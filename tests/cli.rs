@@ -342,3 +342,42 @@ path = {out}
         jobs[0]
     );
 }
+
+/// The binary's allocator tuning (`src/allocator.rs`) reaches mimalloc before `main`, by the
+/// option numbers it uses, and an option set in the environment wins over it. mimalloc prints
+/// every option's value as it reads it when `MIMALLOC_VERBOSE=1`.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[test]
+fn the_binary_tunes_its_allocator_and_the_environment_wins() {
+    let options = |env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+            .arg("--version")
+            .env("MIMALLOC_VERBOSE", "1")
+            .envs(env.iter().copied())
+            .output()
+            .expect("msgtrace runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let tuned = options(&[]);
+    for line in [
+        "option 'arena_eager_commit': 0",
+        "option 'purge_delay': 0",
+        "option 'page_reclaim_on_free': 1",
+    ] {
+        assert!(tuned.contains(line), "{line:?} missing from:\n{tuned}");
+    }
+    let overridden = options(&[
+        ("MIMALLOC_PAGE_RECLAIM_ON_FREE", "0"),
+        ("MIMALLOC_PURGE_DELAY", "25"),
+    ]);
+    for line in [
+        "option 'page_reclaim_on_free': 0",
+        "option 'purge_delay': 25",
+    ] {
+        assert!(
+            overridden.contains(line),
+            "{line:?} missing from:\n{overridden}"
+        );
+    }
+}
