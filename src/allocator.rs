@@ -24,7 +24,7 @@ pub use mimalloc::MiMalloc;
 /// default each block freed into it from another thread then goes through a slow path that
 /// takes and gives back ownership of the page. With `page_reclaim_on_free = 1` the freeing thread
 /// takes the page over at its first such free and frees the rest of its blocks locally. Under
-/// callgrind this cut the engine's instructions per Graph row by 5 % (21,600 to 20,500; the
+/// callgrind this cut the engine's instructions per Graph row by 7 % (22,100 to 20,500; the
 /// parse-only baseline: 17,500), RSS within earlier runs' range (docs/benchmarks.md item 12).
 ///
 /// An option set in the environment (`MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`,
