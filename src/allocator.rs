@@ -48,7 +48,10 @@ pub extern "C" fn tune() {
             v3,
         ),
     ];
-    for (option, variable, value, _) in options.into_iter().filter(|o| o.3) {
+    for (option, variable, value, applies) in options {
+        if !applies {
+            continue;
+        }
         // SAFETY: `getenv` with a NUL-terminated name, before `main` (no thread can be changing
         // the environment); `mi_option_set` sets an option of the allocator linked into this
         // binary. Neither allocates.
