@@ -476,9 +476,15 @@ pub fn start(
     });
     for (name, built, inputs) in configured.chain(hosted) {
         let arbiter = Arbiter::new();
+        let reads = built.input();
         let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
         arbiters.push(arbiter);
-        sinks.push(SinkEntry { name, addr, inputs });
+        sinks.push(SinkEntry {
+            name,
+            addr,
+            inputs,
+            reads,
+        });
     }
     let auth = AuthToken::default().start();
     let supervisor = Supervisor::new(

@@ -5,7 +5,7 @@
 
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::event::Batch;
-use msgtrace_actors::sink::{Sink, SinkError};
+use msgtrace_actors::sink::{Sink, SinkError, SinkInput};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +16,8 @@ pub use http::HttpSink;
 /// NDJSON on standard output.
 pub struct StdoutSink {
     name: String,
-    /// The NDJSON of the page being written, kept for the next page (see [`Batch::write_ndjson`]).
+    /// The NDJSON of a page not encoded by the fetcher, kept for the next page (see
+    /// [`Batch::ndjson`]).
     buf: Vec<u8>,
 }
 
@@ -35,11 +36,15 @@ impl Sink for StdoutSink {
         &self.name
     }
 
+    fn input(&self) -> SinkInput {
+        SinkInput::Ndjson
+    }
+
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
-        batch.write_ndjson(&mut self.buf);
+        let bytes = batch.ndjson(&mut self.buf);
         let r = {
             let mut out = std::io::stdout().lock();
-            out.write_all(&self.buf).and_then(|()| out.flush())
+            out.write_all(bytes).and_then(|()| out.flush())
         };
         release_if_large(&mut self.buf);
         let name = self.name.clone();
@@ -70,7 +75,8 @@ pub struct FileSink {
     file: Option<File>,
     fsync: bool,
     rotate: Option<crate::config::Rotation>,
-    /// The NDJSON of the page being written, kept for the next page (see [`Batch::write_ndjson`]).
+    /// The NDJSON of a page not encoded by the fetcher, kept for the next page (see
+    /// [`Batch::ndjson`]).
     buf: Vec<u8>,
 }
 
@@ -192,11 +198,14 @@ impl Sink for FileSink {
         &self.name
     }
 
+    fn input(&self) -> SinkInput {
+        SinkInput::Ndjson
+    }
+
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
-        let mut bytes = std::mem::take(&mut self.buf);
-        batch.write_ndjson(&mut bytes);
-        let r = self.write(&bytes);
-        self.buf = bytes;
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.write(batch.ndjson(&mut buf));
+        self.buf = buf;
         release_if_large(&mut self.buf);
         Box::pin(async move { r })
     }
@@ -266,10 +275,7 @@ mod tests {
                     }
                 })
                 .collect();
-            Batch {
-                source: Arc::from("s"),
-                events: Arc::new(events),
-            }
+            Batch::new(Arc::from("s"), events)
         };
         let block = |f: LocalBoxFuture<'_, Result<(), SinkError>>| {
             actix_rt::System::new().block_on(f).unwrap()

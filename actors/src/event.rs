@@ -40,24 +40,146 @@ impl Event {
 pub struct Batch {
     /// The source id.
     pub source: Arc<str>,
-    /// The events.
+    /// The events. Empty when every sink of the source takes NDJSON only
+    /// ([`SinkInput::Ndjson`](crate::sink::SinkInput::Ndjson)): the events were then encoded into
+    /// [`encoded`](Batch::encoded) and freed on the thread that parsed the page.
     pub events: Arc<Vec<Event>>,
+    /// The events as NDJSON, encoded once on the thread that parsed the page when a sink of the
+    /// source takes NDJSON; `None` in a batch made elsewhere ([`Batch::new`]).
+    /// [`Batch::ndjson`] reads it, or encodes the events when it is `None`.
+    pub encoded: Option<Arc<Ndjson>>,
 }
 
 impl Batch {
-    /// All events as NDJSON.
-    pub fn to_ndjson(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.events.len() * 512);
-        self.write_ndjson(&mut out);
-        out
+    /// A batch of these events (not yet encoded).
+    pub fn new(source: Arc<str>, events: Vec<Event>) -> Batch {
+        Batch {
+            source,
+            events: Arc::new(events),
+            encoded: None,
+        }
     }
 
-    /// Replaces the contents of `out` with all events as NDJSON. A sink that keeps `out` from
-    /// page to page reuses its memory: no multi-megabyte allocation (and page faults) per page.
-    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
-        out.clear();
-        for e in self.events.iter() {
-            e.write_ndjson(out);
+    /// All events as NDJSON.
+    pub fn to_ndjson(&self) -> Vec<u8> {
+        match &self.encoded {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let mut out = Vec::with_capacity(self.events.len() * 512);
+                self.ndjson(&mut out);
+                out
+            }
         }
+    }
+
+    /// The events as NDJSON: the bytes encoded where the page was parsed, or else the events
+    /// encoded into `buf` (its contents replaced). A sink that keeps `buf` from page to page
+    /// reuses its memory: no multi-megabyte allocation (and page faults) per page.
+    pub fn ndjson<'a>(&'a self, buf: &'a mut Vec<u8>) -> &'a [u8] {
+        match &self.encoded {
+            Some(bytes) => bytes,
+            None => {
+                buf.clear();
+                for e in self.events.iter() {
+                    e.write_ndjson(buf);
+                }
+                buf
+            }
+        }
+    }
+}
+
+/// A page's events as NDJSON lines, in a buffer that goes back to a small process-wide pool when
+/// dropped and is taken from it for the next page: a page's buffer is megabytes, and a fresh one
+/// per page would be mapped and faulted in per page (the binary's allocator gives large blocks
+/// back to the system at once).
+pub struct Ndjson(Vec<u8>);
+
+/// The most bytes of buffer capacity the pool keeps (about four pages of 5000 Graph rows).
+const POOL_BYTES: usize = 8 << 20;
+
+/// Buffers given back by dropped [`Ndjson`]s.
+static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+impl Ndjson {
+    /// Encodes `events`, one JSON line each, into a buffer from the pool.
+    pub fn encode(events: &[Event]) -> Ndjson {
+        let mut buf = POOL
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        for e in events {
+            e.write_ndjson(&mut buf);
+        }
+        Ndjson(buf)
+    }
+}
+
+impl std::ops::Deref for Ndjson {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Ndjson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ndjson({} bytes)", self.0.len())
+    }
+}
+
+impl Drop for Ndjson {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        buf.clear();
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = pool.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= POOL_BYTES {
+            pool.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u64) -> Event {
+        let mut fields = serde_json::Map::new();
+        fields.insert("n".into(), n.into());
+        Event {
+            fields,
+            meta: EventMeta {
+                input_id: Arc::from("s"),
+                source: Arc::from("u"),
+                is_final: false,
+                is_broken: false,
+            },
+        }
+    }
+
+    #[test]
+    fn encoded_and_unencoded_batches_read_the_same() {
+        let events: Vec<Event> = (0..3).map(event).collect();
+        let plain = Batch::new(Arc::from("s"), events.clone());
+        let mut buf = b"left over".to_vec();
+        assert_eq!(plain.ndjson(&mut buf), b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+        let encoded = Batch {
+            encoded: Some(Arc::new(Ndjson::encode(&events))),
+            events: Arc::new(Vec::new()),
+            ..plain.clone()
+        };
+        assert_eq!(encoded.ndjson(&mut Vec::new()), plain.to_ndjson());
+    }
+
+    #[test]
+    fn a_dropped_buffer_is_reused_empty() {
+        let one = Ndjson::encode(&[event(1)]);
+        drop(one);
+        // Another test may take it first; either way a buffer starts empty.
+        let two = Ndjson::encode(&[event(2)]);
+        assert_eq!(&*two, b"{\"n\":2}\n");
     }
 }

@@ -15,11 +15,16 @@
 //! out as soon as the link to it is read off the end of the page before, while that page is
 //! parsed on the blocking pool (`fetch_ahead`).
 //!
+//! The thread that parses a page also makes it ready ([`make_ready`]: events, pipeline hooks,
+//! NDJSON for the sinks that take it), so that its rows never cross threads; only a source with
+//! an identity index (re-reading) has its pages made ready in order, after the page before is
+//! committed.
+//!
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
-use crate::dialect::{self, Api, Page, Row};
-use crate::event::{Batch, Event, EventMeta};
+use crate::dialect::{self, Api, Page};
+use crate::event::{Batch, Event, EventMeta, Ndjson};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
 use crate::sink::Deliver;
@@ -59,6 +64,18 @@ pub struct FetcherEnv {
     /// it is committed, so that a thousand sources due at once do not hold a thousand parsed
     /// pages in memory while the sinks work through them.
     pub rows_in_flight: RowBudget,
+    /// What the source's sinks read of a batch.
+    pub reads: Reads,
+}
+
+/// What the sinks of a source read of a batch ([`SinkInput`](crate::sink::SinkInput)): whether
+/// the events must be kept, and whether the page is encoded as NDJSON for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reads {
+    /// Some sink reads the events.
+    pub events: bool,
+    /// Some sink reads NDJSON.
+    pub ndjson: bool,
 }
 
 /// Pages a source fetches ahead of the one being delivered and committed, by default: two keep
@@ -519,6 +536,9 @@ async fn collect_slice(
                 )
                 .to_string(),
         };
+        // What this page becomes; made on the parse thread unless it must be made in order.
+        let plan = PagePlan::new(env, task, &track);
+        let ahead = plan.index.is_none().then(|| plan.clone());
         let fetch = async {
             if let Some(p) = prefetched.as_mut() {
                 if let Some(f) = p.take(&url).await {
@@ -526,7 +546,16 @@ async fn collect_slice(
                 }
                 prefetched = None;
             }
-            fetch_page(env.clone(), url.clone(), is_next_link, cancel.clone(), None).await
+            let env = env.clone();
+            fetch_page(
+                env,
+                url.clone(),
+                is_next_link,
+                cancel.clone(),
+                None,
+                ahead.clone(),
+            )
+            .await
         };
         let fetched = match deadline {
             Some(d) => {
@@ -546,7 +575,7 @@ async fn collect_slice(
         job.tasks[i].retries += fetched.retries;
         job.throttled += fetched.throttled;
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
-        let (mut page, _slot) = match fetched.page {
+        let (parsed, _slot) = match fetched.page {
             Ok(p) => p,
             Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
@@ -576,42 +605,52 @@ async fn collect_slice(
             Err(Stop::Rejected(e)) => return Err(Stop::Failed(e)),
             Err(other) => return Err(other),
         };
-        // Before this page's events are built: the next request goes out first.
-        if let (true, Some(next)) = (spec.prefetch > 0 && prefetched.is_none(), &page.next_link) {
+        // Before this page is made ready (when it is not yet): the next request goes out first.
+        if let (true, Some(next)) = (
+            spec.prefetch > 0 && prefetched.is_none(),
+            parsed.next_link(),
+        ) {
             prefetched = Some(Prefetch::start(
                 env,
                 next.to_string(),
                 cancel,
                 spec.prefetch,
+                ahead,
             ));
         }
-        let is_last = page.next_link.is_none();
-        let rows = std::mem::take(&mut page.rows);
-        let built = build_events(env, rows, task, &url, is_last, &mut track)?;
-        let (events, dropped, seen) = (built.events, built.dropped, built.seen);
-        if built.skipped > 0 {
+        let ready = match parsed {
+            Parsed::Ready(ready) => ready?,
+            Parsed::Rows(page) => make_ready_off_thread(plan, page, strip_query(&url)).await?,
+        };
+        let (dropped, seen) = (ready.dropped, ready.seen);
+        if ready.skipped > 0 {
             debug!(
-                skipped = built.skipped,
+                skipped = ready.skipped,
                 "rows delivered before the re-query skipped"
             );
         }
-        if built.known > 0 || built.updates > 0 {
+        if ready.known > 0 || ready.updates > 0 {
             debug!(
-                known = built.known,
-                updates = built.updates,
+                known = ready.known,
+                updates = ready.updates,
                 "rows already delivered skipped; status changes emitted as updates"
             );
         }
-        job.known += built.known;
-        job.updates += built.updates;
-        let n = events.len() as u64;
-        if !events.is_empty() {
+        if let Some((t, ids)) = ready.oldest {
+            for id in ids {
+                track.delivered(t, id);
+            }
+        }
+        job.known += ready.known;
+        job.updates += ready.updates;
+        let n = ready.rows;
+        if let Some(batch) = ready.batch {
             let hold = hold.then_some(Hold {
                 cancel,
                 deadline,
                 ahead: &mut prefetched,
             });
-            let refused = deliver(env, events, hold).await?;
+            let refused = deliver(env, batch, hold).await?;
             if let Some(e) = refused {
                 job.errors.push(format!(
                     "a sink refused a page for a while (the page was held and delivered again): {e}"
@@ -620,7 +659,7 @@ async fn collect_slice(
         }
         slice_pages += 1;
         slice_rows += n;
-        let next = page.next_link.map(|u| u.to_string());
+        let next = ready.next_link.map(|u| u.to_string());
         match &next {
             _ if task.reread => {}
             None => {
@@ -670,7 +709,7 @@ async fn collect_slice(
             page = slice_pages,
             rows = n,
             dropped,
-            last = is_last,
+            last = next.is_none(),
             "page committed"
         );
         crate::telemetry::page_committed(&spec.id, n);
@@ -712,7 +751,7 @@ impl Progress {
 /// A page fetched (or not) and what it took, for the job record.
 struct Fetched {
     /// The parsed page and its share of the rows-in-flight budget.
-    page: Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop>,
+    page: Result<(Parsed, tokio::sync::OwnedSemaphorePermit), Stop>,
     /// Requests retried.
     retries: u64,
     /// 429 answers.
@@ -737,10 +776,11 @@ impl Prefetch {
         url: String,
         cancel: &watch::Receiver<bool>,
         depth: usize,
+        plan: Option<Arc<PagePlan>>,
     ) -> Prefetch {
         let (tx, pages) = tokio::sync::mpsc::unbounded_channel();
         let places = Arc::new(tokio::sync::Semaphore::new(depth.max(1)));
-        let fetch = fetch_ahead(env.clone(), url, cancel.clone(), places, tx)
+        let fetch = fetch_ahead(env.clone(), url, cancel.clone(), places, tx, plan)
             .instrument(tracing::Span::current());
         Prefetch {
             pages,
@@ -788,11 +828,12 @@ async fn fetch_ahead(
     cancel: watch::Receiver<bool>,
     places: Arc<tokio::sync::Semaphore>,
     pages: tokio::sync::mpsc::UnboundedSender<Ahead>,
+    plan: Option<Arc<PagePlan>>,
 ) {
     let Ok(place) = places.clone().acquire_owned().await else {
         return;
     };
-    let mut current = Started::spawn(&env, url, &cancel, &places, place);
+    let mut current = Started::spawn(&env, url, &cancel, &places, place, &plan);
     loop {
         let (fetched, successor) = match (&mut current.task.0).await {
             Ok(done) => done,
@@ -800,7 +841,7 @@ async fn fetch_ahead(
             Err(_) => return,
         };
         let next = match &fetched.page {
-            Ok((page, _)) => page.next_link.as_ref().map(|u| u.to_string()),
+            Ok((parsed, _)) => parsed.next_link().map(|u| u.to_string()),
             Err(_) => None,
         };
         let Started { url, place, .. } = current;
@@ -823,7 +864,7 @@ async fn fetch_ahead(
                 let Ok(place) = places.clone().acquire_owned().await else {
                     return;
                 };
-                Started::spawn(&env, next, &cancel, &places, place)
+                Started::spawn(&env, next, &cancel, &places, place, &plan)
             }
         };
     }
@@ -854,10 +895,17 @@ impl Started {
         cancel: &watch::Receiver<bool>,
         places: &Arc<tokio::sync::Semaphore>,
         place: tokio::sync::OwnedSemaphorePermit,
+        plan: &Option<Arc<PagePlan>>,
     ) -> Started {
         let fetch: futures_util::future::LocalBoxFuture<'static, _> = Box::pin(
-            fetch_and_start_next(env.clone(), url.clone(), cancel.clone(), places.clone())
-                .instrument(tracing::Span::current()),
+            fetch_and_start_next(
+                env.clone(),
+                url.clone(),
+                cancel.clone(),
+                places.clone(),
+                plan.clone(),
+            )
+            .instrument(tracing::Span::current()),
         );
         Started {
             url,
@@ -873,6 +921,7 @@ async fn fetch_and_start_next(
     url: String,
     cancel: watch::Receiver<bool>,
     places: Arc<tokio::sync::Semaphore>,
+    plan: Option<Arc<PagePlan>>,
 ) -> (Fetched, Option<Started>) {
     let mut next: Option<Started> = None;
     let fetched = {
@@ -889,6 +938,7 @@ async fn fetch_and_start_next(
                     &cancel,
                     &places,
                     place,
+                    &plan,
                 ));
             }
         };
@@ -898,6 +948,7 @@ async fn fetch_and_start_next(
             true,
             cancel.clone(),
             Some(&mut start_next),
+            plan.clone(),
         )
         .await
     };
@@ -910,13 +961,15 @@ async fn fetch_and_start_next(
 /// Called with each 200 body before it is parsed, and the URL it came from.
 type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
-/// Fetches and parses one page, with retries, token refresh on 401, and cancellation.
+/// Fetches and parses one page, with retries, token refresh on 401, and cancellation; with a
+/// `plan`, the thread that parses the page also makes it ready for the sinks ([`make_ready`]).
 async fn fetch_page(
     env: Rc<FetcherEnv>,
     url: String,
     is_next_link: bool,
     cancel: watch::Receiver<bool>,
     on_body: Option<OnBody<'_>>,
+    plan: Option<Arc<PagePlan>>,
 ) -> Fetched {
     let mut retries: u32 = 0;
     let mut throttled = 0;
@@ -927,6 +980,7 @@ async fn fetch_page(
         &cancel,
         (&mut retries, &mut throttled),
         on_body,
+        plan,
     )
     .await;
     Fetched {
@@ -943,7 +997,8 @@ async fn fetch_with_retries(
     cancel: &watch::Receiver<bool>,
     (retries, throttled): (&mut u32, &mut u64),
     mut on_body: Option<OnBody<'_>>,
-) -> Result<(Page, tokio::sync::OwnedSemaphorePermit), Stop> {
+    plan: Option<Arc<PagePlan>>,
+) -> Result<(Parsed, tokio::sync::OwnedSemaphorePermit), Stop> {
     let spec = &env.spec;
     let request_url = url::Url::parse(url)
         .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
@@ -993,7 +1048,8 @@ async fn fetch_with_retries(
                 if let Some(f) = on_body.as_mut() {
                     f(&resp.body, &request_url);
                 }
-                match parse_off_thread(spec.api, resp.body, &request_url).await {
+                let parse = parse_off_thread(spec.api, resp.body, &request_url, url, plan.clone());
+                match parse.await {
                     None => return Err(Stop::Failed("the engine is stopping".into())),
                     Some(Ok(page)) => return Ok((page, slot)),
                     Some(Err(e)) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
@@ -1100,21 +1156,48 @@ async fn fetch_with_retries(
 }
 
 /// Parses a page on a thread of the blocking pool, so that the fetcher's thread goes on with
-/// requests (the next page's above all) and deliveries meanwhile. At most one parse per core
-/// runs at once, however many sources fetch.
+/// requests (the next page's above all) and deliveries meanwhile; with a `plan`, the same thread
+/// then makes the page ready for the sinks while its rows are in that core's cache, and the rows
+/// never reach the fetcher's thread. `None` when the engine is stopping.
 async fn parse_off_thread(
     api: Api,
     body: bytes::Bytes,
     request_url: &url::Url,
-) -> Option<Result<Page, dialect::DialectError>> {
+    url: &str,
+    plan: Option<Arc<PagePlan>>,
+) -> Option<Result<Parsed, dialect::DialectError>> {
+    let request_url = request_url.clone();
+    let source: Arc<str> = Arc::from(strip_query(url));
+    off_thread(move || {
+        let page = api.parse_page(&body, &request_url)?;
+        drop(body);
+        Ok(match plan {
+            Some(plan) => Parsed::Ready(make_ready(&plan, page, source)),
+            None => Parsed::Rows(page),
+        })
+    })
+    .await
+}
+
+/// Makes a parsed page ready on a thread of the blocking pool (pages that must be made in order:
+/// see [`PagePlan::index`]).
+async fn make_ready_off_thread(plan: Arc<PagePlan>, page: Page, url: &str) -> Result<Ready, Stop> {
+    let source: Arc<str> = Arc::from(url);
+    off_thread(move || make_ready(&plan, page, source))
+        .await
+        .unwrap_or_else(|| Err(Stop::Failed("the engine is stopping".into())))
+}
+
+/// Runs `work` on a thread of the blocking pool; `None` when the runtime is shutting down. At
+/// most one such task per core runs at once, however many sources fetch.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     static PARSERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
     });
     // Never closed, so always a permit.
     let _parser = PARSERS.acquire().await.ok();
-    let request_url = request_url.clone();
-    match tokio::task::spawn_blocking(move || api.parse_page(&body, &request_url)).await {
-        Ok(parsed) => Some(parsed),
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => Some(done),
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // The runtime is shutting down.
         Err(_) => None,
@@ -1148,8 +1231,74 @@ pub fn explain_status(api: Api, status: u16, body: &[u8], url: &str) -> String {
     format!("HTTP {status} from {}: {summary}{hint}", strip_query(url))
 }
 
-struct Built {
-    events: Vec<Event>,
+/// How a page's rows become what its sinks read: fixed for a run of pages (it changes only at a
+/// re-query, which drops the pages fetched ahead), so that the thread that parses a page can
+/// make it ready too ([`make_ready`]).
+struct PagePlan {
+    api: Api,
+    /// The source id.
+    input_id: Arc<str>,
+    /// The source's static fields.
+    fields: serde_json::Map<String, serde_json::Value>,
+    /// The slice, for the time filter; `None` when the filter is off.
+    filter: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The end instant of a re-query, and the rows delivered at it before the re-query: skipped.
+    query_end: Option<DateTime<Utc>>,
+    skip: Vec<(String, String)>,
+    hooks: Vec<crate::hook::Hook>,
+    reads: Reads,
+    /// The identity index (the source re-reads its windows) and the source id: each page is
+    /// checked against the index as committed by the pages before it, so such pages are made
+    /// ready in order, after the page before them is committed, never ahead.
+    index: Option<(Store, String)>,
+}
+
+impl PagePlan {
+    fn new(env: &FetcherEnv, task: &SliceTask, track: &Progress) -> Arc<PagePlan> {
+        let spec = &env.spec;
+        Arc::new(PagePlan {
+            api: spec.api,
+            input_id: Arc::from(spec.id.as_str()),
+            fields: spec.fields.clone(),
+            filter: (!spec.disable_time_filter).then_some((task.start, task.end)),
+            query_end: track.query_end,
+            skip: track.skip.clone(),
+            hooks: env.hooks.clone(),
+            reads: env.reads,
+            index: spec
+                .window
+                .reread
+                .is_some()
+                .then(|| (env.store.clone(), spec.id.clone())),
+        })
+    }
+}
+
+/// A fetched page: parsed only, or already made ready (with a [`PagePlan`] that allows it).
+enum Parsed {
+    Rows(Page),
+    Ready(Result<Ready, Stop>),
+}
+
+impl Parsed {
+    fn next_link(&self) -> Option<&url::Url> {
+        match self {
+            Parsed::Rows(page) => page.next_link.as_ref(),
+            Parsed::Ready(Ok(ready)) => ready.next_link.as_ref(),
+            Parsed::Ready(Err(_)) => None,
+        }
+    }
+}
+
+/// A row's identity: trace id and recipient.
+type Identity = (String, String);
+
+/// A page ready for its sinks: its batch, and what the job record and the checkpoint need.
+struct Ready {
+    /// What the hooks left of the events, encoded for the sinks; `None` when nothing is left.
+    batch: Option<Batch>,
+    /// Events built (before the hooks).
+    rows: u64,
     /// Rows outside the slice (time filter).
     dropped: u64,
     /// Rows skipped after a re-query (delivered before it).
@@ -1160,49 +1309,53 @@ struct Built {
     updates: u64,
     /// Identity index entries for the rows emitted (only when re-reading is on).
     seen: Vec<SeenEntry>,
+    /// The oldest instant among the rows emitted, and their identities (for re-queries).
+    oldest: Option<(DateTime<Utc>, Vec<Identity>)>,
+    /// The page's next link.
+    next_link: Option<url::Url>,
 }
 
-fn build_events(
-    env: &FetcherEnv,
-    rows: Vec<Row>,
-    task: &SliceTask,
-    url: &str,
-    is_last: bool,
-    track: &mut Progress,
-) -> Result<Built, Stop> {
-    let spec = &env.spec;
-    let index = spec.window.reread.is_some();
-    let input_id: Arc<str> = Arc::from(spec.id.as_str());
-    let source: Arc<str> = Arc::from(strip_query(url));
+/// Turns a parsed page's rows into events (time filter, re-query skips, identity index, `_time`,
+/// static fields), runs the pipeline hooks on them, and encodes them for the sinks that take
+/// NDJSON; when no sink reads the events themselves, they are freed here, on the thread that
+/// allocated them. `source` is the page's URL without query.
+fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, Stop> {
+    let api = plan.api;
+    let is_last = page.next_link.is_none();
     let now = Utc::now();
-    let mut out = Built {
-        events: Vec::with_capacity(rows.len()),
+    let mut out = Ready {
+        batch: None,
+        rows: 0,
         dropped: 0,
         skipped: 0,
         known: 0,
         updates: 0,
         seen: Vec::new(),
+        oldest: None,
+        next_link: page.next_link,
     };
-    // The oldest rows of the page delivered (indexes into `out.events`), for re-queries: their
+    let rows = page.rows;
+    let mut events = Vec::with_capacity(rows.len());
+    // The oldest rows of the page delivered (indexes into `events`), for re-queries: their
     // identities are copied once, at the end, not for every row (rows come newest first, so
     // nearly every row is the oldest so far when it is seen).
     let mut oldest: Option<(DateTime<Utc>, Vec<usize>)> = None;
     // Each row becomes its event's fields as it is (moved, not copied).
     for mut fields in rows {
-        let time = spec.api.row_time(&fields);
-        if let Some(t) = time {
-            if !spec.disable_time_filter && (t < task.start || t >= task.end) {
+        let time = api.row_time(&fields);
+        if let (Some(t), Some((start, end))) = (time, plan.filter) {
+            if t < start || t >= end {
                 out.dropped += 1;
                 continue;
             }
         }
-        let identity = spec.api.row_identity_ref(&fields);
+        let identity = api.row_identity_ref(&fields);
         let is_broken = time.is_none() || identity.is_none();
         let mut update = false;
         if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
-            if !track.skip.is_empty()
-                && Some(t) == track.query_end
-                && track
+            if !plan.skip.is_empty()
+                && Some(t) == plan.query_end
+                && plan
                     .skip
                     .iter()
                     .any(|(a, b)| a == trace_id && b == recipient)
@@ -1210,9 +1363,9 @@ fn build_events(
                 out.skipped += 1;
                 continue;
             }
-            if index {
+            if let Some((store, source_id)) = &plan.index {
                 let status = fields
-                    .get(spec.api.status_field())
+                    .get(api.status_field())
                     .and_then(|s| s.as_str())
                     .unwrap_or_default()
                     .to_owned();
@@ -1222,9 +1375,8 @@ fn build_events(
                     recipient: recipient.to_owned(),
                     status,
                 };
-                match env
-                    .store
-                    .seen_status(&spec.id, &entry)
+                match store
+                    .seen_status(source_id, &entry)
                     .map_err(|e| Stop::Failed(format!("reading the identity index failed: {e}")))?
                 {
                     Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
@@ -1236,7 +1388,7 @@ fn build_events(
                 }
                 out.seen.push(entry);
             }
-            let at = out.events.len();
+            let at = events.len();
             match &mut oldest {
                 Some((o, _)) if t > *o => {}
                 Some((o, at_oldest)) if t == *o => at_oldest.push(at),
@@ -1248,36 +1400,54 @@ fn build_events(
             out.updates += 1;
             fields.insert("_update".into(), true.into());
         }
-        out.events.push(Event {
+        events.push(Event {
             fields,
             meta: EventMeta {
-                input_id: input_id.clone(),
+                input_id: plan.input_id.clone(),
                 source: source.clone(),
                 is_final: false,
                 is_broken,
             },
         });
     }
-    if let Some((t, at)) = oldest {
-        for i in at {
-            if let Some(id) = spec.api.row_identity(&out.events[i].fields) {
-                track.delivered(t, id);
-            }
-        }
-    }
+    out.oldest = oldest.map(|(t, at)| {
+        let ids = at
+            .into_iter()
+            .filter_map(|i| api.row_identity(&events[i].fields))
+            .collect();
+        (t, ids)
+    });
     // The static fields last, so that the identities above are the API's, whatever they name.
-    if !spec.fields.is_empty() {
-        for e in &mut out.events {
-            for (k, v) in &spec.fields {
+    if !plan.fields.is_empty() {
+        for e in &mut events {
+            for (k, v) in &plan.fields {
                 e.fields.insert(k.clone(), v.clone());
             }
         }
     }
     if is_last {
-        if let Some(e) = out.events.last_mut() {
+        if let Some(e) = events.last_mut() {
             e.meta.is_final = true;
         }
     }
+    out.rows = events.len() as u64;
+    if events.is_empty() {
+        return Ok(out);
+    }
+    crate::hook::apply(&plan.hooks, &mut events).map_err(Stop::Failed)?;
+    if events.is_empty() {
+        return Ok(out);
+    }
+    let encoded = plan.reads.ndjson.then(|| Arc::new(Ndjson::encode(&events)));
+    if !plan.reads.events {
+        // Freed here, where they were allocated: nothing reads them.
+        events = Vec::new();
+    }
+    out.batch = Some(Batch {
+        source: plan.input_id.clone(),
+        events: Arc::new(events),
+        encoded,
+    });
     Ok(out)
 }
 
@@ -1310,17 +1480,9 @@ const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
 /// run. Returns the first refusal when there was one.
 async fn deliver(
     env: &FetcherEnv,
-    mut events: Vec<Event>,
+    batch: Batch,
     mut hold: Option<Hold<'_>>,
 ) -> Result<Option<String>, Stop> {
-    crate::hook::apply(&env.hooks, &mut events).map_err(Stop::Failed)?;
-    if events.is_empty() {
-        return Ok(None);
-    }
-    let batch = Batch {
-        source: Arc::from(env.spec.id.as_str()),
-        events: Arc::new(events),
-    };
     let mut pending: Vec<&Recipient<Deliver>> = env.sinks.iter().collect();
     let mut first_refusal = None;
     let mut attempt: u32 = 0;

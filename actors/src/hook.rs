@@ -2,9 +2,13 @@
 //! ([`EventMeta`](crate::event::EventMeta): `__inputId`, `__source`, `__final`, `__isBroken`),
 //! right before the sinks, and may change, drop or add events (Cribl's pre-processing pipeline).
 //!
-//! Hooks run in the Fetcher, in the order given, once per page, and only for pages with events.
-//! The page is acknowledged (and the checkpoint moves) once the sinks have what the hooks left;
-//! an empty result is acknowledged at once. A hook that panics fails the delivery of that page
+//! Hooks run in the order given, once per page fetched, and only for pages with events, on the
+//! thread of the blocking pool that parsed the page, as soon as it is parsed (pages are fetched
+//! ahead, so possibly before the pages before it are delivered, and two pages at once). A page
+//! fetched again (after a crash, a re-query, or pages ahead dropped while a sink refused one) is
+//! seen again: a hook should transform, not count delivered rows. The page is acknowledged (and
+//! the checkpoint moves) once the sinks have what the hooks left; an empty result is acknowledged
+//! at once. A hook that panics fails the delivery of that page
 //! like a failed sink: nothing is acknowledged, and the page is delivered again by a later run.
 //!
 //! # Examples

@@ -14,6 +14,17 @@ pub struct SinkError {
     pub message: String,
 }
 
+/// What a sink reads of a [`Batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkInput {
+    /// The events, `batch.events` (the default).
+    Events,
+    /// NDJSON only, through [`Batch::ndjson`]. The fetcher then encodes each page once, on the
+    /// thread that parsed it, and when every sink of a source takes NDJSON it frees the events
+    /// there too: a page's rows never cross threads, and `batch.events` is empty.
+    Ndjson,
+}
+
 /// A destination for events. Implementations: stdout, file, HTTP (product crate), or a host's own.
 ///
 /// `deliver` must return only once the batch is durable as far as the sink can tell (written and
@@ -21,6 +32,10 @@ pub struct SinkError {
 pub trait Sink: Send + 'static {
     /// The sink's id (its key in the configuration).
     fn name(&self) -> &str;
+    /// What the sink reads of a batch ([`SinkInput::Events`] unless it says otherwise).
+    fn input(&self) -> SinkInput {
+        SinkInput::Events
+    }
     /// Delivers one batch.
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>>;
     /// Flushes anything buffered (called on shutdown).

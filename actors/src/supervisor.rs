@@ -7,7 +7,7 @@ use crate::fetcher::{
     Backfill, Cancel, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply,
 };
 use crate::scheduler::{Due, Scheduler, StopScheduling};
-use crate::sink::{Deliver, FlushSink, SinkActor};
+use crate::sink::{Deliver, FlushSink, SinkActor, SinkInput};
 use crate::spec::SourceSpec;
 use actix::prelude::*;
 use msgtrace_storage::{JobKind, JobState, Store};
@@ -29,6 +29,8 @@ pub struct SinkEntry {
     pub addr: Addr<SinkActor>,
     /// Source ids whose events it takes.
     pub inputs: Vec<String>,
+    /// What it reads of a batch ([`Sink::input`](crate::sink::Sink::input)).
+    pub reads: SinkInput,
 }
 
 /// A source as the supervisor runs it.
@@ -207,13 +209,17 @@ impl Supervisor {
     }
 
     fn spawn_fetcher(&mut self, entry: &SourceEntry, ctx: &mut Context<Self>) -> Addr<Fetcher> {
-        let sinks: Vec<Recipient<Deliver>> = self
-            .sinks
-            .iter()
-            .filter(|s| s.inputs.contains(&entry.spec.id))
-            .map(|s| s.addr.clone().recipient())
-            .collect();
+        let feeds = || {
+            self.sinks
+                .iter()
+                .filter(|s| s.inputs.contains(&entry.spec.id))
+        };
+        let sinks: Vec<Recipient<Deliver>> = feeds().map(|s| s.addr.clone().recipient()).collect();
         let env = FetcherEnv {
+            reads: crate::fetcher::Reads {
+                events: feeds().any(|s| s.reads == SinkInput::Events),
+                ndjson: feeds().any(|s| s.reads == SinkInput::Ndjson),
+            },
             spec: entry.spec.clone(),
             store: self.store.clone(),
             auth: self.auth.clone(),
