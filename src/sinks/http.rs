@@ -28,7 +28,7 @@ use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::dialect::Row;
 use msgtrace_actors::event::{Batch, Event};
 use msgtrace_actors::retry::{Failure, RetryKind, RetryPolicy};
-use msgtrace_actors::sink::{Sink, SinkError};
+use msgtrace_actors::sink::{Sink, SinkError, SinkInput};
 use serde::ser::{SerializeMap, Serializer};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -382,9 +382,19 @@ impl Sink for HttpSink {
         &self.name
     }
 
+    fn input(&self) -> SinkInput {
+        match self.format {
+            HttpFormat::Ndjson => SinkInput::Ndjson,
+            _ => SinkInput::Events,
+        }
+    }
+
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            let bodies = encode(self.format, &batch.events, &self.batch);
+            let bodies = match (&batch.encoded, self.format) {
+                (Some(lines), HttpFormat::Ndjson) => cut_ndjson(lines, &self.batch),
+                _ => encode(self.format, &batch.events, &self.batch),
+            };
             let n = bodies.len();
             // The same page again after a failure part way: its accepted bodies are skipped
             // (encoding is deterministic, so they are the same bodies).
@@ -410,35 +420,77 @@ impl Sink for HttpSink {
 
 /// Cuts events into request bodies per `format` and `limits`: (body, events in it).
 pub fn encode(format: HttpFormat, events: &[Event], limits: &BatchConfig) -> Vec<(Vec<u8>, usize)> {
-    let mut out = Vec::new();
-    let mut body = Vec::new();
-    let mut rows = 0usize;
+    let mut bodies = Bodies::new(format, limits);
     let mut item = Vec::new();
-    let close = |body: &mut Vec<u8>, rows: &mut usize, out: &mut Vec<(Vec<u8>, usize)>| {
-        if *rows > 0 {
-            if format == HttpFormat::Json {
-                body.push(b']');
-            }
-            out.push((std::mem::take(body), *rows));
-            *rows = 0;
-        }
-    };
     for event in events {
         item.clear();
         encode_event(format, event, &mut item);
-        if rows > 0
-            && (rows >= limits.max_rows.max(1) || body.len() + item.len() + 1 > limits.max_bytes)
-        {
-            close(&mut body, &mut rows, &mut out);
-        }
-        if format == HttpFormat::Json {
-            body.push(if rows == 0 { b'[' } else { b',' });
-        }
-        body.extend_from_slice(&item);
-        rows += 1;
+        bodies.push(&item);
     }
-    close(&mut body, &mut rows, &mut out);
-    out
+    bodies.finish()
+}
+
+/// Cuts a page's NDJSON, encoded where the page was parsed, into request bodies: the bodies
+/// [`encode`] makes of the events it encodes (a JSON line holds no raw newline).
+pub fn cut_ndjson(ndjson: &[u8], limits: &BatchConfig) -> Vec<(Vec<u8>, usize)> {
+    let mut bodies = Bodies::new(HttpFormat::Ndjson, limits);
+    for line in ndjson.split_inclusive(|b| *b == b'\n') {
+        bodies.push(line);
+    }
+    bodies.finish()
+}
+
+/// Request bodies being cut from encoded events, each closed at `max_rows` events or before
+/// `max_bytes` (an event larger than that goes alone).
+struct Bodies<'a> {
+    format: HttpFormat,
+    limits: &'a BatchConfig,
+    out: Vec<(Vec<u8>, usize)>,
+    body: Vec<u8>,
+    rows: usize,
+}
+
+impl<'a> Bodies<'a> {
+    fn new(format: HttpFormat, limits: &'a BatchConfig) -> Bodies<'a> {
+        Bodies {
+            format,
+            limits,
+            out: Vec::new(),
+            body: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Adds one encoded event.
+    fn push(&mut self, item: &[u8]) {
+        let limits = self.limits;
+        if self.rows > 0
+            && (self.rows >= limits.max_rows.max(1)
+                || self.body.len() + item.len() + 1 > limits.max_bytes)
+        {
+            self.close();
+        }
+        if self.format == HttpFormat::Json {
+            self.body.push(if self.rows == 0 { b'[' } else { b',' });
+        }
+        self.body.extend_from_slice(item);
+        self.rows += 1;
+    }
+
+    fn close(&mut self) {
+        if self.rows > 0 {
+            if self.format == HttpFormat::Json {
+                self.body.push(b']');
+            }
+            self.out.push((std::mem::take(&mut self.body), self.rows));
+            self.rows = 0;
+        }
+    }
+
+    fn finish(mut self) -> Vec<(Vec<u8>, usize)> {
+        self.close();
+        self.out
+    }
 }
 
 /// Appends one event in `format` (with its trailing newline for the line formats).
@@ -593,6 +645,28 @@ mod tests {
         let b = encode(HttpFormat::Ndjson, &events, &limits(100, 1));
         assert_eq!(b.len(), 10);
         assert!(encode(HttpFormat::Json, &[], &limits(1, 1)).is_empty());
+    }
+
+    #[test]
+    fn ndjson_encoded_where_parsed_is_cut_into_the_same_bodies() {
+        let events: Vec<Event> = (0..10).map(rws).collect();
+        let lines = msgtrace_actors::event::Ndjson::encode(&events);
+        let one = lines.len() / 10;
+        for (rows, bytes) in [
+            (4, 1 << 20),
+            (100, one * 3 + 1),
+            (100, 1),
+            (1, 1 << 20),
+            (10, 1),
+        ] {
+            let cut = cut_ndjson(&lines, &limits(rows, bytes));
+            assert_eq!(
+                cut,
+                encode(HttpFormat::Ndjson, &events, &limits(rows, bytes))
+            );
+            assert_eq!(cut.iter().map(|x| x.1).sum::<usize>(), 10);
+        }
+        assert!(cut_ndjson(b"", &limits(1, 1)).is_empty());
     }
 
     #[test]
