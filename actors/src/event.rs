@@ -89,26 +89,14 @@ impl Batch {
     }
 }
 
-/// A page's events as NDJSON lines, in a buffer that goes back to a small process-wide pool when
-/// dropped and is taken from it for the next page: a page's buffer is megabytes, and a fresh one
-/// per page would be mapped and faulted in per page (the binary's allocator gives large blocks
-/// back to the system at once).
+/// A page's events as NDJSON lines, in a buffer taken from [`crate::buffers`] and given back
+/// when dropped.
 pub struct Ndjson(Vec<u8>);
-
-/// The most bytes of buffer capacity the pool keeps (about four pages of 5000 Graph rows).
-const POOL_BYTES: usize = 8 << 20;
-
-/// Buffers given back by dropped [`Ndjson`]s.
-static POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
 
 impl Ndjson {
     /// Encodes `events`, one JSON line each, into a buffer from the pool.
     pub fn encode(events: &[Event]) -> Ndjson {
-        let mut buf = POOL
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
+        let mut buf = crate::buffers::take(0);
         for e in events {
             e.write_ndjson(&mut buf);
         }
@@ -132,13 +120,7 @@ impl std::fmt::Debug for Ndjson {
 
 impl Drop for Ndjson {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        buf.clear();
-        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-        let kept: usize = pool.iter().map(Vec::capacity).sum();
-        if kept + buf.capacity() <= POOL_BYTES {
-            pool.push(buf);
-        }
+        crate::buffers::give(std::mem::take(&mut self.0));
     }
 }
 

@@ -1173,7 +1173,7 @@ async fn parse_off_thread(
     let source: Arc<str> = Arc::from(strip_query(url));
     off_thread(move || {
         let page = api.parse_page(&body, &request_url)?;
-        drop(body);
+        crate::buffers::give_bytes(body);
         Ok(match plan {
             Some(plan) => Parsed::Ready(make_ready(&plan, page, source)),
             None => Parsed::Rows(page),

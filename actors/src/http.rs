@@ -150,7 +150,8 @@ where
 
 /// Reads the whole body into one buffer sized from `Content-Length` when there is one (a page is
 /// megabytes: growing the buffer by doubling copied it several times over), at most `max_body`
-/// bytes.
+/// bytes. The buffer comes from [`crate::buffers`]; whoever is done with the body may give it
+/// back ([`crate::buffers::give_bytes`]).
 async fn read_body<S>(
     resp: &mut awc::ClientResponse<S>,
     max_body: usize,
@@ -167,7 +168,7 @@ where
     if announced.is_some_and(|n| n > max_body) {
         return Err(HttpError::TooLarge(max_body));
     }
-    let mut body = bytes::BytesMut::with_capacity(announced.unwrap_or(0));
+    let mut body = crate::buffers::take(announced.unwrap_or(0));
     while let Some(chunk) = resp.next().await {
         let chunk =
             chunk.map_err(|e| HttpError::Connection(format!("reading the body failed: {e}")))?;
@@ -176,7 +177,7 @@ where
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    Ok(bytes::Bytes::from(body))
 }
 
 fn classify_send(e: awc::error::SendRequestError) -> HttpError {

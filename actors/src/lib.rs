@@ -8,6 +8,7 @@
 
 pub mod assertion;
 pub mod auth;
+pub mod buffers;
 pub mod dialect;
 pub mod event;
 pub mod fetcher;

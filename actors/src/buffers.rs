@@ -1,0 +1,113 @@
+//! Page-sized byte buffers (response bodies, a page's NDJSON), reused through a small
+//! process-wide pool. A page's buffer is megabytes, and the binary's allocator gives blocks that
+//! large back to the system as soon as they are freed (`purge_delay = 0`, `src/allocator.rs`), so
+//! a fresh buffer per page was mapped and faulted in again for every page: about 0.09 page faults
+//! per Graph row for the response body alone.
+
+use std::sync::Mutex;
+
+/// The most bytes of buffer capacity the pool keeps while nobody uses them (a few pages' bodies
+/// and NDJSON of 5000 Graph rows).
+const POOL_BYTES: usize = 16 << 20;
+
+/// The process's pool.
+static POOL: Pool = Pool::new(POOL_BYTES);
+
+/// An empty buffer with room for at least `capacity` bytes: one given back, or a new one.
+pub fn take(capacity: usize) -> Vec<u8> {
+    POOL.take(capacity)
+}
+
+/// Gives a buffer back for [`take`] (emptied); it is freed instead when the pool holds enough.
+pub fn give(buf: Vec<u8>) {
+    POOL.give(buf)
+}
+
+/// Gives back the buffer behind `bytes` (a response body once parsed) when nothing else shares
+/// it; otherwise it is only dropped.
+pub fn give_bytes(bytes: bytes::Bytes) {
+    POOL.give_bytes(bytes)
+}
+
+/// Empty buffers kept for reuse, at most `limit` bytes of capacity in all.
+struct Pool {
+    limit: usize,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    const fn new(limit: usize) -> Pool {
+        Pool {
+            limit,
+            buffers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let mut buf = self
+            .buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        buf.reserve(capacity);
+        buf
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if buf.capacity() == 0 {
+            return;
+        }
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        let kept: usize = buffers.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= self.limit {
+            buffers.push(buf);
+        }
+    }
+
+    fn give_bytes(&self, bytes: bytes::Bytes) {
+        if let Ok(unique) = bytes.try_into_mut() {
+            self.give(unique.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_given_back_is_taken_again_empty_without_a_copy() {
+        let pool = Pool::new(1 << 20);
+        let mut buf = pool.take(1 << 16);
+        buf.extend_from_slice(b"page");
+        let at = buf.as_ptr();
+        let body = bytes::Bytes::from(buf);
+        // Shared (a sink still holds it): dropped, not pooled.
+        pool.give_bytes(body.clone());
+        let again = pool.take(0);
+        assert!(again.capacity() == 0 && again.is_empty());
+        pool.give_bytes(body);
+        let again = pool.take(10);
+        assert_eq!(again.as_ptr(), at, "the same buffer, not a copy");
+        assert!(again.is_empty() && again.capacity() >= 1 << 16);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_its_limit() {
+        let pool = Pool::new(1000);
+        for _ in 0..5 {
+            pool.give(Vec::with_capacity(300));
+        }
+        let kept: Vec<usize> = pool
+            .buffers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::capacity)
+            .collect();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert!(kept.iter().sum::<usize>() <= 1000);
+    }
+}
