@@ -581,6 +581,14 @@ impl SimServer {
             .push_back(fault);
     }
 
+    /// Drops the faults queued and not yet served (the outage is over); returns how many.
+    pub fn clear_faults(&self) -> usize {
+        let mut faults = self.state.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let n = faults.len();
+        faults.clear();
+        n
+    }
+
     /// Forgets every issued token: the next data request with one answers 401.
     pub fn revoke_tokens(&self) {
         self.state
