@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn rotation_by_size_never_splits_a_page_and_keeps_n_files() {
-        use msgtrace_actors::event::{Event, EventMeta};
+        use msgtrace_actors::event::Event;
         use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ndjson");
@@ -264,15 +264,7 @@ mod tests {
                     let mut fields = serde_json::Map::new();
                     fields.insert("i".into(), (i as u64).into());
                     fields.insert("pad".into(), "x".repeat(30).into());
-                    Event {
-                        fields,
-                        meta: EventMeta {
-                            input_id: Arc::from("s"),
-                            source: Arc::from("u"),
-                            is_final: false,
-                            is_broken: false,
-                        },
-                    }
+                    Event::new(fields, Arc::from("s"), Arc::from("u"))
                 })
                 .collect();
             Batch::new(Arc::from("s"), events)

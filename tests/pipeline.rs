@@ -18,6 +18,27 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
+/// A Graph source over the last six hours in pages of 40, writing `dir/out.ndjson`, its state in
+/// `dir/state`.
+fn graph_config(
+    sim: &msgtrace::simulator::SimServer,
+    dir: &tempfile::TempDir,
+    extra: &str,
+) -> msgtrace::config::Config {
+    parse(&config_toml(
+        sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &dir.path().join("state"),
+            out: &dir.path().join("out.ndjson"),
+            start: &hours_ago(6),
+            end: &hours_ago(1),
+            page_size: 40,
+            extra,
+        },
+    ))
+}
+
 #[test]
 fn ecs_normalization_of_both_dialects() {
     for api in [Api::Graph, Api::Reporting] {
@@ -78,18 +99,7 @@ fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
     let sim = sim(30, |_| {});
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: &hours_ago(6),
-            end: &hours_ago(1),
-            page_size: 40,
-            extra: "",
-        },
-    ));
+    let cfg = graph_config(&sim, &dir, "");
     // Each call's events: pages are made ready on parse threads, two at once, so the calls are
     // not in page order.
     let calls: Arc<Mutex<Vec<Vec<EventMeta>>>> = Arc::default();
@@ -157,18 +167,7 @@ fn a_panicking_hook_fails_the_page_and_moves_no_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
     let state = dir.path().join("state");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &state,
-            out: &out,
-            start: &hours_ago(6),
-            end: &hours_ago(1),
-            page_size: 40,
-            extra: "reschedule_tasks = false",
-        },
-    ));
+    let cfg = graph_config(&sim, &dir, "reschedule_tasks = false");
     let hook: Hook = Arc::new(|_| panic!("bad hook"));
     let report = run_once(
         &cfg,
@@ -221,18 +220,7 @@ fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
     let sim = sim(30, |_| {});
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: &hours_ago(6),
-            end: &hours_ago(1),
-            page_size: 40,
-            extra: "",
-        },
-    ));
+    let cfg = graph_config(&sim, &dir, "");
     let kept: Arc<Mutex<Vec<Value>>> = Arc::default();
     let hook: Hook = Arc::new(|events: &mut Vec<Event>| {
         events.retain(|e| e.fields["status"] != "failed");

@@ -27,6 +27,20 @@ pub struct Event {
 }
 
 impl Event {
+    /// An event of these fields from `input_id`'s `source`, neither final nor broken (a hook that
+    /// adds events may start from it).
+    pub fn new(fields: Row, input_id: Arc<str>, source: Arc<str>) -> Event {
+        Event {
+            fields,
+            meta: EventMeta {
+                input_id,
+                source,
+                is_final: false,
+                is_broken: false,
+            },
+        }
+    }
+
     /// Appends the event as one JSON line (with `\n`).
     pub fn write_ndjson(&self, out: &mut Vec<u8>) {
         // A Map of Values always serializes.
@@ -131,15 +145,7 @@ mod tests {
     fn event(n: u64) -> Event {
         let mut fields = serde_json::Map::new();
         fields.insert("n".into(), n.into());
-        Event {
-            fields,
-            meta: EventMeta {
-                input_id: Arc::from("s"),
-                source: Arc::from("u"),
-                is_final: false,
-                is_broken: false,
-            },
-        }
+        Event::new(fields, Arc::from("s"), Arc::from("u"))
     }
 
     #[test]
@@ -157,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_buffer_is_reused_empty() {
+    fn a_buffer_taken_after_one_was_dropped_starts_empty() {
         let one = Ndjson::encode(&[event(1)]);
         drop(one);
         // Another test may take it first; either way a buffer starts empty.

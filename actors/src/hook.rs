@@ -57,20 +57,13 @@ pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventMeta;
 
     fn ev(n: i64) -> Event {
         let mut fields = serde_json::Map::new();
         fields.insert("n".into(), n.into());
-        Event {
-            fields,
-            meta: EventMeta {
-                input_id: Arc::from("a"),
-                source: Arc::from("u"),
-                is_final: false,
-                is_broken: n == 2,
-            },
-        }
+        let mut e = Event::new(fields, Arc::from("a"), Arc::from("u"));
+        e.meta.is_broken = n == 2;
+        e
     }
 
     #[test]

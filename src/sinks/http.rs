@@ -595,20 +595,15 @@ pub fn document_id(fields: &Row) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msgtrace_actors::event::EventMeta;
     use serde_json::json;
     use std::sync::Arc;
 
     fn event(v: Value) -> Event {
-        Event {
-            fields: v.as_object().unwrap().clone(),
-            meta: EventMeta {
-                input_id: Arc::from("contoso"),
-                source: Arc::from("https://x/y"),
-                is_final: false,
-                is_broken: false,
-            },
-        }
+        Event::new(
+            v.as_object().unwrap().clone(),
+            Arc::from("contoso"),
+            Arc::from("https://x/y"),
+        )
     }
 
     fn rws(i: u32) -> Event {
