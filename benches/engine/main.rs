@@ -386,10 +386,12 @@ struct Throughput {
     /// Bytes of the API's response bodies (the same for every run over these pages).
     bytes: u64,
     raw: Finished,
+    /// The least CPU of the parse-only runs, and that run's minor page faults.
     parse_cpu: f64,
-    /// Minor page faults of the parse-only run with the least CPU.
     parse_faults: u64,
-    /// Engine CPU ÷ parse-only CPU of each round (the two measured minutes apart, not hours).
+    /// Each round's engine CPU ÷ the mean CPU of the two parse-only runs on either side of it
+    /// (seconds apart): the host's noise comes in phases that last minutes, and a pair measured
+    /// together shares the phase. The verdict is their median.
     paired: Vec<f64>,
     engine: Finished,
     non_durable: Option<Finished>,
@@ -410,8 +412,9 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
     eprintln!("bench: {name}: {rows} rows in pages of {page_size}");
 
     let bodies = dir.join(format!("{name}-bodies.bin"));
-    let (mut raws, mut engines, mut non_durables, mut sequentials, mut parse_cpus) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut raws, mut engines, mut non_durables, mut sequentials) =
+        (vec![], vec![], vec![], vec![]);
+    let (mut parse_cpus, mut paired) = (vec![], vec![]);
     let mut bytes = 0;
     // Interleaved rounds, so that a noisy neighbour hits every workload alike.
     for round in 1..=plan.rounds {
@@ -430,8 +433,29 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
         assert!(raw.success, "{name}: raw fetch failed");
         bytes = raw.result["bytes"].as_u64().expect("bytes");
         raws.push(raw);
+        let parse_only = || {
+            let parse = measure::spawn(&Work::ParseOnly {
+                api,
+                request_url: first_url.clone(),
+                bodies: bodies.clone(),
+            })
+            .wait();
+            assert!(parse.success, "{name}: parse only failed");
+            assert_eq!(
+                parse.result["rows"].as_u64(),
+                Some(rows),
+                "{name}: parsed rows"
+            );
+            (
+                parse.result["cpu_secs"].as_f64().expect("cpu_secs"),
+                parse.result["minor_faults"].as_u64().expect("minor_faults"),
+            )
+        };
+        // The parse-only baseline right before and right after the engine: both sides of the
+        // ratio measured within seconds of each other.
+        let before = parse_only();
         let engine_name = format!("{name}-engine");
-        engines.push(engine_once(
+        let engine = engine_once(
             sim,
             dir,
             &engine_name,
@@ -439,7 +463,11 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
             window,
             page_size,
             Knobs::DEFAULT,
-        ));
+        );
+        let after = parse_only();
+        paired.push(engine.cpu.as_secs_f64() / ((before.0 + after.0) / 2.0));
+        engines.push(engine);
+        parse_cpus.extend([before, after]);
         if durability {
             let off_name = format!("{name}-not-durable");
             let knobs = Knobs {
@@ -458,33 +486,13 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
         sequentials.push(engine_once(
             sim, dir, &seq_name, api, window, page_size, knobs,
         ));
-        let parse = measure::spawn(&Work::ParseOnly {
-            api,
-            request_url: first_url.clone(),
-            bodies: bodies.clone(),
-        })
-        .wait();
-        assert!(parse.success, "{name}: parse only failed");
-        assert_eq!(
-            parse.result["rows"].as_u64(),
-            Some(rows),
-            "{name}: parsed rows"
-        );
-        parse_cpus.push((
-            parse.result["cpu_secs"].as_f64().expect("cpu_secs"),
-            parse.result["minor_faults"].as_u64().expect("minor_faults"),
-        ));
     }
     let _ = std::fs::remove_file(&bodies);
     Throughput {
         rows,
         bytes,
         raw: best(raws),
-        paired: engines
-            .iter()
-            .zip(&parse_cpus)
-            .map(|(e, (p, _))| e.cpu.as_secs_f64() / p)
-            .collect(),
+        paired,
         parse_cpu: parse_cpus.iter().map(|p| p.0).fold(f64::INFINITY, f64::min),
         parse_faults: parse_cpus
             .iter()
@@ -493,6 +501,17 @@ fn throughput(sim: &SimServer, plan: &Plan, dir: &Path, api: Api, durability: bo
         engine: best(engines),
         non_durable: durability.then(|| best(non_durables)),
         sequential: best(sequentials),
+    }
+}
+
+/// The median of some figures (the mean of the middle two of an even count).
+fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
 
@@ -557,15 +576,16 @@ impl Throughput {
             );
             let engine_cpu = per_row(self.engine.cpu.as_secs_f64());
             let parse_cpu = per_row(self.parse_cpu);
-            let ratio = engine_cpu / parse_cpu;
+            let ratio = median(&self.paired);
             let faults = |n: u64| n as f64 / self.rows as f64;
             let paired: Vec<String> = self.paired.iter().map(|r| format!("{r:.2}")).collect();
             table.row(
-                &format!("{name}: engine CPU per row"),
+                &format!("{name}: engine CPU per row (ratio: median of the rounds)"),
                 &format!(
-                    "{engine_cpu:.2} µs/row, {:.2} page faults/row; each round ÷ its parse only: {}",
+                    "{engine_cpu:.2} µs/row, {:.2} page faults/row; each round ÷ the parse only around it: {}; least ÷ least: {:.2}",
                     faults(self.engine.minor_faults),
-                    paired.join(", ")
+                    paired.join(", "),
+                    engine_cpu / parse_cpu,
                 ),
                 &format!(
                     "parse only: {parse_cpu:.2} µs/row, {:.2} page faults/row",
