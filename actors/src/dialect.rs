@@ -51,6 +51,9 @@ pub enum Api {
 /// One message trace row, as the API returned it (minus OData `__metadata`).
 pub type Row = serde_json::Map<String, Value>;
 
+/// How far from each end of a body [`Api::peek_next_link`] looks for the next link.
+pub const PEEK_WINDOW: usize = 16 * 1024;
+
 /// One parsed response page.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Page {
@@ -269,24 +272,33 @@ impl Api {
 
     /// The next link of a page read off its body without parsing it: the string after the last
     /// `"@odata.nextLink":` (then `"odata.nextLink":`, `"__next":`, the keys [`Api::parse_page`]
-    /// tries), resolved as it resolves it. Services put the link after the rows, so the search
-    /// from the end is short. A guess, to start the next request while the page is still being
-    /// parsed: the caller checks it against the parsed page's link (a row's text could contain
-    /// the key), and `None` only means no guess.
+    /// tries), resolved as it resolves it. Services put the link after the rows (or, some, before
+    /// them), so only the last and the first [`PEEK_WINDOW`] bytes are searched: a key the body
+    /// lacks (Reporting has no `@odata.nextLink`) no longer costs a search of the whole body. A
+    /// guess, to start the next request while the page is still being parsed: the caller checks
+    /// it against the parsed page's link (a row's text could contain the key), and `None` only
+    /// means no guess.
     pub fn peek_next_link(self, body: &[u8], request_url: &Url) -> Option<Url> {
         const KEYS: [&[u8]; 3] = [b"\"@odata.nextLink\"", b"\"odata.nextLink\"", b"\"__next\""];
-        KEYS.iter().find_map(|key| {
-            let at = memchr::memmem::rfind(body, key)?;
-            let rest = body[at + key.len()..]
-                .trim_ascii_start()
-                .strip_prefix(b":")?;
-            let mut de = serde_json::Deserializer::from_slice(rest);
-            let link = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
-            let link = link.trim();
-            (!link.is_empty())
-                .then(|| resolve_next_link(link, request_url).ok())
-                .flatten()
-        })
+        let tail = body.len().saturating_sub(PEEK_WINDOW);
+        let head = if tail == 0 { 0 } else { PEEK_WINDOW };
+        [(tail, body.len()), (0, head)]
+            .into_iter()
+            .find_map(|(from, to)| {
+                KEYS.iter().find_map(|key| {
+                    let at = from + memchr::memmem::rfind(&body[from..to], key)?;
+                    // The string runs on past the window if it must: it is read off the body.
+                    let rest = body[at + key.len()..]
+                        .trim_ascii_start()
+                        .strip_prefix(b":")?;
+                    let mut de = serde_json::Deserializer::from_slice(rest);
+                    let link = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
+                    let link = link.trim();
+                    (!link.is_empty())
+                        .then(|| resolve_next_link(link, request_url).ok())
+                        .flatten()
+                })
+            })
     }
 
     /// Name of the row field holding the received time: Graph `receivedDateTime`, Reporting
@@ -738,6 +750,33 @@ mod tests {
         let body = r#"{"@odata.nextLink":"https://g/right","value":[{"x\"@odata.nextLink":"https://g/wrong"}]}"#;
         assert_eq!(parsed(Api::Graph, body).as_deref(), Some("https://g/right"));
         assert_ne!(peek(Api::Graph, body), parsed(Api::Graph, body));
+
+        // A page of a megabyte: the link is found after the rows and before them, whichever key
+        // it has; amid the rows (no service puts it there) it is not looked for.
+        let rows = format!("[{}]", vec![r#"{"Subject":"x"}"#; 70_000].join(","));
+        assert!(rows.len() > 16 * PEEK_WINDOW);
+        for (body, want) in [
+            (
+                format!(r#"{{"value":{rows},"odata.nextLink":"MessageTrace?$skiptoken=9"}}"#),
+                Some("https://graph.microsoft.com/v1.0/admin/exchange/tracing/MessageTrace?$skiptoken=9"),
+            ),
+            (
+                format!(r#"{{"@odata.nextLink":"https://g/first","value":{rows}}}"#),
+                Some("https://g/first"),
+            ),
+            (format!(r#"{{"d":{{"results":{rows},"__next":"https://r/n"}}}}"#), Some("https://r/n")),
+            (
+                format!(r#"{{"value":{rows},"x":{rows},"@odata.nextLink":"https://g/end"}}"#),
+                Some("https://g/end"),
+            ),
+            (format!(r#"{{"a":{rows},"@odata.nextLink":"https://g/mid","b":{rows}}}"#), None),
+            (format!(r#"{{"value":{rows}}}"#), None),
+        ] {
+            assert_eq!(peek(Api::Reporting, &body).as_deref(), want);
+            if want.is_some() {
+                assert_eq!(peek(Api::Reporting, &body), parsed(Api::Reporting, &body));
+            }
+        }
     }
 
     #[test]
