@@ -7,9 +7,7 @@
 //!                        └────JobFinished───────┘──▶ SinkActor (one per sink, own thread)
 //! ```
 
-use crate::config::{
-    AuthConfig, Config, OAuthApp, RetryKind, Schedule, Secret, SinkKind, SourceConfig,
-};
+use crate::config::{AuthConfig, Config, OAuthApp, Schedule, Secret, SinkKind, SourceConfig};
 use crate::secrets::SecretStore;
 use crate::sinks::{FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
@@ -17,7 +15,7 @@ use anyhow::{anyhow, Context as _};
 use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::auth::AuthToken;
 use msgtrace_actors::proxy::Proxy;
-use msgtrace_actors::retry::{self, RetryPolicy};
+use msgtrace_actors::retry::RetryPolicy;
 use msgtrace_actors::scheduler;
 use msgtrace_actors::sink::{Sink, SinkActor};
 use msgtrace_actors::spec::{
@@ -131,21 +129,6 @@ pub fn source_spec(
         Schedule::Cron { expr, .. } => expr.clone(),
     };
     scheduler::parse_cron(&cron).map_err(|e| format!("{path}.schedule: {e}"))?;
-    let r = &src.retry;
-    let retry = RetryPolicy {
-        kind: match r.kind {
-            RetryKind::Backoff => retry::RetryKind::Backoff,
-            RetryKind::Static => retry::RetryKind::Static,
-            RetryKind::Disabled => retry::RetryKind::Disabled,
-        },
-        initial: r.initial_interval,
-        limit: r.limit,
-        multiplier: r.multiplier,
-        codes: r.codes.clone(),
-        honor_retry_after: r.honor_retry_after,
-        retry_connect_timeout: r.retry_connect_timeout,
-        retry_connect_reset: r.retry_connect_reset,
-    };
     Ok(SourceSpec {
         id: src.id.clone(),
         api: src.api,
@@ -160,7 +143,7 @@ pub fn source_spec(
                 .flatten(),
         },
         auth,
-        retry,
+        retry: src.retry.clone(),
         request_timeout: src.request_timeout,
         max_body_bytes: MAX_BODY_BYTES,
         fields: src.fields.clone().into_iter().collect(),

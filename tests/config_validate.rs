@@ -193,7 +193,7 @@ fn minimal_config_gets_every_default() {
 
     let r = &s.retry;
     assert_eq!(r.kind, RetryKind::Backoff);
-    assert_eq!(r.initial_interval, Duration::from_millis(1000));
+    assert_eq!(r.initial, Duration::from_millis(1000));
     assert_eq!(r.limit, 5);
     assert_eq!(r.multiplier, 2.0);
     assert_eq!(r.codes, [429, 503]);

@@ -52,6 +52,11 @@ use std::time::Duration;
 use url::Url;
 
 pub use msgtrace_actors::dialect::Api;
+/// How failed requests are retried (`[sources.<id>.retry]`): the fetcher's own policy, which
+/// validation builds (`retry.type`, `initial_interval_ms` at most 20 s, `limit` at most 20,
+/// `multiplier` at least 1, `codes`, `honor_retry_after`, `retry_connect_timeout`,
+/// `retry_connect_reset`).
+pub use msgtrace_actors::retry::{RetryKind, RetryPolicy};
 pub use msgtrace_actors::time::TimeExpr;
 pub use validate::validate;
 
@@ -138,7 +143,7 @@ pub struct SourceConfig {
     /// How this source authenticates.
     pub auth: AuthConfig,
     /// How failed requests are retried.
-    pub retry: RetryConfig,
+    pub retry: RetryPolicy,
 }
 
 impl SourceConfig {
@@ -396,38 +401,6 @@ pub struct CertificateConfig {
     pub key_path: PathBuf,
     /// Passphrase of an encrypted key.
     pub passphrase: Option<Secret>,
-}
-
-/// How failed requests are retried (`[sources.<id>.retry]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryConfig {
-    /// Backoff, fixed delay, or no retries.
-    pub kind: RetryKind,
-    /// Delay before the first retry (`initial_interval_ms`, at most 20 s).
-    pub initial_interval: Duration,
-    /// Retries after the first attempt (0 = none, at most 20).
-    pub limit: u32,
-    /// Factor applied to the delay after each retry with `backoff` (at least 1).
-    pub multiplier: f64,
-    /// HTTP statuses that are retried.
-    pub codes: Vec<u16>,
-    /// Whether a `Retry-After` of up to 20 s replaces the computed delay.
-    pub honor_retry_after: bool,
-    /// Whether a connection timeout is retried.
-    pub retry_connect_timeout: bool,
-    /// Whether a connection reset is retried.
-    pub retry_connect_reset: bool,
-}
-
-/// The retry strategy (`retry.type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryKind {
-    /// Exponential: the delay is multiplied by `multiplier` after each retry (the default).
-    Backoff,
-    /// The same delay before every retry.
-    Static,
-    /// No retries at all.
-    Disabled,
 }
 
 /// One output (`[sinks.<id>]`).

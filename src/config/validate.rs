@@ -955,7 +955,7 @@ impl Cx<'_> {
         })
     }
 
-    fn retry(&mut self, p: &str, raw: Option<&RawRetry>) -> Option<RetryConfig> {
+    fn retry(&mut self, p: &str, raw: Option<&RawRetry>) -> Option<RetryPolicy> {
         let at = |key: &str| join(p, key);
         let default = RawRetry::default();
         let raw = raw.unwrap_or(&default);
@@ -1010,9 +1010,9 @@ impl Cx<'_> {
         if raw.codes.is_none() {
             codes = vec![429, 503];
         }
-        Some(RetryConfig {
+        Some(RetryPolicy {
             kind: kind?,
-            initial_interval: initial_interval?,
+            initial: initial_interval?,
             limit: limit?,
             multiplier: multiplier?,
             codes,

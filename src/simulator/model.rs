@@ -306,7 +306,7 @@ pub fn format_ms_date(t: DateTime<Utc>) -> String {
 }
 
 /// A GUID-shaped string from two 64-bit values.
-fn guid(a: u64, b: u64) -> String {
+pub(crate) fn guid(a: u64, b: u64) -> String {
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         a >> 32,

@@ -319,15 +319,7 @@ impl State {
     /// A fresh GUID-shaped id for `request-id`, `trace_id`, `correlation_id`.
     pub(crate) fn request_id(&self) -> String {
         let a = splitmix64(self.next_seq() ^ 0x0072_6571_7565_7374);
-        let b = splitmix64(a);
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xffff,
-            b >> 48,
-            b & 0xffff_ffff_ffff
-        )
+        super::model::guid(a, splitmix64(a))
     }
 
     /// Rows in hour `h`, cached.
