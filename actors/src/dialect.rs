@@ -270,18 +270,22 @@ impl Api {
         Ok(Page { rows, next_link })
     }
 
-    /// The next link of a page read off its body without parsing it: the string after the last
-    /// `"@odata.nextLink":` (then `"odata.nextLink":`, `"__next":`, the keys [`Api::parse_page`]
-    /// tries), resolved as it resolves it. Services put the link after the rows (or, some, before
-    /// them), so only the last and the first [`PEEK_WINDOW`] bytes are searched: a key the body
-    /// lacks (Reporting has no `@odata.nextLink`) no longer costs a search of the whole body. A
-    /// guess, to start the next request while the page is still being parsed: the caller checks
-    /// it against the parsed page's link (a row's text could contain the key), and `None` only
-    /// means no guess.
+    /// The next link of a page read off its body without parsing it, resolved as
+    /// [`Api::parse_page`] resolves it. Services put the link after the rows (or, some, before
+    /// them), so only the last [`PEEK_WINDOW`] bytes are searched, then the first (each window
+    /// also takes a key that crosses its inner edge): a key the body lacks (Reporting has no
+    /// `@odata.nextLink`) does not cost a search of the whole body. In each window the keys
+    /// [`Api::parse_page`] tries are tried in its order, `"@odata.nextLink":`, then
+    /// `"odata.nextLink":`, then `"__next":`, the last of each in the window. A guess, to start
+    /// the next request while the page is still being parsed: the caller checks it against the
+    /// parsed page's link (a row's field name could end in the key), and `None` only means no
+    /// guess.
     pub fn peek_next_link(self, body: &[u8], request_url: &Url) -> Option<Url> {
         const KEYS: [&[u8]; 3] = [b"\"@odata.nextLink\"", b"\"odata.nextLink\"", b"\"__next\""];
-        let tail = body.len().saturating_sub(PEEK_WINDOW);
-        let head = if tail == 0 { 0 } else { PEEK_WINDOW };
+        // A key that starts in a window and ends past its inner edge is still the window's.
+        let reach = PEEK_WINDOW + KEYS[0].len() - 1;
+        let tail = body.len().saturating_sub(reach);
+        let head = if tail == 0 { 0 } else { reach.min(body.len()) };
         [(tail, body.len()), (0, head)]
             .into_iter()
             .find_map(|(from, to)| {
@@ -776,6 +780,28 @@ mod tests {
             if want.is_some() {
                 assert_eq!(peek(Api::Reporting, &body), parsed(Api::Reporting, &body));
             }
+        }
+
+        // The windows' inner edges. A window takes a key that starts inside it, even if the key
+        // runs past its edge; a key that starts one byte further in is not looked for.
+        let key = r#""@odata.nextLink""#;
+        let reach = PEEK_WINDOW + key.len() - 1;
+        for (from_end, want) in [(reach, Some("https://g/tail")), (reach + 1, None)] {
+            let end = r#":"https://g/tail"}"#;
+            let spaces = " ".repeat(from_end - key.len() - end.len());
+            let body = format!(r#"{{"value":{rows},"x":1,{key}{spaces}{end}"#);
+            assert_eq!(body.len() - body.rfind(key).unwrap(), from_end);
+            assert_eq!(peek(Api::Graph, &body).as_deref(), want, "{from_end}");
+        }
+        for (at, want) in [
+            (PEEK_WINDOW - 1, Some("https://g/head")),
+            (PEEK_WINDOW, None),
+        ] {
+            let start = r#"{"x":""#;
+            let filler = "y".repeat(at - start.len() - 2);
+            let body = format!(r#"{start}{filler}",{key}:"https://g/head","value":{rows}}}"#);
+            assert_eq!(body.find(key), Some(at));
+            assert_eq!(peek(Api::Graph, &body).as_deref(), want, "{at}");
         }
     }
 

@@ -819,9 +819,9 @@ impl Drop for Prefetch {
 /// The task of a [`Prefetch`]: fetches `url` and the pages its next links lead to, each once it
 /// has a place, until the last page or the first failure (handed over like a page).
 ///
-/// A page's next link is read off the end of its body ([`Api::peek_next_link`]) as soon as the
-/// body is in, and when a place is free the next page is requested at once, by its own task,
-/// while this one is still being parsed: the service prepares the next page while this one is
+/// A page's next link is read off the end (or the start) of its body ([`Api::peek_next_link`])
+/// as soon as the body is in, and when a place is free the next page is requested at once, by
+/// its own task, while this one is still being parsed: the service prepares the next page while this one is
 /// parsed, instead of after. The guess is checked against the parsed page's link; a wrong one
 /// (only a row field *named* like the key, after the real link, can cause one) is aborted and the
 /// right one fetched: at most one request wasted, never a row.
