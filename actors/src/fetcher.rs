@@ -821,8 +821,8 @@ impl Drop for Prefetch {
 ///
 /// A page's next link is read off the end (or the start) of its body ([`Api::peek_next_link`])
 /// as soon as the body is in, and when a place is free the next page is requested at once, by
-/// its own task, while this one is still being parsed: the service prepares the next page while this one is
-/// parsed, instead of after. The guess is checked against the parsed page's link; a wrong one
+/// its own task, while this one is still being parsed: the service prepares the next page while
+/// this one is parsed, instead of after. The guess is checked against the parsed page's link; a wrong one
 /// (only a row field *named* like the key, after the real link, can cause one) is aborted and the
 /// right one fetched: at most one request wasted, never a row.
 async fn fetch_ahead(
