@@ -10,10 +10,14 @@
 //! The next pages' requests overlap this page's delivery and commit ([`SourceSpec::prefetch`],
 //! default [`PREFETCH_PAGES`]): a task follows the next links ahead, up to that many pages, and
 //! their rows wait, unseen by any sink and by the identity index, until the page before them is
-//! committed. So a crash delivers at most one page twice (the one being committed) and fetches
-//! at most 1 + `prefetch` twice (that one and those fetched ahead). Ahead, a page's request goes
-//! out as soon as the link to it is read off the end of the page before, while that page is
-//! parsed on the blocking pool (`fetch_ahead`).
+//! committed. Ahead, a page's request goes out as soon as the link to it is read off the end of
+//! the page before, while that page is parsed on the blocking pool (`fetch_ahead`).
+//!
+//! Each body is kept in the cursor's spool ([`Spool`]) as soon as it arrives, before the request
+//! for the page after it goes out, and removed once its page is committed; a run that resumes
+//! after a crash takes the pages it finds there instead of requesting them. So a crash delivers
+//! at most one page twice (the one being committed) and requests at most one page twice (the
+//! one whose request was outstanding). Re-read slices bypass the spool ([`PageUse`]).
 //!
 //! The thread that parses a page also makes it ready ([`make_ready`]: events, pipeline hooks,
 //! NDJSON for the sinks that take it), so that its rows never cross threads; only a source with
@@ -33,7 +37,7 @@ use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, InFlight, JobKind, JobRecord, JobState, SeenEntry, Store, TaskRecord,
+    Checkpoint, Commit, InFlight, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;
@@ -346,6 +350,9 @@ pub async fn collect(
             "collecting"
         );
     }
+    // Pages fetched but not committed are kept here; a run that resumes this cursor after a
+    // crash takes them from here instead of requesting them again.
+    let spool = Arc::new(env.store.spool(&cursor_name));
     let env = &env;
     for (i, first_try) in tasks.iter().enumerate() {
         job.tasks[i].state = JobState::Running;
@@ -359,6 +366,7 @@ pub async fn collect(
                 i,
                 &task,
                 &mut cp,
+                &spool,
                 &cancel,
                 deadline,
                 kind == JobKind::Scheduled,
@@ -429,6 +437,11 @@ pub async fn collect(
             Err(e) => warn!(error = %e, "could not expire identity index entries"),
         }
     }
+    // Everything is committed: whatever is left in the spool (pages of a re-query's abandoned
+    // links, of a slice planned differently) is never asked for again.
+    if let Err(e) = spool.clear() {
+        warn!(error = %e, dir = %spool.dir().display(), "could not empty the spool");
+    }
     end_job(env, job, JobState::Succeeded, None).await
 }
 
@@ -494,11 +507,15 @@ async fn collect_slice(
     i: usize,
     task: &SliceTask,
     cp: &mut Checkpoint,
+    spool: &Arc<Spool>,
     cancel: &watch::Receiver<bool>,
     deadline: Option<Instant>,
     hold: bool,
 ) -> Result<(), Stop> {
     let spec = &env.spec;
+    // A re-read asks again for pages it had before, to find rows that arrived late: its pages
+    // are neither kept nor taken from the spool.
+    let spool = (!task.reread).then(|| spool.clone());
     let mut link = task.next_link.clone();
     let mut slice_pages = task.pages;
     let mut slice_rows = task.rows;
@@ -541,7 +558,10 @@ async fn collect_slice(
         };
         // What this page becomes; made on the parse thread unless it must be made in order.
         let plan = PagePlan::new(env, task, &track);
-        let ahead = plan.index.is_none().then(|| plan.clone());
+        let ahead = PageUse {
+            plan: plan.index.is_none().then(|| plan.clone()),
+            spool: spool.clone(),
+        };
         let fetch = async {
             if let Some(p) = prefetched.as_mut() {
                 if let Some(f) = p.take(&url).await {
@@ -715,6 +735,11 @@ async fn collect_slice(
             last = next.is_none(),
             "page committed"
         );
+        if let Some(spool) = &spool {
+            if let Err(e) = spool.remove(&url) {
+                warn!(error = %e, "could not remove a committed page from the spool");
+            }
+        }
         crate::telemetry::page_committed(&spec.id, n);
         if let Some(hook) = &env.page_hook {
             hook(&spec.id, job.pages, job.rows);
@@ -779,11 +804,11 @@ impl Prefetch {
         url: String,
         cancel: &watch::Receiver<bool>,
         depth: usize,
-        plan: Option<Arc<PagePlan>>,
+        page_use: PageUse,
     ) -> Prefetch {
         let (tx, pages) = tokio::sync::mpsc::unbounded_channel();
         let places = Arc::new(tokio::sync::Semaphore::new(depth.max(1)));
-        let fetch = fetch_ahead(env.clone(), url, cancel.clone(), places, tx, plan)
+        let fetch = fetch_ahead(env.clone(), url, cancel.clone(), places, tx, page_use)
             .instrument(tracing::Span::current());
         Prefetch {
             pages,
@@ -831,12 +856,12 @@ async fn fetch_ahead(
     cancel: watch::Receiver<bool>,
     places: Arc<tokio::sync::Semaphore>,
     pages: tokio::sync::mpsc::UnboundedSender<Ahead>,
-    plan: Option<Arc<PagePlan>>,
+    page_use: PageUse,
 ) {
     let Ok(place) = places.clone().acquire_owned().await else {
         return;
     };
-    let mut current = Started::spawn(&env, url, &cancel, &places, place, &plan);
+    let mut current = Started::spawn(&env, url, &cancel, &places, place, &page_use);
     loop {
         let (fetched, successor) = match (&mut current.task.0).await {
             Ok(done) => done,
@@ -867,7 +892,7 @@ async fn fetch_ahead(
                 let Ok(place) = places.clone().acquire_owned().await else {
                     return;
                 };
-                Started::spawn(&env, next, &cancel, &places, place, &plan)
+                Started::spawn(&env, next, &cancel, &places, place, &page_use)
             }
         };
     }
@@ -898,7 +923,7 @@ impl Started {
         cancel: &watch::Receiver<bool>,
         places: &Arc<tokio::sync::Semaphore>,
         place: tokio::sync::OwnedSemaphorePermit,
-        plan: &Option<Arc<PagePlan>>,
+        page_use: &PageUse,
     ) -> Started {
         let fetch: futures_util::future::LocalBoxFuture<'static, _> = Box::pin(
             fetch_and_start_next(
@@ -906,7 +931,7 @@ impl Started {
                 url.clone(),
                 cancel.clone(),
                 places.clone(),
-                plan.clone(),
+                page_use.clone(),
             )
             .instrument(tracing::Span::current()),
         );
@@ -924,7 +949,7 @@ async fn fetch_and_start_next(
     url: String,
     cancel: watch::Receiver<bool>,
     places: Arc<tokio::sync::Semaphore>,
-    plan: Option<Arc<PagePlan>>,
+    page_use: PageUse,
 ) -> (Fetched, Option<Started>) {
     let mut next: Option<Started> = None;
     let fetched = {
@@ -941,7 +966,7 @@ async fn fetch_and_start_next(
                     &cancel,
                     &places,
                     place,
-                    &plan,
+                    &page_use,
                 ));
             }
         };
@@ -951,7 +976,7 @@ async fn fetch_and_start_next(
             true,
             cancel.clone(),
             Some(&mut start_next),
-            plan.clone(),
+            page_use.clone(),
         )
         .await
     };
@@ -964,15 +989,28 @@ async fn fetch_and_start_next(
 /// Called with each 200 body before it is parsed, and the URL it came from.
 type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
-/// Fetches and parses one page, with retries, token refresh on 401, and cancellation; with a
-/// `plan`, the thread that parses the page also makes it ready for the sinks ([`make_ready`]).
+/// What becomes of a fetched page's body besides its rows.
+#[derive(Clone, Default)]
+struct PageUse {
+    /// With a plan, the thread that parses the page also makes it ready for the sinks
+    /// ([`make_ready`]).
+    plan: Option<Arc<PagePlan>>,
+    /// With a spool, the body is taken from it when it is there (kept before a crash), and
+    /// otherwise kept in it as soon as it arrives, before anything else is done with it: before
+    /// the request for the page after it goes out (`on_body`). So at any moment only the page
+    /// whose request is outstanding is lost to a kill.
+    spool: Option<Arc<Spool>>,
+}
+
+/// Fetches and parses one page, with retries, token refresh on 401, and cancellation (see
+/// [`PageUse`] for what else becomes of it).
 async fn fetch_page(
     env: Rc<FetcherEnv>,
     url: String,
     is_next_link: bool,
     cancel: watch::Receiver<bool>,
     on_body: Option<OnBody<'_>>,
-    plan: Option<Arc<PagePlan>>,
+    page_use: PageUse,
 ) -> Fetched {
     let mut retries: u32 = 0;
     let mut throttled = 0;
@@ -983,7 +1021,7 @@ async fn fetch_page(
         &cancel,
         (&mut retries, &mut throttled),
         on_body,
-        plan,
+        page_use,
     )
     .await;
     Fetched {
@@ -1000,11 +1038,35 @@ async fn fetch_with_retries(
     cancel: &watch::Receiver<bool>,
     (retries, throttled): (&mut u32, &mut u64),
     mut on_body: Option<OnBody<'_>>,
-    plan: Option<Arc<PagePlan>>,
+    page_use: PageUse,
 ) -> Result<(Parsed, tokio::sync::OwnedSemaphorePermit), Stop> {
     let spec = &env.spec;
     let request_url = url::Url::parse(url)
         .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
+    let PageUse { plan, spool } = page_use;
+    if let Some(body) = spool.as_deref().and_then(|s| spooled(s, url)) {
+        let slot = env
+            .rows_in_flight
+            .take(spec.page_size)
+            .await
+            .ok_or_else(|| Stop::Failed("the engine is stopping".into()))?;
+        if let Some(f) = on_body.as_mut() {
+            f(&body, &request_url);
+        }
+        match parse_off_thread(spec.api, body, &request_url, url, plan.clone()).await {
+            None => return Err(Stop::Failed("the engine is stopping".into())),
+            Some(Ok(page)) => {
+                debug!("page taken from the spool (fetched before a restart), not requested");
+                return Ok((page, slot));
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "a page kept in the spool does not parse; requesting it again");
+                if let Some(s) = &spool {
+                    let _ = s.remove(url);
+                }
+            }
+        }
+    }
     let mut reauthenticated = false;
     loop {
         // The budget first: a long wait must not age the token taken for this request.
@@ -1048,6 +1110,9 @@ async fn fetch_with_retries(
         {
             Ok(resp) if resp.status == 200 => {
                 crate::telemetry::response_bytes(&spec.id, resp.body.len());
+                if let Some(s) = &spool {
+                    keep(s, url, resp.body.clone()).await;
+                }
                 if let Some(f) = on_body.as_mut() {
                     f(&resp.body, &request_url);
                 }
@@ -1154,6 +1219,32 @@ async fn fetch_with_retries(
                     _ = c.wait_for(|v| *v) => return Err(Stop::Cancelled(None)),
                 }
             }
+        }
+    }
+}
+
+/// The body the spool kept for `url`, if it has a usable one.
+fn spooled(spool: &Spool, url: &str) -> Option<bytes::Bytes> {
+    match spool.get(url) {
+        Ok(body) => body.map(bytes::Bytes::from),
+        Err(why) => {
+            warn!(%why, "a page kept in the spool cannot be used; requesting it again");
+            None
+        }
+    }
+}
+
+/// Keeps a page's body in the spool, on a thread of the blocking pool; done when it is kept.
+/// A failure (a full disk) is a warning: the page is only requested again after a crash.
+async fn keep(spool: &Arc<Spool>, url: &str, body: bytes::Bytes) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let (spool, url) = (spool.clone(), url.to_owned());
+    let kept = tokio::task::spawn_blocking(move || spool.put(&url, &body)).await;
+    if let Ok(Err(e)) = kept {
+        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            warn!(error = %e, "could not keep a page in the spool (warned once); after a crash, pages fetched ahead are requested again");
+        } else {
+            debug!(error = %e, "could not keep a page in the spool");
         }
     }
 }

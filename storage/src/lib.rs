@@ -9,18 +9,23 @@
 //! | `meta` | `schema` | the layout version of the directory |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //!
+//! Beside the database, `spool/` keeps the bodies of pages fetched but not yet committed
+//! ([`spool`]), so that a restart after a crash does not request them again.
+//!
 //! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
 //! state directory and a human can read the dump. This crate knows nothing of actix or TOML.
 #![deny(missing_docs)]
 
 pub mod dump;
 pub mod record;
+pub mod spool;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use record::{Checkpoint, InFlight, JobKind, JobRecord, JobState, TaskRecord};
+pub use spool::Spool;
 
 /// The on-disk layout version written to the `meta` tree.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -154,6 +159,11 @@ impl Store {
     /// The directory this store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The spool of the cursor `name`: pages fetched but not yet committed ([`spool`]).
+    pub fn spool(&self, name: &str) -> Spool {
+        Spool::new(&self.dir, name)
     }
 
     fn sled_err(&self, source: sled::Error) -> StorageError {

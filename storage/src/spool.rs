@@ -1,0 +1,321 @@
+//! Page bodies fetched but not yet committed, kept on disk so that a restart after a crash takes
+//! them from here instead of requesting them again.
+//!
+//! A source fetches pages ahead of the one it delivers and commits. Without the spool, a kill
+//! loses every page fetched ahead, and the restart requests them all again (the API's quota is
+//! 100 requests per 5 minutes per tenant). With it, each body is written here as soon as it
+//! arrives, before the request for the page after it goes out, and removed once its page is
+//! committed: at any moment at most the one page whose request is outstanding is at risk.
+//!
+//! Layout: `<state dir>/spool/<cursor key>/<url key>.page`, one file per page, where a key is a
+//! hash of the cursor name or of the page's URL. A file is written to a temporary name and
+//! renamed, and holds:
+//!
+//! | bytes | what |
+//! |---|---|
+//! | 8 | `MTSPOOL1` |
+//! | 4 | URL length, little endian |
+//! | n | the URL |
+//! | 8 | body length, little endian |
+//! | m | the body |
+//! | 4 | CRC-32 of the URL and the body, little endian |
+//!
+//! A file that does not check out (cut short, damaged, another URL under the same key) is
+//! never served: it is removed and the page is requested again. The spool is a cache: losing
+//! it costs requests, never rows.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: &[u8; 8] = b"MTSPOOL1";
+
+/// The spool of one cursor (a source, or one backfill).
+#[derive(Clone, Debug)]
+pub struct Spool {
+    dir: PathBuf,
+}
+
+/// Why a spool file was not served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// It is not a spool file, or it is cut short.
+    Damaged(&'static str),
+    /// It holds another URL's body (two URLs with one key).
+    OtherUrl,
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Damaged(why) => write!(f, "damaged spool file ({why})"),
+            Unusable::OtherUrl => f.write_str("the spool file holds another URL's page"),
+        }
+    }
+}
+
+impl Spool {
+    /// The spool of `cursor` in the state directory `state_dir`.
+    pub fn new(state_dir: &Path, cursor: &str) -> Spool {
+        Spool {
+            dir: state_dir
+                .join("spool")
+                .join(format!("{:016x}", fnv1a(cursor.as_bytes()))),
+        }
+    }
+
+    /// The directory this cursor's pages are kept in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, url: &str) -> PathBuf {
+        self.dir
+            .join(format!("{:016x}.page", fnv1a(url.as_bytes())))
+    }
+
+    /// Keeps `body` as the page of `url`, replacing what was kept for it. The file appears
+    /// whole or not at all (written to a temporary name, then renamed); it is not synced to
+    /// disk: a kill of the process leaves it intact, a power cut may lose it (it is checked
+    /// when read).
+    pub fn put(&self, url: &str, body: &[u8]) -> io::Result<()> {
+        static TMP: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.dir.join(format!(
+            "{}-{}.tmp",
+            std::process::id(),
+            TMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut file = match std::fs::File::create(&tmp) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&self.dir)?;
+                std::fs::File::create(&tmp)?
+            }
+            other => other?,
+        };
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(url.as_bytes());
+        crc.update(body);
+        let written = (|| {
+            file.write_all(MAGIC)?;
+            file.write_all(&(url.len() as u32).to_le_bytes())?;
+            file.write_all(url.as_bytes())?;
+            file.write_all(&(body.len() as u64).to_le_bytes())?;
+            file.write_all(body)?;
+            file.write_all(&crc.finalize().to_le_bytes())?;
+            drop(file);
+            std::fs::rename(&tmp, self.path(url))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// The body kept for `url`: `Ok(None)` when there is none; `Err` when the file is there
+    /// but unusable (it is removed: the page must be requested again).
+    pub fn get(&self, url: &str) -> Result<Option<Vec<u8>>, Unusable> {
+        let path = self.path(url);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let checked = check(&bytes, url);
+        if checked.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        checked.map(|(start, end)| {
+            let mut bytes = bytes;
+            bytes.truncate(end);
+            bytes.drain(..start);
+            Some(bytes)
+        })
+    }
+
+    /// Forgets the page of `url` (it was committed). Nothing kept for it is fine.
+    pub fn remove(&self, url: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.path(url)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets every page of this cursor (its job ended with everything committed).
+    pub fn clear(&self) -> io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Pages kept (files named `*.page`).
+    pub fn len(&self) -> usize {
+        std::fs::read_dir(&self.dir).map_or(0, |d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "page"))
+                .count()
+        })
+    }
+
+    /// No page is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where the body lies in a spool file of `url`.
+fn check(bytes: &[u8], url: &str) -> Result<(usize, usize), Unusable> {
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or(Unusable::Damaged("no spool header"))?;
+    let (n, rest) = take_le::<4>(rest).ok_or(Unusable::Damaged("cut short"))?;
+    let n = u32::from_le_bytes(n) as usize;
+    if rest.len() < n {
+        return Err(Unusable::Damaged("cut short"));
+    }
+    let (kept_url, rest) = rest.split_at(n);
+    let (m, rest) = take_le::<8>(rest).ok_or(Unusable::Damaged("cut short"))?;
+    let m = usize::try_from(u64::from_le_bytes(m)).map_err(|_| Unusable::Damaged("length"))?;
+    if rest.len() != m.saturating_add(4) {
+        return Err(Unusable::Damaged("cut short or too long"));
+    }
+    let (body, crc) = rest.split_at(m);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(kept_url);
+    hasher.update(body);
+    if hasher.finalize().to_le_bytes() != crc {
+        return Err(Unusable::Damaged("checksum"));
+    }
+    if kept_url != url.as_bytes() {
+        return Err(Unusable::OtherUrl);
+    }
+    let start = bytes.len() - rest.len();
+    Ok((start, start + m))
+}
+
+fn take_le<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
+    let head = bytes.get(..N)?.try_into().ok()?;
+    Some((head, &bytes[N..]))
+}
+
+/// FNV-1a, 64 bits: a file name that stays the same across builds and versions.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path(), "backfill/src/1");
+        (dir, spool)
+    }
+
+    #[test]
+    fn a_page_comes_back_as_written_until_removed() {
+        let (_dir, s) = spool();
+        let url =
+            "https://graph.microsoft.com/beta/admin/exchange/tracing/messageTraces?$skiptoken=a";
+        assert_eq!(s.get(url), Ok(None));
+        s.put(url, b"{\"value\":[]}").unwrap();
+        assert_eq!(s.get(url), Ok(Some(b"{\"value\":[]}".to_vec())));
+        // Replaced by a later put; other URLs are apart.
+        s.put(url, b"second").unwrap();
+        s.put("https://x/?b", b"other").unwrap();
+        assert_eq!(s.get(url), Ok(Some(b"second".to_vec())));
+        assert_eq!(s.len(), 2);
+        s.remove(url).unwrap();
+        assert_eq!(s.get(url), Ok(None));
+        s.remove(url).unwrap();
+        assert_eq!(s.len(), 1);
+        s.clear().unwrap();
+        assert!(s.is_empty());
+        assert!(!s.dir().exists());
+        s.clear().unwrap();
+        // An empty body is a body.
+        s.put(url, b"").unwrap();
+        assert_eq!(s.get(url), Ok(Some(Vec::new())));
+    }
+
+    #[test]
+    fn cursors_have_their_own_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Spool::new(dir.path(), "a");
+        let b = Spool::new(dir.path(), "b");
+        a.put("u", b"from a").unwrap();
+        assert_eq!(b.get("u"), Ok(None));
+        b.clear().unwrap();
+        assert_eq!(a.get("u"), Ok(Some(b"from a".to_vec())));
+    }
+
+    #[test]
+    fn a_damaged_file_is_never_served_and_is_removed() {
+        let (_dir, s) = spool();
+        let url = "https://x/?p=2";
+        s.put(url, b"0123456789").unwrap();
+        let path = s.path(url);
+        let whole = std::fs::read(&path).unwrap();
+        let cases: Vec<(&str, Vec<u8>, Unusable)> = vec![
+            ("empty", Vec::new(), Unusable::Damaged("no spool header")),
+            (
+                "cut in the body",
+                whole[..whole.len() - 6].to_vec(),
+                Unusable::Damaged("cut short or too long"),
+            ),
+            (
+                "cut in the URL",
+                whole[..14].to_vec(),
+                Unusable::Damaged("cut short"),
+            ),
+            (
+                "a flipped bit",
+                {
+                    let mut w = whole.clone();
+                    let i = w.len() - 8;
+                    w[i] ^= 1;
+                    w
+                },
+                Unusable::Damaged("checksum"),
+            ),
+            (
+                "zeros",
+                vec![0; whole.len()],
+                Unusable::Damaged("no spool header"),
+            ),
+        ];
+        for (what, bytes, why) in cases {
+            std::fs::write(&path, bytes).unwrap();
+            assert_eq!(s.get(url), Err(why), "{what}");
+            assert!(!path.exists(), "{what}: removed");
+        }
+        // Another URL under this URL's key.
+        std::fs::write(&path, &whole).unwrap();
+        std::fs::rename(&path, s.path("https://x/?p=3")).unwrap();
+        assert_eq!(s.get("https://x/?p=3"), Err(Unusable::OtherUrl));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let (_dir, s) = spool();
+        std::fs::create_dir_all(s.dir()).unwrap();
+        // The target name is a non-empty directory: the rename fails.
+        let target = s.path("u");
+        std::fs::create_dir_all(target.join("x")).unwrap();
+        assert!(s.put("u", b"body").is_err());
+        let names: Vec<_> = std::fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "only the directory in the way: {names:?}");
+    }
+
+    #[test]
+    fn file_names_are_stable() {
+        // The names must not change between versions: a restart on a new build still finds them.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
