@@ -311,6 +311,14 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
             info!(source = %s.id, removed, "expired job records removed (ttl)");
         }
     }
+    // Pages kept for cursors that never resumed (a backfill given up, a source removed).
+    match crate::storage::spool::sweep_all(store.dir(), crate::storage::spool::KEEP_FOR) {
+        Ok(0) => {}
+        Ok(removed) => info!(removed, "pages kept in the spool for over a day removed"),
+        Err(e) => {
+            warn!(error = %e, "could not sweep the spool; it is swept again at the next start")
+        }
+    }
     Ok(())
 }
 

@@ -335,3 +335,105 @@ fn a_task_run_again_in_the_same_job_takes_its_pages_from_the_spool() {
         "page 1 (100 rows) delivered twice, nothing else"
     );
 }
+
+#[test]
+fn each_page_is_kept_before_the_request_for_the_next_goes_out() {
+    // Pages of 5000 rows (about 1.8 MB), eight of them ahead: a write that came after the next
+    // request went out would often still be under way when that request arrives. (The order is
+    // the code's; this catches a missing write always, a late one most of the time.)
+    let sim = Arc::new(sim(3000, |_| {}));
+    let dir = tempfile::tempdir().unwrap();
+    let ahead = 8;
+    let spool = Spool::new(&dir.path().join("state"), "a");
+    // For each request as it arrives: is the page requested before it in the spool?
+    let log: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    {
+        let (log, base) = (log.clone(), sim.base_url());
+        sim.on_data_request(move |uri| {
+            let mut log = log.lock().unwrap();
+            let before_kept = log.last().is_none_or(|(before, _)| {
+                matches!(spool.get(&format!("{base}{before}")), Ok(Some(_)))
+            });
+            log.push((uri.to_owned(), before_kept));
+        });
+    }
+    let toml = fixed_source(&sim, dir.path(), "out.ndjson", "")
+        .replace("page_size = 100\n", "page_size = 5000\n");
+    let (report, seen) = run_holding(
+        &sim,
+        &toml,
+        EngineOptions {
+            prefetch: ahead as usize,
+            ..opts()
+        },
+        1 + ahead,
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+    );
+    assert_eq!(seen, 1 + ahead);
+    // While page 1 was held nothing was committed (so nothing left the spool): each of those
+    // requests went out after the page before it was kept.
+    let log = log.lock().unwrap();
+    for (i, (uri, before_kept)) in log.iter().take(1 + ahead as usize).enumerate() {
+        assert!(
+            before_kept,
+            "request {} ({uri}) went out before page {i} was kept",
+            i + 1
+        );
+    }
+    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+}
+
+#[test]
+fn a_re_read_is_never_answered_from_the_spool() {
+    let sim = Arc::new(sim(60, |_| {}));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = fixed_source(&sim, dir.path(), "out.ndjson", r#"reread = "3h""#);
+    let cfg = parse(&toml);
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    {
+        let log = log.clone();
+        sim.on_data_request(move |uri| log.lock().unwrap().push(uri.to_owned()));
+    }
+    let requested = || log.lock().unwrap().len();
+    // Job 1 collects the window; job 2 re-reads its last three hours.
+    assert!(run_once(&cfg, opts()).all_succeeded());
+    let after_first = requested();
+    assert!(run_once(&cfg, opts()).all_succeeded());
+    let reread: Vec<String> = log.lock().unwrap()[after_first..].to_vec();
+    assert!(!reread.is_empty(), "job 2 re-read the last three hours");
+
+    // A row no API sent, in the re-read span, kept in the spool under every URL job 2 asked
+    // for: a re-read answered from the spool would deliver it.
+    let out = dir.path().join("out.ndjson");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let recent = chrono::Utc::now().timestamp() as f64 - 2.0 * 3600.0;
+    let mut row: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["_time"].as_f64().unwrap() > recent)
+        .expect("a row of the last two hours");
+    row["id"] = "a-row-no-api-sent".into();
+    let body = serde_json::to_vec(&serde_json::json!({ "value": [row] })).unwrap();
+    let spool = Spool::new(&dir.path().join("state"), "a");
+    for uri in &reread {
+        spool
+            .put(&format!("{}{uri}", sim.base_url()), &body)
+            .unwrap();
+    }
+    assert_eq!(spool.len(), reread.len());
+
+    let before = requested();
+    assert!(run_once(&cfg, opts()).all_succeeded());
+    let third: Vec<String> = log.lock().unwrap()[before..].to_vec();
+    assert!(
+        third.iter().any(|u| reread.contains(u)),
+        "job 3 requested the re-read's URLs from the API: {third:?}"
+    );
+    assert!(
+        !std::fs::read_to_string(&out)
+            .unwrap()
+            .contains("a-row-no-api-sent"),
+        "a re-read was answered from the spool"
+    );
+}

@@ -353,6 +353,16 @@ pub async fn collect(
     // Pages fetched but not committed are kept here; a run that resumes this cursor after a
     // crash takes them from here instead of requesting them again.
     let spool = Arc::new(env.store.spool(&cursor_name));
+    {
+        let spool = spool.clone();
+        let swept =
+            tokio::task::spawn_blocking(move || spool.sweep(msgtrace_storage::spool::KEEP_FOR));
+        match swept.await {
+            Ok(Ok(0)) | Err(_) => {}
+            Ok(Ok(n)) => debug!(removed = n, "stale pages removed from the spool"),
+            Ok(Err(e)) => warn!(error = %e, "could not sweep the spool"),
+        }
+    }
     let env = &env;
     for (i, first_try) in tasks.iter().enumerate() {
         job.tasks[i].state = JobState::Running;
@@ -439,7 +449,11 @@ pub async fn collect(
     }
     // Everything is committed: whatever is left in the spool (pages of a re-query's abandoned
     // links, of a slice planned differently) is never asked for again.
-    if let Err(e) = spool.clear() {
+    let cleared = {
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || spool.clear()).await
+    };
+    if let Ok(Err(e)) = cleared {
         warn!(error = %e, dir = %spool.dir().display(), "could not empty the spool");
     }
     end_job(env, job, JobState::Succeeded, None).await
@@ -736,9 +750,7 @@ async fn collect_slice(
             "page committed"
         );
         if let Some(spool) = &spool {
-            if let Err(e) = spool.remove(&url) {
-                warn!(error = %e, "could not remove a committed page from the spool");
-            }
+            forget(spool, &url);
         }
         crate::telemetry::page_committed(&spec.id, n);
         if let Some(hook) = &env.page_hook {
@@ -986,7 +998,8 @@ async fn fetch_and_start_next(
     (fetched, next)
 }
 
-/// Called with each 200 body before it is parsed, and the URL it came from.
+/// Called with each 200 body (or the spool's) before it is parsed, and the URL it came from;
+/// called again with an empty body when that body does not parse.
 type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
 /// What becomes of a fetched page's body besides its rows.
@@ -1044,7 +1057,11 @@ async fn fetch_with_retries(
     let request_url = url::Url::parse(url)
         .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
     let PageUse { plan, spool } = page_use;
-    if let Some(body) = spool.as_deref().and_then(|s| spooled(s, url)) {
+    let kept = match &spool {
+        Some(s) => spooled(s, url).await,
+        None => None,
+    };
+    if let Some(body) = kept {
         let slot = env
             .rows_in_flight
             .take(spec.page_size)
@@ -1062,7 +1079,10 @@ async fn fetch_with_retries(
             Some(Err(e)) => {
                 warn!(error = %e, "a page kept in the spool does not parse; requesting it again");
                 if let Some(s) = &spool {
-                    let _ = s.remove(url);
+                    forget(s, url);
+                }
+                if let Some(f) = on_body.as_mut() {
+                    f(b"", &request_url);
                 }
             }
         }
@@ -1120,7 +1140,17 @@ async fn fetch_with_retries(
                 match parse.await {
                     None => return Err(Stop::Failed("the engine is stopping".into())),
                     Some(Ok(page)) => return Ok((page, slot)),
-                    Some(Err(e)) => (Failure::BadBody, format!("{}: {e}", strip_query(url))),
+                    Some(Err(e)) => {
+                        // Neither the body nor a page started from a link read off it stays:
+                        // an empty body is no link, and drops the page started.
+                        if let Some(s) = &spool {
+                            forget(s, url);
+                        }
+                        if let Some(f) = on_body.as_mut() {
+                            f(b"", &request_url);
+                        }
+                        (Failure::BadBody, format!("{}: {e}", strip_query(url)))
+                    }
                 }
             }
             Ok(resp) if resp.status == 401 && !reauthenticated => {
@@ -1223,29 +1253,52 @@ async fn fetch_with_retries(
     }
 }
 
-/// The body the spool kept for `url`, if it has a usable one.
-fn spooled(spool: &Spool, url: &str) -> Option<bytes::Bytes> {
-    match spool.get(url) {
-        Ok(body) => body.map(bytes::Bytes::from),
-        Err(why) => {
-            warn!(%why, "a page kept in the spool cannot be used; requesting it again");
+/// The body the spool kept for `url`, if it has a usable one (read on the blocking pool: the
+/// fetcher's thread is every source's).
+async fn spooled(spool: &Arc<Spool>, url: &str) -> Option<bytes::Bytes> {
+    let (spool, owned) = (spool.clone(), url.to_owned());
+    match tokio::task::spawn_blocking(move || spool.get(&owned)).await {
+        Ok(Ok(body)) => body.map(bytes::Bytes::from),
+        Ok(Err(why)) => {
+            warn!(%why, url = strip_query(url), "a page kept in the spool cannot be used; requesting it again");
             None
         }
+        Err(_) => None,
     }
 }
 
-/// Keeps a page's body in the spool, on a thread of the blocking pool; done when it is kept.
-/// A failure (a full disk) is a warning: the page is only requested again after a crash.
+/// Keeps a page's body in the spool, on the blocking pool; done when it is kept. A failure (a
+/// full disk) is a warning, at most one a minute: the page is only requested again after a
+/// crash.
 async fn keep(spool: &Arc<Spool>, url: &str, body: bytes::Bytes) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let (spool, url) = (spool.clone(), url.to_owned());
-    let kept = tokio::task::spawn_blocking(move || spool.put(&url, &body)).await;
-    if let Ok(Err(e)) = kept {
-        if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            warn!(error = %e, "could not keep a page in the spool (warned once); after a crash, pages fetched ahead are requested again");
-        } else {
-            debug!(error = %e, "could not keep a page in the spool");
+    match tokio::task::spawn_blocking(move || spool.put(&url, &body)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => spool_failed("keep a page in", &e),
+        Err(e) => spool_failed("keep a page in", &e),
+    }
+}
+
+/// Removes a committed (or unusable) page from the spool, on the blocking pool, without
+/// waiting: nothing asks for it again.
+fn forget(spool: &Arc<Spool>, url: &str) {
+    let (spool, url) = (spool.clone(), url.to_owned());
+    drop(tokio::task::spawn_blocking(move || {
+        if let Err(e) = spool.remove(&url) {
+            spool_failed("remove a page from", &e);
         }
+    }));
+}
+
+/// A spool failure: warned at most once a minute (a full disk fails every page), else debug.
+fn spool_failed(what: &str, e: &dyn std::fmt::Display) {
+    static LAST_WARNED: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST_WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        *last = Some(Instant::now());
+        warn!(error = %e, "could not {what} the spool (said at most once a minute); after a crash, the pages it misses are requested again");
+    } else {
+        debug!(error = %e, "could not {what} the spool");
     }
 }
 

@@ -135,8 +135,8 @@ pub struct SourceSpec {
     pub durable: bool,
     /// Pages fetched ahead while the one before them is delivered and committed
     /// ([`crate::fetcher::PREFETCH_PAGES`] by default; 0 only to measure what it gains). At most
-    /// one page is ever delivered twice after a crash either way, and at most one requested
-    /// twice: the pages fetched ahead are kept in the spool until they are committed.
+    /// one page is ever delivered twice after a crash either way, and (with `durable` on) at most
+    /// one requested twice: the pages fetched ahead are kept in the spool until committed.
     pub prefetch: usize,
     /// Run a task that failed with a non-fatal error again, up to this many times
     /// (`reschedule_tasks` / `task_reschedule_limit`); `None` = never.

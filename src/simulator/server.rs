@@ -295,6 +295,20 @@ pub(crate) struct State {
     scheduled: AtomicU64,
     quota_log: Mutex<VecDeque<Instant>>,
     seq: AtomicU64,
+    /// Told of every data request ([`SimServer::on_data_request`]).
+    observer: Observer,
+}
+
+/// What [`SimServer::on_data_request`] calls.
+#[derive(Default)]
+struct Observer(Mutex<Option<ObserverFn>>);
+
+type ObserverFn = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl State {
@@ -309,6 +323,20 @@ impl State {
             scheduled: AtomicU64::new(0),
             quota_log: Mutex::new(VecDeque::new()),
             seq: AtomicU64::new(1),
+            observer: Observer::default(),
+        }
+    }
+
+    /// Tells the observer, if any, of a data request (before it is answered).
+    fn observe(&self, req: &HttpRequest) {
+        let observer = self
+            .observer
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(f) = observer {
+            f(&req.uri().to_string());
         }
     }
 
@@ -557,6 +585,18 @@ impl SimServer {
     /// The tenant model (to compute `expected()` in tests).
     pub fn model(&self) -> &TenantModel {
         &self.state.config.model
+    }
+
+    /// Calls `f` with the path and query of every data request (Graph or RWS) as it arrives,
+    /// before it is answered, on the server's thread: for tests that check what the client had
+    /// done by then. Replaces an earlier observer.
+    pub fn on_data_request(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        *self
+            .state
+            .observer
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(f));
     }
 
     /// Current counters.
@@ -882,6 +922,7 @@ async fn page_latency(state: &State) {
 }
 
 async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
+    state.observe(req);
     state.schedule_fault();
     let cfg = &state.config;
     let authorized = || {
@@ -1040,6 +1081,7 @@ fn rws_query<'a>(
 }
 
 async fn rws(req: &HttpRequest, state: &State) -> HttpResponse {
+    state.observe(req);
     state.schedule_fault();
     let authorized = || {
         if state.check_bearer(req, Api::Rws).is_ok() || state.check_basic(req) {

@@ -23,12 +23,25 @@
 //! A file that does not check out (cut short, damaged, another URL under the same key) is
 //! never served: it is removed and the page is requested again. The spool is a cache: losing
 //! it costs requests, never rows.
+//!
+//! What is not removed at its commit (the pages of a job that failed, a write that finished
+//! after its task was aborted) is removed when the cursor's next job succeeds, or by
+//! [`Spool::sweep`] once older than [`KEEP_FOR`] ([`sweep_all`] at engine start reaches the
+//! cursors that no longer run).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 const MAGIC: &[u8; 8] = b"MTSPOOL1";
+
+/// How long a kept page stays useful: older pages are swept. A next link is not kept by the
+/// API for ever, and an engine stopped for longer has its in-flight slice re-queried anyway.
+pub const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// A temporary file older than this is left by a killed process, not being written.
+const TMP_STALE: Duration = Duration::from_secs(600);
 
 /// The spool of one cursor (a source, or one backfill).
 #[derive(Clone, Debug)]
@@ -43,6 +56,8 @@ pub enum Unusable {
     Damaged(&'static str),
     /// It holds another URL's body (two URLs with one key).
     OtherUrl,
+    /// It could not be read (the error).
+    Unreadable(String),
 }
 
 impl std::fmt::Display for Unusable {
@@ -50,6 +65,7 @@ impl std::fmt::Display for Unusable {
         match self {
             Unusable::Damaged(why) => write!(f, "damaged spool file ({why})"),
             Unusable::OtherUrl => f.write_str("the spool file holds another URL's page"),
+            Unusable::Unreadable(e) => write!(f, "the spool file cannot be read: {e}"),
         }
     }
 }
@@ -117,7 +133,8 @@ impl Spool {
         let path = self.path(url);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Unusable::Unreadable(e.to_string())),
         };
         let checked = check(&bytes, url);
         if checked.is_err() {
@@ -147,6 +164,32 @@ impl Spool {
         }
     }
 
+    /// Removes the pages kept longer than `max_age` and the temporary files a killed process
+    /// left; returns how many files it removed.
+    pub fn sweep(&self, max_age: Duration) -> io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            other => other?,
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry?.path();
+            let limit = match path.extension().and_then(|x| x.to_str()) {
+                Some("page") => max_age,
+                Some("tmp") => TMP_STALE.min(max_age),
+                _ => continue,
+            };
+            let age = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map(|t| now.duration_since(t).unwrap_or_default());
+            if age.is_ok_and(|a| a >= limit) && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Pages kept (files named `*.page`).
     pub fn len(&self) -> usize {
         std::fs::read_dir(&self.dir).map_or(0, |d| {
@@ -160,6 +203,28 @@ impl Spool {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// [`Spool::sweep`] over every cursor's spool in the state directory `state_dir` (at engine
+/// start: it also reaches cursors that no longer run), and removes the directories left empty;
+/// returns how many files it removed.
+pub fn sweep_all(state_dir: &Path, max_age: Duration) -> io::Result<usize> {
+    let root = state_dir.join("spool");
+    let dirs = match std::fs::read_dir(&root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    let mut removed = 0;
+    for dir in dirs {
+        let dir = dir?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        removed += Spool { dir: dir.clone() }.sweep(max_age)?;
+        // Fails, as it should, while pages are left.
+        let _ = std::fs::remove_dir(&dir);
+    }
+    Ok(removed)
 }
 
 /// Where the body lies in a spool file of `url`.
@@ -291,10 +356,52 @@ mod tests {
             assert_eq!(s.get(url), Err(why), "{what}");
             assert!(!path.exists(), "{what}: removed");
         }
+        // Trailing bytes.
+        let mut longer = whole.clone();
+        longer.push(0);
+        std::fs::write(&path, longer).unwrap();
+        assert_eq!(s.get(url), Err(Unusable::Damaged("cut short or too long")));
+        assert!(!path.exists(), "too long: removed");
         // Another URL under this URL's key.
+        let other = s.path("https://x/?p=3");
         std::fs::write(&path, &whole).unwrap();
-        std::fs::rename(&path, s.path("https://x/?p=3")).unwrap();
+        std::fs::rename(&path, &other).unwrap();
         assert_eq!(s.get("https://x/?p=3"), Err(Unusable::OtherUrl));
+        assert!(!other.exists(), "another URL's: removed");
+        // A directory in the file's place cannot be read: said, not taken for "no page".
+        std::fs::create_dir_all(&path).unwrap();
+        assert!(matches!(s.get(url), Err(Unusable::Unreadable(_))));
+    }
+
+    #[test]
+    fn old_pages_and_stale_temporary_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Spool::new(dir.path(), "a");
+        let gone = Spool::new(dir.path(), "a cursor that no longer runs");
+        a.put("fresh", b"1").unwrap();
+        a.put("old", b"2").unwrap();
+        gone.put("old", b"3").unwrap();
+        let stale_tmp = a.dir().join("1-1.tmp");
+        let live_tmp = a.dir().join("1-2.tmp");
+        std::fs::write(&stale_tmp, b"cut").unwrap();
+        std::fs::write(&live_tmp, b"being written").unwrap();
+        let age = |path: &Path, secs: u64| {
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(SystemTime::now() - Duration::from_secs(secs))
+                .unwrap();
+        };
+        age(&a.path("old"), 2 * 3600);
+        age(&gone.path("old"), 2 * 3600);
+        age(&stale_tmp, 3600);
+        assert_eq!(a.sweep(Duration::from_secs(3600)).unwrap(), 2);
+        assert_eq!(a.get("fresh"), Ok(Some(b"1".to_vec())));
+        assert_eq!(a.get("old"), Ok(None));
+        assert!(!stale_tmp.exists() && live_tmp.exists());
+        // At engine start: every cursor, and the directories left empty.
+        assert_eq!(sweep_all(dir.path(), Duration::from_secs(3600)).unwrap(), 1);
+        assert!(!gone.dir().exists());
+        assert!(a.dir().exists());
+        assert_eq!(sweep_all(&dir.path().join("none"), KEEP_FOR).unwrap(), 0);
     }
 
     #[test]
