@@ -355,12 +355,10 @@ pub async fn collect(
     let spool = Arc::new(env.store.spool(&cursor_name));
     {
         let spool = spool.clone();
-        let swept =
-            tokio::task::spawn_blocking(move || spool.sweep(msgtrace_storage::spool::KEEP_FOR));
-        match swept.await {
-            Ok(Ok(0)) | Err(_) => {}
-            Ok(Ok(n)) => debug!(removed = n, "stale pages removed from the spool"),
-            Ok(Err(e)) => warn!(error = %e, "could not sweep the spool"),
+        match spool_io(move || spool.sweep(msgtrace_storage::spool::KEEP_FOR)).await {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => debug!(removed = n, "stale pages removed from the spool"),
+            Some(Err(e)) => warn!(error = %e, "could not sweep the spool"),
         }
     }
     let env = &env;
@@ -451,9 +449,9 @@ pub async fn collect(
     // links, of a slice planned differently) is never asked for again.
     let cleared = {
         let spool = spool.clone();
-        tokio::task::spawn_blocking(move || spool.clear()).await
+        spool_io(move || spool.clear()).await
     };
-    if let Ok(Err(e)) = cleared {
+    if let Some(Err(e)) = cleared {
         warn!(error = %e, dir = %spool.dir().display(), "could not empty the spool");
     }
     end_job(env, job, JobState::Succeeded, None).await
@@ -1257,13 +1255,13 @@ async fn fetch_with_retries(
 /// fetcher's thread is every source's).
 async fn spooled(spool: &Arc<Spool>, url: &str) -> Option<bytes::Bytes> {
     let (spool, owned) = (spool.clone(), url.to_owned());
-    match tokio::task::spawn_blocking(move || spool.get(&owned)).await {
-        Ok(Ok(body)) => body.map(bytes::Bytes::from),
-        Ok(Err(why)) => {
+    match spool_io(move || spool.get(&owned)).await {
+        Some(Ok(body)) => body.map(bytes::Bytes::from),
+        Some(Err(why)) => {
             warn!(%why, url = strip_query(url), "a page kept in the spool cannot be used; requesting it again");
             None
         }
-        Err(_) => None,
+        None => None,
     }
 }
 
@@ -1272,10 +1270,8 @@ async fn spooled(spool: &Arc<Spool>, url: &str) -> Option<bytes::Bytes> {
 /// crash.
 async fn keep(spool: &Arc<Spool>, url: &str, body: bytes::Bytes) {
     let (spool, url) = (spool.clone(), url.to_owned());
-    match tokio::task::spawn_blocking(move || spool.put(&url, &body)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => spool_failed("keep a page in", &e),
-        Err(e) => spool_failed("keep a page in", &e),
+    if let Some(Err(e)) = spool_io(move || spool.put(&url, &body)).await {
+        spool_failed("keep a page in", &e);
     }
 }
 
@@ -1283,11 +1279,20 @@ async fn keep(spool: &Arc<Spool>, url: &str, body: bytes::Bytes) {
 /// waiting: nothing asks for it again.
 fn forget(spool: &Arc<Spool>, url: &str) {
     let (spool, url) = (spool.clone(), url.to_owned());
-    drop(tokio::task::spawn_blocking(move || {
-        if let Err(e) = spool.remove(&url) {
+    drop(tokio::task::spawn_local(async move {
+        if let Some(Err(e)) = spool_io(move || spool.remove(&url)).await {
             spool_failed("remove a page from", &e);
         }
     }));
+}
+
+/// Runs spool I/O on the blocking pool, a few at a time however many sources there are (a
+/// thousand sources due at once would otherwise start hundreds of threads); `None` when the
+/// runtime is shutting down or the work panicked (the spool is a cache: nothing is lost).
+async fn spool_io<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static SPOOL_IO: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    let _turn = SPOOL_IO.acquire().await.ok();
+    tokio::task::spawn_blocking(work).await.ok()
 }
 
 /// A spool failure: warned at most once a minute (a full disk fails every page), else debug.
