@@ -1001,7 +1001,7 @@ async fn fetch_and_start_next(
 type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
 /// What becomes of a fetched page's body besides its rows.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct PageUse {
     /// With a plan, the thread that parses the page also makes it ready for the sinks
     /// ([`make_ready`]).
