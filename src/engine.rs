@@ -151,6 +151,7 @@ pub fn source_spec(
         cron,
         durable,
         prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
+        link_limits: Default::default(),
         reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
         proxy,
         quota: src.quota.map(|q| msgtrace_actors::quota::QuotaSpec {
@@ -390,12 +391,15 @@ pub struct Started {
     arbiters: Vec<Arbiter>,
     grace: Duration,
     metrics: Option<crate::metrics::MetricsServer>,
+    /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Started {
     /// Graceful shutdown: pages in flight finish (or are abandoned after the grace period), sinks
     /// and state are flushed, the sink threads stop. Returns the jobs that ended meanwhile.
     pub async fn stop(self) -> anyhow::Result<RunReport> {
+        let _ = self.stopping.send(true);
         let report = self
             .supervisor
             .send(Shutdown { grace: self.grace })
@@ -449,6 +453,7 @@ pub fn start(
 
     let mut arbiters = Vec::new();
     let mut sinks = Vec::new();
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let all: Vec<String> = config.sources.keys().cloned().collect();
     let configured = config.sinks.values().map(|s| {
         (
@@ -468,7 +473,10 @@ pub fn start(
     for (name, built, inputs) in configured.chain(hosted) {
         let arbiter = Arbiter::new();
         let reads = built.input();
-        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| SinkActor::new(built));
+        let stop_rx = stop_rx.clone();
+        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
+            SinkActor::new(built).with_shutdown(stop_rx)
+        });
         arbiters.push(arbiter);
         sinks.push(SinkEntry {
             name,
@@ -501,6 +509,7 @@ pub fn start(
         arbiters,
         grace: opts.grace,
         metrics,
+        stopping,
     })
 }
 

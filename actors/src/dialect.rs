@@ -32,6 +32,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 use url::Url;
 
+mod envelope;
+
 /// How many characters of a response body (or of a value taken from it) an error message quotes.
 const MAX_QUOTED_CHARS: usize = 200;
 
@@ -62,6 +64,9 @@ pub struct Page {
     /// The absolute URL of the next page, already resolved against the request URL; `None` on the
     /// last page. A page may be empty and still have a next link: follow it.
     pub next_link: Option<Url>,
+    /// The body had bytes that are not UTF-8, read as U+FFFD: rows holding that character may
+    /// have lost a byte, and are delivered flagged as broken.
+    pub repaired: bool,
 }
 
 /// A response body that is not a message trace page.
@@ -127,6 +132,31 @@ pub enum DialectError {
         link: String,
         /// Why it was rejected.
         reason: String,
+    },
+    /// The body holds more rows than were asked for (`$top`).
+    #[error("the page holds more rows than the {max} asked for ($top): not a page")]
+    TooManyRows {
+        /// The rows asked for.
+        max: usize,
+    },
+    /// No row of a non-empty page has the identity fields: not message trace rows.
+    #[error("none of the page's {rows} rows has the fields `{id}` and `{recipient}`: not a message trace page")]
+    NoIdentities {
+        /// Rows in the page.
+        rows: usize,
+        /// The trace id field.
+        id: &'static str,
+        /// The recipient field.
+        recipient: &'static str,
+    },
+    /// The next link leads to another origin (scheme, host, port) than the page that named it:
+    /// it is never followed, so that no credential is sent there.
+    #[error("nextLink `{link}` leads away from {origin}: not followed, no credential is sent to another host")]
+    ForeignNextLink {
+        /// The link (shortened, without its query).
+        link: String,
+        /// The origin of the request that named it.
+        origin: String,
     },
     /// The next link resolves to the URL that was just requested: following it would loop.
     #[error("nextLink `{link}` is the URL just requested; following it would loop forever")]
@@ -196,63 +226,99 @@ impl Api {
     /// data. An empty or null next link means "last page". An error document (`{"error":…}`,
     /// `{"odata.error":…}`, `{"ErrorCode":…}`) is reported as [`DialectError::ErrorBody`] even
     /// under status 200.
+    ///
+    /// A body with bytes that are not UTF-8 (one bad byte in a subject) is read with each bad
+    /// sequence replaced by U+FFFD, and [`Page::repaired`] set: the rows around it are good, and
+    /// the rows with a replaced character are delivered flagged as broken.
     pub fn parse_page(self, body: &[u8], request_url: &Url) -> Result<Page, DialectError> {
+        self.read_page_repairing(body, request_url, usize::MAX)
+    }
+
+    /// [`Api::parse_page`] for a page asked for with `$top = max_rows`, as the fetcher reads
+    /// pages: a body with more rows is not a page ([`DialectError::TooManyRows`]), found without
+    /// building the extra rows, so that a page's memory is bounded by the rows asked for; nor is
+    /// a non-empty page none of whose rows has the identity fields
+    /// ([`DialectError::NoIdentities`]: `{"value":[{},{},…]}`).
+    pub fn parse_page_of_at_most(
+        self,
+        body: &[u8],
+        request_url: &Url,
+        max_rows: usize,
+    ) -> Result<Page, DialectError> {
+        let page = self.read_page_repairing(body, request_url, max_rows)?;
+        let rows = &page.rows;
+        if !rows.is_empty() && rows.iter().all(|r| self.row_identity_ref(r).is_none()) {
+            let (id, recipient) = self.identity_fields();
+            return Err(DialectError::NoIdentities {
+                rows: rows.len(),
+                id,
+                recipient,
+            });
+        }
+        Ok(page)
+    }
+
+    fn read_page_repairing(
+        self,
+        body: &[u8],
+        request_url: &Url,
+        max_rows: usize,
+    ) -> Result<Page, DialectError> {
+        match self.read_page(body, request_url, max_rows) {
+            Err(DialectError::NotJson { .. }) if std::str::from_utf8(body).is_err() => {
+                let repaired = String::from_utf8_lossy(body);
+                let mut page = self.read_page(repaired.as_bytes(), request_url, max_rows)?;
+                page.repaired = true;
+                Ok(page)
+            }
+            other => other,
+        }
+    }
+
+    fn read_page(
+        self,
+        body: &[u8],
+        request_url: &Url,
+        max_rows: usize,
+    ) -> Result<Page, DialectError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(DialectError::EmptyBody);
         }
-        let json: Value = serde_json::from_slice(body).map_err(|e| DialectError::NotJson {
-            reason: e.to_string(),
-            start: error_summary(body),
-        })?;
-        let Value::Object(mut top) = json else {
-            return Err(DialectError::NotAnObject {
-                found: describe(&json),
-            });
-        };
-
-        // The rows are moved out of the parsed document, not copied. Only verbose rows carry
-        // `__metadata`: when the body never names it, no row is searched for it. (A key spelt
-        // with escapes, `"\u005f_metadata"`, would then stay in its row: an extra field, no loss.)
+        // Only verbose rows carry `__metadata`: when the body never names it, no row is
+        // searched for it. (A key spelt with escapes, `"\u005f_metadata"`, would then stay in
+        // its row: an extra field, no loss.)
         let metadata = memchr::memmem::find(body, b"\"__metadata\"").is_some();
-        let rows_of = |field, value| rows_of(field, value, metadata);
-        let (rows, verbose_next) = if let Some(value) = top.remove("value") {
-            (rows_of("value", value)?, None)
-        } else if let Some(d) = top.remove("d") {
-            match d {
-                Value::Array(_) => (rows_of("d", d)?, None),
-                Value::Object(mut inner) => match inner.remove("results") {
-                    Some(results) => (rows_of("d.results", results)?, inner.remove("__next")),
-                    None => {
-                        return Err(DialectError::NoValueArray {
-                            keys: format!("d.{{{}}}", key_list(&inner)),
-                        })
-                    }
-                },
-                other => {
-                    return Err(DialectError::RowsNotAnArray {
-                        field: "d",
-                        found: describe(&other),
-                    })
-                }
+        let top = envelope::read(body, max_rows, metadata).map_err(|e| match e {
+            envelope::Read::Dialect(e) => e,
+            envelope::Read::Json(e) => DialectError::NotJson {
+                reason: e.to_string(),
+                start: error_summary(body),
+            },
+        })?;
+        let rows = match (top.value, top.d) {
+            (Some(rows), _) | (None, Some(rows)) => rows,
+            (None, None) if top.d_keys.is_some() => {
+                return Err(DialectError::NoValueArray {
+                    keys: format!("d.{{{}}}", keys_of(top.d_keys.as_deref().unwrap_or(&[]))),
+                })
             }
-        } else if ["error", "odata.error", "ErrorCode"]
-            .iter()
-            .any(|k| top.contains_key(*k))
-        {
-            return Err(DialectError::ErrorBody {
-                summary: error_summary(body),
-            });
-        } else {
-            return Err(DialectError::NoValueArray {
-                keys: key_list(&top),
-            });
+            (None, None) if top.error_key => {
+                return Err(DialectError::ErrorBody {
+                    summary: error_summary(body),
+                })
+            }
+            (None, None) => {
+                return Err(DialectError::NoValueArray {
+                    keys: keys_of(&top.keys),
+                })
+            }
         };
-
+        let [odata4, odata3, next] = top.links;
         let link = [
-            ("@odata.nextLink", top.get("@odata.nextLink")),
-            ("odata.nextLink", top.get("odata.nextLink")),
-            ("__next", top.get("__next")),
-            ("d.__next", verbose_next.as_ref()),
+            ("@odata.nextLink", odata4),
+            ("odata.nextLink", odata3),
+            ("__next", next),
+            ("d.__next", top.d_next),
         ]
         .into_iter()
         .find_map(|(field, value)| value.map(|v| (field, v)));
@@ -263,11 +329,15 @@ impl Api {
             Some((field, other)) => {
                 return Err(DialectError::NextLinkNotAString {
                     field,
-                    found: describe(other),
+                    found: describe(&other),
                 })
             }
         };
-        Ok(Page { rows, next_link })
+        Ok(Page {
+            rows,
+            next_link,
+            repaired: false,
+        })
     }
 
     /// The next link of a page read off its body without parsing it, resolved as
@@ -609,42 +679,12 @@ fn describe(v: &Value) -> &'static str {
     }
 }
 
-/// The keys of an object, comma-separated, shortened for an error message.
-fn key_list(obj: &serde_json::Map<String, Value>) -> String {
-    if obj.is_empty() {
+/// Keys, comma-separated, shortened for an error message.
+fn keys_of(keys: &[String]) -> String {
+    if keys.is_empty() {
         return "none".to_owned();
     }
-    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
     shorten(&keys.join(", "), MAX_QUOTED_CHARS)
-}
-
-/// The rows of `value` (an array of objects), each without its `__metadata` when `metadata`.
-fn rows_of(field: &'static str, value: Value, metadata: bool) -> Result<Vec<Row>, DialectError> {
-    let items = match value {
-        Value::Array(items) => items,
-        other => {
-            return Err(DialectError::RowsNotAnArray {
-                field,
-                found: describe(&other),
-            })
-        }
-    };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| match item {
-            Value::Object(mut row) => {
-                if metadata {
-                    row.remove("__metadata");
-                }
-                Ok(row)
-            }
-            other => Err(DialectError::RowNotAnObject {
-                index,
-                found: describe(&other),
-            }),
-        })
-        .collect()
 }
 
 /// Resolves a next link against the request URL and checks that it can be followed.
@@ -659,6 +699,14 @@ fn resolve_next_link(link: &str, request_url: &Url) -> Result<Url, DialectError>
             "scheme `{}` is not http or https",
             shorten(url.scheme(), 20)
         )));
+    }
+    if url.origin() != request_url.origin() {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        return Err(DialectError::ForeignNextLink {
+            link: shorten(shown.as_str(), MAX_QUOTED_CHARS),
+            origin: request_url.origin().ascii_serialization(),
+        });
     }
     if url == *request_url {
         return Err(DialectError::NextLinkLoops {
@@ -727,7 +775,7 @@ mod tests {
             ),
             (
                 Api::Reporting,
-                r#"{"d":{"results":[],"__next":"https://r/x?$skiptoken=2"}}"#,
+                r#"{"d":{"results":[],"__next":"https://graph.microsoft.com/r/x?$skiptoken=2"}}"#,
             ),
             (
                 Api::Reporting,
@@ -748,11 +796,17 @@ mod tests {
             assert_eq!(peek(Api::Graph, body), None, "{body}");
         }
         // A row's text cannot hold the key (its quotes are escaped)...
-        let body = r#"{"@odata.nextLink":"https://g/right","value":[{"subject":"\"@odata.nextLink\":\"https://g/wrong\""}]}"#;
-        assert_eq!(peek(Api::Graph, body).as_deref(), Some("https://g/right"));
+        let body = r#"{"@odata.nextLink":"https://graph.microsoft.com/g/right","value":[{"subject":"\"@odata.nextLink\":\"https://graph.microsoft.com/g/wrong\""}]}"#;
+        assert_eq!(
+            peek(Api::Graph, body).as_deref(),
+            Some("https://graph.microsoft.com/g/right")
+        );
         // ...but a field name ending in it can: a wrong guess, which is why the fetcher checks.
-        let body = r#"{"@odata.nextLink":"https://g/right","value":[{"x\"@odata.nextLink":"https://g/wrong"}]}"#;
-        assert_eq!(parsed(Api::Graph, body).as_deref(), Some("https://g/right"));
+        let body = r#"{"@odata.nextLink":"https://graph.microsoft.com/g/right","value":[{"x\"@odata.nextLink":"https://graph.microsoft.com/g/wrong"}]}"#;
+        assert_eq!(
+            parsed(Api::Graph, body).as_deref(),
+            Some("https://graph.microsoft.com/g/right")
+        );
         assert_ne!(peek(Api::Graph, body), parsed(Api::Graph, body));
 
         // A page of a megabyte: the link is found after the rows and before them, whichever key
@@ -765,15 +819,15 @@ mod tests {
                 Some("https://graph.microsoft.com/v1.0/admin/exchange/tracing/MessageTrace?$skiptoken=9"),
             ),
             (
-                format!(r#"{{"@odata.nextLink":"https://g/first","value":{rows}}}"#),
-                Some("https://g/first"),
+                format!(r#"{{"@odata.nextLink":"https://graph.microsoft.com/g/first","value":{rows}}}"#),
+                Some("https://graph.microsoft.com/g/first"),
             ),
-            (format!(r#"{{"d":{{"results":{rows},"__next":"https://r/n"}}}}"#), Some("https://r/n")),
+            (format!(r#"{{"d":{{"results":{rows},"__next":"https://graph.microsoft.com/r/n"}}}}"#), Some("https://graph.microsoft.com/r/n")),
             (
-                format!(r#"{{"value":{rows},"x":{rows},"@odata.nextLink":"https://g/end"}}"#),
-                Some("https://g/end"),
+                format!(r#"{{"value":{rows},"x":{rows},"@odata.nextLink":"https://graph.microsoft.com/g/end"}}"#),
+                Some("https://graph.microsoft.com/g/end"),
             ),
-            (format!(r#"{{"a":{rows},"@odata.nextLink":"https://g/mid","b":{rows}}}"#), None),
+            (format!(r#"{{"a":{rows},"@odata.nextLink":"https://graph.microsoft.com/g/mid","b":{rows}}}"#), None),
             (format!(r#"{{"value":{rows}}}"#), None),
         ] {
             assert_eq!(peek(Api::Reporting, &body).as_deref(), want);
@@ -786,20 +840,25 @@ mod tests {
         // runs past its edge; a key that starts one byte further in is not looked for.
         let key = r#""@odata.nextLink""#;
         let reach = PEEK_WINDOW + key.len() - 1;
-        for (from_end, want) in [(reach, Some("https://g/tail")), (reach + 1, None)] {
-            let end = r#":"https://g/tail"}"#;
+        for (from_end, want) in [
+            (reach, Some("https://graph.microsoft.com/g/tail")),
+            (reach + 1, None),
+        ] {
+            let end = r#":"https://graph.microsoft.com/g/tail"}"#;
             let spaces = " ".repeat(from_end - key.len() - end.len());
             let body = format!(r#"{{"value":{rows},"x":1,{key}{spaces}{end}"#);
             assert_eq!(body.len() - body.rfind(key).unwrap(), from_end);
             assert_eq!(peek(Api::Graph, &body).as_deref(), want, "{from_end}");
         }
         for (at, want) in [
-            (PEEK_WINDOW - 1, Some("https://g/head")),
+            (PEEK_WINDOW - 1, Some("https://graph.microsoft.com/g/head")),
             (PEEK_WINDOW, None),
         ] {
             let start = r#"{"x":""#;
             let filler = "y".repeat(at - start.len() - 2);
-            let body = format!(r#"{start}{filler}",{key}:"https://g/head","value":{rows}}}"#);
+            let body = format!(
+                r#"{start}{filler}",{key}:"https://graph.microsoft.com/g/head","value":{rows}}}"#
+            );
             assert_eq!(body.find(key), Some(at));
             assert_eq!(peek(Api::Graph, &body).as_deref(), want, "{at}");
         }
@@ -1075,6 +1134,84 @@ mod tests {
                 .join(",")
         );
         assert!(err(&long).len() < 400);
+    }
+
+    #[test]
+    fn a_next_link_to_another_origin_is_refused() {
+        let err = |link: &str| {
+            let body = serde_json::json!({"value": [], "@odata.nextLink": link}).to_string();
+            Api::Graph
+                .parse_page(body.as_bytes(), &url(GRAPH))
+                .map(|p| p.next_link)
+        };
+        for foreign in [
+            "http://graph.microsoft.com/v1.0/x?$skiptoken=1",
+            "https://graph.microsoft.com:8443/v1.0/x?$skiptoken=1",
+            "https://graph.microsoft.com.evil.example/v1.0/x?$skiptoken=1",
+            "//127.0.0.2:9/v1.0/x?$skiptoken=secret",
+        ] {
+            let e = err(foreign).unwrap_err();
+            assert!(
+                matches!(&e, DialectError::ForeignNextLink { origin, .. } if origin == "https://graph.microsoft.com"),
+                "{foreign}: {e:?}"
+            );
+            assert!(
+                !e.to_string().contains("secret"),
+                "the query is not shown: {e}"
+            );
+        }
+        for same in [
+            "https://graph.microsoft.com/v1.0/x?$skiptoken=1",
+            "https://GRAPH.microsoft.com:443/beta/x?$skiptoken=1",
+            "?$skiptoken=2",
+        ] {
+            assert!(err(same).unwrap().is_some(), "{same}");
+        }
+        // The guess read off the end of a body is refused the same way.
+        let body = r#"{"value":[],"@odata.nextLink":"http://127.0.0.2:9/x"}"#;
+        assert_eq!(
+            Api::Graph.peek_next_link(body.as_bytes(), &url(GRAPH)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_page_of_more_rows_than_asked_for_or_of_no_trace_rows_is_not_a_page() {
+        let read = |body: &str, max| {
+            Api::Graph
+                .parse_page_of_at_most(body.as_bytes(), &url(GRAPH), max)
+                .map(|p| p.rows.len())
+                .map_err(|e| e.to_string())
+        };
+        let row = r#"{"id":"a","recipientAddress":"r@x"}"#;
+        assert_eq!(read(&format!(r#"{{"value":[{row},{row}]}}"#), 2), Ok(2));
+        assert_eq!(
+            read(&format!(r#"{{"value":[{row},{row},{row}]}}"#), 2),
+            Err("the page holds more rows than the 2 asked for ($top): not a page".into())
+        );
+        // A broken row among good ones is a row (delivered flagged); only broken rows are not.
+        assert_eq!(read(&format!(r#"{{"value":[{{}},{row}]}}"#), 2), Ok(2));
+        assert_eq!(
+            read(r#"{"value":[{},{"id":"a"}]}"#, 2),
+            Err("none of the page's 2 rows has the fields `id` and `recipientAddress`: not a message trace page".into())
+        );
+        assert_eq!(read(r#"{"value":[]}"#, 2), Ok(0));
+    }
+
+    #[test]
+    fn a_byte_that_is_not_utf8_costs_its_character_not_the_page() {
+        let mut body = br#"{"value":[{"id":"a","recipientAddress":"r@x","subject":"caf"#.to_vec();
+        body.push(0xE9);
+        body.extend_from_slice(br#""},{"id":"b","recipientAddress":"r@x","subject":"ok"}]}"#);
+        let page = Api::Graph.parse_page(&body, &url(GRAPH)).unwrap();
+        assert!(page.repaired);
+        assert_eq!(page.rows.len(), 2);
+        assert_eq!(page.rows[0]["subject"], "caf\u{FFFD}");
+        assert_eq!(page.rows[1]["subject"], "ok");
+        let good = Api::Graph
+            .parse_page(br#"{"value":[{"id":"a"}]}"#, &url(GRAPH))
+            .unwrap();
+        assert!(!good.repaired);
     }
 
     #[test]

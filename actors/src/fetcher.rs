@@ -30,6 +30,7 @@ use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson};
 use crate::http::{self, HttpError};
+use crate::link_guard::LinkGuard;
 use crate::retry::Failure;
 use crate::sink::Deliver;
 use crate::spec::SourceSpec;
@@ -315,6 +316,17 @@ pub async fn collect(
         ));
     }
     let tasks = plan.tasks;
+    if let (Some(b), Some((g0, g1)), true) = (&backfill, plan.gap, tasks.is_empty()) {
+        // Nothing of the range can be had: a backfill that says it succeeded would be a lie.
+        let e = format!(
+            "the backfill range {} .. {} is older than the API keeps ({} days): nothing can be collected (the span {g0} .. {g1} is lost); choose a start within the last {} days",
+            b.start,
+            b.end,
+            spec.api.retention().num_days(),
+            spec.api.retention().num_days()
+        );
+        return end_job(&env, job, JobState::Failed, Some(e)).await;
+    }
     if cp.origin.is_none() {
         cp.origin = tasks.first().map(|t| t.start);
     }
@@ -549,6 +561,8 @@ async fn collect_slice(
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
+    // What this query's next links may do (each followed once, pages bounded).
+    let mut guard: Option<LinkGuard> = None;
     loop {
         if *cancel.borrow() {
             return Err(Stop::Cancelled(None));
@@ -568,6 +582,11 @@ async fn collect_slice(
                 )
                 .to_string(),
         };
+        match &mut guard {
+            Some(g) if !is_next_link => g.restart(&url),
+            Some(_) => {}
+            None => guard = Some(LinkGuard::new(spec.link_limits, &url)),
+        }
         // What this page becomes; made on the parse thread unless it must be made in order.
         let plan = PagePlan::new(env, task, &track);
         let ahead = PageUse {
@@ -614,25 +633,9 @@ async fn collect_slice(
             Ok(p) => p,
             Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
-                // recipient address") is abandoned. Rows come newest first, so every row newer
-                // than the oldest one delivered is already out: re-query the slice up to that
-                // instant (inclusive) and skip the rows delivered at exactly it.
+                // recipient address", a link to another host) is abandoned.
                 requeries_now += 1;
-                track.requeries += 1;
-                job.tasks[i].requeries += 1;
-                track.query_end = Some(
-                    track
-                        .oldest
-                        .unwrap_or_else(|| window::inclusive_end(task.end)),
-                );
-                track.skip = track.oldest_ids.clone();
-                warn!(
-                    error = %e,
-                    requery_end = ?track.query_end,
-                    "next link keeps failing: abandoned; re-querying the rest of the slice, rows already delivered are skipped"
-                );
-                job.errors
-                    .push(format!("next link abandoned and the slice re-queried: {e}"));
+                requery(env, &mut track, job, i, task, &e);
                 link = None;
                 prefetched = None;
                 continue;
@@ -658,6 +661,13 @@ async fn collect_slice(
             Parsed::Rows(page) => make_ready_off_thread(plan, page, strip_query(&url)).await?,
         };
         let (dropped, seen) = (ready.dropped, ready.seen);
+        if ready.broken > 0 {
+            warn!(
+                broken = ready.broken,
+                "rows without a readable time or identity, or with bytes that were not UTF-8, delivered flagged __isBroken (their _time is the run's time)"
+            );
+            crate::telemetry::broken_rows(&spec.id, ready.broken);
+        }
         if ready.skipped > 0 {
             debug!(
                 skipped = ready.skipped,
@@ -694,9 +704,36 @@ async fn collect_slice(
         }
         slice_pages += 1;
         slice_rows += n;
-        let next = ready.next_link.map(|u| u.to_string());
+        // A next link this query had already, or one past its bounds, is poisoned like a link
+        // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
+        // checkpoint with this page, so that a restart re-queries too).
+        let mut next = ready.next_link.map(|u| u.to_string());
+        let mut abandoned = false;
+        if let (Some(n), Some(g)) = (&next, &mut guard) {
+            if let Err(why) = g.follow(ready.parsed, n) {
+                requeries_now += 1;
+                requery(env, &mut track, job, i, task, &why.to_string());
+                next = None;
+                abandoned = true;
+                prefetched = None;
+            }
+        }
         match &next {
             _ if task.reread => {}
+            None if abandoned => {
+                cp.in_flight = Some(InFlight {
+                    job_id: job.id.clone(),
+                    slice_start: task.start,
+                    slice_end: task.end,
+                    next_link: None,
+                    pages: slice_pages,
+                    rows: slice_rows,
+                    query_end: track.query_end,
+                    oldest: track.oldest,
+                    oldest_ids: track.oldest_ids.clone(),
+                    requeries: track.requeries,
+                });
+            }
             None => {
                 cp.cursor = Some(task.end);
                 cp.in_flight = None;
@@ -755,10 +792,46 @@ async fn collect_slice(
             hook(&spec.id, job.pages, job.rows);
         }
         match next {
+            None if abandoned && requeries_now > MAX_REQUERIES => {
+                return Err(Stop::Failed(format!(
+                    "next links abandoned {requeries_now} times in this slice; the next run re-queries it"
+                )))
+            }
+            None if abandoned => link = None,
             None => return Ok(()),
             Some(n) => link = Some(n),
         }
     }
+}
+
+/// Abandons a query's next link (`why` it is poisoned) and sets `track` to re-query the slice:
+/// rows come newest first, so every row newer than the oldest one delivered is already out;
+/// the re-query asks up to that instant (inclusive) and skips the rows delivered at exactly it.
+fn requery(
+    env: &FetcherEnv,
+    track: &mut Progress,
+    job: &mut JobRecord,
+    i: usize,
+    task: &SliceTask,
+    why: &str,
+) {
+    track.requeries += 1;
+    job.tasks[i].requeries += 1;
+    track.query_end = Some(
+        track
+            .oldest
+            .unwrap_or_else(|| window::inclusive_end(task.end)),
+    );
+    track.skip = track.oldest_ids.clone();
+    warn!(
+        error = %why,
+        requery_end = ?track.query_end,
+        "next link abandoned; re-querying the rest of the slice, rows already delivered are skipped"
+    );
+    crate::telemetry::poisoned_link(&env.spec.id);
+    job.errors.push(format!(
+        "next link abandoned and the slice re-queried: {why}"
+    ));
 }
 
 /// What a slice has delivered so far, for re-queries.
@@ -1068,7 +1141,16 @@ async fn fetch_with_retries(
         if let Some(f) = on_body.as_mut() {
             f(&body, &request_url);
         }
-        match parse_off_thread(spec.api, body, &request_url, url, plan.clone()).await {
+        match parse_off_thread(
+            spec.api,
+            spec.page_size as usize,
+            body,
+            &request_url,
+            url,
+            plan.clone(),
+        )
+        .await
+        {
             None => return Err(Stop::Failed("the engine is stopping".into())),
             Some(Ok(page)) => {
                 debug!("page taken from the spool (fetched before a restart), not requested");
@@ -1134,7 +1216,14 @@ async fn fetch_with_retries(
                 if let Some(f) = on_body.as_mut() {
                     f(&resp.body, &request_url);
                 }
-                let parse = parse_off_thread(spec.api, resp.body, &request_url, url, plan.clone());
+                let parse = parse_off_thread(
+                    spec.api,
+                    spec.page_size as usize,
+                    resp.body,
+                    &request_url,
+                    url,
+                    plan.clone(),
+                );
                 match parse.await {
                     None => return Err(Stop::Failed("the engine is stopping".into())),
                     Some(Ok(page)) => return Ok((page, slot)),
@@ -1173,12 +1262,6 @@ async fn fetch_with_retries(
                 if resp.status == 429 {
                     *throttled += 1;
                     crate::telemetry::throttled(&spec.id);
-                    if let (Some(gate), Some(after)) = (&env.quota, resp.retry_after) {
-                        // Every source of this tenant holds back, not only this one.
-                        gate.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .block_until(Instant::now() + after);
-                    }
                 }
                 (
                     Failure::Status {
@@ -1219,6 +1302,23 @@ async fn fetch_with_retries(
                     from_retry_after: false,
                 })
         });
+        if let Failure::Status {
+            code: 429,
+            retry_after,
+        } = failure
+        {
+            // Every source of this tenant holds back, not only this one, and for the wait this
+            // page takes: one rule for the page and the tenant (`RetryPolicy::decide`).
+            let hold = decision
+                .as_ref()
+                .map(|d| d.delay)
+                .or(retry_after.map(|a| a.min(crate::retry::MAX_RETRY_AFTER)));
+            if let (Some(gate), Some(hold)) = (&env.quota, hold) {
+                gate.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .block_until(Instant::now() + hold);
+            }
+        }
         match decision {
             None => {
                 return Err(match failure {
@@ -1236,10 +1336,28 @@ async fn fetch_with_retries(
             Some(d) => {
                 *retries += 1;
                 crate::telemetry::retried(&spec.id);
-                if d.from_retry_after {
-                    warn!(delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After");
-                } else {
-                    warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page");
+                let announced = match failure {
+                    Failure::Status {
+                        retry_after: Some(a),
+                        ..
+                    } => Some(a),
+                    _ => None,
+                };
+                match announced {
+                    _ if d.from_retry_after => {
+                        warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After")
+                    }
+                    Some(a) if spec.retry.honor_retry_after => warn!(
+                        attempt = *retries,
+                        retry_after_secs = a.as_secs(),
+                        delay_ms = d.delay.as_millis() as u64,
+                        error = %message,
+                        "Retry-After is longer than {} s: ignored; retrying after the retry policy's delay",
+                        crate::retry::MAX_RETRY_AFTER.as_secs()
+                    ),
+                    _ => {
+                        warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page")
+                    }
                 }
                 let mut c = cancel.clone();
                 tokio::select! {
@@ -1313,6 +1431,7 @@ fn spool_failed(what: &str, e: &dyn std::fmt::Display) {
 /// never reach the fetcher's thread. `None` when the engine is stopping.
 async fn parse_off_thread(
     api: Api,
+    max_rows: usize,
     body: bytes::Bytes,
     request_url: &url::Url,
     url: &str,
@@ -1321,7 +1440,7 @@ async fn parse_off_thread(
     let request_url = request_url.clone();
     let source: Arc<str> = Arc::from(strip_query(url));
     off_thread(move || {
-        let page = api.parse_page(&body, &request_url)?;
+        let page = api.parse_page_of_at_most(&body, &request_url, max_rows)?;
         crate::buffers::give_bytes(body);
         Ok(match plan {
             Some(plan) => Parsed::Ready(make_ready(&plan, page, source)),
@@ -1449,8 +1568,12 @@ type Identity = (String, String);
 struct Ready {
     /// What the hooks left of the events, encoded for the sinks; `None` when nothing is left.
     batch: Option<Batch>,
+    /// Rows in the page as the API sent them.
+    parsed: usize,
     /// Events built (before the hooks).
     rows: u64,
+    /// Events flagged `__isBroken`: no readable time or identity, or bytes that were not UTF-8.
+    broken: u64,
     /// Rows outside the slice (time filter).
     dropped: u64,
     /// Rows skipped after a re-query (delivered before it).
@@ -1477,7 +1600,9 @@ fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, St
     let now = Utc::now();
     let mut out = Ready {
         batch: None,
+        parsed: page.rows.len(),
         rows: 0,
+        broken: 0,
         dropped: 0,
         skipped: 0,
         known: 0,
@@ -1486,7 +1611,7 @@ fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, St
         oldest: None,
         next_link: page.next_link,
     };
-    let rows = page.rows;
+    let (rows, repaired) = (page.rows, page.repaired);
     let mut events = Vec::with_capacity(rows.len());
     // The oldest rows of the page delivered (indexes into `events`), for re-queries: their
     // identities are copied once, at the end, not for every row (rows come newest first, so
@@ -1501,8 +1626,18 @@ fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, St
                 continue;
             }
         }
+        // A re-query asks up to its end: a row after it was delivered before the re-query (a
+        // server that ignores the filter sends it again).
+        if let (Some(t), Some(end)) = (time, plan.query_end) {
+            if t > end {
+                out.skipped += 1;
+                continue;
+            }
+        }
         let identity = api.row_identity_ref(&fields);
-        let is_broken = time.is_none() || identity.is_none();
+        let is_broken = time.is_none()
+            || identity.is_none()
+            || (repaired && fields.values().any(holds_replacement));
         let mut update = false;
         if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
             if !plan.skip.is_empty()
@@ -1548,6 +1683,10 @@ fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, St
             }
         }
         fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
+        if is_broken {
+            out.broken += 1;
+            fields.insert("__isBroken".into(), true.into());
+        }
         if update {
             out.updates += 1;
             fields.insert("_update".into(), true.into());
@@ -1601,6 +1740,16 @@ fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, St
         encoded,
     });
     Ok(out)
+}
+
+/// Whether a value holds U+FFFD, the character a byte that was not UTF-8 became.
+fn holds_replacement(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\u{FFFD}'),
+        serde_json::Value::Array(items) => items.iter().any(holds_replacement),
+        serde_json::Value::Object(fields) => fields.values().any(holds_replacement),
+        _ => false,
+    }
 }
 
 fn epoch_seconds(t: DateTime<Utc>) -> f64 {
@@ -1664,6 +1813,11 @@ async fn deliver(
         let Some(hold) = &mut hold else {
             return Err(Stop::Failed(e));
         };
+        if *hold.cancel.borrow() {
+            return Err(Stop::Cancelled(Some(format!(
+                "shut down while a sink refused a page ({e}); the next run delivers it again"
+            ))));
+        }
         *hold.ahead = None;
         let delay = env
             .spec

@@ -168,6 +168,11 @@ where
     if announced.is_some_and(|n| n > max_body) {
         return Err(HttpError::TooLarge(max_body));
     }
+    // A compressed body is longer once decoded: its length is the decoder's to check.
+    let identity = resp
+        .headers()
+        .get(awc::http::header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
     let mut body = crate::buffers::take(announced.unwrap_or(0));
     while let Some(chunk) = resp.next().await {
         let chunk =
@@ -177,7 +182,15 @@ where
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(bytes::Bytes::from(body))
+    match announced {
+        // The connection closed before the body was whole: what arrived may still parse (a
+        // page without its next link), so it must never be taken for a page.
+        Some(n) if identity && body.len() != n => Err(HttpError::Connection(format!(
+            "the body ended after {} of the {n} bytes its Content-Length announced",
+            body.len()
+        ))),
+        _ => Ok(bytes::Bytes::from(body)),
+    }
 }
 
 fn classify_send(e: awc::error::SendRequestError) -> HttpError {

@@ -14,6 +14,7 @@ pub mod event;
 pub mod fetcher;
 pub mod hook;
 pub mod http;
+pub mod link_guard;
 pub mod proxy;
 pub mod quota;
 pub mod retry;

@@ -58,7 +58,16 @@ pub struct FlushSink;
 pub struct SinkActor {
     name: String,
     sink: Option<Box<dyn Sink>>,
+    /// Set when the engine shuts down: a delivery still under way [`SHUTDOWN_GRACE`] later
+    /// (a sink retrying a receiver that is down) is abandoned.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
+
+/// How long a delivery may go on once the engine shuts down: long enough for a write or a
+/// request to a healthy receiver, short enough that a sink retrying one that is down (about
+/// 31 s of backoff for `http`) lets the process exit well within a service manager's grace
+/// (Kubernetes: 30 s). The abandoned page is not acknowledged, so the next run delivers it.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl SinkActor {
     /// Wraps a sink.
@@ -66,7 +75,28 @@ impl SinkActor {
         SinkActor {
             name: sink.name().to_owned(),
             sink: Some(sink),
+            stopping: None,
         }
+    }
+
+    /// Abandons a delivery [`SHUTDOWN_GRACE`] after `stopping` turns true.
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> SinkActor {
+        self.stopping = Some(stopping);
+        self
+    }
+}
+
+/// Resolves [`SHUTDOWN_GRACE`] after `stopping` turns true; never without one.
+async fn abandoned(stopping: Option<tokio::sync::watch::Receiver<bool>>) {
+    match stopping {
+        Some(mut s) => {
+            if s.wait_for(|v| *v).await.is_err() {
+                // The engine is gone without saying so: nothing will stop the delivery.
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -85,11 +115,18 @@ impl Handler<Deliver> for SinkActor {
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         let name = self.name.clone();
         let sink = self.sink.take();
+        let stopping = self.stopping.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 match sink {
                     Some(mut s) => {
-                        let r = s.deliver(&msg.0).await;
+                        let r = tokio::select! {
+                            r = s.deliver(&msg.0) => r,
+                            () = abandoned(stopping) => Err(SinkError {
+                                sink: name,
+                                message: "shutting down: the page was abandoned (not acknowledged; the next run delivers it again)".into(),
+                            }),
+                        };
                         (Some(s), r)
                     }
                     None => (

@@ -138,6 +138,8 @@ pub struct SourceSpec {
     /// one page is ever delivered twice after a crash either way, and (with `durable` on) at most
     /// one requested twice: the pages fetched ahead are kept in the spool until committed.
     pub prefetch: usize,
+    /// What one query's next links may do before they are taken for a loop.
+    pub link_limits: crate::link_guard::LinkLimits,
     /// Run a task that failed with a non-fatal error again, up to this many times
     /// (`reschedule_tasks` / `task_reschedule_limit`); `None` = never.
     pub reschedule_limit: Option<u32>,

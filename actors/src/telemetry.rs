@@ -14,6 +14,8 @@
 //! | `msgtrace_sink_refusals_total` | counter | `source` | pages a sink refused (after its own retries) and that were held to be given again |
 //! | `msgtrace_last_page_timestamp_seconds` | gauge | `source` | when the last page was checkpointed |
 //! | `msgtrace_last_success_timestamp_seconds` | gauge | `source` | when the last job succeeded |
+//! | `msgtrace_broken_rows_total` | counter | `source` | rows delivered flagged `__isBroken` (no readable time or identity, or bytes that were not UTF-8) |
+//! | `msgtrace_poisoned_links_total` | counter | `source` | next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried |
 
 use metrics::{counter, gauge};
 use msgtrace_storage::JobState;
@@ -64,4 +66,14 @@ pub fn job_ended(source: &str, state: JobState) {
     if state == JobState::Succeeded {
         gauge!("msgtrace_last_success_timestamp_seconds", "source" => source.to_owned()).set(now());
     }
+}
+
+/// Rows of a page were delivered flagged `__isBroken`.
+pub fn broken_rows(source: &str, rows: u64) {
+    counter!("msgtrace_broken_rows_total", "source" => source.to_owned()).increment(rows);
+}
+
+/// A next link was abandoned and its slice re-queried.
+pub fn poisoned_link(source: &str) {
+    counter!("msgtrace_poisoned_links_total", "source" => source.to_owned()).increment(1);
 }
