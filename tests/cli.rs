@@ -381,3 +381,60 @@ fn the_binary_tunes_its_allocator_and_the_environment_wins() {
         );
     }
 }
+
+/// A Graph scenario's configuration file in `dir`, with `top` lines before it.
+fn config_file(
+    sim: &msgtrace::simulator::SimServer,
+    dir: &std::path::Path,
+    top: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, format!("{top}\n{}", graph_toml(sim, dir))).unwrap();
+    cfg
+}
+
+#[test]
+fn jobs_and_secrets_need_only_the_state_dir() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&sim, dir.path(), "");
+    let text_of = std::fs::read_to_string(&cfg).unwrap();
+    // The collector's secret comes from a variable that is not set where the operator runs
+    // `jobs` and `secrets`.
+    std::fs::write(
+        &cfg,
+        text_of.replace(
+            "client_secret = \"sim-secret\"",
+            "client_secret = \"${MSGTRACE_TEST_NOT_SET}\"",
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+            .args(args)
+            .env_remove("MSGTRACE_TEST_NOT_SET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["jobs", "-c", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("JOB"), "{}", text(&o.stdout));
+    let o = run(&["secrets", "list", "-c", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // What needs the whole configuration still says what is missing.
+    let o = run(&["validate", "-c", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("MSGTRACE_TEST_NOT_SET"));
+    // A broken state_dir is still reported, with its key.
+    std::fs::write(&cfg, "state_dir = \"${MSGTRACE_TEST_NOT_SET}\"\n").unwrap();
+    let o = run(&["jobs", "-c", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr)
+            .contains("state_dir: environment variable `MSGTRACE_TEST_NOT_SET` is not set"),
+        "{}",
+        text(&o.stderr)
+    );
+}

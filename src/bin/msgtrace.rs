@@ -204,8 +204,19 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The configuration file's `state_dir` alone (all that `jobs` and `secrets` read), with the
+/// same messages and exit code as [`load`].
+fn load_state_dir(path: &Path) -> Result<PathBuf, ExitCode> {
+    config::load_state_dir(path).map_err(|errors| {
+        for e in &errors.errors {
+            eprintln!("msgtrace: {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
 /// Logging for a configuration: its `log_level`, plus each source's own `log_level` applied to
-/// everything logged inside that source's jobs.
+/// everything logged inside that source's jobs. Then logs the configuration's warnings.
 fn init_config_logging(cfg: &Config) {
     let mut directives = format!(
         "{},actix_server=warn,actix_web=warn",
@@ -442,12 +453,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Secrets { action } => secrets_command(action),
         Command::Jobs { config, json } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
+            let state_dir = match load_state_dir(&config) {
+                Ok(d) => d,
                 Err(code) => return Ok(code),
             };
-            let store = msgtrace::storage::Store::open(&cfg.state_dir)
-                .with_context(|| format!("opening {}", cfg.state_dir.display()))?;
+            let store = msgtrace::storage::Store::open(&state_dir)
+                .with_context(|| format!("opening {}", state_dir.display()))?;
             let jobs = store.jobs(None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -592,8 +603,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Opens the secret store of a configuration's state directory (creating the directory).
 fn open_secrets(config: &Path) -> Result<SecretStore, ExitCode> {
-    let cfg = load(config)?;
-    match Store::open(&cfg.state_dir) {
+    match Store::open(load_state_dir(config)?) {
         Ok(store) => Ok(SecretStore::new(store)),
         Err(e) => {
             eprintln!("msgtrace: {e}");

@@ -40,17 +40,10 @@ pub(crate) fn validate_parsed(
         expanded,
     };
 
-    let state_dir = match raw.state_dir.as_deref() {
-        Some(dir) if dir.trim().is_empty() => {
-            cx.error(
-                "state_dir",
-                "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key",
-            );
-            PathBuf::new()
-        }
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from("./msgtrace-state"),
-    };
+    let state_dir = state_dir(raw.state_dir.as_deref()).unwrap_or_else(|e| {
+        cx.errors.push(e);
+        PathBuf::new()
+    });
     let log_level = cx
         .log_level("log_level", raw.log_level.as_deref())
         .unwrap_or(LogLevel::Info);
@@ -168,6 +161,18 @@ pub(crate) fn validate_parsed(
         sinks,
         warnings: cx.warnings,
     })
+}
+
+/// `state_dir`: the directory given, or the default `./msgtrace-state`.
+pub(crate) fn state_dir(value: Option<&str>) -> Result<PathBuf, ConfigError> {
+    match value {
+        Some(dir) if dir.trim().is_empty() => Err(ConfigError::new(
+            "state_dir",
+            "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key",
+        )),
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(PathBuf::from("./msgtrace-state")),
+    }
 }
 
 /// The validation context: what was found so far.
