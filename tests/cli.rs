@@ -438,3 +438,21 @@ fn jobs_and_secrets_need_only_the_state_dir() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&sim, dir.path(), "");
+    // stderr is a pipe here, as it is for a file or journald.
+    let o = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["run", "--once", "-c", cfg.to_str().unwrap()])
+        .env("MSGTRACE_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("INFO"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape codes in {err:?}");
+}

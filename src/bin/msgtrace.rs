@@ -228,9 +228,20 @@ fn init_config_logging(cfg: &Config) {
         }
     }
     init_logging(&directives, cfg.log_format == LogFormat::Json);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>). A file, a pipe or journald gets plain
+/// text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(directives: &str, json: bool) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MSGTRACE_LOG").unwrap_or_else(|_| {
         EnvFilter::try_new(directives)
@@ -238,6 +249,10 @@ fn init_logging(directives: &str, json: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -425,9 +440,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             init_config_logging(&cfg);
-            for w in &cfg.warnings {
-                tracing::warn!("{w}");
-            }
             let mode = if once { Mode::Once } else { Mode::Continuous };
             let report = actix_rt::System::new()
                 .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
@@ -693,5 +705,19 @@ fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a file, pipe or journald");
+        assert!(!colour(false, Some("1".into())));
     }
 }
