@@ -456,3 +456,21 @@ fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(err.contains("INFO"), "{err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape codes in {err:?}");
 }
+
+#[test]
+fn demo_refuses_bad_options_before_touching_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-events.ndjson");
+    std::fs::write(&out, "an earlier run's line\n").unwrap();
+    for args in [["--hours", "0"], ["--page-size", "0"]] {
+        let o = msgtrace(&[&["demo", "--out", out.to_str().unwrap()], &args[..]].concat());
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "an earlier run's line\n",
+            "{args:?} left the file alone"
+        );
+    }
+}
