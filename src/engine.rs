@@ -446,6 +446,19 @@ pub fn start(
         warn!("{w}");
     }
     tidy_jobs(&store, config)?;
+    // Before any actor starts: a port that is taken stops the start here, with one line (once
+    // actors are spawned, an early return would drop them unpolled outside the runtime).
+    let listener = config
+        .metrics_listen
+        .map(crate::metrics::bind)
+        .transpose()?;
+    if listener.is_some() {
+        crate::metrics::install_recorder();
+    }
+    crate::metrics::describe();
+    for id in config.sources.keys() {
+        msgtrace_actors::telemetry::register_source(id);
+    }
 
     let mut arbiters = Vec::new();
     let mut sinks = Vec::new();
@@ -488,10 +501,10 @@ pub fn start(
     .with_hooks(pipeline_hooks(config, opts))
     .with_rows_in_flight(opts.rows_in_flight)
     .start();
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::serve(addr, supervisor.clone(), auth, store.clone())
-                .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?,
+    let metrics = match listener {
+        Some(listener) => Some(
+            crate::metrics::serve(listener, supervisor.clone(), auth, store.clone())
+                .context("metrics_listen: cannot serve on the bound socket")?,
         ),
         None => None,
     };

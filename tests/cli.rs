@@ -394,6 +394,41 @@ fn config_file(
 }
 
 #[test]
+fn a_taken_metrics_port_stops_the_start_with_one_line_naming_it() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = config_file(&sim, dir.path(), &format!("metrics_listen = \"{addr}\""));
+    let c = cfg.to_str().unwrap();
+
+    let o = msgtrace(&["run", "--once", "-c", c]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&format!("metrics_listen: cannot listen on {addr}"))
+            && lines[0].contains("choose another port"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.ndjson").exists(), "nothing collected");
+
+    // validate says so too (a warning: it may be this configuration's own running engine).
+    let o = msgtrace(&["validate", "-c", c]);
+    let err = text(&o.stderr);
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("msgtrace: warning: metrics_listen: cannot listen on")
+                && l.contains(&addr)
+        ),
+        "{err}"
+    );
+    drop(taken);
+}
+
+#[test]
 fn jobs_and_secrets_need_only_the_state_dir() {
     let sim = sim(60, |_| {});
     let dir = tempfile::tempdir().unwrap();

@@ -337,6 +337,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     bad = true;
                 }
             }
+            // A taken port may be this configuration's own running msgtrace: a warning. An
+            // address this host cannot listen on at all is an error.
+            if let Some(Err(e)) = cfg.metrics_listen.map(msgtrace::metrics::bind) {
+                if e.error.kind() == std::io::ErrorKind::AddrInUse {
+                    eprintln!("msgtrace: warning: {e}");
+                } else {
+                    eprintln!("msgtrace: {e}");
+                    bad = true;
+                }
+            }
             for w in cfg
                 .warnings
                 .iter()
