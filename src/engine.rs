@@ -458,6 +458,13 @@ pub fn start(
     crate::metrics::describe();
     for id in config.sources.keys() {
         msgtrace_actors::telemetry::register_source(id);
+        let succeeded = store
+            .jobs(Some(id))?
+            .into_iter()
+            .filter(|j| j.state == JobState::Succeeded);
+        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
+            msgtrace_actors::telemetry::last_success(id, at);
+        }
     }
 
     let mut arbiters = Vec::new();

@@ -218,3 +218,32 @@ fn every_metric_is_described_documented_and_there_before_the_first_event() {
         );
     }
 }
+
+#[test]
+fn the_last_success_is_shown_again_after_a_restart() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (toml, addr) = served_config(&sim, dir.path(), "restarted");
+    // The first run in another process: this process's recorder never sees its job end.
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    assert!(spawn_run_once(&cfg).wait().unwrap().success());
+
+    let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
+        .unwrap()
+        .start()
+        .unwrap();
+    let (_, body) = get(&addr, "/metrics").expect("metrics answer");
+    let jobs = block_on(handle.jobs(Some("restarted"))).unwrap();
+    block_on(handle.shutdown()).unwrap();
+    let finished = jobs[0].finished_at.expect("the job finished");
+    let expected = finished.timestamp_millis() as f64 / 1e3;
+    let shown = sample(
+        &body,
+        "msgtrace_last_success_timestamp_seconds{source=\"restarted\"}",
+    );
+    assert!(
+        (shown - expected).abs() < 0.002,
+        "{shown} vs {expected}:\n{body}"
+    );
+}

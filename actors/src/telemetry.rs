@@ -73,7 +73,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "msgtrace_last_success_timestamp_seconds",
         Kind::Gauge,
-        "when the last job succeeded, epoch seconds (absent until the first success)",
+        "when the last job succeeded, epoch seconds (absent until a success is known)",
     ),
 ];
 
@@ -118,9 +118,12 @@ pub fn register_source(source: &str) {
     }
 }
 
-fn now() -> f64 {
-    let t = chrono::Utc::now();
+fn epoch_secs(t: chrono::DateTime<chrono::Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_millis()) / 1e3
+}
+
+fn now() -> f64 {
+    epoch_secs(chrono::Utc::now())
 }
 
 /// A page of `rows` events was delivered and checkpointed.
@@ -162,6 +165,13 @@ pub fn job_ended(source: &str, state: JobState) {
     counter!("msgtrace_jobs_total", "source" => source.to_owned(), "state" => state_label(state))
         .increment(1);
     if state == JobState::Succeeded {
-        gauge!("msgtrace_last_success_timestamp_seconds", "source" => source.to_owned()).set(now());
+        last_success(source, chrono::Utc::now());
     }
+}
+
+/// A job of `source` succeeded `at`: as it ends, or, at start, the last success the state
+/// directory remembers (so that the gauge survives a restart).
+pub fn last_success(source: &str, at: chrono::DateTime<chrono::Utc>) {
+    gauge!("msgtrace_last_success_timestamp_seconds", "source" => source.to_owned())
+        .set(epoch_secs(at));
 }
