@@ -54,15 +54,17 @@ fn toml_str(s: &str) -> String {
 }
 
 /// Runs the demo. Must not be called from inside an actix System.
+///
+/// The options are checked, and the configuration validated, before any file is touched: a
+/// refused option leaves an existing output file as it was.
 pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoSummary> {
+    if opts.hours == 0 {
+        return Err(anyhow!("--hours must be at least 1"));
+    }
     let sim = SimServer::start(SimConfig::default(), "127.0.0.1:0".parse()?)
         .context("starting the simulated tenant on 127.0.0.1")?;
     let base = sim.base_url();
     let state = tempfile::tempdir().context("creating a temporary state directory")?;
-    if opts.out.exists() {
-        std::fs::remove_file(&opts.out)
-            .with_context(|| format!("replacing {}", opts.out.display()))?;
-    }
     let toml = format!(
         r#"
 state_dir = {state}
@@ -96,6 +98,10 @@ path = {out}
         out = toml_str(&opts.out.to_string_lossy()),
     );
     let config = config::from_str(&toml).map_err(|e| anyhow!("demo configuration: {e}"))?;
+    if opts.out.exists() {
+        std::fs::remove_file(&opts.out)
+            .with_context(|| format!("replacing {}", opts.out.display()))?;
+    }
     let progress = crate::progress::Progress::stderr();
     let options = EngineOptions {
         page_hook: opts.progress.then(|| progress.hook()),

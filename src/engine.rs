@@ -450,6 +450,26 @@ pub fn start(
         warn!("{w}");
     }
     tidy_jobs(&store, config)?;
+    // Before any actor starts: a port that is taken stops the start here, with one line (once
+    // actors are spawned, an early return would drop them unpolled outside the runtime).
+    let listener = config
+        .metrics_listen
+        .map(crate::metrics::bind)
+        .transpose()?;
+    if listener.is_some() {
+        crate::metrics::install_recorder();
+    }
+    crate::metrics::describe();
+    for id in config.sources.keys() {
+        msgtrace_actors::telemetry::register_source(id);
+        let succeeded = store
+            .jobs(Some(id))?
+            .into_iter()
+            .filter(|j| j.state == JobState::Succeeded);
+        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
+            msgtrace_actors::telemetry::last_success(id, at);
+        }
+    }
 
     let mut arbiters = Vec::new();
     let mut sinks = Vec::new();
@@ -496,10 +516,10 @@ pub fn start(
     .with_hooks(pipeline_hooks(config, opts))
     .with_rows_in_flight(opts.rows_in_flight)
     .start();
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(
-            crate::metrics::serve(addr, supervisor.clone(), auth, store.clone())
-                .with_context(|| format!("metrics_listen: cannot listen on {addr}"))?,
+    let metrics = match listener {
+        Some(listener) => Some(
+            crate::metrics::serve(listener, supervisor.clone(), auth, store.clone())
+                .context("metrics_listen: cannot serve on the bound socket")?,
         ),
         None => None,
     };

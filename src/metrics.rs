@@ -12,19 +12,26 @@
 //! | `msgtrace_fetcher_restarts_total` | counter | `source` | fetchers restarted after a crash |
 //! | `msgtrace_lag_seconds` | gauge | `source` | how far the source's checkpoint is behind now |
 //!
-//! `/health` answers 200 with each source's state as JSON while the engine answers, 503 otherwise.
+//! | `msgtrace_build_info` | gauge | `version` | always 1; the running version in its label |
+//!
+//! Every metric has a `# HELP` line ([`describe`]), and the per-source counters exist at zero
+//! from the start ([`msgtrace_actors::telemetry::register_source`]).
+//!
+//! `/health` answers 200 `"status":"ok"` while the engine answers and no source's last job
+//! failed; 503 `"status":"degraded"` naming the failing sources and their last errors when one
+//! did (see [`health_of`]); 503 `"status":"unavailable"` when the engine does not answer.
 //!
 //! The Prometheus recorder is installed process-wide on first use; if the host application
 //! installed a recorder of its own, msgtrace's counters go there and `/metrics` says so.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use metrics::{counter, gauge};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use msgtrace_actors::auth::{AuthToken, GetAuthStats};
-use msgtrace_actors::supervisor::{GetStatus, Supervisor};
-use msgtrace_storage::Store;
+use msgtrace_actors::supervisor::{GetStatus, SourceStatus, Supervisor};
+use msgtrace_storage::{JobState, Store};
 use serde_json::json;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -53,6 +60,112 @@ pub fn install_recorder() {
     let _ = recorder();
 }
 
+/// The metrics this module sets when scraped (name, help), besides those of
+/// [`msgtrace_actors::telemetry::METRICS`].
+const SCRAPED_COUNTERS: &[(&str, &str)] = &[
+    (
+        "msgtrace_token_requests_total",
+        "tokens obtained from Entra ID (first ones and refreshes)",
+    ),
+    ("msgtrace_token_failures_total", "failed token requests"),
+    (
+        "msgtrace_fetcher_restarts_total",
+        "fetchers restarted after a crash",
+    ),
+];
+const SCRAPED_GAUGES: &[(&str, &str)] = &[
+    (
+        "msgtrace_source_running",
+        "1 while a job of the source runs",
+    ),
+    (
+        "msgtrace_lag_seconds",
+        "how far the source's checkpoint is behind now (absent until the first checkpoint)",
+    ),
+    (
+        "msgtrace_build_info",
+        "always 1; the running version is in the version label",
+    ),
+];
+
+/// Describes every metric msgtrace records (the `# HELP` lines) to the installed recorder and
+/// sets `msgtrace_build_info`. Called at every engine start, after the recorder is installed.
+pub fn describe() {
+    msgtrace_actors::telemetry::describe();
+    for &(name, help) in SCRAPED_COUNTERS {
+        describe_counter!(name, help);
+    }
+    for &(name, help) in SCRAPED_GAUGES {
+        describe_gauge!(name, help);
+    }
+    gauge!("msgtrace_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Why the metrics endpoint cannot listen: one line naming the address and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics_listen: cannot listen on {addr}: {error}; {hint}")]
+pub struct ListenError {
+    /// The configured address.
+    pub addr: SocketAddr,
+    /// What the operating system said (in the message, so not a `source`: printed once).
+    pub error: std::io::Error,
+    /// What to do about it.
+    pub hint: &'static str,
+}
+
+/// Binds the metrics endpoint's socket. The engine does this before it starts any actor, so that
+/// a taken port stops the start cleanly; `validate` does it to check the address.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    let failed = |error: std::io::Error| {
+        let hint = match error.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                "another program (another msgtrace?) listens there: stop it, or choose another port"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                "the address is not one of this host's: use 127.0.0.1 or an address of this host"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "ports below 1024 need privileges: choose a port above 1024"
+            }
+            _ => "check metrics_listen",
+        };
+        ListenError { addr, error, hint }
+    };
+    let listener = TcpListener::bind(addr).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    Ok(listener)
+}
+
+/// What `/health` says about the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// `true` when no source's last finished job failed (200 `ok`), `false` otherwise (503
+    /// `degraded`).
+    pub ok: bool,
+    /// The sources whose last finished job did not succeed, in the engine's order.
+    pub failing: Vec<String>,
+}
+
+/// The health rule: a source is failing while its last finished job did not succeed (failed,
+/// cancelled by `job_timeout` or a shutdown, interrupted), until a job of it succeeds again. A
+/// source that has not finished a job yet is not failing. The engine is healthy when no source is
+/// failing: its data is as fresh as its schedules allow.
+pub fn health_of(sources: &[SourceStatus]) -> Health {
+    let failing: Vec<String> = sources
+        .iter()
+        .filter(|s| {
+            s.last
+                .as_ref()
+                .is_some_and(|j| j.state != JobState::Succeeded)
+        })
+        .map(|s| s.source.clone())
+        .collect();
+    Health {
+        ok: failing.is_empty(),
+        failing,
+    }
+}
+
 struct Engine {
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
@@ -77,9 +190,10 @@ impl MetricsServer {
     }
 }
 
-/// Serves `/metrics` and `/health` on `addr`, inside the current actix System.
+/// Serves `/metrics` and `/health` on `listener` (from [`bind`]), inside the current actix
+/// System.
 pub fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
     store: Store,
@@ -99,7 +213,7 @@ pub fn serve(
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .bind(addr)?;
+    .listen(listener)?;
     let addr = server.addrs()[0];
     let server = server.run();
     let handle = server.handle();
@@ -145,6 +259,7 @@ async fn metrics_page(engine: web::Data<Engine>) -> HttpResponse {
 async fn health(engine: web::Data<Engine>) -> HttpResponse {
     match tokio::time::timeout(ASK_TIMEOUT, engine.supervisor.send(GetStatus)).await {
         Ok(Ok(sources)) => {
+            let health = health_of(&sources);
             let sources: Vec<_> = sources
                 .iter()
                 .map(|s| {
@@ -154,12 +269,86 @@ async fn health(engine: web::Data<Engine>) -> HttpResponse {
                         "last_job": s.last.as_ref().map(|j| format!("{:?}", j.state).to_lowercase()),
                         "last_error": s.last.as_ref().and_then(|j| j.error.clone()),
                         "restarts": s.restarts,
+                        "failing": health.failing.contains(&s.source),
                     })
                 })
                 .collect();
-            HttpResponse::Ok().json(json!({"status": "ok", "sources": sources}))
+            if health.ok {
+                HttpResponse::Ok().json(json!({"status": "ok", "sources": sources}))
+            } else {
+                HttpResponse::ServiceUnavailable().json(json!({
+                    "status": "degraded",
+                    "failing": health.failing,
+                    "sources": sources,
+                }))
+            }
         }
         _ => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "unavailable", "reason": "the engine does not answer"})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use msgtrace_actors::fetcher::JobSummary;
+
+    fn source(id: &str, last: Option<JobState>) -> SourceStatus {
+        SourceStatus {
+            source: id.to_owned(),
+            running: false,
+            last: last.map(|state| JobSummary {
+                job_id: format!("{id}-1"),
+                state,
+                pages: 0,
+                rows: 0,
+                dropped: 0,
+                error: (state != JobState::Succeeded).then(|| "AADSTS7000215".to_owned()),
+                window: None,
+            }),
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn a_source_whose_last_job_did_not_succeed_degrades_health() {
+        let fresh = [source("new", None), source("ok", Some(JobState::Succeeded))];
+        assert_eq!(
+            health_of(&fresh),
+            Health {
+                ok: true,
+                failing: vec![]
+            }
+        );
+        for bad in [JobState::Failed, JobState::Cancelled, JobState::Interrupted] {
+            let sources = [
+                source("ok", Some(JobState::Succeeded)),
+                source("bad", Some(bad)),
+            ];
+            assert_eq!(
+                health_of(&sources),
+                Health {
+                    ok: false,
+                    failing: vec!["bad".to_owned()]
+                },
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_metric_is_in_the_operations_metrics_table() {
+        let docs = include_str!("../docs/operations.md");
+        let names = msgtrace_actors::telemetry::METRICS
+            .iter()
+            .map(|m| m.0)
+            .chain(SCRAPED_COUNTERS.iter().map(|m| m.0))
+            .chain(SCRAPED_GAUGES.iter().map(|m| m.0));
+        for name in names {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is not in docs/operations.md"
+            );
+        }
     }
 }

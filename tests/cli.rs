@@ -381,3 +381,131 @@ fn the_binary_tunes_its_allocator_and_the_environment_wins() {
         );
     }
 }
+
+/// A Graph scenario's configuration file in `dir`, with `top` lines before it.
+fn config_file(
+    sim: &msgtrace::simulator::SimServer,
+    dir: &std::path::Path,
+    top: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, format!("{top}\n{}", graph_toml(sim, dir))).unwrap();
+    cfg
+}
+
+#[test]
+fn a_taken_metrics_port_stops_the_start_with_one_line_naming_it() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let cfg = config_file(&sim, dir.path(), &format!("metrics_listen = \"{addr}\""));
+    let c = cfg.to_str().unwrap();
+
+    let o = msgtrace(&["run", "--once", "-c", c]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(&format!("metrics_listen: cannot listen on {addr}"))
+            && lines[0].contains("choose another port"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.ndjson").exists(), "nothing collected");
+
+    // validate says so too (a warning: it may be this configuration's own running engine).
+    let o = msgtrace(&["validate", "-c", c]);
+    let err = text(&o.stderr);
+    assert!(
+        err.lines().any(
+            |l| l.starts_with("msgtrace: warning: metrics_listen: cannot listen on")
+                && l.contains(&addr)
+        ),
+        "{err}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn jobs_and_secrets_need_only_the_state_dir() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&sim, dir.path(), "");
+    let text_of = std::fs::read_to_string(&cfg).unwrap();
+    // The collector's secret comes from a variable that is not set where the operator runs
+    // `jobs` and `secrets`.
+    std::fs::write(
+        &cfg,
+        text_of.replace(
+            "client_secret = \"sim-secret\"",
+            "client_secret = \"${MSGTRACE_TEST_NOT_SET}\"",
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+            .args(args)
+            .env_remove("MSGTRACE_TEST_NOT_SET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["jobs", "-c", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("JOB"), "{}", text(&o.stdout));
+    let o = run(&["secrets", "list", "-c", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // What needs the whole configuration still says what is missing.
+    let o = run(&["validate", "-c", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("MSGTRACE_TEST_NOT_SET"));
+    // A broken state_dir is still reported, with its key.
+    std::fs::write(&cfg, "state_dir = \"${MSGTRACE_TEST_NOT_SET}\"\n").unwrap();
+    let o = run(&["jobs", "-c", c]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr)
+            .contains("state_dir: environment variable `MSGTRACE_TEST_NOT_SET` is not set"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&sim, dir.path(), "");
+    // stderr is a pipe here, as it is for a file or journald.
+    let o = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["run", "--once", "-c", cfg.to_str().unwrap()])
+        .env("MSGTRACE_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("INFO"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape codes in {err:?}");
+}
+
+#[test]
+fn demo_refuses_bad_options_before_touching_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo-events.ndjson");
+    std::fs::write(&out, "an earlier run's line\n").unwrap();
+    for args in [["--hours", "0"], ["--page-size", "0"]] {
+        let o = msgtrace(&[&["demo", "--out", out.to_str().unwrap()], &args[..]].concat());
+        let err = text(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "an earlier run's line\n",
+            "{args:?} left the file alone"
+        );
+    }
+}

@@ -630,3 +630,85 @@ fn file_sink_rotation_keys() {
         "{e}"
     );
 }
+
+#[test]
+fn url_keys_that_take_a_host_refuse_a_path_with_the_fix() {
+    let base = read("minimal.toml");
+    let with = |source: &str, auth: &str| {
+        let text = base.replace(
+            "[sources.contoso.auth]",
+            &format!("{source}\n[sources.contoso.auth]\n{auth}"),
+        );
+        config::from_str_with_env(&text, &test_env)
+    };
+    // The token URL in login_url (later an HTTP 404 at …/token/<tenant>/oauth2/v2.0/token).
+    let e = with(
+        "",
+        "login_url = \"https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token\"",
+    )
+    .unwrap_err();
+    assert_eq!(paths(&e), ["sources.contoso.auth.login_url"], "{e}");
+    let m = &e.errors[0].message;
+    assert!(
+        m.contains("/contoso.onmicrosoft.com/oauth2/v2.0/token")
+            && m.contains("authority host only")
+            && m.contains("https://login.microsoftonline.com"),
+        "{m}"
+    );
+    for ok in [
+        "login_url = \"https://login.microsoftonline.com\"",
+        "login_url = \"https://login.microsoftonline.com/\"",
+        "login_url = \"http://127.0.0.1:8465\"",
+    ] {
+        with("", ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    // A proxy is a host and port: a path after it would be ignored.
+    let e = with(
+        "[sources.contoso]\nproxy_url = \"http://user:pw@proxy.example.com:3128/corp\"",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(paths(&e), ["sources.contoso.proxy_url"], "{e}");
+    assert!(!e.to_string().contains("pw"), "no proxy password in {e}");
+    with(
+        "[sources.contoso]\nproxy_url = \"http://proxy.example.com:3128\"",
+        "",
+    )
+    .unwrap();
+    // The audience with /.default (msgtrace adds it: the scope would end /.default/.default).
+    let e = with("", "resource = \"https://graph.microsoft.com/.default\"").unwrap_err();
+    assert_eq!(paths(&e), ["sources.contoso.auth.resource"], "{e}");
+    // The endpoint is a full URL: a bare host is a 404 at the first request.
+    let e = with(
+        "[sources.contoso]\nurl = \"https://graph.microsoft.com\"",
+        "",
+    )
+    .unwrap_err();
+    assert_eq!(paths(&e), ["sources.contoso.url"], "{e}");
+    assert!(
+        e.errors[0].message.contains(config::GRAPH_URL),
+        "the fix names the endpoint: {e}"
+    );
+}
+
+#[test]
+fn metrics_listen_off_loopback_is_a_warning() {
+    let base = read("minimal.toml");
+    let with = |listen: &str| {
+        config::from_str_with_env(&format!("metrics_listen = \"{listen}\"\n{base}"), &test_env)
+            .unwrap()
+            .warnings
+    };
+    for open in ["0.0.0.0:9464", "[::]:9464", "192.0.2.10:9464"] {
+        let w = with(open);
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("metrics_listen: ")
+                    && w.contains("reachable from the network")),
+            "{open}: {w:?}"
+        );
+    }
+    for local in ["127.0.0.1:9464", "[::1]:9464"] {
+        assert!(with(local).is_empty(), "{local}: {:?}", with(local));
+    }
+}

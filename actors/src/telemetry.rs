@@ -17,12 +17,125 @@
 //! | `msgtrace_broken_rows_total` | counter | `source` | rows delivered flagged `__isBroken` (no readable time or identity, or bytes that were not UTF-8) |
 //! | `msgtrace_poisoned_links_total` | counter | `source` | next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried |
 
-use metrics::{counter, gauge};
+use metrics::{counter, describe_counter, describe_gauge, gauge};
 use msgtrace_storage::JobState;
 
-fn now() -> f64 {
-    let t = chrono::Utc::now();
+/// Whether a metric counts up or goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Only ever increases (Prometheus `counter`).
+    Counter,
+    /// A value that is set (Prometheus `gauge`).
+    Gauge,
+}
+
+/// Every metric this module records: name, kind, and the help text `/metrics` shows as `# HELP`.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "msgtrace_rows_total",
+        Kind::Counter,
+        "events delivered to every sink and checkpointed",
+    ),
+    (
+        "msgtrace_pages_total",
+        Kind::Counter,
+        "pages delivered to every sink and checkpointed",
+    ),
+    (
+        "msgtrace_response_bytes_total",
+        Kind::Counter,
+        "bytes of API response bodies received",
+    ),
+    (
+        "msgtrace_quota_remaining",
+        Kind::Gauge,
+        "requests left in the tenant's budget after the last request (absent until the first one)",
+    ),
+    (
+        "msgtrace_retries_total",
+        Kind::Counter,
+        "API requests retried",
+    ),
+    ("msgtrace_throttled_total", Kind::Counter, "API answers 429"),
+    (
+        "msgtrace_jobs_total",
+        Kind::Counter,
+        "jobs ended, by outcome (state)",
+    ),
+    (
+        "msgtrace_sink_refusals_total",
+        Kind::Counter,
+        "pages a sink refused after its own retries, held to be given again",
+    ),
+    (
+        "msgtrace_last_page_timestamp_seconds",
+        Kind::Gauge,
+        "when the last page was checkpointed, epoch seconds (absent until the first page)",
+    ),
+    (
+        "msgtrace_last_success_timestamp_seconds",
+        Kind::Gauge,
+        "when the last job succeeded, epoch seconds (absent until a success is known)",
+    ),
+    (
+        "msgtrace_broken_rows_total",
+        Kind::Counter,
+        "rows delivered flagged __isBroken (no readable time or identity, or bytes that were not UTF-8)",
+    ),
+    (
+        "msgtrace_poisoned_links_total",
+        Kind::Counter,
+        "next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried",
+    ),
+];
+
+/// The job outcomes `msgtrace_jobs_total` counts (its `state` label).
+const ENDED: [JobState; 4] = [
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Cancelled,
+    JobState::Interrupted,
+];
+
+fn state_label(state: JobState) -> String {
+    format!("{state:?}").to_lowercase()
+}
+
+/// Gives every metric of [`METRICS`] its help text in the installed recorder. Call it after the
+/// recorder is installed (descriptions go to the recorder of the moment).
+pub fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+        }
+    }
+}
+
+/// Creates the counters of `source` at zero, so that they exist from the start (a counter that
+/// appears at its first increment loses that increment to `rate()`). The gauges appear with their
+/// first value: a zero there would be a false reading (no budget left, a page at 1970).
+pub fn register_source(source: &str) {
+    for &(name, kind, _) in METRICS {
+        match kind {
+            Kind::Counter if name == "msgtrace_jobs_total" => {
+                for state in ENDED {
+                    counter!(name, "source" => source.to_owned(), "state" => state_label(state))
+                        .increment(0);
+                }
+            }
+            Kind::Counter => counter!(name, "source" => source.to_owned()).increment(0),
+            Kind::Gauge => {}
+        }
+    }
+}
+
+fn epoch_secs(t: chrono::DateTime<chrono::Utc>) -> f64 {
     t.timestamp() as f64 + f64::from(t.timestamp_subsec_millis()) / 1e3
+}
+
+fn now() -> f64 {
+    epoch_secs(chrono::Utc::now())
 }
 
 /// A page of `rows` events was delivered and checkpointed.
@@ -61,11 +174,18 @@ pub fn page_held(source: &str) {
 
 /// A job ended.
 pub fn job_ended(source: &str, state: JobState) {
-    let label = format!("{state:?}").to_lowercase();
-    counter!("msgtrace_jobs_total", "source" => source.to_owned(), "state" => label).increment(1);
+    counter!("msgtrace_jobs_total", "source" => source.to_owned(), "state" => state_label(state))
+        .increment(1);
     if state == JobState::Succeeded {
-        gauge!("msgtrace_last_success_timestamp_seconds", "source" => source.to_owned()).set(now());
+        last_success(source, chrono::Utc::now());
     }
+}
+
+/// A job of `source` succeeded `at`: as it ends, or, at start, the last success the state
+/// directory remembers (so that the gauge survives a restart).
+pub fn last_success(source: &str, at: chrono::DateTime<chrono::Utc>) {
+    gauge!("msgtrace_last_success_timestamp_seconds", "source" => source.to_owned())
+        .set(epoch_secs(at));
 }
 
 /// Rows of a page were delivered flagged `__isBroken`.

@@ -204,8 +204,19 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// The configuration file's `state_dir` alone (all that `jobs` and `secrets` read), with the
+/// same messages and exit code as [`load`].
+fn load_state_dir(path: &Path) -> Result<PathBuf, ExitCode> {
+    config::load_state_dir(path).map_err(|errors| {
+        for e in &errors.errors {
+            eprintln!("msgtrace: {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
 /// Logging for a configuration: its `log_level`, plus each source's own `log_level` applied to
-/// everything logged inside that source's jobs.
+/// everything logged inside that source's jobs. Then logs the configuration's warnings.
 fn init_config_logging(cfg: &Config) {
     let mut directives = format!(
         "{},actix_server=warn,actix_web=warn",
@@ -217,9 +228,20 @@ fn init_config_logging(cfg: &Config) {
         }
     }
     init_logging(&directives, cfg.log_format == LogFormat::Json);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never when `NO_COLOR` is set to
+/// anything but the empty string (<https://no-color.org>). A file, a pipe or journald gets plain
+/// text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn init_logging(directives: &str, json: bool) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MSGTRACE_LOG").unwrap_or_else(|_| {
         EnvFilter::try_new(directives)
@@ -227,6 +249,10 @@ fn init_logging(directives: &str, json: bool) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -307,6 +333,16 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             for s in cfg.sources.values() {
                 if let Err(e) = engine::source_spec(s, true, access) {
+                    eprintln!("msgtrace: {e}");
+                    bad = true;
+                }
+            }
+            // A taken port may be this configuration's own running msgtrace: a warning. An
+            // address this host cannot listen on at all is an error.
+            if let Some(Err(e)) = cfg.metrics_listen.map(msgtrace::metrics::bind) {
+                if e.error.kind() == std::io::ErrorKind::AddrInUse {
+                    eprintln!("msgtrace: warning: {e}");
+                } else {
                     eprintln!("msgtrace: {e}");
                     bad = true;
                 }
@@ -414,9 +450,6 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             init_config_logging(&cfg);
-            for w in &cfg.warnings {
-                tracing::warn!("{w}");
-            }
             let mode = if once { Mode::Once } else { Mode::Continuous };
             let report = actix_rt::System::new()
                 .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
@@ -442,12 +475,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Secrets { action } => secrets_command(action),
         Command::Jobs { config, json } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
+            let state_dir = match load_state_dir(&config) {
+                Ok(d) => d,
                 Err(code) => return Ok(code),
             };
-            let store = msgtrace::storage::Store::open(&cfg.state_dir)
-                .with_context(|| format!("opening {}", cfg.state_dir.display()))?;
+            let store = msgtrace::storage::Store::open(&state_dir)
+                .with_context(|| format!("opening {}", state_dir.display()))?;
             let jobs = store.jobs(None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -592,8 +625,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Opens the secret store of a configuration's state directory (creating the directory).
 fn open_secrets(config: &Path) -> Result<SecretStore, ExitCode> {
-    let cfg = load(config)?;
-    match Store::open(&cfg.state_dir) {
+    match Store::open(load_state_dir(config)?) {
         Ok(store) => Ok(SecretStore::new(store)),
         Err(e) => {
             eprintln!("msgtrace: {e}");
@@ -683,5 +715,19 @@ fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None), "a file, pipe or journald");
+        assert!(!colour(false, Some("1".into())));
     }
 }

@@ -593,7 +593,44 @@ impl From<ConfigError> for ConfigErrors {
 ///
 /// A missing or unreadable file is a single error whose path is the file name.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    from_str(&read_file(path)?)
+}
+
+/// Reads only `state_dir` from the configuration file at `path`, expanding `${VAR}` in that one
+/// value: what `msgtrace jobs` and `msgtrace secrets` need, so that they work where the
+/// collector's own variables (client secrets...) are not set. The rest of the file is not
+/// validated (its TOML syntax is).
+pub fn load_state_dir(path: &Path) -> Result<PathBuf, ConfigErrors> {
+    state_dir_from_str_with_env(&read_file(path)?, &env::process_env)
+}
+
+/// [`load_state_dir`] of configuration text, looking variables up with `env`.
+///
+/// ```
+/// let toml = "state_dir = \"${DIR}/state\"\n[sources.a.auth]\nclient_secret = \"${UNSET}\"\n";
+/// let dir = msgtrace::config::state_dir_from_str_with_env(toml, &|name| {
+///     (name == "DIR").then(|| "/var/lib/msgtrace".to_string())
+/// });
+/// assert_eq!(dir.unwrap(), std::path::Path::new("/var/lib/msgtrace/state"));
+/// ```
+pub fn state_dir_from_str_with_env(
+    toml: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, ConfigErrors> {
+    let parsed = raw::parse_keeping(toml, env, &|key| key == "state_dir");
+    let errors = parsed.errors;
+    match parsed.raw {
+        Some(raw) if errors.is_empty() => Ok(validate::state_dir(raw.state_dir.as_deref())?),
+        _ => Err(ConfigErrors {
+            errors,
+            warnings: Vec::new(),
+        }),
+    }
+}
+
+/// The text of a configuration file; an unreadable file is one error naming it and the fix.
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound => "check the path given with -c",
             std::io::ErrorKind::PermissionDenied => "make the file readable by this user",
@@ -604,8 +641,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             path.display().to_string(),
             format!("cannot read the configuration file: {e}; {hint}"),
         )
-    })?;
-    from_str(&text)
+    })
 }
 
 /// Parses and validates configuration text, expanding `${VAR}` from the process environment.

@@ -345,14 +345,25 @@ pub(crate) struct Parsed {
 /// Parses TOML text, expands `${VAR}` with `env`, and deserializes into a [`RawConfig`],
 /// collecting every error instead of stopping at the first.
 pub(crate) fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Parsed {
+    parse_keeping(text, env, &|_| true)
+}
+
+/// [`parse`] of only the top-level keys `keep` accepts: the others are dropped before `${VAR}`
+/// expansion, so that neither their variables nor their values are looked at.
+pub(crate) fn parse_keeping(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    keep: &dyn Fn(&str) -> bool,
+) -> Parsed {
     let mut parsed = Parsed::default();
-    let table = match text.parse::<toml::Table>() {
+    let mut table = match text.parse::<toml::Table>() {
         Ok(table) => table,
         Err(e) => {
             parsed.errors.push(syntax_error(text, &e));
             return parsed;
         }
     };
+    table.retain(|key, _| keep(key));
     let mut tree = toml::Value::Table(table);
     env::expand_tree(&mut tree, env, &mut parsed.errors, &mut parsed.expanded);
     parsed.raw = Some(deserialize_collecting(tree, &mut parsed.errors));

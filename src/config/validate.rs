@@ -40,17 +40,10 @@ pub(crate) fn validate_parsed(
         expanded,
     };
 
-    let state_dir = match raw.state_dir.as_deref() {
-        Some(dir) if dir.trim().is_empty() => {
-            cx.error(
-                "state_dir",
-                "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key",
-            );
-            PathBuf::new()
-        }
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from("./msgtrace-state"),
-    };
+    let state_dir = state_dir(raw.state_dir.as_deref()).unwrap_or_else(|e| {
+        cx.errors.push(e);
+        PathBuf::new()
+    });
     let log_level = cx
         .log_level("log_level", raw.log_level.as_deref())
         .unwrap_or(LogLevel::Info);
@@ -71,6 +64,17 @@ pub(crate) fn validate_parsed(
             None
         }
     });
+    if let Some(addr) = metrics_listen.filter(|a| !a.ip().is_loopback()) {
+        let shown = cx.quote("metrics_listen", &addr.to_string());
+        cx.warn(
+            "metrics_listen",
+            format!(
+                "{shown} is not a loopback address: /metrics and /health (source names, job errors) are \
+                 reachable from the network; use 127.0.0.1 unless a scraper on another host needs it, \
+                 and then firewall the port"
+            ),
+        );
+    }
 
     let mut certificates = BTreeMap::new();
     for (name, cert) in &raw.certificates {
@@ -157,6 +161,18 @@ pub(crate) fn validate_parsed(
         sinks,
         warnings: cx.warnings,
     })
+}
+
+/// `state_dir`: the directory given, or the default `./msgtrace-state`.
+pub(crate) fn state_dir(value: Option<&str>) -> Result<PathBuf, ConfigError> {
+    match value {
+        Some(dir) if dir.trim().is_empty() => Err(ConfigError::new(
+            "state_dir",
+            "empty path; set a directory such as \"/var/lib/msgtrace\" or remove the key",
+        )),
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => Ok(PathBuf::from("./msgtrace-state")),
+    }
 }
 
 /// The validation context: what was found so far.
@@ -295,6 +311,24 @@ impl Cx<'_> {
         Some(url)
     }
 
+    /// An http(s) URL that names a server only (scheme, host, port): a path, query or fragment is
+    /// an error whose message ends with `fix` (what the key is, with an example), since the
+    /// program appends its own path to it or ignores what follows the port.
+    fn server_url(&mut self, path: &str, text: &str, fix: &str) -> Option<Url> {
+        let url = self.url(path, text)?;
+        if matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none() {
+            return Some(url);
+        }
+        // Only the part after the host: the value itself may carry a proxy password.
+        let shown = if self.expanded.contains(path) {
+            "the value from the environment has one".to_owned()
+        } else {
+            format!("`{}`", &url[url::Position::BeforePath..])
+        };
+        self.error(path, format!("has a path or query ({shown}); {fix}"));
+        None
+    }
+
     /// A non-negative integer that fits `T`, with its allowed range in the message.
     fn int_in<T: TryFrom<i64>>(
         &mut self,
@@ -394,7 +428,18 @@ impl Cx<'_> {
         let plan = plan.unwrap_or(Plan::Enterprise);
 
         let url = match raw.url.as_deref() {
-            Some(text) => self.url(&at("url"), text),
+            Some(text) => self.url(&at("url"), text).filter(|url| {
+                let bare = matches!(url.path(), "" | "/");
+                if bare {
+                    let shown = self.quote(&at("url"), text);
+                    let example = plan.default_url(api).unwrap_or(GRAPH_URL);
+                    self.error(
+                        &at("url"),
+                        format!("{shown} names a host, not the message trace endpoint; write the full URL, e.g. \"{example}\""),
+                    );
+                }
+                !bare
+            }),
             None if !(api_known && plan_known) => None,
             None => match plan.default_url(api) {
                 Some(default) => Url::parse(default).ok(),
@@ -620,7 +665,14 @@ impl Cx<'_> {
         let proxy_url = raw
             .proxy_url
             .as_deref()
-            .and_then(|text| self.url(&at("proxy_url"), text))
+            .and_then(|text| {
+                self.server_url(
+                    &at("proxy_url"),
+                    text,
+                    "proxy_url is the proxy's scheme, host and port only, e.g. \"http://proxy.example.com:3128\" \
+                     (with user:password@ before the host if it asks for them)",
+                )
+            })
             .map(ProxyUrl);
 
         let auth = match &raw.auth {
@@ -915,9 +967,27 @@ impl Cx<'_> {
             "the application (client) id",
         );
         let login_url = match raw.login_url.as_deref() {
-            Some(text) => self.url(&at("login_url"), text),
+            Some(text) => self.server_url(
+                &at("login_url"),
+                text,
+                "login_url is the authority host only, e.g. \"https://login.microsoftonline.com\": \
+                 msgtrace appends /<tenant_id>/oauth2/v2.0/token (or /oauth2/token) itself",
+            ),
             None => Url::parse(plan.default_login_url()).ok(),
         };
+        let dot_default = raw.resource.as_deref().is_some_and(|r| {
+            r.trim()
+                .trim_end_matches('/')
+                .to_ascii_lowercase()
+                .ends_with("/.default")
+        });
+        if dot_default {
+            self.error(
+                &at("resource"),
+                "ends with /.default, which msgtrace adds itself (v2 asks for scope=<resource>/.default); \
+                 write the audience alone, e.g. \"https://graph.microsoft.com\"",
+            );
+        }
         let resource = match raw.resource.as_deref() {
             Some(r) => self.required(
                 &at("resource"),

@@ -101,6 +101,23 @@ path = {out}
     )
 }
 
+/// The usual Graph scenario in `dir`: state in `dir/state`, output `dir/out.ndjson`, the two
+/// hours before the current one (absolute bounds), 100 rows a page.
+pub fn graph_toml(sim: &SimServer, dir: &Path) -> String {
+    config_toml(
+        sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &dir.join("state"),
+            out: &dir.join("out.ndjson"),
+            start: &hours_ago(3),
+            end: &hours_ago(1),
+            page_size: 100,
+            extra: "",
+        },
+    )
+}
+
 /// Graph sources of the one simulated tenant (OAuth), each `(id, start, end)`, all feeding the
 /// file sink `out`; `extra` goes into every source table. Tests are not throttled unless `extra`
 /// sets a `quota`.
