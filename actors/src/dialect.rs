@@ -573,6 +573,30 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     format!("{}.{ticks:07}Z", t.format("%Y-%m-%dT%H:%M:%S"))
 }
 
+/// One line for a non-200 answer of the API: what happened, where (the URL without its
+/// query), and what to do.
+pub fn explain_status(api: Api, status: u16, body: &[u8], url: &str) -> String {
+    let summary = error_summary(body);
+    let hint = if status == 401 && summary.contains("Service principal-less Authentication failed")
+    {
+        " (the tenant has no service principal for Microsoft's message trace app 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373: create it, e.g. `New-MgServicePrincipal -AppId 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373`, and allow a few hours for provisioning)"
+    } else if status == 401 && api == Api::Reporting {
+        " (the app needs the Office 365 Exchange Online application permission ReportingWebService.Read.All with admin consent, and its service principal an Entra role such as Global Reader or Exchange Administrator)"
+    } else if status == 401 {
+        " (the app needs the Graph application permission ExchangeMessageTrace.Read.All with admin consent)"
+    } else if status == 403 {
+        " (the app is authenticated but not allowed to read message trace: check the API permission, admin consent and role)"
+    } else if status == 429 {
+        " (throttled: Graph allows 100 requests per 5 minutes per tenant)"
+    } else {
+        ""
+    };
+    format!(
+        "HTTP {status} from {}: {summary}{hint}",
+        url.split('?').next().unwrap_or(url)
+    )
+}
+
 /// Summarises a Microsoft error body in one line, for logs and error messages.
 ///
 /// * Graph `{"error":{"code":"BadRequest","message":"…"}}` → `BadRequest: …`
@@ -1222,6 +1246,26 @@ mod tests {
         assert_eq!(Api::Graph.row_identity(&row), None);
         assert_eq!(Api::Graph.row_time(&row), None);
         assert_eq!(Api::Reporting.row_identity(&row), None);
+    }
+
+    #[test]
+    fn explains_service_principal_401() {
+        let body = br#"{"error":{"code":"InvalidAuthenticationToken","message":"Service principal-less Authentication failed: blah"}}"#;
+        let s = explain_status(
+            Api::Graph,
+            401,
+            body,
+            "https://graph.microsoft.com/v1.0/x?$top=1",
+        );
+        assert!(s.contains("8bd644d1-64a1-4d4b-ae52-2e0cbf64e373"), "{s}");
+        assert!(!s.contains("$top"));
+        let s = explain_status(
+            Api::Reporting,
+            401,
+            b"<title>401 - Unauthorized</title>",
+            "https://r/x",
+        );
+        assert!(s.contains("ReportingWebService.Read.All"), "{s}");
     }
 
     #[test]

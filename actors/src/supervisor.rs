@@ -157,8 +157,8 @@ pub struct Supervisor {
     hooks: Vec<crate::hook::Hook>,
     pending_sources: Option<Vec<SourceEntry>>,
     quotas: crate::quota::QuotaRegistry,
-    /// The engine-wide budget of rows between fetch and commit, shared by every fetcher.
-    rows_in_flight: crate::fetcher::RowBudget,
+    /// What every fetcher of this engine shares (the rows-in-flight budget among it).
+    shared: crate::fetcher::Shared,
 }
 
 impl Supervisor {
@@ -189,7 +189,7 @@ impl Supervisor {
             // Fetchers are started in `started`, once the supervisor has an address.
             pending_sources: Some(sources),
             quotas: crate::quota::QuotaRegistry::default(),
-            rows_in_flight: crate::fetcher::RowBudget::new(crate::fetcher::ROWS_IN_FLIGHT),
+            shared: crate::fetcher::Shared::new(crate::fetcher::ROWS_IN_FLIGHT),
         }
     }
 }
@@ -204,7 +204,7 @@ impl Supervisor {
     /// The engine-wide budget of rows between fetch and commit (default
     /// [`crate::fetcher::ROWS_IN_FLIGHT`]; at least 1).
     pub fn with_rows_in_flight(mut self, rows: usize) -> Supervisor {
-        self.rows_in_flight = crate::fetcher::RowBudget::new(rows);
+        self.shared = crate::fetcher::Shared::new(rows);
         self
     }
 
@@ -227,7 +227,7 @@ impl Supervisor {
             supervisor: ctx.address().recipient(),
             page_hook: self.page_hook.clone(),
             hooks: self.hooks.clone(),
-            rows_in_flight: self.rows_in_flight.clone(),
+            shared: self.shared.clone(),
             quota: entry
                 .spec
                 .quota

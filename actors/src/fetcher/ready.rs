@@ -1,0 +1,285 @@
+//! What a parsed page becomes for its sinks: events, pipeline hooks, NDJSON (pure).
+
+use super::*;
+
+/// Makes a parsed page ready on a thread of the blocking pool (pages that must be made in order:
+/// see [`PagePlan::index`]).
+pub(super) async fn make_ready_off_thread(
+    shared: &Shared,
+    plan: Arc<PagePlan>,
+    page: Page,
+    url: &str,
+) -> Result<Ready, Stop> {
+    let source: Arc<str> = Arc::from(url);
+    shared
+        .off_thread(move || make_ready(&plan, page, source))
+        .await
+        .unwrap_or_else(|| Err(Stop::Failed("the engine is stopping".into())))
+}
+
+/// How a page's rows become what its sinks read: fixed for a run of pages (it changes only at a
+/// re-query, which drops the pages fetched ahead), so that the thread that parses a page can
+/// make it ready too ([`make_ready`]).
+pub(super) struct PagePlan {
+    pub(super) api: Api,
+    /// The source id.
+    pub(super) input_id: Arc<str>,
+    /// The source's static fields.
+    pub(super) fields: serde_json::Map<String, serde_json::Value>,
+    /// The slice, for the time filter; `None` when the filter is off.
+    pub(super) filter: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The end instant of a re-query, and the rows delivered at it before the re-query: skipped.
+    pub(super) query_end: Option<DateTime<Utc>>,
+    pub(super) skip: Vec<(String, String)>,
+    pub(super) hooks: Vec<crate::hook::Hook>,
+    pub(super) reads: Reads,
+    /// The identity index (the source re-reads its windows) and the source id: each page is
+    /// checked against the index as committed by the pages before it, so such pages are made
+    /// ready in order, after the page before them is committed, never ahead.
+    pub(super) index: Option<(Store, String)>,
+}
+
+impl PagePlan {
+    pub(super) fn new(env: &FetcherEnv, task: &SliceTask, track: &Progress) -> Arc<PagePlan> {
+        let spec = &env.spec;
+        Arc::new(PagePlan {
+            api: spec.api,
+            input_id: Arc::from(spec.id.as_str()),
+            fields: spec.fields.clone(),
+            filter: (!spec.disable_time_filter).then_some((task.start, task.end)),
+            query_end: track.query_end,
+            skip: track.skip.clone(),
+            hooks: env.hooks.clone(),
+            reads: env.reads,
+            index: spec
+                .window
+                .reread
+                .is_some()
+                .then(|| (env.store.clone(), spec.id.clone())),
+        })
+    }
+}
+
+/// A fetched page: parsed only, or already made ready (with a [`PagePlan`] that allows it).
+pub(super) enum Parsed {
+    Rows(Page),
+    Ready(Result<Ready, Stop>),
+}
+
+impl Parsed {
+    pub(super) fn next_link(&self) -> Option<&url::Url> {
+        match self {
+            Parsed::Rows(page) => page.next_link.as_ref(),
+            Parsed::Ready(Ok(ready)) => ready.next_link.as_ref(),
+            Parsed::Ready(Err(_)) => None,
+        }
+    }
+}
+
+/// A row's identity: trace id and recipient.
+pub(super) type Identity = (String, String);
+
+/// A page ready for its sinks: its batch, and what the job record and the checkpoint need.
+pub(super) struct Ready {
+    /// What the hooks left of the events, encoded for the sinks; `None` when nothing is left.
+    pub(super) batch: Option<Batch>,
+    /// Rows in the page as the API sent them.
+    pub(super) parsed: usize,
+    /// Events built (before the hooks).
+    pub(super) rows: u64,
+    /// Events flagged `__isBroken`: no readable time or identity, or bytes that were not UTF-8.
+    pub(super) broken: u64,
+    /// Rows outside the slice (time filter).
+    pub(super) dropped: u64,
+    /// Rows skipped after a re-query (delivered before it).
+    pub(super) skipped: u64,
+    /// Rows skipped because the identity index has them with the same status.
+    pub(super) known: u64,
+    /// Rows emitted as updates (the identity index has them with another status).
+    pub(super) updates: u64,
+    /// Identity index entries for the rows emitted (only when re-reading is on).
+    pub(super) seen: Vec<SeenEntry>,
+    /// The oldest instant among the rows emitted, and their identities (for re-queries).
+    pub(super) oldest: Option<(DateTime<Utc>, Vec<Identity>)>,
+    /// The page's next link.
+    pub(super) next_link: Option<url::Url>,
+}
+
+/// Turns a parsed page's rows into events (time filter, re-query skips, identity index, `_time`,
+/// static fields), runs the pipeline hooks on them, and encodes them for the sinks that take
+/// NDJSON; when no sink reads the events themselves, they are freed here, on the thread that
+/// allocated them. `source` is the page's URL without query.
+pub(super) fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, Stop> {
+    let api = plan.api;
+    let is_last = page.next_link.is_none();
+    let now = Utc::now();
+    let mut out = Ready {
+        batch: None,
+        parsed: page.rows.len(),
+        rows: 0,
+        broken: 0,
+        dropped: 0,
+        skipped: 0,
+        known: 0,
+        updates: 0,
+        seen: Vec::new(),
+        oldest: None,
+        next_link: page.next_link,
+    };
+    let (rows, repaired) = (page.rows, page.repaired);
+    let mut events = Vec::with_capacity(rows.len());
+    // The oldest rows of the page delivered (indexes into `events`), for re-queries: their
+    // identities are copied once, at the end, not for every row (rows come newest first, so
+    // nearly every row is the oldest so far when it is seen).
+    let mut oldest: Option<(DateTime<Utc>, Vec<usize>)> = None;
+    // Each row becomes its event's fields as it is (moved, not copied).
+    for mut fields in rows {
+        let time = api.row_time(&fields);
+        if let (Some(t), Some((start, end))) = (time, plan.filter) {
+            if t < start || t >= end {
+                out.dropped += 1;
+                continue;
+            }
+        }
+        // A re-query asks up to its end: a row after it was delivered before the re-query (a
+        // server that ignores the filter sends it again).
+        if let (Some(t), Some(end)) = (time, plan.query_end) {
+            if t > end {
+                out.skipped += 1;
+                continue;
+            }
+        }
+        let identity = api.row_identity_ref(&fields);
+        let is_broken = time.is_none()
+            || identity.is_none()
+            || (repaired && fields.values().any(holds_replacement));
+        let mut update = false;
+        if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
+            if !plan.skip.is_empty()
+                && Some(t) == plan.query_end
+                && plan
+                    .skip
+                    .iter()
+                    .any(|(a, b)| a == trace_id && b == recipient)
+            {
+                out.skipped += 1;
+                continue;
+            }
+            if let Some((store, source_id)) = &plan.index {
+                let status = fields
+                    .get(api.status_field())
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let entry = SeenEntry {
+                    time: t,
+                    trace_id: trace_id.to_owned(),
+                    recipient: recipient.to_owned(),
+                    status,
+                };
+                match store
+                    .seen_status(source_id, &entry)
+                    .map_err(|e| Stop::Failed(format!("reading the identity index failed: {e}")))?
+                {
+                    Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
+                        out.known += 1;
+                        continue;
+                    }
+                    Some(_) => update = true,
+                    None => {}
+                }
+                out.seen.push(entry);
+            }
+            let at = events.len();
+            match &mut oldest {
+                Some((o, _)) if t > *o => {}
+                Some((o, at_oldest)) if t == *o => at_oldest.push(at),
+                _ => oldest = Some((t, vec![at])),
+            }
+        }
+        fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
+        if is_broken {
+            out.broken += 1;
+            fields.insert("__isBroken".into(), true.into());
+        }
+        if update {
+            out.updates += 1;
+            fields.insert("_update".into(), true.into());
+        }
+        events.push(Event {
+            fields,
+            meta: EventMeta {
+                input_id: plan.input_id.clone(),
+                source: source.clone(),
+                is_final: false,
+                is_broken,
+            },
+        });
+    }
+    out.oldest = oldest.map(|(t, at)| {
+        let ids = at
+            .into_iter()
+            .filter_map(|i| api.row_identity(&events[i].fields))
+            .collect();
+        (t, ids)
+    });
+    // The static fields last, so that the identities above are the API's, whatever they name.
+    if !plan.fields.is_empty() {
+        for e in &mut events {
+            for (k, v) in &plan.fields {
+                e.fields.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if is_last {
+        if let Some(e) = events.last_mut() {
+            e.meta.is_final = true;
+        }
+    }
+    out.rows = events.len() as u64;
+    if events.is_empty() {
+        return Ok(out);
+    }
+    crate::hook::apply(&plan.hooks, &mut events).map_err(Stop::Failed)?;
+    if events.is_empty() {
+        return Ok(out);
+    }
+    let encoded = plan.reads.ndjson.then(|| Arc::new(Ndjson::encode(&events)));
+    if !plan.reads.events {
+        // Freed here, where they were allocated: nothing reads them.
+        events = Vec::new();
+    }
+    out.batch = Some(Batch {
+        source: plan.input_id.clone(),
+        events: Arc::new(events),
+        encoded,
+    });
+    Ok(out)
+}
+
+/// Whether a value holds U+FFFD, the character a byte that was not UTF-8 became.
+pub(super) fn holds_replacement(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\u{FFFD}'),
+        serde_json::Value::Array(items) => items.iter().any(holds_replacement),
+        serde_json::Value::Object(fields) => fields.values().any(holds_replacement),
+        _ => false,
+    }
+}
+
+pub(super) fn epoch_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn epoch_has_fractions() {
+        let t = DateTime::parse_from_rfc3339("2022-09-05T18:10:13.4907658Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!((epoch_seconds(t) - 1_662_401_413.490_765).abs() < 1e-5);
+    }
+}
