@@ -6,10 +6,12 @@
 //! |---|---|---|
 //! | `checkpoints` | cursor name (the source id, or `backfill/<source>/<id>`) | [`Checkpoint`] |
 //! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
-//! | `meta` | `schema` | the layout version of the directory |
+//! | `meta` | `schema` | the layout version of the directory (checked at open) |
+//! | `sinks` | sink id | [`FileMark`]: how far a file sink wrote its file |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //!
-//! Beside the database, `spool/` keeps the bodies of pages fetched but not yet committed
+//! Beside the database, the marker [`layout::MARKER`] says that the directory holds a database
+//! (so that one emptied or deleted is refused, not silently started over), and `spool/` keeps the bodies of pages fetched but not yet committed
 //! ([`spool`]), so that a restart after a crash does not request them again.
 //!
 //! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod dump;
+pub mod layout;
 pub mod record;
 pub mod spool;
 
@@ -24,13 +27,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use record::{Checkpoint, InFlight, JobKind, JobRecord, JobState, TaskRecord};
+pub use record::{Checkpoint, FileMark, InFlight, JobKind, JobRecord, JobState, TaskRecord};
 pub use spool::Spool;
 
 /// The on-disk layout version written to the `meta` tree.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// What can go wrong with the state directory.
+/// What can go wrong with the state directory. Each is one line saying what failed and what to
+/// do: a disk that is full, a permission, damaged files, another process.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// Another process (usually a running engine) holds sled's exclusive lock.
@@ -39,17 +43,44 @@ pub enum StorageError {
         /// The state directory.
         dir: PathBuf,
     },
-    /// sled failed (I/O error, corruption).
-    #[error("state directory {dir}: {source}")]
+    /// sled failed (I/O error, corruption); see [`describe_sled`].
+    #[error("{}", describe_sled(.dir, .error))]
     Sled {
         /// The state directory.
         dir: PathBuf,
-        /// sled's error.
-        #[source]
-        source: sled::Error,
+        /// sled's error (not a `#[source]`: the message already says what it means).
+        error: sled::Error,
+    },
+    /// An I/O error on the state directory outside sled (creating it, its marker).
+    #[error("{}", layout::IoCause::of(.error).describe(.dir, .error))]
+    Io {
+        /// The state directory.
+        dir: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// `state_dir` names something that is not a directory.
+    #[error("state directory {dir} is not a directory; set state_dir to a directory (msgtrace creates it when missing)")]
+    NotADirectory {
+        /// The path.
+        dir: PathBuf,
+    },
+    /// The directory held a database (its marker says so) but the database is gone or empty.
+    #[error("state directory {dir} held a msgtrace database that is now missing or empty (its files were emptied or deleted), so every checkpoint is lost; restore the directory from a backup, or, to start over on purpose and collect the whole window again, remove the directory (`rm -r {dir}`)")]
+    Lost {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// The directory was written by a newer msgtrace (a layout this build does not know).
+    #[error("state directory {dir} has layout version {found}, newer than this msgtrace reads (up to {SCHEMA_VERSION}); run the msgtrace version that wrote it, or restore a backup made for this version")]
+    NewerLayout {
+        /// The state directory.
+        dir: PathBuf,
+        /// The version found.
+        found: u32,
     },
     /// A stored value could not be decoded.
-    #[error("state directory: record `{key}` in tree `{tree}` cannot be read ({reason}); it was written by an incompatible msgtrace version or is damaged")]
+    #[error("state directory: record `{key}` in tree `{tree}` cannot be read ({reason}); it was written by an incompatible msgtrace version or is damaged: restore the state directory from a backup, or move it aside to start over")]
     Corrupt {
         /// The tree name.
         tree: String,
@@ -58,6 +89,28 @@ pub enum StorageError {
         /// The decode error.
         reason: String,
     },
+}
+
+/// A sled error as one line with its fix: disk full, permission, read-only, damaged files.
+pub fn describe_sled(dir: &Path, e: &sled::Error) -> String {
+    let damaged = |what: &str| {
+        format!(
+            "state directory {} is damaged ({what}); restore it from a backup, or move it aside to start over (the next run then collects the whole window again)",
+            dir.display()
+        )
+    };
+    match e {
+        sled::Error::Io(io) => layout::IoCause::of(io).describe(dir, io),
+        sled::Error::Corruption { at, .. } => match at {
+            Some(at) => damaged(&format!("corrupt data at {at}")),
+            None => damaged("corrupt data"),
+        },
+        // Unreadable `conf` (sled says "created using a sled version earlier than 0.29"), or
+        // one written with other settings.
+        sled::Error::Unsupported(_) => damaged("its database files cannot be read"),
+        sled::Error::ReportableBug(what) => damaged(&format!("sled failed: {what}")),
+        other => format!("state directory {}: {other}", dir.display()),
+    }
 }
 
 /// Result alias for this crate.
@@ -71,6 +124,7 @@ pub struct Store {
     checkpoints: sled::Tree,
     jobs: sled::Tree,
     seen: sled::Tree,
+    sinks: sled::Tree,
     flushes: Arc<FlushGate>,
 }
 
@@ -123,35 +177,73 @@ const CHECKPOINTS: &str = "checkpoints";
 const JOBS: &str = "jobs";
 const SEEN: &str = "seen";
 const META: &str = "meta";
+const SINKS: &str = "sinks";
 
 impl Store {
     /// Opens (or creates) the state directory.
     ///
-    /// Fails with [`StorageError::Locked`] when another process has it open.
+    /// A new directory is created `0700` and its files are kept `0600` ([`layout`]). Refused:
+    /// another process has it open ([`StorageError::Locked`]), it is not a directory, it held a
+    /// database that is gone ([`StorageError::Lost`]), or a newer msgtrace wrote it
+    /// ([`StorageError::NewerLayout`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        let io_err = |error: std::io::Error| StorageError::Io {
+            dir: dir.clone(),
+            error,
+        };
+        match layout::prepare_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StorageError::NotADirectory { dir });
+            }
+            other => other.map_err(io_err)?,
+        };
+        let had_database = layout::has_marker(&dir);
         let db = sled::Config::new()
             .path(&dir)
             .open()
             .map_err(|e| classify_open_error(&dir, e))?;
-        let sled_err = |source| StorageError::Sled {
+        let sled_err = |error| StorageError::Sled {
             dir: dir.clone(),
-            source,
+            error,
         };
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
         let jobs = db.open_tree(JOBS).map_err(sled_err)?;
         let seen = db.open_tree(SEEN).map_err(sled_err)?;
+        let sinks = db.open_tree(SINKS).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
-        if meta.get("schema").map_err(sled_err)?.is_none() {
-            meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
-                .map_err(sled_err)?;
+        match meta.get("schema").map_err(sled_err)? {
+            None if had_database => return Err(StorageError::Lost { dir }),
+            None => {
+                meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+            Some(v) => match std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()) {
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(StorageError::NewerLayout { dir, found })
+                }
+                Some(_) => {}
+                None => {
+                    return Err(StorageError::Corrupt {
+                        tree: META.into(),
+                        key: "schema".into(),
+                        reason: format!("not a version number: {:?}", String::from_utf8_lossy(&v)),
+                    })
+                }
+            },
         }
+        if !had_database {
+            layout::write_marker(&dir, SCHEMA_VERSION).map_err(io_err)?;
+        }
+        layout::restrict_database_files(&dir);
         Ok(Store {
             dir,
             db,
             checkpoints,
             jobs,
             seen,
+            sinks,
             flushes: Arc::default(),
         })
     }
@@ -166,10 +258,10 @@ impl Store {
         Spool::new(&self.dir, name)
     }
 
-    fn sled_err(&self, source: sled::Error) -> StorageError {
+    fn sled_err(&self, error: sled::Error) -> StorageError {
         StorageError::Sled {
             dir: self.dir.clone(),
-            source,
+            error,
         }
     }
 
@@ -393,6 +485,33 @@ impl Store {
         Ok(out)
     }
 
+    /// How far the file sink `sink` wrote its file, as last recorded.
+    pub fn file_mark(&self, sink: &str) -> Result<Option<FileMark>> {
+        match self
+            .sinks
+            .get(sink.as_bytes())
+            .map_err(|e| self.sled_err(e))?
+        {
+            None => Ok(None),
+            Some(bytes) => record::decode_file_mark(&bytes)
+                .map(Some)
+                .map_err(|reason| StorageError::Corrupt {
+                    tree: SINKS.into(),
+                    key: sink.into(),
+                    reason,
+                }),
+        }
+    }
+
+    /// Records how far the file sink `sink` wrote its file (without flushing: the page's commit
+    /// flushes it, or [`Store::flush`]).
+    pub fn set_file_mark(&self, sink: &str, mark: &FileMark) -> Result<()> {
+        self.sinks
+            .insert(sink.as_bytes(), record::encode_file_mark(mark))
+            .map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
     /// The underlying database, for the dump tool.
     pub fn db(&self) -> &sled::Db {
         &self.db
@@ -438,7 +557,7 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> StorageError {
     }
     StorageError::Sled {
         dir: dir.to_path_buf(),
-        source: e,
+        error: e,
     }
 }
 
@@ -534,6 +653,135 @@ mod tests {
         assert!(err
             .to_string()
             .contains("in use by another msgtrace process"));
+    }
+
+    /// Regression (issue 15, defect 7): after `truncate -s 0 db; rm snap.*` the next open
+    /// started an empty database without a word (and collected the whole window again).
+    #[test]
+    fn a_lost_database_is_refused_not_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        {
+            let store = Store::open(&state).unwrap();
+            store.put_raw("secrets", "k", b"v").unwrap();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(state.join("db"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        for e in std::fs::read_dir(&state).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let err = Store::open(&state).unwrap_err();
+        assert!(matches!(err, StorageError::Lost { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("restore") && text.contains("rm -r"), "{text}");
+        assert!(
+            Store::open(&state).is_err(),
+            "still refused the second time"
+        );
+        // Starting over on purpose: remove the directory.
+        std::fs::remove_dir_all(&state).unwrap();
+        Store::open(&state).unwrap();
+    }
+
+    /// Regression (issue 15, defect 7): `SCHEMA_VERSION` was written but never checked.
+    #[test]
+    fn a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_raw(META, "schema", (SCHEMA_VERSION + 1).to_string().as_bytes())
+                .unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::NewerLayout { .. }), "{err}");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// Regression (issue 15, defect 9): damaged sled files said "created using a sled version
+    /// earlier than 0.29" or `backtrace ()`, with no fix.
+    #[test]
+    fn damaged_database_files_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("conf"), [0xff_u8; 64]).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(!err.contains("0.29") && !err.contains("backtrace"), "{err}");
+        assert!(
+            err.contains("damaged") && err.contains("backup") && err.contains("move it aside"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    /// Regression (issue 15, defect 9): sled errors printed their Debug text (`Os { code: 28,
+    /// kind: StorageFull, .. }`), twice through the error chain, with no fix.
+    #[test]
+    fn a_full_disk_is_one_line_with_the_fix() {
+        let full = std::io::Error::from_raw_os_error(28);
+        // sled hands out copies of its I/O errors, their message the Debug text.
+        let copied = std::io::Error::new(full.kind(), format!("{full:?}"));
+        let err = StorageError::Sled {
+            dir: "/var/lib/msgtrace".into(),
+            error: sled::Error::Io(copied),
+        };
+        let text = err.to_string();
+        assert!(text.contains("free space"), "{text}");
+        assert!(!text.contains("Os {"), "{text}");
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "no source: a chain would print the cause again"
+        );
+    }
+
+    /// Regression (issue 15, defect 10): the state directory was created 0755 and the
+    /// database files 0644 (with the umask), though they hold addresses and subjects.
+    #[cfg(unix)]
+    #[test]
+    fn a_new_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        for f in ["db", "conf", layout::MARKER] {
+            assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file).unwrap_err();
+        assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
+    }
+
+    #[test]
+    fn file_marks_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = FileMark {
+            path: "/x/e.ndjson".into(),
+            dev: 1,
+            ino: 2,
+            len: 3,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.file_mark("out").unwrap(), None);
+            store.set_file_mark("out", &mark).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.file_mark("out").unwrap(), Some(mark));
     }
 
     #[test]
