@@ -6,10 +6,10 @@
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::event::Batch;
 use msgtrace_actors::sink::{Sink, SinkError, SinkInput};
+use msgtrace_storage::{FileMark, Store};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use msgtrace_storage::{FileMark, Store};
 
 pub mod http;
 pub use http::HttpSink;
@@ -193,7 +193,9 @@ impl FileSink {
                 .map_err(|e| self.err("cannot create the directory of", e))?;
         }
         let existed = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.file_type().is_symlink() => return Err(self.err("refusing", symlink_refusal(&self.path))),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(self.err("refusing", symlink_refusal(&self.path)))
+            }
             Ok(_) => true,
             Err(_) => false,
         };
@@ -246,7 +248,8 @@ impl FileSink {
             tracing::info!(sink = %self.name, file = %self.path.display(), bytes = meta.len(), "appending to a file this sink did not write; its contents are left as they are");
         }
         let len = f.metadata().map_err(|e| self.err("cannot read", e))?.len();
-        self.newline_first = ends_inside_a_line(&mut f, len).map_err(|e| self.err("cannot read", e))?;
+        self.newline_first =
+            ends_inside_a_line(&mut f, len).map_err(|e| self.err("cannot read", e))?;
         let mark = FileMark {
             path,
             dev,
@@ -511,8 +514,16 @@ mod tests {
         let (mut sink, _store) = sink_with_marks(dir.path(), &path);
         deliver(&mut sink, &page(2)).unwrap();
         let text = std::fs::read(&path).unwrap();
-        assert!(text.starts_with(theirs), "{}", String::from_utf8_lossy(&text));
-        assert_eq!(text[theirs.len()], b'\n', "our first line starts on a new line");
+        assert!(
+            text.starts_with(theirs),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(
+            text[theirs.len()],
+            b'\n',
+            "our first line starts on a new line"
+        );
         let ours: Vec<&[u8]> = text[theirs.len() + 1..].split(|b| *b == b'\n').collect();
         assert_eq!(ours.len(), 3, "two lines and the end");
         for line in &ours[..2] {
@@ -570,7 +581,8 @@ mod tests {
         let (mut sink, _store) = sink_with_marks(dir.path(), &path);
         let err = deliver(&mut sink, &page(1)).unwrap_err();
         assert!(
-            err.message.contains("symbolic link") && err.message.contains("set path to the file itself"),
+            err.message.contains("symbolic link")
+                && err.message.contains("set path to the file itself"),
             "{}",
             err.message
         );

@@ -1257,9 +1257,13 @@ fn file_mode(text: &str) -> Result<u32, &'static str> {
         .then(|| u32::from_str_radix(digits, 8).ok())
         .flatten()
         .filter(|m| *m <= 0o777)
-        .ok_or("is not a file mode; write it in octal, e.g. \"0640\" (owner read-write, group read)")?;
+        .ok_or(
+            "is not a file mode; write it in octal, e.g. \"0640\" (owner read-write, group read)",
+        )?;
     if mode & 0o002 != 0 {
-        return Err("lets every user write the output; drop the write bit for others, e.g. \"0640\"");
+        return Err(
+            "lets every user write the output; drop the write bit for others, e.g. \"0640\"",
+        );
     }
     if mode & 0o600 != 0o600 {
         return Err("must let the owner read and write (the sink appends and repairs the file), e.g. \"0640\"");

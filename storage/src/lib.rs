@@ -219,7 +219,10 @@ impl Store {
                     .map_err(sled_err)?;
                 db.flush().map_err(sled_err)?;
             }
-            Some(v) => match std::str::from_utf8(&v).ok().and_then(|v| v.parse::<u32>().ok()) {
+            Some(v) => match std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+            {
                 Some(found) if found > SCHEMA_VERSION => {
                     return Err(StorageError::NewerLayout { dir, found })
                 }
