@@ -417,7 +417,8 @@ impl Started {
     }
 }
 
-/// Opens the state directory and starts the actors (inside the current actix System), with the
+/// Checks the state directory and the file sinks' paths ([`crate::preflight::check`]), opens the
+/// state directory and starts the actors (inside the current actix System), with the
 /// configured sinks plus `host_sinks`. Nothing is collected until the supervisor is told to.
 pub fn start(
     config: &Config,
@@ -426,6 +427,7 @@ pub fn start(
 ) -> anyhow::Result<Started> {
     msgtrace_actors::http::install_crypto();
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
+    crate::preflight::check(config)?;
     // Its errors name the directory and the fix.
     let store = Store::open(&config.state_dir)?;
     let secrets = SecretStore::new(store.clone());

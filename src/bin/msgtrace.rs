@@ -207,8 +207,10 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 /// Logging for a configuration: its `log_level`, plus each source's own `log_level` applied to
 /// everything logged inside that source's jobs.
 fn init_config_logging(cfg: &Config) {
+    // sled's own log lines ("created using a sled version earlier than 0.29") are replaced by
+    // the state directory's one-line errors.
     let mut directives = format!(
-        "{},actix_server=warn,actix_web=warn",
+        "{},actix_server=warn,actix_web=warn,sled=off",
         cfg.log_level.as_str()
     );
     for s in cfg.sources.values() {
@@ -276,6 +278,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let mut bad = false;
+            if let Err(e) = msgtrace::preflight::check(&cfg) {
+                for problem in &e.problems {
+                    eprintln!("msgtrace: {problem}");
+                }
+                bad = true;
+            }
             // Store secrets are checked when the state directory can be read.
             let uses_store = cfg.sources.values().any(|s| {
                 matches!(
@@ -287,6 +295,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None
             } else if !cfg.state_dir.exists() {
                 Some(SecretStore::absent(&cfg.state_dir))
+            } else if !cfg.state_dir.is_dir() {
+                None // reported above
             } else {
                 match Store::open(&cfg.state_dir) {
                     Ok(store) => Some(SecretStore::new(store)),
@@ -385,10 +395,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             progress.finish();
             let report = match report {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("msgtrace: {e:#}");
-                    return Ok(ExitCode::from(1));
-                }
+                Err(e) => return Ok(report_failure(&e)),
             };
             for (_, job) in &report.jobs {
                 match &job.error {
@@ -422,10 +429,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
             let report = match report {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("msgtrace: {e:#}");
-                    return Ok(ExitCode::from(1));
-                }
+                Err(e) => return Ok(report_failure(&e)),
             };
             for (source, job) in &report.jobs {
                 if let Some(e) = &job.error {
@@ -588,6 +592,19 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Prints the error that stopped the engine, one `msgtrace:` line per line, and picks the exit
+/// code: 2 when the state directory or a file sink's path is unusable (the configuration or
+/// the machine must change), 1 otherwise.
+fn report_failure(e: &anyhow::Error) -> ExitCode {
+    for line in format!("{e:#}").lines() {
+        eprintln!("msgtrace: {line}");
+    }
+    let unusable = e
+        .chain()
+        .any(|c| c.is::<StorageError>() || c.is::<msgtrace::preflight::PreflightError>());
+    ExitCode::from(if unusable { 2 } else { 1 })
 }
 
 /// Opens the secret store of a configuration's state directory (creating the directory).
