@@ -285,7 +285,7 @@ fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions, store: &Store) ->
             FileSink::new(id, path)
                 .with_rotation(*rotate)
                 .with_mode(*mode)
-                .with_marks(store.clone()),
+                .with_marks(store.dir()),
         ),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);

@@ -6,7 +6,8 @@
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::event::Batch;
 use msgtrace_actors::sink::{Sink, SinkError, SinkInput};
-use msgtrace_storage::{FileMark, Store};
+use msgtrace_storage::marks::MarkFile;
+use msgtrace_storage::FileMark;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ fn release_if_large(buf: &mut Vec<u8>) {
 ///
 /// The sink only ever cuts bytes it wrote itself: given the state directory
 /// ([`FileSink::with_marks`]), it records there which file it writes (path, device, inode) and
-/// how long the file was after each acknowledged write ([`FileMark`]). When it opens the file
+/// how long the file was after each acknowledged write ([`FileMark`], in a [`MarkFile`]). When it opens the file
 /// again it cuts a line torn by a crash only past that length, and only in that same file. A
 /// file it did not write (another file now under `path`, or no record) is never shortened; if
 /// its last line has no newline, the sink's first line starts on a new line. `path` must not be
@@ -86,9 +87,9 @@ pub struct FileSink {
     rotate: Option<crate::config::Rotation>,
     /// Mode of a file the sink creates (exactly, whatever the umask).
     mode: u32,
-    /// Where the sink records how far it wrote (the engine's state directory); without it the
-    /// sink never cuts anything.
-    marks: Option<Store>,
+    /// Where the sink records how far it wrote (in the engine's state directory); without it
+    /// the sink never cuts anything.
+    marks: Option<MarkFile>,
     /// The open file's mark: its identity and the length of what is in it.
     mark: Option<FileMark>,
     /// The open file ends in a line the sink did not finish: write a newline first.
@@ -131,10 +132,10 @@ impl FileSink {
         self
     }
 
-    /// Records how far the sink wrote in `store` (the engine's state directory), so that a line
-    /// torn by a crash can be cut when the file is opened again, and nothing else ever is.
-    pub fn with_marks(mut self, store: Store) -> FileSink {
-        self.marks = Some(store);
+    /// Records how far the sink wrote in the state directory `state_dir`, so that a line torn
+    /// by a crash can be cut when the file is opened again, and nothing else ever is.
+    pub fn with_marks(mut self, state_dir: &Path) -> FileSink {
+        self.marks = Some(MarkFile::new(state_dir, &self.name));
         self
     }
 
@@ -182,11 +183,11 @@ impl FileSink {
     }
 
     /// Opens the file when it is not open: refuses a symbolic link, creates a missing file with
-    /// the sink's mode, cuts a line this sink left torn, and records the file's mark. Returns
-    /// whether it opened the file (its mark then needs flushing before anything is written).
-    fn open(&mut self) -> Result<bool, SinkError> {
+    /// the sink's mode, cuts a line this sink left torn, and records the file's mark (on disk
+    /// before anything is written past it).
+    fn open(&mut self) -> Result<(), SinkError> {
         if self.file.is_some() {
-            return Ok(false);
+            return Ok(());
         }
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -232,10 +233,12 @@ impl FileSink {
         }
         let (dev, ino) = file_identity(&meta);
         let path = self.path.to_string_lossy().into_owned();
-        let recorded = match &self.marks {
-            Some(store) => store
-                .file_mark(&self.name)
-                .map_err(|e| self.err("cannot read the record of", e))?,
+        let recorded = match self.marks.as_ref().map(MarkFile::load) {
+            Some(Ok(mark)) => mark,
+            Some(Err(e)) => {
+                tracing::warn!(sink = %self.name, error = %e, "the record of how far the sink wrote cannot be read; nothing is cut from the file");
+                None
+            }
             None => None,
         };
         // Bytes past the recorded length of this same file are the sink's own.
@@ -256,31 +259,24 @@ impl FileSink {
             ino,
             len,
         };
-        if let Some(store) = &self.marks {
-            store
-                .set_file_mark(&self.name, &mark)
+        if let Some(marks) = &self.marks {
+            marks
+                .store(&mark, true)
                 .map_err(|e| self.err("cannot record the length of", e))?;
         }
         self.mark = Some(mark);
         self.file = Some(f);
-        Ok(true)
+        Ok(())
     }
 
-    /// Opens the file (rotating it first when `incoming` bytes would take it past the limit)
-    /// and makes the file's mark durable before anything is written past it.
-    async fn prepare(&mut self, incoming: usize) -> Result<(), SinkError> {
-        let mut opened = self.open()?;
+    /// Opens the file, rotating it first when `incoming` bytes would take it past the limit.
+    fn prepare(&mut self, incoming: usize) -> Result<(), SinkError> {
+        self.open()?;
         if let Some(r) = self.rotate.filter(|_| self.rotation_due(incoming)) {
             if let Err(e) = self.rotate(r.keep) {
                 return Err(self.err("cannot rotate", e));
             }
-            opened = self.open()?;
-        }
-        if let (true, Some(store)) = (opened, &self.marks) {
-            if let Err(e) = store.flush().await {
-                self.file = None;
-                return Err(self.err("cannot record the length of", e));
-            }
+            self.open()?;
         }
         Ok(())
     }
@@ -360,17 +356,12 @@ impl Sink for FileSink {
     }
 
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
-        Box::pin(async move {
-            let mut buf = std::mem::take(&mut self.buf);
-            let bytes = batch.ndjson(&mut buf);
-            let r = match self.prepare(bytes.len()).await {
-                Ok(()) => self.write(bytes),
-                Err(e) => Err(e),
-            };
-            self.buf = buf;
-            release_if_large(&mut self.buf);
-            r
-        })
+        let mut buf = std::mem::take(&mut self.buf);
+        let bytes = batch.ndjson(&mut buf);
+        let r = self.prepare(bytes.len()).and_then(|()| self.write(bytes));
+        self.buf = buf;
+        release_if_large(&mut self.buf);
+        Box::pin(async move { r })
     }
 }
 
@@ -398,10 +389,10 @@ impl FileSink {
         self.newline_first = false;
         let mark = self.mark.as_mut().expect("opened with a mark");
         mark.len += (newline.len() + bytes.len()) as u64;
-        if let Some(store) = &self.marks {
-            // Made durable by the page's commit, which follows the acknowledgement.
-            store
-                .set_file_mark(&self.name, mark)
+        if let Some(marks) = &self.marks {
+            // Not synced: a mark older than the file is safe (only a torn line past it is cut).
+            marks
+                .store(mark, false)
                 .map_err(|e| self.err("cannot record the length of", e))?;
         }
         Ok(())
@@ -432,9 +423,9 @@ mod tests {
     }
 
     /// A sink recording its marks in a state directory under `dir`.
-    fn sink_with_marks(dir: &Path, path: &Path) -> (FileSink, Store) {
-        let store = Store::open(dir.join("state")).unwrap();
-        (FileSink::new("f", path).with_marks(store.clone()), store)
+    fn sink_with_marks(dir: &Path, path: &Path) -> (FileSink, PathBuf) {
+        let state = dir.join("state");
+        (FileSink::new("f", path).with_marks(&state), state)
     }
 
     fn lines_of(path: &Path) -> Vec<serde_json::Value> {
@@ -543,7 +534,7 @@ mod tests {
         let replacement = dir.path().join("other.ndjson");
         std::fs::write(&replacement, b"{\"kept\":1}\n{\"kept\":").unwrap();
         std::fs::rename(&replacement, &path).unwrap();
-        let mut sink = FileSink::new("f", &path).with_marks(store);
+        let mut sink = FileSink::new("f", &path).with_marks(&store);
         deliver(&mut sink, &page(1)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("{\"kept\":1}\n{\"kept\":\n"), "{text}");
@@ -561,7 +552,7 @@ mod tests {
         // The crash: half a line past what was acknowledged.
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"i\":0,\"pa").unwrap();
-        let mut sink = FileSink::new("f", &path).with_marks(store);
+        let mut sink = FileSink::new("f", &path).with_marks(&store);
         deliver(&mut sink, &page(3)).unwrap();
         let lines = lines_of(&path);
         assert_eq!(lines.len(), 1 + 2 + 3, "{lines:?}");
@@ -606,14 +597,14 @@ mod tests {
         assert_eq!(mode(&path), DEFAULT_FILE_MODE);
         let other = dir.path().join("o.ndjson");
         let mut sink = FileSink::new("g", &other)
-            .with_marks(store.clone())
+            .with_marks(&store)
             .with_mode(0o600);
         deliver(&mut sink, &page(1)).unwrap();
         assert_eq!(mode(&other), 0o600);
         let existing = dir.path().join("x.ndjson");
         std::fs::write(&existing, b"").unwrap();
         std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut sink = FileSink::new("h", &existing).with_marks(store);
+        let mut sink = FileSink::new("h", &existing).with_marks(&store);
         deliver(&mut sink, &page(1)).unwrap();
         assert_eq!(mode(&existing), 0o644, "an existing file keeps its mode");
     }

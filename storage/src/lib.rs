@@ -7,11 +7,11 @@
 //! | `checkpoints` | cursor name (the source id, or `backfill/<source>/<id>`) | [`Checkpoint`] |
 //! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
 //! | `meta` | `schema` | the layout version of the directory (checked at open) |
-//! | `sinks` | sink id | [`FileMark`]: how far a file sink wrote its file |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //!
 //! Beside the database, the marker [`layout::MARKER`] says that the directory holds a database
-//! (so that one emptied or deleted is refused, not silently started over), and `spool/` keeps the bodies of pages fetched but not yet committed
+//! (so that one emptied or deleted is refused, not silently started over), `sinks/` how far
+//! each file sink wrote its file ([`marks`]), and `spool/` keeps the bodies of pages fetched but not yet committed
 //! ([`spool`]), so that a restart after a crash does not request them again.
 //!
 //! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
@@ -20,6 +20,7 @@
 
 pub mod dump;
 pub mod layout;
+pub mod marks;
 pub mod record;
 pub mod spool;
 
@@ -124,7 +125,6 @@ pub struct Store {
     checkpoints: sled::Tree,
     jobs: sled::Tree,
     seen: sled::Tree,
-    sinks: sled::Tree,
     flushes: Arc<FlushGate>,
 }
 
@@ -177,7 +177,6 @@ const CHECKPOINTS: &str = "checkpoints";
 const JOBS: &str = "jobs";
 const SEEN: &str = "seen";
 const META: &str = "meta";
-const SINKS: &str = "sinks";
 
 impl Store {
     /// Opens (or creates) the state directory.
@@ -210,7 +209,6 @@ impl Store {
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
         let jobs = db.open_tree(JOBS).map_err(sled_err)?;
         let seen = db.open_tree(SEEN).map_err(sled_err)?;
-        let sinks = db.open_tree(SINKS).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
         match meta.get("schema").map_err(sled_err)? {
             None if had_database => return Err(StorageError::Lost { dir }),
@@ -246,7 +244,6 @@ impl Store {
             checkpoints,
             jobs,
             seen,
-            sinks,
             flushes: Arc::default(),
         })
     }
@@ -486,33 +483,6 @@ impl Store {
             out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
         }
         Ok(out)
-    }
-
-    /// How far the file sink `sink` wrote its file, as last recorded.
-    pub fn file_mark(&self, sink: &str) -> Result<Option<FileMark>> {
-        match self
-            .sinks
-            .get(sink.as_bytes())
-            .map_err(|e| self.sled_err(e))?
-        {
-            None => Ok(None),
-            Some(bytes) => record::decode_file_mark(&bytes)
-                .map(Some)
-                .map_err(|reason| StorageError::Corrupt {
-                    tree: SINKS.into(),
-                    key: sink.into(),
-                    reason,
-                }),
-        }
-    }
-
-    /// Records how far the file sink `sink` wrote its file (without flushing: the page's commit
-    /// flushes it, or [`Store::flush`]).
-    pub fn set_file_mark(&self, sink: &str, mark: &FileMark) -> Result<()> {
-        self.sinks
-            .insert(sink.as_bytes(), record::encode_file_mark(mark))
-            .map_err(|e| self.sled_err(e))?;
-        Ok(())
     }
 
     /// The underlying database, for the dump tool.
@@ -766,25 +736,6 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = Store::open(&file).unwrap_err();
         assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
-    }
-
-    #[test]
-    fn file_marks_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let mark = FileMark {
-            path: "/x/e.ndjson".into(),
-            dev: 1,
-            ino: 2,
-            len: 3,
-        };
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.file_mark("out").unwrap(), None);
-            store.set_file_mark("out", &mark).unwrap();
-            store.flush_blocking().unwrap();
-        }
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.file_mark("out").unwrap(), Some(mark));
     }
 
     #[test]

@@ -264,7 +264,7 @@ fn take_le<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
 }
 
 /// FNV-1a, 64 bits: a file name that stays the same across builds and versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
