@@ -460,6 +460,12 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(e.contains("held a msgtrace database"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
+    for args in [&["jobs", "-c", c][..], &["secrets", "list", "-c", c][..]] {
+        let o = msgtrace(args);
+        let e = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains("held a msgtrace database"), "{args:?}: {e}");
+    }
     assert_eq!(
         std::fs::read_to_string(&out).unwrap().lines().count(),
         collected,
@@ -538,4 +544,24 @@ fn state_and_output_are_private_whatever_the_umask() {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&out), 0o640);
+}
+
+/// Issue 15, defect 10: an existing state directory keeps its mode, but one every user may
+/// enter is warned about at each start, with the fix.
+#[cfg(unix)]
+#[test]
+fn an_existing_state_directory_open_to_everyone_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    let e = text(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains(&format!("chmod 700 {}", state.display())), "{e}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "not changed behind the operator's back");
 }

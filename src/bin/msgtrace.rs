@@ -450,8 +450,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let store = msgtrace::storage::Store::open(&cfg.state_dir)
-                .with_context(|| format!("opening {}", cfg.state_dir.display()))?;
+            let store = match Store::open(&cfg.state_dir) {
+                Ok(store) => store,
+                Err(e) => return Ok(report_failure(&e.into())),
+            };
             let jobs = store.jobs(None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -612,10 +614,7 @@ fn open_secrets(config: &Path) -> Result<SecretStore, ExitCode> {
     let cfg = load(config)?;
     match Store::open(&cfg.state_dir) {
         Ok(store) => Ok(SecretStore::new(store)),
-        Err(e) => {
-            eprintln!("msgtrace: {e}");
-            Err(ExitCode::from(1))
-        }
+        Err(e) => Err(report_failure(&e.into())),
     }
 }
 
