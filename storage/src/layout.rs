@@ -160,11 +160,17 @@ pub fn private_file(path: &Path) -> io::Result<std::fs::File> {
 
 /// Takes group and other access away from the files sled keeps in the state directory (`conf`,
 /// `db`, `snap.*`, the marker) and from its `blobs` directory: sled creates them with the
-/// process umask. Best effort: a file that cannot be changed is left as it is.
+/// process umask. Only in a private directory (`0700` or narrower): where the operator opened
+/// the directory to a group, its files are left as they are. Best effort: a file that cannot be
+/// changed is left as it is.
 pub fn restrict_database_files(dir: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
+        let private = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+        if !private {
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
