@@ -426,8 +426,8 @@ pub fn start(
     host_sinks: Vec<HostSink>,
 ) -> anyhow::Result<Started> {
     msgtrace_actors::http::install_crypto();
-    // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     crate::preflight::check(config)?;
+    // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     // Its errors name the directory and the fix.
     let store = Store::open(&config.state_dir)?;
     let secrets = SecretStore::new(store.clone());

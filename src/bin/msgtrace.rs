@@ -596,9 +596,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints the error that stopped the engine, one `msgtrace:` line per line, and picks the exit
-/// code: 2 when the state directory or a file sink's path is unusable (the configuration or
-/// the machine must change), 1 otherwise.
+/// Prints an error that ends a command, one `msgtrace:` line per line, and picks the exit code:
+/// 2 when the state directory or a file sink's path is unusable (the configuration or the
+/// machine must change), 1 otherwise.
 fn report_failure(e: &anyhow::Error) -> ExitCode {
     for line in format!("{e:#}").lines() {
         eprintln!("msgtrace: {line}");
