@@ -66,8 +66,9 @@ pub enum StorageError {
         /// The path.
         dir: PathBuf,
     },
-    /// The directory held a database (its marker says so) but the database is gone or empty.
-    #[error("state directory {dir} held a msgtrace database that is now missing or empty (its files were emptied or deleted), so every checkpoint is lost; restore the directory from a backup, or, to start over on purpose and collect the whole window again, remove the directory (`rm -r {dir}`)")]
+    /// The directory held a database (its marker says so) but the database is gone or empty
+    /// (sled also opens a database whose first segment is damaged as an empty one).
+    #[error("state directory {dir} held a msgtrace database that is now missing, empty or unreadable (its files were emptied, deleted or damaged), so every checkpoint is lost; restore the directory from a backup, or, to start over on purpose and collect the whole window again, remove the directory (`rm -r {dir}`)")]
     Lost {
         /// The state directory.
         dir: PathBuf,
@@ -660,6 +661,20 @@ mod tests {
         // Starting over on purpose: remove the directory.
         std::fs::remove_dir_all(&state).unwrap();
         Store::open(&state).unwrap();
+    }
+
+    /// sled opens a database whose first bytes are damaged as an empty one: that is refused
+    /// too, not started over.
+    #[test]
+    fn a_database_damaged_at_its_start_is_refused_not_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes.iter_mut().take(64).for_each(|b| *b ^= 0x5a);
+        std::fs::write(&db, &bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Lost { .. }), "{err}");
     }
 
     /// Regression (issue 15, defect 7): `SCHEMA_VERSION` was written but never checked.
