@@ -565,3 +565,27 @@ fn an_existing_state_directory_open_to_everyone_is_warned_about() {
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "not changed behind the operator's back");
 }
+
+/// Regression (issue 15, defect 6): an output file the sink did not write, whose last line had
+/// no newline, lost that line at the first run ("cut a partial last line left by an
+/// interrupted write").
+#[test]
+fn an_existing_output_file_loses_no_byte() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let theirs = "kept by the operator\nthe last line, no newline";
+    std::fs::write(&out, theirs).unwrap();
+    let cfg = write_config(&sim, dir.path(), &dir.path().join("state"), &out);
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&out).unwrap();
+    let ours = written
+        .strip_prefix(theirs)
+        .and_then(|rest| rest.strip_prefix('\n'))
+        .unwrap_or_else(|| panic!("the file's own bytes, then a newline: {written:?}"));
+    assert!(!ours.is_empty());
+    for line in ours.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}
