@@ -279,10 +279,15 @@ fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors:
 }
 
 /// Builds the sink for a sink configuration.
-fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions) -> Box<dyn Sink> {
+fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions, store: &Store) -> Box<dyn Sink> {
     match kind {
         SinkKind::Stdout => Box::new(StdoutSink::new(id)),
-        SinkKind::File { path, rotate } => Box::new(FileSink::new(id, path).with_rotation(*rotate)),
+        SinkKind::File { path, rotate, mode } => Box::new(
+            FileSink::new(id, path)
+                .with_rotation(*rotate)
+                .with_mode(*mode)
+                .with_marks(store.dir()),
+        ),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);
             Box::new(match &opts.sink_retry {
@@ -416,7 +421,8 @@ impl Started {
     }
 }
 
-/// Opens the state directory and starts the actors (inside the current actix System), with the
+/// Checks the state directory and the file sinks' paths ([`crate::preflight::check`]), opens the
+/// state directory and starts the actors (inside the current actix System), with the
 /// configured sinks plus `host_sinks`. Nothing is collected until the supervisor is told to.
 pub fn start(
     config: &Config,
@@ -424,9 +430,10 @@ pub fn start(
     host_sinks: Vec<HostSink>,
 ) -> anyhow::Result<Started> {
     msgtrace_actors::http::install_crypto();
+    crate::preflight::check(config)?;
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
-    let store = Store::open(&config.state_dir)
-        .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+    // Its errors name the directory and the fix.
+    let store = Store::open(&config.state_dir)?;
     let secrets = SecretStore::new(store.clone());
     let mut sources = Vec::new();
     let mut errors = Vec::new();
@@ -478,7 +485,7 @@ pub fn start(
     let configured = config.sinks.values().map(|s| {
         (
             s.id.clone(),
-            build_sink(&s.id, &s.kind, opts),
+            build_sink(&s.id, &s.kind, opts, &store),
             s.inputs.clone(),
         )
     });

@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML model (raw, then validated with every error at once).
 //! - [`engine`]: builds the actors from a configuration and runs them.
 //! - [`sinks`]: the built-in `stdout`, `file` and `http` sinks.
+//! - [`preflight`]: checks of the state directory and file sink paths before a run.
 //! - [`normalize`]: `normalize = "ecs"`, rows mapped to Elastic Common Schema names.
 //! - [`secrets`]: the encrypted secret store (`msgtrace secrets`, `oauth_secret`, `basic_secret`).
 //! - [`simulator`]: the simulated tenant (token endpoints, Graph, Reporting Web Service).
@@ -91,6 +92,7 @@ pub mod embed;
 pub mod engine;
 pub mod metrics;
 pub mod normalize;
+pub mod preflight;
 pub mod progress;
 pub mod secrets;
 pub mod simulator;

@@ -6,6 +6,8 @@
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::event::Batch;
 use msgtrace_actors::sink::{Sink, SinkError, SinkInput};
+use msgtrace_storage::marks::MarkFile;
+use msgtrace_storage::FileMark;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -69,16 +71,36 @@ fn release_if_large(buf: &mut Vec<u8>) {
 }
 
 /// NDJSON appended to a file.
+///
+/// The sink only ever cuts bytes it wrote itself: given the state directory
+/// ([`FileSink::with_marks`]), it records there which file it writes (path, device, inode) and
+/// how long the file was after each acknowledged write ([`FileMark`], in a [`MarkFile`]). When it opens the file
+/// again it cuts a line torn by a crash only past that length, and only in that same file. A
+/// file it did not write (another file now under `path`, or no record) is never shortened; if
+/// its last line has no newline, the sink's first line starts on a new line. `path` must not be
+/// a symbolic link: the sink refuses to write through one.
 pub struct FileSink {
     name: String,
     path: PathBuf,
     file: Option<File>,
     fsync: bool,
     rotate: Option<crate::config::Rotation>,
+    /// Mode of a file the sink creates (exactly, whatever the umask).
+    mode: u32,
+    /// Where the sink records how far it wrote (in the engine's state directory); without it
+    /// the sink never cuts anything.
+    marks: Option<MarkFile>,
+    /// The open file's mark: its identity and the length of what is in it.
+    mark: Option<FileMark>,
+    /// The open file ends in a line the sink did not finish: write a newline first.
+    newline_first: bool,
     /// The NDJSON of a page not encoded by the fetcher, kept for the next page (see
     /// [`Batch::ndjson`]).
     buf: Vec<u8>,
 }
+
+/// Mode of the files a file sink creates unless configured (`mode`): owner and group read.
+pub const DEFAULT_FILE_MODE: u32 = 0o640;
 
 impl FileSink {
     /// A file sink with this id writing to `path`. The file is opened on first delivery.
@@ -89,6 +111,10 @@ impl FileSink {
             file: None,
             fsync: true,
             rotate: None,
+            mode: DEFAULT_FILE_MODE,
+            marks: None,
+            mark: None,
+            newline_first: false,
             buf: Vec::new(),
         }
     }
@@ -99,27 +125,40 @@ impl FileSink {
         self
     }
 
-    /// Renames the live file to `path.1` (shifting older ones, dropping the oldest) when
-    /// `incoming` more bytes would take it past the limit. A page is never split.
-    fn rotate_if_needed(&mut self, incoming: usize) -> std::io::Result<()> {
-        let Some(r) = self.rotate else {
-            return Ok(());
-        };
-        let len = match std::fs::metadata(&self.path) {
-            Ok(m) => m.len(),
-            Err(_) => return Ok(()),
-        };
-        if len == 0 || len + incoming as u64 <= r.max_bytes {
-            return Ok(());
+    /// The mode of files the sink creates (default [`DEFAULT_FILE_MODE`]); an existing file
+    /// keeps its own.
+    pub fn with_mode(mut self, mode: u32) -> FileSink {
+        self.mode = mode;
+        self
+    }
+
+    /// Records how far the sink wrote in the state directory `state_dir`, so that a line torn
+    /// by a crash can be cut when the file is opened again, and nothing else ever is.
+    pub fn with_marks(mut self, state_dir: &Path) -> FileSink {
+        self.marks = Some(MarkFile::new(state_dir, &self.name));
+        self
+    }
+
+    /// Whether `incoming` more bytes would take the open file past the rotation limit.
+    fn rotation_due(&self, incoming: usize) -> bool {
+        match (self.rotate, &self.mark) {
+            (Some(r), Some(m)) => m.len > 0 && m.len + incoming as u64 > r.max_bytes,
+            _ => false,
         }
+    }
+
+    /// Renames the live file to `path.1` (shifting older ones, dropping the oldest). A page is
+    /// never split.
+    fn rotate(&mut self, keep: u32) -> std::io::Result<()> {
         self.file = None;
+        self.mark = None;
         let rotated = |n: u32| {
             let mut p = self.path.clone().into_os_string();
             p.push(format!(".{n}"));
             PathBuf::from(p)
         };
-        let _ = std::fs::remove_file(rotated(r.keep));
-        for n in (1..r.keep).rev() {
+        let _ = std::fs::remove_file(rotated(keep));
+        for n in (1..keep).rev() {
             if rotated(n).exists() {
                 std::fs::rename(rotated(n), rotated(n + 1))?;
             }
@@ -136,43 +175,157 @@ impl FileSink {
         self
     }
 
-    fn err(&self, what: &str, e: std::io::Error) -> SinkError {
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> SinkError {
         SinkError {
             sink: self.name.clone(),
             message: format!("{what} {}: {e}", self.path.display()),
         }
     }
 
-    fn open(&mut self) -> Result<&mut File, SinkError> {
-        if self.file.is_none() {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| self.err("cannot create the directory of", e))?;
-            }
-            let mut f = OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(|e| self.err("cannot open", e))?;
-            repair_torn_tail(&mut f).map_err(|e| self.err("cannot repair the end of", e))?;
-            self.file = Some(f);
+    /// Opens the file when it is not open: refuses a symbolic link, creates a missing file with
+    /// the sink's mode, cuts a line this sink left torn, and records the file's mark (on disk
+    /// before anything is written past it).
+    fn open(&mut self) -> Result<(), SinkError> {
+        if self.file.is_some() {
+            return Ok(());
         }
-        Ok(self.file.as_mut().expect("opened above"))
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| self.err("cannot create the directory of", e))?;
+        }
+        let existed = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(self.err("refusing", symlink_refusal(&self.path)))
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        let mut options = OpenOptions::new();
+        options.create(true).read(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // A link put there after the check above is refused too (ELOOP).
+            options.mode(self.mode).custom_flags(libc::O_NOFOLLOW);
+        }
+        let mut f = options
+            .open(&self.path)
+            .map_err(|e| self.err("cannot open", e))?;
+        let meta = f.metadata().map_err(|e| self.err("cannot read", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if !existed {
+                // Exactly the configured mode: the umask may have taken bits away or not.
+                f.set_permissions(std::fs::Permissions::from_mode(self.mode))
+                    .map_err(|e| self.err("cannot set the mode of", e))?;
+            } else if mode & !self.mode & 0o077 != 0 {
+                tracing::warn!(
+                    sink = %self.name,
+                    file = %self.path.display(),
+                    mode = format!("{mode:04o}"),
+                    "the output file is more open than the sink's mode and holds message trace data; restrict it with `chmod {:o} {}`",
+                    self.mode,
+                    self.path.display()
+                );
+            }
+        }
+        let (dev, ino) = file_identity(&meta);
+        let path = self.path.to_string_lossy().into_owned();
+        let recorded = match self.marks.as_ref().map(MarkFile::load) {
+            Some(Ok(mark)) => mark,
+            Some(Err(e)) => {
+                tracing::warn!(sink = %self.name, error = %e, "the record of how far the sink wrote cannot be read; nothing is cut from the file");
+                None
+            }
+            None => None,
+        };
+        // Bytes past the recorded length of this same file are the sink's own.
+        let own_from = recorded
+            .filter(|m| m.path == path && m.dev == dev && m.ino == ino && m.len <= meta.len())
+            .map(|m| m.len);
+        if let Some(from) = own_from {
+            repair_torn_tail(&mut f, from).map_err(|e| self.err("cannot repair the end of", e))?;
+        } else if meta.len() > 0 {
+            tracing::info!(sink = %self.name, file = %self.path.display(), bytes = meta.len(), "appending to a file this sink did not write; its contents are left as they are");
+        }
+        let len = f.metadata().map_err(|e| self.err("cannot read", e))?.len();
+        self.newline_first =
+            ends_inside_a_line(&mut f, len).map_err(|e| self.err("cannot read", e))?;
+        let mark = FileMark {
+            path,
+            dev,
+            ino,
+            len,
+        };
+        if let Some(marks) = &self.marks {
+            marks
+                .store(&mark, true)
+                .map_err(|e| self.err("cannot record the length of", e))?;
+        }
+        self.mark = Some(mark);
+        self.file = Some(f);
+        Ok(())
+    }
+
+    /// Opens the file, rotating it first when `incoming` bytes would take it past the limit.
+    fn prepare(&mut self, incoming: usize) -> Result<(), SinkError> {
+        self.open()?;
+        if let Some(r) = self.rotate.filter(|_| self.rotation_due(incoming)) {
+            if let Err(e) = self.rotate(r.keep) {
+                return Err(self.err("cannot rotate", e));
+            }
+            self.open()?;
+        }
+        Ok(())
     }
 }
 
-/// A crash in the middle of a write can leave a partial last line. Cut the file back to its last
-/// complete line: that page was not acknowledged, so it is delivered again whole.
-pub fn repair_torn_tail(f: &mut File) -> std::io::Result<()> {
-    let len = f.metadata()?.len();
+/// Why a symbolic link is refused as a file sink's path, and what to do.
+pub fn symlink_refusal(path: &Path) -> String {
+    let target = std::fs::canonicalize(path)
+        .map(|t| format!(" ({})", t.display()))
+        .unwrap_or_default();
+    format!(
+        "path is a symbolic link: the file sink does not write through links, it could damage a file it does not own; set path to the file itself{target}",
+    )
+}
+
+#[cfg(unix)]
+fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn file_identity(_m: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
+/// Whether a file of length `len` ends inside a line (its last byte is not a newline).
+fn ends_inside_a_line(f: &mut File, len: u64) -> std::io::Result<bool> {
     if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))?;
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// A crash in the middle of a write can leave a partial last line. Cut the file back to its last
+/// complete line, but never before `from` (where the sink's own bytes begin): that page was not
+/// acknowledged, so it is delivered again whole.
+pub fn repair_torn_tail(f: &mut File, from: u64) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    if len <= from {
         return Ok(());
     }
     let mut pos = len;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let start = pos.saturating_sub(buf.len() as u64);
+        let start = pos.saturating_sub(buf.len() as u64).max(from);
         let n = (pos - start) as usize;
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut buf[..n])?;
@@ -183,8 +336,8 @@ pub fn repair_torn_tail(f: &mut File) -> std::io::Result<()> {
             f.set_len(start + i as u64 + 1)?;
             break;
         }
-        if start == 0 {
-            f.set_len(0)?;
+        if start == from {
+            f.set_len(from)?;
             break;
         }
         pos = start;
@@ -204,7 +357,8 @@ impl Sink for FileSink {
 
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
         let mut buf = std::mem::take(&mut self.buf);
-        let r = self.write(batch.ndjson(&mut buf));
+        let bytes = batch.ndjson(&mut buf);
+        let r = self.prepare(bytes.len()).and_then(|()| self.write(bytes));
         self.buf = buf;
         release_if_large(&mut self.buf);
         Box::pin(async move { r })
@@ -212,68 +366,87 @@ impl Sink for FileSink {
 }
 
 impl FileSink {
-    /// Appends `bytes` (whole lines), rotating first when due, then `fsync`s them unless told not
-    /// to.
+    /// Appends `bytes` (whole lines) to the open file, after a newline when the file ends
+    /// inside a line not the sink's, `fsync`s them unless told not to, and records the new
+    /// length.
     fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        if let Err(e) = self.rotate_if_needed(bytes.len()) {
-            return Err(self.err("cannot rotate", e));
-        }
         let fsync = self.fsync;
-        let r = self.open().and_then(|f| {
-            f.write_all(bytes)
-                .and_then(|()| f.flush())
-                .and_then(|()| if fsync { f.sync_data() } else { Ok(()) })
-                .map_err(|e| e.to_string())
-                .map_err(|e| SinkError {
-                    sink: String::new(),
-                    message: e,
-                })
-        });
-        let r = r.map_err(|mut e| {
-            if e.sink.is_empty() {
-                e.sink = self.name.clone();
-                e.message = format!("writing {} failed: {}", self.path.display(), e.message);
-            }
-            e
-        });
-        if r.is_err() {
+        let newline: &[u8] = if self.newline_first { b"\n" } else { b"" };
+        let f = self.file.as_mut().expect("opened by prepare");
+        let r = f
+            .write_all(newline)
+            .and_then(|()| f.write_all(bytes))
+            .and_then(|()| f.flush())
+            .and_then(|()| if fsync { f.sync_data() } else { Ok(()) });
+        if let Err(e) = r {
             // Reopen next time: the failed write may have left a partial line to repair.
             self.file = None;
+            return Err(SinkError {
+                sink: self.name.clone(),
+                message: format!("writing {} failed: {e}", self.path.display()),
+            });
         }
-        r
+        self.newline_first = false;
+        let mark = self.mark.as_mut().expect("opened with a mark");
+        mark.len += (newline.len() + bytes.len()) as u64;
+        if let Some(marks) = &self.marks {
+            // Not synced: a mark older than the file is safe (only a torn line past it is cut).
+            marks
+                .store(mark, false)
+                .map_err(|e| self.err("cannot record the length of", e))?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use msgtrace_actors::event::Event;
+    use std::sync::Arc;
+
+    /// A page of `n` events of about 50 bytes each.
+    fn page(n: usize) -> Batch {
+        let events = (0..n)
+            .map(|i| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("i".into(), (i as u64).into());
+                fields.insert("pad".into(), "x".repeat(30).into());
+                Event::new(fields, Arc::from("s"), Arc::from("u"))
+            })
+            .collect();
+        Batch::new(Arc::from("s"), events)
+    }
+
+    fn deliver(sink: &mut FileSink, batch: &Batch) -> Result<(), SinkError> {
+        actix_rt::System::new().block_on(sink.deliver(batch))
+    }
+
+    /// A sink recording its marks in a state directory under `dir`.
+    fn sink_with_marks(dir: &Path, path: &Path) -> (FileSink, PathBuf) {
+        let state = dir.join("state");
+        (FileSink::new("f", path).with_marks(&state), state)
+    }
+
+    fn lines_of(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
 
     #[test]
     fn rotation_by_size_never_splits_a_page_and_keeps_n_files() {
-        use msgtrace_actors::event::Event;
-        use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ndjson");
-        let mut sink = FileSink::new("f", &path).with_rotation(Some(crate::config::Rotation {
+        let (sink, _store) = sink_with_marks(dir.path(), &path);
+        let mut sink = sink.with_rotation(Some(crate::config::Rotation {
             max_bytes: 250,
             keep: 2,
         }));
-        let page = |n: usize| {
-            let events = (0..n)
-                .map(|i| {
-                    let mut fields = serde_json::Map::new();
-                    fields.insert("i".into(), (i as u64).into());
-                    fields.insert("pad".into(), "x".repeat(30).into());
-                    Event::new(fields, Arc::from("s"), Arc::from("u"))
-                })
-                .collect();
-            Batch::new(Arc::from("s"), events)
-        };
-        let block = |f: LocalBoxFuture<'_, Result<(), SinkError>>| {
-            actix_rt::System::new().block_on(f).unwrap()
-        };
         for _ in 0..6 {
-            block(sink.deliver(&page(3)));
+            deliver(&mut sink, &page(3)).unwrap();
         }
         let lines = |p: &Path| {
             std::fs::read_to_string(p)
@@ -297,13 +470,142 @@ mod tests {
         let p = dir.path().join("x.ndjson");
         std::fs::write(&p, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
         let mut f = OpenOptions::new().read(true).append(true).open(&p).unwrap();
-        repair_torn_tail(&mut f).unwrap();
+        repair_torn_tail(&mut f, 0).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
-        repair_torn_tail(&mut f).unwrap();
+        repair_torn_tail(&mut f, 0).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
         std::fs::write(&p, b"partial").unwrap();
         let mut f = OpenOptions::new().read(true).append(true).open(&p).unwrap();
-        repair_torn_tail(&mut f).unwrap();
+        repair_torn_tail(&mut f, 0).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"");
+    }
+
+    #[test]
+    fn torn_tail_is_never_cut_before_the_sinks_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.ndjson");
+        // 8 bytes not ours (a line without its newline), then ours: a newline and a torn line.
+        std::fs::write(&p, b"theirs 1\n{\"c\":").unwrap();
+        let mut f = OpenOptions::new().read(true).append(true).open(&p).unwrap();
+        repair_torn_tail(&mut f, 8).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"theirs 1\n");
+        std::fs::write(&p, b"theirs 1{\"c\":").unwrap();
+        repair_torn_tail(&mut f, 8).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"theirs 1");
+    }
+
+    /// Regression (issue 15, defect 6): a file the sink did not write, whose last line had no
+    /// newline, lost that line ("cut a partial last line left by an interrupted write").
+    #[test]
+    fn a_file_the_sink_did_not_write_loses_no_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let theirs = b"an operator's line\nand one without its newline";
+        std::fs::write(&path, theirs).unwrap();
+        let (mut sink, _store) = sink_with_marks(dir.path(), &path);
+        deliver(&mut sink, &page(2)).unwrap();
+        let text = std::fs::read(&path).unwrap();
+        assert!(
+            text.starts_with(theirs),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(
+            text[theirs.len()],
+            b'\n',
+            "our first line starts on a new line"
+        );
+        let ours: Vec<&[u8]> = text[theirs.len() + 1..].split(|b| *b == b'\n').collect();
+        assert_eq!(ours.len(), 3, "two lines and the end");
+        for line in &ours[..2] {
+            serde_json::from_slice::<serde_json::Value>(line).unwrap();
+        }
+    }
+
+    /// Regression (issue 15, defect 6): the mark belongs to one file; another file put under
+    /// the same path (a restore, a rename) is not the sink's and is not cut.
+    #[test]
+    fn another_file_under_the_same_path_is_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (mut sink, store) = sink_with_marks(dir.path(), &path);
+        deliver(&mut sink, &page(2)).unwrap();
+        drop(sink);
+        let replacement = dir.path().join("other.ndjson");
+        std::fs::write(&replacement, b"{\"kept\":1}\n{\"kept\":").unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        let mut sink = FileSink::new("f", &path).with_marks(&store);
+        deliver(&mut sink, &page(1)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"kept\":1}\n{\"kept\":\n"), "{text}");
+    }
+
+    /// What the sink wrote and a crash tore is still cut when it opens the file again.
+    #[test]
+    fn a_line_the_sink_left_torn_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        std::fs::write(&path, b"{\"theirs\":1}\n").unwrap();
+        let (mut sink, store) = sink_with_marks(dir.path(), &path);
+        deliver(&mut sink, &page(2)).unwrap();
+        drop(sink);
+        // The crash: half a line past what was acknowledged.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"i\":0,\"pa").unwrap();
+        let mut sink = FileSink::new("f", &path).with_marks(&store);
+        deliver(&mut sink, &page(3)).unwrap();
+        let lines = lines_of(&path);
+        assert_eq!(lines.len(), 1 + 2 + 3, "{lines:?}");
+        assert_eq!(lines[0]["theirs"], 1);
+    }
+
+    /// Regression (issue 15, defect 6): the sink followed a symbolic link `path` to a file it
+    /// did not own, and cut that file's last line.
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_path_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("important.log");
+        std::fs::write(&target, b"line 1\nline 2 without newline").unwrap();
+        let path = dir.path().join("e.ndjson");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let (mut sink, _store) = sink_with_marks(dir.path(), &path);
+        let err = deliver(&mut sink, &page(1)).unwrap_err();
+        assert!(
+            err.message.contains("symbolic link")
+                && err.message.contains("set path to the file itself"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"line 1\nline 2 without newline"
+        );
+    }
+
+    /// Regression (issue 15, defect 10): output files were created 0644 (the umask), though
+    /// they hold addresses and subjects.
+    #[cfg(unix)]
+    #[test]
+    fn created_files_get_the_sinks_mode_and_existing_ones_keep_theirs() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (mut sink, store) = sink_with_marks(dir.path(), &path);
+        deliver(&mut sink, &page(1)).unwrap();
+        assert_eq!(mode(&path), DEFAULT_FILE_MODE);
+        let other = dir.path().join("o.ndjson");
+        let mut sink = FileSink::new("g", &other)
+            .with_marks(&store)
+            .with_mode(0o600);
+        deliver(&mut sink, &page(1)).unwrap();
+        assert_eq!(mode(&other), 0o600);
+        let existing = dir.path().join("x.ndjson");
+        std::fs::write(&existing, b"").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut sink = FileSink::new("h", &existing).with_marks(&store);
+        deliver(&mut sink, &page(1)).unwrap();
+        assert_eq!(mode(&existing), 0o644, "an existing file keeps its mode");
     }
 }

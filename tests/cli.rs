@@ -509,3 +509,211 @@ fn demo_refuses_bad_options_before_touching_the_output() {
         );
     }
 }
+
+/// A configuration of one source against `sim` with its state and output under `dir`.
+fn write_config(
+    sim: &msgtrace::simulator::SimServer,
+    dir: &std::path::Path,
+    state: &std::path::Path,
+    out: &std::path::Path,
+) -> std::path::PathBuf {
+    let cfg = dir.join("c.toml");
+    let toml = config_toml(
+        sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: state,
+            out,
+            start: "-3h@h",
+            end: "-1h@h",
+            page_size: 100,
+            extra: "",
+        },
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    cfg
+}
+
+/// Regression (issue 15, defect 9): `validate` accepted a `state_dir` that is not a directory
+/// and a file sink whose directory cannot be created; `run` then failed with exit 1.
+#[test]
+fn an_unusable_state_dir_or_sink_path_is_a_configuration_error() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let cfg = write_config(&sim, dir.path(), &file, &file.join("out/e.ndjson"));
+    let c = cfg.to_str().unwrap();
+    for args in [&["validate", "-c", c][..], &["run", "--once", "-c", c][..]] {
+        let o = msgtrace(args);
+        let e = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(
+            e.contains("msgtrace: state_dir:") && e.contains("is not a directory"),
+            "{args:?}: {e}"
+        );
+        assert!(
+            e.contains("msgtrace: sinks.out.path:") && e.contains("is a file, not a directory"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+/// Regression (issue 15, defect 7): after `truncate -s 0 state/db; rm state/snap.*` the next
+/// run started an empty database without a word and collected the whole window again.
+#[test]
+fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let c = cfg.to_str().unwrap();
+    let o = msgtrace(&["run", "--once", "-c", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let collected = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert!(collected > 0);
+    std::fs::File::options()
+        .write(true)
+        .open(state.join("db"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let o = msgtrace(&["run", "--once", "-c", c]);
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("held a msgtrace database"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    for args in [&["jobs", "-c", c][..], &["secrets", "list", "-c", c][..]] {
+        let o = msgtrace(args);
+        let e = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains("held a msgtrace database"), "{args:?}: {e}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        collected,
+        "nothing collected again"
+    );
+}
+
+/// Regression (issue 15, defect 9): damaged sled files said "created using a sled version
+/// earlier than 0.29" (or `backtrace ()`), with no fix, and exited 1.
+#[test]
+fn a_damaged_state_directory_is_one_line_with_the_fix_and_exit_2() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    let cfg = write_config(&sim, dir.path(), &state, &out);
+    drop(msgtrace::storage::Store::open(&state).unwrap());
+    std::fs::write(state.join("conf"), [0xff_u8; 64]).unwrap();
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("is damaged") && e.contains("backup"), "{e}");
+    assert!(!e.contains("0.29") && !e.contains("IO error"), "{e}");
+}
+
+/// Regression (issue 15, defect 6): with `path` a symlink to a file whose last line had no
+/// newline, the sink followed the link and cut that line.
+#[cfg(unix)]
+#[test]
+fn a_symlinked_sink_path_is_refused_and_the_linked_file_untouched() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("notes.txt");
+    std::fs::write(&target, b"line one\nline two, no newline").unwrap();
+    let out = dir.path().join("out.ndjson");
+    std::os::unix::fs::symlink(&target, &out).unwrap();
+    let cfg = write_config(&sim, dir.path(), &dir.path().join("state"), &out);
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    let e = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("sinks.out.path:") && e.contains("symbolic link"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"line one\nline two, no newline"
+    );
+}
+
+/// Regression (issue 15, defect 10): with a permissive umask the state directory, the database
+/// and the output were readable by every user (0755/0644 under umask 022).
+#[cfg(unix)]
+#[test]
+fn state_and_output_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgtrace"));
+    cmd.args(["run", "--once", "-c", cfg.to_str().unwrap()]);
+    // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    for f in ["db", "conf"] {
+        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&out), 0o640);
+}
+
+/// Issue 15, defect 10: an existing state directory keeps its mode, but one every user may
+/// enter is warned about at each start, with the fix.
+#[cfg(unix)]
+#[test]
+fn an_existing_state_directory_open_to_everyone_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    let e = text(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains(&format!("chmod 700 {}", state.display())), "{e}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "not changed behind the operator's back");
+}
+
+/// Regression (issue 15, defect 6): an output file the sink did not write, whose last line had
+/// no newline, lost that line at the first run ("cut a partial last line left by an
+/// interrupted write").
+#[test]
+fn an_existing_output_file_loses_no_byte() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let theirs = "kept by the operator\nthe last line, no newline";
+    std::fs::write(&out, theirs).unwrap();
+    let cfg = write_config(&sim, dir.path(), &dir.path().join("state"), &out);
+    let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&out).unwrap();
+    let ours = written
+        .strip_prefix(theirs)
+        .and_then(|rest| rest.strip_prefix('\n'))
+        .unwrap_or_else(|| panic!("the file's own bytes, then a newline: {written:?}"));
+    assert!(!ours.is_empty());
+    for line in ours.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+}

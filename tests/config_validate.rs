@@ -712,3 +712,29 @@ fn metrics_listen_off_loopback_is_a_warning() {
         assert!(with(local).is_empty(), "{local}: {:?}", with(local));
     }
 }
+
+#[test]
+fn file_sink_mode_key() {
+    let base = read("minimal.toml");
+    let with = |extra: &str| {
+        config::from_str_with_env(&format!("{base}\n[sinks.file]\ntype = \"file\"\ninputs = [\"contoso\"]\npath = \"/tmp/x.ndjson\"\n{extra}\n"), &test_env)
+    };
+    let mode_of = |c: msgtrace::config::Config| match &c.sinks["file"].kind {
+        SinkKind::File { mode, .. } => *mode,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(mode_of(with("").unwrap()), 0o640, "the default");
+    assert_eq!(mode_of(with("mode = \"0600\"").unwrap()), 0o600);
+    for (bad, says) in [
+        ("\"rw-r-----\"", "octal"),
+        ("\"0999\"", "octal"),
+        ("\"0666\"", "every user write"),
+        ("\"0440\"", "owner read and write"),
+    ] {
+        let e = with(&format!("mode = {bad}")).unwrap_err().to_string();
+        assert!(
+            e.contains("sinks.file.mode:") && e.contains(says),
+            "{bad}: {e}"
+        );
+    }
+}

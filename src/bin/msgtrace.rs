@@ -218,8 +218,10 @@ fn load_state_dir(path: &Path) -> Result<PathBuf, ExitCode> {
 /// Logging for a configuration: its `log_level`, plus each source's own `log_level` applied to
 /// everything logged inside that source's jobs. Then logs the configuration's warnings.
 fn init_config_logging(cfg: &Config) {
+    // sled's own log lines ("created using a sled version earlier than 0.29") are replaced by
+    // the state directory's one-line errors.
     let mut directives = format!(
-        "{},actix_server=warn,actix_web=warn",
+        "{},actix_server=warn,actix_web=warn,sled=off",
         cfg.log_level.as_str()
     );
     for s in cfg.sources.values() {
@@ -302,6 +304,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let mut bad = false;
+            if let Err(e) = msgtrace::preflight::check(&cfg) {
+                for problem in &e.problems {
+                    eprintln!("msgtrace: {problem}");
+                }
+                bad = true;
+            }
             // Store secrets are checked when the state directory can be read.
             let uses_store = cfg.sources.values().any(|s| {
                 matches!(
@@ -313,6 +321,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 None
             } else if !cfg.state_dir.exists() {
                 Some(SecretStore::absent(&cfg.state_dir))
+            } else if !cfg.state_dir.is_dir() {
+                None // reported above
             } else {
                 match Store::open(&cfg.state_dir) {
                     Ok(store) => Some(SecretStore::new(store)),
@@ -421,10 +431,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             progress.finish();
             let report = match report {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("msgtrace: {e:#}");
-                    return Ok(ExitCode::from(1));
-                }
+                Err(e) => return Ok(report_failure(&e)),
             };
             for (_, job) in &report.jobs {
                 match &job.error {
@@ -455,10 +462,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
             let report = match report {
                 Ok(r) => r,
-                Err(e) => {
-                    eprintln!("msgtrace: {e:#}");
-                    return Ok(ExitCode::from(1));
-                }
+                Err(e) => return Ok(report_failure(&e)),
             };
             for (source, job) in &report.jobs {
                 if let Some(e) = &job.error {
@@ -479,8 +483,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(d) => d,
                 Err(code) => return Ok(code),
             };
-            let store = msgtrace::storage::Store::open(&state_dir)
-                .with_context(|| format!("opening {}", state_dir.display()))?;
+            let store = match Store::open(&state_dir) {
+                Ok(store) => store,
+                Err(e) => return Ok(report_failure(&e.into())),
+            };
             let jobs = store.jobs(None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -623,14 +629,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints an error that ends a command, one `msgtrace:` line per line, and picks the exit code:
+/// 2 when the state directory or a file sink's path is unusable (the configuration or the
+/// machine must change), 1 otherwise.
+fn report_failure(e: &anyhow::Error) -> ExitCode {
+    for line in format!("{e:#}").lines() {
+        eprintln!("msgtrace: {line}");
+    }
+    let unusable = e
+        .chain()
+        .any(|c| c.is::<StorageError>() || c.is::<msgtrace::preflight::PreflightError>());
+    ExitCode::from(if unusable { 2 } else { 1 })
+}
+
 /// Opens the secret store of a configuration's state directory (creating the directory).
 fn open_secrets(config: &Path) -> Result<SecretStore, ExitCode> {
     match Store::open(load_state_dir(config)?) {
         Ok(store) => Ok(SecretStore::new(store)),
-        Err(e) => {
-            eprintln!("msgtrace: {e}");
-            Err(ExitCode::from(1))
-        }
+        Err(e) => Err(report_failure(&e.into())),
     }
 }
 

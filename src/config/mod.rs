@@ -425,6 +425,9 @@ pub enum SinkKind {
         path: PathBuf,
         /// Size-based rotation, when configured.
         rotate: Option<Rotation>,
+        /// Mode of the files the sink creates (`mode`, default `0640`); existing files keep
+        /// theirs.
+        mode: u32,
     },
     /// Batches POSTed to an HTTP endpoint.
     Http(HttpSinkConfig),

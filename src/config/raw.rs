@@ -194,6 +194,8 @@ pub struct RawSink {
     pub rotate_max_bytes: Option<i64>,
     /// `rotate_keep` (file): rotated files kept (`path.1` newest .. `path.N`).
     pub rotate_keep: Option<i64>,
+    /// `mode` (file): octal mode of the files the sink creates, e.g. `"0640"`.
+    pub mode: Option<String>,
     /// `url` (http).
     pub url: Option<String>,
     /// `format` (http): ndjson | json | splunk_hec | elasticsearch_bulk.

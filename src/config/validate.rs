@@ -1145,8 +1145,9 @@ impl Cx<'_> {
                 return None;
             }
         };
-        let owners: [(&str, bool, &str); 9] = [
+        let owners: [(&str, bool, &str); 10] = [
             ("path", raw.path.is_some(), "file"),
+            ("mode", raw.mode.is_some(), "file"),
             ("rotate_max_bytes", raw.rotate_max_bytes.is_some(), "file"),
             ("rotate_keep", raw.rotate_keep.is_some(), "file"),
             ("url", raw.url.is_some(), "http"),
@@ -1184,14 +1185,26 @@ impl Cx<'_> {
                         "has no effect without rotate_max_bytes; set both or neither",
                     );
                 }
-                self.required_path(
+                let mode = match raw.mode.as_deref() {
+                    None => Some(crate::sinks::DEFAULT_FILE_MODE),
+                    Some(text) => match file_mode(text) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            let shown = self.quote(&at("mode"), text);
+                            self.error(&at("mode"), format!("{shown} {e}"));
+                            None
+                        }
+                    },
+                };
+                let path = self.required_path(
                     &at("path"),
                     raw.path.as_deref(),
                     "the file to append events to",
-                )
-                .map(|path| SinkKind::File {
+                );
+                path.zip(mode).map(|(path, mode)| SinkKind::File {
                     path,
                     rotate: rotate.zip(keep).map(|(r, keep)| Rotation { keep, ..r }),
+                    mode,
                 })
             }
             _ => self.http_sink(&p, raw).map(SinkKind::Http),
@@ -1304,4 +1317,26 @@ impl Cx<'_> {
 /// An optional secret; an empty string counts as unset.
 fn secret(value: Option<&str>) -> Option<Secret> {
     value.filter(|v| !v.is_empty()).map(Secret::new)
+}
+
+/// A file sink's `mode`: an octal string such as `"0640"`; never writable by others (anyone
+/// could then forge events), always read-write for the owner.
+fn file_mode(text: &str) -> Result<u32, &'static str> {
+    let digits = text.trim();
+    let mode = (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .filter(|m| *m <= 0o777)
+        .ok_or(
+            "is not a file mode; write it in octal, e.g. \"0640\" (owner read-write, group read)",
+        )?;
+    if mode & 0o002 != 0 {
+        return Err(
+            "lets every user write the output; drop the write bit for others, e.g. \"0640\"",
+        );
+    }
+    if mode & 0o600 != 0o600 {
+        return Err("must let the owner read and write (the sink appends and repairs the file), e.g. \"0640\"");
+    }
+    Ok(mode)
 }

@@ -53,16 +53,16 @@ pub fn dump(store: &Store, only: Option<&str>) -> Result<Vec<DumpTree>> {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let tree = db.open_tree(&name).map_err(|source| StorageError::Sled {
+        let tree = db.open_tree(&name).map_err(|error| StorageError::Sled {
             dir: store.dir().to_path_buf(),
-            source,
+            error,
         })?;
         let secret_tree = SECRET_TREES.contains(&name.as_str());
         let mut records = Vec::new();
         for item in tree.iter() {
-            let (k, v) = item.map_err(|source| StorageError::Sled {
+            let (k, v) = item.map_err(|error| StorageError::Sled {
                 dir: store.dir().to_path_buf(),
-                source,
+                error,
             })?;
             let key = String::from_utf8_lossy(&k).replace('\0', "/");
             let (version, value) = if secret_tree {

@@ -6,10 +6,12 @@
 //! |---|---|---|
 //! | `checkpoints` | cursor name (the source id, or `backfill/<source>/<id>`) | [`Checkpoint`] |
 //! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
-//! | `meta` | `schema` | the layout version of the directory |
+//! | `meta` | `schema` | the layout version of the directory (checked at open) |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //!
-//! Beside the database, `spool/` keeps the bodies of pages fetched but not yet committed
+//! Beside the database, the marker [`layout::MARKER`] says that the directory holds a database
+//! (so that one emptied or deleted is refused, not silently started over), `sinks/` how far
+//! each file sink wrote its file ([`marks`]), and `spool/` keeps the bodies of pages fetched but not yet committed
 //! ([`spool`]), so that a restart after a crash does not request them again.
 //!
 //! Every value is JSON with a `version` tag (see [`record`]), so a newer msgtrace can read an older
@@ -17,6 +19,8 @@
 #![deny(missing_docs)]
 
 pub mod dump;
+pub mod layout;
+pub mod marks;
 pub mod record;
 pub mod spool;
 
@@ -24,13 +28,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use record::{Checkpoint, InFlight, JobKind, JobRecord, JobState, TaskRecord};
+pub use record::{Checkpoint, FileMark, InFlight, JobKind, JobRecord, JobState, TaskRecord};
 pub use spool::Spool;
 
 /// The on-disk layout version written to the `meta` tree.
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// What can go wrong with the state directory.
+/// What can go wrong with the state directory. Each is one line saying what failed and what to
+/// do: a disk that is full, a permission, damaged files, another process.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// Another process (usually a running engine) holds sled's exclusive lock.
@@ -39,17 +44,45 @@ pub enum StorageError {
         /// The state directory.
         dir: PathBuf,
     },
-    /// sled failed (I/O error, corruption).
-    #[error("state directory {dir}: {source}")]
+    /// sled failed (I/O error, corruption); see [`describe_sled`].
+    #[error("{}", describe_sled(.dir, .error))]
     Sled {
         /// The state directory.
         dir: PathBuf,
-        /// sled's error.
-        #[source]
-        source: sled::Error,
+        /// sled's error (not a `#[source]`: the message already says what it means).
+        error: sled::Error,
+    },
+    /// An I/O error on the state directory outside sled (creating it, its marker).
+    #[error("{}", layout::IoCause::of(.error).describe(.dir, .error))]
+    Io {
+        /// The state directory.
+        dir: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// `state_dir` names something that is not a directory.
+    #[error("state directory {dir} is not a directory; set state_dir to a directory (msgtrace creates it when missing)")]
+    NotADirectory {
+        /// The path.
+        dir: PathBuf,
+    },
+    /// The directory held a database (its marker says so) but the database is gone or empty
+    /// (sled also opens a database whose first segment is damaged as an empty one).
+    #[error("state directory {dir} held a msgtrace database that is now missing, empty or unreadable (its files were emptied, deleted or damaged), so every checkpoint is lost; restore the directory from a backup, or, to start over on purpose and collect the whole window again, remove the directory (`rm -r {dir}`)")]
+    Lost {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// The directory was written by a newer msgtrace (a layout this build does not know).
+    #[error("state directory {dir} has layout version {found}, newer than this msgtrace reads (up to {SCHEMA_VERSION}); run the msgtrace version that wrote it, or restore a backup made for this version")]
+    NewerLayout {
+        /// The state directory.
+        dir: PathBuf,
+        /// The version found.
+        found: u32,
     },
     /// A stored value could not be decoded.
-    #[error("state directory: record `{key}` in tree `{tree}` cannot be read ({reason}); it was written by an incompatible msgtrace version or is damaged")]
+    #[error("state directory: record `{key}` in tree `{tree}` cannot be read ({reason}); it was written by an incompatible msgtrace version or is damaged: restore the state directory from a backup, or move it aside to start over")]
     Corrupt {
         /// The tree name.
         tree: String,
@@ -58,6 +91,28 @@ pub enum StorageError {
         /// The decode error.
         reason: String,
     },
+}
+
+/// A sled error as one line with its fix: disk full, permission, read-only, damaged files.
+pub fn describe_sled(dir: &Path, e: &sled::Error) -> String {
+    let damaged = |what: &str| {
+        format!(
+            "state directory {} is damaged ({what}); restore it from a backup, or move it aside to start over (the next run then collects the whole window again)",
+            dir.display()
+        )
+    };
+    match e {
+        sled::Error::Io(io) => layout::IoCause::of(io).describe(dir, io),
+        sled::Error::Corruption { at, .. } => match at {
+            Some(at) => damaged(&format!("corrupt data at {at}")),
+            None => damaged("corrupt data"),
+        },
+        // Unreadable `conf` (sled says "created using a sled version earlier than 0.29"), or
+        // one written with other settings.
+        sled::Error::Unsupported(_) => damaged("its database files cannot be read"),
+        sled::Error::ReportableBug(what) => damaged(&format!("sled failed: {what}")),
+        other => format!("state directory {}: {other}", dir.display()),
+    }
 }
 
 /// Result alias for this crate.
@@ -127,25 +182,63 @@ const META: &str = "meta";
 impl Store {
     /// Opens (or creates) the state directory.
     ///
-    /// Fails with [`StorageError::Locked`] when another process has it open.
+    /// A new directory is created `0700` and its files are kept `0600` ([`layout`]). Refused:
+    /// another process has it open ([`StorageError::Locked`]), it is not a directory, it held a
+    /// database that is gone ([`StorageError::Lost`]), or a newer msgtrace wrote it
+    /// ([`StorageError::NewerLayout`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
+        let io_err = |error: std::io::Error| StorageError::Io {
+            dir: dir.clone(),
+            error,
+        };
+        match layout::prepare_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(StorageError::NotADirectory { dir });
+            }
+            other => other.map_err(io_err)?,
+        };
+        let had_database = layout::has_marker(&dir);
         let db = sled::Config::new()
             .path(&dir)
             .open()
             .map_err(|e| classify_open_error(&dir, e))?;
-        let sled_err = |source| StorageError::Sled {
+        let sled_err = |error| StorageError::Sled {
             dir: dir.clone(),
-            source,
+            error,
         };
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
         let jobs = db.open_tree(JOBS).map_err(sled_err)?;
         let seen = db.open_tree(SEEN).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
-        if meta.get("schema").map_err(sled_err)?.is_none() {
-            meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
-                .map_err(sled_err)?;
+        match meta.get("schema").map_err(sled_err)? {
+            None if had_database => return Err(StorageError::Lost { dir }),
+            None => {
+                meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())
+                    .map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+            }
+            Some(v) => match std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+            {
+                Some(found) if found > SCHEMA_VERSION => {
+                    return Err(StorageError::NewerLayout { dir, found })
+                }
+                Some(_) => {}
+                None => {
+                    return Err(StorageError::Corrupt {
+                        tree: META.into(),
+                        key: "schema".into(),
+                        reason: format!("not a version number: {:?}", String::from_utf8_lossy(&v)),
+                    })
+                }
+            },
         }
+        if !had_database {
+            layout::write_marker(&dir, SCHEMA_VERSION).map_err(io_err)?;
+        }
+        layout::restrict_database_files(&dir);
         Ok(Store {
             dir,
             db,
@@ -166,10 +259,10 @@ impl Store {
         Spool::new(&self.dir, name)
     }
 
-    fn sled_err(&self, source: sled::Error) -> StorageError {
+    fn sled_err(&self, error: sled::Error) -> StorageError {
         StorageError::Sled {
             dir: self.dir.clone(),
-            source,
+            error,
         }
     }
 
@@ -438,7 +531,7 @@ fn classify_open_error(dir: &Path, e: sled::Error) -> StorageError {
     }
     StorageError::Sled {
         dir: dir.to_path_buf(),
-        source: e,
+        error: e,
     }
 }
 
@@ -534,6 +627,130 @@ mod tests {
         assert!(err
             .to_string()
             .contains("in use by another msgtrace process"));
+    }
+
+    /// Regression (issue 15, defect 7): after `truncate -s 0 db; rm snap.*` the next open
+    /// started an empty database without a word (and collected the whole window again).
+    #[test]
+    fn a_lost_database_is_refused_not_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        {
+            let store = Store::open(&state).unwrap();
+            store.put_raw("secrets", "k", b"v").unwrap();
+        }
+        std::fs::File::options()
+            .write(true)
+            .open(state.join("db"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        for e in std::fs::read_dir(&state).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        let err = Store::open(&state).unwrap_err();
+        assert!(matches!(err, StorageError::Lost { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("restore") && text.contains("rm -r"), "{text}");
+        assert!(
+            Store::open(&state).is_err(),
+            "still refused the second time"
+        );
+        // Starting over on purpose: remove the directory.
+        std::fs::remove_dir_all(&state).unwrap();
+        Store::open(&state).unwrap();
+    }
+
+    /// sled opens a database whose first bytes are damaged as an empty one: that is refused
+    /// too, not started over.
+    #[test]
+    fn a_database_damaged_at_its_start_is_refused_not_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        bytes.iter_mut().take(64).for_each(|b| *b ^= 0x5a);
+        std::fs::write(&db, &bytes).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Lost { .. }), "{err}");
+    }
+
+    /// Regression (issue 15, defect 7): `SCHEMA_VERSION` was written but never checked.
+    #[test]
+    fn a_newer_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .put_raw(META, "schema", (SCHEMA_VERSION + 1).to_string().as_bytes())
+                .unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::NewerLayout { .. }), "{err}");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    /// Regression (issue 15, defect 9): damaged sled files said "created using a sled version
+    /// earlier than 0.29" or `backtrace ()`, with no fix.
+    #[test]
+    fn damaged_database_files_say_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("conf"), [0xff_u8; 64]).unwrap();
+        let err = Store::open(dir.path()).unwrap_err().to_string();
+        assert!(!err.contains("0.29") && !err.contains("backtrace"), "{err}");
+        assert!(
+            err.contains("damaged") && err.contains("backup") && err.contains("move it aside"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    /// Regression (issue 15, defect 9): sled errors printed their Debug text (`Os { code: 28,
+    /// kind: StorageFull, .. }`), twice through the error chain, with no fix.
+    #[test]
+    fn a_full_disk_is_one_line_with_the_fix() {
+        let full = std::io::Error::from_raw_os_error(28);
+        // sled hands out copies of its I/O errors, their message the Debug text.
+        let copied = std::io::Error::new(full.kind(), format!("{full:?}"));
+        let err = StorageError::Sled {
+            dir: "/var/lib/msgtrace".into(),
+            error: sled::Error::Io(copied),
+        };
+        let text = err.to_string();
+        assert!(text.contains("free space"), "{text}");
+        assert!(!text.contains("Os {"), "{text}");
+        assert!(
+            std::error::Error::source(&err).is_none(),
+            "no source: a chain would print the cause again"
+        );
+    }
+
+    /// Regression (issue 15, defect 10): the state directory was created 0755 and the
+    /// database files 0644 (with the umask), though they hold addresses and subjects.
+    #[cfg(unix)]
+    #[test]
+    fn a_new_state_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        drop(Store::open(&state).unwrap());
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        for f in ["db", "conf", layout::MARKER] {
+            assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file).unwrap_err();
+        assert!(matches!(err, StorageError::NotADirectory { .. }), "{err}");
     }
 
     #[test]

@@ -213,6 +213,41 @@ enum JobRecordEnvelope {
     V1(JobRecord),
 }
 
+/// How far a file sink wrote its file: the file (by path and identity) and its length after the
+/// sink's last acknowledged write. On reopening, only bytes past `len` of that same file may be
+/// cut (a line torn by a crash): everything before it, or in another file, is not the sink's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMark {
+    /// The configured path.
+    pub path: String,
+    /// Device of the file (`st_dev`; 0 where there is none).
+    pub dev: u64,
+    /// Inode of the file (`st_ino`): a file replaced under the same path is another file.
+    pub ino: u64,
+    /// Length after the last acknowledged write (or at opening, for a file found there).
+    pub len: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum FileMarkRecord {
+    #[serde(rename = "1")]
+    V1(FileMark),
+}
+
+/// Encodes a file sink's mark with its version tag.
+pub fn encode_file_mark(mark: &FileMark) -> Vec<u8> {
+    serde_json::to_vec(&FileMarkRecord::V1(mark.clone())).expect("file mark serializes")
+}
+
+/// Decodes a file sink's mark.
+pub fn decode_file_mark(bytes: &[u8]) -> Result<FileMark, String> {
+    match serde_json::from_slice::<FileMarkRecord>(bytes) {
+        Ok(FileMarkRecord::V1(m)) => Ok(m),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "version")]
 enum SeenRecord {

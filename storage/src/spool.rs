@@ -101,10 +101,11 @@ impl Spool {
             std::process::id(),
             TMP.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut file = match std::fs::File::create(&tmp) {
+        // Page bodies hold addresses and subjects: 0600 in 0700 directories.
+        let mut file = match crate::layout::private_file(&tmp) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&self.dir)?;
-                std::fs::File::create(&tmp)?
+                crate::layout::create_private_dir(&self.dir)?;
+                crate::layout::private_file(&tmp)?
             }
             other => other?,
         };
@@ -263,7 +264,7 @@ fn take_le<const N: usize>(bytes: &[u8]) -> Option<([u8; N], &[u8])> {
 }
 
 /// FNV-1a, 64 bits: a file name that stays the same across builds and versions.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -277,6 +278,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::new(dir.path(), "backfill/src/1");
         (dir, spool)
+    }
+
+    /// Regression (issue 15, defect 10): spool files were created with the umask (0644), and
+    /// they hold page bodies (addresses, subjects).
+    #[cfg(unix)]
+    #[test]
+    fn spool_files_and_directories_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, s) = spool();
+        s.put("http://127.0.0.1/a", b"{}").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("spool")), 0o700);
+        assert_eq!(mode(s.dir()), 0o700);
+        assert_eq!(mode(&s.path("http://127.0.0.1/a")), 0o600);
     }
 
     #[test]

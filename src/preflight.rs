@@ -1,0 +1,231 @@
+//! Checks of a configuration against the file system, made before a run starts and by
+//! `msgtrace validate`: the state directory and the file sinks' paths. The configuration's own
+//! checks ([`crate::config`]) need no I/O; these do, so they live here, in one place that
+//! `validate`, `run`, `backfill` and an embedding host (through [`crate::engine::start`]) share.
+//!
+//! Each problem is one line, `key: what is wrong; what to do`. Nothing is left behind: a
+//! directory is tested for writing with a probe file that is removed at once.
+
+use crate::config::{Config, SinkKind};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// What [`check`] found; each problem is one line naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct PreflightError {
+    /// The problems, one line each.
+    pub problems: Vec<String>,
+}
+
+/// Checks that the state directory can be used (a directory, readable and writable, or one that
+/// can be created) and that each file sink's path can be written (not a symbolic link or a
+/// directory, its directory creatable).
+pub fn check(config: &Config) -> Result<(), PreflightError> {
+    let mut problems = Vec::new();
+    if let Err(e) = state_dir(&config.state_dir) {
+        problems.push(format!("state_dir: {e}"));
+    }
+    for sink in config.sinks.values() {
+        if let SinkKind::File { path, .. } = &sink.kind {
+            if let Err(e) = file_sink_path(path) {
+                problems.push(format!("sinks.{}.path: {e}", sink.id));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError { problems })
+    }
+}
+
+fn state_dir(dir: &Path) -> Result<(), String> {
+    let shown = dir.display();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!(
+            "{shown} is not a directory; set state_dir to a directory (msgtrace creates it when missing)"
+        )),
+        Ok(_) => {
+            std::fs::read_dir(dir).map_err(|e| {
+                format!(
+                    "cannot read {shown} ({}); {}",
+                    reason(&e),
+                    owner_fix(dir)
+                )
+            })?;
+            probe_write(dir).map_err(|e| {
+                format!(
+                    "cannot write in {shown} ({}); {}",
+                    reason(&e),
+                    owner_fix(dir)
+                )
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(format!(
+            "cannot reach {shown} ({}); {}",
+            reason(&e),
+            owner_fix(dir)
+        )),
+        Err(_) => creatable(dir)
+            .map_err(|why| format!("{shown} does not exist and cannot be created: {why}")),
+    }
+}
+
+fn file_sink_path(path: &Path) -> Result<(), String> {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(format!("{shown}: {}", crate::sinks::symlink_refusal(path)))
+        }
+        Ok(m) if m.is_dir() => {
+            return Err(format!(
+                "{shown} is a directory; set path to a file in it, e.g. {}",
+                path.join("events.ndjson").display()
+            ))
+        }
+        Ok(_) => {
+            // Opening for appending changes nothing.
+            return std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| {
+                    format!(
+                        "cannot write {shown} ({}); make it writable by the user msgtrace runs as",
+                        reason(&e)
+                    )
+                });
+        }
+        Err(_) => {}
+    }
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => probe_write(&dir).map_err(|e| {
+            format!(
+                "cannot create files in {} ({}); {}",
+                dir.display(),
+                reason(&e),
+                owner_fix(&dir)
+            )
+        }),
+        Ok(_) => Err(format!(
+            "its directory {} is a file, not a directory; choose another path",
+            dir.display()
+        )),
+        Err(_) => creatable(&dir).map_err(|why| {
+            format!(
+                "its directory {} does not exist and cannot be created: {why}",
+                dir.display()
+            )
+        }),
+    }
+}
+
+/// Whether `dir` (missing) could be created: its nearest existing ancestor is a directory we
+/// may write in.
+fn creatable(dir: &Path) -> Result<(), String> {
+    let mut at = dir;
+    loop {
+        match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => at = p,
+            _ => at = Path::new("."),
+        }
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => {
+                return probe_write(at).map_err(|e| {
+                    format!(
+                        "cannot create anything in {} ({}); {}",
+                        at.display(),
+                        reason(&e),
+                        owner_fix(at)
+                    )
+                })
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{} is a file, not a directory; choose another path",
+                    at.display()
+                ))
+            }
+            Err(_) if at == Path::new(".") || at == Path::new("/") => {
+                return Err("no existing directory above it".into())
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Creates and removes a probe file in `dir`.
+fn probe_write(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".msgtrace-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
+fn reason(e: &io::Error) -> String {
+    match msgtrace_storage::layout::IoCause::of(e) {
+        msgtrace_storage::layout::IoCause::ReadOnly => "read-only file system".into(),
+        msgtrace_storage::layout::IoCause::DiskFull => "the disk is full".into(),
+        msgtrace_storage::layout::IoCause::Permission => "permission denied".into(),
+        msgtrace_storage::layout::IoCause::Other => msgtrace_storage::layout::readable(e),
+    }
+}
+
+fn owner_fix(dir: &Path) -> String {
+    format!(
+        "make it a writable directory owned by the user msgtrace runs as (`chown USER {0}`, `chmod 700 {0}`), on a writable file system",
+        dir.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_dir_that_is_a_file_or_under_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let e = state_dir(&file).unwrap_err();
+        assert!(e.contains("is not a directory"), "{e}");
+        let e = state_dir(&file.join("state")).unwrap_err();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        state_dir(&dir.path().join("new/state")).unwrap();
+        state_dir(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no probe left"
+        );
+    }
+
+    #[test]
+    fn file_sink_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        file_sink_path(&dir.path().join("a/b/e.ndjson")).unwrap();
+        file_sink_path(&file).unwrap();
+        let e = file_sink_path(&file.join("e.ndjson")).unwrap_err();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        let e = file_sink_path(&file.join("a/e.ndjson")).unwrap_err();
+        assert!(e.contains("cannot be created"), "{e}");
+        let e = file_sink_path(dir.path()).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.ndjson");
+            std::os::unix::fs::symlink(&file, &link).unwrap();
+            let e = file_sink_path(&link).unwrap_err();
+            assert!(e.contains("symbolic link"), "{e}");
+        }
+    }
+}
