@@ -482,12 +482,12 @@ pub fn start(
     let mut sinks = Vec::new();
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     let all: Vec<String> = config.sources.keys().cloned().collect();
+    // A configured sink that panics is built again from its configuration; a host's is kept.
     let configured = config.sinks.values().map(|s| {
-        (
-            s.id.clone(),
-            build_sink(&s.id, &s.kind, opts, &store),
-            s.inputs.clone(),
-        )
+        let (id, kind, opts, store) = (s.id.clone(), s.kind.clone(), opts.clone(), store.clone());
+        let factory: msgtrace_actors::sink::SinkFactory =
+            Box::new(move || build_sink(&id, &kind, &opts, &store));
+        (s.id.clone(), factory(), Some(factory), s.inputs.clone())
     });
     let hosted = host_sinks.into_iter().map(|h| {
         let inputs = if h.inputs.is_empty() {
@@ -495,14 +495,18 @@ pub fn start(
         } else {
             h.inputs
         };
-        (h.sink.name().to_owned(), h.sink, inputs)
+        (h.sink.name().to_owned(), h.sink, None, inputs)
     });
-    for (name, built, inputs) in configured.chain(hosted) {
+    for (name, built, factory, inputs) in configured.chain(hosted) {
         let arbiter = Arbiter::new();
         let reads = built.input();
         let stop_rx = stop_rx.clone();
         let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
-            SinkActor::new(built).with_shutdown(stop_rx)
+            let actor = SinkActor::new(built).with_shutdown(stop_rx);
+            match factory {
+                Some(f) => actor.with_factory(f),
+                None => actor,
+            }
         });
         arbiters.push(arbiter);
         sinks.push(SinkEntry {

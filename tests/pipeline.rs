@@ -260,3 +260,73 @@ fn assert_exactly_once_ids(out: &std::path::Path, written: &[Value]) {
     assert_eq!(ids.values().sum::<usize>(), written.len());
     assert!(ids.values().all(|n| *n == 1), "an identity twice");
 }
+
+/// A host sink that panics the second time it is given a page, and keeps what it takes.
+struct PanicsOnce {
+    kept: Arc<Mutex<Vec<Value>>>,
+    calls: usize,
+}
+
+impl msgtrace::actors::sink::Sink for PanicsOnce {
+    fn name(&self) -> &str {
+        "panics-once"
+    }
+
+    fn deliver<'a>(
+        &'a mut self,
+        batch: &'a msgtrace::actors::event::Batch,
+    ) -> futures_util::future::LocalBoxFuture<'a, Result<(), msgtrace::actors::sink::SinkError>>
+    {
+        self.calls += 1;
+        Box::pin(async move {
+            if self.calls == 2 {
+                panic!("a host sink's bug");
+            }
+            let mut kept = self.kept.lock().unwrap();
+            kept.extend(batch.events.iter().map(|e| Value::Object(e.fields.clone())));
+            Ok(())
+        })
+    }
+}
+
+#[test]
+fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
+    // Before, the panic ended the sink's actor for good: every later page was refused ("a sink
+    // is not running") and the job failed, or a scheduled run held the page forever.
+    let sim = sim(30, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = graph_config(&sim, &dir, "");
+    let kept: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let engine = msgtrace::embed::EngineBuilder::new(cfg)
+        .sink(
+            Box::new(PanicsOnce {
+                kept: kept.clone(),
+                calls: 0,
+            }),
+            &["src"],
+        )
+        .start()
+        .unwrap();
+    let report = block_on(async {
+        let report = engine.run_once().await.unwrap();
+        engine.shutdown().await.unwrap();
+        report
+    });
+    assert!(report.all_succeeded(), "{report:?}");
+    let kept = kept.lock().unwrap();
+    let (_, job) = &report.jobs[0];
+    assert!(job.pages > 2, "several pages: {job:?}");
+    // The page the sink panicked on was not acknowledged: the task ran again from the page
+    // before it, and the sink has every row exactly once.
+    let mut ids: Vec<String> = kept
+        .iter()
+        .map(|e| format!("{}\u{0}{}", e["id"], e["recipientAddress"]))
+        .collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "a row twice in the sink");
+    let now = chrono::Utc::now();
+    let (s, e) = job.window.unwrap();
+    assert_eq!(n, sim.model().expected(s, e, now).len(), "every row");
+}

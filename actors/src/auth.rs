@@ -74,6 +74,10 @@ fn bearer(t: &Token) -> AuthHeader {
 
 const TOKEN_ATTEMPTS: u32 = 4;
 
+/// Waits between token requests: 1 s, 2 s, 4 s.
+const TOKEN_BACKOFF: crate::retry::Backoff =
+    crate::retry::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(4));
+
 impl AuthToken {
     fn start_fetch(
         &mut self,
@@ -92,7 +96,7 @@ impl AuthToken {
             let mut last = AuthError::Unavailable("no attempt".into());
             for attempt in 0..TOKEN_ATTEMPTS {
                 if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+                    tokio::time::sleep(TOKEN_BACKOFF.delay(attempt - 1)).await;
                 }
                 let now = chrono::Utc::now();
                 let form = match &credential {

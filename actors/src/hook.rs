@@ -40,11 +40,7 @@ pub type Hook = Arc<dyn Fn(&mut Vec<Event>) + Send + Sync>;
 pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), String> {
     for (i, hook) in hooks.iter().enumerate() {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(events))) {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
+            let what = panic_message(&*panic);
             return Err(format!(
                 "pipeline hook {} panicked ({what}); the page was not delivered",
                 i + 1
@@ -52,6 +48,15 @@ pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The message a panic was raised with ("no message" when it is not a string).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 #[cfg(test)]

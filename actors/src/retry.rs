@@ -109,16 +109,52 @@ impl RetryPolicy {
         }
         let delay = match self.kind {
             RetryKind::Static => self.initial,
-            _ => {
-                let factor = self.multiplier.max(1.0).powi(retries_done.min(30) as i32);
-                let ms = (self.initial.as_millis() as f64 * factor).min(3_600_000.0);
-                Duration::from_millis(ms as u64)
-            }
+            _ => self.backoff().delay(retries_done),
         };
         Some(Decision {
             delay,
             from_retry_after: false,
         })
+    }
+
+    /// The policy's exponential backoff (`initial × multiplier^n`, at most an hour).
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.initial,
+            multiplier: self.multiplier,
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Exponential backoff on its own, for waits that are not a request's retries (a held page, a
+/// rescheduled task, a token request): `initial × multiplier^attempt`, at most `max`. The one
+/// place where delays are computed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// The first delay (attempt 0).
+    pub initial: Duration,
+    /// Each delay is this many times the one before (at least 1).
+    pub multiplier: f64,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `initial`, doubling, at most `max`.
+    pub const fn doubling(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            multiplier: 2.0,
+            max,
+        }
+    }
+
+    /// The wait before attempt `attempt + 1` (0 = the first wait).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = self.multiplier.max(1.0).powi(attempt.min(60) as i32);
+        let nanos = (self.initial.as_nanos() as f64 * factor).min(self.max.as_nanos() as f64);
+        Duration::from_nanos(nanos.round() as u64)
     }
 }
 
@@ -161,6 +197,19 @@ mod tests {
                 None
             ]
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (0..6).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1), "no overflow");
+        let flat = Backoff {
+            multiplier: 0.5,
+            ..b
+        };
+        assert_eq!(flat.delay(3), Duration::from_millis(100), "never shrinks");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The Sink actor: wraps a plain [`Sink`] and acknowledges a batch only once the sink has it.
 
 use crate::event::Batch;
+use crate::hook::panic_message;
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt as _;
+use std::panic::AssertUnwindSafe;
 
 /// Why a sink could not take a batch.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,10 +57,19 @@ pub struct Deliver(pub Batch);
 #[rtype(result = "Result<(), SinkError>")]
 pub struct FlushSink;
 
+/// Builds a sink afresh (after the one before panicked).
+pub type SinkFactory = Box<dyn Fn() -> Box<dyn Sink> + Send>;
+
 /// The Sink actor. One batch at a time ([`AtomicResponse`]): batches never interleave.
+///
+/// Supervised: a panic in the sink (an embedder's code, or ours) is caught, the page is refused
+/// (so not acknowledged: the fetcher gives it again), and the sink is built again from its
+/// factory when it has one, or kept as it is. Before, the panic ended the actor's thread for
+/// good, and a scheduled run held the page forever.
 pub struct SinkActor {
     name: String,
     sink: Option<Box<dyn Sink>>,
+    factory: Option<SinkFactory>,
     /// Set when the engine shuts down: a delivery still under way [`SHUTDOWN_GRACE`] later
     /// (a sink retrying a receiver that is down) is abandoned.
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
@@ -75,7 +87,30 @@ impl SinkActor {
         SinkActor {
             name: sink.name().to_owned(),
             sink: Some(sink),
+            factory: None,
             stopping: None,
+        }
+    }
+
+    /// Builds the sink again with `factory` after it panicked.
+    pub fn with_factory(mut self, factory: SinkFactory) -> SinkActor {
+        self.factory = Some(factory);
+        self
+    }
+
+    /// The sink to go on with after `sink` panicked (`what`): a new one from the factory, or the
+    /// same one.
+    fn after_panic(&self, sink: Box<dyn Sink>, what: &str) -> Box<dyn Sink> {
+        match &self.factory {
+            Some(build) => {
+                tracing::error!(sink = %self.name, panic = %what, "the sink panicked; it is built again and given the page again");
+                drop(sink);
+                build()
+            }
+            None => {
+                tracing::error!(sink = %self.name, panic = %what, "the sink panicked; it is kept and given the page again");
+                sink
+            }
         }
     }
 
@@ -120,28 +155,40 @@ impl Handler<Deliver> for SinkActor {
             async move {
                 match sink {
                     Some(mut s) => {
+                        let delivery = AssertUnwindSafe(s.deliver(&msg.0)).catch_unwind();
                         let r = tokio::select! {
-                            r = s.deliver(&msg.0) => r,
-                            () = abandoned(stopping) => Err(SinkError {
-                                sink: name,
+                            r = delivery => r.map_err(|panic| panic_message(&*panic)),
+                            () = abandoned(stopping) => Ok(Err(SinkError {
+                                sink: name.clone(),
                                 message: "shutting down: the page was abandoned (not acknowledged; the next run delivers it again)".into(),
-                            }),
+                            })),
                         };
                         (Some(s), r)
                     }
                     None => (
                         None,
-                        Err(SinkError {
+                        Ok(Err(SinkError {
                             sink: name,
                             message: "sink is gone after an earlier failure".into(),
-                        }),
+                        })),
                     ),
                 }
             }
             .into_actor(self)
-            .map(|(sink, r), act, _| {
-                act.sink = sink;
-                r
+            .map(|(sink, r), act, _| match r {
+                Ok(r) => {
+                    act.sink = sink;
+                    r
+                }
+                Err(what) => {
+                    act.sink = sink.map(|s| act.after_panic(s, &what));
+                    Err(SinkError {
+                        sink: act.name.clone(),
+                        message: format!(
+                            "the sink panicked ({what}); the page was not acknowledged and is given to it again"
+                        ),
+                    })
+                }
             }),
         ))
     }
@@ -156,16 +203,25 @@ impl Handler<FlushSink> for SinkActor {
             async move {
                 match sink {
                     Some(mut s) => {
-                        let r = s.flush().await;
-                        (Some(s), r)
+                        let r = AssertUnwindSafe(s.flush()).catch_unwind().await;
+                        (Some(s), r.map_err(|panic| panic_message(&*panic)))
                     }
-                    None => (None, Ok(())),
+                    None => (None, Ok(Ok(()))),
                 }
             }
             .into_actor(self)
-            .map(|(sink, r), act, _| {
-                act.sink = sink;
-                r
+            .map(|(sink, r), act, _| match r {
+                Ok(r) => {
+                    act.sink = sink;
+                    r
+                }
+                Err(what) => {
+                    act.sink = sink.map(|s| act.after_panic(s, &what));
+                    Err(SinkError {
+                        sink: act.name.clone(),
+                        message: format!("the sink panicked while flushing ({what})"),
+                    })
+                }
             }),
         ))
     }

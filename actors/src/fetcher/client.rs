@@ -246,7 +246,7 @@ pub(super) async fn fetch_with_retries(
                 && matches!(failure, Failure::Status { code: 400, .. })
                 && *retries < NEXT_LINK_400_RETRIES)
                 .then(|| crate::retry::Decision {
-                    delay: Duration::from_millis(500 << *retries),
+                    delay: NEXT_LINK_400_BACKOFF.delay(*retries),
                     from_retry_after: false,
                 })
         });
@@ -385,6 +385,10 @@ pub(super) async fn parse_off_thread(
 
 /// Tries of a next link that answers 400 before it is abandoned (beyond the retry policy).
 pub(super) const NEXT_LINK_400_RETRIES: u32 = 2;
+
+/// Their waits: 0.5 s, then 1 s.
+const NEXT_LINK_400_BACKOFF: crate::retry::Backoff =
+    crate::retry::Backoff::doubling(Duration::from_millis(500), Duration::from_secs(1));
 
 pub(super) fn strip_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)

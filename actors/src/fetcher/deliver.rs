@@ -65,13 +65,11 @@ pub(super) async fn deliver(
             ))));
         }
         *hold.ahead = None;
-        let delay = env
-            .spec
-            .retry
-            .initial
-            .max(Duration::from_millis(100))
-            .saturating_mul(1 << attempt.min(10))
-            .min(HOLD_MAX_DELAY);
+        let delay = crate::retry::Backoff::doubling(
+            env.spec.retry.initial.max(Duration::from_millis(100)),
+            HOLD_MAX_DELAY,
+        )
+        .delay(attempt);
         warn!(
             error = %e,
             attempt = attempt + 1,

@@ -148,7 +148,13 @@ pub async fn collect(
                 {
                     reschedules += 1;
                     job.tasks[i].reschedules += 1;
-                    let delay = spec.retry.initial * 2;
+                    // A fixed wait: twice the retry policy's first delay.
+                    let delay = crate::retry::Backoff {
+                        initial: spec.retry.initial * 2,
+                        multiplier: 1.0,
+                        max: spec.retry.initial * 2,
+                    }
+                    .delay(reschedules);
                     warn!(error = %e, attempt = reschedules, delay_ms = delay.as_millis() as u64, "task failed; rescheduling it");
                     job.errors.push(format!("task rescheduled after: {e}"));
                     let mut c = cancel.clone();
