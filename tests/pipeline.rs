@@ -330,3 +330,83 @@ fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
     let (s, e) = job.window.unwrap();
     assert_eq!(n, sim.model().expected(s, e, now).len(), "every row");
 }
+
+/// Two engines in one process share nothing: engine A's pages are stuck in a hook on the threads
+/// that parse them (every parse turn A has, whatever the number of cores), and engine B collects
+/// all the same. Before, the parse turns were a process-wide static, and B waited for A.
+#[test]
+fn two_engines_in_one_process_do_not_wait_for_each_other() {
+    let sim = sim(30, |_| {});
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let dir_a = tempfile::tempdir().unwrap();
+    let sources: Vec<(String, String, String)> = (0..cores)
+        .map(|i| (format!("a{i}"), hours_ago(3), hours_ago(1)))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = sources
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
+    let cfg_a = parse(&graph_sources_toml(
+        &sim,
+        &dir_a.path().join("state"),
+        &dir_a.path().join("out.ndjson"),
+        &refs,
+        "",
+    ));
+    // The hook holds each page of A until released.
+    let gate = Arc::new((Mutex::new((0usize, false)), std::sync::Condvar::new()));
+    let hook: Hook = {
+        let gate = gate.clone();
+        Arc::new(move |_: &mut Vec<Event>| {
+            let (lock, cv) = &*gate;
+            let mut g = lock.lock().unwrap();
+            g.0 += 1;
+            cv.notify_all();
+            while !g.1 {
+                g = cv.wait(g).unwrap();
+            }
+        })
+    };
+    let a = msgtrace::embed::EngineBuilder::new(cfg_a)
+        .hook(hook)
+        .start()
+        .unwrap();
+    let a = Arc::new(a);
+    let run_a = {
+        let a = a.clone();
+        std::thread::spawn(move || block_on(a.run_once()))
+    };
+    {
+        let (lock, cv) = &*gate;
+        let g = lock.lock().unwrap();
+        let (g, timeout) = cv
+            .wait_timeout_while(g, std::time::Duration::from_secs(60), |g| g.0 < cores)
+            .unwrap();
+        assert!(!timeout.timed_out(), "engine A parsed {} pages", g.0);
+    }
+    // Engine B, while every parse turn of A is held.
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_b = graph_config(&sim, &dir_b, "");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let b = msgtrace::embed::EngineBuilder::new(cfg_b).start().unwrap();
+        let report = block_on(async {
+            let r = b.run_once().await.unwrap();
+            b.shutdown().await.unwrap();
+            r
+        });
+        let _ = tx.send(report);
+    });
+    let b = rx.recv_timeout(std::time::Duration::from_secs(60));
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let report_a = run_a.join().unwrap().unwrap();
+    block_on(a.shutdown()).unwrap();
+    let report_b = b.expect("engine B collected while engine A's parses were held");
+    assert!(report_b.all_succeeded(), "{report_b:?}");
+    assert!(report_a.all_succeeded(), "{report_a:?}");
+    assert_exactly_once(&sim, &report_b, &dir_b.path().join("out.ndjson"), Api::Graph);
+}
