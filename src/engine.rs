@@ -279,14 +279,19 @@ fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors:
 }
 
 /// Builds the sink for a sink configuration.
-fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions, store: &Store) -> Box<dyn Sink> {
+fn build_sink(
+    id: &str,
+    kind: &SinkKind,
+    opts: &EngineOptions,
+    state_dir: &std::path::Path,
+) -> Box<dyn Sink> {
     match kind {
         SinkKind::Stdout => Box::new(StdoutSink::new(id)),
         SinkKind::File { path, rotate, mode } => Box::new(
             FileSink::new(id, path)
                 .with_rotation(*rotate)
                 .with_mode(*mode)
-                .with_marks(store.dir()),
+                .with_marks(state_dir),
         ),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);
@@ -484,9 +489,12 @@ pub fn start(
     let all: Vec<String> = config.sources.keys().cloned().collect();
     // A configured sink that panics is built again from its configuration; a host's is kept.
     let configured = config.sinks.values().map(|s| {
-        let (id, kind, opts, store) = (s.id.clone(), s.kind.clone(), opts.clone(), store.clone());
+        // The directory, not the store: a sink's thread may outlive the engine's stop, and an
+        // open store there would keep the state directory locked.
+        let (id, kind, opts) = (s.id.clone(), s.kind.clone(), opts.clone());
+        let state_dir = store.dir().to_path_buf();
         let factory: msgtrace_actors::sink::SinkFactory =
-            Box::new(move || build_sink(&id, &kind, &opts, &store));
+            Box::new(move || build_sink(&id, &kind, &opts, &state_dir));
         (s.id.clone(), factory(), Some(factory), s.inputs.clone())
     });
     let hosted = host_sinks.into_iter().map(|h| {

@@ -408,5 +408,10 @@ fn two_engines_in_one_process_do_not_wait_for_each_other() {
     let report_b = b.expect("engine B collected while engine A's parses were held");
     assert!(report_b.all_succeeded(), "{report_b:?}");
     assert!(report_a.all_succeeded(), "{report_a:?}");
-    assert_exactly_once(&sim, &report_b, &dir_b.path().join("out.ndjson"), Api::Graph);
+    assert_exactly_once(
+        &sim,
+        &report_b,
+        &dir_b.path().join("out.ndjson"),
+        Api::Graph,
+    );
 }

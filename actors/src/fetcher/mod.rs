@@ -30,7 +30,6 @@ use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson};
 use crate::http::{self, HttpError};
-use crate::link_guard::LinkGuard;
 use crate::retry::Failure;
 use crate::sink::Deliver;
 use crate::spec::SourceSpec;
@@ -38,7 +37,7 @@ use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, InFlight, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
+    Checkpoint, Commit, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;
@@ -53,6 +52,7 @@ mod prefetch;
 mod ready;
 mod shared;
 mod slice;
+mod slice_run;
 
 use client::*;
 use deliver::*;
@@ -62,6 +62,7 @@ use prefetch::*;
 use ready::*;
 pub use shared::{RowBudget, Shared, ROWS_IN_FLIGHT};
 use slice::*;
+use slice_run::{Identity, Mark, Progress, Query, Request, SliceRun, Step};
 
 /// What a Fetcher needs to run jobs.
 pub struct FetcherEnv {

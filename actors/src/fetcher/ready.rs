@@ -76,9 +76,6 @@ impl Parsed {
     }
 }
 
-/// A row's identity: trace id and recipient.
-pub(super) type Identity = (String, String);
-
 /// A page ready for its sinks: its batch, and what the job record and the checkpoint need.
 pub(super) struct Ready {
     /// What the hooks left of the events, encoded for the sinks; `None` when nothing is left.

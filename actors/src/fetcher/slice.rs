@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// Re-queries of one slice allowed in one job before it fails.
-pub(super) const MAX_REQUERIES: u32 = 3;
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn collect_slice(
     env: &Rc<FetcherEnv>,
@@ -23,55 +20,25 @@ pub(super) async fn collect_slice(
     // A re-read asks again for pages it had before, to find rows that arrived late: its pages
     // are neither kept nor taken from the spool.
     let spool = (!task.reread).then(|| spool.clone());
-    let mut link = task.next_link.clone();
-    let mut slice_pages = task.pages;
-    let mut slice_rows = task.rows;
-    let mut track = match &task.resume {
-        Some(f) => Progress {
-            query_end: f.query_end,
-            oldest: f.oldest,
-            oldest_ids: f.oldest_ids.clone(),
-            skip: if f.query_end.is_some() {
-                f.oldest_ids.clone()
-            } else {
-                Vec::new()
-            },
-            requeries: f.requeries,
+    let mut run = SliceRun::new(
+        task,
+        Query {
+            api: spec.api,
+            base: spec.url.clone(),
+            page_size: spec.page_size,
+            limits: spec.link_limits,
         },
-        None => Progress::default(),
-    };
-    let mut requeries_now = 0;
+    );
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
-    // What this query's next links may do (each followed once, pages bounded).
-    let mut guard: Option<LinkGuard> = None;
     loop {
         if *cancel.borrow() {
             return Err(Stop::Cancelled(None));
         }
-        let is_next_link = link.is_some();
-        let url = match &link {
-            Some(l) => l.clone(),
-            None => spec
-                .api
-                .first_page_url(
-                    &spec.url,
-                    task.start,
-                    track
-                        .query_end
-                        .unwrap_or_else(|| window::inclusive_end(task.end)),
-                    spec.page_size,
-                )
-                .to_string(),
-        };
-        match &mut guard {
-            Some(g) if !is_next_link => g.restart(&url),
-            Some(_) => {}
-            None => guard = Some(LinkGuard::new(spec.link_limits, &url)),
-        }
+        let Request { url, is_next_link } = run.request();
         // What this page becomes; made on the parse thread unless it must be made in order.
-        let plan = PagePlan::new(env, task, &track);
+        let plan = PagePlan::new(env, task, run.progress());
         let ahead = PageUse {
             plan: plan.index.is_none().then(|| plan.clone()),
             spool: spool.clone(),
@@ -114,16 +81,14 @@ pub(super) async fn collect_slice(
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
         let (parsed, _slot) = match fetched.page {
             Ok(p) => p,
-            Err(Stop::Rejected(e)) if is_next_link && requeries_now < MAX_REQUERIES => {
+            Err(Stop::Rejected(e)) => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
                 // recipient address", a link to another host) is abandoned.
-                requeries_now += 1;
-                requery(env, &mut track, job, i, task, &e);
-                link = None;
+                run.link_failed(is_next_link, &e).map_err(Stop::Failed)?;
+                abandoned(env, job, i, run.progress(), &e);
                 prefetched = None;
                 continue;
             }
-            Err(Stop::Rejected(e)) => return Err(Stop::Failed(e)),
             Err(other) => return Err(other),
         };
         // Before this page is made ready (when it is not yet): the next request goes out first.
@@ -166,11 +131,6 @@ pub(super) async fn collect_slice(
                 "rows already delivered skipped; status changes emitted as updates"
             );
         }
-        if let Some((t, ids)) = ready.oldest {
-            for id in ids {
-                track.delivered(t, id);
-            }
-        }
         job.known += ready.known;
         job.updates += ready.updates;
         let n = ready.rows;
@@ -187,56 +147,22 @@ pub(super) async fn collect_slice(
                 ));
             }
         }
-        slice_pages += 1;
-        slice_rows += n;
         // A next link this query had already, or one past its bounds, is poisoned like a link
         // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
         // checkpoint with this page, so that a restart re-queries too).
-        let mut next = ready.next_link.map(|u| u.to_string());
-        let mut abandoned = false;
-        if let (Some(n), Some(g)) = (&next, &mut guard) {
-            if let Err(why) = g.follow(ready.parsed, n) {
-                requeries_now += 1;
-                requery(env, &mut track, job, i, task, &why.to_string());
-                next = None;
-                abandoned = true;
-                prefetched = None;
-            }
+        let next = ready.next_link.map(|u| u.to_string());
+        let (step, mark) = run.delivered(&job.id, ready.parsed, n, ready.oldest, next);
+        if let Step::Requery(why) = &step {
+            abandoned(env, job, i, run.progress(), why);
+            prefetched = None;
         }
-        match &next {
-            _ if task.reread => {}
-            None if abandoned => {
-                cp.in_flight = Some(InFlight {
-                    job_id: job.id.clone(),
-                    slice_start: task.start,
-                    slice_end: task.end,
-                    next_link: None,
-                    pages: slice_pages,
-                    rows: slice_rows,
-                    query_end: track.query_end,
-                    oldest: track.oldest,
-                    oldest_ids: track.oldest_ids.clone(),
-                    requeries: track.requeries,
-                });
-            }
-            None => {
-                cp.cursor = Some(task.end);
+        match mark {
+            Mark::Unchanged => {}
+            Mark::Cursor(end) => {
+                cp.cursor = Some(end);
                 cp.in_flight = None;
             }
-            Some(next) => {
-                cp.in_flight = Some(InFlight {
-                    job_id: job.id.clone(),
-                    slice_start: task.start,
-                    slice_end: task.end,
-                    next_link: Some(next.clone()),
-                    pages: slice_pages,
-                    rows: slice_rows,
-                    query_end: track.query_end,
-                    oldest: track.oldest,
-                    oldest_ids: track.oldest_ids.clone(),
-                    requeries: track.requeries,
-                });
-            }
+            Mark::InFlight(f) => cp.in_flight = Some(f),
         }
         if !task.reread {
             cp.pages_total += 1;
@@ -247,8 +173,7 @@ pub(super) async fn collect_slice(
         job.rows += n;
         job.dropped += dropped;
         let t = &mut job.tasks[i];
-        t.pages = slice_pages;
-        t.rows = slice_rows;
+        (t.pages, t.rows) = run.totals();
         t.dropped += dropped;
         env.store
             .commit(
@@ -263,10 +188,10 @@ pub(super) async fn collect_slice(
             .await
             .map_err(|e| Stop::Failed(format!("could not save the checkpoint: {e}")))?;
         debug!(
-            page = slice_pages,
+            page = run.totals().0,
             rows = n,
             dropped,
-            last = next.is_none(),
+            last = step == Step::Done,
             "page committed"
         );
         if let Some(spool) = &spool {
@@ -276,38 +201,18 @@ pub(super) async fn collect_slice(
         if let Some(hook) = &env.page_hook {
             hook(&spec.id, job.pages, job.rows);
         }
-        match next {
-            None if abandoned && requeries_now > MAX_REQUERIES => {
-                return Err(Stop::Failed(format!(
-                    "next links abandoned {requeries_now} times in this slice; the next run re-queries it"
-                )))
-            }
-            None if abandoned => link = None,
-            None => return Ok(()),
-            Some(n) => link = Some(n),
+        match step {
+            Step::Done => return Ok(()),
+            Step::Requery(_) => run.may_go_on().map_err(Stop::Failed)?,
+            Step::Next(_) => {}
         }
     }
 }
 
-/// Abandons a query's next link (`why` it is poisoned) and sets `track` to re-query the slice:
-/// rows come newest first, so every row newer than the oldest one delivered is already out;
-/// the re-query asks up to that instant (inclusive) and skips the rows delivered at exactly it.
-pub(super) fn requery(
-    env: &FetcherEnv,
-    track: &mut Progress,
-    job: &mut JobRecord,
-    i: usize,
-    task: &SliceTask,
-    why: &str,
-) {
-    track.requeries += 1;
+/// A next link was abandoned (`why`) and the slice is re-queried: said in the log, the job
+/// record and the metrics.
+fn abandoned(env: &FetcherEnv, job: &mut JobRecord, i: usize, track: &Progress, why: &str) {
     job.tasks[i].requeries += 1;
-    track.query_end = Some(
-        track
-            .oldest
-            .unwrap_or_else(|| window::inclusive_end(task.end)),
-    );
-    track.skip = track.oldest_ids.clone();
     warn!(
         error = %why,
         requery_end = ?track.query_end,
@@ -317,29 +222,4 @@ pub(super) fn requery(
     job.errors.push(format!(
         "next link abandoned and the slice re-queried: {why}"
     ));
-}
-
-/// What a slice has delivered so far, for re-queries.
-#[derive(Default)]
-pub(super) struct Progress {
-    pub(super) query_end: Option<DateTime<Utc>>,
-    pub(super) oldest: Option<DateTime<Utc>>,
-    pub(super) oldest_ids: Vec<(String, String)>,
-    /// Identities to drop (delivered before a re-query, at the re-query's end instant).
-    pub(super) skip: Vec<(String, String)>,
-    pub(super) requeries: u32,
-}
-
-impl Progress {
-    pub(super) fn delivered(&mut self, t: DateTime<Utc>, id: (String, String)) {
-        match self.oldest {
-            Some(o) if t > o => {}
-            Some(o) if t == o => self.oldest_ids.push(id),
-            _ => {
-                self.oldest = Some(t);
-                self.oldest_ids.clear();
-                self.oldest_ids.push(id);
-            }
-        }
-    }
 }
