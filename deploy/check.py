@@ -187,5 +187,5 @@ def dockerfile_user():
 if __name__ == "__main__":
     main()
     for p in problems:
-        print(f"deploy/kubernetes: {p}")
+        print(f"deploy: {p}")
     sys.exit(1 if problems else 0)
