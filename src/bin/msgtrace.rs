@@ -1,7 +1,7 @@
 //! The `msgtrace` binary: parses arguments, installs logging, maps signals, calls the library.
 
 use anyhow::{anyhow, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use msgtrace::config::{self, Config, LogFormat};
 use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
@@ -146,6 +146,19 @@ enum Command {
         /// Serve the next fault of --faults on every N-th data request.
         #[arg(long, default_value_t = 10)]
         fault_every: u64,
+    },
+    /// Print a shell completion script for SHELL to stdout (for packagers; see the README).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page msgtrace(1) to stdout, or write one page per command into --dir.
+    #[command(hide = true)]
+    Man {
+        /// Directory for msgtrace.1, msgtrace-run.1, ... (created if missing).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -478,6 +491,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Secrets { action } => secrets_command(action),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "msgtrace", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Jobs { config, json } => {
             let state_dir = match load_state_dir(&config) {
                 Ok(d) => d,
@@ -590,8 +609,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     max_recipients,
                     ..TenantModel::default()
                 },
-                tenant_id,
-                client_id,
+                tenant_id: tenant_id.clone(),
+                client_id: client_id.clone(),
                 client_secret,
                 token_lifetime_secs,
                 page_latency_ms,
@@ -620,6 +639,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("  token (v2): {}", sim.token_url_v2());
             println!("  graph:      {}", sim.graph_url());
             println!("  reporting:  {}", sim.rws_url());
+            println!("a configuration that collects from it (save it as simulate.toml):\n");
+            println!(
+                "{}",
+                msgtrace::simulator::example_config(&sim.base_url(), &tenant_id, &client_id)
+            );
             actix_rt::System::new().block_on(async {
                 let _ = tokio::signal::ctrl_c().await;
             });
@@ -640,6 +664,22 @@ fn report_failure(e: &anyhow::Error) -> ExitCode {
         .chain()
         .any(|c| c.is::<StorageError>() || c.is::<msgtrace::preflight::PreflightError>());
     ExitCode::from(if unusable { 2 } else { 1 })
+}
+
+/// The man pages, generated from the same definition as `--help`: msgtrace(1) to stdout, or
+/// every page (msgtrace.1 and one per visible subcommand, msgtrace-run.1, ...) into `dir`.
+fn man_pages(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let cmd = Cli::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| clap_mangen::generate_to(cmd, dir))
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("man pages written to {}", dir.display());
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Opens the secret store of a configuration's state directory (creating the directory).

@@ -31,6 +31,7 @@
 //! ```
 
 mod auth;
+mod example;
 mod model;
 mod query;
 mod server;
@@ -39,6 +40,7 @@ mod tests;
 #[cfg(test)]
 mod tests_late;
 
+pub use example::{example_config, SIM_SECRET_VAR};
 pub use model::{
     format_7, format_7z, format_ms_date, format_window, from_ticks, ticks_ceil, ticks_floor,
     LateRows, Position, SimRow, SimRows, TenantModel, TICKS_PER_HOUR, TICKS_PER_SEC,

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""What the deployment files promise each other, checked without a cluster or a Docker engine.
+
+Run by deploy/check (needs PyYAML; tomllib is Python 3.11's). Reads deploy/kubernetes/ as
+kustomize would (its resources plus the generated ConfigMap), deploy/Dockerfile and
+deploy/kubernetes/msgtrace.toml, and fails with one line per broken promise:
+
+- one StatefulSet, one replica, one PersistentVolumeClaim mounted at the configuration's state_dir;
+- non-root (the image's USER is the pod's runAsUser), read-only root file system, no privilege
+  escalation, every capability dropped;
+- every ${VAR} of the configuration set in the container's env, secrets only from a Secret;
+- the ConfigMap mounted where the container's `-c` argument looks;
+- metrics scraped: the prometheus.io annotations, the Service and the ServiceMonitor all name the
+  port that metrics_listen binds.
+"""
+
+import os
+import re
+import sys
+import tomllib
+
+import yaml
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+K8S = os.path.join(ROOT, "kubernetes")
+problems = []
+
+
+def problem(text):
+    problems.append(text)
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+def main():
+    kustomization = load_all(os.path.join(K8S, "kustomization.yaml"))[0]
+    docs = []
+    for resource in kustomization.get("resources", []):
+        docs += load_all(os.path.join(K8S, resource))
+    generated = {}
+    for gen in kustomization.get("configMapGenerator", []):
+        generated[gen["name"]] = [os.path.basename(f) for f in gen.get("files", [])]
+    extra = load_all(os.path.join(K8S, "servicemonitor.yaml"))
+
+    with open(os.path.join(K8S, "msgtrace.toml"), "rb") as f:
+        config = tomllib.load(f)
+    variables = sorted(set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", " ".join(strings(config)))))
+
+    by_kind = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    sets = by_kind.get("StatefulSet", [])
+    if len(sets) != 1:
+        problem(f"{len(sets)} StatefulSets in the kustomization, want 1")
+        return
+    sts = sets[0]
+    spec = sts["spec"]
+    if spec.get("replicas") != 1:
+        problem(f"StatefulSet replicas = {spec.get('replicas')}, want 1 (one process per state directory)")
+    claims = spec.get("volumeClaimTemplates", [])
+    if len(claims) != 1:
+        problem(f"{len(claims)} volumeClaimTemplates, want 1")
+    pod = spec["template"]
+    pod_spec = pod["spec"]
+    containers = pod_spec["containers"]
+    if len(containers) != 1:
+        problem(f"{len(containers)} containers, want 1")
+    c = containers[0]
+    mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+
+    # The state directory on the claim.
+    state_dir = config.get("state_dir")
+    if claims:
+        m = mounts.get(claims[0]["metadata"]["name"])
+        if m is None or m["mountPath"] != state_dir:
+            problem(f"the PersistentVolumeClaim is not mounted at state_dir {state_dir!r}")
+
+    # Non-root, read-only.
+    psc = pod_spec.get("securityContext", {})
+    csc = c.get("securityContext", {})
+    if not psc.get("runAsNonRoot") or psc.get("runAsUser") in (None, 0):
+        problem("the pod does not run as a non-root user (securityContext runAsNonRoot, runAsUser)")
+    if not csc.get("readOnlyRootFilesystem"):
+        problem("the container's root file system is not read-only")
+    if csc.get("allowPrivilegeEscalation") is not False:
+        problem("the container allows privilege escalation")
+    if csc.get("capabilities", {}).get("drop") != ["ALL"]:
+        problem("the container does not drop every capability")
+    user = dockerfile_user()
+    if user is not None and psc.get("runAsUser") != user:
+        problem(f"the pod's runAsUser {psc.get('runAsUser')} is not the image's USER {user}")
+
+    # The configuration's variables.
+    env = {e["name"]: e for e in c.get("env", [])}
+    for var in variables:
+        if var not in env:
+            problem(f"msgtrace.toml reads ${{{var}}}, which the container's env does not set")
+    for name, e in env.items():
+        secretish = re.search(r"SECRET|TOKEN|PASSWORD|KEY", name)
+        if secretish and "secretKeyRef" not in e.get("valueFrom", {}):
+            problem(f"env {name} looks like a secret but does not come from a Secret (secretKeyRef)")
+
+    # The configuration file where `-c` looks.
+    args = c.get("args", [])
+    config_arg = args[args.index("-c") + 1] if "-c" in args else None
+    mounted = False
+    for v in pod_spec.get("volumes", []):
+        cm = v.get("configMap")
+        if cm and cm["name"] in generated and v["name"] in mounts:
+            path = os.path.join(mounts[v["name"]]["mountPath"], "msgtrace.toml")
+            mounted = mounted or (path == config_arg and "msgtrace.toml" in generated[cm["name"]])
+    if not mounted:
+        problem(f"-c {config_arg}: no generated ConfigMap with msgtrace.toml is mounted there")
+
+    # Metrics: one port everywhere.
+    listen = config.get("metrics_listen", "")
+    port = int(listen.rsplit(":", 1)[1]) if ":" in listen else None
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    if port is None or ports.get("metrics") != port:
+        problem(f"container port `metrics` {ports.get('metrics')} is not metrics_listen's {port}")
+    notes = pod["metadata"].get("annotations", {})
+    if notes.get("prometheus.io/scrape") != "true" or notes.get("prometheus.io/port") != str(port):
+        problem("the pod's prometheus.io/scrape and prometheus.io/port annotations do not name the metrics port")
+    labels = pod["metadata"].get("labels", {})
+    services = [s for s in by_kind.get("Service", []) if s["metadata"]["name"] == spec.get("serviceName")]
+    if not services:
+        problem(f"no Service {spec.get('serviceName')!r} (the StatefulSet's serviceName)")
+    for s in services:
+        if any(labels.get(k) != v for k, v in s["spec"]["selector"].items()):
+            problem(f"Service {s['metadata']['name']} does not select the pod")
+        if not any(p.get("targetPort") in ("metrics", port) for p in s["spec"]["ports"]):
+            problem(f"Service {s['metadata']['name']} has no port for the metrics")
+        if not s["spec"].get("publishNotReadyAddresses"):
+            problem("the Service hides a not-ready pod (degraded /health) from Prometheus")
+    for sm in (d for d in extra if d["kind"] == "ServiceMonitor"):
+        selected = [s for s in services
+                    if all(s["metadata"].get("labels", {}).get(k) == v
+                           for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+        if not selected:
+            problem("the ServiceMonitor selects no Service (the Service needs its labels)")
+        for ep in sm["spec"]["endpoints"]:
+            if not any(p["name"] == ep["port"] for s in selected for p in s["spec"]["ports"]):
+                problem(f"the ServiceMonitor's port {ep['port']!r} is not a port of the Service")
+
+    # The probes use the metrics listener.
+    for probe in ("readinessProbe", "livenessProbe"):
+        p = c.get(probe, {})
+        target = (p.get("httpGet") or p.get("tcpSocket") or {}).get("port")
+        if target not in ("metrics", port):
+            problem(f"{probe} does not use the metrics port")
+
+
+def strings(value):
+    """Every string value of a parsed TOML document (where msgtrace expands ${VAR})."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings(v)
+
+
+def dockerfile_user():
+    """The numeric USER of the Dockerfile's last stage (None if it names no number)."""
+    stages = []
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        for line in f:
+            words = line.split()
+            if words and words[0].upper() == "FROM":
+                stages.append(None)
+            elif words and words[0].upper() == "USER" and stages:
+                stages[-1] = words[1].split(":")[0]
+    if len(stages) < 2:
+        problem("the Dockerfile is not multi-stage (a build stage, then a small runtime stage)")
+    last = stages[-1] if stages else None
+    if last is None or last in ("0", "root"):
+        problem("the Dockerfile's runtime stage does not set a non-root USER")
+        return None
+    return int(last) if last.isdigit() else None
+
+
+if __name__ == "__main__":
+    main()
+    for p in problems:
+        print(f"deploy: {p}")
+    sys.exit(1 if problems else 0)
