@@ -99,10 +99,15 @@ fn jobs_json(cfg: &str) -> Vec<JobRecord> {
 
 /// A GET on 127.0.0.1 over TCP: (status line, body).
 fn get(addr: &str, path: &str) -> (String, String) {
+    get_as(addr, addr, path)
+}
+
+/// A GET to `addr` with the `Host` header `host`.
+fn get_as(addr: &str, host: &str, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -315,6 +320,14 @@ fn no_endpoint_shows_a_secret() {
         }
         seen.push_str(&body);
     }
+    // A page of another site that made a browser resolve its name to 127.0.0.1 (DNS
+    // rebinding) gets nothing.
+    for path in ["/", "/api/jobs", "/api/dump", "/nope"] {
+        let (status, body) = get_as(&addr, "rebind.example:80", path);
+        assert!(status.contains(" 421 "), "{path}: {status}");
+        assert!(!body.contains("src"), "{path}: {body}");
+    }
+    assert!(get(&addr, "/nope").0.contains(" 404 "));
     // The endpoints did show the things around the secrets.
     assert!(seen.contains("graph-app") && seen.contains("rws-creds"));
     assert!(seen.contains("<redacted>"));
@@ -473,18 +486,10 @@ fn the_status_page_renders_in_headless_chromium() {
         "{dom}"
     );
     assert_eq!(cell(&dom, source, "rows"), job.rows.to_string());
+    let next_year = chrono::Datelike::year(&chrono::Utc::now()) + 1;
     assert_eq!(
         cell(&dom, source, "next-due"),
-        "2027-01-01 00:00:00Z".replace(
-            "2027",
-            &(chrono::Utc::now()
-                .format("%Y")
-                .to_string()
-                .parse::<i32>()
-                .unwrap()
-                + 1)
-            .to_string(),
-        )
+        format!("{next_year}-01-01 00:00:00Z")
     );
     // The job, with its pages and rows as `msgtrace jobs` has them.
     let row = format!("<tr data-job=\"{}\">", job.id);

@@ -294,14 +294,53 @@ struct Engine {
 /// The control API's routes.
 fn routes(supervisor: actix::Addr<Supervisor>, store: Store) -> Routes {
     let engine = web::Data::new(Engine { supervisor, store });
+    let local = |ctx: &actix_web::guard::GuardContext<'_>| {
+        ctx.head()
+            .headers()
+            .get(actix_web::http::header::HOST)
+            .is_none_or(|h| h.to_str().is_ok_and(host_allowed))
+    };
     Arc::new(move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(engine.clone())
-            .route("/", web::get().to(status_page))
-            .route("/api/sources", web::get().to(sources))
-            .route("/api/jobs", web::get().to(jobs_json))
-            .route("/api/secrets", web::get().to(secrets))
-            .route("/api/dump", web::get().to(dump_text));
+            .service(
+                web::scope("")
+                    .guard(actix_web::guard::fn_guard(local))
+                    .route("/", web::get().to(status_page))
+                    .route("/api/sources", web::get().to(sources))
+                    .route("/api/jobs", web::get().to(jobs_json))
+                    .route("/api/secrets", web::get().to(secrets))
+                    .route("/api/dump", web::get().to(dump_text)),
+            )
+            .service(
+                web::scope("")
+                    .guard(actix_web::guard::fn_guard(move |ctx| !local(ctx)))
+                    .default_service(web::to(misdirected)),
+            );
     })
+}
+
+/// Whether a request's `Host` may see the control API: an IP address or `localhost`, with or
+/// without a port. A browser that a web page tricks into asking 127.0.0.1 under the page's
+/// own name (DNS rebinding) sends that name, and is refused.
+pub fn host_allowed(host: &str) -> bool {
+    let host = host.trim();
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name.eq_ignore_ascii_case("localhost")
+}
+
+async fn misdirected() -> HttpResponse {
+    HttpResponse::MisdirectedRequest().body(
+        "the control API answers only requests addressed to an IP address or localhost \
+         (Host header); use http://127.0.0.1:PORT/\n",
+    )
 }
 
 /// How long a request waits for the engine's actors.
@@ -345,6 +384,11 @@ async fn status_page(engine: web::Data<Engine>) -> HttpResponse {
     match snapshot(&engine).await {
         Ok((sources, jobs)) => HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
+            .insert_header((
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'",
+            ))
+            .insert_header(("X-Content-Type-Options", "nosniff"))
             .body(page::render(&sources, &jobs, Utc::now())),
         Err(r) => r,
     }
@@ -427,5 +471,35 @@ async fn dump_text(engine: web::Data<Engine>, query: web::Query<DumpQuery>) -> H
             HttpResponse::NotFound().body(format!("no tree named `{}`\n", tree.unwrap_or_default()))
         }
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_ip_addresses_and_localhost_may_ask() {
+        for ok in [
+            "127.0.0.1:9465",
+            "127.0.0.1",
+            "192.0.2.7:80",
+            "[::1]:9465",
+            "[::1]",
+            "localhost",
+            "LOCALHOST:9465",
+        ] {
+            assert!(host_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example:9465",
+            "evil.example",
+            "localhost.evil.example:9465",
+            "127.0.0.1.nip.io:9465",
+            "[evil]:1",
+            "",
+        ] {
+            assert!(!host_allowed(refused), "{refused}");
+        }
     }
 }
