@@ -552,32 +552,29 @@ impl Handler<GetStatus> for Supervisor {
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         let now = chrono::Utc::now();
         let scheduling = self.scheduler.is_some() && !self.shutting_down;
-        let mut out = Vec::new();
-        for s in &self.order {
-            let slot = &self.slots[s];
-            let spec = &slot.entry.spec;
-            let next_due = scheduling
-                .then(|| crate::scheduler::parse_cron(&spec.cron).ok())
-                .flatten()
-                .and_then(|c| c.after(&now).next());
-            let quota = spec.quota.map(|q| QuotaUse {
-                spec: q,
-                remaining: self
-                    .quotas
-                    .gate(&spec.quota_key(), q)
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remaining(std::time::Instant::now()),
-            });
-            out.push(SourceStatus {
-                source: s.clone(),
-                running: slot.running.is_some(),
-                last: slot.last.clone(),
-                restarts: slot.restarts,
-                next_due,
-                quota,
-            });
-        }
-        MessageResult(out)
+        MessageResult(
+            self.order
+                .iter()
+                .map(|s| {
+                    let slot = &self.slots[s];
+                    let spec = &slot.entry.spec;
+                    SourceStatus {
+                        source: s.clone(),
+                        running: slot.running.is_some(),
+                        last: slot.last.clone(),
+                        restarts: slot.restarts,
+                        next_due: scheduling
+                            .then(|| crate::scheduler::next_due(&spec.cron, now))
+                            .flatten(),
+                        quota: spec.quota.and_then(|q| {
+                            let remaining = self
+                                .quotas
+                                .remaining(&spec.quota_key(), std::time::Instant::now())?;
+                            Some(QuotaUse { spec: q, remaining })
+                        }),
+                    }
+                })
+                .collect(),
+        )
     }
 }
