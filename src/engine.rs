@@ -400,7 +400,8 @@ pub struct Started {
     pub store: Store,
     arbiters: Vec<Arbiter>,
     grace: Duration,
-    metrics: Option<crate::metrics::MetricsServer>,
+    /// The metrics endpoint and the control API.
+    listeners: crate::control::Servers,
     /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
     stopping: tokio::sync::watch::Sender<bool>,
 }
@@ -419,9 +420,7 @@ impl Started {
             a.stop();
         }
         self.store.flush().await?;
-        if let Some(m) = self.metrics {
-            m.stop().await;
-        }
+        self.listeners.stop().await;
         Ok(report)
     }
 }
@@ -468,6 +467,7 @@ pub fn start(
         .metrics_listen
         .map(crate::metrics::bind)
         .transpose()?;
+    let control = crate::control::bind(config)?;
     if listener.is_some() {
         crate::metrics::install_recorder();
     }
@@ -535,19 +535,15 @@ pub fn start(
     .with_hooks(pipeline_hooks(config, opts))
     .with_rows_in_flight(opts.rows_in_flight)
     .start();
-    let metrics = match listener {
-        Some(listener) => Some(
-            crate::metrics::serve(listener, supervisor.clone(), auth, store.clone())
-                .context("metrics_listen: cannot serve on the bound socket")?,
-        ),
-        None => None,
-    };
+    let listeners =
+        crate::control::serve(control, listener, supervisor.clone(), auth, store.clone())
+            .context("metrics_listen, control_listen: cannot serve on the bound sockets")?;
     Ok(Started {
         supervisor,
         store,
         arbiters,
         grace: opts.grace,
-        metrics,
+        listeners,
         stopping,
     })
 }

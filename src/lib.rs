@@ -87,9 +87,11 @@
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod embed;
 pub mod engine;
+pub mod listener;
 pub mod metrics;
 pub mod normalize;
 pub mod preflight;

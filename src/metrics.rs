@@ -24,7 +24,8 @@
 //! The Prometheus recorder is installed process-wide on first use; if the host application
 //! installed a recorder of its own, msgtrace's counters go there and `/metrics` says so.
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use crate::listener::Routes;
+use actix_web::{web, HttpResponse};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use msgtrace_actors::auth::{AuthToken, GetAuthStats};
@@ -32,9 +33,9 @@ use msgtrace_actors::supervisor::{GetStatus, SourceStatus, Supervisor};
 use msgtrace_storage::{JobState, Store};
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The process-wide Prometheus recorder, `None` if another recorder was installed first.
 fn recorder() -> Option<PrometheusHandle> {
@@ -55,7 +56,7 @@ fn recorder() -> Option<PrometheusHandle> {
 }
 
 /// Installs the Prometheus recorder now (so that nothing recorded before the first scrape is
-/// lost). Called by [`serve`]; harmless to call more than once.
+/// lost). Called by [`routes`]; harmless to call more than once.
 pub fn install_recorder() {
     let _ = recorder();
 }
@@ -101,39 +102,11 @@ pub fn describe() {
     gauge!("msgtrace_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Why the metrics endpoint cannot listen: one line naming the address and what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics_listen: cannot listen on {addr}: {error}; {hint}")]
-pub struct ListenError {
-    /// The configured address.
-    pub addr: SocketAddr,
-    /// What the operating system said (in the message, so not a `source`: printed once).
-    pub error: std::io::Error,
-    /// What to do about it.
-    pub hint: &'static str,
-}
+pub use crate::listener::ListenError;
 
-/// Binds the metrics endpoint's socket. The engine does this before it starts any actor, so that
-/// a taken port stops the start cleanly; `validate` does it to check the address.
+/// Binds the metrics endpoint's socket ([`crate::listener::bind`] for `metrics_listen`).
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let failed = |error: std::io::Error| {
-        let hint = match error.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                "another program (another msgtrace?) listens there: stop it, or choose another port"
-            }
-            std::io::ErrorKind::AddrNotAvailable => {
-                "the address is not one of this host's: use 127.0.0.1 or an address of this host"
-            }
-            std::io::ErrorKind::PermissionDenied => {
-                "ports below 1024 need privileges: choose a port above 1024"
-            }
-            _ => "check metrics_listen",
-        };
-        ListenError { addr, error, hint }
-    };
-    let listener = TcpListener::bind(addr).map_err(failed)?;
-    listener.set_nonblocking(true).map_err(failed)?;
-    Ok(listener)
+    crate::listener::bind("metrics_listen", addr)
 }
 
 /// What `/health` says about the engine.
@@ -172,54 +145,24 @@ struct Engine {
     store: Store,
 }
 
-/// A running metrics endpoint.
-pub struct MetricsServer {
-    addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-}
-
-impl MetricsServer {
-    /// The address it listens on (useful with port 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        self.handle.stop(true).await;
-    }
-}
-
-/// Serves `/metrics` and `/health` on `listener` (from [`bind`]), inside the current actix
-/// System.
-pub fn serve(
-    listener: TcpListener,
+/// The routes `/metrics` and `/health`, for [`crate::listener::serve`] (alone on
+/// `metrics_listen`, or beside the control API's when `control_listen` names the same address).
+pub fn routes(
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
     store: Store,
-) -> std::io::Result<MetricsServer> {
+) -> Routes {
     install_recorder();
     let engine = web::Data::new(Engine {
         supervisor,
         auth,
         store,
     });
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(engine.clone())
+    Arc::new(move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(engine.clone())
             .route("/metrics", web::get().to(metrics_page))
-            .route("/health", web::get().to(health))
+            .route("/health", web::get().to(health));
     })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)?;
-    let addr = server.addrs()[0];
-    let server = server.run();
-    let handle = server.handle();
-    actix_rt::spawn(server);
-    info!(listen = %addr, "serving /metrics and /health");
-    Ok(MetricsServer { addr, handle })
 }
 
 /// How long a scrape waits for the engine's actors.
@@ -307,6 +250,8 @@ mod tests {
                 window: None,
             }),
             restarts: 0,
+            next_due: None,
+            quota: None,
         }
     }
 

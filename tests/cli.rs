@@ -455,7 +455,7 @@ fn jobs_and_secrets_need_only_the_state_dir() {
     };
     let o = run(&["jobs", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).starts_with("JOB"), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).starts_with("SOURCE"), "{}", text(&o.stdout));
     let o = run(&["secrets", "list", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     // What needs the whole configuration still says what is missing.

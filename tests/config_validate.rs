@@ -738,3 +738,29 @@ fn file_sink_mode_key() {
         );
     }
 }
+
+#[test]
+fn control_listen_takes_an_address_or_a_bare_port_for_loopback() {
+    let base = read("minimal.toml");
+    let parse = |line: &str| config::from_str_with_env(&format!("{line}\n{base}"), &test_env);
+    assert_eq!(parse("").unwrap().control_listen, None, "off by default");
+    let c = parse("control_listen = \"9465\"").unwrap();
+    assert_eq!(c.control_listen, Some("127.0.0.1:9465".parse().unwrap()));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let c = parse("control_listen = \"0.0.0.0:9465\"").unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("control_listen: ") && w.contains("reachable from the network")),
+        "{:?}",
+        c.warnings
+    );
+    let e = parse("control_listen = \"localhost:9465\"").unwrap_err();
+    assert!(
+        e.errors
+            .iter()
+            .any(|e| e.to_string().starts_with("control_listen: ")
+                && e.to_string().contains("IP:PORT")),
+        "{e:?}"
+    );
+}

@@ -134,6 +134,16 @@ impl QuotaRegistry {
             .or_insert_with(|| Arc::new(Mutex::new(QuotaGate::new(spec))))
             .clone()
     }
+
+    /// Requests left at `now` in the budget of `key`; `None` when no source uses it.
+    pub fn remaining(&self, key: &str, now: Instant) -> Option<u32> {
+        let gate = self.gates.get(key)?;
+        let remaining = gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining(now);
+        Some(remaining)
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +195,21 @@ mod tests {
                 .count();
             assert!(in_window <= 5);
         }
+    }
+
+    #[test]
+    fn the_registry_tells_what_is_left_of_a_tenants_budget() {
+        let spec = QuotaSpec {
+            requests: 3,
+            per: Duration::from_secs(10),
+        };
+        let mut registry = QuotaRegistry::default();
+        let t0 = Instant::now();
+        assert_eq!(registry.remaining("tenant", t0), None);
+        let gate = registry.gate("tenant", spec);
+        assert_eq!(registry.remaining("tenant", t0), Some(3));
+        assert_eq!(gate.lock().unwrap().reserve(t0), None);
+        assert_eq!(registry.remaining("tenant", t0), Some(2));
     }
 
     #[test]

@@ -54,6 +54,12 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
     cron::Schedule::from_str(expr).map_err(|e| format!("invalid cron expression `{expr}`: {e}"))
 }
 
+/// When a 6-field cron expression fires next after `now`; `None` if it does not parse or never
+/// fires again.
+pub fn next_due(expr: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    parse_cron(expr).ok()?.after(&now).next()
+}
+
 impl Scheduler {
     /// A scheduler for `(source id, 6-field cron)` pairs that tells `target` when one is due.
     pub fn new(
@@ -126,6 +132,16 @@ impl Handler<StopScheduling> for Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_due_is_the_next_firing_after_now() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T10:07:30Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let next = next_due(&cron_for_interval(15), now).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T10:15:00+00:00");
+        assert_eq!(next_due("not cron", now), None);
+    }
 
     #[test]
     fn interval_crons_parse_and_fire_on_the_minute_grid() {

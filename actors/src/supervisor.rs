@@ -107,6 +107,19 @@ pub struct SourceStatus {
     pub last: Option<JobSummary>,
     /// Fetcher restarts after a crash.
     pub restarts: u32,
+    /// When its schedule fires next; `None` unless the schedules run (`StartSchedules`).
+    pub next_due: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its tenant's request budget and what is left of it now; `None` without a budget.
+    pub quota: Option<QuotaUse>,
+}
+
+/// A tenant's request budget as a source sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaUse {
+    /// The budget.
+    pub spec: crate::quota::QuotaSpec,
+    /// Requests left in the current span.
+    pub remaining: u32,
 }
 
 /// Outcomes of the jobs of a [`RunAll`] or of everything until [`Shutdown`].
@@ -537,16 +550,28 @@ impl Handler<GetStatus> for Supervisor {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        let now = chrono::Utc::now();
+        let scheduling = self.scheduler.is_some() && !self.shutting_down;
         MessageResult(
             self.order
                 .iter()
                 .map(|s| {
                     let slot = &self.slots[s];
+                    let spec = &slot.entry.spec;
                     SourceStatus {
                         source: s.clone(),
                         running: slot.running.is_some(),
                         last: slot.last.clone(),
                         restarts: slot.restarts,
+                        next_due: scheduling
+                            .then(|| crate::scheduler::next_due(&spec.cron, now))
+                            .flatten(),
+                        quota: spec.quota.and_then(|q| {
+                            let remaining = self
+                                .quotas
+                                .remaining(&spec.quota_key(), std::time::Instant::now())?;
+                            Some(QuotaUse { spec: q, remaining })
+                        }),
                     }
                 })
                 .collect(),

@@ -2,7 +2,7 @@
 //! directory, secrets redacted.
 
 use clap::Parser;
-use msgtrace::storage::{dump, StorageError, Store};
+use msgtrace::control::client::{AccessError, StateDir};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,40 +32,28 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let store = match Store::open(&cli.state_dir) {
-        Ok(s) => s,
-        Err(e @ StorageError::Locked { .. }) => {
+    // A running engine holds the directory: its control socket answers instead.
+    let printed =
+        StateDir::open(&cli.state_dir).and_then(|d| d.dump(cli.tree.as_deref(), cli.json));
+    match printed {
+        Ok(Some(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            eprintln!(
+                "msgtrace-dump: no tree named `{}`",
+                cli.tree.unwrap_or_default()
+            );
+            ExitCode::from(2)
+        }
+        Err(e @ AccessError::NoEngine { .. }) => {
             eprintln!("msgtrace-dump: {e}; e.g. `cp -r {0} /tmp/msgtrace-copy && msgtrace-dump /tmp/msgtrace-copy`", cli.state_dir.display());
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("msgtrace-dump: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let trees = match dump::dump(&store, cli.tree.as_deref()) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("msgtrace-dump: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if let Some(t) = &cli.tree {
-        if trees.is_empty() {
-            eprintln!("msgtrace-dump: no tree named `{t}`");
-            return ExitCode::from(2);
+            ExitCode::from(1)
         }
     }
-    if cli.json {
-        match serde_json::to_string_pretty(&trees) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("msgtrace-dump: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    } else {
-        print!("{}", dump::render_text(&trees));
-    }
-    ExitCode::SUCCESS
 }

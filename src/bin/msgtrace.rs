@@ -3,6 +3,8 @@
 use anyhow::{anyhow, Context};
 use clap::{CommandFactory as _, Parser, Subcommand};
 use msgtrace::config::{self, Config, LogFormat};
+use msgtrace::control::client::StateDir;
+use msgtrace::control::jobs::JobFilter;
 use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
 use msgtrace::simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
@@ -81,6 +83,15 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Only this source's jobs.
+        #[arg(long, value_name = "ID")]
+        source: Option<String>,
+        /// Only jobs in this state.
+        #[arg(long, value_parser = msgtrace::control::jobs::parse_state)]
+        state: Option<msgtrace::storage::JobState>,
+        /// Only the newest N jobs (of those the other filters keep).
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
     },
     /// Run the simulated tenant as a standalone server.
     Simulate {
@@ -362,12 +373,22 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             // A taken port may be this configuration's own running msgtrace: a warning. An
             // address this host cannot listen on at all is an error.
-            if let Some(Err(e)) = cfg.metrics_listen.map(msgtrace::metrics::bind) {
-                if e.error.kind() == std::io::ErrorKind::AddrInUse {
-                    eprintln!("msgtrace: warning: {e}");
-                } else {
-                    eprintln!("msgtrace: {e}");
-                    bad = true;
+            let listens = [
+                ("metrics_listen", cfg.metrics_listen),
+                (
+                    "control_listen",
+                    cfg.control_listen
+                        .filter(|a| Some(*a) != cfg.metrics_listen),
+                ),
+            ];
+            for (key, addr) in listens {
+                if let Some(Err(e)) = addr.map(|a| msgtrace::listener::bind(key, a)) {
+                    if e.error.kind() == std::io::ErrorKind::AddrInUse {
+                        eprintln!("msgtrace: warning: {e}");
+                    } else {
+                        eprintln!("msgtrace: {e}");
+                        bad = true;
+                    }
                 }
             }
             for w in cfg
@@ -497,63 +518,32 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => man_pages(dir.as_deref()),
-        Command::Jobs { config, json } => {
+        Command::Jobs {
+            config,
+            json,
+            source,
+            state,
+            last,
+        } => {
             let state_dir = match load_state_dir(&config) {
                 Ok(d) => d,
                 Err(code) => return Ok(code),
             };
-            let store = match Store::open(&state_dir) {
-                Ok(store) => store,
+            // A running engine holds the directory: its control socket answers instead.
+            let jobs = match StateDir::open(&state_dir).and_then(|d| d.jobs()) {
+                Ok(jobs) => jobs,
                 Err(e) => return Ok(report_failure(&e.into())),
             };
-            let jobs = store.jobs(None)?;
+            let jobs = JobFilter {
+                source,
+                state,
+                last,
+            }
+            .apply(jobs);
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                print!("{}", msgtrace::control::jobs::to_json(&jobs));
             } else {
-                println!(
-                    "{:<40} {:<11} {:<26} {:<26} {:>6} {:>9} {:>7}",
-                    "JOB", "STATE", "WINDOW START", "WINDOW END", "PAGES", "EVENTS", "ERRORS"
-                );
-                for j in &jobs {
-                    let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
-                        t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                            .unwrap_or_else(|| "-".into())
-                    };
-                    println!(
-                        "{:<40} {:<11} {:<26} {:<26} {:>6} {:>9} {:>7}",
-                        j.id,
-                        format!("{:?}", j.state).to_lowercase(),
-                        fmt(j.window_start),
-                        fmt(j.window_end),
-                        j.pages,
-                        j.rows,
-                        j.errors.len()
-                    );
-                    for t in &j.tasks {
-                        println!(
-                            "    task {} .. {}  {:<9} pages {:>5}  rows {:>8}  dropped {}  retries {}{}{}",
-                            fmt(Some(t.start)),
-                            fmt(Some(t.end)),
-                            format!("{:?}", t.state).to_lowercase(),
-                            t.pages,
-                            t.rows,
-                            t.dropped,
-                            t.retries,
-                            if t.requeries > 0 { format!("  requeries {}", t.requeries) } else { String::new() },
-                            if t.reschedules > 0 { format!("  reschedules {}", t.reschedules) } else { String::new() },
-                        );
-                    }
-                    for (g0, g1) in &j.gaps {
-                        println!(
-                            "    gap  {} .. {}  (older than the API keeps)",
-                            fmt(Some(*g0)),
-                            fmt(Some(*g1))
-                        );
-                    }
-                    for e in &j.errors {
-                        println!("    error: {e}");
-                    }
-                }
+                print!("{}", msgtrace::control::jobs::render_text(&jobs));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -660,9 +650,14 @@ fn report_failure(e: &anyhow::Error) -> ExitCode {
     for line in format!("{e:#}").lines() {
         eprintln!("msgtrace: {line}");
     }
-    let unusable = e
-        .chain()
-        .any(|c| c.is::<StorageError>() || c.is::<msgtrace::preflight::PreflightError>());
+    let unusable = e.chain().any(|c| {
+        c.is::<StorageError>()
+            || c.is::<msgtrace::preflight::PreflightError>()
+            || matches!(
+                c.downcast_ref::<msgtrace::control::client::AccessError>(),
+                Some(msgtrace::control::client::AccessError::Storage(_))
+            )
+    });
     ExitCode::from(if unusable { 2 } else { 1 })
 }
 
@@ -745,11 +740,15 @@ fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         SecretsCommand::List { config } => {
-            let secrets = match open_secrets(&config) {
-                Ok(s) => s,
+            let state_dir = match load_state_dir(&config) {
+                Ok(d) => d,
                 Err(code) => return Ok(code),
             };
-            let list = secrets.list()?;
+            // A running engine holds the directory: its control socket answers instead.
+            let list = match StateDir::open(&state_dir).and_then(|d| d.secrets()) {
+                Ok(list) => list,
+                Err(e) => return Ok(report_failure(&e.into())),
+            };
             if list.is_empty() {
                 eprintln!("msgtrace: the secret store is empty");
             }

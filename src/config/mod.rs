@@ -80,6 +80,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where to serve Prometheus `/metrics` and `/health`; `None` serves nothing.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the control API and status page over TCP besides the state directory's
+    /// socket (`control.sock`); `None`: the socket only. May equal `metrics_listen` (one listener).
+    pub control_listen: Option<SocketAddr>,
     /// The inputs, by Input ID (the key of `[sources.<id>]`), each polled on its own schedule.
     pub sources: BTreeMap<String, SourceConfig>,
     /// Named certificates that `oauth_cert` sources refer to with `certificate = "<name>"`.

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub log_format: Option<String>,
     /// `metrics_listen`: socket address of the metrics endpoint.
     pub metrics_listen: Option<String>,
+    /// `control_listen`: socket address of the control API and status page.
+    pub control_listen: Option<String>,
     /// `[sources.<id>]`, by id.
     #[serde(default)]
     pub sources: BTreeMap<String, RawSource>,

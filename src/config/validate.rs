@@ -53,28 +53,16 @@ pub(crate) fn validate_parsed(
         &[("text", LogFormat::Text), ("json", LogFormat::Json)],
     );
     let log_format = log_format.unwrap_or(LogFormat::Text);
-    let metrics_listen = raw.metrics_listen.as_deref().and_then(|text| match text.trim().parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            let shown = cx.quote("metrics_listen", text);
-            cx.error(
-                "metrics_listen",
-                format!("{shown} is not a socket address; write IP:PORT, e.g. \"127.0.0.1:9464\" or \"[::]:9464\""),
-            );
-            None
-        }
-    });
-    if let Some(addr) = metrics_listen.filter(|a| !a.ip().is_loopback()) {
-        let shown = cx.quote("metrics_listen", &addr.to_string());
-        cx.warn(
-            "metrics_listen",
-            format!(
-                "{shown} is not a loopback address: /metrics and /health (source names, job errors) are \
-                 reachable from the network; use 127.0.0.1 unless a scraper on another host needs it, \
-                 and then firewall the port"
-            ),
-        );
-    }
+    let metrics_listen = cx.listen(
+        "metrics_listen",
+        raw.metrics_listen.as_deref(),
+        "/metrics and /health (source names, job errors)",
+    );
+    let control_listen = cx.listen(
+        "control_listen",
+        raw.control_listen.as_deref(),
+        "the control API and status page (sources, jobs, errors, the state directory's dump)",
+    );
 
     let mut certificates = BTreeMap::new();
     for (name, cert) in &raw.certificates {
@@ -156,6 +144,7 @@ pub(crate) fn validate_parsed(
         log_level,
         log_format,
         metrics_listen,
+        control_listen,
         sources,
         certificates,
         sinks,
@@ -198,6 +187,38 @@ impl Cx<'_> {
         } else {
             format!("`{value}`")
         }
+    }
+
+    /// A listen address key (`metrics_listen`, `control_listen`): `IP:PORT`, or a bare port for
+    /// 127.0.0.1; an address that is not loopback is a warning, since `serves` is then reachable
+    /// from the network.
+    fn listen(&mut self, key: &str, value: Option<&str>, serves: &str) -> Option<SocketAddr> {
+        let text = value?.trim();
+        let addr = match text.parse::<u16>() {
+            Ok(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            Err(_) => match text.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    let shown = self.quote(key, text);
+                    self.error(
+                        key,
+                        format!("{shown} is not a socket address; write IP:PORT, e.g. \"127.0.0.1:9464\" or \"[::]:9464\""),
+                    );
+                    return None;
+                }
+            },
+        };
+        if !addr.ip().is_loopback() {
+            let shown = self.quote(key, &addr.to_string());
+            self.warn(
+                key,
+                format!(
+                    "{shown} is not a loopback address: {serves} are reachable from the network; \
+                     use 127.0.0.1 unless a client on another host needs it, and then firewall the port"
+                ),
+            );
+        }
+        Some(addr)
     }
 
     /// One of a fixed set of spellings; `None` when absent or unknown (unknown is an error).

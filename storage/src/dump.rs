@@ -114,6 +114,22 @@ fn redact(v: &mut serde_json::Value) {
     }
 }
 
+/// What `msgtrace-dump` prints for a state directory (or only the tree `only`): pretty JSON when
+/// `json`, else [`render_text`]. `None` when `only` names no tree. The running engine's control
+/// API answers with the same text, so the tool prints the same whether the engine runs or not.
+pub fn print(store: &Store, only: Option<&str>, json: bool) -> Result<Option<String>> {
+    let trees = dump(store, only)?;
+    if only.is_some() && trees.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(if json {
+        // A tree of `serde_json::Value`s with string keys always serializes.
+        serde_json::to_string_pretty(&trees).unwrap_or_default() + "\n"
+    } else {
+        render_text(&trees)
+    }))
+}
+
 /// Renders a dump as readable text: one block per tree, one line per record.
 pub fn render_text(trees: &[DumpTree]) -> String {
     let mut s = String::new();

@@ -1,0 +1,257 @@
+//! The job inspector's views (`msgtrace jobs`): the filters of its flags, its JSON and its
+//! text table. The same functions serve a stopped engine's records and a running one's
+//! (`/api/jobs`), so both print the same.
+
+use chrono::{DateTime, Utc};
+use msgtrace_storage::{JobRecord, JobState};
+use serde::Deserialize;
+
+/// `--source ID`, `--state STATE`, `--last N` (and `/api/jobs?source=&state=&last=`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFilter {
+    /// Only this source's jobs.
+    pub source: Option<String>,
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only the newest N (by start) of those left.
+    pub last: Option<usize>,
+}
+
+impl JobFilter {
+    /// The records that pass, oldest first (the order [`msgtrace_storage::Store::jobs`] gives).
+    pub fn apply(&self, jobs: Vec<JobRecord>) -> Vec<JobRecord> {
+        let mut kept: Vec<JobRecord> = jobs
+            .into_iter()
+            .filter(|j| self.source.as_ref().is_none_or(|s| *s == j.source))
+            .filter(|j| self.state.is_none_or(|s| s == j.state))
+            .collect();
+        if let Some(n) = self.last {
+            kept.drain(..kept.len().saturating_sub(n));
+        }
+        kept
+    }
+}
+
+/// The state names `--state` takes, as the records spell them.
+pub const STATES: &[&str] = &[
+    "pending",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
+
+/// Parses a `--state` value.
+pub fn parse_state(s: &str) -> Result<JobState, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown state `{s}`; use one of {}", STATES.join(", ")))
+}
+
+/// What `msgtrace jobs --json` prints (and `/api/jobs` answers).
+pub fn to_json(jobs: &[JobRecord]) -> String {
+    // Job records are plain data: they always serialize.
+    serde_json::to_string_pretty(jobs).unwrap_or_default() + "\n"
+}
+
+fn lower<T: std::fmt::Debug>(v: T) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// What `msgtrace jobs` prints: a line per job (source, kind, state, start and end times,
+/// window, pages, events, errors), its tasks, gaps and errors beneath it.
+pub fn render_text(jobs: &[JobRecord]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let line = |s: &mut String, c: [&str; 11]| {
+        let l = format!(
+            "{:<12} {:<9} {:<40} {:<11} {:<20} {:<20} {:<20} {:<20} {:>6} {:>9} {:>6}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
+        );
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    line(
+        &mut s,
+        [
+            "SOURCE",
+            "KIND",
+            "JOB",
+            "STATE",
+            "STARTED",
+            "ENDED",
+            "WINDOW START",
+            "WINDOW END",
+            "PAGES",
+            "EVENTS",
+            "ERRORS",
+        ],
+    );
+    for j in jobs {
+        line(
+            &mut s,
+            [
+                &j.source,
+                &lower(j.kind),
+                &j.id,
+                &lower(j.state),
+                &time(Some(j.started_at)),
+                &time(j.finished_at),
+                &time(j.window_start),
+                &time(j.window_end),
+                &j.pages.to_string(),
+                &j.rows.to_string(),
+                &j.errors.len().to_string(),
+            ],
+        );
+        for t in &j.tasks {
+            let _ = writeln!(
+                s,
+                "    task {} .. {}  {:<9} pages {:>5}  rows {:>8}  dropped {}  retries {}{}{}",
+                time(Some(t.start)),
+                time(Some(t.end)),
+                lower(t.state),
+                t.pages,
+                t.rows,
+                t.dropped,
+                t.retries,
+                if t.requeries > 0 {
+                    format!("  requeries {}", t.requeries)
+                } else {
+                    String::new()
+                },
+                if t.reschedules > 0 {
+                    format!("  reschedules {}", t.reschedules)
+                } else {
+                    String::new()
+                },
+            );
+        }
+        for (g0, g1) in &j.gaps {
+            let _ = writeln!(
+                s,
+                "    gap  {} .. {}  (older than the API keeps)",
+                time(Some(*g0)),
+                time(Some(*g1))
+            );
+        }
+        for e in &j.errors {
+            let _ = writeln!(s, "    error: {e}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use msgtrace_storage::JobKind;
+
+    fn job(source: &str, n: u32, state: JobState) -> JobRecord {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, n, 0).unwrap();
+        let mut j = JobRecord::new(source, &format!("{source}-{n}"), JobKind::Scheduled, at);
+        j.state = state;
+        j
+    }
+
+    #[test]
+    fn filters_by_source_state_and_the_newest_n() {
+        let all = vec![
+            job("a", 1, JobState::Succeeded),
+            job("b", 2, JobState::Failed),
+            job("a", 3, JobState::Failed),
+            job("a", 4, JobState::Succeeded),
+        ];
+        let ids = |f: JobFilter| -> Vec<String> {
+            f.apply(all.clone()).into_iter().map(|j| j.id).collect()
+        };
+        assert_eq!(ids(JobFilter::default()).len(), 4);
+        let a = || Some("a".to_owned());
+        assert_eq!(
+            ids(JobFilter {
+                source: a(),
+                ..Default::default()
+            }),
+            ["a-1", "a-3", "a-4"]
+        );
+        assert_eq!(
+            ids(JobFilter {
+                state: Some(JobState::Failed),
+                ..Default::default()
+            }),
+            ["b-2", "a-3"]
+        );
+        assert_eq!(
+            ids(JobFilter {
+                source: a(),
+                last: Some(2),
+                ..Default::default()
+            }),
+            ["a-3", "a-4"]
+        );
+        assert_eq!(
+            ids(JobFilter {
+                last: Some(0),
+                ..Default::default()
+            }),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(JobFilter {
+                last: Some(9),
+                ..Default::default()
+            })
+            .len(),
+            4
+        );
+    }
+
+    #[test]
+    fn state_names_are_the_records_spelling() {
+        for name in STATES {
+            let state = parse_state(name).unwrap();
+            assert_eq!(serde_json::to_value(state).unwrap(), *name);
+        }
+        let e = parse_state("done").unwrap_err();
+        assert!(e.contains("succeeded"), "{e}");
+    }
+
+    #[test]
+    fn the_text_view_has_source_kind_and_time_columns() {
+        let mut j = job("contoso", 5, JobState::Succeeded);
+        j.finished_at = Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 7, 9).unwrap());
+        j.pages = 12;
+        j.rows = 3400;
+        let text = render_text(&[j]);
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            &head[..6],
+            ["SOURCE", "KIND", "JOB", "STATE", "STARTED", "ENDED"]
+        );
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "contoso",
+                "scheduled",
+                "contoso-5",
+                "succeeded",
+                "2026-01-02T03:05:00Z",
+                "2026-01-02T03:07:09Z",
+                "-",
+                "-",
+                "12",
+                "3400",
+                "0"
+            ]
+        );
+    }
+}
