@@ -108,3 +108,27 @@ pub fn serve(
     actix_rt::spawn(server);
     Ok(Server { addrs, handle })
 }
+
+/// The state directory as the listeners see it. The engine releases it at its stop, before the
+/// listeners stop: an actix-web worker thread drops its app data a moment after the server's
+/// stop returns, and a store it still held kept the directory locked for the next open (a test,
+/// a restart in the same process).
+#[derive(Clone)]
+pub struct StoreSlot(std::sync::Arc<std::sync::RwLock<Option<msgtrace_storage::Store>>>);
+
+impl StoreSlot {
+    /// A slot holding `store`.
+    pub fn new(store: msgtrace_storage::Store) -> StoreSlot {
+        StoreSlot(std::sync::Arc::new(std::sync::RwLock::new(Some(store))))
+    }
+
+    /// The store, unless the engine is stopping.
+    pub fn get(&self) -> Option<msgtrace_storage::Store> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lets go of the store: later requests answer that the engine is stopping.
+    pub fn release(&self) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}

@@ -30,7 +30,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use msgtrace_actors::auth::{AuthToken, GetAuthStats};
 use msgtrace_actors::supervisor::{GetStatus, SourceStatus, Supervisor};
-use msgtrace_storage::{JobState, Store};
+use msgtrace_storage::JobState;
 use serde_json::json;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
@@ -142,7 +142,7 @@ pub fn health_of(sources: &[SourceStatus]) -> Health {
 struct Engine {
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
-    store: Store,
+    store: crate::listener::StoreSlot,
 }
 
 /// The routes `/metrics` and `/health`, for [`crate::listener::serve`] (alone on
@@ -150,7 +150,7 @@ struct Engine {
 pub fn routes(
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
-    store: Store,
+    store: crate::listener::StoreSlot,
 ) -> Routes {
     install_recorder();
     let engine = web::Data::new(Engine {
@@ -186,7 +186,8 @@ async fn metrics_page(engine: web::Data<Engine>) -> HttpResponse {
             gauge!("msgtrace_source_running", "source" => s.source.clone()).set(running);
             counter!("msgtrace_fetcher_restarts_total", "source" => s.source.clone())
                 .absolute(u64::from(s.restarts));
-            if let Ok(Some(cp)) = engine.store.checkpoint(&s.source) {
+            let cp = engine.store.get().map(|store| store.checkpoint(&s.source));
+            if let Some(Ok(Some(cp))) = cp {
                 if let Some(cursor) = cp.cursor {
                     let lag = (now - cursor).num_milliseconds() as f64 / 1e3;
                     gauge!("msgtrace_lag_seconds", "source" => s.source.clone()).set(lag);

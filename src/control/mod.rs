@@ -201,6 +201,7 @@ fn bind_socket(path: &Path) -> Option<(std::os::unix::net::UnixListener, PathBuf
 
 /// The running listeners: metrics, control, or both on one.
 pub struct Servers {
+    store: crate::listener::StoreSlot,
     metrics: Option<Server>,
     control: Option<Server>,
     #[cfg(unix)]
@@ -210,6 +211,7 @@ pub struct Servers {
 impl Servers {
     /// Stops serving and removes the control socket.
     pub async fn stop(self) {
+        self.store.release();
         if let Some(s) = self.control {
             s.stop().await;
         }
@@ -232,10 +234,11 @@ pub fn serve(
     auth: actix::Addr<AuthToken>,
     store: Store,
 ) -> std::io::Result<Servers> {
+    let store = crate::listener::StoreSlot::new(store);
     let control = routes(supervisor.clone(), store.clone());
     let metrics = match metrics {
         Some(l) => {
-            let mut routes = vec![crate::metrics::routes(supervisor, auth, store)];
+            let mut routes = vec![crate::metrics::routes(supervisor, auth, store.clone())];
             if bound.shared {
                 routes.push(control.clone());
             }
@@ -279,6 +282,7 @@ pub fn serve(
         None
     };
     Ok(Servers {
+        store,
         metrics,
         control,
         #[cfg(unix)]
@@ -288,11 +292,11 @@ pub fn serve(
 
 struct Engine {
     supervisor: actix::Addr<Supervisor>,
-    store: Store,
+    store: crate::listener::StoreSlot,
 }
 
 /// The control API's routes.
-fn routes(supervisor: actix::Addr<Supervisor>, store: Store) -> Routes {
+fn routes(supervisor: actix::Addr<Supervisor>, store: crate::listener::StoreSlot) -> Routes {
     let engine = web::Data::new(Engine { supervisor, store });
     let local = |ctx: &actix_web::guard::GuardContext<'_>| {
         ctx.head()
@@ -357,7 +361,11 @@ async fn read<T: Send + 'static>(
     engine: &web::Data<Engine>,
     f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, HttpResponse> {
-    let store = engine.store.clone();
+    let Some(store) = engine.store.get() else {
+        return Err(HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("the engine is stopping\n"));
+    };
     match web::block(move || f(&store)).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(failed("reading the state directory", format!("{e:#}"))),
