@@ -249,12 +249,6 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
     })
 }
 
-/// Warnings for keys that validate but are not in effect yet in this build (never silently).
-pub fn unimplemented_warnings(_config: &Config) -> Vec<String> {
-    // Every key of the interface is in effect in this build.
-    Vec::new()
-}
-
 /// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
 fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors::hook::Hook> {
     let ecs: std::collections::HashMap<String, crate::normalize::EcsOptions> = config
@@ -456,9 +450,6 @@ pub fn start(
     }
     if !errors.is_empty() {
         return Err(anyhow!(errors.join("\n")));
-    }
-    for w in unimplemented_warnings(config) {
-        warn!("{w}");
     }
     tidy_jobs(&store, config)?;
     // Before any actor starts: a port that is taken stops the start here, with one line (once

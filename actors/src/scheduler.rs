@@ -35,11 +35,6 @@ pub struct Scheduler {
     timer: Option<SpawnHandle>,
 }
 
-/// Converts a 5-field cron expression (minute first) to the `cron` crate's 6-field form.
-pub fn cron_from_five_fields(expr: &str) -> String {
-    format!("0 {}", expr.trim())
-}
-
 /// The cron expression for a poll interval that divides 60.
 pub fn cron_for_interval(minutes: u32) -> String {
     if minutes >= 60 {
@@ -153,7 +148,5 @@ mod tests {
             let next = s.after(&base).next().unwrap();
             assert_eq!(next.timestamp() % (i64::from(m) * 60), 0, "interval {m}");
         }
-        assert_eq!(cron_from_five_fields("*/15 * * * *"), "0 */15 * * * *");
-        assert!(parse_cron(&cron_from_five_fields("*/15 * * *")).is_err());
     }
 }

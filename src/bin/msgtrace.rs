@@ -391,11 +391,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            for w in cfg
-                .warnings
-                .iter()
-                .chain(engine::unimplemented_warnings(&cfg).iter())
-            {
+            for w in &cfg.warnings {
                 eprintln!("msgtrace: warning: {w}");
             }
             if bad {

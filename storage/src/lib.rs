@@ -354,7 +354,7 @@ impl Store {
         source: &str,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize> {
-        let start = seen_prefix(source);
+        let start = source_prefix(source);
         let mut end = start.clone();
         end.extend_from_slice(&before.timestamp_micros().to_be_bytes());
         let mut batch = sled::Batch::default();
@@ -370,15 +370,7 @@ impl Store {
 
     /// How many identities the index holds for a source.
     pub fn seen_len(&self, source: &str) -> usize {
-        self.seen.scan_prefix(seen_prefix(source)).count()
-    }
-
-    /// Removes a checkpoint (used when a backfill finishes).
-    pub fn remove_checkpoint(&self, name: &str) -> Result<()> {
-        self.checkpoints
-            .remove(name.as_bytes())
-            .map_err(|e| self.sled_err(e))?;
-        Ok(())
+        self.seen.scan_prefix(source_prefix(source)).count()
     }
 
     /// Stores a job record (without flushing).
@@ -392,7 +384,7 @@ impl Store {
     /// All job records, oldest first, optionally only one source's.
     pub fn jobs(&self, source: Option<&str>) -> Result<Vec<JobRecord>> {
         let iter = match source {
-            Some(s) => self.jobs.scan_prefix(job_prefix(s)),
+            Some(s) => self.jobs.scan_prefix(source_prefix(s)),
             None => self.jobs.iter(),
         };
         let mut out = Vec::new();
@@ -492,7 +484,8 @@ impl Store {
     }
 }
 
-fn seen_prefix(source: &str) -> Vec<u8> {
+/// `source \0`: the keys of one source in the `seen` and `jobs` trees start with it.
+fn source_prefix(source: &str) -> Vec<u8> {
     let mut k = source.as_bytes().to_vec();
     k.push(0);
     k
@@ -500,7 +493,7 @@ fn seen_prefix(source: &str) -> Vec<u8> {
 
 /// `source \0 received-µs (big endian) trace \0 recipient`: ordered by time within a source.
 fn seen_key(source: &str, e: &SeenEntry) -> Vec<u8> {
-    let mut k = seen_prefix(source);
+    let mut k = source_prefix(source);
     k.extend_from_slice(&e.time.timestamp_micros().to_be_bytes());
     k.extend_from_slice(e.trace_id.as_bytes());
     k.push(0);
@@ -508,14 +501,8 @@ fn seen_key(source: &str, e: &SeenEntry) -> Vec<u8> {
     k
 }
 
-fn job_prefix(source: &str) -> Vec<u8> {
-    let mut k = source.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
 fn job_key(source: &str, id: &str) -> Vec<u8> {
-    let mut k = job_prefix(source);
+    let mut k = source_prefix(source);
     k.extend_from_slice(id.as_bytes());
     k
 }
