@@ -82,7 +82,12 @@ fn metrics_move_during_a_run_and_health_answers() {
                     sample(&body, "msgtrace_quota_remaining{source=\"src\"}") > 1000.0,
                     "{body}"
                 );
-                assert!(body.contains("msgtrace_token_requests_total 1"), "{body}");
+                // Process-wide, and the other tests of this file run engines of their own
+                // meanwhile: at least this engine's one token.
+                assert!(
+                    sample(&body, "msgtrace_token_requests_total") >= 1.0,
+                    "{body}"
+                );
                 assert!(
                     body.contains("msgtrace_source_running{source=\"src\"} 1"),
                     "{body}"
