@@ -139,15 +139,14 @@ pub enum DialectError {
         /// The rows asked for.
         max: usize,
     },
-    /// No row of a non-empty page has the identity fields: not message trace rows.
-    #[error("none of the page's {rows} rows has the fields `{id}` and `{recipient}`: not a message trace page")]
-    NoIdentities {
+    /// No row of a non-empty page has any field of a message trace row (`{}`, `{"x":1}`): not a
+    /// page. A row with some of them is a row, delivered flagged when it lacks its identity.
+    #[error("none of the page's {rows} rows has any of the fields `{}`, `{}` or `{}`: not a message trace page", fields[0], fields[1], fields[2])]
+    NoTraceRows {
         /// Rows in the page.
         rows: usize,
-        /// The trace id field.
-        id: &'static str,
-        /// The recipient field.
-        recipient: &'static str,
+        /// The trace id, recipient and time fields.
+        fields: [&'static str; 3],
     },
     /// The next link leads to another origin (scheme, host, port) than the page that named it:
     /// it is never followed, so that no credential is sent there.
@@ -237,8 +236,8 @@ impl Api {
     /// [`Api::parse_page`] for a page asked for with `$top = max_rows`, as the fetcher reads
     /// pages: a body with more rows is not a page ([`DialectError::TooManyRows`]), found without
     /// building the extra rows, so that a page's memory is bounded by the rows asked for; nor is
-    /// a non-empty page none of whose rows has the identity fields
-    /// ([`DialectError::NoIdentities`]: `{"value":[{},{},…]}`).
+    /// a non-empty page none of whose rows has any field of a message trace row
+    /// ([`DialectError::NoTraceRows`]: `{"value":[{},{},…]}`).
     pub fn parse_page_of_at_most(
         self,
         body: &[u8],
@@ -247,12 +246,13 @@ impl Api {
     ) -> Result<Page, DialectError> {
         let page = self.read_page_repairing(body, request_url, max_rows)?;
         let rows = &page.rows;
-        if !rows.is_empty() && rows.iter().all(|r| self.row_identity_ref(r).is_none()) {
-            let (id, recipient) = self.identity_fields();
-            return Err(DialectError::NoIdentities {
+        let (id, recipient) = self.identity_fields();
+        let time = self.time_field();
+        let traceless = |r: &Row| ![id, recipient, time].iter().any(|f| r.contains_key(*f));
+        if !rows.is_empty() && rows.iter().all(traceless) {
+            return Err(DialectError::NoTraceRows {
                 rows: rows.len(),
-                id,
-                recipient,
+                fields: [id, recipient, time],
             });
         }
         Ok(page)
@@ -1213,11 +1213,13 @@ mod tests {
             read(&format!(r#"{{"value":[{row},{row},{row}]}}"#), 2),
             Err("the page holds more rows than the 2 asked for ($top): not a page".into())
         );
-        // A broken row among good ones is a row (delivered flagged); only broken rows are not.
+        // A broken row among good ones is a row (delivered flagged), and so is one with only
+        // some of a row's fields; only rows with none of them are not a page.
         assert_eq!(read(&format!(r#"{{"value":[{{}},{row}]}}"#), 2), Ok(2));
+        assert_eq!(read(r#"{"value":[{},{"id":"a"}]}"#, 2), Ok(2));
         assert_eq!(
-            read(r#"{"value":[{},{"id":"a"}]}"#, 2),
-            Err("none of the page's 2 rows has the fields `id` and `recipientAddress`: not a message trace page".into())
+            read(r#"{"value":[{},{"x":1}]}"#, 2),
+            Err("none of the page's 2 rows has any of the fields `id`, `recipientAddress` or `receivedDateTime`: not a message trace page".into())
         );
         assert_eq!(read(r#"{"value":[]}"#, 2), Ok(0));
     }

@@ -92,6 +92,20 @@ fn page(api: Api, body: &[u8]) -> Page {
     let page = api
         .parse_page(body, &request(api))
         .unwrap_or_else(|e| panic!("parse_page failed: {e}"));
+    // The fetcher's bounded read of the page (`$top` = its own row count) reads the same page,
+    // and one row fewer is refused without the page being built.
+    let top = page.rows.len().max(1);
+    assert_eq!(
+        api.parse_page_of_at_most(body, &request(api), top).as_ref(),
+        Ok(&page),
+        "the bounded read differs"
+    );
+    if page.rows.len() > 1 {
+        assert_eq!(
+            api.parse_page_of_at_most(body, &request(api), top - 1),
+            Err(msgtrace_actors::dialect::DialectError::TooManyRows { max: top - 1 })
+        );
+    }
     // The guess the fetcher starts the next request with agrees with the parse on every page.
     assert_eq!(
         api.peek_next_link(body, &request(api)),
