@@ -240,6 +240,19 @@ fn a_body_cut_short_is_retried_not_taken_for_the_last_page() {
     });
 }
 
+/// The same with a chunked body whose last (empty) chunk never comes (awc ends such a body
+/// without an error when the connection closes: see `actors/src/eof.rs`).
+#[test]
+fn a_chunked_body_without_its_last_chunk_is_retried() {
+    cut_body_then_whole(|body| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n",
+            body.len()
+        )
+        .into_bytes()
+    });
+}
+
 fn cut_body_then_whole(cut: fn(&str) -> Vec<u8>) {
     let asked = Arc::new(Mutex::new(0u32));
     let counter = asked.clone();

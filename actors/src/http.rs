@@ -2,6 +2,7 @@
 //! covers the whole exchange including the body, a body size limit, and failures sorted into
 //! what the retry policy understands.
 
+use crate::eof::CheckedConnector;
 use crate::proxy::{Proxy, ProxyConnector};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -58,14 +59,22 @@ fn client(proxy: Option<&Proxy>) -> awc::Client {
                 let builder = awc::Client::builder()
                     // Our own timeout below covers the whole exchange.
                     .disable_timeout();
+                // Every connection's close is checked (`crate::eof`): on plain HTTP it is an
+                // error, never the end of a body.
                 match proxy {
                     None => builder
-                        .connector(awc::Connector::new().timeout(Duration::from_secs(30)))
+                        .connector(
+                            awc::Connector::new()
+                                .connector(CheckedConnector(
+                                    actix_tls::connect::Connector::default().service(),
+                                ))
+                                .timeout(Duration::from_secs(30)),
+                        )
                         .finish(),
                     Some(p) => builder
                         .connector(
                             awc::Connector::new()
-                                .connector(ProxyConnector(p.clone()))
+                                .connector(CheckedConnector(ProxyConnector(p.clone())))
                                 .timeout(Duration::from_secs(30)),
                         )
                         .finish(),

@@ -10,6 +10,7 @@ pub mod assertion;
 pub mod auth;
 pub mod buffers;
 pub mod dialect;
+pub mod eof;
 pub mod event;
 pub mod fetcher;
 pub mod hook;
