@@ -57,8 +57,11 @@ pub struct EngineOptions {
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
     pub grace: Duration,
-    /// Listen for SIGINT/SIGTERM.
+    /// Listen for SIGINT/SIGTERM (shut down) and SIGHUP (reload: [`crate::reload`]).
     pub handle_signals: bool,
+    /// The file the configuration was read from: a SIGHUP reads it again and reloads. Without
+    /// it a SIGHUP only reopens the sinks (logrotate).
+    pub config_file: Option<std::path::PathBuf>,
     /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
@@ -81,6 +84,7 @@ impl Default for EngineOptions {
             page_hook: None,
             grace: Duration::from_secs(30),
             handle_signals: true,
+            config_file: None,
             sink_retry: None,
             hooks: Vec::new(),
             max_body_bytes: MAX_BODY_BYTES,
@@ -256,7 +260,10 @@ pub fn unimplemented_warnings(_config: &Config) -> Vec<String> {
 }
 
 /// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
-fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors::hook::Hook> {
+pub(crate) fn pipeline_hooks(
+    config: &Config,
+    opts: &EngineOptions,
+) -> Vec<msgtrace_actors::hook::Hook> {
     let ecs: std::collections::HashMap<String, crate::normalize::EcsOptions> = config
         .sources
         .values()
@@ -279,7 +286,12 @@ fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors:
 }
 
 /// Builds the sink for a sink configuration.
-fn build_sink(id: &str, kind: &SinkKind, opts: &EngineOptions, store: &Store) -> Box<dyn Sink> {
+pub(crate) fn build_sink(
+    id: &str,
+    kind: &SinkKind,
+    opts: &EngineOptions,
+    store: &Store,
+) -> Box<dyn Sink> {
     match kind {
         SinkKind::Stdout => Box::new(StdoutSink::new(id)),
         SinkKind::File { path, rotate, mode } => Box::new(
@@ -331,7 +343,12 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
 /// Runs the engine inside the current actix System until done (`Once`) or until a shutdown
 /// signal (`Continuous`). Returns the jobs' outcomes.
 pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
-    let engine = start(config, &opts, Vec::new())?;
+    // Before anything starts: a SIGHUP from now on reloads instead of ending the process.
+    let mut signals = opts
+        .handle_signals
+        .then(crate::reload::Signals::new)
+        .transpose()?;
+    let mut engine = start(config, &opts, Vec::new())?;
     let supervisor = engine.supervisor.clone();
     let work = async {
         match &mode {
@@ -354,18 +371,25 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
             }
         }
     };
-    let interrupted = async {
-        if opts.handle_signals {
-            wait_for_signal().await
-        } else {
-            std::future::pending::<()>().await
-        }
-    };
-    let once_report = tokio::select! {
-        r = work => Some(r?),
-        () = interrupted => {
-            info!("signal received");
-            None
+    let mut work = std::pin::pin!(work);
+    let once_report = loop {
+        let signal = async {
+            match &mut signals {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut work => break Some(r?),
+            signal = signal => match signal {
+                crate::reload::Signal::Stop => {
+                    info!("signal received");
+                    break None;
+                }
+                crate::reload::Signal::Reload => {
+                    crate::reload::from_file(&mut engine, opts.config_file.as_deref()).await
+                }
+            },
         }
     };
     let shutdown_report = engine.stop().await?;
@@ -393,11 +417,15 @@ pub struct Started {
     pub supervisor: Addr<Supervisor>,
     /// The state directory.
     pub store: Store,
-    arbiters: Vec<Arbiter>,
+    /// The sinks running, configured and the host's.
+    pub(crate) sinks: Vec<RunningSink>,
+    /// The configuration running (what a reload compares the new one with).
+    pub(crate) config: Config,
+    pub(crate) opts: EngineOptions,
     grace: Duration,
     metrics: Option<crate::metrics::MetricsServer>,
     /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
-    stopping: tokio::sync::watch::Sender<bool>,
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Started {
@@ -410,14 +438,43 @@ impl Started {
             .send(Shutdown { grace: self.grace })
             .await
             .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
-        for a in self.arbiters {
-            a.stop();
+        for s in self.sinks {
+            s.arbiter.stop();
         }
         self.store.flush().await?;
         if let Some(m) = self.metrics {
             m.stop().await;
         }
         Ok(report)
+    }
+}
+
+/// The sources of a configuration as the supervisor runs them: store secrets resolved and
+/// certificates loaded and checked. Every problem, one line each.
+pub(crate) fn source_entries(
+    config: &Config,
+    opts: &EngineOptions,
+    secrets: &SecretStore,
+) -> Result<Vec<SourceEntry>, Vec<String>> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for s in config.sources.values() {
+        match source_spec(s, opts.durable, SecretAccess::Store(secrets)) {
+            Ok(spec) => sources.push(SourceEntry {
+                spec: SourceSpec {
+                    max_body_bytes: opts.max_body_bytes,
+                    prefetch: opts.prefetch,
+                    ..spec
+                },
+                job_timeout: s.job_timeout,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(errors)
     }
 }
 
@@ -435,24 +492,8 @@ pub fn start(
     // Its errors name the directory and the fix.
     let store = Store::open(&config.state_dir)?;
     let secrets = SecretStore::new(store.clone());
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for s in config.sources.values() {
-        match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
-            Ok(spec) => sources.push(SourceEntry {
-                spec: SourceSpec {
-                    max_body_bytes: opts.max_body_bytes,
-                    prefetch: opts.prefetch,
-                    ..spec
-                },
-                job_timeout: s.job_timeout,
-            }),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(anyhow!(errors.join("\n")));
-    }
+    let sources =
+        source_entries(config, opts, &secrets).map_err(|errors| anyhow!(errors.join("\n")))?;
     for w in unimplemented_warnings(config) {
         warn!("{w}");
     }
@@ -478,40 +519,16 @@ pub fn start(
         }
     }
 
-    let mut arbiters = Vec::new();
-    let mut sinks = Vec::new();
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-    let all: Vec<String> = config.sources.keys().cloned().collect();
     let configured = config.sinks.values().map(|s| {
-        (
-            s.id.clone(),
-            build_sink(&s.id, &s.kind, opts, &store),
-            s.inputs.clone(),
-        )
+        let built = build_sink(&s.id, &s.kind, opts, &store);
+        RunningSink::spawn(built, Some(s.clone()), Vec::new(), stop_rx.clone())
     });
-    let hosted = host_sinks.into_iter().map(|h| {
-        let inputs = if h.inputs.is_empty() {
-            all.clone()
-        } else {
-            h.inputs
-        };
-        (h.sink.name().to_owned(), h.sink, inputs)
-    });
-    for (name, built, inputs) in configured.chain(hosted) {
-        let arbiter = Arbiter::new();
-        let reads = built.input();
-        let stop_rx = stop_rx.clone();
-        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
-            SinkActor::new(built).with_shutdown(stop_rx)
-        });
-        arbiters.push(arbiter);
-        sinks.push(SinkEntry {
-            name,
-            addr,
-            inputs,
-            reads,
-        });
-    }
+    let hosted = host_sinks
+        .into_iter()
+        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone()));
+    let running: Vec<RunningSink> = configured.chain(hosted).collect();
+    let sinks = running.iter().map(|s| s.entry(config)).collect();
     let auth = AuthToken::default().start();
     let supervisor = Supervisor::new(
         store.clone(),
@@ -533,31 +550,63 @@ pub fn start(
     Ok(Started {
         supervisor,
         store,
-        arbiters,
+        sinks: running,
+        config: config.clone(),
+        opts: opts.clone(),
         grace: opts.grace,
         metrics,
         stopping,
     })
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// A sink actor of a running engine, on its own thread.
+pub(crate) struct RunningSink {
+    /// Its configuration; `None` for a host's own sink.
+    pub(crate) config: Option<crate::config::SinkConfig>,
+    /// A host sink's inputs as given (empty: every source).
+    pub(crate) host_inputs: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) addr: Addr<SinkActor>,
+    pub(crate) reads: msgtrace_actors::sink::SinkInput,
+    pub(crate) arbiter: Arbiter,
+}
+
+impl RunningSink {
+    /// Starts `sink` on a thread of its own.
+    pub(crate) fn spawn(
+        sink: Box<dyn Sink>,
+        config: Option<crate::config::SinkConfig>,
+        host_inputs: Vec<String>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> RunningSink {
+        let arbiter = Arbiter::new();
+        let reads = sink.input();
+        let name = sink.name().to_owned();
+        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
+            SinkActor::new(sink).with_shutdown(stopping)
+        });
+        RunningSink {
+            config,
+            host_inputs,
+            name,
+            addr,
+            reads,
+            arbiter,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// What the supervisor routes to it, with the sources of `config`.
+    pub(crate) fn entry(&self, config: &Config) -> SinkEntry {
+        let inputs = match &self.config {
+            Some(c) => c.inputs.clone(),
+            None if self.host_inputs.is_empty() => config.sources.keys().cloned().collect(),
+            None => self.host_inputs.clone(),
+        };
+        SinkEntry {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            inputs,
+            reads: self.reads,
+        }
     }
 }

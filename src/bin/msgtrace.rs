@@ -38,7 +38,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         page_size: u32,
     },
-    /// Run every source on its schedule until SIGINT/SIGTERM.
+    /// Run every source on its schedule until SIGINT/SIGTERM; SIGHUP reloads the configuration
+    /// file and reopens the output files.
     Run {
         /// Configuration file.
         #[arg(short, long)]
@@ -458,8 +459,13 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             init_config_logging(&cfg);
             let mode = if once { Mode::Once } else { Mode::Continuous };
-            let report = actix_rt::System::new()
-                .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
+            // SIGHUP reads the file again (reload).
+            let opts = EngineOptions {
+                config_file: Some(config.clone()),
+                ..EngineOptions::default()
+            };
+            let report =
+                actix_rt::System::new().block_on(async { engine::run(&cfg, mode, opts).await });
             let report = match report {
                 Ok(r) => r,
                 Err(e) => return Ok(report_failure(&e)),
