@@ -319,3 +319,119 @@ pub(crate) async fn from_file(engine: &mut Started, file: Option<&std::path::Pat
     );
     engine.reopen_sinks();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two Graph sources `a` (with the keys `a_extra`) and `b`, `a` feeding the file sink `fa`,
+    /// and `fb` (a sink table, or nothing); `top`: top-level keys.
+    fn config(a_extra: &str, fb: &str, top: &str) -> Config {
+        let text = format!(
+            r#"
+            state_dir = "/tmp/msgtrace-reload-plan"
+            {top}
+            [sources.a]
+            {a_extra}
+            [sources.a.auth]
+            method = "oauth"
+            tenant_id = "t"
+            client_id = "c"
+            client_secret = "s"
+            [sources.b]
+            [sources.b.auth]
+            method = "oauth"
+            tenant_id = "t"
+            client_id = "c"
+            client_secret = "s"
+            [sinks.fa]
+            type = "file"
+            inputs = ["a"]
+            path = "/tmp/a.ndjson"
+            {fb}
+            "#
+        );
+        crate::config::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const FB: &str = "[sinks.fb]\ntype = \"file\"\ninputs = [\"b\"]\npath = \"/tmp/b.ndjson\"";
+
+    #[test]
+    fn the_same_configuration_changes_nothing() {
+        let c = config("", FB, "");
+        assert_eq!(plan(&c, &c.clone()), ReloadPlan::default());
+    }
+
+    #[test]
+    fn a_changed_source_restarts_and_the_others_are_left_alone() {
+        let old = config("", FB, "");
+        let new = config("page_size = 10", FB, "");
+        let p = plan(&old, &new);
+        assert_eq!(p.restarted, ["a"]);
+        assert!(p.added.is_empty() && p.removed.is_empty() && p.needs_restart.is_empty());
+    }
+
+    #[test]
+    fn a_rebuilt_sink_restarts_the_sources_it_feeds_and_a_removed_one_those_it_fed() {
+        let old = config("", FB, "");
+        let rebuilt = config("", &FB.replace("b.ndjson", "b2.ndjson"), "");
+        let p = plan(&old, &rebuilt);
+        assert_eq!(
+            (p.sinks_rebuilt, p.restarted),
+            (vec!["fb".into()], vec!["b".into()])
+        );
+        // `b` now feeds `fa`, `fb` is gone: `b` restarts with its new sinks; `fa` is kept.
+        let mut new = config("", "", "");
+        new.sinks.get_mut("fa").unwrap().inputs = vec!["a".into(), "b".into()];
+        let p = plan(&old, &new);
+        assert_eq!(p.sinks_removed, ["fb"]);
+        assert!(p.sinks_rebuilt.is_empty());
+        assert_eq!(p.restarted, ["b"]);
+    }
+
+    #[test]
+    fn sources_added_and_removed() {
+        let old = config("", FB, "");
+        let mut new = old.clone();
+        let mut c = new.sources.remove("b").unwrap();
+        c.id = "c".into();
+        new.sources.insert("c".into(), c);
+        new.sinks.get_mut("fb").unwrap().inputs = vec!["c".into()];
+        let p = plan(&old, &new);
+        assert_eq!((p.added, p.removed), (vec!["c".into()], vec!["b".into()]));
+        assert!(p.restarted.is_empty());
+    }
+
+    #[test]
+    fn what_cannot_change_while_running_is_said_to_need_a_restart() {
+        let old = config("", FB, "");
+        let new = config(
+            "quota = { requests = 5, per_secs = 1 }\nlog_level = \"debug\"",
+            FB,
+            "metrics_listen = \"127.0.0.1:9464\"\nlog_level = \"debug\"",
+        );
+        let mut new = new;
+        new.state_dir = "/tmp/elsewhere".into();
+        let p = plan(&old, &new);
+        let keys: Vec<&str> = p
+            .needs_restart
+            .iter()
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "sources.a.log_level",
+                "sources.a.quota",
+                "state_dir",
+                "metrics_listen",
+                "log_level, log_format"
+            ]
+        );
+        assert!(p
+            .needs_restart
+            .iter()
+            .all(|l| l.contains("needs a restart")));
+        assert_eq!(p.restarted, ["a"]);
+    }
+}

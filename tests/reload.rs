@@ -259,3 +259,132 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
         "missing, extra, duplicates"
     );
 }
+
+/// Sources `a` (window `wa`) and `b` (window `wb`) of one paced tenant, `a` feeding the file
+/// sink `fa` (`out_a`), `b` the file sink `fb` (`out_b`).
+fn two_sinks(s: &Setup, wa: &(String, String), wb: &(String, String)) -> msgtrace::config::Config {
+    let mut c = parse(&s.toml(&[("a", &wa.0, &wa.1), ("b", &wb.0, &wb.1)], ""));
+    let out = c.sinks.remove("out").unwrap();
+    for (id, source) in [("fa", "a"), ("fb", "b")] {
+        let mut sink = out.clone();
+        sink.id = id.into();
+        sink.inputs = vec![source.into()];
+        if let msgtrace::config::SinkKind::File { path, .. } = &mut sink.kind {
+            *path = s.out.with_file_name(format!("{source}.ndjson"));
+        }
+        c.sinks.insert(id.into(), sink);
+    }
+    c
+}
+
+/// Issue 16, item 4, through the embedding API (`EngineHandle::reload`, new): a removed source
+/// stops after its page in flight (what its file holds is exactly what its checkpoint counts),
+/// a sink whose settings changed is rebuilt and the source feeding it restarts at its
+/// checkpoint, and a later run with the source back completes it: every row exactly once.
+#[test]
+fn a_removed_source_stops_after_its_page_in_flight_and_a_rebuilt_sink_loses_nothing() {
+    use msgtrace::embed::EngineBuilder;
+    let s = setup();
+    let (wa, wb) = (
+        (hours_ago(30), hours_ago(1)),
+        (hours_ago(60), hours_ago(31)),
+    );
+    let config = two_sinks(&s, &wa, &wb);
+    let (out_a, out_b) = (
+        s.out.with_file_name("a.ndjson"),
+        s.out.with_file_name("b.ndjson"),
+    );
+    let engine = EngineBuilder::new(config.clone())
+        .scheduled(true)
+        .start()
+        .unwrap();
+    assert!(wait_for(
+        || !complete_ids(&[&out_a]).is_empty() && !complete_ids(&[&out_b]).is_empty()
+    ));
+    let mut new = config.clone();
+    new.sources.remove("b");
+    new.sinks.remove("fb");
+    if let msgtrace::config::SinkKind::File { mode, .. } =
+        &mut new.sinks.get_mut("fa").unwrap().kind
+    {
+        *mode = 0o600;
+    }
+    let plan = block_on(engine.reload(new)).unwrap();
+    assert_eq!(
+        (
+            plan.removed,
+            plan.sinks_removed,
+            plan.sinks_rebuilt,
+            plan.restarted
+        ),
+        (
+            vec!["b".into()],
+            vec!["fb".into()],
+            vec!["fa".into()],
+            vec!["a".into()]
+        )
+    );
+    let exp_a = expected(&s.sim, &[(&wa.0, &wa.1)]);
+    assert!(wait_for(|| {
+        let got = complete_ids(&[&out_a]);
+        exp_a.iter().all(|k| got.contains_key(k))
+    }));
+    let status = block_on(engine.status()).unwrap();
+    assert_eq!(
+        status.iter().map(|s| s.source.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    block_on(engine.shutdown()).unwrap();
+    {
+        let store = Store::open(&s.state).unwrap();
+        let b = store.checkpoint("b").unwrap().unwrap();
+        let lines = std::fs::read_to_string(&out_b).unwrap().lines().count() as u64;
+        assert_eq!(
+            b.rows_total, lines,
+            "the page in flight was delivered and checkpointed"
+        );
+        let exp_b = expected(&s.sim, &[(&wb.0, &wb.1)]);
+        assert!(lines < exp_b.len() as u64, "stopped inside its window");
+        let jobs = store.jobs(Some("b")).unwrap();
+        assert_eq!(jobs[0].state, JobState::Cancelled, "{jobs:?}");
+    }
+    // Back in the configuration, `b` resumes where it stopped.
+    let report = run_once(&config, opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let exp_b = expected(&s.sim, &[(&wb.0, &wb.1)]);
+    assert_eq!(compare(&complete_ids(&[&out_b]), &exp_b), (0, 0, 0), "b");
+    assert_eq!(compare(&complete_ids(&[&out_a]), &exp_a), (0, 0, 0), "a");
+}
+
+/// Issue 16, item 4: a reload that is not valid changes nothing, through the embedding API
+/// too: the error lists every problem.
+#[test]
+fn an_invalid_reload_through_the_handle_lists_every_problem_and_changes_nothing() {
+    use msgtrace::embed::{EmbedError, EngineBuilder};
+    let s = setup();
+    let w = (hours_ago(3), hours_ago(1));
+    let config = two_sinks(&s, &w, &w);
+    let engine = EngineBuilder::new(config.clone()).start().unwrap();
+    let mut bad = config.clone();
+    let dir = s.out.with_file_name("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    for sink in bad.sinks.values_mut() {
+        if let msgtrace::config::SinkKind::File { path, .. } = &mut sink.kind {
+            *path = dir.clone();
+        }
+    }
+    bad.sources.remove("b");
+    match block_on(engine.reload(bad)) {
+        Err(EmbedError::Reload(e)) => {
+            assert_eq!(e.problems.len(), 2, "{:?}", e.problems);
+            assert!(
+                e.problems.iter().all(|p| p.contains("is a directory")),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = block_on(engine.status()).unwrap();
+    assert_eq!(status.len(), 2, "both sources are still there");
+    block_on(engine.shutdown()).unwrap();
+}
