@@ -20,7 +20,7 @@ use crate::secrets::SecretStore;
 use anyhow::Context as _;
 use msgtrace_actors::sink::{FlushSink, Reopen};
 use msgtrace_actors::supervisor::Reconfigure;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use tracing::{info, warn};
 
 /// What a reload changes, from the running and the new configuration alone.
@@ -63,6 +63,14 @@ fn feeds<'a>(config: &'a Config, source: &str) -> BTreeSet<&'a str> {
         .collect()
 }
 
+/// The keys of `old` that `new` does not have.
+fn gone<V>(old: &BTreeMap<String, V>, new: &BTreeMap<String, V>) -> Vec<String> {
+    old.keys()
+        .filter(|k| !new.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
 /// What reloading `new` over the running `old` changes.
 pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     let mut p = ReloadPlan::default();
@@ -73,12 +81,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             Some(_) => {}
         }
     }
-    p.sinks_removed = old
-        .sinks
-        .keys()
-        .filter(|id| !new.sinks.contains_key(*id))
-        .cloned()
-        .collect();
+    p.sinks_removed = gone(&old.sinks, &new.sinks);
     for (id, source) in &new.sources {
         let Some(o) = old.sources.get(id) else {
             p.added.push(id.clone());
@@ -102,12 +105,7 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             ));
         }
     }
-    p.removed = old
-        .sources
-        .keys()
-        .filter(|id| !new.sources.contains_key(*id))
-        .cloned()
-        .collect();
+    p.removed = gone(&old.sources, &new.sources);
     if old.state_dir != new.state_dir {
         p.needs_restart.push(format!(
             "state_dir: changed to {}; needs a restart (the engine keeps using {})",
@@ -189,6 +187,12 @@ impl Started {
                 sinks.push(s);
             }
         }
+        // Only the sinks kept reopen now. A new one opens at its first page, and its first page
+        // comes only once every source this reload stops has stopped: a rebuilt file sink so
+        // never opens (or repairs) the file while the sink it replaces still writes it.
+        for s in &sinks {
+            s.addr.do_send(Reopen);
+        }
         for id in plan.sinks_added.iter().chain(&plan.sinks_rebuilt) {
             let c = &running.sinks[id];
             let built = build_sink(id, &c.kind, &self.opts, &self.store);
@@ -200,8 +204,6 @@ impl Started {
             ));
         }
         self.sinks = sinks;
-        // Every sink, the new ones too (which then open at once).
-        self.reopen_sinks();
         for id in &plan.added {
             msgtrace_actors::telemetry::register_source(id);
         }
@@ -334,16 +336,10 @@ mod tests {
             [sources.a]
             {a_extra}
             [sources.a.auth]
-            method = "oauth"
-            tenant_id = "t"
-            client_id = "c"
-            client_secret = "s"
+            {AUTH}
             [sources.b]
             [sources.b.auth]
-            method = "oauth"
-            tenant_id = "t"
-            client_id = "c"
-            client_secret = "s"
+            {AUTH}
             [sinks.fa]
             type = "file"
             inputs = ["a"]
@@ -354,6 +350,8 @@ mod tests {
         crate::config::from_str(&text).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    const AUTH: &str =
+        "method = \"oauth\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"";
     const FB: &str = "[sinks.fb]\ntype = \"file\"\ninputs = [\"b\"]\npath = \"/tmp/b.ndjson\"";
 
     #[test]

@@ -311,23 +311,28 @@ impl Supervisor {
             backfill: req.backfill.clone(),
             timeout,
         };
-        ctx.spawn(async move { fetcher.send(msg).await }.into_actor(self).map(
-            move |reply, act, _| match reply {
-                Ok(RunReply::Started(job)) => {
-                    info!(source = %source, job = %job, "job started")
-                }
-                Ok(RunReply::AlreadyRunning) => {
-                    warn!(source = %source, "previous run still going: this tick is skipped");
-                }
-                Err(_) => {
-                    // The fetcher died before taking the job: the watchdog restarts it and
-                    // re-runs the job because `running` is still set.
-                    if let Some(s) = act.slots.get_mut(&source) {
-                        s.running = Some(req);
+        // Queued now, so that a `Cancel` sent after it (a reload, the shutdown) reaches the
+        // job it started.
+        let request = fetcher.send(msg);
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(move |reply, act, _| match reply {
+                    Ok(RunReply::Started(job)) => {
+                        info!(source = %source, job = %job, "job started")
                     }
-                }
-            },
-        ));
+                    Ok(RunReply::AlreadyRunning) => {
+                        warn!(source = %source, "previous run still going: this tick is skipped");
+                    }
+                    Err(_) => {
+                        // The fetcher died before taking the job: the watchdog restarts it and
+                        // re-runs the job because `running` is still set.
+                        if let Some(s) = act.slots.get_mut(&source) {
+                            s.running = Some(req);
+                        }
+                    }
+                }),
+        );
     }
 
     fn watch(&mut self, ctx: &mut Context<Self>) {
