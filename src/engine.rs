@@ -62,6 +62,9 @@ pub struct EngineOptions {
     /// The file the configuration was read from: a SIGHUP reads it again and reloads. Without
     /// it a SIGHUP only reopens the sinks (logrotate).
     pub config_file: Option<std::path::PathBuf>,
+    /// Reload also when `config_file` changes (`msgtrace run --watch-config`; looked at every
+    /// [`crate::reload::WATCH_CONFIG_EVERY`]).
+    pub watch_config: bool,
     /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
@@ -85,6 +88,7 @@ impl Default for EngineOptions {
             grace: Duration::from_secs(30),
             handle_signals: true,
             config_file: None,
+            watch_config: false,
             sink_retry: None,
             hooks: Vec::new(),
             max_body_bytes: MAX_BODY_BYTES,
@@ -348,6 +352,11 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
         .handle_signals
         .then(crate::reload::Signals::new)
         .transpose()?;
+    let mut watch = opts
+        .config_file
+        .clone()
+        .filter(|_| opts.watch_config)
+        .map(crate::reload::ConfigWatch::new);
     let mut engine = start(config, &opts, Vec::new())?;
     let supervisor = engine.supervisor.clone();
     let work = async {
@@ -379,6 +388,12 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
                 None => std::future::pending().await,
             }
         };
+        let changed = async {
+            match &mut watch {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             r = &mut work => break Some(r?),
             signal = signal => match signal {
@@ -387,9 +402,14 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
                     break None;
                 }
                 crate::reload::Signal::Reload => {
-                    crate::reload::from_file(&mut engine, opts.config_file.as_deref()).await
+                    let file = opts.config_file.as_deref();
+                    crate::reload::from_file(&mut engine, file, "SIGHUP").await
                 }
             },
+            () = changed => {
+                let file = opts.config_file.as_deref();
+                crate::reload::from_file(&mut engine, file, "the configuration file changed").await
+            }
         }
     };
     let shutdown_report = engine.stop().await?;

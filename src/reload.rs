@@ -294,16 +294,16 @@ impl Signals {
     }
 }
 
-/// A SIGHUP: reads the configuration file again and reloads the engine with it; with no file,
-/// or an invalid one, the running configuration stays (every problem logged) and only the
-/// sinks reopen.
-pub(crate) async fn from_file(engine: &mut Started, file: Option<&std::path::Path>) {
+/// A SIGHUP, or the file changed (`why`): reads the configuration file again and reloads the
+/// engine with it; with no file, or an invalid one, the running configuration stays (every
+/// problem logged) and only the sinks reopen.
+pub(crate) async fn from_file(engine: &mut Started, file: Option<&std::path::Path>, why: &str) {
     let Some(file) = file else {
-        info!("SIGHUP: no configuration file to read again; reopening the sinks");
+        info!("{why}: no configuration file to read again; reopening the sinks");
         engine.reopen_sinks();
         return;
     };
-    info!(file = %file.display(), "SIGHUP: reloading the configuration");
+    info!(file = %file.display(), "{why}: reloading the configuration");
     let problems = match crate::config::load(file) {
         Ok(config) => match engine.reload(&config).await {
             Ok(_) => return,
@@ -317,7 +317,7 @@ pub(crate) async fn from_file(engine: &mut Started, file: Option<&std::path::Pat
     tracing::error!(
         file = %file.display(),
         errors = problems.len(),
-        "configuration not reloaded: the running configuration stays; fix the file and send SIGHUP again (the sinks reopened)"
+        "configuration not reloaded: the running configuration stays; fix the file (and send SIGHUP again, unless --watch-config is on); the sinks reopened"
     );
     engine.reopen_sinks();
 }
@@ -431,5 +431,65 @@ mod tests {
             .iter()
             .all(|l| l.contains("needs a restart")));
         assert_eq!(p.restarted, ["a"]);
+    }
+}
+
+/// How often `msgtrace run --watch-config` looks at the configuration file.
+pub const WATCH_CONFIG_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `--watch-config`: tells when the configuration file changed (its modification time, size or
+/// inode: an editor that saves by renaming a new file over it changes the inode), looking every
+/// [`WATCH_CONFIG_EVERY`]. No file system notification crate: a poll is enough for a file
+/// people edit.
+pub(crate) struct ConfigWatch {
+    path: std::path::PathBuf,
+    seen: Option<FileStamp>,
+    every: tokio::time::Interval,
+}
+
+/// What tells one version of a file from the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino,
+    })
+}
+
+impl ConfigWatch {
+    /// Watches `path` from its state now.
+    pub(crate) fn new(path: std::path::PathBuf) -> ConfigWatch {
+        let mut every = tokio::time::interval(WATCH_CONFIG_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ConfigWatch {
+            seen: stamp(&path),
+            path,
+            every,
+        }
+    }
+
+    /// Resolves when the file changed since it was last seen (cancel-safe). A file that is gone
+    /// for a moment (an editor replacing it) is not a change until it is back.
+    pub(crate) async fn changed(&mut self) {
+        loop {
+            self.every.tick().await;
+            let now = stamp(&self.path);
+            if now.is_some() && now != self.seen {
+                self.seen = now;
+                return;
+            }
+        }
     }
 }

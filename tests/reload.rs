@@ -53,16 +53,21 @@ fn expected(sim: &SimServer, windows: &[(&str, &str)]) -> Vec<(String, String)> 
         .collect()
 }
 
+/// Waits until `done` holds while the child runs; fails if it died.
+fn wait_running(child: &mut Child, mut done: impl FnMut() -> bool) {
+    assert!(
+        wait_for(|| child.try_wait().unwrap().is_some() || done()),
+        "timed out"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "msgtrace run died");
+}
+
 /// Waits until every expected row is in `paths` (or the child died).
 fn wait_for_rows(child: &mut Child, paths: &[&Path], expected: &[(String, String)]) {
-    let done = wait_for(|| {
-        child.try_wait().unwrap().is_some() || {
-            let got = complete_ids(paths);
-            expected.iter().all(|k| got.contains_key(k))
-        }
+    wait_running(child, || {
+        let got = complete_ids(paths);
+        expected.iter().all(|k| got.contains_key(k))
     });
-    assert!(done, "the collection did not complete");
-    assert!(child.try_wait().unwrap().is_none(), "msgtrace run died");
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -146,7 +151,7 @@ fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() 
     let one = [("src", src.0.as_str(), src.1.as_str())];
     std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
     let mut child = spawn_run(&s.cfg, &s.log);
-    assert!(wait_for(|| lines_of_gen(&s.out, "1") > 0));
+    wait_running(&mut child, || lines_of_gen(&s.out, "1") > 0);
     let both = [one[0], ("added", added.0.as_str(), added.1.as_str())];
     std::fs::write(&s.cfg, s.toml(&both, "fields = { gen = \"2\" }")).unwrap();
     signal(&child, libc::SIGHUP);
@@ -170,6 +175,38 @@ fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() 
     assert!(store.checkpoint("added").unwrap().is_some());
 }
 
+/// Issue 16, item 4 (`--watch-config`, new): the same reload when the file changes, no signal.
+#[test]
+fn watch_config_reloads_when_the_file_changes() {
+    let s = setup();
+    let src = (hours_ago(50), hours_ago(1));
+    let one = [("src", src.0.as_str(), src.1.as_str())];
+    std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["run", "--watch-config", "-c"])
+        .arg(&s.cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&s.log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_running(&mut child, || lines_of_gen(&s.out, "1") > 0);
+    std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"2\" }")).unwrap();
+    wait_running(&mut child, || lines_of_gen(&s.out, "2") > 0);
+    let exp = expected(&s.sim, &[(&src.0, &src.1)]);
+    wait_for_rows(&mut child, &[&s.out], &exp);
+    let status = stop(child);
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        compare(&complete_ids(&[&s.out]), &exp),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
+    assert!(
+        lines_of_gen(&s.out, "2") > 0,
+        "the new settings are in effect"
+    );
+}
+
 /// Issue 16, "done when": logrotate renames the output file and sends SIGHUP; new events go to
 /// a new file at the configured path, the process keeps running, and the two files together
 /// hold every row exactly once. On the old code the SIGHUP killed the process.
@@ -180,17 +217,11 @@ fn logrotate_rename_and_sighup_continue_in_a_new_file_every_row_once() {
     let toml = s.toml(&[("src", &window.0, &window.1)], "");
     std::fs::write(&s.cfg, toml).unwrap();
     let mut child = spawn_run(&s.cfg, &s.log);
-    assert!(wait_for(|| !complete_ids(&[&s.out]).is_empty()));
+    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
     let rotated = s.out.with_extension("ndjson.1");
     std::fs::rename(&s.out, &rotated).unwrap();
     signal(&child, libc::SIGHUP);
-    assert!(wait_for(
-        || child.try_wait().unwrap().is_some() || !complete_ids(&[&s.out]).is_empty()
-    ));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "msgtrace run died of the SIGHUP"
-    );
+    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
     // From the new file's first line on, the renamed one is never written again.
     let rotated_bytes = std::fs::read(&rotated).unwrap();
     let exp = expected(&s.sim, &[(&window.0, &window.1)]);
@@ -215,16 +246,14 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
     let good = s.toml(&[("src", &window.0, &window.1)], "");
     std::fs::write(&s.cfg, &good).unwrap();
     let mut child = spawn_run(&s.cfg, &s.log);
-    assert!(wait_for(|| !complete_ids(&[&s.out]).is_empty()));
+    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
     let log = || std::fs::read_to_string(&s.log).unwrap_or_default();
     let rejected = |n: usize| move || log().matches("configuration not reloaded").count() >= n;
     // Two errors of the configuration itself.
     let bad = good.replace("page_size = 100", "page_size = 0\npage_sise = 5");
     std::fs::write(&s.cfg, bad).unwrap();
     signal(&child, libc::SIGHUP);
-    assert!(wait_for(
-        || child.try_wait().unwrap().is_some() || rejected(1)()
-    ));
+    wait_running(&mut child, rejected(1));
     // A pre-run check (`validate`'s): the file sink's path is a directory.
     let dir_path = s.state.parent().unwrap().join("a-directory");
     std::fs::create_dir(&dir_path).unwrap();
@@ -234,13 +263,7 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
     );
     std::fs::write(&s.cfg, bad).unwrap();
     signal(&child, libc::SIGHUP);
-    assert!(wait_for(
-        || child.try_wait().unwrap().is_some() || rejected(2)()
-    ));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "msgtrace run died of the SIGHUP"
-    );
+    wait_running(&mut child, rejected(2));
     let exp = expected(&s.sim, &[(&window.0, &window.1)]);
     wait_for_rows(&mut child, &[&s.out], &exp);
     let status = stop(child);

@@ -47,6 +47,10 @@ enum Command {
         /// Collect what is due now for every source, then exit (0 if all succeeded, 1 if not).
         #[arg(long)]
         once: bool,
+        /// Reload also when the configuration file changes (looked at every 2 seconds), as on
+        /// SIGHUP.
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Collect a past range of one source once, resumably, without moving its continuous cursor.
     Backfill {
@@ -452,7 +456,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            watch_config,
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -462,6 +470,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             // SIGHUP reads the file again (reload).
             let opts = EngineOptions {
                 config_file: Some(config.clone()),
+                watch_config,
                 ..EngineOptions::default()
             };
             let report =
