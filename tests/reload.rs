@@ -53,49 +53,64 @@ fn expected(sim: &SimServer, windows: &[(&str, &str)]) -> Vec<(String, String)> 
         .collect()
 }
 
-/// Waits until `done` holds while the child runs; fails if it died.
-fn wait_running(child: &mut Child, mut done: impl FnMut() -> bool) {
-    assert!(
-        wait_for(|| child.try_wait().unwrap().is_some() || done()),
-        "timed out"
-    );
-    assert!(child.try_wait().unwrap().is_none(), "msgtrace run died");
-}
+/// `msgtrace run` as a child process, killed if a test fails before stopping it.
+struct Run(Child);
 
-/// Waits until every expected row is in `paths` (or the child died).
-fn wait_for_rows(child: &mut Child, paths: &[&Path], expected: &[(String, String)]) {
-    wait_running(child, || {
-        let got = complete_ids(paths);
-        expected.iter().all(|k| got.contains_key(k))
-    });
-}
+impl Run {
+    /// `msgtrace run ARGS -c cfg`, its log (stderr) in `log`.
+    fn spawn(cfg: &Path, log: &Path, args: &[&str]) -> Run {
+        let child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+            .arg("run")
+            .args(args)
+            .arg("-c")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Run(child)
+    }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, sig);
+    fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+
+    /// Waits until `done` holds while the process runs; fails if it died.
+    fn wait_running(&mut self, mut done: impl FnMut() -> bool) {
+        assert!(wait_for(|| self.exited() || done()), "timed out");
+        assert!(!self.exited(), "msgtrace run died");
+    }
+
+    /// Waits until every expected row is in `paths`.
+    fn wait_for_rows(&mut self, paths: &[&Path], expected: &[(String, String)]) {
+        self.wait_running(|| {
+            let got = complete_ids(paths);
+            expected.iter().all(|k| got.contains_key(k))
+        });
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        assert!(wait_for(|| self.exited()), "no exit after SIGTERM");
+        self.0.wait().unwrap()
     }
 }
 
-/// `msgtrace run -c cfg`, its log (stderr) in `log`.
-fn spawn_run(cfg: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_msgtrace"))
-        .args(["run", "-c"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
-}
-
-/// SIGTERM, then the exit status.
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    signal(&child, libc::SIGTERM);
-    assert!(
-        wait_for(|| child.try_wait().unwrap().is_some()),
-        "no exit after SIGTERM"
-    );
-    child.wait().unwrap()
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 struct Setup {
@@ -150,14 +165,14 @@ fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() 
     let added = (hours_ago(40), hours_ago(30));
     let one = [("src", src.0.as_str(), src.1.as_str())];
     std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
-    let mut child = spawn_run(&s.cfg, &s.log);
-    wait_running(&mut child, || lines_of_gen(&s.out, "1") > 0);
+    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    run.wait_running(|| lines_of_gen(&s.out, "1") > 0);
     let both = [one[0], ("added", added.0.as_str(), added.1.as_str())];
     std::fs::write(&s.cfg, s.toml(&both, "fields = { gen = \"2\" }")).unwrap();
-    signal(&child, libc::SIGHUP);
+    run.signal(libc::SIGHUP);
     let exp = expected(&s.sim, &[(&src.0, &src.1), (&added.0, &added.1)]);
-    wait_for_rows(&mut child, &[&s.out], &exp);
-    let status = stop(child);
+    run.wait_for_rows(&[&s.out], &exp);
+    let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(
         compare(&complete_ids(&[&s.out]), &exp),
@@ -182,19 +197,13 @@ fn watch_config_reloads_when_the_file_changes() {
     let src = (hours_ago(50), hours_ago(1));
     let one = [("src", src.0.as_str(), src.1.as_str())];
     std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
-        .args(["run", "--watch-config", "-c"])
-        .arg(&s.cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&s.log).unwrap())
-        .spawn()
-        .unwrap();
-    wait_running(&mut child, || lines_of_gen(&s.out, "1") > 0);
+    let mut run = Run::spawn(&s.cfg, &s.log, &["--watch-config"]);
+    run.wait_running(|| lines_of_gen(&s.out, "1") > 0);
     std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"2\" }")).unwrap();
-    wait_running(&mut child, || lines_of_gen(&s.out, "2") > 0);
+    run.wait_running(|| lines_of_gen(&s.out, "2") > 0);
     let exp = expected(&s.sim, &[(&src.0, &src.1)]);
-    wait_for_rows(&mut child, &[&s.out], &exp);
-    let status = stop(child);
+    run.wait_for_rows(&[&s.out], &exp);
+    let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(
         compare(&complete_ids(&[&s.out]), &exp),
@@ -216,17 +225,17 @@ fn logrotate_rename_and_sighup_continue_in_a_new_file_every_row_once() {
     let window = (hours_ago(30), hours_ago(1));
     let toml = s.toml(&[("src", &window.0, &window.1)], "");
     std::fs::write(&s.cfg, toml).unwrap();
-    let mut child = spawn_run(&s.cfg, &s.log);
-    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
+    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
     let rotated = s.out.with_extension("ndjson.1");
     std::fs::rename(&s.out, &rotated).unwrap();
-    signal(&child, libc::SIGHUP);
-    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
+    run.signal(libc::SIGHUP);
+    run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
     // From the new file's first line on, the renamed one is never written again.
     let rotated_bytes = std::fs::read(&rotated).unwrap();
     let exp = expected(&s.sim, &[(&window.0, &window.1)]);
-    wait_for_rows(&mut child, &[&rotated, &s.out], &exp);
-    let status = stop(child);
+    run.wait_for_rows(&[&rotated, &s.out], &exp);
+    let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(std::fs::read(&rotated).unwrap(), rotated_bytes);
     assert_eq!(
@@ -245,15 +254,15 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
     let window = (hours_ago(30), hours_ago(1));
     let good = s.toml(&[("src", &window.0, &window.1)], "");
     std::fs::write(&s.cfg, &good).unwrap();
-    let mut child = spawn_run(&s.cfg, &s.log);
-    wait_running(&mut child, || !complete_ids(&[&s.out]).is_empty());
+    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
     let log = || std::fs::read_to_string(&s.log).unwrap_or_default();
     let rejected = |n: usize| move || log().matches("configuration not reloaded").count() >= n;
     // Two errors of the configuration itself.
     let bad = good.replace("page_size = 100", "page_size = 0\npage_sise = 5");
     std::fs::write(&s.cfg, bad).unwrap();
-    signal(&child, libc::SIGHUP);
-    wait_running(&mut child, rejected(1));
+    run.signal(libc::SIGHUP);
+    run.wait_running(rejected(1));
     // A pre-run check (`validate`'s): the file sink's path is a directory.
     let dir_path = s.state.parent().unwrap().join("a-directory");
     std::fs::create_dir(&dir_path).unwrap();
@@ -262,11 +271,11 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
         &serde_json::to_string(&dir_path.to_string_lossy()).unwrap(),
     );
     std::fs::write(&s.cfg, bad).unwrap();
-    signal(&child, libc::SIGHUP);
-    wait_running(&mut child, rejected(2));
+    run.signal(libc::SIGHUP);
+    run.wait_running(rejected(2));
     let exp = expected(&s.sim, &[(&window.0, &window.1)]);
-    wait_for_rows(&mut child, &[&s.out], &exp);
-    let status = stop(child);
+    run.wait_for_rows(&[&s.out], &exp);
+    let status = run.stop();
     assert!(status.success(), "{status}");
     let log = log();
     for wanted in ["page_size", "page_sise", "is a directory"] {
