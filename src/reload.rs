@@ -85,6 +85,11 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
     for (id, source) in &new.sources {
         let Some(o) = old.sources.get(id) else {
             p.added.push(id.clone());
+            if source.log_level.is_some() {
+                p.needs_restart.push(format!(
+                    "sources.{id}.log_level: needs a restart (logging is set up at start); the source runs with the global log_level until then"
+                ));
+            }
             continue;
         };
         let sinks = feeds(new, id);
@@ -397,7 +402,11 @@ mod tests {
         new.sinks.get_mut("fb").unwrap().inputs = vec!["c".into()];
         let p = plan(&old, &new);
         assert_eq!((p.added, p.removed), (vec!["c".into()], vec!["b".into()]));
-        assert!(p.restarted.is_empty());
+        assert!(p.restarted.is_empty() && p.needs_restart.is_empty());
+        // An added source's own log level is set up at the next start only.
+        new.sources.get_mut("c").unwrap().log_level = Some(crate::config::LogLevel::Debug);
+        let p = plan(&old, &new);
+        assert!(p.needs_restart[0].starts_with("sources.c.log_level: needs a restart"));
     }
 
     #[test]
