@@ -46,6 +46,10 @@ pub enum EmbedError {
     /// The engine failed while running.
     #[error("{0}")]
     Engine(String),
+    /// A new configuration was not applied ([`EngineHandle::reload`]): every problem, one line
+    /// each. The running configuration stays.
+    #[error("configuration not reloaded:\n{0}")]
+    Reload(#[from] crate::reload::ReloadError),
     /// The engine was shut down (or its thread ended).
     #[error("the engine is shut down")]
     Stopped,
@@ -151,6 +155,10 @@ enum Command {
         Option<String>,
         oneshot::Sender<Result<Vec<JobRecord>, EmbedError>>,
     ),
+    Reload(
+        Box<Config>,
+        oneshot::Sender<Result<crate::reload::ReloadPlan, EmbedError>>,
+    ),
     Shutdown(oneshot::Sender<Result<RunReport, EmbedError>>),
 }
 
@@ -161,7 +169,7 @@ fn engine_thread(
 ) {
     let system = actix_rt::System::new();
     let (report, reply) = system.block_on(async move {
-        let engine = match engine::start(&builder.config, &builder.options, builder.sinks) {
+        let mut engine = match engine::start(&builder.config, &builder.options, builder.sinks) {
             Ok(e) => e,
             Err(e) => {
                 let _ = ready.send(Err(format!("{e:#}")));
@@ -197,6 +205,9 @@ fn engine_thread(
                         .jobs(source.as_deref())
                         .map_err(|e| EmbedError::Engine(e.to_string()));
                     let _ = tx.send(r);
+                }
+                Command::Reload(config, tx) => {
+                    let _ = tx.send(engine.reload(&config).await.map_err(EmbedError::from));
                 }
                 Command::Shutdown(tx) => {
                     reply = Some(tx);
@@ -260,6 +271,21 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::Jobs(source.map(str::to_owned), tx))
+            .map_err(|_| EmbedError::Stopped)?;
+        rx.await.map_err(|_| EmbedError::Stopped)?
+    }
+
+    /// Applies a new configuration while the engine runs, as `SIGHUP` does to `msgtrace run`
+    /// (see [`crate::reload`]): checked first (an invalid one changes nothing and the error
+    /// lists every problem); then sources added start (at once when the engine runs
+    /// [`scheduled`](EngineBuilder::scheduled)), removed ones stop after their page in flight,
+    /// changed ones restart from their checkpoint, and every sink reopens (host sinks through
+    /// [`Sink::reopen`]). Host sinks and hooks are kept. Returns what changed, including the
+    /// changes that need a restart (`needs_restart`), which are not applied.
+    pub async fn reload(&self, config: Config) -> Result<crate::reload::ReloadPlan, EmbedError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Reload(Box::new(config), tx))
             .map_err(|_| EmbedError::Stopped)?;
         rx.await.map_err(|_| EmbedError::Stopped)?
     }

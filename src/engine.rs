@@ -57,8 +57,14 @@ pub struct EngineOptions {
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
     pub grace: Duration,
-    /// Listen for SIGINT/SIGTERM.
+    /// Listen for SIGINT/SIGTERM (shut down) and SIGHUP (reload: [`crate::reload`]).
     pub handle_signals: bool,
+    /// The file the configuration was read from: a SIGHUP reads it again and reloads. Without
+    /// it a SIGHUP only reopens the sinks (logrotate).
+    pub config_file: Option<std::path::PathBuf>,
+    /// Reload also when `config_file` changes (`msgtrace run --watch-config`; looked at every
+    /// [`crate::reload::WATCH_CONFIG_EVERY`]).
+    pub watch_config: bool,
     /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
@@ -81,6 +87,8 @@ impl Default for EngineOptions {
             page_hook: None,
             grace: Duration::from_secs(30),
             handle_signals: true,
+            config_file: None,
+            watch_config: false,
             sink_retry: None,
             hooks: Vec::new(),
             max_body_bytes: MAX_BODY_BYTES,
@@ -250,7 +258,10 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
 }
 
 /// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
-fn pipeline_hooks(config: &Config, opts: &EngineOptions) -> Vec<msgtrace_actors::hook::Hook> {
+pub(crate) fn pipeline_hooks(
+    config: &Config,
+    opts: &EngineOptions,
+) -> Vec<msgtrace_actors::hook::Hook> {
     let ecs: std::collections::HashMap<String, crate::normalize::EcsOptions> = config
         .sources
         .values()
@@ -330,7 +341,17 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
 /// Runs the engine inside the current actix System until done (`Once`) or until a shutdown
 /// signal (`Continuous`). Returns the jobs' outcomes.
 pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
-    let engine = start(config, &opts, Vec::new())?;
+    // Before anything starts: a SIGHUP from now on reloads instead of ending the process.
+    let mut signals = opts
+        .handle_signals
+        .then(crate::reload::Signals::new)
+        .transpose()?;
+    let mut watch = opts
+        .config_file
+        .clone()
+        .filter(|_| opts.watch_config)
+        .map(crate::reload::ConfigWatch::new);
+    let mut engine = start(config, &opts, Vec::new())?;
     let supervisor = engine.supervisor.clone();
     let work = async {
         match &mode {
@@ -353,18 +374,36 @@ pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Re
             }
         }
     };
-    let interrupted = async {
-        if opts.handle_signals {
-            wait_for_signal().await
-        } else {
-            std::future::pending::<()>().await
-        }
-    };
-    let once_report = tokio::select! {
-        r = work => Some(r?),
-        () = interrupted => {
-            info!("signal received");
-            None
+    let mut work = std::pin::pin!(work);
+    let once_report = loop {
+        let signal = async {
+            match &mut signals {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let changed = async {
+            match &mut watch {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut work => break Some(r?),
+            signal = signal => match signal {
+                crate::reload::Signal::Stop => {
+                    info!("signal received");
+                    break None;
+                }
+                crate::reload::Signal::Reload => {
+                    let file = opts.config_file.as_deref();
+                    crate::reload::from_file(&mut engine, file, "SIGHUP").await
+                }
+            },
+            () = changed => {
+                let file = opts.config_file.as_deref();
+                crate::reload::from_file(&mut engine, file, "the configuration file changed").await
+            }
         }
     };
     let shutdown_report = engine.stop().await?;
@@ -392,12 +431,16 @@ pub struct Started {
     pub supervisor: Addr<Supervisor>,
     /// The state directory.
     pub store: Store,
-    arbiters: Vec<Arbiter>,
+    /// The sinks running, configured and the host's.
+    pub(crate) sinks: Vec<RunningSink>,
+    /// The configuration running (what a reload compares the new one with).
+    pub(crate) config: Config,
+    pub(crate) opts: EngineOptions,
     grace: Duration,
     /// The metrics endpoint and the control API.
     listeners: crate::control::Servers,
     /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
-    stopping: tokio::sync::watch::Sender<bool>,
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Started {
@@ -410,12 +453,41 @@ impl Started {
             .send(Shutdown { grace: self.grace })
             .await
             .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
-        for a in self.arbiters {
-            a.stop();
+        for s in self.sinks {
+            s.arbiter.stop();
         }
         self.store.flush().await?;
         self.listeners.stop().await;
         Ok(report)
+    }
+}
+
+/// The sources of a configuration as the supervisor runs them: store secrets resolved and
+/// certificates loaded and checked. Every problem, one line each.
+pub(crate) fn source_entries(
+    config: &Config,
+    opts: &EngineOptions,
+    secrets: &SecretStore,
+) -> Result<Vec<SourceEntry>, Vec<String>> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for s in config.sources.values() {
+        match source_spec(s, opts.durable, SecretAccess::Store(secrets)) {
+            Ok(spec) => sources.push(SourceEntry {
+                spec: SourceSpec {
+                    max_body_bytes: opts.max_body_bytes,
+                    prefetch: opts.prefetch,
+                    ..spec
+                },
+                job_timeout: s.job_timeout,
+            }),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(sources)
+    } else {
+        Err(errors)
     }
 }
 
@@ -433,24 +505,8 @@ pub fn start(
     // Its errors name the directory and the fix.
     let store = Store::open(&config.state_dir)?;
     let secrets = SecretStore::new(store.clone());
-    let mut sources = Vec::new();
-    let mut errors = Vec::new();
-    for s in config.sources.values() {
-        match source_spec(s, opts.durable, SecretAccess::Store(&secrets)) {
-            Ok(spec) => sources.push(SourceEntry {
-                spec: SourceSpec {
-                    max_body_bytes: opts.max_body_bytes,
-                    prefetch: opts.prefetch,
-                    ..spec
-                },
-                job_timeout: s.job_timeout,
-            }),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(anyhow!(errors.join("\n")));
-    }
+    let sources =
+        source_entries(config, opts, &secrets).map_err(|errors| anyhow!(errors.join("\n")))?;
     tidy_jobs(&store, config)?;
     // Before any actor starts: a port that is taken stops the start here, with one line (once
     // actors are spawned, an early return would drop them unpolled outside the runtime).
@@ -474,47 +530,17 @@ pub fn start(
         }
     }
 
-    let mut arbiters = Vec::new();
-    let mut sinks = Vec::new();
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-    let all: Vec<String> = config.sources.keys().cloned().collect();
     // A configured sink that panics is built again from its configuration; a host's is kept.
-    let configured = config.sinks.values().map(|s| {
-        // The directory, not the store: a sink's thread may outlive the engine's stop, and an
-        // open store there would keep the state directory locked.
-        let (id, kind, opts) = (s.id.clone(), s.kind.clone(), opts.clone());
-        let state_dir = store.dir().to_path_buf();
-        let factory: msgtrace_actors::sink::SinkFactory =
-            Box::new(move || build_sink(&id, &kind, &opts, &state_dir));
-        (s.id.clone(), factory(), Some(factory), s.inputs.clone())
-    });
-    let hosted = host_sinks.into_iter().map(|h| {
-        let inputs = if h.inputs.is_empty() {
-            all.clone()
-        } else {
-            h.inputs
-        };
-        (h.sink.name().to_owned(), h.sink, None, inputs)
-    });
-    for (name, built, factory, inputs) in configured.chain(hosted) {
-        let arbiter = Arbiter::new();
-        let reads = built.input();
-        let stop_rx = stop_rx.clone();
-        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
-            let actor = SinkActor::new(built).with_shutdown(stop_rx);
-            match factory {
-                Some(f) => actor.with_factory(f),
-                None => actor,
-            }
-        });
-        arbiters.push(arbiter);
-        sinks.push(SinkEntry {
-            name,
-            addr,
-            inputs,
-            reads,
-        });
-    }
+    let configured = config
+        .sinks
+        .values()
+        .map(|s| RunningSink::configured(s, opts, store.dir(), stop_rx.clone()));
+    let hosted = host_sinks
+        .into_iter()
+        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
+    let running: Vec<RunningSink> = configured.chain(hosted).collect();
+    let sinks = running.iter().map(|s| s.entry(config)).collect();
     let auth = AuthToken::default().start();
     let supervisor = Supervisor::new(
         store.clone(),
@@ -532,31 +558,95 @@ pub fn start(
     Ok(Started {
         supervisor,
         store,
-        arbiters,
+        sinks: running,
+        config: config.clone(),
+        opts: opts.clone(),
         grace: opts.grace,
         listeners,
         stopping,
     })
 }
 
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+/// A sink actor of a running engine, on its own thread.
+pub(crate) struct RunningSink {
+    /// Its configuration; `None` for a host's own sink.
+    pub(crate) config: Option<crate::config::SinkConfig>,
+    /// A host sink's inputs as given (empty: every source).
+    pub(crate) host_inputs: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) addr: Addr<SinkActor>,
+    pub(crate) reads: msgtrace_actors::sink::SinkInput,
+    pub(crate) arbiter: Arbiter,
+}
+
+impl RunningSink {
+    /// Starts `sink` on a thread of its own; should it panic, `factory` builds it again (else
+    /// it is kept).
+    pub(crate) fn spawn(
+        sink: Box<dyn Sink>,
+        config: Option<crate::config::SinkConfig>,
+        host_inputs: Vec<String>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        factory: Option<msgtrace_actors::sink::SinkFactory>,
+    ) -> RunningSink {
+        let arbiter = Arbiter::new();
+        let reads = sink.input();
+        let name = sink.name().to_owned();
+        let addr = SinkActor::start_in_arbiter(&arbiter.handle(), move |_| {
+            let actor = SinkActor::new(sink).with_shutdown(stopping);
+            match factory {
+                Some(f) => actor.with_factory(f),
+                None => actor,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        });
+        RunningSink {
+            config,
+            host_inputs,
+            name,
+            addr,
+            reads,
+            arbiter,
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Starts the sink of configuration `c`, built again from it should it panic. The factory
+    /// holds the state directory's path, not the store: a sink's thread may outlive the engine's
+    /// stop, and an open store there would keep the directory locked.
+    pub(crate) fn configured(
+        c: &crate::config::SinkConfig,
+        opts: &EngineOptions,
+        state_dir: &std::path::Path,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> RunningSink {
+        let (id, kind, opts, dir) = (
+            c.id.clone(),
+            c.kind.clone(),
+            opts.clone(),
+            state_dir.to_path_buf(),
+        );
+        let factory: msgtrace_actors::sink::SinkFactory =
+            Box::new(move || build_sink(&id, &kind, &opts, &dir));
+        RunningSink::spawn(
+            factory(),
+            Some(c.clone()),
+            Vec::new(),
+            stopping,
+            Some(factory),
+        )
+    }
+
+    /// What the supervisor routes to it, with the sources of `config`.
+    pub(crate) fn entry(&self, config: &Config) -> SinkEntry {
+        let inputs = match &self.config {
+            Some(c) => c.inputs.clone(),
+            None if self.host_inputs.is_empty() => config.sources.keys().cloned().collect(),
+            None => self.host_inputs.clone(),
+        };
+        SinkEntry {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            inputs,
+            reads: self.reads,
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML model (raw, then validated with every error at once).
 //! - [`engine`]: builds the actors from a configuration and runs them.
 //! - [`sinks`]: the built-in `stdout`, `file` and `http` sinks.
+//! - [`reload`]: configuration reloads (`SIGHUP`): what changes live, what needs a restart.
 //! - [`preflight`]: checks of the state directory and file sink paths before a run.
 //! - [`normalize`]: `normalize = "ecs"`, rows mapped to Elastic Common Schema names.
 //! - [`secrets`]: the encrypted secret store (`msgtrace secrets`, `oauth_secret`, `basic_secret`).
@@ -96,6 +97,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod preflight;
 pub mod progress;
+pub mod reload;
 pub mod secrets;
 pub mod simulator;
 pub mod sinks;

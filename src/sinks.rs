@@ -355,6 +355,15 @@ impl Sink for FileSink {
         SinkInput::Ndjson
     }
 
+    /// Closes the file and opens `path` again: after logrotate renamed the file, a new one. The
+    /// renamed file is not touched again (nothing of it is ever cut), and the new one gets a
+    /// record of its own.
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        self.file = None;
+        self.mark = None;
+        self.open()
+    }
+
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
         let mut buf = std::mem::take(&mut self.buf);
         let bytes = batch.ndjson(&mut buf);
@@ -538,6 +547,40 @@ mod tests {
         deliver(&mut sink, &page(1)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("{\"kept\":1}\n{\"kept\":\n"), "{text}");
+    }
+
+    /// Issue 16 (SIGHUP): after logrotate renamed the file, a reopen starts a new file at the
+    /// configured path with a record of its own; the renamed file keeps every byte it had.
+    #[test]
+    fn a_reopen_after_a_rename_starts_a_new_file_and_leaves_the_renamed_one_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (mut sink, store) = sink_with_marks(dir.path(), &path);
+        deliver(&mut sink, &page(2)).unwrap();
+        let renamed = dir.path().join("e.ndjson.1");
+        std::fs::rename(&path, &renamed).unwrap();
+        let before = std::fs::read(&renamed).unwrap();
+        sink.reopen().unwrap();
+        assert!(
+            path.exists(),
+            "the reopen creates the file at the configured path"
+        );
+        deliver(&mut sink, &page(3)).unwrap();
+        assert_eq!(std::fs::read(&renamed).unwrap(), before);
+        assert_eq!(lines_of(&path).len(), 3);
+        let mark = MarkFile::new(&store, "f").load().unwrap().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (mark.dev, mark.ino),
+            file_identity(&meta),
+            "the new file's record"
+        );
+        assert_eq!(mark.len, meta.len());
+        // A reopen with nothing renamed goes on appending to the same file, cutting nothing.
+        sink.reopen().unwrap();
+        deliver(&mut sink, &page(1)).unwrap();
+        assert_eq!(lines_of(&path).len(), 4);
+        assert_eq!(std::fs::read(&renamed).unwrap(), before);
     }
 
     /// What the sink wrote and a crash tore is still cut when it opens the file again.

@@ -45,6 +45,12 @@ pub trait Sink: Send + 'static {
     fn flush(&mut self) -> LocalBoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
     }
+    /// Lets go of the files or connections the sink holds and opens them again by their
+    /// configured names (a reload, `SIGHUP`: logrotate renamed the file). Called between two
+    /// deliveries, never during one. Does nothing by default.
+    fn reopen(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Delivers one page's events; answered once the sink has them.
@@ -59,6 +65,12 @@ pub struct FlushSink;
 
 /// Builds a sink afresh (after the one before panicked).
 pub type SinkFactory = Box<dyn Fn() -> Box<dyn Sink> + Send>;
+
+/// Reopens the sink ([`Sink::reopen`]) once the deliveries sent before it are done. A failure is
+/// logged; the sink tries again at its next delivery.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reopen;
 
 /// The Sink actor. One batch at a time ([`AtomicResponse`]): batches never interleave.
 ///
@@ -191,6 +203,17 @@ impl Handler<Deliver> for SinkActor {
                 }
             }),
         ))
+    }
+}
+
+impl Handler<Reopen> for SinkActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reopen, _: &mut Context<Self>) {
+        // Deliveries are atomic responses: none is under way while this runs.
+        if let Some(Err(e)) = self.sink.as_mut().map(|s| s.reopen()) {
+            tracing::warn!(error = %e, "reload: the sink could not reopen; it tries again at its next page");
+        }
     }
 }
 

@@ -34,6 +34,7 @@ pub struct SinkEntry {
 }
 
 /// A source as the supervisor runs it.
+#[derive(Clone)]
 pub struct SourceEntry {
     /// What to collect.
     pub spec: SourceSpec,
@@ -89,6 +90,28 @@ pub struct StartSchedules;
 pub struct Shutdown {
     /// How long to wait for pages in flight.
     pub grace: Duration,
+}
+
+/// Replaces the sources and sinks the supervisor runs (a configuration reload). Sources it ran
+/// that are not in `sources` are removed, and those named in `restart` are restarted with
+/// their new entry: each stops after its page in flight (the page delivered and checkpointed);
+/// once all of them have stopped, the restarted ones start again together (so a rebuilt sink
+/// never writes beside the one it replaces) and run again the job they were running, from
+/// their checkpoint: no page is lost or delivered twice. Sources new in `sources` start (and
+/// run at once when the schedules are running). Sources kept as they are are not touched. The
+/// answer resolves once every removed or restarted source's old fetcher has stopped: the sinks
+/// that are no longer in `sinks` can then be flushed and stopped.
+#[derive(Message)]
+#[rtype(result = "oneshot::Receiver<()>")]
+pub struct Reconfigure {
+    /// Every source from now on, in order.
+    pub sources: Vec<SourceEntry>,
+    /// Sources already running whose spec, or set of sinks, changed.
+    pub restart: HashSet<String>,
+    /// Every sink from now on (a kept sink with its running address, its inputs as they are now).
+    pub sinks: Vec<SinkEntry>,
+    /// The pipeline hooks of the fetchers started from now on.
+    pub hooks: Vec<crate::hook::Hook>,
 }
 
 /// Per-source status.
@@ -151,6 +174,35 @@ struct Slot {
     restarts_in_row: u32,
     restarts: u32,
     last: Option<JobSummary>,
+    /// What a reload asked for: done once every source it stops has stopped.
+    pending: Pending,
+    /// The job to run once restarted: the one a reload stopped, or one asked for meanwhile.
+    resume: Option<JobRequest>,
+}
+
+/// What becomes of a source once its running job has stopped ([`Reconfigure`]).
+enum Pending {
+    /// Nothing: it goes on.
+    Keep,
+    /// A new fetcher with this entry runs the job again, from the checkpoint.
+    Replace(Box<SourceEntry>),
+    /// The source is gone.
+    Remove,
+}
+
+impl Slot {
+    fn new(entry: SourceEntry, fetcher: Addr<Fetcher>) -> Slot {
+        Slot {
+            entry,
+            fetcher,
+            running: None,
+            restarts_in_row: 0,
+            restarts: 0,
+            last: None,
+            pending: Pending::Keep,
+            resume: None,
+        }
+    }
 }
 
 /// The Supervisor actor.
@@ -165,6 +217,9 @@ pub struct Supervisor {
     shutting_down: bool,
     shutdown_started: bool,
     shutdown_waiters: Vec<oneshot::Sender<RunReport>>,
+    /// Sources a reload stops whose job is still running, and the reloads that wait for them.
+    stopping: HashSet<String>,
+    reload_waiters: Vec<oneshot::Sender<()>>,
     report: RunReport,
     page_hook: Option<PageHook>,
     hooks: Vec<crate::hook::Hook>,
@@ -196,6 +251,8 @@ impl Supervisor {
             shutting_down: false,
             shutdown_started: false,
             shutdown_waiters: Vec::new(),
+            stopping: HashSet::new(),
+            reload_waiters: Vec::new(),
             report: RunReport::default(),
             page_hook,
             hooks: Vec::new(),
@@ -253,6 +310,11 @@ impl Supervisor {
         let Some(slot) = self.slots.get_mut(source) else {
             return;
         };
+        if matches!(slot.pending, Pending::Replace(_)) {
+            // Run by the new fetcher, once the reload's sources have all stopped.
+            slot.resume = Some(req);
+            return;
+        }
         let fetcher = slot.fetcher.clone();
         let timeout = slot.entry.job_timeout;
         let source = source.to_owned();
@@ -262,23 +324,28 @@ impl Supervisor {
             backfill: req.backfill.clone(),
             timeout,
         };
-        ctx.spawn(async move { fetcher.send(msg).await }.into_actor(self).map(
-            move |reply, act, _| match reply {
-                Ok(RunReply::Started(job)) => {
-                    info!(source = %source, job = %job, "job started")
-                }
-                Ok(RunReply::AlreadyRunning) => {
-                    warn!(source = %source, "previous run still going: this tick is skipped");
-                }
-                Err(_) => {
-                    // The fetcher died before taking the job: the watchdog restarts it and
-                    // re-runs the job because `running` is still set.
-                    if let Some(s) = act.slots.get_mut(&source) {
-                        s.running = Some(req);
+        // Queued now, so that a `Cancel` sent after it (a reload, the shutdown) reaches the
+        // job it started.
+        let request = fetcher.send(msg);
+        ctx.spawn(
+            request
+                .into_actor(self)
+                .map(move |reply, act, _| match reply {
+                    Ok(RunReply::Started(job)) => {
+                        info!(source = %source, job = %job, "job started")
                     }
-                }
-            },
-        ));
+                    Ok(RunReply::AlreadyRunning) => {
+                        warn!(source = %source, "previous run still going: this tick is skipped");
+                    }
+                    Err(_) => {
+                        // The fetcher died before taking the job: the watchdog restarts it and
+                        // re-runs the job because `running` is still set.
+                        if let Some(s) = act.slots.get_mut(&source) {
+                            s.running = Some(req);
+                        }
+                    }
+                }),
+        );
     }
 
     fn watch(&mut self, ctx: &mut Context<Self>) {
@@ -289,6 +356,12 @@ impl Supervisor {
             .map(|(k, _)| k.clone())
             .collect();
         for source in dead {
+            if !matches!(self.slots[&source].pending, Pending::Keep) {
+                // A fetcher a reload was stopping: it has stopped.
+                error!(source = %source, "fetcher died (panic) while a reload stopped it");
+                self.stopped(&source, None, ctx);
+                continue;
+            }
             let (entry_spec, timeout) = {
                 let s = &self.slots[&source];
                 (s.entry.spec.clone(), s.entry.job_timeout)
@@ -355,6 +428,121 @@ impl Supervisor {
         }
     }
 
+    /// A job a reload stopped has ended (`summary`; `None`: its fetcher died). A removed source
+    /// is forgotten; a restarted one waits, with the job to run again, until every source the
+    /// reload stops has stopped; then they all start again.
+    fn stopped(&mut self, source: &str, summary: Option<JobSummary>, ctx: &mut Context<Self>) {
+        let slot = self.slots.get_mut(source).expect("slot exists");
+        let req = slot.running.take();
+        match &slot.pending {
+            Pending::Replace(_) if !self.shutting_down => {
+                slot.resume = req.or(slot.resume.take());
+            }
+            Pending::Keep | Pending::Replace(_) => {
+                if let Some(summary) = summary {
+                    self.finished(source.to_owned(), summary);
+                }
+            }
+            Pending::Remove => {
+                if let Some(summary) = summary {
+                    self.finished(source.to_owned(), summary);
+                }
+                info!(source = %source, "reload: the source is removed");
+                self.forget(source);
+            }
+        }
+        self.stopping.remove(source);
+        self.restart_replaced(ctx);
+    }
+
+    /// Once no source a reload stops is still running: starts the restarted ones with their new
+    /// entry, each running again the job the reload stopped (from its checkpoint), and answers
+    /// the reloads.
+    fn restart_replaced(&mut self, ctx: &mut Context<Self>) {
+        if !self.stopping.is_empty() {
+            return;
+        }
+        let mut ids: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s.pending, Pending::Replace(_)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        for id in ids {
+            let slot = self.slots.get_mut(&id).expect("slot exists");
+            let Pending::Replace(entry) = std::mem::replace(&mut slot.pending, Pending::Keep)
+            else {
+                continue;
+            };
+            let resume = slot.resume.take();
+            let fetcher = self.spawn_fetcher(&entry, ctx);
+            let slot = self.slots.get_mut(&id).expect("slot exists");
+            slot.entry = *entry;
+            slot.fetcher = fetcher;
+            info!(source = %id, "reload: the source restarts from its checkpoint");
+            if let Some(req) = resume.filter(|_| !self.shutting_down) {
+                self.run_source(&id, req, ctx);
+            }
+        }
+        for tx in self.reload_waiters.drain(..) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Removes a source: its slot, and its place in the runs waiting for it.
+    fn forget(&mut self, source: &str) {
+        self.slots.remove(source);
+        self.order.retain(|s| s != source);
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let (set, _, _) = &mut self.waiting[i];
+            set.remove(source);
+            if set.is_empty() {
+                let (_, tx, report) = self.waiting.remove(i);
+                let _ = tx.send(report);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// What a reload asks of a source it ran: stop it after the page in flight (when a job
+    /// runs), then remove it or restart it with a new entry.
+    fn retire(&mut self, source: &str, next: Pending) {
+        let slot = self.slots.get_mut(source).expect("slot exists");
+        let running = slot.running.is_some();
+        match next {
+            Pending::Remove if !running => return self.forget(source),
+            _ => slot.pending = next,
+        }
+        if running {
+            info!(source = %source, "reload: the source stops after its page in flight");
+            slot.fetcher.do_send(Cancel);
+            self.stopping.insert(source.to_owned());
+        }
+    }
+
+    /// The schedules of the sources as they are after the pending reloads.
+    fn start_scheduler(&mut self, ctx: &mut Context<Self>) {
+        let crons: Vec<(String, String)> = self
+            .order
+            .iter()
+            .map(|s| {
+                let slot = &self.slots[s];
+                let entry = match &slot.pending {
+                    Pending::Replace(e) => e,
+                    Pending::Keep | Pending::Remove => &slot.entry,
+                };
+                (s.clone(), entry.spec.cron.clone())
+            })
+            .collect();
+        match Scheduler::new(crons, ctx.address().recipient()) {
+            Ok(s) => self.scheduler = Some(s.start()),
+            Err(e) => error!(error = %e, "scheduler could not start"),
+        }
+    }
+
     fn any_running(&self) -> bool {
         self.slots.values().any(|s| s.running.is_some())
     }
@@ -366,17 +554,8 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         for entry in self.pending_sources.take().unwrap_or_default() {
             let fetcher = self.spawn_fetcher(&entry, ctx);
-            self.slots.insert(
-                entry.spec.id.clone(),
-                Slot {
-                    entry,
-                    fetcher,
-                    running: None,
-                    restarts_in_row: 0,
-                    restarts: 0,
-                    last: None,
-                },
-            );
+            self.slots
+                .insert(entry.spec.id.clone(), Slot::new(entry, fetcher));
         }
         ctx.run_interval(WATCH_INTERVAL, |act, ctx| act.watch(ctx));
     }
@@ -386,7 +565,15 @@ impl Handler<JobFinished> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: JobFinished, ctx: &mut Context<Self>) {
-        self.finished(msg.source, msg.summary);
+        if self
+            .slots
+            .get(&msg.source)
+            .is_some_and(|s| !matches!(s.pending, Pending::Keep))
+        {
+            self.stopped(&msg.source, Some(msg.summary), ctx);
+        } else {
+            self.finished(msg.source, msg.summary);
+        }
         if self.shutting_down && !self.any_running() {
             self.complete_shutdown(ctx);
         }
@@ -472,19 +659,63 @@ impl Handler<StartSchedules> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, _: StartSchedules, ctx: &mut Context<Self>) {
-        let crons: Vec<(String, String)> = self
-            .order
-            .iter()
-            .map(|s| (s.clone(), self.slots[s].entry.spec.cron.clone()))
-            .collect();
-        match Scheduler::new(crons, ctx.address().recipient()) {
-            Ok(s) => self.scheduler = Some(s.start()),
-            Err(e) => error!(error = %e, "scheduler could not start"),
-        }
+        self.start_scheduler(ctx);
         // Catch up at once rather than waiting for the first tick.
         for s in self.order.clone() {
             self.run_source(&s, JobRequest::scheduled(), ctx);
         }
+    }
+}
+
+impl Handler<Reconfigure> for Supervisor {
+    type Result = MessageResult<Reconfigure>;
+
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.shutting_down {
+            return MessageResult(rx);
+        }
+        self.sinks = msg.sinks;
+        self.hooks = msg.hooks;
+        let order: Vec<String> = msg.sources.iter().map(|e| e.spec.id.clone()).collect();
+        let mut entries: HashMap<String, SourceEntry> = msg
+            .sources
+            .into_iter()
+            .map(|e| (e.spec.id.clone(), e))
+            .collect();
+        let mut ids: Vec<String> = self.slots.keys().cloned().collect();
+        ids.sort();
+        for id in ids {
+            // A source an earlier reload removed whose job is still stopping, and back now, is
+            // replaced too: never two fetchers on one cursor.
+            let stopping = !matches!(self.slots[&id].pending, Pending::Keep);
+            let next = match entries.remove(&id) {
+                None => Pending::Remove,
+                Some(e) if stopping || msg.restart.contains(&id) => Pending::Replace(Box::new(e)),
+                Some(_) => continue,
+            };
+            self.retire(&id, next);
+        }
+        self.order = order;
+        let schedules = self.scheduler.is_some();
+        for id in self.order.clone() {
+            if let Some(entry) = entries.remove(&id) {
+                info!(source = %id, "reload: source added");
+                // Started with the restarted ones: a sink it feeds may be a rebuilt one.
+                let fetcher = self.spawn_fetcher(&entry, ctx);
+                let mut slot = Slot::new(entry.clone(), fetcher);
+                slot.pending = Pending::Replace(Box::new(entry));
+                slot.resume = schedules.then(JobRequest::scheduled);
+                self.slots.insert(id, slot);
+            }
+        }
+        if let Some(s) = self.scheduler.take() {
+            s.do_send(StopScheduling);
+            self.start_scheduler(ctx);
+        }
+        self.reload_waiters.push(tx);
+        self.restart_replaced(ctx);
+        MessageResult(rx)
     }
 }
 

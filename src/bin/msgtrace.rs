@@ -40,7 +40,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         page_size: u32,
     },
-    /// Run every source on its schedule until SIGINT/SIGTERM.
+    /// Run every source on its schedule until SIGINT/SIGTERM; SIGHUP reloads the configuration
+    /// file and reopens the output files.
     Run {
         /// Configuration file.
         #[arg(short, long)]
@@ -48,6 +49,10 @@ enum Command {
         /// Collect what is due now for every source, then exit (0 if all succeeded, 1 if not).
         #[arg(long)]
         once: bool,
+        /// Reload also when the configuration file changes (looked at every 2 seconds), as on
+        /// SIGHUP.
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Collect a past range of one source once, resumably, without moving its continuous cursor.
     Backfill {
@@ -481,15 +486,25 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            watch_config,
+        } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             init_config_logging(&cfg);
             let mode = if once { Mode::Once } else { Mode::Continuous };
-            let report = actix_rt::System::new()
-                .block_on(async { engine::run(&cfg, mode, EngineOptions::default()).await });
+            // SIGHUP reads the file again (reload).
+            let opts = EngineOptions {
+                config_file: Some(config.clone()),
+                watch_config,
+                ..EngineOptions::default()
+            };
+            let report =
+                actix_rt::System::new().block_on(async { engine::run(&cfg, mode, opts).await });
             let report = match report {
                 Ok(r) => r,
                 Err(e) => return Ok(report_failure(&e)),

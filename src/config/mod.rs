@@ -95,7 +95,7 @@ pub struct Config {
 }
 
 /// One message trace input (`[sources.<id>]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     /// The Input ID: the key of `[sources.<id>]`, used in state keys, metrics and `__inputId`.
     pub id: String,
@@ -285,7 +285,7 @@ pub enum LogFormat {
 }
 
 /// How a source authenticates, one variant per `auth.method`; each holds only what it needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum AuthConfig {
     /// `basic`: HTTP Basic with an inline username and password (RWS-compatible endpoints only).
     Basic {
@@ -407,7 +407,7 @@ pub struct CertificateConfig {
 }
 
 /// One output (`[sinks.<id>]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SinkConfig {
     /// The key of `[sinks.<id>]`, for logs and metrics.
     pub id: String,
@@ -418,7 +418,7 @@ pub struct SinkConfig {
 }
 
 /// The sink types (`type`), each with its own settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SinkKind {
     /// NDJSON on standard output.
     Stdout,
@@ -448,7 +448,7 @@ pub struct Rotation {
 }
 
 /// Settings of an `http` sink.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpSinkConfig {
     /// Where batches are POSTed.
     pub url: Url,
