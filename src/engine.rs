@@ -283,6 +283,11 @@ pub(crate) fn pipeline_hooks(
     hooks
 }
 
+/// How long a start waits for the state directory's lock: an engine that just stopped in this
+/// process may still be releasing it on one of its threads; another process holding it is
+/// refused after that.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// Builds the sink for a sink configuration.
 fn build_sink(
     id: &str,
@@ -503,7 +508,7 @@ pub fn start(
     crate::preflight::check(config)?;
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     // Its errors name the directory and the fix.
-    let store = Store::open(&config.state_dir)?;
+    let store = Store::open_waiting(&config.state_dir, LOCK_WAIT)?;
     let secrets = SecretStore::new(store.clone());
     let sources =
         source_entries(config, opts, &secrets).map_err(|errors| anyhow!(errors.join("\n")))?;

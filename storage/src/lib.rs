@@ -185,7 +185,23 @@ impl Store {
     /// A new directory is created `0700` and its files are kept `0600` ([`layout`]). Refused:
     /// another process has it open ([`StorageError::Locked`]), it is not a directory, it held a
     /// database that is gone ([`StorageError::Lost`]), or a newer msgtrace wrote it
-    /// ([`StorageError::NewerLayout`]).
+    /// ([`StorageError::NewerLayout`]). While it is [`StorageError::Locked`], tried again every
+    /// 50 ms for up to `wait`: an engine that just stopped in this process (an embedder's
+    /// restart, a test) may still be letting go of it on another thread.
+    pub fn open_waiting(dir: impl AsRef<Path>, wait: std::time::Duration) -> Result<Store> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match Store::open(dir.as_ref()) {
+                Err(StorageError::Locked { .. }) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Store::open_waiting`] without the wait: [`StorageError::Locked`] at once when another
+    /// handle holds it (the tools then ask the running engine).
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         let io_err = |error: std::io::Error| StorageError::Io {
