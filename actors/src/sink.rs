@@ -110,6 +110,29 @@ impl SinkActor {
         self
     }
 
+    /// Takes the sink back after a delivery or flush: its answer, or, when it panicked (`Err`
+    /// with the panic's message), the sink to go on with and a refusal that says so.
+    fn settle(
+        &mut self,
+        sink: Option<Box<dyn Sink>>,
+        r: Result<Result<(), SinkError>, String>,
+        then: &str,
+    ) -> Result<(), SinkError> {
+        match r {
+            Ok(r) => {
+                self.sink = sink;
+                r
+            }
+            Err(what) => {
+                self.sink = sink.map(|s| self.after_panic(s, &what));
+                Err(SinkError {
+                    sink: self.name.clone(),
+                    message: format!("the sink panicked ({what}){then}"),
+                })
+            }
+        }
+    }
+
     /// The sink to go on with after `sink` panicked (`what`): a new one from the factory, or the
     /// same one.
     fn after_panic(&self, sink: Box<dyn Sink>, what: &str) -> Box<dyn Sink> {
@@ -187,20 +210,8 @@ impl Handler<Deliver> for SinkActor {
                 }
             }
             .into_actor(self)
-            .map(|(sink, r), act, _| match r {
-                Ok(r) => {
-                    act.sink = sink;
-                    r
-                }
-                Err(what) => {
-                    act.sink = sink.map(|s| act.after_panic(s, &what));
-                    Err(SinkError {
-                        sink: act.name.clone(),
-                        message: format!(
-                            "the sink panicked ({what}); the page was not acknowledged and is given to it again"
-                        ),
-                    })
-                }
+            .map(|(sink, r), act, _| {
+                act.settle(sink, r, "; the page was not acknowledged and is given to it again")
             }),
         ))
     }
@@ -233,19 +244,7 @@ impl Handler<FlushSink> for SinkActor {
                 }
             }
             .into_actor(self)
-            .map(|(sink, r), act, _| match r {
-                Ok(r) => {
-                    act.sink = sink;
-                    r
-                }
-                Err(what) => {
-                    act.sink = sink.map(|s| act.after_panic(s, &what));
-                    Err(SinkError {
-                        sink: act.name.clone(),
-                        message: format!("the sink panicked while flushing ({what})"),
-                    })
-                }
-            }),
+            .map(|(sink, r), act, _| act.settle(sink, r, " while flushing")),
         ))
     }
 }
