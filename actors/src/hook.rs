@@ -35,16 +35,25 @@ use std::sync::Arc;
 /// A pipeline hook: sees a page's events and edits the list in place.
 pub type Hook = Arc<dyn Fn(&mut Vec<Event>) + Send + Sync>;
 
+/// A hook panicked: which one (counted from 1) and with what message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("pipeline hook {hook} panicked ({message}); the page was not delivered")]
+pub struct HookPanicked {
+    /// The hook's place in the list, from 1.
+    pub hook: usize,
+    /// What it panicked with.
+    pub message: String,
+}
+
 /// Runs `hooks` in order over `events`. A panic in a hook is caught and returned as an error
 /// (the page is then not delivered, so not acknowledged).
-pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), String> {
+pub fn apply(hooks: &[Hook], events: &mut Vec<Event>) -> Result<(), HookPanicked> {
     for (i, hook) in hooks.iter().enumerate() {
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| hook(events))) {
-            let what = panic_message(&*panic);
-            return Err(format!(
-                "pipeline hook {} panicked ({what}); the page was not delivered",
-                i + 1
-            ));
+            return Err(HookPanicked {
+                hook: i + 1,
+                message: panic_message(&*panic),
+            });
         }
     }
     Ok(())
@@ -91,6 +100,7 @@ mod tests {
     fn a_panicking_hook_is_an_error() {
         let bad: Hook = Arc::new(|_| panic!("boom"));
         let err = apply(&[bad], &mut vec![ev(1)]).unwrap_err();
-        assert!(err.contains("boom"), "{err}");
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert_eq!(err.hook, 1);
     }
 }

@@ -127,6 +127,68 @@ impl RetryPolicy {
     }
 }
 
+/// Tries of a next link that answers 400 beyond the retry policy's, before it is abandoned: a
+/// next link answered 400 may be a transient state of the server.
+pub const NEXT_LINK_400_RETRIES: u32 = 2;
+
+/// Their waits: 0.5 s, then 1 s.
+const NEXT_LINK_400_BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(500), Duration::from_secs(1));
+
+/// Longest wait between two deliveries of a page held while a sink refuses it.
+pub const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// The verdict on a failed request ([`RetryPolicy::judge`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    /// Retry after this; `None`: give up (what then is the failure's kind).
+    pub retry: Option<Decision>,
+    /// A 429: every source of the tenant holds back this long, not only the one that was
+    /// answered, and for the same wait as the page (one rule for both).
+    pub tenant_hold: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// The one rule for a page's failed request: whether and when it is retried (the policy's
+    /// [`RetryPolicy::decide`], plus [`NEXT_LINK_400_RETRIES`] for a next link answered 400),
+    /// and how long the tenant's budget holds back after a 429.
+    pub fn judge(&self, failure: &Failure, retries_done: u32, is_next_link: bool) -> Judgement {
+        let retry = self.decide(failure, retries_done).or_else(|| {
+            (is_next_link
+                && matches!(failure, Failure::Status { code: 400, .. })
+                && retries_done < NEXT_LINK_400_RETRIES)
+                .then(|| Decision {
+                    delay: NEXT_LINK_400_BACKOFF.delay(retries_done),
+                    from_retry_after: false,
+                })
+        });
+        let tenant_hold = match failure {
+            Failure::Status {
+                code: 429,
+                retry_after,
+            } => retry
+                .as_ref()
+                .map(|d| d.delay)
+                .or(retry_after.map(|a| a.min(MAX_RETRY_AFTER))),
+            _ => None,
+        };
+        Judgement { retry, tenant_hold }
+    }
+
+    /// The wait before a failed task is run again (`task_reschedule_limit`): twice the first
+    /// delay, every time.
+    pub fn reschedule_delay(&self) -> Duration {
+        self.initial * 2
+    }
+
+    /// The wait before a held page is given again to the sinks that refused it (`attempt` from
+    /// 0): from the first delay (at least 0.1 s), doubling up to [`HOLD_MAX_DELAY`].
+    pub fn hold_delay(&self, attempt: u32) -> Duration {
+        Backoff::doubling(self.initial.max(Duration::from_millis(100)), HOLD_MAX_DELAY)
+            .delay(attempt)
+    }
+}
+
 /// Exponential backoff on its own, for waits that are not a request's retries (a held page, a
 /// rescheduled task, a token request): `initial × multiplier^attempt`, at most `max`. The one
 /// place where delays are computed.
@@ -178,6 +240,73 @@ mod tests {
             code,
             retry_after: None,
         }
+    }
+
+    #[test]
+    fn a_next_link_answered_400_gets_two_more_tries_a_first_page_none() {
+        let p = RetryPolicy::default();
+        let delays: Vec<_> = (0..3)
+            .map(|n| {
+                p.judge(&status(400), n, true)
+                    .retry
+                    .map(|d| d.delay.as_millis())
+            })
+            .collect();
+        assert_eq!(delays, vec![Some(500), Some(1000), None]);
+        assert_eq!(p.judge(&status(400), 0, false).retry, None);
+        assert_eq!(p.judge(&status(400), 0, true).tenant_hold, None);
+    }
+
+    #[test]
+    fn a_429_holds_the_tenant_for_the_page_s_wait_or_the_capped_retry_after() {
+        let p = RetryPolicy::default();
+        let after = |secs| Failure::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        // Honoured: the page and the tenant wait what the server said.
+        assert_eq!(
+            p.judge(&after(7), 0, false).tenant_hold,
+            Some(Duration::from_secs(7))
+        );
+        // Longer than 20 s: ignored by both; the policy's delay instead.
+        assert_eq!(
+            p.judge(&after(600), 1, false).tenant_hold,
+            Some(Duration::from_secs(2))
+        );
+        // Given up on: the tenant still holds back, at most 20 s.
+        let spent = RetryPolicy {
+            limit: 0,
+            ..RetryPolicy::default()
+        };
+        let j = spent.judge(&after(600), 0, false);
+        assert_eq!(j.retry, None);
+        assert_eq!(j.tenant_hold, Some(MAX_RETRY_AFTER));
+        assert_eq!(p.judge(&status(503), 0, false).tenant_hold, None);
+    }
+
+    #[test]
+    fn reschedules_wait_twice_the_first_delay_held_pages_double_to_a_minute() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(p.reschedule_delay(), Duration::from_millis(600));
+        let holds: Vec<_> = [0, 1, 2, 20].iter().map(|&n| p.hold_delay(n)).collect();
+        assert_eq!(
+            holds,
+            vec![
+                Duration::from_millis(300),
+                Duration::from_millis(600),
+                Duration::from_millis(1200),
+                HOLD_MAX_DELAY
+            ]
+        );
+        let tiny = RetryPolicy {
+            initial: Duration::ZERO,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(tiny.hold_delay(0), Duration::from_millis(100));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::*;
 /// A page fetched (or not) and what it took, for the job record.
 pub(super) struct Fetched {
     /// The parsed page and its share of the rows-in-flight budget.
-    pub(super) page: Result<(Parsed, tokio::sync::OwnedSemaphorePermit), Stop>,
+    pub(super) page: Result<Got, Stop>,
     /// Requests retried.
     pub(super) retries: u64,
     /// 429 answers.
@@ -40,280 +40,292 @@ pub(super) async fn fetch_page(
     on_body: Option<OnBody<'_>>,
     page_use: PageUse,
 ) -> Fetched {
-    let mut retries: u32 = 0;
-    let mut throttled = 0;
-    let page = fetch_with_retries(
-        &env,
-        &url,
+    let mut request = PageRequest {
+        env: &env,
+        url: &url,
         is_next_link,
-        &cancel,
-        (&mut retries, &mut throttled),
+        cancel: &cancel,
         on_body,
         page_use,
-    )
-    .await;
+        retries: 0,
+        throttled: 0,
+    };
+    let page = request.run().await;
     Fetched {
         page,
-        retries: u64::from(retries),
-        throttled,
+        retries: u64::from(request.retries),
+        throttled: request.throttled,
     }
 }
 
-pub(super) async fn fetch_with_retries(
-    env: &FetcherEnv,
-    url: &str,
+/// A page parsed, with its share of the rows-in-flight budget.
+type Got = (Parsed, tokio::sync::OwnedSemaphorePermit);
+
+/// One page's request under way: the spool around it, then attempts until one answers or the
+/// retry policy gives up.
+struct PageRequest<'a, 'b> {
+    env: &'a FetcherEnv,
+    url: &'a str,
     is_next_link: bool,
-    cancel: &watch::Receiver<bool>,
-    (retries, throttled): (&mut u32, &mut u64),
-    mut on_body: Option<OnBody<'_>>,
+    cancel: &'a watch::Receiver<bool>,
+    on_body: Option<OnBody<'b>>,
     page_use: PageUse,
-) -> Result<(Parsed, tokio::sync::OwnedSemaphorePermit), Stop> {
-    let spec = &env.spec;
-    let request_url = url::Url::parse(url)
-        .map_err(|e| Stop::Failed(format!("next link `{url}` is not a valid URL: {e}")))?;
-    let PageUse { plan, spool } = page_use;
-    let kept = match &spool {
-        Some(s) => spooled(&env.shared, s, url).await,
-        None => None,
-    };
-    if let Some(body) = kept {
-        let slot = env
-            .shared
-            .rows_in_flight
-            .take(spec.page_size)
-            .await
-            .ok_or_else(|| Stop::Failed("the engine is stopping".into()))?;
-        if let Some(f) = on_body.as_mut() {
-            f(&body, &request_url);
+    retries: u32,
+    throttled: u64,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// A page (boxed: it is large, and one box a page costs nothing).
+    Got(Box<Got>),
+    /// The token was refused (401): a new one is fetched and the request made again at once.
+    Reauthenticate,
+    /// A failure, judged by the retry policy.
+    Failed(Failure, String),
+}
+
+impl PageRequest<'_, '_> {
+    async fn run(&mut self) -> Result<Got, Stop> {
+        let request_url = url::Url::parse(self.url).map_err(|source| FetchError::BadLink {
+            url: self.url.to_owned(),
+            source,
+        })?;
+        if let Some(got) = self.spooled_page(&request_url).await? {
+            return Ok(got);
         }
-        match parse_off_thread(
-            &env.shared,
-            spec.api,
-            spec.page_size as usize,
-            body,
-            &request_url,
-            url,
-            plan.clone(),
-        )
-        .await
-        {
-            None => return Err(Stop::Failed("the engine is stopping".into())),
-            Some(Ok(page)) => {
+        let mut reauthenticated = false;
+        loop {
+            let (failure, message) = match self.attempt(&request_url, reauthenticated).await? {
+                Attempt::Got(got) => return Ok(*got),
+                Attempt::Reauthenticate => {
+                    reauthenticated = true;
+                    continue;
+                }
+                Attempt::Failed(failure, message) => (failure, message),
+            };
+            self.wait_to_retry(failure, message).await?;
+        }
+    }
+
+    /// The page from the spool, when a run before a crash kept it there and it still parses.
+    async fn spooled_page(&mut self, request_url: &url::Url) -> Result<Option<Got>, Stop> {
+        let Some(spool) = self.page_use.spool.clone() else {
+            return Ok(None);
+        };
+        let Some(body) = spooled(&self.env.shared, &spool, self.url).await else {
+            return Ok(None);
+        };
+        let slot = self.row_slot().await?;
+        match self.use_body(body, request_url).await? {
+            Ok(page) => {
                 debug!("page taken from the spool (fetched before a restart), not requested");
-                return Ok((page, slot));
+                Ok(Some((page, slot)))
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 warn!(error = %e, "a page kept in the spool does not parse; requesting it again");
-                if let Some(s) = &spool {
-                    forget(&env.shared, s, url);
-                }
-                if let Some(f) = on_body.as_mut() {
-                    f(b"", &request_url);
-                }
+                Ok(None)
             }
         }
     }
-    let mut reauthenticated = false;
-    loop {
-        // The budget first: a long wait must not age the token taken for this request.
-        if let Some(gate) = &env.quota {
-            let waited = crate::quota::acquire(gate).await;
-            let left = gate
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remaining(Instant::now());
-            crate::telemetry::quota_remaining(&spec.id, left);
-            if !waited.is_zero() {
-                debug!(
-                    waited_ms = waited.as_millis() as u64,
-                    "waited for the API request budget"
-                );
-            }
-        }
-        // Then this page's share of the rows-in-flight budget (before the token, for the same
-        // reason); given back after its commit, or before a retry's wait.
-        let slot = env
+
+    /// This page's share of the rows-in-flight budget (taken before the token: a long wait must
+    /// not age it); given back after its commit, or before a retry's wait.
+    async fn row_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, FetchError> {
+        self.env
             .shared
             .rows_in_flight
-            .take(spec.page_size)
+            .take(self.env.spec.page_size)
             .await
-            .ok_or_else(|| Stop::Failed("the engine is stopping".into()))?;
-        let header = match env.auth.send(GetAuthHeader(spec.auth.clone())).await {
+            .ok_or(FetchError::Stopping)
+    }
+
+    /// One request: the tenant's budget, the rows budget, a token, the GET, and its answer.
+    async fn attempt(
+        &mut self,
+        request_url: &url::Url,
+        reauthenticated: bool,
+    ) -> Result<Attempt, Stop> {
+        let spec = &self.env.spec;
+        // The budget first: a long wait must not age the token taken for this request.
+        if let Some(gate) = &self.env.quota {
+            wait_for_budget(&spec.id, gate).await;
+        }
+        let slot = self.row_slot().await?;
+        let header = match self.env.auth.send(GetAuthHeader(spec.auth.clone())).await {
             Ok(Ok(h)) => h,
-            Ok(Err(e @ crate::token::AuthError::Rejected(_))) => {
-                return Err(Stop::Fatal(e.to_string()))
-            }
-            Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
-            Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
+            Ok(Err(e)) => return Err(FetchError::Token(e).into()),
+            Err(e) => return Err(FetchError::TokenActor(e).into()),
         };
-        let (failure, message) = match http::get(
-            url,
+        let answer = http::get(
+            self.url,
             Some(header.0.expose()),
             spec.request_timeout,
             spec.max_body_bytes,
             spec.proxy.as_ref(),
         )
-        .await
-        {
-            Ok(resp) if resp.status == 200 => {
-                crate::telemetry::response_bytes(&spec.id, resp.body.len());
-                if let Some(s) = &spool {
-                    keep(&env.shared, s, url, resp.body.clone()).await;
-                }
-                if let Some(f) = on_body.as_mut() {
-                    f(&resp.body, &request_url);
-                }
-                let parse = parse_off_thread(
-                    &env.shared,
-                    spec.api,
-                    spec.page_size as usize,
-                    resp.body,
-                    &request_url,
-                    url,
-                    plan.clone(),
-                );
-                match parse.await {
-                    None => return Err(Stop::Failed("the engine is stopping".into())),
-                    Some(Ok(page)) => return Ok((page, slot)),
-                    Some(Err(e)) => {
-                        // Neither the body nor a page started from a link read off it stays:
-                        // an empty body is no link, and drops the page started.
-                        if let Some(s) = &spool {
-                            forget(&env.shared, s, url);
-                        }
-                        if let Some(f) = on_body.as_mut() {
-                            f(b"", &request_url);
-                        }
-                        (Failure::BadBody, format!("{}: {e}", strip_query(url)))
-                    }
-                }
-            }
-            Ok(resp) if resp.status == 401 && !reauthenticated => {
-                if let Some(token) = spec.auth.token_spec() {
-                    reauthenticated = true;
-                    info!("API answered 401: fetching a new token and retrying the page");
-                    env.auth.do_send(InvalidateToken {
-                        spec: token.clone(),
-                        refused: AuthHeader(header.0.clone()),
-                    });
-                    continue;
-                }
-                (
-                    Failure::Status {
-                        code: 401,
-                        retry_after: resp.retry_after,
-                    },
-                    dialect::explain_status(spec.api, 401, &resp.body, url),
-                )
-            }
-            Ok(resp) => {
-                if resp.status == 429 {
-                    *throttled += 1;
-                    crate::telemetry::throttled(&spec.id);
-                }
-                (
-                    Failure::Status {
-                        code: resp.status,
-                        retry_after: resp.retry_after,
-                    },
-                    dialect::explain_status(spec.api, resp.status, &resp.body, url),
-                )
-            }
-            Err(HttpError::Timeout(t)) => (
-                Failure::Timeout,
-                format!(
-                    "{}: request timed out after {t:?} (request_timeout_secs)",
-                    strip_query(url)
-                ),
-            ),
-            Err(HttpError::TooLarge(n)) => (
-                Failure::BadBody,
-                format!(
-                    "{}: response body larger than {n} bytes; lower page_size",
-                    strip_query(url)
-                ),
-            ),
-            Err(HttpError::Connection(e)) => {
-                (Failure::Connection, format!("{}: {e}", strip_query(url)))
-            }
-            Err(HttpError::Request(e)) => return Err(Stop::Failed(e)),
+        .await;
+        let resp = match answer {
+            Ok(resp) => resp,
+            Err(e) => return transfer_failed(self.url, e).map_err(Stop::from),
         };
-        // Not while waiting to retry.
-        drop(slot);
-        let decision = spec.retry.decide(&failure, *retries).or_else(|| {
-            // A next link answered 400 may be a transient server state: two more tries.
-            (is_next_link
-                && matches!(failure, Failure::Status { code: 400, .. })
-                && *retries < NEXT_LINK_400_RETRIES)
-                .then(|| crate::retry::Decision {
-                    delay: NEXT_LINK_400_BACKOFF.delay(*retries),
-                    from_retry_after: false,
-                })
-        });
-        if let Failure::Status {
-            code: 429,
-            retry_after,
-        } = failure
-        {
-            // Every source of this tenant holds back, not only this one, and for the wait this
-            // page takes: one rule for the page and the tenant (`RetryPolicy::decide`).
-            let hold = decision
-                .as_ref()
-                .map(|d| d.delay)
-                .or(retry_after.map(|a| a.min(crate::retry::MAX_RETRY_AFTER)));
-            if let (Some(gate), Some(hold)) = (&env.quota, hold) {
-                gate.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .block_until(Instant::now() + hold);
+        if resp.status == 200 {
+            crate::telemetry::response_bytes(&spec.id, resp.body.len());
+            if let Some(s) = &self.page_use.spool {
+                keep(&self.env.shared, s, self.url, resp.body.clone()).await;
+            }
+            return Ok(match self.use_body(resp.body, request_url).await? {
+                Ok(page) => Attempt::Got(Box::new((page, slot))),
+                Err(e) => {
+                    Attempt::Failed(Failure::BadBody, format!("{}: {e}", strip_query(self.url)))
+                }
+            });
+        }
+        if resp.status == 401 && !reauthenticated {
+            if let Some(token) = spec.auth.token_spec() {
+                info!("API answered 401: fetching a new token and retrying the page");
+                self.env.auth.do_send(InvalidateToken {
+                    spec: token.clone(),
+                    refused: AuthHeader(header.0.clone()),
+                });
+                return Ok(Attempt::Reauthenticate);
             }
         }
-        match decision {
-            None => {
-                return Err(match failure {
-                    Failure::Status {
-                        code: 400 | 404 | 410,
-                        ..
-                    }
-                    | Failure::BadBody => Stop::Rejected(message),
-                    Failure::Status {
-                        code: 401 | 403, ..
-                    } => Stop::Fatal(message),
-                    _ => Stop::Failed(message),
-                })
+        if resp.status == 429 {
+            self.throttled += 1;
+            crate::telemetry::throttled(&spec.id);
+        }
+        let failure = Failure::Status {
+            code: resp.status,
+            retry_after: resp.retry_after,
+        };
+        let message = dialect::explain_status(spec.api, resp.status, &resp.body, self.url);
+        Ok(Attempt::Failed(failure, message))
+    }
+
+    /// A body (the API's or the spool's): shown to `on_body`, then parsed (and made ready) off
+    /// the fetcher's thread. One that does not parse is taken out of the spool, and `on_body` is
+    /// told with an empty body (which drops a page started from a link read off it).
+    async fn use_body(
+        &mut self,
+        body: bytes::Bytes,
+        request_url: &url::Url,
+    ) -> Result<Result<Parsed, dialect::DialectError>, FetchError> {
+        if let Some(f) = self.on_body.as_mut() {
+            f(&body, request_url);
+        }
+        let spec = &self.env.spec;
+        let parsed = parse_off_thread(
+            &self.env.shared,
+            spec.api,
+            spec.page_size as usize,
+            body,
+            request_url,
+            self.url,
+            self.page_use.plan.clone(),
+        )
+        .await
+        .ok_or(FetchError::Stopping)?;
+        if parsed.is_err() {
+            if let Some(s) = &self.page_use.spool {
+                forget(&self.env.shared, s, self.url);
             }
-            Some(d) => {
-                *retries += 1;
-                crate::telemetry::retried(&spec.id);
-                let announced = match failure {
-                    Failure::Status {
-                        retry_after: Some(a),
-                        ..
-                    } => Some(a),
-                    _ => None,
-                };
-                match announced {
-                    _ if d.from_retry_after => {
-                        warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "honouring Retry-After")
-                    }
-                    Some(a) if spec.retry.honor_retry_after => warn!(
-                        attempt = *retries,
-                        retry_after_secs = a.as_secs(),
-                        delay_ms = d.delay.as_millis() as u64,
-                        error = %message,
-                        "Retry-After is longer than {} s: ignored; retrying after the retry policy's delay",
-                        crate::retry::MAX_RETRY_AFTER.as_secs()
-                    ),
-                    _ => {
-                        warn!(attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying page")
-                    }
-                }
-                let mut c = cancel.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(d.delay) => {}
-                    _ = c.wait_for(|v| *v) => return Err(Stop::Cancelled(None)),
-                }
+            if let Some(f) = self.on_body.as_mut() {
+                f(b"", request_url);
             }
         }
+        Ok(parsed)
+    }
+
+    /// After a failed attempt: waits as the retry policy says ([`RetryPolicy::judge`], which
+    /// also holds the tenant back after a 429), or gives up with the failure.
+    ///
+    /// [`RetryPolicy::judge`]: crate::retry::RetryPolicy::judge
+    async fn wait_to_retry(&mut self, failure: Failure, message: String) -> Result<(), Stop> {
+        let spec = &self.env.spec;
+        let judgement = spec.retry.judge(&failure, self.retries, self.is_next_link);
+        if let (Some(gate), Some(hold)) = (&self.env.quota, judgement.tenant_hold) {
+            gate.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .block_until(Instant::now() + hold);
+        }
+        let Some(decision) = judgement.retry else {
+            return Err(FetchError::Api { failure, message }.into());
+        };
+        self.retries += 1;
+        crate::telemetry::retried(&spec.id);
+        log_retry(&spec.retry, self.retries, &decision, &failure, &message);
+        let mut c = self.cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(decision.delay) => Ok(()),
+            _ = c.wait_for(|v| *v) => Err(Stop::Cancelled(None)),
+        }
+    }
+}
+
+/// A request that got no answer: timed out, too large, or cut off (a failure to judge), or
+/// that could not be made (an error at once).
+fn transfer_failed(url: &str, e: HttpError) -> Result<Attempt, FetchError> {
+    let url = strip_query(url);
+    let (failure, message) = match e {
+        HttpError::Timeout(t) => (
+            Failure::Timeout,
+            format!("{url}: request timed out after {t:?} (request_timeout_secs)"),
+        ),
+        HttpError::TooLarge(n) => (
+            Failure::BadBody,
+            format!("{url}: response body larger than {n} bytes; lower page_size"),
+        ),
+        HttpError::Connection(e) => (Failure::Connection, format!("{url}: {e}")),
+        e @ HttpError::Request(_) => return Err(FetchError::Request(e)),
+    };
+    Ok(Attempt::Failed(failure, message))
+}
+
+/// Waits for the tenant's request budget, and exports what is left of it.
+async fn wait_for_budget(source: &str, gate: &crate::quota::SharedGate) {
+    let waited = crate::quota::acquire(gate).await;
+    let left = gate
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remaining(Instant::now());
+    crate::telemetry::quota_remaining(source, left);
+    if !waited.is_zero() {
+        debug!(
+            waited_ms = waited.as_millis() as u64,
+            "waited for the API request budget"
+        );
+    }
+}
+
+/// One line per retry, saying where its delay came from.
+fn log_retry(
+    policy: &crate::retry::RetryPolicy,
+    attempt: u32,
+    d: &crate::retry::Decision,
+    failure: &Failure,
+    message: &str,
+) {
+    let delay_ms = d.delay.as_millis() as u64;
+    let announced = match failure {
+        Failure::Status {
+            retry_after: Some(a),
+            ..
+        } => Some(*a),
+        _ => None,
+    };
+    match announced {
+        _ if d.from_retry_after => {
+            warn!(attempt, delay_ms, error = %message, "honouring Retry-After")
+        }
+        Some(a) if policy.honor_retry_after => warn!(
+            attempt,
+            retry_after_secs = a.as_secs(),
+            delay_ms,
+            error = %message,
+            "Retry-After is longer than {} s: ignored; retrying after the retry policy's delay",
+            crate::retry::MAX_RETRY_AFTER.as_secs()
+        ),
+        _ => warn!(attempt, delay_ms, error = %message, "retrying page"),
     }
 }
 
@@ -382,13 +394,6 @@ pub(super) async fn parse_off_thread(
         })
         .await
 }
-
-/// Tries of a next link that answers 400 before it is abandoned (beyond the retry policy).
-pub(super) const NEXT_LINK_400_RETRIES: u32 = 2;
-
-/// Their waits: 0.5 s, then 1 s.
-const NEXT_LINK_400_BACKOFF: crate::retry::Backoff =
-    crate::retry::Backoff::doubling(Duration::from_millis(500), Duration::from_secs(1));
 
 pub(super) fn strip_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)

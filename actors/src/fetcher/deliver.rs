@@ -13,9 +13,6 @@ pub(super) struct Hold<'a> {
     pub(super) ahead: &'a mut Option<Prefetch>,
 }
 
-/// Longest wait between two deliveries of a held page.
-pub(super) const HOLD_MAX_DELAY: Duration = Duration::from_secs(60);
-
 /// Hands one page's events to every sink and waits for all of them.
 ///
 /// A sink that fails (after its own retries) fails the page, unless `hold` is given (scheduled
@@ -29,7 +26,7 @@ pub(super) async fn deliver(
     env: &FetcherEnv,
     batch: Batch,
     mut hold: Option<Hold<'_>>,
-) -> Result<Option<String>, Stop> {
+) -> Result<Option<FetchError>, Stop> {
     let mut pending: Vec<&Recipient<Deliver>> = env.sinks.iter().collect();
     let mut first_refusal = None;
     let mut attempt: u32 = 0;
@@ -41,8 +38,8 @@ pub(super) async fn deliver(
         for (sink, r) in pending.iter().zip(results) {
             let e = match r {
                 Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("a sink is not running ({e})"),
+                Ok(Err(e)) => FetchError::Sink(e),
+                Err(e) => FetchError::SinkGone(e),
             };
             refused.get_or_insert(e);
             failed.push(*sink);
@@ -60,16 +57,10 @@ pub(super) async fn deliver(
             return Err(Stop::Failed(e));
         };
         if *hold.cancel.borrow() {
-            return Err(Stop::Cancelled(Some(format!(
-                "shut down while a sink refused a page ({e}); the next run delivers it again"
-            ))));
+            return Err(Stop::Cancelled(Some(CancelReason::ShutdownWhileHeld(e))));
         }
         *hold.ahead = None;
-        let delay = crate::retry::Backoff::doubling(
-            env.spec.retry.initial.max(Duration::from_millis(100)),
-            HOLD_MAX_DELAY,
-        )
-        .delay(attempt);
+        let delay = env.spec.retry.hold_delay(attempt);
         warn!(
             error = %e,
             attempt = attempt + 1,
@@ -79,10 +70,7 @@ pub(super) async fn deliver(
         crate::telemetry::page_held(&env.spec.id);
         first_refusal.get_or_insert(e);
         if hold.deadline.is_some_and(|d| Instant::now() + delay >= d) {
-            return Err(Stop::Cancelled(Some(
-                "job_timeout reached while a sink refused a page; the next run delivers it again"
-                    .into(),
-            )));
+            return Err(Stop::Cancelled(Some(CancelReason::TimeoutWhileHeld)));
         }
         let mut c = hold.cancel.clone();
         tokio::select! {

@@ -15,7 +15,7 @@ pub async fn collect(
 ) -> JobSummary {
     let spec = &env.spec;
     let now = Utc::now();
-    let mut job = JobRecord::new(&spec.id, &job_id, kind, now);
+    let job = JobRecord::new(&spec.id, &job_id, kind, now);
     // A backfill has its own cursor and a fixed range; a continuous run uses the source's.
     let (cursor_name, window) = match &backfill {
         Some(b) => (
@@ -29,7 +29,7 @@ pub async fn collect(
         ),
         None => (spec.id.clone(), spec.window.clone()),
     };
-    let mut cp = match env.store.checkpoint(&cursor_name) {
+    let cp = match env.store.checkpoint(&cursor_name) {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
             in_flight: None,
@@ -40,37 +40,219 @@ pub async fn collect(
         }),
         Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
-    let plan = window::plan(&window, Some(&cp), now, Some(spec.api.retention()));
-    if let Some((g0, g1)) = plan.gap {
-        warn!(
-            gap_start = %g0,
-            gap_end = %g1,
-            "the window starts before the oldest data the API keeps; this span cannot be collected and is recorded as a gap"
-        );
-        job.gaps.push((g0, g1));
-        job.errors.push(format!(
-            "gap: {g0} .. {g1} is older than the API keeps ({} days) and was skipped",
-            spec.api.retention().num_days()
-        ));
+    // Pages fetched but not committed are kept here; a run that resumes this cursor after a
+    // crash takes them from here instead of requesting them again.
+    let spool = Arc::new(env.store.spool(&cursor_name));
+    let mut run = JobRun {
+        env: env.clone(),
+        cursor_name,
+        job,
+        cp,
+        spool,
+        cancel,
+        deadline,
+        hold: kind == JobKind::Scheduled,
+    };
+    let tasks = match run.plan(&window, backfill.as_ref(), now) {
+        Ok(tasks) => tasks,
+        Err(e) => return end_job(&env, run.job, JobState::Failed, Some(e)).await,
+    };
+    run.sweep_spool().await;
+    for (i, first_try) in tasks.iter().enumerate() {
+        if let Some((state, error)) = run.task(i, first_try).await {
+            return end_job(&env, run.job, state, error).await;
+        }
     }
-    let tasks = plan.tasks;
-    if let (Some(b), Some((g0, g1)), true) = (&backfill, plan.gap, tasks.is_empty()) {
-        // Nothing of the range can be had: a backfill that says it succeeded would be a lie.
-        let e = format!(
-            "the backfill range {} .. {} is older than the API keeps ({} days): nothing can be collected (the span {g0} .. {g1} is lost); choose a start within the last {} days",
-            b.start,
-            b.end,
-            spec.api.retention().num_days(),
-            spec.api.retention().num_days()
-        );
-        return end_job(&env, job, JobState::Failed, Some(e)).await;
+    run.tidy(&window).await;
+    end_job(&env, run.job, JobState::Succeeded, None).await
+}
+
+/// A job under way: what its slices read and change.
+pub(super) struct JobRun {
+    pub(super) env: Rc<FetcherEnv>,
+    /// The checkpoint's name (the source id, or a backfill's).
+    pub(super) cursor_name: String,
+    /// The job's record, saved with every page.
+    pub(super) job: JobRecord,
+    /// The checkpoint, committed with every page.
+    pub(super) cp: Checkpoint,
+    /// Pages fetched and not yet committed.
+    pub(super) spool: Arc<Spool>,
+    pub(super) cancel: watch::Receiver<bool>,
+    /// `job_timeout`.
+    pub(super) deadline: Option<Instant>,
+    /// A sink that refuses a page holds it (scheduled jobs) instead of failing the job.
+    pub(super) hold: bool,
+}
+
+impl JobRun {
+    /// Plans the job's slices (recording a gap older than the API keeps) and saves its record.
+    /// `Err` when nothing can be collected.
+    fn plan(
+        &mut self,
+        window: &crate::spec::WindowSpec,
+        backfill: Option<&Backfill>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SliceTask>, String> {
+        let spec = &self.env.spec;
+        let retention = spec.api.retention();
+        let plan = window::plan(window, Some(&self.cp), now, Some(retention));
+        let days = retention.num_days();
+        if let Some((g0, g1)) = plan.gap {
+            warn!(
+                gap_start = %g0,
+                gap_end = %g1,
+                "the window starts before the oldest data the API keeps; this span cannot be collected and is recorded as a gap"
+            );
+            self.job.gaps.push((g0, g1));
+            self.job.errors.push(format!(
+                "gap: {g0} .. {g1} is older than the API keeps ({days} days) and was skipped"
+            ));
+        }
+        let tasks = plan.tasks;
+        if let (Some(b), Some((g0, g1)), true) = (backfill, plan.gap, tasks.is_empty()) {
+            // Nothing of the range can be had: a backfill that says it succeeded would be a lie.
+            return Err(format!(
+                "the backfill range {} .. {} is older than the API keeps ({days} days): nothing can be collected (the span {g0} .. {g1} is lost); choose a start within the last {days} days",
+                b.start, b.end
+            ));
+        }
+        if self.cp.origin.is_none() {
+            self.cp.origin = tasks.first().map(|t| t.start);
+        }
+        record_tasks(&mut self.job, &tasks);
+        self.env
+            .store
+            .put_job(&self.job)
+            .map_err(|e| e.to_string())?;
+        match (tasks.first(), tasks.last()) {
+            (Some(first), Some(last)) => info!(
+                slices = tasks.len(),
+                start = %first.start,
+                end = %last.end,
+                "collecting"
+            ),
+            _ => debug!("nothing due: the window is empty"),
+        }
+        Ok(tasks)
     }
-    if cp.origin.is_none() {
-        cp.origin = tasks.first().map(|t| t.start);
+
+    /// Removes pages kept in the spool for longer than a resume would want them.
+    async fn sweep_spool(&self) {
+        let spool = self.spool.clone();
+        match self
+            .env
+            .shared
+            .spool_io(move || spool.sweep(msgtrace_storage::spool::KEEP_FOR))
+            .await
+        {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => debug!(removed = n, "stale pages removed from the spool"),
+            Some(Err(e)) => warn!(error = %e, "could not sweep the spool"),
+        }
     }
-    // The job's window is the new data it collects; re-read slices (older spans) are tasks only.
-    let mut new_data = tasks.iter().filter(|t| !t.reread);
-    job.window_start = new_data.next().map(|t| t.start);
+
+    /// Runs task `i` to its end, rescheduling it after a failure that may pass (from its last
+    /// committed page, up to `task_reschedule_limit` times). `Some` when the job ends with it.
+    async fn task(
+        &mut self,
+        i: usize,
+        first_try: &SliceTask,
+    ) -> Option<(JobState, Option<String>)> {
+        self.job.tasks[i].state = JobState::Running;
+        let mut task = first_try.clone();
+        let mut reschedules = 0;
+        let outcome = loop {
+            let span = tracing::info_span!(
+                "slice",
+                start = %task.start,
+                end = %task.end,
+                reread = task.reread
+            );
+            match collect_slice(self, i, &task).instrument(span).await {
+                Err(Stop::Failed(e))
+                    if e.kind() != Kind::Fatal
+                        && reschedules < self.env.spec.reschedule_limit.unwrap_or(0) =>
+                {
+                    reschedules += 1;
+                    if let Err(stop) = self.reschedule(i, reschedules, &e).await {
+                        break Err(stop);
+                    }
+                    task = resume_task(first_try, &self.cp);
+                }
+                other => break other,
+            }
+        };
+        let record = &mut self.job.tasks[i];
+        match outcome {
+            Ok(()) => {
+                record.state = JobState::Succeeded;
+                info!(
+                    slice_start = %task.start,
+                    slice_end = %task.end,
+                    pages = record.pages,
+                    rows = record.rows,
+                    reread = task.reread,
+                    "slice complete"
+                );
+                None
+            }
+            Err(Stop::Cancelled(why)) => {
+                record.state = JobState::Cancelled;
+                Some((JobState::Cancelled, why.map(|w| w.to_string())))
+            }
+            Err(Stop::Failed(e)) => {
+                let e = e.to_string();
+                warn!(error = %e, "job failed; the next run resumes from the last delivered page");
+                record.state = JobState::Failed;
+                record.error = Some(e.clone());
+                Some((JobState::Failed, Some(e)))
+            }
+        }
+    }
+
+    /// Waits before task `i` runs again after `e` (cancellation ends the wait).
+    async fn reschedule(&mut self, i: usize, attempt: u32, e: &FetchError) -> Result<(), Stop> {
+        self.job.tasks[i].reschedules += 1;
+        let delay = self.env.spec.retry.reschedule_delay();
+        warn!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "task failed; rescheduling it");
+        self.job.errors.push(format!("task rescheduled after: {e}"));
+        let mut c = self.cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Ok(()),
+            _ = c.wait_for(|v| *v) => Err(Stop::Cancelled(None)),
+        }
+    }
+
+    /// After the last slice: the identity index's entries past the re-read span expire, and
+    /// the spool is emptied (everything is committed: what is left there, pages of a re-query's
+    /// abandoned links or of a slice planned differently, is never asked for again).
+    async fn tidy(&self, window: &crate::spec::WindowSpec) {
+        let env = &self.env;
+        if let (Some(span), Some(cursor)) = (window.reread, self.cp.cursor) {
+            match env
+                .store
+                .expire_seen(&env.spec.id, cursor - span - chrono::Duration::hours(1))
+            {
+                Ok(0) => {}
+                Ok(n) => debug!(
+                    expired = n,
+                    "identity index entries past the re-read span removed"
+                ),
+                Err(e) => warn!(error = %e, "could not expire identity index entries"),
+            }
+        }
+        let spool = self.spool.clone();
+        if let Some(Err(e)) = env.shared.spool_io(move || spool.clear()).await {
+            warn!(error = %e, dir = %self.spool.dir().display(), "could not empty the spool");
+        }
+    }
+}
+
+/// The job's window (the new data it collects: re-read slices, older spans, are tasks only)
+/// and a pending record per task.
+fn record_tasks(job: &mut JobRecord, tasks: &[SliceTask]) {
+    job.window_start = tasks.iter().find(|t| !t.reread).map(|t| t.start);
     job.window_end = tasks.iter().rev().find(|t| !t.reread).map(|t| t.end);
     job.tasks = tasks
         .iter()
@@ -87,143 +269,6 @@ pub async fn collect(
             error: None,
         })
         .collect();
-    if let Err(e) = env.store.put_job(&job) {
-        return end_job(&env, job, JobState::Failed, Some(e.to_string())).await;
-    }
-    if tasks.is_empty() {
-        debug!("nothing due: the window is empty");
-    } else {
-        info!(
-            slices = tasks.len(),
-            start = %tasks[0].start,
-            end = %tasks[tasks.len() - 1].end,
-            "collecting"
-        );
-    }
-    // Pages fetched but not committed are kept here; a run that resumes this cursor after a
-    // crash takes them from here instead of requesting them again.
-    let spool = Arc::new(env.store.spool(&cursor_name));
-    {
-        let spool = spool.clone();
-        match env
-            .shared
-            .spool_io(move || spool.sweep(msgtrace_storage::spool::KEEP_FOR))
-            .await
-        {
-            Some(Ok(0)) | None => {}
-            Some(Ok(n)) => debug!(removed = n, "stale pages removed from the spool"),
-            Some(Err(e)) => warn!(error = %e, "could not sweep the spool"),
-        }
-    }
-    let env = &env;
-    for (i, first_try) in tasks.iter().enumerate() {
-        job.tasks[i].state = JobState::Running;
-        let mut task = first_try.clone();
-        let mut reschedules = 0;
-        let outcome = loop {
-            match collect_slice(
-                env,
-                &cursor_name,
-                &mut job,
-                i,
-                &task,
-                &mut cp,
-                &spool,
-                &cancel,
-                deadline,
-                kind == JobKind::Scheduled,
-            )
-            .instrument(tracing::info_span!(
-                "slice",
-                start = %task.start,
-                end = %task.end,
-                reread = task.reread
-            ))
-            .await
-            {
-                // A task that failed with a non-fatal error is run again (from its last
-                // committed page) up to `task_reschedule_limit` times.
-                Err(Stop::Failed(e) | Stop::Rejected(e))
-                    if reschedules < spec.reschedule_limit.unwrap_or(0) =>
-                {
-                    reschedules += 1;
-                    job.tasks[i].reschedules += 1;
-                    // A fixed wait: twice the retry policy's first delay.
-                    let delay = crate::retry::Backoff {
-                        initial: spec.retry.initial * 2,
-                        multiplier: 1.0,
-                        max: spec.retry.initial * 2,
-                    }
-                    .delay(reschedules);
-                    warn!(error = %e, attempt = reschedules, delay_ms = delay.as_millis() as u64, "task failed; rescheduling it");
-                    job.errors.push(format!("task rescheduled after: {e}"));
-                    let mut c = cancel.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = c.wait_for(|v| *v) => break Err(Stop::Cancelled(None)),
-                    }
-                    task = resume_task(first_try, &cp);
-                }
-                other => break other,
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                job.tasks[i].state = JobState::Succeeded;
-                info!(
-                    slice_start = %task.start,
-                    slice_end = %task.end,
-                    pages = job.tasks[i].pages,
-                    rows = job.tasks[i].rows,
-                    reread = task.reread,
-                    "slice complete"
-                );
-            }
-            Err(Stop::Cancelled(why)) => {
-                job.tasks[i].state = JobState::Cancelled;
-                return end_job(env, job, JobState::Cancelled, why).await;
-            }
-            Err(Stop::Failed(e) | Stop::Rejected(e) | Stop::Fatal(e)) => {
-                warn!(error = %e, "job failed; the next run resumes from the last delivered page");
-                job.tasks[i].state = JobState::Failed;
-                job.tasks[i].error = Some(e.clone());
-                return end_job(env, job, JobState::Failed, Some(e)).await;
-            }
-        }
-    }
-    if let (Some(span), Some(cursor)) = (window.reread, cp.cursor) {
-        // Entries older than the next re-read's start are never looked up again.
-        match env
-            .store
-            .expire_seen(&spec.id, cursor - span - chrono::Duration::hours(1))
-        {
-            Ok(0) => {}
-            Ok(n) => debug!(
-                expired = n,
-                "identity index entries past the re-read span removed"
-            ),
-            Err(e) => warn!(error = %e, "could not expire identity index entries"),
-        }
-    }
-    // Everything is committed: whatever is left in the spool (pages of a re-query's abandoned
-    // links, of a slice planned differently) is never asked for again.
-    let cleared = {
-        let spool = spool.clone();
-        env.shared.spool_io(move || spool.clear()).await
-    };
-    if let Some(Err(e)) = cleared {
-        warn!(error = %e, dir = %spool.dir().display(), "could not empty the spool");
-    }
-    end_job(env, job, JobState::Succeeded, None).await
-}
-
-pub(super) enum Stop {
-    Cancelled(Option<String>),
-    Failed(String),
-    /// The API refused the request itself (400, 404, 410) or its body was unusable, after retries.
-    Rejected(String),
-    /// Retrying cannot help (credentials or permissions refused): not rescheduled.
-    Fatal(String),
 }
 
 pub(super) async fn end_job(

@@ -47,6 +47,7 @@ use tracing::{debug, info, warn, Instrument};
 
 mod client;
 mod deliver;
+mod error;
 mod job;
 mod prefetch;
 mod ready;
@@ -56,6 +57,8 @@ mod slice_run;
 
 use client::*;
 use deliver::*;
+use error::Stop;
+pub use error::{CancelReason, FetchError, Kind};
 pub use job::collect;
 use job::*;
 use prefetch::*;

@@ -9,12 +9,12 @@ pub(super) async fn make_ready_off_thread(
     plan: Arc<PagePlan>,
     page: Page,
     url: &str,
-) -> Result<Ready, Stop> {
+) -> Result<Ready, FetchError> {
     let source: Arc<str> = Arc::from(url);
     shared
         .off_thread(move || make_ready(&plan, page, source))
         .await
-        .unwrap_or_else(|| Err(Stop::Failed("the engine is stopping".into())))
+        .unwrap_or(Err(FetchError::Stopping))
 }
 
 /// How a page's rows become what its sinks read: fixed for a run of pages (it changes only at a
@@ -63,7 +63,7 @@ impl PagePlan {
 /// A fetched page: parsed only, or already made ready (with a [`PagePlan`] that allows it).
 pub(super) enum Parsed {
     Rows(Page),
-    Ready(Result<Ready, Stop>),
+    Ready(Result<Ready, FetchError>),
 }
 
 impl Parsed {
@@ -106,7 +106,11 @@ pub(super) struct Ready {
 /// static fields), runs the pipeline hooks on them, and encodes them for the sinks that take
 /// NDJSON; when no sink reads the events themselves, they are freed here, on the thread that
 /// allocated them. `source` is the page's URL without query.
-pub(super) fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Result<Ready, Stop> {
+pub(super) fn make_ready(
+    plan: &PagePlan,
+    page: Page,
+    source: Arc<str>,
+) -> Result<Ready, FetchError> {
     let api = plan.api;
     let is_last = page.next_link.is_none();
     let now = Utc::now();
@@ -176,7 +180,7 @@ pub(super) fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Resul
                 };
                 match store
                     .seen_status(source_id, &entry)
-                    .map_err(|e| Stop::Failed(format!("reading the identity index failed: {e}")))?
+                    .map_err(FetchError::IdentityIndex)?
                 {
                     Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
                         out.known += 1;
@@ -237,7 +241,7 @@ pub(super) fn make_ready(plan: &PagePlan, page: Page, source: Arc<str>) -> Resul
     if events.is_empty() {
         return Ok(out);
     }
-    crate::hook::apply(&plan.hooks, &mut events).map_err(Stop::Failed)?;
+    crate::hook::apply(&plan.hooks, &mut events)?;
     if events.is_empty() {
         return Ok(out);
     }

@@ -1,26 +1,21 @@
 //! One slice of a job: its pages in order, each delivered and committed before the next is
-//! taken, next links followed (or abandoned and the slice re-queried).
+//! taken, next links followed (or abandoned and the slice re-queried). The decisions are
+//! [`SliceRun`]'s; this drives it: fetch, deliver, commit.
 
 use super::*;
 
-#[allow(clippy::too_many_arguments)]
+/// Collects slice `i` of the job (`task`), page by page, each committed before the next.
 pub(super) async fn collect_slice(
-    env: &Rc<FetcherEnv>,
-    cursor_name: &str,
-    job: &mut JobRecord,
+    run: &mut JobRun,
     i: usize,
     task: &SliceTask,
-    cp: &mut Checkpoint,
-    spool: &Arc<Spool>,
-    cancel: &watch::Receiver<bool>,
-    deadline: Option<Instant>,
-    hold: bool,
 ) -> Result<(), Stop> {
+    let env = run.env.clone();
     let spec = &env.spec;
     // A re-read asks again for pages it had before, to find rows that arrived late: its pages
     // are neither kept nor taken from the spool.
-    let spool = (!task.reread).then(|| spool.clone());
-    let mut run = SliceRun::new(
+    let spool = (!task.reread).then(|| run.spool.clone());
+    let mut slice = SliceRun::new(
         task,
         Query {
             api: spec.api,
@@ -33,59 +28,30 @@ pub(super) async fn collect_slice(
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
     loop {
-        if *cancel.borrow() {
+        if *run.cancel.borrow() {
             return Err(Stop::Cancelled(None));
         }
-        let Request { url, is_next_link } = run.request();
+        let Request { url, is_next_link } = slice.request();
         // What this page becomes; made on the parse thread unless it must be made in order.
-        let plan = PagePlan::new(env, task, run.progress());
+        let plan = PagePlan::new(&env, task, slice.progress());
         let ahead = PageUse {
             plan: plan.index.is_none().then(|| plan.clone()),
             spool: spool.clone(),
         };
-        let fetch = async {
-            if let Some(p) = prefetched.as_mut() {
-                if let Some(f) = p.take(&url).await {
-                    return f;
-                }
-                prefetched = None;
-            }
-            let env = env.clone();
-            fetch_page(
-                env,
-                url.clone(),
-                is_next_link,
-                cancel.clone(),
-                None,
-                ahead.clone(),
-            )
-            .await
-        };
-        let fetched = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, fetch).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Stop::Cancelled(Some(
-                            "job_timeout reached; the page in flight was abandoned and the next run resumes it".into(),
-                        )))
-                    }
-                }
-            }
-            None => fetch.await,
-        };
-        job.retries += fetched.retries;
-        job.tasks[i].retries += fetched.retries;
-        job.throttled += fetched.throttled;
+        let fetched = next_page(run, &mut prefetched, &url, is_next_link, ahead.clone()).await?;
+        run.job.retries += fetched.retries;
+        run.job.tasks[i].retries += fetched.retries;
+        run.job.throttled += fetched.throttled;
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
         let (parsed, _slot) = match fetched.page {
             Ok(p) => p,
-            Err(Stop::Rejected(e)) => {
+            Err(Stop::Failed(e)) if e.kind() == Kind::Rejected => {
                 // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
                 // recipient address", a link to another host) is abandoned.
-                run.link_failed(is_next_link, &e).map_err(Stop::Failed)?;
-                abandoned(env, job, i, run.progress(), &e);
+                if !slice.link_failed(is_next_link) {
+                    return Err(Stop::Failed(e));
+                }
+                abandoned(&env, &mut run.job, i, slice.progress(), &e);
                 prefetched = None;
                 continue;
             }
@@ -97,9 +63,9 @@ pub(super) async fn collect_slice(
             parsed.next_link(),
         ) {
             prefetched = Some(Prefetch::start(
-                env,
+                &env,
                 next.to_string(),
-                cancel,
+                &run.cancel,
                 spec.prefetch,
                 ahead,
             ));
@@ -110,39 +76,17 @@ pub(super) async fn collect_slice(
                 make_ready_off_thread(&env.shared, plan, page, strip_query(&url)).await?
             }
         };
-        let (dropped, seen) = (ready.dropped, ready.seen);
-        if ready.broken > 0 {
-            warn!(
-                broken = ready.broken,
-                "rows without a readable time or identity, or with bytes that were not UTF-8, delivered flagged __isBroken (their _time is the run's time)"
-            );
-            crate::telemetry::broken_rows(&spec.id, ready.broken);
-        }
-        if ready.skipped > 0 {
-            debug!(
-                skipped = ready.skipped,
-                "rows delivered before the re-query skipped"
-            );
-        }
-        if ready.known > 0 || ready.updates > 0 {
-            debug!(
-                known = ready.known,
-                updates = ready.updates,
-                "rows already delivered skipped; status changes emitted as updates"
-            );
-        }
-        job.known += ready.known;
-        job.updates += ready.updates;
+        note(spec, &mut run.job, &ready);
         let n = ready.rows;
+        let (dropped, seen) = (ready.dropped, ready.seen);
         if let Some(batch) = ready.batch {
-            let hold = hold.then_some(Hold {
-                cancel,
-                deadline,
+            let hold = run.hold.then_some(Hold {
+                cancel: &run.cancel,
+                deadline: run.deadline,
                 ahead: &mut prefetched,
             });
-            let refused = deliver(env, batch, hold).await?;
-            if let Some(e) = refused {
-                job.errors.push(format!(
+            if let Some(e) = deliver(&env, batch, hold).await? {
+                run.job.errors.push(format!(
                     "a sink refused a page for a while (the page was held and delivered again): {e}"
                 ));
             }
@@ -151,44 +95,23 @@ pub(super) async fn collect_slice(
         // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
         // checkpoint with this page, so that a restart re-queries too).
         let next = ready.next_link.map(|u| u.to_string());
-        let (step, mark) = run.delivered(&job.id, ready.parsed, n, ready.oldest, next);
+        let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
         if let Step::Requery(why) = &step {
-            abandoned(env, job, i, run.progress(), why);
+            abandoned(&env, &mut run.job, i, slice.progress(), why);
             prefetched = None;
         }
-        match mark {
-            Mark::Unchanged => {}
-            Mark::Cursor(end) => {
-                cp.cursor = Some(end);
-                cp.in_flight = None;
-            }
-            Mark::InFlight(f) => cp.in_flight = Some(f),
-        }
-        if !task.reread {
-            cp.pages_total += 1;
-            cp.rows_total += n;
-            cp.updated_at = Utc::now();
-        }
-        job.pages += 1;
-        job.rows += n;
-        job.dropped += dropped;
-        let t = &mut job.tasks[i];
-        (t.pages, t.rows) = run.totals();
-        t.dropped += dropped;
-        env.store
-            .commit(
-                Commit {
-                    source: &spec.id,
-                    checkpoint: (!task.reread).then_some((cursor_name, &*cp)),
-                    job: Some(job),
-                    seen: &seen,
-                },
-                spec.durable,
-            )
-            .await
-            .map_err(|e| Stop::Failed(format!("could not save the checkpoint: {e}")))?;
+        commit(
+            run,
+            i,
+            task,
+            &slice,
+            mark,
+            PageTotals { rows: n, dropped },
+            &seen,
+        )
+        .await?;
         debug!(
-            page = run.totals().0,
+            page = slice.totals().0,
             rows = n,
             dropped,
             last = step == Step::Done,
@@ -199,19 +122,141 @@ pub(super) async fn collect_slice(
         }
         crate::telemetry::page_committed(&spec.id, n);
         if let Some(hook) = &env.page_hook {
-            hook(&spec.id, job.pages, job.rows);
+            hook(&spec.id, run.job.pages, run.job.rows);
         }
         match step {
             Step::Done => return Ok(()),
-            Step::Requery(_) => run.may_go_on().map_err(Stop::Failed)?,
+            Step::Requery(_) => slice.may_go_on()?,
             Step::Next(_) => {}
         }
     }
 }
 
+/// The page at `url`: the one fetched ahead when it is that page, or fetched now; within the
+/// job's `job_timeout`.
+async fn next_page(
+    run: &JobRun,
+    prefetched: &mut Option<Prefetch>,
+    url: &str,
+    is_next_link: bool,
+    page_use: PageUse,
+) -> Result<Fetched, Stop> {
+    let fetch = async {
+        if let Some(p) = prefetched.as_mut() {
+            if let Some(f) = p.take(url).await {
+                return f;
+            }
+            *prefetched = None;
+        }
+        fetch_page(
+            run.env.clone(),
+            url.to_owned(),
+            is_next_link,
+            run.cancel.clone(),
+            None,
+            page_use,
+        )
+        .await
+    };
+    match run.deadline {
+        Some(d) => tokio::time::timeout(d.saturating_duration_since(Instant::now()), fetch)
+            .await
+            .map_err(|_| Stop::Cancelled(Some(CancelReason::Timeout))),
+        None => Ok(fetch.await),
+    }
+}
+
+/// Says what a page made ready held besides its events (logs, metrics, the job's counters).
+fn note(spec: &crate::spec::SourceSpec, job: &mut JobRecord, ready: &Ready) {
+    if ready.broken > 0 {
+        warn!(
+            broken = ready.broken,
+            "rows without a readable time or identity, or with bytes that were not UTF-8, delivered flagged __isBroken (their _time is the run's time)"
+        );
+        crate::telemetry::broken_rows(&spec.id, ready.broken);
+    }
+    if ready.skipped > 0 {
+        debug!(
+            skipped = ready.skipped,
+            "rows delivered before the re-query skipped"
+        );
+    }
+    if ready.known > 0 || ready.updates > 0 {
+        debug!(
+            known = ready.known,
+            updates = ready.updates,
+            "rows already delivered skipped; status changes emitted as updates"
+        );
+    }
+    job.known += ready.known;
+    job.updates += ready.updates;
+}
+
+/// What one page adds to the totals.
+struct PageTotals {
+    /// Events delivered.
+    rows: u64,
+    /// Rows dropped by the time filter.
+    dropped: u64,
+}
+
+/// Commits a delivered page: the checkpoint's new mark (unless the slice is a re-read), the
+/// job's record and the identity index's entries, in one transaction, durable as configured.
+async fn commit(
+    run: &mut JobRun,
+    i: usize,
+    task: &SliceTask,
+    slice: &SliceRun,
+    mark: Mark,
+    page: PageTotals,
+    seen: &[SeenEntry],
+) -> Result<(), FetchError> {
+    let cp = &mut run.cp;
+    match mark {
+        Mark::Unchanged => {}
+        Mark::Cursor(end) => {
+            cp.cursor = Some(end);
+            cp.in_flight = None;
+        }
+        Mark::InFlight(f) => cp.in_flight = Some(f),
+    }
+    if !task.reread {
+        cp.pages_total += 1;
+        cp.rows_total += page.rows;
+        cp.updated_at = Utc::now();
+    }
+    let job = &mut run.job;
+    job.pages += 1;
+    job.rows += page.rows;
+    job.dropped += page.dropped;
+    let t = &mut job.tasks[i];
+    (t.pages, t.rows) = slice.totals();
+    t.dropped += page.dropped;
+    let spec = &run.env.spec;
+    run.env
+        .store
+        .commit(
+            Commit {
+                source: &spec.id,
+                checkpoint: (!task.reread).then_some((run.cursor_name.as_str(), &*cp)),
+                job: Some(job),
+                seen,
+            },
+            spec.durable,
+        )
+        .await
+        .map_err(FetchError::Checkpoint)
+}
+
 /// A next link was abandoned (`why`) and the slice is re-queried: said in the log, the job
 /// record and the metrics.
-fn abandoned(env: &FetcherEnv, job: &mut JobRecord, i: usize, track: &Progress, why: &str) {
+fn abandoned(
+    env: &FetcherEnv,
+    job: &mut JobRecord,
+    i: usize,
+    track: &Progress,
+    why: &dyn std::fmt::Display,
+) {
     job.tasks[i].requeries += 1;
     warn!(
         error = %why,

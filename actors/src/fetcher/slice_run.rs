@@ -4,7 +4,7 @@
 //! commit); the decisions, and their tests, are here.
 
 use crate::dialect::Api;
-use crate::link_guard::{LinkGuard, LinkLimits};
+use crate::link_guard::{LinkGuard, LinkLimits, Poisoned};
 use crate::window::{self, SliceTask};
 use chrono::{DateTime, Utc};
 use msgtrace_storage::InFlight;
@@ -60,7 +60,7 @@ pub enum Step {
     /// Follow this next link.
     Next(String),
     /// The next link was abandoned (`why`): the slice is re-queried from its first page.
-    Requery(String),
+    Requery(Poisoned),
     /// The slice is complete.
     Done,
 }
@@ -167,15 +167,15 @@ impl SliceRun {
         Request { url, is_next_link }
     }
 
-    /// The request for a next link was refused for good (`why`): the link is abandoned and the
-    /// slice re-queried, or, after [`MAX_REQUERIES`] in this run or for a query's first page,
-    /// the slice fails (`Err` with the reason).
-    pub fn link_failed(&mut self, is_next_link: bool, why: &str) -> Result<(), String> {
+    /// The request for a next link was refused for good: the link is abandoned and the slice
+    /// re-queried (`true`), or, after [`MAX_REQUERIES`] in this run or for a query's first page,
+    /// the slice fails with the refusal (`false`).
+    pub fn link_failed(&mut self, is_next_link: bool) -> bool {
         if !is_next_link || self.requeries_now >= MAX_REQUERIES {
-            return Err(why.to_owned());
+            return false;
         }
         self.abandon();
-        Ok(())
+        true
     }
 
     /// A page was delivered: `parsed` rows as the API sent them, `delivered` events, the oldest
@@ -203,7 +203,7 @@ impl SliceRun {
         let step = match (next_link, poisoned) {
             (_, Some(why)) => {
                 self.abandon();
-                Step::Requery(why.to_string())
+                Step::Requery(why)
             }
             (Some(n), None) => Step::Next(n),
             (None, None) => Step::Done,
@@ -223,12 +223,9 @@ impl SliceRun {
 
     /// After a [`Step::Requery`] is committed: whether the slice may go on (`Err` when links
     /// were abandoned more than [`MAX_REQUERIES`] times in this run).
-    pub fn may_go_on(&self) -> Result<(), String> {
+    pub fn may_go_on(&self) -> Result<(), super::FetchError> {
         if self.requeries_now > MAX_REQUERIES {
-            return Err(format!(
-                "next links abandoned {} times in this slice; the next run re-queries it",
-                self.requeries_now
-            ));
+            return Err(super::FetchError::TooManyRequeries(self.requeries_now));
         }
         Ok(())
     }
@@ -354,7 +351,7 @@ mod tests {
             Some("https://graph.microsoft.com/n2".into()),
         );
         assert!(
-            matches!(&step, Step::Requery(why) if why.contains("loop")),
+            matches!(&step, Step::Requery(Poisoned::Revisited)),
             "{step:?}"
         );
         // Recorded with the page, so that a restart re-queries too.
@@ -380,15 +377,15 @@ mod tests {
     #[test]
     fn a_failing_next_link_re_queries_three_times_then_the_slice_fails() {
         let mut run = SliceRun::new(&task(), query());
-        assert_eq!(
-            run.link_failed(false, "first page refused"),
-            Err("first page refused".into())
+        assert!(
+            !run.link_failed(false),
+            "a first page refused fails the slice"
         );
         for _ in 0..MAX_REQUERIES {
-            assert_eq!(run.link_failed(true, "HTTP 400"), Ok(()));
+            assert!(run.link_failed(true));
             assert!(!run.request().is_next_link, "the slice's first page again");
         }
-        assert_eq!(run.link_failed(true, "HTTP 400"), Err("HTTP 400".into()));
+        assert!(!run.link_failed(true));
         assert_eq!(run.progress().requeries, MAX_REQUERIES);
         assert_eq!(
             run.progress().query_end,
@@ -429,7 +426,7 @@ mod tests {
             Some((t(30), vec![id("a")])),
             Some("https://graph.microsoft.com/n2".into()),
         );
-        run.link_failed(true, "HTTP 400").unwrap();
+        assert!(run.link_failed(true));
         let (_, Mark::InFlight(f)) = run.delivered(
             "j",
             1,
