@@ -22,7 +22,7 @@
 //! See the crate documentation and `examples/embed.rs`.
 
 use crate::config::{self, Config, ConfigErrors};
-use crate::engine::{self, EngineOptions, HostSink};
+use crate::engine::{self, Control, EngineOptions, HostSink, Mode};
 use msgtrace_actors::hook::Hook;
 use msgtrace_actors::sink::Sink;
 use msgtrace_actors::supervisor::{GetStatus, RunAll, RunReport, SourceStatus, StartSchedules};
@@ -40,12 +40,12 @@ pub enum EmbedError {
     #[error("invalid configuration:\n{0}")]
     Config(#[from] ConfigErrors),
     /// The engine could not start (state directory locked or unreadable, a secret or certificate
-    /// missing...).
-    #[error("the engine could not start: {0}")]
-    Start(String),
-    /// The engine failed while running.
-    #[error("{0}")]
-    Engine(String),
+    /// missing...), or failed while it ran.
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
+    /// The engine's thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
     /// A new configuration was not applied ([`EngineHandle::reload`]): every problem, one line
     /// each. The running configuration stays.
     #[error("configuration not reloaded:\n{0}")]
@@ -69,11 +69,7 @@ impl EngineBuilder {
         EngineBuilder {
             config,
             sinks: Vec::new(),
-            options: EngineOptions {
-                // Signals belong to the host.
-                handle_signals: false,
-                ..EngineOptions::default()
-            },
+            options: EngineOptions::default(),
             scheduled: false,
         }
     }
@@ -118,15 +114,32 @@ impl EngineBuilder {
     }
 
     /// Replaces the other engine knobs (durability, page hook, sink retries). Hooks added with
-    /// [`EngineBuilder::hook`] are kept; signal handling stays off.
+    /// [`EngineBuilder::hook`] are kept.
     pub fn options(mut self, options: EngineOptions) -> EngineBuilder {
         let hooks = std::mem::take(&mut self.options.hooks);
-        self.options = EngineOptions {
-            handle_signals: false,
-            ..options
-        };
+        self.options = options;
         self.options.hooks.extend(hooks);
         self
+    }
+
+    /// Runs the engine inside the current actix System (the caller's thread) until `mode` is
+    /// done (`Once`, `Backfill`) or, for `Continuous`, until `controls` says
+    /// [`Control::Stop`]; a [`Control::Reload`] applies the configuration file again
+    /// ([`EngineOptions::config_file`]). No signal handler is installed: `msgtrace run` sends
+    /// these for its signals. Returns the jobs' outcomes. For an engine on a thread of its
+    /// own, driven from any runtime, see [`EngineBuilder::start`].
+    pub async fn run(
+        self,
+        mode: Mode,
+        controls: mpsc::UnboundedReceiver<Control>,
+    ) -> Result<RunReport, EmbedError> {
+        let EngineBuilder {
+            config,
+            sinks,
+            options,
+            scheduled: _,
+        } = self;
+        Ok(engine::run(&config, mode, options, sinks, controls).await?)
     }
 
     /// Starts the engine on its own thread and actix System. Blocks only until the state
@@ -137,13 +150,11 @@ impl EngineBuilder {
         std::thread::Builder::new()
             .name("msgtrace-engine".into())
             .spawn(move || engine_thread(self, rx, ready_tx))
-            .map_err(|e| EmbedError::Start(format!("cannot start the engine thread: {e}")))?;
+            .map_err(EmbedError::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(EngineHandle { commands: tx }),
-            Ok(Err(e)) => Err(EmbedError::Start(e)),
-            Err(_) => Err(EmbedError::Start(
-                "the engine thread ended while starting".into(),
-            )),
+            Ok(Err(e)) => Err(EmbedError::Engine(e)),
+            Err(_) => Err(EmbedError::Stopped),
         }
     }
 }
@@ -165,14 +176,14 @@ enum Command {
 fn engine_thread(
     builder: EngineBuilder,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<(), engine::EngineError>>,
 ) {
     let system = actix_rt::System::new();
     let (report, reply) = system.block_on(async move {
         let mut engine = match engine::start(&builder.config, &builder.options, builder.sinks) {
             Ok(e) => e,
             Err(e) => {
-                let _ = ready.send(Err(format!("{e:#}")));
+                let _ = ready.send(Err(e));
                 return (None, None);
             }
         };
@@ -203,7 +214,7 @@ fn engine_thread(
                     let r = engine
                         .store
                         .jobs(source.as_deref())
-                        .map_err(|e| EmbedError::Engine(e.to_string()));
+                        .map_err(|e| EmbedError::Engine(e.into()));
                     let _ = tx.send(r);
                 }
                 Command::Reload(config, tx) => {
@@ -216,10 +227,7 @@ fn engine_thread(
             }
         }
         // Shut down on request, or when every handle is gone.
-        let report = engine
-            .stop()
-            .await
-            .map_err(|e| EmbedError::Engine(format!("{e:#}")));
+        let report = engine.stop().await.map_err(EmbedError::from);
         if let Err(e) = &report {
             warn!(error = %e, "embedded engine shutdown failed");
         }

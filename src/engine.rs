@@ -11,7 +11,6 @@ use crate::config::{AuthConfig, Config, OAuthApp, Schedule, Secret, SinkKind, So
 use crate::secrets::SecretStore;
 use crate::sinks::{FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
-use anyhow::{anyhow, Context as _};
 use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::auth::AuthToken;
 use msgtrace_actors::proxy::Proxy;
@@ -45,6 +44,49 @@ pub enum Mode {
     },
 }
 
+/// What tells a running engine ([`crate::embed::EngineBuilder::run`]) to stop or reload. The
+/// engine installs no signal handler: the `msgtrace` binary sends these for SIGINT/SIGTERM and
+/// SIGHUP (and when `--watch-config` sees the file change); a host sends its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Shut down gracefully: pages in flight finish, sinks and state are flushed.
+    Stop,
+    /// Read [`EngineOptions::config_file`] again and apply it ([`crate::reload`]); without a
+    /// file, or with an invalid one, only the sinks reopen. The reason is logged.
+    Reload(&'static str),
+}
+
+/// Why the engine could not start, or failed while it ran.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state directory or a file sink's path cannot be used ([`crate::preflight::check`]).
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
+    /// The state directory could not be opened, read or written.
+    #[error(transparent)]
+    State(#[from] msgtrace_storage::StorageError),
+    /// Sources that cannot run as configured (secrets, certificates, proxies): one line each.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Sources(Vec<SpecError>),
+    /// `metrics_listen` or `control_listen` cannot be bound.
+    #[error(transparent)]
+    Listen(#[from] crate::listener::ListenError),
+    /// The bound sockets could not be served.
+    #[error("metrics_listen, control_listen: cannot serve on the bound sockets: {0}")]
+    Serve(std::io::Error),
+    /// The supervisor stopped before it answered.
+    #[error("supervisor stopped: {0}")]
+    Supervisor(#[from] actix::MailboxError),
+}
+
+impl EngineError {
+    /// The state directory or a file sink's path is unusable: the configuration or the
+    /// machine must change (the binary exits with 2).
+    pub fn is_unusable_state(&self) -> bool {
+        matches!(self, EngineError::Preflight(_) | EngineError::State(_))
+    }
+}
+
 /// Knobs that are not configuration keys.
 #[derive(Clone)]
 pub struct EngineOptions {
@@ -57,14 +99,9 @@ pub struct EngineOptions {
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
     pub grace: Duration,
-    /// Listen for SIGINT/SIGTERM (shut down) and SIGHUP (reload: [`crate::reload`]).
-    pub handle_signals: bool,
-    /// The file the configuration was read from: a SIGHUP reads it again and reloads. Without
-    /// it a SIGHUP only reopens the sinks (logrotate).
+    /// The file the configuration was read from: a [`Control::Reload`] reads it again and
+    /// reloads. Without it a reload only reopens the sinks (logrotate).
     pub config_file: Option<std::path::PathBuf>,
-    /// Reload also when `config_file` changes (`msgtrace run --watch-config`; looked at every
-    /// [`crate::reload::WATCH_CONFIG_EVERY`]).
-    pub watch_config: bool,
     /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
@@ -86,9 +123,7 @@ impl Default for EngineOptions {
             prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
             page_hook: None,
             grace: Duration::from_secs(30),
-            handle_signals: true,
             config_file: None,
-            watch_config: false,
             sink_retry: None,
             hooks: Vec::new(),
             max_body_bytes: MAX_BODY_BYTES,
@@ -110,6 +145,17 @@ pub enum SecretAccess<'a> {
     Skip,
 }
 
+/// A source that cannot run as configured: the key at fault and what is wrong with it (one line
+/// that names the fix).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct SpecError {
+    /// The configuration key (`sources.<id>.auth`, `sources.<id>.proxy_url`, ...).
+    pub key: String,
+    /// What is wrong, and what to do.
+    pub problem: String,
+}
+
 /// Builds the engine-side description of a source: resolves store secrets and loads and checks
 /// certificates (unreadable file, bad key, wrong passphrase, key not matching the certificate,
 /// expired certificate: one line each, naming the file and the fix).
@@ -117,26 +163,30 @@ pub fn source_spec(
     src: &SourceConfig,
     durable: bool,
     secrets: SecretAccess<'_>,
-) -> Result<SourceSpec, String> {
-    let path = format!("sources.{}", src.id);
-    let mut auth = auth_spec(&src.auth, secrets).map_err(|e| format!("{path}.auth: {e}"))?;
+) -> Result<SourceSpec, SpecError> {
+    let at = |key: &str| {
+        let key = format!("sources.{}{key}", src.id);
+        move |problem: String| SpecError { key, problem }
+    };
+    let from_env = |e| format!("{e} (from the environment)");
+    let mut auth = auth_spec(&src.auth, secrets).map_err(at(".auth"))?;
     let proxy = match &src.proxy_url {
-        Some(p) => Some(Proxy::from_url(p.url()).map_err(|e| format!("{path}.proxy_url: {e}"))?),
+        Some(p) => Some(Proxy::from_url(p.url()).map_err(at(".proxy_url"))?),
         None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
-            .map_err(|e| format!("{path}: {e} (from the environment)"))?,
+            .map_err(|e| at("")(from_env(e)))?,
     };
     if let AuthSpec::OAuth { token, .. } = &mut auth {
         token.proxy = match &src.proxy_url {
             Some(_) => proxy.clone(),
             None => Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
-                .map_err(|e| format!("{path}: {e} (from the environment)"))?,
+                .map_err(|e| at("")(from_env(e)))?,
         };
     }
     let cron = match &src.schedule {
         Schedule::Interval { mins } => scheduler::cron_for_interval(*mins),
         Schedule::Cron { expr, .. } => expr.clone(),
     };
-    scheduler::parse_cron(&cron).map_err(|e| format!("{path}.schedule: {e}"))?;
+    scheduler::parse_cron(&cron).map_err(at(".schedule"))?;
     Ok(SourceSpec {
         id: src.id.clone(),
         api: src.api,
@@ -314,7 +364,7 @@ fn build_sink(
 }
 
 /// Marks jobs left `running` by a process that died as `interrupted`, and applies the TTL.
-fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
+fn tidy_jobs(store: &Store, config: &Config) -> Result<(), EngineError> {
     let now = chrono::Utc::now();
     for job in store.jobs(None)? {
         if job.state == JobState::Running {
@@ -343,72 +393,54 @@ fn tidy_jobs(store: &Store, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the engine inside the current actix System until done (`Once`) or until a shutdown
-/// signal (`Continuous`). Returns the jobs' outcomes.
-pub async fn run(config: &Config, mode: Mode, opts: EngineOptions) -> anyhow::Result<RunReport> {
-    // Before anything starts: a SIGHUP from now on reloads instead of ending the process.
-    let mut signals = opts
-        .handle_signals
-        .then(crate::reload::Signals::new)
-        .transpose()?;
-    let mut watch = opts
-        .config_file
-        .clone()
-        .filter(|_| opts.watch_config)
-        .map(crate::reload::ConfigWatch::new);
-    let mut engine = start(config, &opts, Vec::new())?;
+/// Runs the engine inside the current actix System until done (`Once`, `Backfill`) or until
+/// told to stop (`Continuous`), reloading when told to (`controls`). Returns the jobs'
+/// outcomes. Public through [`crate::embed::EngineBuilder::run`].
+pub(crate) async fn run(
+    config: &Config,
+    mode: Mode,
+    opts: EngineOptions,
+    host_sinks: Vec<HostSink>,
+    mut controls: tokio::sync::mpsc::UnboundedReceiver<Control>,
+) -> Result<RunReport, EngineError> {
+    let mut engine = start(config, &opts, host_sinks)?;
     let supervisor = engine.supervisor.clone();
     let work = async {
         match &mode {
-            Mode::Backfill { source, backfill } => supervisor
+            Mode::Backfill { source, backfill } => Ok(supervisor
                 .send(RunBackfill {
                     source: source.clone(),
                     backfill: backfill.clone(),
                 })
-                .await
-                .map_err(|e| anyhow!("supervisor stopped: {e}")),
-            Mode::Once => supervisor
+                .await?),
+            Mode::Once => Ok(supervisor
                 .send(RunAll {
                     kind: JobKind::Once,
                 })
-                .await
-                .map_err(|e| anyhow!("supervisor stopped: {e}")),
+                .await?),
             Mode::Continuous => {
                 supervisor.do_send(StartSchedules);
-                std::future::pending::<anyhow::Result<RunReport>>().await
+                std::future::pending::<Result<RunReport, EngineError>>().await
             }
         }
     };
     let mut work = std::pin::pin!(work);
+    // Open until every sender is gone: then nothing will tell the engine anything any more.
+    let mut open = true;
     let once_report = loop {
-        let signal = async {
-            match &mut signals {
-                Some(s) => s.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        let changed = async {
-            match &mut watch {
-                Some(w) => w.changed().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             r = &mut work => break Some(r?),
-            signal = signal => match signal {
-                crate::reload::Signal::Stop => {
-                    info!("signal received");
+            c = controls.recv(), if open => match c {
+                None => open = false,
+                Some(Control::Stop) => {
+                    info!("told to stop");
                     break None;
                 }
-                crate::reload::Signal::Reload => {
+                Some(Control::Reload(why)) => {
                     let file = opts.config_file.as_deref();
-                    crate::reload::from_file(&mut engine, file, "SIGHUP").await
+                    crate::reload::from_file(&mut engine, file, why).await
                 }
             },
-            () = changed => {
-                let file = opts.config_file.as_deref();
-                crate::reload::from_file(&mut engine, file, "the configuration file changed").await
-            }
         }
     };
     let shutdown_report = engine.stop().await?;
@@ -431,6 +463,10 @@ pub struct HostSink {
 
 /// A running engine: the actors are started and idle until told to collect (through
 /// [`Started::supervisor`]); [`Started::stop`] shuts it down.
+///
+/// Not the engine's API ([`crate::embed::EngineBuilder`] is): public only for the integration
+/// tests that talk to the supervisor's actors directly.
+#[doc(hidden)]
 pub struct Started {
     /// The Supervisor: send it `RunAll`, `StartSchedules`, `GetStatus`.
     pub supervisor: Addr<Supervisor>,
@@ -451,13 +487,9 @@ pub struct Started {
 impl Started {
     /// Graceful shutdown: pages in flight finish (or are abandoned after the grace period), sinks
     /// and state are flushed, the sink threads stop. Returns the jobs that ended meanwhile.
-    pub async fn stop(self) -> anyhow::Result<RunReport> {
+    pub async fn stop(self) -> Result<RunReport, EngineError> {
         let _ = self.stopping.send(true);
-        let report = self
-            .supervisor
-            .send(Shutdown { grace: self.grace })
-            .await
-            .map_err(|e| anyhow!("supervisor stopped: {e}"))?;
+        let report = self.supervisor.send(Shutdown { grace: self.grace }).await?;
         for s in self.sinks {
             s.arbiter.stop();
         }
@@ -473,7 +505,7 @@ pub(crate) fn source_entries(
     config: &Config,
     opts: &EngineOptions,
     secrets: &SecretStore,
-) -> Result<Vec<SourceEntry>, Vec<String>> {
+) -> Result<Vec<SourceEntry>, Vec<SpecError>> {
     let mut sources = Vec::new();
     let mut errors = Vec::new();
     for s in config.sources.values() {
@@ -499,19 +531,19 @@ pub(crate) fn source_entries(
 /// Checks the state directory and the file sinks' paths ([`crate::preflight::check`]), opens the
 /// state directory and starts the actors (inside the current actix System), with the
 /// configured sinks plus `host_sinks`. Nothing is collected until the supervisor is told to.
+#[doc(hidden)]
 pub fn start(
     config: &Config,
     opts: &EngineOptions,
     host_sinks: Vec<HostSink>,
-) -> anyhow::Result<Started> {
+) -> Result<Started, EngineError> {
     msgtrace_actors::http::install_crypto();
     crate::preflight::check(config)?;
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     // Its errors name the directory and the fix.
     let store = Store::open_waiting(&config.state_dir, LOCK_WAIT)?;
     let secrets = SecretStore::new(store.clone());
-    let sources =
-        source_entries(config, opts, &secrets).map_err(|errors| anyhow!(errors.join("\n")))?;
+    let sources = source_entries(config, opts, &secrets).map_err(EngineError::Sources)?;
     tidy_jobs(&store, config)?;
     // Before any actor starts: a port that is taken stops the start here, with one line (once
     // actors are spawned, an early return would drop them unpolled outside the runtime).
@@ -559,7 +591,7 @@ pub fn start(
     .start();
     let listeners =
         crate::control::serve(control, listener, supervisor.clone(), auth, store.clone())
-            .context("metrics_listen, control_listen: cannot serve on the bound sockets")?;
+            .map_err(EngineError::Serve)?;
     Ok(Started {
         supervisor,
         store,

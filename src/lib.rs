@@ -89,14 +89,12 @@
 pub mod allocator;
 pub mod config;
 pub mod control;
-pub mod demo;
 pub mod embed;
 pub mod engine;
 pub mod listener;
 pub mod metrics;
 pub mod normalize;
 pub mod preflight;
-pub mod progress;
 pub mod reload;
 pub mod secrets;
 pub mod simulator;

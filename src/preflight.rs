@@ -6,7 +6,10 @@
 //! Each problem is one line, `key: what is wrong; what to do`. Nothing is left behind: a
 //! directory is tested for writing with a probe file that is removed at once.
 
-use crate::config::{Config, SinkKind};
+use crate::config::{AuthConfig, Config, SinkKind};
+use crate::engine::SecretAccess;
+use crate::secrets::SecretStore;
+use msgtrace_storage::{StorageError, Store};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +40,93 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
         Ok(())
     } else {
         Err(PreflightError { problems })
+    }
+}
+
+/// What `msgtrace validate` finds beyond the file's own errors: [`check`]'s problems, each
+/// source's secrets and certificates as the engine's start would read them, and whether the
+/// listen addresses can be bound.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Errors: the configuration cannot run as it is (one line each).
+    pub problems: Vec<String>,
+    /// What could not be checked, and why.
+    pub notes: Vec<String>,
+    /// It runs, but look (the configuration's own warnings among them).
+    pub warnings: Vec<String>,
+}
+
+/// Runs every check `validate` makes ([`Findings`]). Store secrets are read when the state
+/// directory can be opened; while a running engine holds it they are not (a note says so).
+pub fn validate(cfg: &Config) -> Findings {
+    let mut found = Findings::default();
+    if let Err(e) = check(cfg) {
+        found.problems.extend(e.problems);
+    }
+    let secrets = secret_store(cfg, &mut found);
+    let access = match &secrets {
+        Some(s) => SecretAccess::Store(s),
+        None => SecretAccess::Skip,
+    };
+    for s in cfg.sources.values() {
+        if let Err(e) = crate::engine::source_spec(s, true, access) {
+            found.problems.push(e.to_string());
+        }
+    }
+    listen_addresses(cfg, &mut found);
+    found.warnings.extend(cfg.warnings.iter().cloned());
+    found
+}
+
+/// The secret store, when a source reads one and the state directory can be opened.
+fn secret_store(cfg: &Config, found: &mut Findings) -> Option<SecretStore> {
+    let uses_store = cfg.sources.values().any(|s| {
+        matches!(
+            s.auth,
+            AuthConfig::BasicSecret { .. } | AuthConfig::OAuthSecret { .. }
+        )
+    });
+    if !uses_store {
+        return None;
+    }
+    if !cfg.state_dir.exists() {
+        return Some(SecretStore::absent(&cfg.state_dir));
+    }
+    if !cfg.state_dir.is_dir() {
+        return None; // a problem of `check`
+    }
+    match Store::open(&cfg.state_dir) {
+        Ok(store) => Some(SecretStore::new(store)),
+        Err(e @ StorageError::Locked { .. }) => {
+            found.notes.push(format!("stored secrets not checked: {e}"));
+            None
+        }
+        Err(e) => {
+            found.problems.push(e.to_string());
+            None
+        }
+    }
+}
+
+/// A taken port may be this configuration's own running msgtrace: a warning. An address this
+/// host cannot listen on at all is a problem.
+fn listen_addresses(cfg: &Config, found: &mut Findings) {
+    let listens = [
+        ("metrics_listen", cfg.metrics_listen),
+        (
+            "control_listen",
+            cfg.control_listen
+                .filter(|a| Some(*a) != cfg.metrics_listen),
+        ),
+    ];
+    for (key, addr) in listens {
+        if let Some(Err(e)) = addr.map(|a| crate::listener::bind(key, a)) {
+            if e.error.kind() == io::ErrorKind::AddrInUse {
+                found.warnings.push(e.to_string());
+            } else {
+                found.problems.push(e.to_string());
+            }
+        }
     }
 }
 

@@ -17,7 +17,6 @@
 use crate::config::Config;
 use crate::engine::{pipeline_hooks, source_entries, RunningSink, Started};
 use crate::secrets::SecretStore;
-use anyhow::Context as _;
 use msgtrace_actors::sink::{FlushSink, Reopen};
 use msgtrace_actors::supervisor::Reconfigure;
 use std::collections::{BTreeMap, BTreeSet};
@@ -165,7 +164,7 @@ impl Started {
         let sources = match source_entries(config, &self.opts, &secrets) {
             Ok(s) => s,
             Err(e) => {
-                problems.extend(e);
+                problems.extend(e.iter().map(ToString::to_string));
                 Vec::new()
             }
         };
@@ -255,55 +254,6 @@ impl Started {
             "configuration reloaded; every sink kept reopened"
         );
         Ok(plan)
-    }
-}
-
-/// What a signal asks of `run`.
-pub(crate) enum Signal {
-    /// SIGINT, SIGTERM: shut down.
-    Stop,
-    /// SIGHUP: reload.
-    Reload,
-}
-
-/// The signals `run` handles, installed once for the whole run.
-pub(crate) struct Signals {
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(crate) fn new() -> anyhow::Result<Signals> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let handler =
-                |kind, name| signal(kind).with_context(|| format!("cannot handle {name}"));
-            Ok(Signals {
-                term: handler(SignalKind::terminate(), "SIGTERM")?,
-                hup: handler(SignalKind::hangup(), "SIGHUP")?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Signals {})
-    }
-
-    pub(crate) async fn next(&mut self) -> Signal {
-        #[cfg(unix)]
-        {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => Signal::Stop,
-                _ = self.term.recv() => Signal::Stop,
-                _ = self.hup.recv() => Signal::Reload,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
-            Signal::Stop
-        }
     }
 }
 
@@ -455,11 +405,11 @@ mod tests {
 /// How often `msgtrace run --watch-config` looks at the configuration file.
 pub const WATCH_CONFIG_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `--watch-config`: tells when the configuration file changed (its modification time, size or
+/// `msgtrace run --watch-config`: tells when the configuration file changed (its modification time, size or
 /// inode: an editor that saves by renaming a new file over it changes the inode), looking every
 /// [`WATCH_CONFIG_EVERY`]. No file system notification crate: a poll is enough for a file
 /// people edit.
-pub(crate) struct ConfigWatch {
+pub struct ConfigWatch {
     path: std::path::PathBuf,
     seen: Option<FileStamp>,
     every: tokio::time::Interval,
@@ -488,7 +438,7 @@ fn stamp(path: &std::path::Path) -> Option<FileStamp> {
 
 impl ConfigWatch {
     /// Watches `path` from its state now.
-    pub(crate) fn new(path: std::path::PathBuf) -> ConfigWatch {
+    pub fn new(path: std::path::PathBuf) -> ConfigWatch {
         let mut every = tokio::time::interval(WATCH_CONFIG_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ConfigWatch {
@@ -500,7 +450,7 @@ impl ConfigWatch {
 
     /// Resolves when the file changed since it was last seen (cancel-safe). A file that is gone
     /// for a moment (an editor replacing it) is not a change until it is back.
-    pub(crate) async fn changed(&mut self) {
+    pub async fn changed(&mut self) {
         loop {
             self.every.tick().await;
             let now = stamp(&self.path);

@@ -6,6 +6,7 @@
 mod example;
 
 use msgtrace::embed::{EmbedError, EngineBuilder};
+use msgtrace::engine::EngineError;
 use msgtrace::storage::{JobState, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +48,15 @@ async fn a_shut_down_handle_answers_stopped_and_bad_configs_do_not_start() {
     assert!(handle.jobs(None).await.unwrap().is_empty());
     // A second engine on the same state directory is refused while the first holds it.
     let second = EngineBuilder::from_toml(&toml).unwrap().start();
-    assert!(matches!(second, Err(EmbedError::Start(_))), "{second:?}");
+    assert!(
+        matches!(
+            second,
+            Err(EmbedError::Engine(EngineError::State(
+                msgtrace::storage::StorageError::Locked { .. }
+            )))
+        ),
+        "{second:?}"
+    );
 
     let report = handle.shutdown().await.unwrap();
     assert!(report.jobs.is_empty());

@@ -13,7 +13,8 @@ use msgtrace::actors::dialect::Api;
 use msgtrace::actors::http;
 use msgtrace::actors::retry::RetryPolicy;
 use msgtrace::actors::supervisor::PageHook;
-use msgtrace::engine::{self, EngineOptions, Mode};
+use msgtrace::embed::EngineBuilder;
+use msgtrace::engine::{Control, EngineOptions, Mode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -153,8 +154,6 @@ fn run_engine(
         durable,
         prefetch,
         page_hook: Some(hook),
-        // A continuous run ends on SIGTERM, as `msgtrace run` does.
-        handle_signals: continuous,
         sink_retry: sink_retry_initial_ms.map(|ms| RetryPolicy {
             initial: Duration::from_millis(ms),
             ..msgtrace::sinks::http::default_retry()
@@ -169,7 +168,23 @@ fn run_engine(
     // `--once` makes every source due at this instant.
     let (due, cpu_at_due, started) = (Utc::now(), cpu_time(libc::RUSAGE_SELF), Instant::now());
     let report = actix_rt::System::new()
-        .block_on(async { engine::run(&config, mode, opts).await })
+        .block_on(async {
+            // A continuous run ends on SIGTERM, as `msgtrace run` does.
+            let (stop, controls) = tokio::sync::mpsc::unbounded_channel();
+            if continuous {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                actix_rt::spawn(async move {
+                    term.recv().await;
+                    let _ = stop.send(Control::Stop);
+                });
+            }
+            EngineBuilder::new(config)
+                .options(opts)
+                .run(mode, controls)
+                .await
+        })
         .unwrap_or_else(|e| panic!("engine: {e:#}"));
     let secs = started.elapsed().as_secs_f64();
     let rows: u64 = report.jobs.iter().map(|(_, j)| j.rows).sum();

@@ -359,7 +359,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> HttpResponse {
 /// Runs a read of the state directory off the server's thread.
 async fn read<T: Send + 'static>(
     engine: &web::Data<Engine>,
-    f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+    f: impl FnOnce(&Store) -> Result<T, Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 ) -> Result<T, HttpResponse> {
     let Some(store) = engine.store.get() else {
         return Err(HttpResponse::ServiceUnavailable()
@@ -368,7 +368,7 @@ async fn read<T: Send + 'static>(
     };
     match web::block(move || f(&store)).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(failed("reading the state directory", format!("{e:#}"))),
+        Ok(Err(e)) => Err(failed("reading the state directory", e)),
         Err(e) => Err(failed("reading the state directory", e)),
     }
 }

@@ -5,7 +5,8 @@
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::supervisor::RunReport;
 use msgtrace::config::{self, Config};
-use msgtrace::engine::{self, EngineOptions, Mode};
+use msgtrace::embed::EngineBuilder;
+use msgtrace::engine::{EngineOptions, Mode};
 use msgtrace::simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH, RWS_PATH};
 use std::collections::HashMap;
 use std::path::Path;
@@ -214,16 +215,20 @@ pub fn run_once(config: &Config, opts: EngineOptions) -> RunReport {
     init_logs();
     let config = config.clone();
     actix_rt::System::new()
-        .block_on(async move { engine::run(&config, Mode::Once, opts).await })
+        .block_on(async move {
+            // Nothing tells it to stop: a run once ends by itself.
+            let (_, controls) = tokio::sync::mpsc::unbounded_channel();
+            EngineBuilder::new(config)
+                .options(opts)
+                .run(Mode::Once, controls)
+                .await
+        })
         .expect("engine runs")
 }
 
-/// Options for tests: no signal handling (tests run in threads).
+/// Options for tests (the engine never handles signals: tests run in threads).
 pub fn opts() -> EngineOptions {
-    EngineOptions {
-        handle_signals: false,
-        ..EngineOptions::default()
-    }
+    EngineOptions::default()
 }
 
 /// Counts each (trace id, recipient) identity in an NDJSON file.

@@ -3,10 +3,11 @@
 //! with OAuth client credentials over Graph, exactly as it would from Microsoft, into an NDJSON
 //! file; then the demo checks the file against the simulator's own count.
 
-use crate::config;
-use crate::engine::{self, EngineOptions, Mode};
-use crate::simulator::{SimConfig, SimServer};
 use anyhow::{anyhow, Context};
+use msgtrace::config;
+use msgtrace::embed::EngineBuilder;
+use msgtrace::engine::{EngineOptions, Mode};
+use msgtrace::simulator::{SimConfig, SimServer};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +92,7 @@ inputs = ["demo"]
 path = {out}
 "#,
         state = toml_str(&state.path().to_string_lossy()),
-        url = toml_str(&format!("{base}{}", crate::simulator::GRAPH_PATH)),
+        url = toml_str(&format!("{base}{}", msgtrace::simulator::GRAPH_PATH)),
         start = opts.hours + 1,
         page_size = opts.page_size,
         base = toml_str(&base),
@@ -105,11 +106,14 @@ path = {out}
     let progress = crate::progress::Progress::stderr();
     let options = EngineOptions {
         page_hook: opts.progress.then(|| progress.hook()),
-        handle_signals: true,
         ..EngineOptions::default()
     };
-    let report = actix_rt::System::new()
-        .block_on(async move { engine::run(&config, Mode::Once, options).await })?;
+    let report = actix_rt::System::new().block_on(async move {
+        // Ctrl-C stops the demo gracefully.
+        let controls = crate::signals::forward(None)?;
+        let engine = EngineBuilder::new(config).options(options);
+        anyhow::Ok(engine.run(Mode::Once, controls).await?)
+    })?;
     if opts.progress {
         progress.finish();
     }
