@@ -13,7 +13,7 @@ use msgtrace::actors::event::Batch;
 use msgtrace::actors::hook::Hook;
 use msgtrace::actors::sink::{Sink, SinkError};
 use msgtrace::embed::EngineBuilder;
-use msgtrace::simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH};
+use msgtrace_simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -7,10 +7,12 @@
 //! - [`preflight`]: checks of the state directory and file sink paths before a run.
 //! - [`normalize`]: `normalize = "ecs"`, rows mapped to Elastic Common Schema names.
 //! - [`secrets`]: the encrypted secret store (`msgtrace secrets`, `oauth_secret`, `basic_secret`).
-//! - [`simulator`]: the simulated tenant (token endpoints, Graph, Reporting Web Service).
-//! - [`demo`]: `msgtrace demo`, the whole engine against the simulator.
+//! - [`embed`]: the engine's API: [`embed::EngineBuilder`], run on the caller's thread or on its
+//!   own behind a `Send + Sync` handle.
 //!
-//! - [`embed`]: the embedding API, an engine on its own thread behind a `Send + Sync` handle.
+//! The simulated tenant (token endpoints, Graph, Reporting Web Service) of the tests, the demo
+//! and the benchmarks is the `msgtrace-simulator` crate; the library does not carry it (the
+//! binaries do, through the default feature `cli`).
 //!
 //! The actors and the plain logic they wrap live in the `msgtrace-actors` crate; sled state in
 //! `msgtrace-storage`.
@@ -24,7 +26,7 @@
 //! ```
 //! use msgtrace::actors::{event::Batch, hook::Hook, sink::{Sink, SinkError}};
 //! use msgtrace::embed::EngineBuilder;
-//! use msgtrace::simulator::{SimConfig, SimServer, GRAPH_PATH};
+//! use msgtrace_simulator::{SimConfig, SimServer, GRAPH_PATH};
 //! use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
 //!
 //! /// The host's own sink: counts events.
@@ -97,7 +99,6 @@ pub mod normalize;
 pub mod preflight;
 pub mod reload;
 pub mod secrets;
-pub mod simulator;
 pub mod sinks;
 
 pub use msgtrace_actors as actors;

@@ -14,7 +14,7 @@ use msgtrace::actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::spec::{TokenEndpoint, TokenSpec};
 use msgtrace::actors::token::{self, AuthError};
-use msgtrace::simulator::{SimServer, GRAPH_PATH, RWS_PATH};
+use msgtrace_simulator::{SimServer, GRAPH_PATH, RWS_PATH};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -315,7 +315,7 @@ inputs = ["src"]
 path = {out}
 "#,
         state = q(&dir.path().join("state").to_string_lossy()),
-        url = q(&format!("{base}{}", msgtrace::simulator::GRAPH_PATH)),
+        url = q(&format!("{base}{}", msgtrace_simulator::GRAPH_PATH)),
         base = q(&base),
         out = q(&out.to_string_lossy()),
     );
@@ -325,7 +325,7 @@ path = {out}
     sim.kill().unwrap();
     sim.wait().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let model = msgtrace::simulator::TenantModel {
+    let model = msgtrace_simulator::TenantModel {
         messages_per_hour: 120,
         ..Default::default()
     };
@@ -384,7 +384,7 @@ fn the_binary_tunes_its_allocator_and_the_environment_wins() {
 
 /// A Graph scenario's configuration file in `dir`, with `top` lines before it.
 fn config_file(
-    sim: &msgtrace::simulator::SimServer,
+    sim: &msgtrace_simulator::SimServer,
     dir: &std::path::Path,
     top: &str,
 ) -> std::path::PathBuf {
@@ -512,7 +512,7 @@ fn demo_refuses_bad_options_before_touching_the_output() {
 
 /// A configuration of one source against `sim` with its state and output under `dir`.
 fn write_config(
-    sim: &msgtrace::simulator::SimServer,
+    sim: &msgtrace_simulator::SimServer,
     dir: &std::path::Path,
     state: &std::path::Path,
     out: &std::path::Path,

@@ -119,7 +119,7 @@ fn get_as(addr: &str, host: &str, path: &str) -> (String, String) {
 /// One Graph source `src` (collecting for a few seconds: the simulator waits before each page)
 /// whose schedule fires only once a year after the run at start, so that nothing changes once
 /// its first job ended; `top` goes before it.
-fn scenario(dir: &Path, sim: &msgtrace::simulator::SimServer, top: &str) -> (PathBuf, PathBuf) {
+fn scenario(dir: &Path, sim: &msgtrace_simulator::SimServer, top: &str) -> (PathBuf, PathBuf) {
     let state = dir.join("state");
     let out = dir.join("out.ndjson");
     let toml = config_toml(

@@ -216,7 +216,7 @@ fn identity(v: &Value) -> (String, String) {
 }
 
 struct Setup {
-    sim: msgtrace::simulator::SimServer,
+    sim: msgtrace_simulator::SimServer,
     dir: tempfile::TempDir,
     start: String,
     end: String,

@@ -14,8 +14,8 @@ use msgtrace::actors::event::Batch;
 use msgtrace::actors::sink::{Sink, SinkError};
 use msgtrace::embed::EngineBuilder;
 use msgtrace::engine::EngineOptions;
-use msgtrace::simulator::SimServer;
 use msgtrace::storage::Spool;
+use msgtrace_simulator::SimServer;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

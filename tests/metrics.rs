@@ -121,7 +121,7 @@ fn metrics_move_during_a_run_and_health_answers() {
 /// A scenario's configuration with `metrics_listen` on a free port and the source renamed to
 /// `id` (the Prometheus recorder is shared by the tests of this file: each uses its own source).
 fn served_config(
-    sim: &msgtrace::simulator::SimServer,
+    sim: &msgtrace_simulator::SimServer,
     dir: &std::path::Path,
     id: &str,
 ) -> (String, String) {

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::{SimFault, SimQuota};
 use msgtrace::storage::Store;
+use msgtrace_simulator::{SimFault, SimQuota};
 use std::time::{Duration, Instant};
 
 const FAULTS: [SimFault; 7] = [

@@ -21,7 +21,7 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 /// A Graph source over the last six hours in pages of 40, writing `dir/out.ndjson`, its state in
 /// `dir/state`.
 fn graph_config(
-    sim: &msgtrace::simulator::SimServer,
+    sim: &msgtrace_simulator::SimServer,
     dir: &tempfile::TempDir,
     extra: &str,
 ) -> msgtrace::config::Config {

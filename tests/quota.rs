@@ -5,9 +5,9 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::SimQuota;
+use msgtrace_simulator::SimQuota;
 
-fn two_sources(sim: &msgtrace::simulator::SimServer, dir: &std::path::Path, quota: &str) -> String {
+fn two_sources(sim: &msgtrace_simulator::SimServer, dir: &std::path::Path, quota: &str) -> String {
     graph_sources_toml(
         sim,
         &dir.join("state"),

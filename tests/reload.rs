@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::SimServer;
 use msgtrace::storage::{JobState, Store};
+use msgtrace_simulator::SimServer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

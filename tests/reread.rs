@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::LateRows;
+use msgtrace_simulator::LateRows;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

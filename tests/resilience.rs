@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::SimFault;
+use msgtrace_simulator::SimFault;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

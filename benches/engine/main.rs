@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::window::inclusive_end;
-use msgtrace::simulator::{SimConfig, SimServer, TenantModel};
 use msgtrace::storage::Store;
+use msgtrace_simulator::{SimConfig, SimServer, TenantModel};
 
 use child::{Scale, Work};
 use measure::{count_lines, Finished};

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use chrono::{DateTime, Utc};
 use msgtrace::actors::dialect::Api;
-use msgtrace::simulator::SimServer;
 use msgtrace::storage::{JobState, Store};
+use msgtrace_simulator::SimServer;
 use serde::Deserialize;
 
 use crate::child::Work;

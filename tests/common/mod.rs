@@ -7,7 +7,7 @@ use msgtrace::actors::supervisor::RunReport;
 use msgtrace::config::{self, Config};
 use msgtrace::embed::EngineBuilder;
 use msgtrace::engine::{EngineOptions, Mode};
-use msgtrace::simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH, RWS_PATH};
+use msgtrace_simulator::{SimConfig, SimServer, TenantModel, GRAPH_PATH, RWS_PATH};
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context};
 use msgtrace::config;
 use msgtrace::embed::EngineBuilder;
 use msgtrace::engine::{EngineOptions, Mode};
-use msgtrace::simulator::{SimConfig, SimServer};
+use msgtrace_simulator::{SimConfig, SimServer};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
@@ -92,7 +92,7 @@ inputs = ["demo"]
 path = {out}
 "#,
         state = toml_str(&state.path().to_string_lossy()),
-        url = toml_str(&format!("{base}{}", msgtrace::simulator::GRAPH_PATH)),
+        url = toml_str(&format!("{base}{}", msgtrace_simulator::GRAPH_PATH)),
         start = opts.hours + 1,
         page_size = opts.page_size,
         base = toml_str(&base),

@@ -13,8 +13,8 @@ use msgtrace::control::jobs::JobFilter;
 use msgtrace::embed::{EmbedError, EngineBuilder};
 use msgtrace::engine::{EngineOptions, Mode};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
-use msgtrace::simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
 use msgtrace::storage::{StorageError, Store};
+use msgtrace_simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -515,7 +515,7 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     println!("a configuration that collects from it (save it as simulate.toml):\n");
     println!(
         "{}",
-        msgtrace::simulator::example_config(&sim.base_url(), &args.tenant_id, &args.client_id)
+        msgtrace_simulator::example_config(&sim.base_url(), &args.tenant_id, &args.client_id)
     );
     actix_rt::System::new().block_on(async {
         let _ = tokio::signal::ctrl_c().await;

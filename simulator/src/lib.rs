@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use chrono::{Duration, Utc};
-//! use msgtrace::simulator::{SimConfig, SimServer};
+//! use msgtrace_simulator::{SimConfig, SimServer};
 //!
 //! let server = SimServer::start(SimConfig::default(), ([127, 0, 0, 1], 0).into())?;
 //! assert!(server.graph_url().ends_with("/v1.0/admin/exchange/tracing/messageTraces"));

@@ -11,7 +11,7 @@ pub const SIM_SECRET_VAR: &str = "MSGTRACE_SIM_SECRET";
 /// accepts `tenant_id` and `client_id`.
 ///
 /// ```
-/// let toml = msgtrace::simulator::example_config("http://127.0.0.1:8465", "sim-tenant", "sim-client");
+/// let toml = msgtrace_simulator::example_config("http://127.0.0.1:8465", "sim-tenant", "sim-client");
 /// let env = |name: &str| (name == "MSGTRACE_SIM_SECRET").then(|| "sim-secret".to_string());
 /// let config = msgtrace::config::from_str_with_env(&toml, &env).unwrap();
 /// assert_eq!(config.sources.len(), 1);
