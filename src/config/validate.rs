@@ -64,32 +64,7 @@ pub(crate) fn validate_parsed(
         "the control API and status page (sources, jobs, errors, the state directory's dump)",
     );
 
-    let mut certificates = BTreeMap::new();
-    for (name, cert) in &raw.certificates {
-        let path = join("certificates", name);
-        cx.check_id(&path, name, "certificate name");
-        let cert_path = cx.required_path(
-            &join(&path, "cert_path"),
-            cert.cert_path.as_deref(),
-            "the certificate PEM file",
-        );
-        let key_path = cx.required_path(
-            &join(&path, "key_path"),
-            cert.key_path.as_deref(),
-            "the private key PEM file",
-        );
-        if let (Some(cert_path), Some(key_path)) = (cert_path, key_path) {
-            let passphrase = secret(cert.passphrase.as_deref());
-            certificates.insert(
-                name.clone(),
-                CertificateConfig {
-                    cert_path,
-                    key_path,
-                    passphrase,
-                },
-            );
-        }
-    }
+    let certificates = cx.certificates(&raw.certificates);
 
     if raw.sources.is_empty() {
         cx.error(
@@ -417,6 +392,40 @@ impl Cx<'_> {
         }
     }
 
+    /// `[certificates.<name>]`: both paths required.
+    fn certificates(
+        &mut self,
+        raw: &BTreeMap<String, super::raw::RawCertificate>,
+    ) -> BTreeMap<String, CertificateConfig> {
+        let mut certificates = BTreeMap::new();
+        for (name, cert) in raw {
+            let path = join("certificates", name);
+            self.check_id(&path, name, "certificate name");
+            let cert_path = self.required_path(
+                &join(&path, "cert_path"),
+                cert.cert_path.as_deref(),
+                "the certificate PEM file",
+            );
+            let key_path = self.required_path(
+                &join(&path, "key_path"),
+                cert.key_path.as_deref(),
+                "the private key PEM file",
+            );
+            if let (Some(cert_path), Some(key_path)) = (cert_path, key_path) {
+                let passphrase = secret(cert.passphrase.as_deref());
+                certificates.insert(
+                    name.clone(),
+                    CertificateConfig {
+                        cert_path,
+                        key_path,
+                        passphrase,
+                    },
+                );
+            }
+        }
+        certificates
+    }
+
     fn source(
         &mut self,
         id: &str,
@@ -443,12 +452,78 @@ impl Cx<'_> {
                 ("dod", Plan::Dod),
             ],
         );
-        let api_known = api.is_some() || raw.api.is_none();
-        let plan_known = plan.is_some() || raw.plan.is_none();
+        let known = (api.is_some() || raw.api.is_none()) && (plan.is_some() || raw.plan.is_none());
         let api = api.unwrap_or(Api::Graph);
         let plan = plan.unwrap_or(Plan::Enterprise);
+        let url = self.source_url(&p, raw, api, plan, known);
+        let schedule = self.schedule(&p, raw);
+        let (start, end) = self.start_end(&p, raw);
+        let page_size = self.page_size(&p, raw, api);
+        let reread = self.duration(&at("reread"), raw.reread.as_ref(), Duration::ZERO);
+        let quota = self.quota(&p, raw, api);
+        let tags = raw.tags.clone().unwrap_or_default();
+        for (i, tag) in tags.iter().enumerate() {
+            if tag.trim().is_empty() {
+                self.error(&format!("{}[{i}]", at("tags")), "empty tag; remove it");
+            }
+        }
+        let fields = self.static_fields(&p, raw);
+        let (normalize, local_domains) = self.normalize(&p, raw);
+        let log_level = self.log_level(&at("log_level"), raw.log_level.as_deref());
+        let request_timeout = self.request_timeout(&p, raw);
+        let job_timeout =
+            Some(self.duration(&at("job_timeout"), raw.job_timeout.as_ref(), Duration::ZERO))
+                .filter(|d| !d.is_zero());
+        let task_reschedule_limit = match raw.task_reschedule_limit {
+            None => Some(1),
+            Some(n) => self.int_in(&at("task_reschedule_limit"), n, 0, u32::MAX.into(), ""),
+        };
+        let ttl = self.duration(&at("ttl"), raw.ttl.as_ref(), Duration::from_secs(4 * 3600));
+        let proxy_url = self.proxy_url(&p, raw);
+        let auth = self.source_auth(&p, raw, api, plan, config, certificates);
+        let retry = self.retry(&at("retry"), raw.retry.as_ref());
 
-        let url = match raw.url.as_deref() {
+        Some(SourceConfig {
+            id: id.to_owned(),
+            description: raw.description.clone(),
+            api,
+            url: url?,
+            plan,
+            schedule: schedule?,
+            start: start?,
+            end: end?,
+            page_size: page_size?,
+            reread,
+            quota,
+            tags,
+            fields,
+            disable_time_filter: raw.disable_time_filter.unwrap_or(false),
+            normalize,
+            local_domains,
+            log_level,
+            request_timeout,
+            job_timeout,
+            reschedule_tasks: raw.reschedule_tasks.unwrap_or(true),
+            task_reschedule_limit: task_reschedule_limit?,
+            ttl,
+            proxy_url,
+            auth: auth?,
+            retry: retry?,
+        })
+    }
+
+    /// `url`: given (the endpoint, not a bare host), or the plan's default for the API; `None`
+    /// when `api` or `plan` was not understood (`known`: already reported).
+    fn source_url(
+        &mut self,
+        p: &str,
+        raw: &RawSource,
+        api: Api,
+        plan: Plan,
+        known: bool,
+    ) -> Option<Url> {
+        let at = |key: &str| join(p, key);
+        match raw.url.as_deref() {
             Some(text) => self.url(&at("url"), text).filter(|url| {
                 let bare = matches!(url.path(), "" | "/");
                 if bare {
@@ -461,7 +536,7 @@ impl Cx<'_> {
                 }
                 !bare
             }),
-            None if !(api_known && plan_known) => None,
+            None if !known => None,
             None => match plan.default_url(api) {
                 Some(default) => Url::parse(default).ok(),
                 None if api == Api::Graph => {
@@ -487,9 +562,13 @@ impl Cx<'_> {
                     None
                 }
             },
-        };
+        }
+    }
 
-        let schedule = match (raw.schedule.as_deref(), raw.poll_interval_mins) {
+    /// `schedule` (cron) or `poll_interval_mins` (a divisor of 60; 15 by default).
+    fn schedule(&mut self, p: &str, raw: &RawSource) -> Option<Schedule> {
+        let at = |key: &str| join(p, key);
+        match (raw.schedule.as_deref(), raw.poll_interval_mins) {
             (Some(_), Some(_)) => {
                 self.error(
                     &at("schedule"),
@@ -528,8 +607,12 @@ impl Cx<'_> {
                     None
                 }
             }
-        };
+        }
+    }
 
+    /// `start` and `end` (`end` after `start` when both are relative or both epoch).
+    fn start_end(&mut self, p: &str, raw: &RawSource) -> (Option<TimeExpr>, Option<TimeExpr>) {
+        let at = |key: &str| join(p, key);
         let start = self.time(&at("start"), raw.start.as_ref(), "-3h@h");
         let end = self.time(&at("end"), raw.end.as_ref(), "-2h@h");
         if let (Some(start), Some(end)) = (&start, &end) {
@@ -549,6 +632,12 @@ impl Cx<'_> {
             }
         }
 
+        (start, end)
+    }
+
+    /// `page_size`: 1 to the API's most (5000 Graph, 2000 Reporting), 1000 by default.
+    fn page_size(&mut self, p: &str, raw: &RawSource, api: Api) -> Option<u32> {
+        let at = |key: &str| join(p, key);
         let max_page = if api == Api::Graph { 5000 } else { 2000 };
         let page_hint = format!(
             " for api {}",
@@ -558,14 +647,16 @@ impl Cx<'_> {
                 "reporting"
             }
         );
-        let page_size = match raw.page_size {
+        match raw.page_size {
             None => Some(1000),
             Some(n) => self.int_in(&at("page_size"), n, 1, max_page, &page_hint),
-        };
+        }
+    }
 
-        let reread = self.duration(&at("reread"), raw.reread.as_ref(), Duration::ZERO);
-
-        let quota = match &raw.quota {
+    /// `quota`: Graph's 100 requests per 5 minutes by default; none for the Reporting Web Service.
+    fn quota(&mut self, p: &str, raw: &RawSource, api: Api) -> Option<Quota> {
+        let at = |key: &str| join(p, key);
+        match &raw.quota {
             None if api == Api::Graph => Some(Quota {
                 requests: 100,
                 per: Duration::from_secs(300),
@@ -601,15 +692,12 @@ impl Cx<'_> {
                     .zip(per)
                     .map(|(requests, per)| Quota { requests, per })
             }
-        };
-
-        let tags = raw.tags.clone().unwrap_or_default();
-        for (i, tag) in tags.iter().enumerate() {
-            if tag.trim().is_empty() {
-                self.error(&format!("{}[{i}]", at("tags")), "empty tag; remove it");
-            }
         }
+    }
 
+    /// `fields`: static fields added to every event (not `_time` or `__*`, no nan/inf).
+    fn static_fields(&mut self, p: &str, raw: &RawSource) -> BTreeMap<String, serde_json::Value> {
+        let at = |key: &str| join(p, key);
         let mut fields = BTreeMap::new();
         for (name, value) in raw.fields.iter().flatten() {
             let fp = join(&at("fields"), name);
@@ -635,6 +723,12 @@ impl Cx<'_> {
             fields.insert(name.clone(), json);
         }
 
+        fields
+    }
+
+    /// `normalize` and `local_domains` (used only with `normalize = "ecs"`).
+    fn normalize(&mut self, p: &str, raw: &RawSource) -> (Option<Normalize>, Vec<String>) {
+        let at = |key: &str| join(p, key);
         let normalize = self.choice(
             &at("normalize"),
             raw.normalize.as_deref(),
@@ -661,29 +755,13 @@ impl Cx<'_> {
             );
         }
 
-        let log_level = self.log_level(&at("log_level"), raw.log_level.as_deref());
-        let request_timeout = match raw.request_timeout_secs {
-            None => Some(Duration::from_secs(300)),
-            Some(0) => None,
-            Some(n) if n < 0 => {
-                self.error(
-                    &at("request_timeout_secs"),
-                    format!("{n} is negative; use seconds, or 0 for unlimited"),
-                );
-                None
-            }
-            Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
-        };
-        let job_timeout =
-            Some(self.duration(&at("job_timeout"), raw.job_timeout.as_ref(), Duration::ZERO))
-                .filter(|d| !d.is_zero());
-        let task_reschedule_limit = match raw.task_reschedule_limit {
-            None => Some(1),
-            Some(n) => self.int_in(&at("task_reschedule_limit"), n, 0, u32::MAX.into(), ""),
-        };
-        let ttl = self.duration(&at("ttl"), raw.ttl.as_ref(), Duration::from_secs(4 * 3600));
+        (normalize, local_domains)
+    }
 
-        let proxy_url = raw
+    /// `proxy_url`: the proxy's origin only.
+    fn proxy_url(&mut self, p: &str, raw: &RawSource) -> Option<ProxyUrl> {
+        let at = |key: &str| join(p, key);
+        raw
             .proxy_url
             .as_deref()
             .and_then(|text| {
@@ -694,9 +772,21 @@ impl Cx<'_> {
                      (with user:password@ before the host if it asks for them)",
                 )
             })
-            .map(ProxyUrl);
+            .map(ProxyUrl)
+    }
 
-        let auth = match &raw.auth {
+    /// `[sources.<id>.auth]`, required.
+    fn source_auth(
+        &mut self,
+        p: &str,
+        raw: &RawSource,
+        api: Api,
+        plan: Plan,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        match &raw.auth {
             Some(auth) => self.auth(
                 &at("auth"),
                 auth,
@@ -714,36 +804,23 @@ impl Cx<'_> {
                 );
                 None
             }
-        };
-        let retry = self.retry(&at("retry"), raw.retry.as_ref());
+        }
+    }
 
-        Some(SourceConfig {
-            id: id.to_owned(),
-            description: raw.description.clone(),
-            api,
-            url: url?,
-            plan,
-            schedule: schedule?,
-            start: start?,
-            end: end?,
-            page_size: page_size?,
-            reread,
-            quota,
-            tags,
-            fields,
-            disable_time_filter: raw.disable_time_filter.unwrap_or(false),
-            normalize,
-            local_domains,
-            log_level,
-            request_timeout,
-            job_timeout,
-            reschedule_tasks: raw.reschedule_tasks.unwrap_or(true),
-            task_reschedule_limit: task_reschedule_limit?,
-            ttl,
-            proxy_url,
-            auth: auth?,
-            retry: retry?,
-        })
+    /// `request_timeout_secs`: 300 by default, 0 for none.
+    fn request_timeout(&mut self, p: &str, raw: &RawSource) -> Option<Duration> {
+        match raw.request_timeout_secs {
+            None => Some(Duration::from_secs(300)),
+            Some(0) => None,
+            Some(n) if n < 0 => {
+                self.error(
+                    &join(p, "request_timeout_secs"),
+                    format!("{n} is negative; use seconds, or 0 for unlimited"),
+                );
+                None
+            }
+            Some(n) => Some(Duration::from_secs(n.unsigned_abs())),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
