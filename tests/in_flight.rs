@@ -407,12 +407,24 @@ fn a_re_read_is_never_answered_from_the_spool() {
     // for: a re-read answered from the spool would deliver it.
     let out = dir.path().join("out.ndjson");
     let text = std::fs::read_to_string(&out).unwrap();
-    let recent = chrono::Utc::now().timestamp() as f64 - 2.0 * 3600.0;
+    // The newest row: in the re-read span (the window's last three hours) whatever the time of
+    // day (a row "of the last two hours" found none just before the hour: the window ends at
+    // the hour before the last).
     let mut row: serde_json::Value = text
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["_time"].as_f64().unwrap() > recent)
-        .expect("a row of the last two hours");
+        .max_by(|a, b| {
+            a["_time"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["_time"].as_f64().unwrap())
+        })
+        .expect("a row in the window");
+    let span_start = hours_ago(1).parse::<f64>().unwrap() - 3.0 * 3600.0;
+    assert!(
+        row["_time"].as_f64().unwrap() >= span_start,
+        "the newest row is in the re-read span"
+    );
     row["id"] = "a-row-no-api-sent".into();
     let body = serde_json::to_vec(&serde_json::json!({ "value": [row] })).unwrap();
     let spool = Spool::new(&dir.path().join("state"), "a");

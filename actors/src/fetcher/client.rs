@@ -59,7 +59,7 @@ pub(super) async fn fetch_page(
 }
 
 /// A page parsed, with its share of the rows-in-flight budget.
-type Got = (Parsed, tokio::sync::OwnedSemaphorePermit);
+pub(super) type Got = (Parsed, tokio::sync::OwnedSemaphorePermit);
 
 /// One page's request under way: the spool around it, then attempts until one answers or the
 /// retry policy gives up.

@@ -24,6 +24,7 @@ pub(super) async fn collect_slice(
             limits: spec.link_limits,
         },
     );
+    let spool_of_this = spool.as_ref();
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
@@ -39,23 +40,10 @@ pub(super) async fn collect_slice(
             spool: spool.clone(),
         };
         let fetched = next_page(run, &mut prefetched, &url, is_next_link, ahead.clone()).await?;
-        run.job.retries += fetched.retries;
-        run.job.tasks[i].retries += fetched.retries;
-        run.job.throttled += fetched.throttled;
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
-        let (parsed, _slot) = match fetched.page {
-            Ok(p) => p,
-            Err(Stop::Failed(e)) if e.kind() == Kind::Rejected => {
-                // A next link that keeps failing (a poisoned $skiptoken, "Invalid starting
-                // recipient address", a link to another host) is abandoned.
-                if !slice.link_failed(is_next_link) {
-                    return Err(Stop::Failed(e));
-                }
-                abandoned(&env, &mut run.job, i, slice.progress(), &e);
-                prefetched = None;
-                continue;
-            }
-            Err(other) => return Err(other),
+        let Some((parsed, _slot)) = take(run, i, &mut slice, is_next_link, fetched)? else {
+            prefetched = None;
+            continue;
         };
         // Before this page is made ready (when it is not yet): the next request goes out first.
         if let (true, Some(next)) = (
@@ -80,16 +68,7 @@ pub(super) async fn collect_slice(
         let n = ready.rows;
         let (dropped, seen) = (ready.dropped, ready.seen);
         if let Some(batch) = ready.batch {
-            let hold = run.hold.then_some(Hold {
-                cancel: &run.cancel,
-                deadline: run.deadline,
-                ahead: &mut prefetched,
-            });
-            if let Some(e) = deliver(&env, batch, hold).await? {
-                run.job.errors.push(format!(
-                    "a sink refused a page for a while (the page was held and delivered again): {e}"
-                ));
-            }
+            hand_over(run, batch, &mut prefetched).await?;
         }
         // A next link this query had already, or one past its bounds, is poisoned like a link
         // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
@@ -117,18 +96,69 @@ pub(super) async fn collect_slice(
             last = step == Step::Done,
             "page committed"
         );
-        if let Some(spool) = &spool {
-            forget(&env.shared, spool, &url);
-        }
-        crate::telemetry::page_committed(&spec.id, n);
-        if let Some(hook) = &env.page_hook {
-            hook(&spec.id, run.job.pages, run.job.rows);
-        }
+        committed(&env, &run.job, spool_of_this, &url, n);
         match step {
             Step::Done => return Ok(()),
             Step::Requery(_) => slice.may_go_on()?,
             Step::Next(_) => {}
         }
+    }
+}
+
+/// The page fetched, counted in the job; `None` when its request was refused for good and the
+/// slice goes on with a re-query (a next link that keeps failing: a poisoned `$skiptoken`,
+/// "Invalid starting recipient address", a link to another host).
+fn take(
+    run: &mut JobRun,
+    i: usize,
+    slice: &mut SliceRun,
+    is_next_link: bool,
+    fetched: Fetched,
+) -> Result<Option<Got>, Stop> {
+    run.job.retries += fetched.retries;
+    run.job.tasks[i].retries += fetched.retries;
+    run.job.throttled += fetched.throttled;
+    match fetched.page {
+        Ok(got) => Ok(Some(got)),
+        Err(Stop::Failed(e)) if e.kind() == Kind::Rejected => {
+            if !slice.link_failed(is_next_link) {
+                return Err(Stop::Failed(e));
+            }
+            abandoned(&run.env, &mut run.job, i, slice.progress(), &e);
+            Ok(None)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Delivers a page's batch to the sinks; a scheduled job holds it while a sink refuses it
+/// (dropping the pages fetched ahead), and the refusal is recorded in the job.
+async fn hand_over(
+    run: &mut JobRun,
+    batch: Batch,
+    prefetched: &mut Option<Prefetch>,
+) -> Result<(), Stop> {
+    let hold = run.hold.then_some(Hold {
+        cancel: &run.cancel,
+        deadline: run.deadline,
+        ahead: prefetched,
+    });
+    if let Some(e) = deliver(&run.env, batch, hold).await? {
+        run.job.errors.push(format!(
+            "a sink refused a page for a while (the page was held and delivered again): {e}"
+        ));
+    }
+    Ok(())
+}
+
+/// After a page's commit: its body leaves the spool, the metrics and the page hook hear of it.
+fn committed(env: &FetcherEnv, job: &JobRecord, spool: Option<&Arc<Spool>>, url: &str, rows: u64) {
+    if let Some(spool) = spool {
+        forget(&env.shared, spool, url);
+    }
+    crate::telemetry::page_committed(&env.spec.id, rows);
+    if let Some(hook) = &env.page_hook {
+        hook(&env.spec.id, job.pages, job.rows);
     }
 }
 
