@@ -186,7 +186,7 @@ pub fn source_spec(
         Schedule::Interval { mins } => scheduler::cron_for_interval(*mins),
         Schedule::Cron { expr, .. } => expr.clone(),
     };
-    scheduler::parse_cron(&cron).map_err(at(".schedule"))?;
+    scheduler::parse_cron(&cron).map_err(|e| at(".schedule")(e.to_string()))?;
     Ok(SourceSpec {
         id: src.id.clone(),
         api: src.api,
