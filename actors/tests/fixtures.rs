@@ -234,24 +234,167 @@ fn readme_names_the_fixtures() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// elastic/
+// Pages and error bodies, table-driven: what each fixture must parse to.
+
+/// A page fixture: the rows' identities and times in order, fields of some rows (row, name,
+/// value as JSON text), and what else is particular to it.
+struct PageCase {
+    file: &'static str,
+    api: Api,
+    ids: &'static [(&'static str, &'static str)],
+    times: &'static [&'static str],
+    fields: &'static [(usize, &'static str, &'static str)],
+    also: Option<fn(&Page)>,
+}
+
+const PAGES: &[PageCase] = &[
+    PageCase {
+        file: "elastic/rws_basic_v0_response.json",
+        api: Api::Reporting,
+        ids: &[(
+            "cf7a249a-5edd-4350-130a-08da8f69e0f6",
+            "linus@wildsecurity.onmicrosoft.com",
+        )],
+        times: &["2022-09-05T18:10:13.4907658Z"],
+        fields: &[(0, "ToIP", r#""192.168.2.2""#)],
+        also: Some(|p| {
+            assert_eq!(
+                parse_timestamp(field(&p.rows[0], "EndDate").as_str().unwrap()),
+                Some(utc("2022-09-06T09:01:46.0369423Z"))
+            )
+        }),
+    },
+    PageCase {
+        file: "elastic/rws_nulltrail_page1_top1_skiptoken0.json",
+        api: Api::Reporting,
+        ids: &[("a6f62809-5cda-4454-0962-08dab38940d6", "linus@contoso.com")],
+        times: &["2022-10-21T17:25:30.6006882Z"],
+        fields: &[(0, "ToIP", "null")],
+        also: None,
+    },
+    // The trailing empty page: no rows, no next link.
+    PageCase {
+        file: "elastic/rws_nulltrail_page2_top1_skiptoken1_empty.json",
+        api: Api::Reporting,
+        ids: &[],
+        times: &[],
+        fields: &[],
+        also: Some(|p| assert_eq!(p, &Page::default())),
+    },
+    PageCase {
+        file: "elastic/rws_page1_top2_skiptoken0.json",
+        api: Api::Reporting,
+        ids: &[
+            ("cf7a249a-5edd-4350-130a-08da8f69e0f6", "linus@contoso.com"),
+            ("cf7a249a-5edd-4350-130a-08da8f69e0f9", "linus@contoso.com"),
+        ],
+        times: &[
+            "2022-09-05T18:10:13.4907658Z",
+            "2022-09-05T18:10:13.4907658Z",
+        ],
+        fields: &[(1, "Index", "4")],
+        // Same MessageId, distinct MessageTraceId: the identity must not use MessageId.
+        also: Some(|p| {
+            assert_eq!(
+                field(&p.rows[0], "MessageId"),
+                field(&p.rows[1], "MessageId")
+            )
+        }),
+    },
+    PageCase {
+        file: "elastic/rws_page2_top2_skiptoken2.json",
+        api: Api::Reporting,
+        ids: &[("a6f62809-5cda-4454-0962-08dab38940d6", "linus@contoso.com")],
+        times: &["2022-10-21T17:25:30.6006882Z"],
+        fields: &[
+            (0, "ToIP", "null"),
+            (
+                0,
+                "MessageId",
+                r#""<GVAP278MB037518E76F4082DFE9B607B3DA2D9@GVAP278MB0375.CHEP278.PROD.OUTLOOK.COM>""#,
+            ),
+        ],
+        also: None,
+    },
+];
 
 #[test]
-fn elastic_graph_400_invalid_starting_recipient() {
-    let body = bytes("elastic/graph_400_invalid_starting_recipient.json");
-    assert_eq!(
-        error_summary(&body),
-        "BadRequest: |System.ArgumentException|Invalid starting recipient address"
-    );
-    let err = Api::Graph
-        .parse_page(&body, &request(Api::Graph))
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "response is an error body, not a page: \
-         BadRequest: |System.ArgumentException|Invalid starting recipient address"
-    );
+fn pages_parse_to_their_rows_identities_and_times() {
+    for c in PAGES {
+        let p = page_of(c.api, c.file);
+        let want: Vec<_> = c.ids.iter().map(|(t, r)| id(t, r)).collect();
+        assert_eq!(identities(c.api, &p.rows), want, "{}", c.file);
+        let want: Vec<_> = c.times.iter().map(|t| utc(t)).collect();
+        assert_eq!(times(c.api, &p.rows), want, "{}", c.file);
+        for (row, name, value) in c.fields {
+            assert_eq!(
+                field(&p.rows[*row], name),
+                &parse_json(value),
+                "{}: {name}",
+                c.file
+            );
+        }
+        assert_eq!(p.next_link, None, "{}", c.file);
+        if let Some(also) = c.also {
+            also(&p);
+        }
+    }
 }
+
+/// An error body: the summary a log line shows, and the error the dialect gives.
+struct ErrorCase {
+    file: &'static str,
+    api: Api,
+    summary: &'static str,
+    error: fn(&str) -> String,
+}
+
+const ERROR_BODIES: &[ErrorCase] = &[
+    ErrorCase {
+        file: "elastic/graph_400_invalid_starting_recipient.json",
+        api: Api::Graph,
+        summary: "BadRequest: |System.ArgumentException|Invalid starting recipient address",
+        error: |s| format!("response is an error body, not a page: {s}"),
+    },
+    // An HTML page: not JSON, and the message shows its start.
+    ErrorCase {
+        file: "sekoia/rws_401_unauthorized.html",
+        api: Api::Reporting,
+        summary: "401 - Unauthorized: Access is denied due to invalid credentials.",
+        error: |s| {
+            format!("response is not JSON (expected value at line 1 column 1); body starts: {s}")
+        },
+    },
+    ErrorCase {
+        file: "sekoia/rws_403_no_permission.json",
+        api: Api::Reporting,
+        summary: "No permission to access the report for the organization .",
+        error: |s| {
+            DialectError::ErrorBody {
+                summary: s.to_owned(),
+            }
+            .to_string()
+        },
+    },
+];
+
+#[test]
+fn error_bodies_are_errors_with_their_summary() {
+    for c in ERROR_BODIES {
+        let body = bytes(c.file);
+        assert_eq!(error_summary(&body), c.summary, "{}", c.file);
+        let err = c.api.parse_page(&body, &request(c.api)).unwrap_err();
+        assert_eq!(err.to_string(), (c.error)(c.summary), "{}", c.file);
+    }
+    let html = bytes("sekoia/rws_401_unauthorized.html");
+    assert!(matches!(
+        Api::Reporting.parse_page(&html, &request(Api::Reporting)),
+        Err(DialectError::NotJson { .. })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// elastic/
 
 /// A poisoned Graph `$skiptoken` (elastic/integrations#18134), base64-decoded: the window and the
 /// starting recipient are JSON-encoded twice (`"\"2026-…Z\""`), and Graph answers 400 to it for
@@ -348,62 +491,6 @@ fn elastic_rws_basic_stream_config_v0() {
 }
 
 #[test]
-fn elastic_rws_basic_v0_response() {
-    let api = Api::Reporting;
-    let p = page_of(api, "elastic/rws_basic_v0_response.json");
-    assert_eq!(p.rows.len(), 1);
-    assert_eq!(
-        identities(api, &p.rows),
-        vec![id(
-            "cf7a249a-5edd-4350-130a-08da8f69e0f6",
-            "linus@wildsecurity.onmicrosoft.com"
-        )]
-    );
-    assert_eq!(
-        times(api, &p.rows),
-        vec![utc("2022-09-05T18:10:13.4907658Z")]
-    );
-    assert_eq!(field(&p.rows[0], "ToIP"), "192.168.2.2");
-    assert_eq!(
-        parse_timestamp(field(&p.rows[0], "EndDate").as_str().unwrap()),
-        Some(utc("2022-09-06T09:01:46.0369423Z"))
-    );
-    assert_eq!(p.next_link, None);
-}
-
-#[test]
-fn elastic_rws_nulltrail_page1_top1_skiptoken0() {
-    let api = Api::Reporting;
-    let p = page_of(api, "elastic/rws_nulltrail_page1_top1_skiptoken0.json");
-    assert_eq!(
-        identities(api, &p.rows),
-        vec![id(
-            "a6f62809-5cda-4454-0962-08dab38940d6",
-            "linus@contoso.com"
-        )]
-    );
-    assert_eq!(
-        times(api, &p.rows),
-        vec![utc("2022-10-21T17:25:30.6006882Z")]
-    );
-    assert_eq!(field(&p.rows[0], "ToIP"), &Value::Null);
-    assert_eq!(p.next_link, None);
-}
-
-#[test]
-fn elastic_rws_nulltrail_page2_top1_skiptoken1_empty() {
-    let p = page_of(
-        Api::Reporting,
-        "elastic/rws_nulltrail_page2_top1_skiptoken1_empty.json",
-    );
-    assert_eq!(
-        p,
-        Page::default(),
-        "trailing empty page: no rows, no next link"
-    );
-}
-
-#[test]
 fn elastic_rws_oauth_stream_config() {
     let bodies = yaml_bodies(&text("elastic/rws_oauth_stream_config.yml"));
     assert_eq!(bodies.len(), 5, "token + 4 RWS pages");
@@ -423,53 +510,6 @@ fn elastic_rws_oauth_stream_config() {
         .map(|b| page(Api::Reporting, b.as_bytes()).rows.len())
         .collect();
     assert_eq!(counts, vec![2, 1, 1, 0]);
-}
-
-#[test]
-fn elastic_rws_page1_top2_skiptoken0() {
-    let api = Api::Reporting;
-    let p = page_of(api, "elastic/rws_page1_top2_skiptoken0.json");
-    assert_eq!(
-        identities(api, &p.rows),
-        vec![
-            id("cf7a249a-5edd-4350-130a-08da8f69e0f6", "linus@contoso.com"),
-            id("cf7a249a-5edd-4350-130a-08da8f69e0f9", "linus@contoso.com"),
-        ]
-    );
-    // Same MessageId, distinct MessageTraceId: the identity must not use MessageId.
-    assert_eq!(
-        field(&p.rows[0], "MessageId"),
-        field(&p.rows[1], "MessageId")
-    );
-    assert_eq!(
-        times(api, &p.rows),
-        vec![utc("2022-09-05T18:10:13.4907658Z"); 2]
-    );
-    assert_eq!(field(&p.rows[1], "Index"), 4);
-    assert_eq!(p.next_link, None);
-}
-
-#[test]
-fn elastic_rws_page2_top2_skiptoken2() {
-    let api = Api::Reporting;
-    let p = page_of(api, "elastic/rws_page2_top2_skiptoken2.json");
-    assert_eq!(
-        identities(api, &p.rows),
-        vec![id(
-            "a6f62809-5cda-4454-0962-08dab38940d6",
-            "linus@contoso.com"
-        )]
-    );
-    assert_eq!(
-        times(api, &p.rows),
-        vec![utc("2022-10-21T17:25:30.6006882Z")]
-    );
-    assert_eq!(field(&p.rows[0], "ToIP"), &Value::Null);
-    assert_eq!(
-        field(&p.rows[0], "MessageId"),
-        "<GVAP278MB037518E76F4082DFE9B607B3DA2D9@GVAP278MB0375.CHEP278.PROD.OUTLOOK.COM>"
-    );
-    assert_eq!(p.next_link, None);
 }
 
 /// Elastic's ECS output document: the original row survives under
@@ -636,37 +676,6 @@ fn msgraph_docs_example4_subject_recipient() {
 
 // ---------------------------------------------------------------------------------------------
 // sekoia/
-
-#[test]
-fn sekoia_rws_401_unauthorized_html() {
-    let body = bytes("sekoia/rws_401_unauthorized.html");
-    let summary = "401 - Unauthorized: Access is denied due to invalid credentials.";
-    assert_eq!(error_summary(&body), summary);
-    let err = Api::Reporting
-        .parse_page(&body, &request(Api::Reporting))
-        .unwrap_err();
-    assert!(matches!(err, DialectError::NotJson { .. }));
-    assert_eq!(
-        err.to_string(),
-        format!("response is not JSON (expected value at line 1 column 1); body starts: {summary}")
-    );
-}
-
-#[test]
-fn sekoia_rws_403_no_permission() {
-    let body = bytes("sekoia/rws_403_no_permission.json");
-    let summary = "No permission to access the report for the organization .";
-    assert_eq!(error_summary(&body), summary);
-    let err = Api::Reporting
-        .parse_page(&body, &request(Api::Reporting))
-        .unwrap_err();
-    assert_eq!(
-        err,
-        DialectError::ErrorBody {
-            summary: summary.to_owned()
-        }
-    );
-}
 
 /// OData verbose: `d.results`, a `__metadata` object per row, and dates as `\/Date(ms)\/` with
 /// literal backslashes (the Python fixture's `"\\/Date(…)\\/"`).
