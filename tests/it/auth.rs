@@ -5,11 +5,9 @@
 //! Certificates and keys are made at test time with `openssl`; without it these tests print a
 //! note and pass without checking.
 
-mod common;
-
+use crate::common::*;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use common::*;
 use msgtrace::actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::spec::{TokenEndpoint, TokenSpec};

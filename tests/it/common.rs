@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: a simulated tenant, configs that point at it, and
 //! readers for the NDJSON output.
-#![allow(dead_code)]
 
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::supervisor::RunReport;

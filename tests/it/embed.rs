@@ -1,7 +1,7 @@
 //! The embedding API inside a host tokio runtime: `examples/embed.rs` end to end, and the
 //! handle's lifecycle.
 
-#[path = "../examples/embed.rs"]
+#[path = "../../examples/embed.rs"]
 #[allow(dead_code)]
 mod example;
 

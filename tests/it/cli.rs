@@ -1,8 +1,6 @@
 //! The binaries as a user runs them: demo, validate, run, jobs, msgtrace-dump.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use std::process::{Command, Output};
 

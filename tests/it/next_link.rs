@@ -3,10 +3,8 @@
 //! mislead it (a field named like the key, after the real link) costs at most one wasted request,
 //! never a row lost, repeated or taken from the wrong page.
 
-mod common;
-
+use crate::common::*;
 use actix_web::HttpResponse;
-use common::*;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 

@@ -1,9 +1,7 @@
 //! `msgtrace backfill`: a past range, its own resumable checkpoint, the continuous cursor left
 //! alone.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::Store;
 use std::process::{Command, Stdio};

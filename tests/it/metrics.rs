@@ -1,8 +1,6 @@
 //! `metrics_listen`: `/metrics` shows the counters moving during a run, `/health` answers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -58,12 +56,16 @@ fn metrics_move_during_a_run_and_health_answers() {
                 extra: "",
             },
         )
-    );
+    )
+    // The recorder is the process's, and the other tests of this binary run sources named
+    // `src`: this one has a name of its own.
+    .replace("[sources.src", "[sources.moving")
+    .replace("inputs = [\"src\"]", "inputs = [\"moving\"]");
     let cfg = parse(&toml);
     let run = std::thread::spawn(move || run_once(&cfg, opts()));
 
-    let rows = "msgtrace_rows_total{source=\"src\"}";
-    let pages = "msgtrace_pages_total{source=\"src\"}";
+    let rows = "msgtrace_rows_total{source=\"moving\"}";
+    let pages = "msgtrace_pages_total{source=\"moving\"}";
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     let mut healthy = false;
@@ -74,12 +76,12 @@ fn metrics_move_during_a_run_and_health_answers() {
                 seen.push(p);
                 assert!(sample(&body, rows) > 0.0, "{body}");
                 assert!(
-                    sample(&body, "msgtrace_response_bytes_total{source=\"src\"}") > 0.0,
+                    sample(&body, "msgtrace_response_bytes_total{source=\"moving\"}") > 0.0,
                     "{body}"
                 );
                 // The test config's budget is 100000 per second: plenty left.
                 assert!(
-                    sample(&body, "msgtrace_quota_remaining{source=\"src\"}") > 1000.0,
+                    sample(&body, "msgtrace_quota_remaining{source=\"moving\"}") > 1000.0,
                     "{body}"
                 );
                 // Process-wide, and the other tests of this file run engines of their own
@@ -89,7 +91,7 @@ fn metrics_move_during_a_run_and_health_answers() {
                     "{body}"
                 );
                 assert!(
-                    body.contains("msgtrace_source_running{source=\"src\"} 1"),
+                    body.contains("msgtrace_source_running{source=\"moving\"} 1"),
                     "{body}"
                 );
             }
@@ -97,7 +99,7 @@ fn metrics_move_during_a_run_and_health_answers() {
         if let Some((200, body)) = get(&addr, "/health") {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["status"], "ok");
-            assert_eq!(v["sources"][0]["source"], "src");
+            assert_eq!(v["sources"][0]["source"], "moving");
             healthy = true;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -119,7 +121,7 @@ fn metrics_move_during_a_run_and_health_answers() {
 }
 
 /// A scenario's configuration with `metrics_listen` on a free port and the source renamed to
-/// `id` (the Prometheus recorder is shared by the tests of this file: each uses its own source).
+/// `id` (the Prometheus recorder is the process's, shared by every test of the binary: each uses its own source).
 fn served_config(
     sim: &msgtrace_simulator::SimServer,
     dir: &std::path::Path,

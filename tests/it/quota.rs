@@ -1,9 +1,7 @@
 //! The API request budget: sources of one tenant share it and never trip a 429; a 429 that
 //! comes anyway is waited out as told.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace_simulator::SimQuota;
 

@@ -2,9 +2,7 @@
 //! dump answer while the engine holds the state directory, and print what they print once it
 //! stopped; no endpoint shows a secret; the status page renders in headless Chromium.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::{JobRecord, JobState};
 use std::io::{Read as _, Write as _};

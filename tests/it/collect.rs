@@ -1,8 +1,6 @@
 //! End-to-end collections from the simulated tenant through the full engine.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::{JobState, Store};
 

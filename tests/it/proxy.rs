@@ -1,8 +1,6 @@
 //! Collection through an HTTP CONNECT proxy on loopback, with and without credentials.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

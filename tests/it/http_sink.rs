@@ -1,10 +1,8 @@
 //! The `http` sink end to end: a collection from the simulated tenant delivered to receivers on
 //! 127.0.0.1 that check the request format the way Splunk HEC and Elasticsearch `_bulk` do.
 
-mod common;
-
+use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::retry::{RetryKind, RetryPolicy};
 use msgtrace::engine::EngineOptions;

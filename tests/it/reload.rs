@@ -2,9 +2,7 @@
 //! output files; `Started::reload` does the same for a host. Every test checks that no row is
 //! lost or delivered twice across the reload.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::{JobState, Store};
 use msgtrace_simulator::SimServer;

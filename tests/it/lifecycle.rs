@@ -1,8 +1,6 @@
 //! Engine lifecycle: graceful shutdown on SIGTERM, and jobs that outlive their tokens.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::Store;
 use std::process::{Command, Stdio};

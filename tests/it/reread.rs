@@ -2,9 +2,7 @@
 //! status later. With `reread`, every row and every status change arrives, and no exact
 //! duplicate; without it, late rows are lost (the warning in docs/operations.md).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace_simulator::LateRows;
 use std::collections::{HashMap, HashSet};

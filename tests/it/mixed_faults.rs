@@ -1,9 +1,7 @@
 //! Every fault class at once, plus SIGKILLs of the collector, over a multi-day collection: no row
 //! is lost, and the figures (requests, retries, 429s, re-queried windows, duplicates) are printed.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::Store;
 use msgtrace_simulator::{SimFault, SimQuota};

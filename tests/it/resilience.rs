@@ -1,9 +1,7 @@
 //! Bad days: failing next links, throttling, server errors. Each ends with every expected row
 //! delivered exactly once.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace_simulator::SimFault;
 use std::sync::atomic::{AtomicBool, Ordering};

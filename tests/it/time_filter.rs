@@ -2,10 +2,8 @@
 //! unless `disable_time_filter = true`. The simulated tenant never returns such rows, so a tiny
 //! stand-in API on 127.0.0.1 does.
 
-mod common;
-
+use crate::common::*;
 use actix_web::HttpResponse;
-use common::*;
 use msgtrace::storage::Store;
 
 /// The window: an hour two days ago (within what the API keeps).

@@ -1,8 +1,6 @@
 //! Pipeline hooks and `normalize = "ecs"` through the full engine.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::event::{Event, EventMeta};
 use msgtrace::actors::hook::Hook;

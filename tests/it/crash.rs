@@ -2,9 +2,7 @@
 //! moments, then restarted, many times over one collection. At the end every expected row is
 //! present; duplicates come only from pages in flight at a kill (at most one page per kill).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::storage::Store;
 use std::time::{Duration, Instant};

@@ -6,9 +6,7 @@
 //! A sink that holds its first batch stands in for a slow sink; the simulator's request counter
 //! shows what the engine asked for meanwhile.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::event::Batch;
 use msgtrace::actors::sink::{Sink, SinkError};

@@ -3,10 +3,8 @@
 //! its next links, stall a tenant with a long `Retry-After`, or block a source with one bad row.
 //! Each test reproduces a defect of the hardening issue (they failed before its fixes).
 
-mod common;
-
+use crate::common::*;
 use actix_web::HttpResponse;
-use common::*;
 use msgtrace::actors::dialect::format_timestamp;
 use msgtrace::storage::{JobState, Store};
 use std::io::{Read, Write};

@@ -1,0 +1,30 @@
+//! The integration tests, one test binary (`cargo test --test it`): each module is one area,
+//! `common` the set-up they share (the simulator, configurations, runs, exactly-once checks).
+//! One binary instead of one per file: each of them linked actix-web, awc and sled again.
+
+#[allow(dead_code)]
+mod common;
+
+mod auth;
+mod backfill;
+mod cli;
+mod collect;
+mod config_validate;
+mod control;
+mod crash;
+mod embed;
+mod hostile;
+mod http_sink;
+mod in_flight;
+mod lifecycle;
+mod metrics;
+mod mixed_faults;
+mod next_link;
+mod packaging;
+mod pipeline;
+mod proxy;
+mod quota;
+mod reload;
+mod reread;
+mod resilience;
+mod time_filter;
