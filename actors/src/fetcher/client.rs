@@ -115,20 +115,20 @@ pub(super) async fn fetch_with_retries(
     }
     let mut reauthenticated = false;
     loop {
-        // The budget first: a long wait must not age the token taken for this request.
+        // The budget first: a long wait must not age the token taken for this request. The
+        // place is held until the answer comes (dropped), or given back as a 429.
+        let mut permit = None;
         if let Some(gate) = &env.quota {
-            let waited = crate::quota::acquire(gate).await;
-            let left = gate
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remaining(Instant::now());
+            let taken = crate::quota::acquire(gate).await;
+            let left = gate.lock().remaining(Instant::now());
             crate::telemetry::quota_remaining(&spec.id, left);
-            if !waited.is_zero() {
+            if !taken.waited.is_zero() {
                 debug!(
-                    waited_ms = waited.as_millis() as u64,
+                    waited_ms = taken.waited.as_millis() as u64,
                     "waited for the API request budget"
                 );
             }
+            permit = Some(taken);
         }
         // Then this page's share of the rows-in-flight budget (before the token, for the same
         // reason); given back after its commit, or before a retry's wait.
@@ -146,15 +146,19 @@ pub(super) async fn fetch_with_retries(
             Ok(Err(e)) => return Err(Stop::Failed(e.to_string())),
             Err(e) => return Err(Stop::Failed(format!("token actor unavailable: {e}"))),
         };
-        let (failure, message) = match http::get(
+        let answer = http::get(
             url,
             Some(header.0.expose()),
             spec.request_timeout,
             spec.max_body_bytes,
             spec.proxy.as_ref(),
         )
-        .await
-        {
+        .await;
+        match (permit.take(), &answer) {
+            (Some(p), Ok(resp)) if resp.status == 429 => p.throttled(),
+            (p, _) => drop(p),
+        }
+        let (failure, message) = match answer {
             Ok(resp) if resp.status == 200 => {
                 crate::telemetry::response_bytes(&spec.id, resp.body.len());
                 if let Some(s) = &spool {
@@ -262,9 +266,7 @@ pub(super) async fn fetch_with_retries(
                 .map(|d| d.delay)
                 .or(retry_after.map(|a| a.min(crate::retry::MAX_RETRY_AFTER)));
             if let (Some(gate), Some(hold)) = (&env.quota, hold) {
-                gate.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .block_until(Instant::now() + hold);
+                gate.lock().block_until(Instant::now() + hold);
             }
         }
         match decision {
