@@ -7,7 +7,9 @@ use msgtrace::control::client::StateDir;
 use msgtrace::control::jobs::JobFilter;
 use msgtrace::engine::{self, EngineOptions, Mode, SecretAccess};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
-use msgtrace::simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
+use msgtrace::simulator::{
+    FaultSchedule, LateRows, SimConfig, SimFault, SimQuota, SimServer, TenantModel,
+};
 use msgtrace::storage::{StorageError, Store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -118,6 +120,17 @@ enum Command {
         /// Latency added to every data page, milliseconds.
         #[arg(long, default_value_t = 0)]
         page_latency_ms: u64,
+        /// A request budget on the data endpoints: this many requests per --quota-per-secs
+        /// (sliding window; beyond it they answer 429). Graph documents 100 per 300 s.
+        #[arg(long, requires = "quota_per_secs")]
+        quota_requests: Option<u32>,
+        /// The budget's window, seconds.
+        #[arg(long, requires = "quota_requests")]
+        quota_per_secs: Option<u64>,
+        /// Per cent of the budget (0..=100) that another application of the tenant spends,
+        /// evenly spread: Graph's budget is per tenant, shared by every app.
+        #[arg(long, default_value_t = 0, requires = "quota_requests")]
+        other_app_percent: u32,
         /// Tenant id accepted.
         #[arg(long, default_value = "sim-tenant")]
         tenant_id: String,
@@ -565,6 +578,9 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             max_recipients,
             token_lifetime_secs,
             page_latency_ms,
+            quota_requests,
+            quota_per_secs,
+            other_app_percent,
             tenant_id,
             client_id,
             client_secret,
@@ -597,6 +613,11 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "--late-per-mille and --changing-per-mille must be at most 1000"
                 ));
             }
+            if quota_requests == Some(0) || quota_per_secs == Some(0) || other_app_percent > 100 {
+                return Err(anyhow!(
+                    "--quota-requests and --quota-per-secs must be at least 1 and --other-app-percent at most 100"
+                ));
+            }
             let late = (late_per_mille > 0 || changing_per_mille > 0).then_some(LateRows {
                 late_per_mille,
                 max_delay_ms,
@@ -615,6 +636,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 client_secret,
                 token_lifetime_secs,
                 page_latency_ms,
+                quota: quota_requests
+                    .zip(quota_per_secs)
+                    .map(|(requests, per_secs)| SimQuota { requests, per_secs }),
+                other_app_percent,
                 password: password.filter(|_| username.is_some()),
                 username,
                 late,
