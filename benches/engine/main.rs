@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench engine                      # the full run (release build, a few minutes)
-//! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume sinkdown
+//! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume sinkdown quota
 //! cargo bench --bench engine -- --rounds 1              # one throughput round instead of three
 //! cargo bench --bench engine -- --rows 50000            # throughput rows (default 1,000,000)
 //! ```
@@ -19,6 +19,7 @@
 
 mod child;
 mod measure;
+mod quota;
 mod sinkdown;
 
 use std::fmt::Write as _;
@@ -177,6 +178,9 @@ fn main() {
     }
     if wanted("sinkdown") {
         sinkdown::sinkdown(&sim, &plan.sinkdown, dir.path(), &mut table);
+    }
+    if wanted("quota") {
+        quota::quota(plan.full, dir.path(), &mut table);
     }
     sim.stop();
 
