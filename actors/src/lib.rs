@@ -6,6 +6,7 @@
 //! [`retry`], [`token`], [`time`] (relative time expressions).
 #![deny(missing_docs)]
 
+pub mod aimd;
 pub mod assertion;
 pub mod auth;
 pub mod buffers;

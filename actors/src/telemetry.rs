@@ -8,6 +8,8 @@
 //! | `msgtrace_pages_total` | counter | `source` | pages delivered and checkpointed |
 //! | `msgtrace_response_bytes_total` | counter | `source` | bytes of API response bodies received |
 //! | `msgtrace_quota_remaining` | gauge | `source` | requests left in the tenant's budget after the last one |
+//! | `msgtrace_quota_effective_limit` | gauge | `tenant` | requests per span the engine lets itself send: the budget, lowered while other applications of the tenant spend part of it |
+//! | `msgtrace_quota_unpredicted_429_total` | counter | `tenant` | 429s the engine's own count did not predict (each lowers the limit, unless it belongs to an overshoot already answered) |
 //! | `msgtrace_retries_total` | counter | `source` | API requests retried |
 //! | `msgtrace_throttled_total` | counter | `source` | API answers 429 |
 //! | `msgtrace_jobs_total` | counter | `source`, `state` | jobs ended, by outcome |
@@ -50,6 +52,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "msgtrace_quota_remaining",
         Kind::Gauge,
         "requests left in the tenant's budget after the last request (absent until the first one)",
+    ),
+    (
+        "msgtrace_quota_effective_limit",
+        Kind::Gauge,
+        "requests per span the engine lets itself send to the tenant (tenant: API host/tenant): the budget, lowered while other applications of the tenant spend part of it",
+    ),
+    (
+        "msgtrace_quota_unpredicted_429_total",
+        Kind::Counter,
+        "429s the engine's own count of the tenant's budget did not predict (another application spends it)",
     ),
     (
         "msgtrace_retries_total",
@@ -124,6 +136,8 @@ pub fn register_source(source: &str) {
                         .increment(0);
                 }
             }
+            // Labelled by tenant, created with the tenant's gate.
+            Kind::Counter if name == "msgtrace_quota_unpredicted_429_total" => {}
             Kind::Counter => counter!(name, "source" => source.to_owned()).increment(0),
             Kind::Gauge => {}
         }
@@ -155,6 +169,17 @@ pub fn response_bytes(source: &str, bytes: usize) {
 /// Requests left in the tenant's budget right after one was taken.
 pub fn quota_remaining(source: &str, left: u32) {
     gauge!("msgtrace_quota_remaining", "source" => source.to_owned()).set(f64::from(left));
+}
+
+/// The engine's limit within the budget of `tenant` (a quota key) is now `limit` per span.
+pub fn quota_limit(tenant: &str, limit: u32) {
+    gauge!("msgtrace_quota_effective_limit", "tenant" => tenant.to_owned()).set(f64::from(limit));
+}
+
+/// `n` more 429s the engine's own count of `tenant`'s budget did not predict (0 creates the
+/// counter).
+pub fn quota_unpredicted(tenant: &str, n: u64) {
+    counter!("msgtrace_quota_unpredicted_429_total", "tenant" => tenant.to_owned()).increment(n);
 }
 
 /// An API request is retried.

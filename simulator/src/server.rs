@@ -117,6 +117,11 @@ pub struct SimConfig {
     pub client_certificates: Vec<Vec<u8>>,
     /// Budget of data requests; `None` = unlimited (default).
     pub quota: Option<SimQuota>,
+    /// Per cent of `quota`'s requests that another application of the tenant spends (0..=100),
+    /// evenly spread, already under way when the server starts: Graph's budget is per tenant,
+    /// shared by every app. Its requests count like the engine's; those the budget refuses are
+    /// lost (counted in [`SimStats::other_app_refused`], not in `throttled`). Default 0.
+    pub other_app_percent: u32,
     /// Simulate a tenant without the message trace service principal: every Graph data request
     /// answers 401 `Service principal-less Authentication failed…`. Default false.
     pub graph_service_principal_missing: bool,
@@ -201,6 +206,7 @@ impl Default for SimConfig {
             accept_client_assertion: true,
             client_certificates: Vec::new(),
             quota: None,
+            other_app_percent: 0,
             graph_service_principal_missing: false,
             late: None,
             fault_schedule: None,
@@ -246,6 +252,10 @@ pub struct SimStats {
     pub unauthorized: u64,
     /// 429 responses (quota or injected).
     pub throttled: u64,
+    /// Requests of the other application ([`SimConfig::other_app_percent`]) the quota counted.
+    pub other_app_requests: u64,
+    /// Requests of the other application the quota refused.
+    pub other_app_refused: u64,
 }
 
 /// The live counters behind [`SimStats`].
@@ -259,6 +269,8 @@ pub(crate) struct Counters {
     pub client_errors: AtomicU64,
     pub unauthorized: AtomicU64,
     pub throttled: AtomicU64,
+    pub other_app_requests: AtomicU64,
+    pub other_app_refused: AtomicU64,
 }
 
 impl Counters {
@@ -277,6 +289,8 @@ impl Counters {
             client_errors: g(&self.client_errors),
             unauthorized: g(&self.unauthorized),
             throttled: g(&self.throttled),
+            other_app_requests: g(&self.other_app_requests),
+            other_app_refused: g(&self.other_app_refused),
         }
     }
 }
@@ -293,7 +307,7 @@ pub(crate) struct State {
     faults: Mutex<VecDeque<SimFault>>,
     /// Data requests seen by the fault schedule.
     scheduled: AtomicU64,
-    quota_log: Mutex<VecDeque<Instant>>,
+    quota_log: Mutex<QuotaLog>,
     seq: AtomicU64,
     /// Told of every data request ([`SimServer::on_data_request`]).
     observer: Observer,
@@ -313,6 +327,10 @@ impl std::fmt::Debug for Observer {
 
 impl State {
     fn new(config: SimConfig) -> State {
+        let other_next = config
+            .quota
+            .and_then(|q| Instant::now().checked_sub(Duration::from_secs(q.per_secs)))
+            .unwrap_or_else(Instant::now);
         State {
             config,
             counters: Counters::default(),
@@ -321,7 +339,12 @@ impl State {
             hour_totals: Mutex::new(HashMap::new()),
             faults: Mutex::new(VecDeque::new()),
             scheduled: AtomicU64::new(0),
-            quota_log: Mutex::new(VecDeque::new()),
+            // The other application was already at it: its requests of the window before the
+            // start count too (`other_next`).
+            quota_log: Mutex::new(QuotaLog {
+                log: VecDeque::new(),
+                other_next,
+            }),
             seq: AtomicU64::new(1),
             observer: Observer::default(),
         }
@@ -431,22 +454,54 @@ impl State {
         let quota = self.config.quota?;
         let window = Duration::from_secs(quota.per_secs);
         let now = Instant::now();
-        let mut log = self.quota_log.lock().unwrap_or_else(|e| e.into_inner());
-        while log
+        let mut q = self.quota_log.lock().unwrap_or_else(|e| e.into_inner());
+        // The other application's requests up to now first, each counted at its own moment.
+        let others = u64::from(quota.requests) * u64::from(self.config.other_app_percent.min(100));
+        let others = (others / 100) as u32;
+        if others > 0 {
+            let every = window / others;
+            while q.other_next <= now {
+                let at = q.other_next;
+                let counter = match q.admit(at, window, quota.requests) {
+                    Ok(()) => &self.counters.other_app_requests,
+                    Err(_) => &self.counters.other_app_refused,
+                };
+                self.counters.bump(counter, 1);
+                q.other_next += every;
+            }
+        }
+        let wait = q.admit(now, window, quota.requests).err()?;
+        Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    }
+}
+
+/// The quota's sliding window of the data requests it counted, the other application's included.
+#[derive(Debug)]
+struct QuotaLog {
+    log: VecDeque<Instant>,
+    /// When the other application sends its next request.
+    other_next: Instant,
+}
+
+impl QuotaLog {
+    /// Counts a request arriving `at` if `window` has room for it, else how long until it has.
+    fn admit(&mut self, at: Instant, window: Duration, requests: u32) -> Result<(), Duration> {
+        while self
+            .log
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
+            .is_some_and(|t| at.saturating_duration_since(*t) >= window)
         {
-            log.pop_front();
+            self.log.pop_front();
         }
-        if log.len() >= quota.requests as usize {
-            let wait = log
+        if self.log.len() >= requests as usize {
+            return Err(self
+                .log
                 .front()
-                .map(|t| window.saturating_sub(now.duration_since(*t)))
-                .unwrap_or(window);
-            return Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+                .map(|t| window.saturating_sub(at.saturating_duration_since(*t)))
+                .unwrap_or(window));
         }
-        log.push_back(now);
-        None
+        self.log.push_back(at);
+        Ok(())
     }
 }
 

@@ -585,6 +585,43 @@ fn faults_quota_health_and_unknown_paths() {
 }
 
 #[test]
+fn another_app_spends_its_part_of_the_quota() {
+    run(async {
+        // 10 per 600 s, half of it the other app's, one of its requests every 120 s, already
+        // under way: its last 5 count, 5 are left.
+        let server = start(SimConfig {
+            quota: Some(SimQuota {
+                requests: 10,
+                per_secs: 600,
+            }),
+            other_app_percent: 50,
+            ..config()
+        });
+        let c = client();
+        let tok = token(&c, &server, "https://graph.microsoft.com").await;
+        let bearer = format!("Bearer {tok}");
+        let auth = Some(("Authorization", bearer.as_str()));
+        for _ in 0..5 {
+            let (status, body, _) = send_get(&c, &server.graph_url(), auth).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let (status, _, _) = send_get(&c, &server.graph_url(), auth).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let stats = server.stats();
+        assert_eq!(
+            (
+                stats.throttled,
+                stats.other_app_requests,
+                stats.other_app_refused
+            ),
+            (1, 6, 0),
+            "the other app's six since 600 s before the start, the first out of the window"
+        );
+        server.stop();
+    });
+}
+
+#[test]
 fn start_fails_cleanly_on_a_taken_port() {
     let first = start(config());
     let again = SimServer::start(config(), first.addr());

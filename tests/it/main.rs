@@ -24,6 +24,7 @@ mod packaging;
 mod pipeline;
 mod proxy;
 mod quota;
+mod quota_share;
 mod reload;
 mod reread;
 mod resilience;

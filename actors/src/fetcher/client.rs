@@ -146,10 +146,12 @@ impl PageRequest<'_, '_> {
         reauthenticated: bool,
     ) -> Result<Attempt, Stop> {
         let spec = &self.env.spec;
-        // The budget first: a long wait must not age the token taken for this request.
-        if let Some(gate) = &self.env.quota {
-            wait_for_budget(&spec.id, gate).await;
-        }
+        // The budget first: a long wait must not age the token taken for this request. The
+        // place is held until the answer comes (dropped), or given back as a 429.
+        let permit = match &self.env.quota {
+            Some(gate) => Some(wait_for_budget(&spec.id, gate).await),
+            None => None,
+        };
         let slot = self.row_slot().await?;
         let header = match self.env.auth.send(GetAuthHeader(spec.auth.clone())).await {
             Ok(Ok(h)) => h,
@@ -164,6 +166,10 @@ impl PageRequest<'_, '_> {
             spec.proxy.as_ref(),
         )
         .await;
+        match (permit, &answer) {
+            (Some(p), Ok(resp)) if resp.status == 429 => p.throttled(),
+            (p, _) => drop(p),
+        }
         let resp = match answer {
             Ok(resp) => resp,
             Err(e) => return transfer_failed(self.url, e).map_err(Stop::from),
@@ -244,9 +250,7 @@ impl PageRequest<'_, '_> {
         let spec = &self.env.spec;
         let judgement = spec.retry.judge(&failure, self.retries, self.is_next_link);
         if let (Some(gate), Some(hold)) = (&self.env.quota, judgement.tenant_hold) {
-            gate.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .block_until(Instant::now() + hold);
+            gate.lock().block_until(Instant::now() + hold);
         }
         let Some(decision) = judgement.retry else {
             return Err(FetchError::Api { failure, message }.into());
@@ -281,20 +285,19 @@ fn transfer_failed(url: &str, e: HttpError) -> Result<Attempt, FetchError> {
     Ok(Attempt::Failed(failure, message))
 }
 
-/// Waits for the tenant's request budget, and exports what is left of it.
-async fn wait_for_budget(source: &str, gate: &crate::quota::SharedGate) {
-    let waited = crate::quota::acquire(gate).await;
-    let left = gate
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remaining(Instant::now());
+/// Waits for the tenant's request budget, and exports what is left of it. The permit holds the
+/// request's place until its answer.
+async fn wait_for_budget(source: &str, gate: &crate::quota::SharedGate) -> crate::quota::Permit {
+    let taken = crate::quota::acquire(gate).await;
+    let left = gate.lock().remaining(Instant::now());
     crate::telemetry::quota_remaining(source, left);
-    if !waited.is_zero() {
+    if !taken.waited.is_zero() {
         debug!(
-            waited_ms = waited.as_millis() as u64,
+            waited_ms = taken.waited.as_millis() as u64,
             "waited for the API request budget"
         );
     }
+    taken
 }
 
 /// One line per retry, saying where its delay came from.

@@ -14,7 +14,9 @@ use msgtrace::embed::{EmbedError, EngineBuilder};
 use msgtrace::engine::{EngineOptions, Mode};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
 use msgtrace::storage::{StorageError, Store};
-use msgtrace_simulator::{FaultSchedule, LateRows, SimConfig, SimFault, SimServer, TenantModel};
+use msgtrace_simulator::{
+    FaultSchedule, LateRows, SimConfig, SimFault, SimQuota, SimServer, TenantModel,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -142,6 +144,17 @@ struct SimulateArgs {
     /// Latency added to every data page, milliseconds.
     #[arg(long, default_value_t = 0)]
     page_latency_ms: u64,
+    /// A request budget on the data endpoints: this many requests per --quota-per-secs
+    /// (sliding window; beyond it they answer 429). Graph documents 100 per 300 s.
+    #[arg(long, requires = "quota_per_secs")]
+    quota_requests: Option<u32>,
+    /// The budget's window, seconds.
+    #[arg(long, requires = "quota_requests")]
+    quota_per_secs: Option<u64>,
+    /// Per cent of the budget (0..=100) that another application of the tenant spends,
+    /// evenly spread: Graph's budget is per tenant, shared by every app.
+    #[arg(long, default_value_t = 0, requires = "quota_requests")]
+    other_app_percent: u32,
     /// Tenant id accepted.
     #[arg(long, default_value = "sim-tenant")]
     tenant_id: String,
@@ -546,6 +559,11 @@ fn sim_config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
             "--late-per-mille and --changing-per-mille must be at most 1000"
         ));
     }
+    if a.quota_requests == Some(0) || a.quota_per_secs == Some(0) || a.other_app_percent > 100 {
+        return Err(anyhow!(
+            "--quota-requests and --quota-per-secs must be at least 1 and --other-app-percent at most 100"
+        ));
+    }
     let late = (a.late_per_mille > 0 || a.changing_per_mille > 0).then_some(LateRows {
         late_per_mille: a.late_per_mille,
         max_delay_ms: a.max_delay_ms,
@@ -564,6 +582,11 @@ fn sim_config(args: &SimulateArgs) -> anyhow::Result<SimConfig> {
         client_secret: a.client_secret.clone(),
         token_lifetime_secs: a.token_lifetime_secs,
         page_latency_ms: a.page_latency_ms,
+        quota: a
+            .quota_requests
+            .zip(a.quota_per_secs)
+            .map(|(requests, per_secs)| SimQuota { requests, per_secs }),
+        other_app_percent: a.other_app_percent,
         password: a.password.clone().filter(|_| a.username.is_some()),
         username: a.username.clone(),
         late,
