@@ -340,12 +340,22 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 bad = true;
             }
             // Store secrets are checked when the state directory can be read.
-            let uses_store = cfg.sources.values().any(|s| {
-                matches!(
-                    s.auth,
-                    config::AuthConfig::BasicSecret { .. } | config::AuthConfig::OAuthSecret { .. }
-                )
+            let sink_auth = cfg.sinks.values().filter_map(|s| match &s.kind {
+                config::SinkKind::AzureLogsIngestion(c) => Some(&c.auth),
+                _ => None,
             });
+            let uses_store = cfg
+                .sources
+                .values()
+                .map(|s| &s.auth)
+                .chain(sink_auth)
+                .any(|a| {
+                    matches!(
+                        a,
+                        config::AuthConfig::BasicSecret { .. }
+                            | config::AuthConfig::OAuthSecret { .. }
+                    )
+                });
             let secrets = if !uses_store {
                 None
             } else if !cfg.state_dir.exists() {
@@ -372,6 +382,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             for s in cfg.sources.values() {
                 if let Err(e) = engine::source_spec(s, true, access) {
+                    eprintln!("msgtrace: {e}");
+                    bad = true;
+                }
+            }
+            for s in cfg.sinks.values() {
+                if let Err(e) = engine::sink_auth_spec(s, access) {
                     eprintln!("msgtrace: {e}");
                     bad = true;
                 }

@@ -205,46 +205,64 @@ impl HttpSink {
         &self,
         body: actix_web::web::Bytes,
     ) -> Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure> {
-        let mut req = client()
-            .post(&self.url)
-            .insert_header(("Content-Type", content_type(self.format)))
-            .insert_header(("Accept", "application/json"));
+        let mut headers = vec![("Content-Type", content_type(self.format))];
         if self.compression == Compression::Gzip {
-            req = req.insert_header(("Content-Encoding", "gzip"));
+            headers.push(("Content-Encoding", "gzip"));
         }
         if let Some(a) = &self.authorization {
-            req = req.insert_header(("Authorization", a.expose()));
+            headers.push(("Authorization", a.expose()));
         }
         for (k, v) in &self.headers {
-            req = req.insert_header((k.as_str(), v.expose()));
+            headers.push((k.as_str(), v.expose()));
         }
-        let exchange = async move {
-            let mut resp = req.send_body(body).await.map_err(|e| {
-                use awc::error::SendRequestError as E;
-                match e {
-                    E::Url(u) => SendFailure::Request(format!("invalid URL: {u}")),
-                    E::Timeout => SendFailure::Timeout,
-                    other => SendFailure::Connection(other.to_string()),
-                }
-            })?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| msgtrace_actors::retry::parse_retry_after(v, chrono::Utc::now()));
-            let answer =
-                resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| {
-                    SendFailure::Connection(format!("reading the answer failed: {e}"))
-                })?;
-            Ok((status, retry_after, answer))
-        };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(SendFailure::Timeout),
-        }
+        post(&self.url, &headers, body, self.request_timeout).await
     }
+}
 
+/// POSTs `body` to `url` with `headers` (and `Accept: application/json`) and reads the answer
+/// (at most [`MAX_RESPONSE_BYTES`]), all within `timeout`: the status, a `Retry-After` delay,
+/// the answer body.
+pub(crate) async fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: actix_web::web::Bytes,
+    timeout: Duration,
+) -> Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure> {
+    let mut req = client()
+        .post(url)
+        .insert_header(("Accept", "application/json"));
+    for (k, v) in headers {
+        req = req.insert_header((*k, *v));
+    }
+    let exchange = async move {
+        let mut resp = req.send_body(body).await.map_err(|e| {
+            use awc::error::SendRequestError as E;
+            match e {
+                E::Url(u) => SendFailure::Request(format!("invalid URL: {u}")),
+                E::Timeout => SendFailure::Timeout,
+                other => SendFailure::Connection(other.to_string()),
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| msgtrace_actors::retry::parse_retry_after(v, chrono::Utc::now()));
+        let answer = resp
+            .body()
+            .limit(MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| SendFailure::Connection(format!("reading the answer failed: {e}")))?;
+        Ok((status, retry_after, answer))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(SendFailure::Timeout),
+    }
+}
+
+impl HttpSink {
     /// Looks into a 2xx answer: only Elasticsearch reports failures inside one.
     fn check_answer(&self, answer: &[u8]) -> Answer {
         if self.format != HttpFormat::ElasticsearchBulk {
@@ -254,9 +272,13 @@ impl HttpSink {
     }
 }
 
-enum SendFailure {
+/// Why no answer came.
+pub(crate) enum SendFailure {
+    /// No answer within the request timeout.
     Timeout,
+    /// The connection failed or broke.
     Connection(String),
+    /// The request could not be made (a bad URL).
     Request(String),
 }
 
@@ -348,7 +370,8 @@ fn content_type(format: HttpFormat) -> &'static str {
     }
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `body` gzip-compressed (fast level).
+pub(crate) fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4 + 64),
         flate2::Compression::fast(),
