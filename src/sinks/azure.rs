@@ -564,6 +564,58 @@ mod tests {
         assert_eq!(time_generated(&row(json!({"_time": "x"}))), None);
     }
 
+    fn sink() -> AzureLogsSink {
+        let config = AzureLogsConfig {
+            endpoint: url::Url::parse("https://dce.example").unwrap(),
+            dcr_id: "dcr-0123456789abcdef0123456789abcdef".into(),
+            stream: "Custom-MessageTrace".into(),
+            plan: crate::config::Plan::Enterprise,
+            auth: crate::config::AuthConfig::Basic {
+                username: "u".into(),
+                password: Default::default(),
+            },
+            compression: Compression::None,
+        };
+        let auth = AuthSpec::Basic {
+            username: "u".into(),
+            password: Default::default(),
+        };
+        AzureLogsSink::new("sentinel", &config, auth)
+    }
+
+    fn event(v: Value) -> Event {
+        Event::new(row(v), Arc::from("contoso"), Arc::from("https://x/y"))
+    }
+
+    /// Issue 19: an event larger than one call has its long strings cut to 64 KB and is sent;
+    /// one that is still too large is dropped and counted; the others are kept, in order.
+    #[test]
+    fn an_event_too_large_for_a_call_is_shortened_or_else_dropped_and_counted() {
+        let mut sink = sink();
+        let huge = "x".repeat(MAX_CALL_BYTES);
+        let many: Vec<Value> = (0..MAX_CALL_BYTES / 4).map(|i| i.into()).collect();
+        let events = vec![
+            event(json!({"id": "t0", "_time": 1.0})),
+            event(json!({"id": "t1", "subject": huge, "_time": 1.0})),
+            event(json!({"id": "t2", "recipients": many, "_time": 1.0})),
+            event(json!({"id": "t3", "_time": 1.0})),
+        ];
+        let items = sink.encode_page(&events, 0);
+        assert_eq!(items.iter().map(|i| i.0).collect::<Vec<_>>(), vec![0, 1, 3]);
+        let shortened: Row = serde_json::from_slice(&items[1].1).unwrap();
+        assert_eq!(
+            shortened["subject"].as_str().unwrap().len(),
+            MAX_FIELD_BYTES
+        );
+        assert_eq!(sink.dropped, 1);
+        assert!(
+            sink.warned_fields.contains("subject") && sink.warned_fields.contains("recipients")
+        );
+        // A page given again from its third event on.
+        let items = sink.encode_page(&events, 3);
+        assert_eq!(items.iter().map(|i| i.0).collect::<Vec<_>>(), vec![3]);
+    }
+
     #[test]
     fn large_fields_are_found_and_shortened_at_a_character_boundary() {
         let big = "é".repeat(MAX_FIELD_BYTES); // 2 bytes each
