@@ -332,6 +332,24 @@ fn a_collection_delivers_every_row_exactly_once_through_429_and_503() {
         assert_eq!(e, file[&identity(&e)]);
     }
 
+    // deploy/azure/message-trace.json declares every field the sink sends, with its type.
+    let declared = stream_columns();
+    for e in azure.accepted().iter().take(500) {
+        for (name, value) in e {
+            let kind = declared
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not declared by the template's stream"));
+            let fits = match kind.as_str() {
+                "string" | "datetime" => value.is_string(),
+                "long" => value.is_i64() || value.is_u64(),
+                "real" => value.is_number(),
+                "boolean" => value.is_boolean(),
+                _ => true,
+            };
+            assert!(fits, "{name}: {value} is not a {kind}");
+        }
+    }
+
     let scopes = azure.scopes();
     assert!(!scopes.is_empty());
     assert!(
@@ -343,6 +361,32 @@ fn a_collection_delivers_every_row_exactly_once_through_429_and_503() {
     assert!(calls
         .iter()
         .all(|(c, _)| c.authorization == "Bearer token-1"));
+}
+
+/// The stream declaration of deploy/azure/message-trace.json: column name to type.
+fn stream_columns() -> HashMap<String, String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/azure/message-trace.json"
+    );
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let rule = t["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Microsoft.Insights/dataCollectionRules")
+        .expect("the template has a data collection rule");
+    rule["properties"]["streamDeclarations"][STREAM]["columns"]
+        .as_array()
+        .expect("the rule declares the stream")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// A 413 splits the batch: the halves are sent, every row arrives once.
