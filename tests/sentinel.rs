@@ -201,6 +201,17 @@ impl Setup {
 
     /// The configuration: `page_size` rows a page, the sink table's extra `keys`.
     fn config(&self, azure: &Azure, page_size: u32, keys: &str) -> config::Config {
+        self.config_with(azure, page_size, keys, "")
+    }
+
+    /// [`Setup::config`] with more keys for the source.
+    fn config_with(
+        &self,
+        azure: &Azure,
+        page_size: u32,
+        keys: &str,
+        source: &str,
+    ) -> config::Config {
         let base = config_toml(
             &self.sim,
             &Scenario {
@@ -210,7 +221,7 @@ impl Setup {
                 start: &self.start,
                 end: &self.end,
                 page_size,
-                extra: "",
+                extra: source,
             },
         );
         parse(&format!(
@@ -475,6 +486,38 @@ fn a_missing_role_fails_the_page_naming_the_role_and_the_next_run_delivers_it() 
     // The file sink of the same source got the pages that were not checkpointed again too.
     let (missing, extra, _) = compare(&setup.file_rows(), &setup.expected());
     assert_eq!((missing, extra), (0, 0));
+}
+
+/// `msgtrace run`: a page refused part way (403 until the role applies) is held and given again
+/// to the sink, which skips the calls of it already accepted: every row arrives exactly once.
+#[test]
+fn a_scheduled_run_gives_a_refused_page_again_and_no_row_arrives_twice() {
+    let setup = Setup::new(900, 3);
+    // The second call (of the first page) and the next two tries of the held page are refused.
+    let azure = Azure::start(script(|n, _| {
+        if (1..=3).contains(&n) {
+            (403, None)
+        } else {
+            (204, None)
+        }
+    }));
+    let config = setup.config_with(&azure, 5000, "", "reschedule_tasks = false");
+    let expected = setup.expected();
+    let handle = msgtrace::embed::EngineBuilder::new(config)
+        .options(fast())
+        .scheduled(true)
+        .start()
+        .expect("engine starts");
+    wait_for(|| azure.accepted().len() >= expected.len());
+    block_on(handle.shutdown()).expect("shutdown");
+    assert!(azure.calls().len() > 4);
+    let got = count(&azure.accepted());
+    assert_eq!(
+        compare(&got, &expected),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
+    assert_eq!(compare(&setup.file_rows(), &expected), (0, 0, 0), "file");
 }
 
 /// In GCC High and DoD the token is for the US government audience.
