@@ -7,10 +7,11 @@ mod common;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::actors::retry::{RetryKind, RetryPolicy};
+use msgtrace::actors::retry::RetryPolicy;
 use msgtrace::config::{self, SinkKind};
 use msgtrace::engine::EngineOptions;
 use msgtrace::sinks::azure::{time_generated, MAX_CALL_BYTES};
+use msgtrace::sinks::http::default_retry;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::io::Read;
@@ -260,14 +261,8 @@ login_url = "{url}"
 fn fast() -> EngineOptions {
     EngineOptions {
         sink_retry: Some(RetryPolicy {
-            kind: RetryKind::Backoff,
             initial: Duration::from_millis(20),
-            limit: 5,
-            multiplier: 2.0,
-            codes: vec![408, 429, 500, 502, 503, 504],
-            honor_retry_after: true,
-            retry_connect_timeout: true,
-            retry_connect_reset: true,
+            ..default_retry()
         }),
         ..opts()
     }

@@ -27,14 +27,14 @@
 //!   after a crash they are sent again. The API has no deduplication: rows of the page that was
 //!   in flight may then be in the table twice, as with the other sinks.
 
-use super::http::{default_retry, gzip, post, SendFailure};
+use super::http::{default_retry, failed_try, gzip, post, retry_wait};
 use crate::config::{AzureLogsConfig, Compression};
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 use msgtrace_actors::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use msgtrace_actors::dialect::Row;
 use msgtrace_actors::event::{Batch, Event};
-use msgtrace_actors::retry::{Failure, RetryPolicy};
+use msgtrace_actors::retry::RetryPolicy;
 use msgtrace_actors::sink::{Sink, SinkError};
 use msgtrace_actors::spec::AuthSpec;
 use serde_json::Value;
@@ -249,50 +249,20 @@ impl AzureLogsSink {
                         self.client_id(),
                     ))));
                 }
-                Ok((status, retry_after, answer)) => (
-                    Failure::Status {
-                        code: status,
-                        retry_after,
-                    },
-                    format!(
-                        "HTTP {status} from {}: {}{}",
-                        self.shown_url,
-                        msgtrace_actors::dialect::error_summary(&answer),
-                        status_hint(status)
-                    ),
-                ),
-                Err(SendFailure::Timeout) => (
-                    Failure::Timeout,
-                    format!(
-                        "{}: no answer within {:?}",
-                        self.shown_url, self.request_timeout
-                    ),
-                ),
-                Err(SendFailure::Connection(e)) => {
-                    (Failure::Connection, format!("{}: {e}", self.shown_url))
-                }
-                Err(SendFailure::Request(e)) => return Err(Refused::Failed(self.error(e))),
+                other => failed_try(&self.shown_url, self.request_timeout, other, status_hint)
+                    .map_err(|e| Refused::Failed(self.error(e)))?,
             };
-            match self
-                .retry
-                .decide_honoring(&failure, retries, MAX_RETRY_AFTER)
-            {
-                Some(d) => {
-                    retries += 1;
-                    warn!(sink = %self.name, attempt = retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying batch");
-                    tokio::time::sleep(d.delay).await;
-                }
-                None => {
-                    let after = if retries > 0 {
-                        format!(" (after {retries} retries)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(Refused::Failed(self.error(format!(
-                        "{message}{after}; the page is not acknowledged and is delivered again on the next run"
-                    ))));
-                }
-            }
+            let (policy, name) = (&self.retry, &self.name);
+            retry_wait(
+                name,
+                policy,
+                MAX_RETRY_AFTER,
+                &failure,
+                message,
+                &mut retries,
+            )
+            .await
+            .map_err(|e| Refused::Failed(self.error(e)))?;
         }
     }
 }

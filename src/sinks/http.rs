@@ -157,47 +157,21 @@ impl HttpSink {
                         Answer::Refused(m) => return Err(self.error(m)),
                     }
                 }
-                Ok((status, retry_after, answer)) => (
-                    Failure::Status {
-                        code: status,
-                        retry_after,
-                    },
-                    format!(
-                        "HTTP {status} from {}: {}{}",
-                        self.shown_url,
-                        msgtrace_actors::dialect::error_summary(&answer),
-                        status_hint(status)
-                    ),
-                ),
-                Err(SendFailure::Timeout) => (
-                    Failure::Timeout,
-                    format!(
-                        "{}: no answer within {:?}",
-                        self.shown_url, self.request_timeout
-                    ),
-                ),
-                Err(SendFailure::Connection(e)) => {
-                    (Failure::Connection, format!("{}: {e}", self.shown_url))
-                }
-                Err(SendFailure::Request(e)) => return Err(self.error(e)),
+                other => failed_try(&self.shown_url, self.request_timeout, other, status_hint)
+                    .map_err(|e| self.error(e))?,
             };
-            match self.retry.decide(&failure, retries) {
-                Some(d) => {
-                    retries += 1;
-                    warn!(sink = %self.name, attempt = retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying batch");
-                    tokio::time::sleep(d.delay).await;
-                }
-                None => {
-                    let after = if retries > 0 {
-                        format!(" (after {retries} retries)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(self.error(format!(
-                        "{message}{after}; the page is not acknowledged and is delivered again on the next run"
-                    )));
-                }
-            }
+            let max_retry_after = msgtrace_actors::retry::MAX_RETRY_AFTER;
+            let (policy, name) = (&self.retry, &self.name);
+            retry_wait(
+                name,
+                policy,
+                max_retry_after,
+                &failure,
+                message,
+                &mut retries,
+            )
+            .await
+            .map_err(|e| self.error(e))?;
         }
     }
 
@@ -269,6 +243,65 @@ impl HttpSink {
             return Answer::Accepted;
         }
         check_bulk_answer(answer, &self.shown_url)
+    }
+}
+
+/// A try that got no 2xx: what [`RetryPolicy`] decides on, and the line that says what happened
+/// (`hint` adds the fix for a status); `Err` for a request that cannot be made at all.
+pub(crate) fn failed_try(
+    shown_url: &str,
+    timeout: Duration,
+    outcome: Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure>,
+    hint: fn(u16) -> &'static str,
+) -> Result<(Failure, String), String> {
+    Ok(match outcome {
+        Ok((status, retry_after, answer)) => (
+            Failure::Status {
+                code: status,
+                retry_after,
+            },
+            format!(
+                "HTTP {status} from {shown_url}: {}{}",
+                msgtrace_actors::dialect::error_summary(&answer),
+                hint(status)
+            ),
+        ),
+        Err(SendFailure::Timeout) => (
+            Failure::Timeout,
+            format!("{shown_url}: no answer within {timeout:?}"),
+        ),
+        Err(SendFailure::Connection(e)) => (Failure::Connection, format!("{shown_url}: {e}")),
+        Err(SendFailure::Request(e)) => return Err(e),
+    })
+}
+
+/// After the `retries`-th failed try of a batch: waits as the policy (with the longest
+/// `Retry-After` it honours) says and counts the retry, or gives the line that ends the delivery.
+pub(crate) async fn retry_wait(
+    sink: &str,
+    policy: &RetryPolicy,
+    max_retry_after: Duration,
+    failure: &Failure,
+    message: String,
+    retries: &mut u32,
+) -> Result<(), String> {
+    match policy.decide_honoring(failure, *retries, max_retry_after) {
+        Some(d) => {
+            *retries += 1;
+            warn!(sink = %sink, attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying batch");
+            tokio::time::sleep(d.delay).await;
+            Ok(())
+        }
+        None => {
+            let after = if *retries > 0 {
+                format!(" (after {retries} retries)")
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "{message}{after}; the page is not acknowledged and is delivered again on the next run"
+            ))
+        }
     }
 }
 
