@@ -659,6 +659,20 @@ fn validation_names_the_key_and_the_fix() {
                 .any(|e| e.starts_with("sinks.sentinel.auth.username: not used by method oauth")),
         "{errs:?}"
     );
+    // A certificate of [certificates] used by the sink's auth only is used.
+    let cert = "[sinks.sentinel.auth]\nmethod = \"oauth_cert\"\ntenant_id = \"t\"\nclient_id = \"c\"\ncertificate = \"writer\"\n\n[certificates.writer]\ncert_path = \"/etc/msgtrace/w.pem\"\nkey_path = \"/etc/msgtrace/w.key\"\n";
+    let c = config::from_str_with_env(&sink(GOOD, cert), &|_| None).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .all(|w| !w.contains("certificates.writer")),
+        "{:?}",
+        c.warnings
+    );
+    let SinkKind::AzureLogsIngestion(a) = &c.sinks["sentinel"].kind else {
+        panic!()
+    };
+    assert_eq!(a.auth.method(), "oauth_cert");
     // http:// to this machine is a test server.
     let local = GOOD.replace(
         "https://my-dce-a1b2.eastus-1.ingest.monitor.azure.com",

@@ -1339,27 +1339,26 @@ impl Cx<'_> {
                 );
                 None
             }
-            (Some(a), _)
-                if a.method
-                    .as_deref()
-                    .is_some_and(|m| m.trim().starts_with("basic")) =>
-            {
-                self.error(
-                    &join(&at("auth"), "method"),
-                    "the Logs Ingestion API accepts only Entra ID tokens; use oauth, oauth_secret or oauth_cert",
-                );
-                None
-            }
             (Some(a), Some(plan)) => {
                 // The Graph api only stands in for a source's: the audience default is replaced
-                // below, and `true` skips the Graph-only check of basic methods (refused above).
+                // below, and `true` skips the Graph-only check of basic methods (refused below).
                 let auth = self.auth(&at("auth"), a, Api::Graph, plan, true, config, certificates);
-                auth.map(|mut auth| {
-                    if let (None, Some(app)) = (&a.resource, auth.oauth_mut()) {
+                let mut auth = auth?;
+                match auth.oauth_mut() {
+                    Some(app) if a.resource.is_none() => {
                         app.resource = plan.monitor_audience().to_owned();
                     }
-                    auth
-                })
+                    Some(_) => {}
+                    None => {
+                        let method = auth.method();
+                        self.error(
+                            &join(&at("auth"), "method"),
+                            format!("the Logs Ingestion API accepts only Entra ID tokens, not method {method}; use oauth, oauth_secret or oauth_cert"),
+                        );
+                        return None;
+                    }
+                }
+                Some(auth)
             }
             (Some(_), None) => None,
         };
