@@ -40,6 +40,10 @@ struct Seen {
     calls: Vec<(Call, u16)>,
     /// The `scope` of every token request.
     scopes: Vec<String>,
+    /// Where the token endpoint sends clients instead (a 307), if anywhere.
+    token_redirect: Option<String>,
+    /// Where the ingestion endpoint sends clients instead (a 307), if anywhere.
+    ingest_redirect: Option<String>,
 }
 
 /// The Logs Ingestion API and its token endpoint on 127.0.0.1.
@@ -67,6 +71,11 @@ impl Azure {
                             let seen = token_seen.clone();
                             async move {
                                 let mut s = seen.lock().unwrap();
+                                if let Some(to) = &s.token_redirect {
+                                    return HttpResponse::TemporaryRedirect()
+                                        .insert_header(("Location", to.as_str()))
+                                        .finish();
+                                }
                                 s.scopes
                                     .push(form.get("scope").cloned().unwrap_or_default());
                                 let n = s.scopes.len();
@@ -158,6 +167,12 @@ fn ingest(req: HttpRequest, body: web::Bytes, seen: &Mutex<Seen>, script: &Scrip
         plain_bytes: plain.len(),
         events,
     };
+    if let Some(to) = &seen.lock().unwrap().ingest_redirect {
+        let to = format!("{to}{}?{}", req.path(), req.query_string());
+        return HttpResponse::TemporaryRedirect()
+            .insert_header(("Location", to))
+            .finish();
+    }
     let n = seen.lock().unwrap().calls.len();
     let (status, retry_after) = if call.authorization.starts_with("Bearer token-") {
         script(n, plain.len())
@@ -513,6 +528,46 @@ fn a_scheduled_run_gives_a_refused_page_again_and_no_row_arrives_twice() {
         "missing, extra, duplicates"
     );
     assert_eq!(compare(&setup.file_rows(), &expected), (0, 0, 0), "file");
+}
+
+/// The sink's token is asked of its login_url only: a token endpoint that redirects elsewhere
+/// (a 307 keeps the form, client secret included) is not followed.
+#[test]
+fn a_token_endpoint_redirecting_elsewhere_is_not_followed() {
+    let setup = Setup::new(20, 1);
+    let elsewhere = Azure::start(script(|_, _| (204, None)));
+    let azure = Azure::start(script(|_, _| (204, None)));
+    azure.seen.lock().unwrap().token_redirect = Some(format!(
+        "{}/contoso-tenant/oauth2/v2.0/token",
+        elsewhere.base
+    ));
+    let config = setup.config(&azure, 100, "");
+    let report = run_once(&config, fast());
+    assert!(!report.all_succeeded(), "{report:?}");
+    assert!(
+        elsewhere.scopes().is_empty(),
+        "the form went to another origin"
+    );
+    assert!(format!("{report:?}").contains("HTTP 307"), "{report:?}");
+    assert!(azure.calls().is_empty());
+}
+
+/// Events go to the configured endpoint only: an ingestion endpoint that redirects elsewhere is
+/// not followed (the page fails, naming the 307).
+#[test]
+fn an_ingestion_endpoint_redirecting_elsewhere_is_not_followed() {
+    let setup = Setup::new(20, 1);
+    let elsewhere = Azure::start(script(|_, _| (204, None)));
+    let azure = Azure::start(script(|_, _| (204, None)));
+    azure.seen.lock().unwrap().ingest_redirect = Some(elsewhere.base.clone());
+    let config = setup.config(&azure, 100, "");
+    let report = run_once(&config, fast());
+    assert!(!report.all_succeeded(), "{report:?}");
+    assert!(format!("{report:?}").contains("HTTP 307"), "{report:?}");
+    assert!(
+        elsewhere.calls().is_empty(),
+        "events went to another origin"
+    );
 }
 
 /// In GCC High and DoD the token is for the US government audience.

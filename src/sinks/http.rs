@@ -426,6 +426,8 @@ fn client() -> awc::Client {
                 awc::Client::builder()
                     // `HttpSink::post` applies its own timeout to the whole exchange.
                     .disable_timeout()
+                    // Events go to the configured URL only: a 3xx is the answer.
+                    .disable_redirects()
                     .connector(awc::Connector::new().timeout(Duration::from_secs(10)))
                     .finish()
             })
