@@ -72,8 +72,6 @@ pub struct AzureLogsSink {
     tokens: Option<Addr<AuthToken>>,
     retry: RetryPolicy,
     request_timeout: Duration,
-    /// The largest call body ([`MAX_CALL_BYTES`]; lower only in tests).
-    max_call_bytes: usize,
     /// Fields already warned about for a value over [`MAX_FIELD_BYTES`].
     warned_fields: HashSet<String>,
     /// Whether events without `_time` were warned about.
@@ -109,7 +107,6 @@ impl AzureLogsSink {
             tokens: None,
             retry: default_retry(),
             request_timeout: Duration::from_secs(30),
-            max_call_bytes: MAX_CALL_BYTES,
             warned_fields: HashSet::new(),
             warned_no_time: false,
             dropped: 0,
@@ -138,9 +135,9 @@ impl AzureLogsSink {
     /// fits a call. Warns about large fields; shortens, or drops with an error, an event too
     /// large for a call.
     fn encode_page(&mut self, events: &[Event], skip: usize) -> Vec<(usize, Vec<u8>)> {
-        let fits = self.max_call_bytes.saturating_sub(2);
+        // An event alone in a call is inside `[` and `]`.
+        let fits = MAX_CALL_BYTES - 2;
         let mut out = Vec::with_capacity(events.len().saturating_sub(skip));
-        let mut dropped = 0u64;
         for (i, event) in events.iter().enumerate().skip(skip) {
             let mut json = Vec::new();
             let encoded = encode_event(&event.fields, &mut json);
@@ -158,7 +155,6 @@ impl AzureLogsSink {
                 json.clear();
                 encode_event(&shorten_strings(&event.fields, MAX_FIELD_BYTES), &mut json);
                 if json.len() > fits {
-                    dropped += 1;
                     self.dropped += 1;
                     error!(
                         sink = %self.name,
@@ -172,9 +168,6 @@ impl AzureLogsSink {
                 warn!(sink = %self.name, bytes, trace_id = %trace_id(&event.fields), "an event is larger than one call may be (1,000,000 bytes): its string values over 64 KB are cut to 64 KB, as Log Analytics would store them");
             }
             out.push((i, json));
-        }
-        if dropped > 0 {
-            debug!(sink = %self.name, dropped, "events of the page dropped");
         }
         out
     }
@@ -297,7 +290,7 @@ impl Sink for AzureLogsSink {
             let items = self.encode_page(&batch.events, skip);
             let sizes: Vec<usize> = items.iter().map(|(_, json)| json.len()).collect();
             let mut todo: VecDeque<Range<usize>> =
-                batches(&sizes, self.max_call_bytes).into_iter().collect();
+                batches(&sizes, MAX_CALL_BYTES).into_iter().collect();
             let calls = todo.len();
             let mut done = skip;
             while let Some(range) = todo.pop_front() {
