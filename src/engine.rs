@@ -9,7 +9,7 @@
 
 use crate::config::{AuthConfig, Config, OAuthApp, Schedule, Secret, SinkKind, SourceConfig};
 use crate::secrets::SecretStore;
-use crate::sinks::{FileSink, HttpSink, StdoutSink};
+use crate::sinks::{AzureLogsSink, FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
 use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace_actors::auth::AuthToken;
@@ -307,6 +307,52 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
     })
 }
 
+/// The token request of an `azure_logs_ingestion` sink (`None` for the other types): store
+/// secrets resolved and certificates loaded as for a source ([`source_spec`]), token requests
+/// through the environment's proxy for the login host.
+pub fn sink_auth_spec(
+    sink: &crate::config::SinkConfig,
+    secrets: SecretAccess<'_>,
+) -> Result<Option<AuthSpec>, SpecError> {
+    let SinkKind::AzureLogsIngestion(c) = &sink.kind else {
+        return Ok(None);
+    };
+    let at = |problem: String| SpecError {
+        key: format!("sinks.{}.auth", sink.id),
+        problem,
+    };
+    let mut auth = auth_spec(&c.auth, secrets).map_err(at)?;
+    if let AuthSpec::OAuth { token, .. } = &mut auth {
+        token.proxy = Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
+            .map_err(|e| at(format!("{e} (from the environment)")))?;
+    }
+    Ok(Some(auth))
+}
+
+/// [`sink_auth_spec`] of every sink of `config` that has one, by sink id; every problem, one
+/// line each.
+pub(crate) fn sink_auths(
+    config: &Config,
+    secrets: &SecretStore,
+) -> Result<std::collections::HashMap<String, AuthSpec>, Vec<SpecError>> {
+    let mut auths = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for s in config.sinks.values() {
+        match sink_auth_spec(s, SecretAccess::Store(secrets)) {
+            Ok(Some(auth)) => {
+                auths.insert(s.id.clone(), auth);
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(auths)
+    } else {
+        Err(errors)
+    }
+}
+
 /// The pipeline hooks of a run: the built-in `normalize` first, then the host's.
 pub(crate) fn pipeline_hooks(
     config: &Config,
@@ -338,10 +384,11 @@ pub(crate) fn pipeline_hooks(
 /// refused after that.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
-/// Builds the sink for a sink configuration.
+/// Builds the sink for a sink configuration (`auth`: its [`sink_auth_spec`]).
 fn build_sink(
     id: &str,
     kind: &SinkKind,
+    auth: Option<&AuthSpec>,
     opts: &EngineOptions,
     state_dir: &std::path::Path,
 ) -> Box<dyn Sink> {
@@ -355,6 +402,15 @@ fn build_sink(
         ),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);
+            Box::new(match &opts.sink_retry {
+                Some(r) => sink.with_retry(r.clone()),
+                None => sink,
+            })
+        }
+        SinkKind::AzureLogsIngestion(c) => {
+            let auth =
+                auth.expect("the engine resolves the auth of every azure_logs_ingestion sink");
+            let sink = AzureLogsSink::new(id, c, auth.clone());
             Box::new(match &opts.sink_retry {
                 Some(r) => sink.with_retry(r.clone()),
                 None => sink,
@@ -544,6 +600,7 @@ pub fn start(
     let store = Store::open_waiting(&config.state_dir, LOCK_WAIT)?;
     let secrets = SecretStore::new(store.clone());
     let sources = source_entries(config, opts, &secrets).map_err(EngineError::Sources)?;
+    let sink_auth = sink_auths(config, &secrets).map_err(EngineError::Sources)?;
     tidy_jobs(&store, config)?;
     // Before any actor starts: a port that is taken stops the start here, with one line (once
     // actors are spawned, an early return would drop them unpolled outside the runtime).
@@ -569,10 +626,10 @@ pub fn start(
 
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     // A configured sink that panics is built again from its configuration; a host's is kept.
-    let configured = config
-        .sinks
-        .values()
-        .map(|s| RunningSink::configured(s, opts, store.dir(), stop_rx.clone()));
+    let configured = config.sinks.values().map(|s| {
+        let auth = sink_auth.get(&s.id).cloned();
+        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
+    });
     let hosted = host_sinks
         .into_iter()
         .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
@@ -646,11 +703,13 @@ impl RunningSink {
         }
     }
 
-    /// Starts the sink of configuration `c`, built again from it should it panic. The factory
+    /// Starts the sink of configuration `c` (`auth`: its [`sink_auth_spec`]), built again from
+    /// it should it panic. The factory
     /// holds the state directory's path, not the store: a sink's thread may outlive the engine's
     /// stop, and an open store there would keep the directory locked.
     pub(crate) fn configured(
         c: &crate::config::SinkConfig,
+        auth: Option<AuthSpec>,
         opts: &EngineOptions,
         state_dir: &std::path::Path,
         stopping: tokio::sync::watch::Receiver<bool>,
@@ -662,7 +721,7 @@ impl RunningSink {
             state_dir.to_path_buf(),
         );
         let factory: msgtrace_actors::sink::SinkFactory =
-            Box::new(move || build_sink(&id, &kind, &opts, &dir));
+            Box::new(move || build_sink(&id, &kind, auth.as_ref(), &opts, &dir));
         RunningSink::spawn(
             factory(),
             Some(c.clone()),

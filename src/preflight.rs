@@ -73,6 +73,11 @@ pub fn validate(cfg: &Config) -> Findings {
             found.problems.push(e.to_string());
         }
     }
+    for s in cfg.sinks.values() {
+        if let Err(e) = crate::engine::sink_auth_spec(s, access) {
+            found.problems.push(e.to_string());
+        }
+    }
     listen_addresses(cfg, &mut found);
     found.warnings.extend(cfg.warnings.iter().cloned());
     found
@@ -80,12 +85,21 @@ pub fn validate(cfg: &Config) -> Findings {
 
 /// The secret store, when a source reads one and the state directory can be opened.
 fn secret_store(cfg: &Config, found: &mut Findings) -> Option<SecretStore> {
-    let uses_store = cfg.sources.values().any(|s| {
-        matches!(
-            s.auth,
-            AuthConfig::BasicSecret { .. } | AuthConfig::OAuthSecret { .. }
-        )
+    let sink_auth = cfg.sinks.values().filter_map(|s| match &s.kind {
+        SinkKind::AzureLogsIngestion(c) => Some(&c.auth),
+        _ => None,
     });
+    let uses_store = cfg
+        .sources
+        .values()
+        .map(|s| &s.auth)
+        .chain(sink_auth)
+        .any(|a| {
+            matches!(
+                a,
+                AuthConfig::BasicSecret { .. } | AuthConfig::OAuthSecret { .. }
+            )
+        });
     if !uses_store {
         return None;
     }

@@ -15,7 +15,7 @@
 //!   a tenant's request budget) is kept as it is, with a warning that it needs a restart.
 
 use crate::config::Config;
-use crate::engine::{pipeline_hooks, source_entries, RunningSink, Started};
+use crate::engine::{pipeline_hooks, sink_auths, source_entries, RunningSink, Started};
 use crate::secrets::SecretStore;
 use msgtrace_actors::sink::{FlushSink, Reopen};
 use msgtrace_actors::supervisor::Reconfigure;
@@ -168,6 +168,10 @@ impl Started {
                 Vec::new()
             }
         };
+        let sink_auth = sink_auths(config, &secrets).unwrap_or_else(|e| {
+            problems.extend(e.iter().map(ToString::to_string));
+            Default::default()
+        });
         if !problems.is_empty() {
             return Err(ReloadError { problems });
         }
@@ -210,6 +214,7 @@ impl Started {
             let c = &running.sinks[id];
             sinks.push(RunningSink::configured(
                 c,
+                sink_auth.get(id).cloned(),
                 &self.opts,
                 self.store.dir(),
                 stopping.clone(),

@@ -1,5 +1,5 @@
-//! The built-in sinks: `stdout` and `file` (NDJSON), and [`http`] (NDJSON, JSON, Splunk HEC,
-//! Elasticsearch bulk). Each acknowledges a batch only once it is written and flushed (the file
+//! The built-in sinks: `stdout` and `file` (NDJSON), [`http`] (NDJSON, JSON, Splunk HEC,
+//! Elasticsearch bulk) and [`azure`] (the Azure Monitor Logs Ingestion API: Sentinel). Each acknowledges a batch only once it is written and flushed (the file
 //! sink also `fsync`s) or accepted by the receiver, so the checkpoint never moves past rows that
 //! are not delivered.
 
@@ -12,7 +12,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+pub mod azure;
 pub mod http;
+pub use azure::AzureLogsSink;
 pub use http::HttpSink;
 
 /// NDJSON on standard output.

@@ -37,9 +37,20 @@ pub enum HttpError {
 }
 
 thread_local! {
-    /// One client per proxy (or none) per thread: awc's client is `!Send`, and its connector,
-    /// which tunnels through the proxy, is fixed at construction.
-    static CLIENTS: RefCell<HashMap<Option<Proxy>, awc::Client>> = RefCell::new(HashMap::new());
+    /// One client per proxy (or none) and redirect rule per thread: awc's client is `!Send`, and
+    /// its connector, which tunnels through the proxy, is fixed at construction.
+    static CLIENTS: RefCell<HashMap<(Option<Proxy>, Redirects), awc::Client>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Whether a client follows redirects (awc's default: up to 10, `Authorization` dropped when
+/// the origin changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Redirects {
+    /// API reads: awc's default.
+    Follow,
+    /// A 3xx is the answer: what the request carries goes to the URL given only.
+    Refuse,
 }
 
 /// Installs the pure-Rust TLS crypto provider once per process (rustls needs one chosen).
@@ -50,15 +61,19 @@ pub fn install_crypto() {
     });
 }
 
-fn client(proxy: Option<&Proxy>) -> awc::Client {
+fn client(proxy: Option<&Proxy>, redirects: Redirects) -> awc::Client {
     CLIENTS.with(|c| {
         c.borrow_mut()
-            .entry(proxy.cloned())
+            .entry((proxy.cloned(), redirects))
             .or_insert_with(|| {
                 install_crypto();
                 let builder = awc::Client::builder()
                     // Our own timeout below covers the whole exchange.
                     .disable_timeout();
+                let builder = match redirects {
+                    Redirects::Follow => builder,
+                    Redirects::Refuse => builder.disable_redirects(),
+                };
                 // Every connection's close is checked (`crate::eof`): on plain HTTP it is an
                 // error, never the end of a body.
                 match proxy {
@@ -92,7 +107,7 @@ pub async fn get(
     max_body: usize,
     proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
-    let mut req = client(proxy)
+    let mut req = client(proxy, Redirects::Follow)
         .get(url)
         .insert_header(("Accept", "application/json"));
     if let Some(a) = authorization {
@@ -105,14 +120,15 @@ pub async fn get(
     with_timeout(timeout, exchange).await
 }
 
-/// `POST url` with a form body.
+/// `POST url` with a form body. A redirect is not followed but answered (a 307 or 308 would
+/// send the form, a token request's credential, to wherever it points).
 pub async fn post_form(
     url: &str,
     form: &[(&'static str, String)],
     timeout: Option<Duration>,
     proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
-    let req = client(proxy)
+    let req = client(proxy, Redirects::Refuse)
         .post(url)
         .insert_header(("Accept", "application/json"));
     let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -83,6 +83,18 @@ impl RetryPolicy {
     /// Whether to retry after `failure` when `retries_done` retries were made already, and after
     /// how long. `None` = give up.
     pub fn decide(&self, failure: &Failure, retries_done: u32) -> Option<Decision> {
+        self.decide_honoring(failure, retries_done, MAX_RETRY_AFTER)
+    }
+
+    /// [`RetryPolicy::decide`], honouring a `Retry-After` up to `max_retry_after` instead of
+    /// [`MAX_RETRY_AFTER`] (a receiver whose documented `Retry-After` may be longer); a longer
+    /// one is ignored as there.
+    pub fn decide_honoring(
+        &self,
+        failure: &Failure,
+        retries_done: u32,
+        max_retry_after: Duration,
+    ) -> Option<Decision> {
         if self.kind == RetryKind::Disabled || retries_done >= self.limit {
             return None;
         }
@@ -100,7 +112,7 @@ impl RetryPolicy {
             ..
         } = failure
         {
-            if self.honor_retry_after && *after <= MAX_RETRY_AFTER {
+            if self.honor_retry_after && *after <= max_retry_after {
                 return Some(Decision {
                     delay: *after,
                     from_retry_after: true,
@@ -307,6 +319,27 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(tiny.hold_delay(0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_longer_retry_after_is_honoured_only_where_asked_and_within_the_limit() {
+        let p = RetryPolicy::default();
+        let after = |secs| Failure::Status {
+            code: 429,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let wait = |d: Option<Decision>| d.map(|d| (d.delay.as_secs(), d.from_retry_after));
+        assert_eq!(wait(p.decide(&after(60), 0)), Some((1, false)));
+        let five_min = Duration::from_secs(300);
+        assert_eq!(
+            wait(p.decide_honoring(&after(60), 0, five_min)),
+            Some((60, true))
+        );
+        assert_eq!(
+            wait(p.decide_honoring(&after(301), 1, five_min)),
+            Some((2, false))
+        );
+        assert_eq!(p.decide_honoring(&after(60), p.limit, five_min), None);
     }
 
     #[test]

@@ -146,6 +146,7 @@ pub fn entra_error(status: u16, body: &[u8], spec: &TokenSpec) -> AuthError {
         Some(50027) => "the client assertion is not a valid JWT: check the certificate and key".into(),
         Some(500011) => format!("resource {} is not available in this tenant: check resource, plan and api", spec.audience),
         Some(70011) => format!("scope {}/.default is not valid: check resource and token_endpoint", spec.audience),
+        _ if (300..400).contains(&status) => "the token endpoint redirects, which msgtrace does not follow (the request carries the credential): set login_url to the authority host itself, e.g. https://login.microsoftonline.com".into(),
         _ => String::new(),
     };
     let mut msg = format!(

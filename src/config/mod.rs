@@ -348,6 +348,16 @@ impl AuthConfig {
             AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
         }
     }
+
+    /// [`AuthConfig::oauth`], to change (a sink's token audience).
+    pub(crate) fn oauth_mut(&mut self) -> Option<&mut OAuthApp> {
+        match self {
+            AuthConfig::OAuth { app, .. }
+            | AuthConfig::OAuthSecret { app, .. }
+            | AuthConfig::OAuthCert { app, .. } => Some(app),
+            AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
+        }
+    }
 }
 
 /// What every OAuth client-credentials method needs to ask Entra ID for a token.
@@ -434,6 +444,9 @@ pub enum SinkKind {
     },
     /// Batches POSTed to an HTTP endpoint.
     Http(HttpSinkConfig),
+    /// Batches POSTed to the Azure Monitor Logs Ingestion API (Log Analytics, Microsoft
+    /// Sentinel).
+    AzureLogsIngestion(Box<AzureLogsConfig>),
 }
 
 /// Size-based rotation of a file sink: before a page would make the file larger than
@@ -462,6 +475,48 @@ pub struct HttpSinkConfig {
     pub compression: Compression,
     /// When a batch is sent.
     pub batch: BatchConfig,
+}
+
+/// Settings of an `azure_logs_ingestion` sink: where the Logs Ingestion API takes the events
+/// and how the sink gets its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AzureLogsConfig {
+    /// The data collection endpoint (DCE), or the rule's own logs ingestion endpoint: scheme
+    /// and host only.
+    pub endpoint: Url,
+    /// The data collection rule's immutable id (`dcr-` and 32 hex digits).
+    pub dcr_id: String,
+    /// The rule's input stream (`Custom-MessageTrace`).
+    pub stream: String,
+    /// The Azure cloud; decides the default token audience and login host.
+    pub plan: Plan,
+    /// How the sink gets its token: a source's OAuth methods, `resource` defaulting to the
+    /// Azure Monitor audience of the plan.
+    pub auth: AuthConfig,
+    /// Body compression.
+    pub compression: Compression,
+}
+
+impl AzureLogsConfig {
+    /// The URL each batch is POSTed to.
+    pub fn ingestion_url(&self) -> String {
+        format!(
+            "{}/dataCollectionRules/{}/streams/{}?api-version=2023-01-01",
+            self.endpoint.as_str().trim_end_matches('/'),
+            self.dcr_id,
+            self.stream
+        )
+    }
+}
+
+impl Plan {
+    /// The Azure Monitor token audience of this cloud (`<audience>/.default` is the scope).
+    pub fn monitor_audience(self) -> &'static str {
+        match self {
+            Plan::Enterprise | Plan::Gcc => "https://monitor.azure.com",
+            Plan::GccHigh | Plan::Dod => "https://monitor.azure.us",
+        }
+    }
 }
 
 /// Body format of an `http` sink.

@@ -185,7 +185,7 @@ pub struct RawCertificate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `type`: stdout | file | http.
+    /// `type`: stdout | file | http | azure_logs_ingestion.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// `inputs`: source ids.
@@ -206,10 +206,20 @@ pub struct RawSink {
     pub token: Option<String>,
     /// `headers` (http).
     pub headers: Option<BTreeMap<String, String>>,
-    /// `compression` (http): none | gzip.
+    /// `compression` (http, azure_logs_ingestion): none | gzip.
     pub compression: Option<String>,
     /// `batch` (http).
     pub batch: Option<RawBatch>,
+    /// `endpoint` (azure_logs_ingestion): the data collection endpoint.
+    pub endpoint: Option<String>,
+    /// `dcr_id` (azure_logs_ingestion): the data collection rule's immutable id.
+    pub dcr_id: Option<String>,
+    /// `stream` (azure_logs_ingestion): the rule's input stream.
+    pub stream: Option<String>,
+    /// `plan` (azure_logs_ingestion): the cloud, which decides the token audience.
+    pub plan: Option<String>,
+    /// `[sinks.<id>.auth]` (azure_logs_ingestion): the keys of a source's `[auth]`.
+    pub auth: Option<RawAuth>,
 }
 
 /// `batch = { max_rows, max_bytes, timeout_secs }`.

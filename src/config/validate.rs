@@ -81,7 +81,7 @@ pub(crate) fn validate_parsed(
 
     let mut sinks = BTreeMap::new();
     for (id, sink) in &raw.sinks {
-        if let Some(sink) = cx.sink(id, sink, &raw) {
+        if let Some(sink) = cx.sink(id, sink, &raw, &certificates) {
             sinks.insert(id.clone(), sink);
         }
     }
@@ -102,7 +102,9 @@ pub(crate) fn validate_parsed(
         let used = raw
             .sources
             .values()
-            .any(|s| s.auth.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
+            .map(|s| &s.auth)
+            .chain(raw.sinks.values().map(|s| &s.auth))
+            .any(|a| a.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
         if !used {
             cx.warn(&join("certificates", name), "not used by any source");
         }
@@ -276,15 +278,7 @@ impl Cx<'_> {
         match url.scheme() {
             "https" => {}
             "http" => {
-                let loopback = match url.host() {
-                    Some(Host::Ipv4(ip)) => ip.is_loopback(),
-                    Some(Host::Ipv6(ip)) => ip.is_loopback(),
-                    Some(Host::Domain(d)) => {
-                        d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost")
-                    }
-                    None => false,
-                };
-                if !loopback {
+                if !is_loopback(&url) {
                     self.warn(
                         path,
                         "plain http:// to a host that is not loopback: credentials and events travel unencrypted; \
@@ -442,16 +436,7 @@ impl Cx<'_> {
             raw.api.as_deref(),
             &[("graph", Api::Graph), ("reporting", Api::Reporting)],
         );
-        let plan = self.choice(
-            &at("plan"),
-            raw.plan.as_deref(),
-            &[
-                ("enterprise", Plan::Enterprise),
-                ("gcc", Plan::Gcc),
-                ("gcc_high", Plan::GccHigh),
-                ("dod", Plan::Dod),
-            ],
-        );
+        let plan = self.choice(&at("plan"), raw.plan.as_deref(), PLANS);
         let known = (api.is_some() || raw.api.is_none()) && (plan.is_some() || raw.plan.is_none());
         let api = api.unwrap_or(Api::Graph);
         let plan = plan.unwrap_or(Plan::Enterprise);
@@ -1190,7 +1175,13 @@ impl Cx<'_> {
         })
     }
 
-    fn sink(&mut self, id: &str, raw: &RawSink, config: &RawConfig) -> Option<SinkConfig> {
+    fn sink(
+        &mut self,
+        id: &str,
+        raw: &RawSink,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<SinkConfig> {
         let p = join("sinks", id);
         let at = |key: &str| join(&p, key);
         self.check_id(&p, id, "sink id");
@@ -1227,10 +1218,13 @@ impl Cx<'_> {
             }
         };
 
-        const TYPES: &[&str] = &["stdout", "file", "http"];
+        const TYPES: &[&str] = &["stdout", "file", "http", AZURE];
         let kind = match raw.kind.as_deref().map(str::trim) {
             None => {
-                self.error(&at("type"), "is required; use stdout, file or http");
+                self.error(
+                    &at("type"),
+                    "is required; use stdout, file, http or azure_logs_ingestion",
+                );
                 return None;
             }
             Some(k) if TYPES.contains(&k) => k,
@@ -1238,28 +1232,40 @@ impl Cx<'_> {
                 let shown = self.quote(&at("type"), k);
                 self.error(
                     &at("type"),
-                    format!("unknown sink type {shown}; use stdout, file or http"),
+                    format!(
+                        "unknown sink type {shown}; use stdout, file, http or azure_logs_ingestion"
+                    ),
                 );
                 return None;
             }
         };
-        let owners: [(&str, bool, &str); 10] = [
-            ("path", raw.path.is_some(), "file"),
-            ("mode", raw.mode.is_some(), "file"),
-            ("rotate_max_bytes", raw.rotate_max_bytes.is_some(), "file"),
-            ("rotate_keep", raw.rotate_keep.is_some(), "file"),
-            ("url", raw.url.is_some(), "http"),
-            ("format", raw.format.is_some(), "http"),
-            ("token", raw.token.is_some(), "http"),
-            ("headers", raw.headers.is_some(), "http"),
-            ("compression", raw.compression.is_some(), "http"),
-            ("batch", raw.batch.is_some(), "http"),
+        let owners: [(&str, bool, &[&str]); 15] = [
+            ("path", raw.path.is_some(), &["file"]),
+            ("mode", raw.mode.is_some(), &["file"]),
+            (
+                "rotate_max_bytes",
+                raw.rotate_max_bytes.is_some(),
+                &["file"],
+            ),
+            ("rotate_keep", raw.rotate_keep.is_some(), &["file"]),
+            ("url", raw.url.is_some(), &["http"]),
+            ("format", raw.format.is_some(), &["http"]),
+            ("token", raw.token.is_some(), &["http"]),
+            ("headers", raw.headers.is_some(), &["http"]),
+            ("compression", raw.compression.is_some(), &["http", AZURE]),
+            ("batch", raw.batch.is_some(), &["http"]),
+            ("endpoint", raw.endpoint.is_some(), &[AZURE]),
+            ("dcr_id", raw.dcr_id.is_some(), &[AZURE]),
+            ("stream", raw.stream.is_some(), &[AZURE]),
+            ("plan", raw.plan.is_some(), &[AZURE]),
+            ("auth", raw.auth.is_some(), &[AZURE]),
         ];
-        for (key, present, owner) in owners {
-            if present && owner != kind {
+        for (key, present, owners) in owners {
+            if present && !owners.contains(&kind) {
+                let owners = owners.join(", ");
                 self.error(
                     &at(key),
-                    format!("not used by sink type {kind} (only by {owner}); remove it"),
+                    format!("not used by sink type {kind} (only by {owners}); remove it"),
                 );
             }
         }
@@ -1305,6 +1311,9 @@ impl Cx<'_> {
                     mode,
                 })
             }
+            AZURE => self
+                .azure_sink(&p, raw, config, certificates)
+                .map(|c| SinkKind::AzureLogsIngestion(Box::new(c))),
             _ => self.http_sink(&p, raw).map(SinkKind::Http),
         };
         Some(SinkConfig {
@@ -1312,6 +1321,147 @@ impl Cx<'_> {
             inputs: inputs?,
             kind: kind?,
         })
+    }
+
+    /// An `azure_logs_ingestion` sink. Its `[auth]` is validated as a source's is (the same
+    /// methods and keys), with the Azure Monitor audience of `plan` as the default `resource`.
+    fn azure_sink(
+        &mut self,
+        p: &str,
+        raw: &RawSink,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AzureLogsConfig> {
+        let at = |key: &str| join(p, key);
+        let endpoint = match raw.endpoint.as_deref() {
+            Some(text) => self.https_server_url(
+                &at("endpoint"),
+                text,
+                "endpoint is the data collection endpoint's logs ingestion URL, scheme and host only, e.g. \
+                 \"https://my-dce-a1b2.eastus-1.ingest.monitor.azure.com\": msgtrace appends \
+                 /dataCollectionRules/<dcr_id>/streams/<stream> itself",
+            ),
+            None => {
+                self.error(
+                    &at("endpoint"),
+                    "is required; set the logs ingestion endpoint of the data collection endpoint (or of the rule), \
+                     e.g. \"https://my-dce-a1b2.eastus-1.ingest.monitor.azure.com\"",
+                );
+                None
+            }
+        };
+        let dcr_id = self.required(
+            &at("dcr_id"),
+            raw.dcr_id.as_deref(),
+            "the data collection rule's immutable id, e.g. \"dcr-0123456789abcdef0123456789abcdef\" \
+             (az monitor data-collection rule show --query immutableId)",
+        );
+        let dcr_id = dcr_id.map(|d| d.trim().to_owned()).filter(|d| {
+            let ok = d.len() == 36
+                && d.starts_with("dcr-")
+                && d[4..].bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                let shown = self.quote(&at("dcr_id"), d);
+                self.error(
+                    &at("dcr_id"),
+                    format!(
+                        "{shown} is not an immutable id (`dcr-` and 32 hex digits, not the rule's name or resource id); \
+                         copy it with az monitor data-collection rule show --query immutableId"
+                    ),
+                );
+            }
+            ok
+        });
+        let stream = self.required(
+            &at("stream"),
+            raw.stream.as_deref(),
+            "the rule's input stream, e.g. \"Custom-MessageTrace\"",
+        );
+        let stream = stream.map(|s| s.trim().to_owned()).filter(|s| {
+            let name = s.strip_prefix("Custom-").or_else(|| s.strip_prefix("Microsoft-"));
+            let ok = name.is_some_and(|n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+            if !ok {
+                let shown = self.quote(&at("stream"), s);
+                self.error(
+                    &at("stream"),
+                    format!(
+                        "{shown} is not a stream name; write the rule's streamDeclarations name, `Custom-` and \
+                         letters, digits or `_`, e.g. \"Custom-MessageTrace\""
+                    ),
+                );
+            }
+            ok
+        });
+        let plan = match raw.plan.as_deref() {
+            None => Some(Plan::Enterprise),
+            Some(v) => self.choice(&at("plan"), Some(v), PLANS),
+        };
+        let compression = match raw.compression.as_deref() {
+            None => Some(Compression::None),
+            Some(c) => self.choice(
+                &at("compression"),
+                Some(c),
+                &[("none", Compression::None), ("gzip", Compression::Gzip)],
+            ),
+        };
+        let auth = match (&raw.auth, plan) {
+            (None, _) => {
+                self.error(
+                    &at("auth"),
+                    "is required; add [sinks.<id>.auth] with method = \"oauth\" (or oauth_secret, oauth_cert), \
+                     tenant_id, client_id and the credential of an app registration that has the role \
+                     Monitoring Metrics Publisher on the data collection rule",
+                );
+                None
+            }
+            (Some(a), Some(plan)) => {
+                // The Graph api only stands in for a source's: the audience default is replaced
+                // below, and `true` skips the Graph-only check of basic methods (refused below).
+                let auth = self.auth(&at("auth"), a, Api::Graph, plan, true, config, certificates);
+                let mut auth = auth?;
+                match auth.oauth_mut() {
+                    Some(app) if a.resource.is_none() => {
+                        app.resource = plan.monitor_audience().to_owned();
+                    }
+                    Some(_) => {}
+                    None => {
+                        let method = auth.method();
+                        self.error(
+                            &join(&at("auth"), "method"),
+                            format!("the Logs Ingestion API accepts only Entra ID tokens, not method {method}; use oauth, oauth_secret or oauth_cert"),
+                        );
+                        return None;
+                    }
+                }
+                Some(auth)
+            }
+            (Some(_), None) => None,
+        };
+        Some(AzureLogsConfig {
+            endpoint: endpoint?,
+            dcr_id: dcr_id?,
+            stream: stream?,
+            plan: plan?,
+            auth: auth?,
+            compression: compression?,
+        })
+    }
+
+    /// A [`Cx::server_url`] that must be https (http only to a loopback test server): it carries a
+    /// bearer token.
+    fn https_server_url(&mut self, path: &str, text: &str, fix: &str) -> Option<Url> {
+        let plain = Url::parse(text.trim()).is_ok_and(|u| u.scheme() == "http" && !is_loopback(&u));
+        if plain {
+            self.error(
+                path,
+                "plain http:// would send the token and the events unencrypted; use https:// \
+                 (http:// only to a loopback test server)",
+            );
+            return None;
+        }
+        self.server_url(path, text, fix)
     }
 
     fn http_sink(&mut self, p: &str, raw: &RawSink) -> Option<HttpSinkConfig> {
@@ -1409,6 +1559,27 @@ impl Cx<'_> {
             compression: compression?,
             batch: batch?,
         })
+    }
+}
+
+/// The sink type of the Azure Monitor Logs Ingestion API.
+const AZURE: &str = "azure_logs_ingestion";
+
+/// The spellings of `plan`.
+const PLANS: &[(&str, Plan)] = &[
+    ("enterprise", Plan::Enterprise),
+    ("gcc", Plan::Gcc),
+    ("gcc_high", Plan::GccHigh),
+    ("dod", Plan::Dod),
+];
+
+/// Whether a URL's host is this machine (`127.0.0.0/8`, `::1`, `localhost`).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+        None => false,
     }
 }
 

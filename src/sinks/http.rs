@@ -157,47 +157,21 @@ impl HttpSink {
                         Answer::Refused(m) => return Err(self.error(m)),
                     }
                 }
-                Ok((status, retry_after, answer)) => (
-                    Failure::Status {
-                        code: status,
-                        retry_after,
-                    },
-                    format!(
-                        "HTTP {status} from {}: {}{}",
-                        self.shown_url,
-                        msgtrace_actors::dialect::error_summary(&answer),
-                        status_hint(status)
-                    ),
-                ),
-                Err(SendFailure::Timeout) => (
-                    Failure::Timeout,
-                    format!(
-                        "{}: no answer within {:?}",
-                        self.shown_url, self.request_timeout
-                    ),
-                ),
-                Err(SendFailure::Connection(e)) => {
-                    (Failure::Connection, format!("{}: {e}", self.shown_url))
-                }
-                Err(SendFailure::Request(e)) => return Err(self.error(e)),
+                other => failed_try(&self.shown_url, self.request_timeout, other, status_hint)
+                    .map_err(|e| self.error(e))?,
             };
-            match self.retry.decide(&failure, retries) {
-                Some(d) => {
-                    retries += 1;
-                    warn!(sink = %self.name, attempt = retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying batch");
-                    tokio::time::sleep(d.delay).await;
-                }
-                None => {
-                    let after = if retries > 0 {
-                        format!(" (after {retries} retries)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(self.error(format!(
-                        "{message}{after}; the page is not acknowledged and is delivered again on the next run"
-                    )));
-                }
-            }
+            let max_retry_after = msgtrace_actors::retry::MAX_RETRY_AFTER;
+            let (policy, name) = (&self.retry, &self.name);
+            retry_wait(
+                name,
+                policy,
+                max_retry_after,
+                &failure,
+                message,
+                &mut retries,
+            )
+            .await
+            .map_err(|e| self.error(e))?;
         }
     }
 
@@ -205,46 +179,64 @@ impl HttpSink {
         &self,
         body: actix_web::web::Bytes,
     ) -> Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure> {
-        let mut req = client()
-            .post(&self.url)
-            .insert_header(("Content-Type", content_type(self.format)))
-            .insert_header(("Accept", "application/json"));
+        let mut headers = vec![("Content-Type", content_type(self.format))];
         if self.compression == Compression::Gzip {
-            req = req.insert_header(("Content-Encoding", "gzip"));
+            headers.push(("Content-Encoding", "gzip"));
         }
         if let Some(a) = &self.authorization {
-            req = req.insert_header(("Authorization", a.expose()));
+            headers.push(("Authorization", a.expose()));
         }
         for (k, v) in &self.headers {
-            req = req.insert_header((k.as_str(), v.expose()));
+            headers.push((k.as_str(), v.expose()));
         }
-        let exchange = async move {
-            let mut resp = req.send_body(body).await.map_err(|e| {
-                use awc::error::SendRequestError as E;
-                match e {
-                    E::Url(u) => SendFailure::Request(format!("invalid URL: {u}")),
-                    E::Timeout => SendFailure::Timeout,
-                    other => SendFailure::Connection(other.to_string()),
-                }
-            })?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| msgtrace_actors::retry::parse_retry_after(v, chrono::Utc::now()));
-            let answer =
-                resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| {
-                    SendFailure::Connection(format!("reading the answer failed: {e}"))
-                })?;
-            Ok((status, retry_after, answer))
-        };
-        match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(SendFailure::Timeout),
-        }
+        post(&self.url, &headers, body, self.request_timeout).await
     }
+}
 
+/// POSTs `body` to `url` with `headers` (and `Accept: application/json`) and reads the answer
+/// (at most [`MAX_RESPONSE_BYTES`]), all within `timeout`: the status, a `Retry-After` delay,
+/// the answer body.
+pub(crate) async fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: actix_web::web::Bytes,
+    timeout: Duration,
+) -> Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure> {
+    let mut req = client()
+        .post(url)
+        .insert_header(("Accept", "application/json"));
+    for (k, v) in headers {
+        req = req.insert_header((*k, *v));
+    }
+    let exchange = async move {
+        let mut resp = req.send_body(body).await.map_err(|e| {
+            use awc::error::SendRequestError as E;
+            match e {
+                E::Url(u) => SendFailure::Request(format!("invalid URL: {u}")),
+                E::Timeout => SendFailure::Timeout,
+                other => SendFailure::Connection(other.to_string()),
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| msgtrace_actors::retry::parse_retry_after(v, chrono::Utc::now()));
+        let answer = resp
+            .body()
+            .limit(MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| SendFailure::Connection(format!("reading the answer failed: {e}")))?;
+        Ok((status, retry_after, answer))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(SendFailure::Timeout),
+    }
+}
+
+impl HttpSink {
     /// Looks into a 2xx answer: only Elasticsearch reports failures inside one.
     fn check_answer(&self, answer: &[u8]) -> Answer {
         if self.format != HttpFormat::ElasticsearchBulk {
@@ -254,9 +246,72 @@ impl HttpSink {
     }
 }
 
-enum SendFailure {
+/// A try that got no 2xx: what [`RetryPolicy`] decides on, and the line that says what happened
+/// (`hint` adds the fix for a status); `Err` for a request that cannot be made at all.
+pub(crate) fn failed_try(
+    shown_url: &str,
+    timeout: Duration,
+    outcome: Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure>,
+    hint: fn(u16) -> &'static str,
+) -> Result<(Failure, String), String> {
+    Ok(match outcome {
+        Ok((status, retry_after, answer)) => (
+            Failure::Status {
+                code: status,
+                retry_after,
+            },
+            format!(
+                "HTTP {status} from {shown_url}: {}{}",
+                msgtrace_actors::dialect::error_summary(&answer),
+                hint(status)
+            ),
+        ),
+        Err(SendFailure::Timeout) => (
+            Failure::Timeout,
+            format!("{shown_url}: no answer within {timeout:?}"),
+        ),
+        Err(SendFailure::Connection(e)) => (Failure::Connection, format!("{shown_url}: {e}")),
+        Err(SendFailure::Request(e)) => return Err(e),
+    })
+}
+
+/// After the `retries`-th failed try of a batch: waits as the policy (with the longest
+/// `Retry-After` it honours) says and counts the retry, or gives the line that ends the delivery.
+pub(crate) async fn retry_wait(
+    sink: &str,
+    policy: &RetryPolicy,
+    max_retry_after: Duration,
+    failure: &Failure,
+    message: String,
+    retries: &mut u32,
+) -> Result<(), String> {
+    match policy.decide_honoring(failure, *retries, max_retry_after) {
+        Some(d) => {
+            *retries += 1;
+            warn!(sink = %sink, attempt = *retries, delay_ms = d.delay.as_millis() as u64, error = %message, "retrying batch");
+            tokio::time::sleep(d.delay).await;
+            Ok(())
+        }
+        None => {
+            let after = if *retries > 0 {
+                format!(" (after {retries} retries)")
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "{message}{after}; the page is not acknowledged and is delivered again on the next run"
+            ))
+        }
+    }
+}
+
+/// Why no answer came.
+pub(crate) enum SendFailure {
+    /// No answer within the request timeout.
     Timeout,
+    /// The connection failed or broke.
     Connection(String),
+    /// The request could not be made (a bad URL).
     Request(String),
 }
 
@@ -348,7 +403,8 @@ fn content_type(format: HttpFormat) -> &'static str {
     }
 }
 
-fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// `body` gzip-compressed (fast level).
+pub(crate) fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(body.len() / 4 + 64),
         flate2::Compression::fast(),
@@ -370,6 +426,8 @@ fn client() -> awc::Client {
                 awc::Client::builder()
                     // `HttpSink::post` applies its own timeout to the whole exchange.
                     .disable_timeout()
+                    // Events go to the configured URL only: a 3xx is the answer.
+                    .disable_redirects()
                     .connector(awc::Connector::new().timeout(Duration::from_secs(10)))
                     .finish()
             })

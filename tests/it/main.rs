@@ -28,4 +28,5 @@ mod quota_share;
 mod reload;
 mod reread;
 mod resilience;
+mod sentinel;
 mod time_filter;

@@ -123,6 +123,7 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("O365_CLIENT_SECRET", "client-secret-from-the-environment"),
     ("SPLUNK_HEC_TOKEN", "00000000-0000-0000-0000-000000000000"),
     ("ES_API_KEY", "ZXhhbXBsZTprZXk="),
+    ("DCR_CLIENT_SECRET", "dcr-writer-secret"),
     ("MSGTRACE_SIM_SECRET", "sim-secret"),
     ("POD_IP", "127.0.0.1"),
 ];
@@ -161,6 +162,7 @@ fn every_ready_configuration_is_valid_and_takes_its_secrets_from_the_environment
         "graph-to-file.toml",
         "graph-to-splunk.toml",
         "graph-to-elasticsearch.toml",
+        "graph-to-sentinel.toml",
         "simulate.toml",
         "msgtrace.toml",
     ] {
