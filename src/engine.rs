@@ -635,7 +635,8 @@ pub fn start(
         .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
     let running: Vec<RunningSink> = configured.chain(hosted).collect();
     let sinks = running.iter().map(|s| s.entry(config)).collect();
-    let auth = AuthToken::default().start();
+    // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
+    let auth = actix::Supervisor::start(|_| AuthToken::default());
     let supervisor = Supervisor::new(
         store.clone(),
         auth.clone(),

@@ -143,7 +143,7 @@ impl AuthToken {
             }
             Err(last)
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, _| {
             let entry = act.cache.entry(spec.clone()).or_default();
             entry.in_flight = false;
             match &res {
@@ -167,6 +167,24 @@ impl AuthToken {
             }
         }));
     }
+}
+
+/// A token request whose panic (a bug in parsing a response or signing an assertion) is caught
+/// and answered as a failed request: the actor, shared by every source, goes on, the waiters get
+/// the error, and the next request tries again. Before, the panic ended the engine's thread.
+pub(crate) async fn guarded(
+    request: impl std::future::Future<Output = Result<Token, AuthError>>,
+) -> Result<Token, AuthError> {
+    use futures_util::FutureExt as _;
+    std::panic::AssertUnwindSafe(request)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = crate::hook::panic_message(&*panic);
+            Err(AuthError::Unavailable(format!(
+                "the token request panicked ({what}); the next request tries again"
+            )))
+        })
 }
 
 impl Handler<GetAuthHeader> for AuthToken {
@@ -236,5 +254,17 @@ impl Handler<GetAuthStats> for AuthToken {
 
     fn handle(&mut self, _: GetAuthStats, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.stats.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[actix_rt::test]
+    async fn a_token_request_that_panics_is_a_failed_request_not_a_dead_actor() {
+        let r = super::guarded(async { panic!("bad response") }).await;
+        match r {
+            Err(super::AuthError::Unavailable(m)) => assert!(m.contains("bad response"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -29,6 +29,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     validate_parsed(raw, &BTreeSet::new())
 }
 
+/// The sign-in methods (`method`).
+const METHODS: &[&str] = &[
+    "basic",
+    "basic_secret",
+    "oauth",
+    "oauth_secret",
+    "oauth_cert",
+];
+
 /// [`validate`], knowing which key paths hold values from the environment (not to be echoed).
 pub(crate) fn validate_parsed(
     raw: RawConfig,
@@ -820,32 +829,53 @@ impl Cx<'_> {
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AuthConfig> {
         let at = |key: &str| join(p, key);
-        const METHODS: &[&str] = &[
-            "basic",
-            "basic_secret",
-            "oauth",
-            "oauth_secret",
-            "oauth_cert",
-        ];
-        let method = match raw.method.as_deref().map(str::trim) {
+        let method = self.auth_method(p, raw)?;
+        self.keys_of_other_methods(p, raw, method);
+        if method.starts_with("basic") && api == Api::Graph && !explicit_url {
+            self.error(
+                &at("method"),
+                format!(
+                    "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
+                     oauth_cert, or api = \"reporting\""
+                ),
+            );
+        }
+
+        match method {
+            "basic" => self.basic(p, raw),
+            "basic_secret" => self.basic_secret(p, raw),
+            "oauth" => self.oauth(p, raw, api, plan),
+            "oauth_secret" => self.oauth_secret(p, raw, api, plan),
+            _ => self.oauth_cert(p, raw, api, plan, config, certificates),
+        }
+    }
+
+    /// `method`, required and known.
+    fn auth_method<'r>(&mut self, p: &str, raw: &'r RawAuth) -> Option<&'r str> {
+        let at = |key: &str| join(p, key);
+        match raw.method.as_deref().map(str::trim) {
             None => {
                 self.error(
                     &at("method"),
                     format!("is required; use one of: {}", METHODS.join(", ")),
                 );
-                return None;
+                None
             }
-            Some(m) if METHODS.contains(&m) => m,
+            Some(m) if METHODS.contains(&m) => Some(m),
             Some(m) => {
                 let shown = self.quote(&at("method"), m);
                 self.error(
                     &at("method"),
                     format!("unknown method {shown}; use one of: {}", METHODS.join(", ")),
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
 
+    /// Keys that belong to another method than `method`: each one an error.
+    fn keys_of_other_methods(&mut self, p: &str, raw: &RawAuth, method: &str) {
+        let at = |key: &str| join(p, key);
         // Which keys each method reads; any other key set is a mistake.
         let owners: [(&str, bool, &[&str]); 15] = [
             ("tenant_id", raw.tenant_id.is_some(), OAUTH_METHODS),
@@ -888,143 +918,171 @@ impl Cx<'_> {
                 );
             }
         }
+    }
 
-        if method.starts_with("basic") && api == Api::Graph && !explicit_url {
-            self.error(
-                &at("method"),
-                format!(
-                    "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
-                     oauth_cert, or api = \"reporting\""
-                ),
-            );
+    /// `method = "basic"`.
+    fn basic(&mut self, p: &str, raw: &RawAuth) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        let username = self.required(
+            &at("username"),
+            raw.username.as_deref(),
+            "the account name for method basic",
+        );
+        let password = self.required(
+            &at("password"),
+            raw.password.as_deref(),
+            "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
+        );
+        Some(AuthConfig::Basic {
+            username: username?,
+            password: Secret::new(password?),
+        })
+    }
+
+    /// `method = "basic_secret"`.
+    fn basic_secret(&mut self, p: &str, raw: &RawAuth) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        let name = self.required(
+            &at("credentials_secret"),
+            raw.credentials_secret.as_deref(),
+            "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
+        );
+        Some(AuthConfig::BasicSecret {
+            credentials_secret: name?,
+        })
+    }
+
+    /// `method = "oauth"`.
+    fn oauth(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        let app = self.oauth_app(p, raw, api, plan);
+        let secret = self.required(
+            &at("client_secret"),
+            raw.client_secret.as_deref(),
+            "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
+             oauth_secret with client_secret_ref",
+        );
+        Some(AuthConfig::OAuth {
+            app: app?,
+            client_secret: Secret::new(secret?),
+        })
+    }
+
+    /// `method = "oauth_secret"`.
+    fn oauth_secret(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        let app = self.oauth_app(p, raw, api, plan);
+        let name = self.required(
+            &at("client_secret_ref"),
+            raw.client_secret_ref.as_deref(),
+            "the name of a secret in the store (msgtrace secrets set NAME)",
+        );
+        Some(AuthConfig::OAuthSecret {
+            app: app?,
+            client_secret_ref: name?,
+        })
+    }
+
+    /// `method = "oauth_cert"`.
+    fn oauth_cert(
+        &mut self,
+        p: &str,
+        raw: &RawAuth,
+        api: Api,
+        plan: Plan,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AuthConfig> {
+        let app = self.oauth_app(p, raw, api, plan);
+        let alg = self.assertion_alg(p, raw);
+        let (certificate, certificate_name) = self.certificate_of(p, raw, config, certificates);
+        Some(AuthConfig::OAuthCert {
+            app: app?,
+            certificate: certificate?,
+            certificate_name,
+            assertion_alg: alg?,
+        })
+    }
+
+    /// `assertion_alg`: PS256 (default) or RS256.
+    fn assertion_alg(&mut self, p: &str, raw: &RawAuth) -> Option<AssertionAlg> {
+        let at = |key: &str| join(p, key);
+        match raw.assertion_alg.as_deref() {
+            None => Some(AssertionAlg::Ps256),
+            Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
+            Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
+            Some(a) => {
+                let shown = self.quote(&at("assertion_alg"), a);
+                self.error(
+                    &at("assertion_alg"),
+                    format!("unknown algorithm {shown}; use PS256 or RS256"),
+                );
+                None
+            }
         }
+    }
 
-        match method {
-            "basic" => {
-                let username = self.required(
-                    &at("username"),
-                    raw.username.as_deref(),
-                    "the account name for method basic",
+    /// The certificate of `oauth_cert`: a `[certificates]` entry (`certificate`) or inline
+    /// (`cert_path`, `key_path`, `passphrase`), not both; with the entry's name.
+    fn certificate_of(
+        &mut self,
+        p: &str,
+        raw: &RawAuth,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> (Option<CertificateConfig>, Option<String>) {
+        let at = |key: &str| join(p, key);
+        let inline = raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
+        match (&raw.certificate, inline) {
+            (Some(_), true) => {
+                self.error(
+                    &at("certificate"),
+                    "set either certificate (a [certificates] entry) or cert_path/key_path/passphrase, not both",
                 );
-                let password = self.required(
-                    &at("password"),
-                    raw.password.as_deref(),
-                    "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
-                );
-                Some(AuthConfig::Basic {
-                    username: username?,
-                    password: Secret::new(password?),
-                })
+                (None, None)
             }
-            "basic_secret" => {
-                let name = self.required(
-                    &at("credentials_secret"),
-                    raw.credentials_secret.as_deref(),
-                    "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
-                );
-                Some(AuthConfig::BasicSecret {
-                    credentials_secret: name?,
-                })
+            (Some(name), false) => {
+                if let Some(cert) = certificates.get(name) {
+                    (Some(cert.clone()), Some(name.clone()))
+                } else if config.certificates.contains_key(name) {
+                    // The entry exists but has its own errors, reported under [certificates].
+                    (None, None)
+                } else {
+                    let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() {
+                        "none are defined".to_owned()
+                    } else {
+                        known.join(", ")
+                    };
+                    let shown = self.quote(&at("certificate"), name);
+                    self.error(
+                        &at("certificate"),
+                        format!(
+                            "no [certificates] entry named {shown}; known certificates: {known}"
+                        ),
+                    );
+                    (None, None)
+                }
             }
-            "oauth" => {
-                let app = self.oauth_app(p, raw, api, plan);
-                let secret = self.required(
-                    &at("client_secret"),
-                    raw.client_secret.as_deref(),
-                    "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
-                     oauth_secret with client_secret_ref",
+            (None, _) => {
+                let cert_path = self.required_path(
+                    &at("cert_path"),
+                    raw.cert_path.as_deref(),
+                    "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
                 );
-                Some(AuthConfig::OAuth {
-                    app: app?,
-                    client_secret: Secret::new(secret?),
-                })
-            }
-            "oauth_secret" => {
-                let app = self.oauth_app(p, raw, api, plan);
-                let name = self.required(
-                    &at("client_secret_ref"),
-                    raw.client_secret_ref.as_deref(),
-                    "the name of a secret in the store (msgtrace secrets set NAME)",
+                let key_path = self.required_path(
+                    &at("key_path"),
+                    raw.key_path.as_deref(),
+                    "the private key PEM file",
                 );
-                Some(AuthConfig::OAuthSecret {
-                    app: app?,
-                    client_secret_ref: name?,
-                })
-            }
-            _ => {
-                let app = self.oauth_app(p, raw, api, plan);
-                let alg = match raw.assertion_alg.as_deref() {
-                    None => Some(AssertionAlg::Ps256),
-                    Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
-                    Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
-                    Some(a) => {
-                        let shown = self.quote(&at("assertion_alg"), a);
-                        self.error(
-                            &at("assertion_alg"),
-                            format!("unknown algorithm {shown}; use PS256 or RS256"),
-                        );
-                        None
-                    }
-                };
-                let inline =
-                    raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
-                let (certificate, certificate_name) = match (&raw.certificate, inline) {
-                    (Some(_), true) => {
-                        self.error(
-                            &at("certificate"),
-                            "set either certificate (a [certificates] entry) or cert_path/key_path/passphrase, not both",
-                        );
-                        (None, None)
-                    }
-                    (Some(name), false) => {
-                        if let Some(cert) = certificates.get(name) {
-                            (Some(cert.clone()), Some(name.clone()))
-                        } else if config.certificates.contains_key(name) {
-                            // The entry exists but has its own errors, reported under [certificates].
-                            (None, None)
-                        } else {
-                            let known: Vec<&str> =
-                                config.certificates.keys().map(String::as_str).collect();
-                            let known = if known.is_empty() {
-                                "none are defined".to_owned()
-                            } else {
-                                known.join(", ")
-                            };
-                            let shown = self.quote(&at("certificate"), name);
-                            self.error(
-                                &at("certificate"),
-                                format!("no [certificates] entry named {shown}; known certificates: {known}"),
-                            );
-                            (None, None)
-                        }
-                    }
-                    (None, _) => {
-                        let cert_path = self.required_path(
-                            &at("cert_path"),
-                            raw.cert_path.as_deref(),
-                            "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
-                        );
-                        let key_path = self.required_path(
-                            &at("key_path"),
-                            raw.key_path.as_deref(),
-                            "the private key PEM file",
-                        );
-                        let cert = cert_path.zip(key_path).map(|(cert_path, key_path)| {
-                            CertificateConfig {
-                                cert_path,
-                                key_path,
-                                passphrase: secret(raw.passphrase.as_deref()),
-                            }
-                        });
-                        (cert, None)
-                    }
-                };
-                Some(AuthConfig::OAuthCert {
-                    app: app?,
-                    certificate: certificate?,
-                    certificate_name,
-                    assertion_alg: alg?,
-                })
+                let cert = cert_path
+                    .zip(key_path)
+                    .map(|(cert_path, key_path)| CertificateConfig {
+                        cert_path,
+                        key_path,
+                        passphrase: secret(raw.passphrase.as_deref()),
+                    });
+                (cert, None)
             }
         }
     }

@@ -136,61 +136,14 @@ pub(super) fn make_ready(
     // Each row becomes its event's fields as it is (moved, not copied).
     for mut fields in rows {
         let time = api.row_time(&fields);
-        if let (Some(t), Some((start, end))) = (time, plan.filter) {
-            if t < start || t >= end {
-                out.dropped += 1;
-                continue;
-            }
-        }
-        // A re-query asks up to its end: a row after it was delivered before the re-query (a
-        // server that ignores the filter sends it again).
-        if let (Some(t), Some(end)) = (time, plan.query_end) {
-            if t > end {
-                out.skipped += 1;
-                continue;
-            }
-        }
         let identity = api.row_identity_ref(&fields);
+        let Some(update) = keep_row(plan, &mut out, &fields, time, identity)? else {
+            continue;
+        };
         let is_broken = time.is_none()
             || identity.is_none()
             || (repaired && fields.values().any(holds_replacement));
-        let mut update = false;
-        if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
-            if !plan.skip.is_empty()
-                && Some(t) == plan.query_end
-                && plan
-                    .skip
-                    .iter()
-                    .any(|(a, b)| a == trace_id && b == recipient)
-            {
-                out.skipped += 1;
-                continue;
-            }
-            if let Some((store, source_id)) = &plan.index {
-                let status = fields
-                    .get(api.status_field())
-                    .and_then(|s| s.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                let entry = SeenEntry {
-                    time: t,
-                    trace_id: trace_id.to_owned(),
-                    recipient: recipient.to_owned(),
-                    status,
-                };
-                match store
-                    .seen_status(source_id, &entry)
-                    .map_err(FetchError::IdentityIndex)?
-                {
-                    Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
-                        out.known += 1;
-                        continue;
-                    }
-                    Some(_) => update = true,
-                    None => {}
-                }
-                out.seen.push(entry);
-            }
+        if let (Some(t), Some(_)) = (time, identity) {
             let at = events.len();
             match &mut oldest {
                 Some((o, _)) if t > *o => {}
@@ -224,7 +177,86 @@ pub(super) fn make_ready(
             .collect();
         (t, ids)
     });
-    // The static fields last, so that the identities above are the API's, whatever they name.
+    out.batch = into_batch(plan, events, is_last, &mut out.rows)?;
+    Ok(out)
+}
+
+/// Whether a row is delivered (`Some(update)`: with `_update` when the identity index knew it
+/// with another status) or not (`None`: outside the slice, delivered before a re-query, or
+/// known with the same status), counted in `out`; a row it keeps is entered in `out.seen`.
+fn keep_row(
+    plan: &PagePlan,
+    out: &mut Ready,
+    fields: &crate::dialect::Row,
+    time: Option<DateTime<Utc>>,
+    identity: Option<(&str, &str)>,
+) -> Result<Option<bool>, FetchError> {
+    if let (Some(t), Some((start, end))) = (time, plan.filter) {
+        if t < start || t >= end {
+            out.dropped += 1;
+            return Ok(None);
+        }
+    }
+    // A re-query asks up to its end: a row after it was delivered before the re-query (a
+    // server that ignores the filter sends it again).
+    if let (Some(t), Some(end)) = (time, plan.query_end) {
+        if t > end {
+            out.skipped += 1;
+            return Ok(None);
+        }
+    }
+    let (Some(t), Some((trace_id, recipient))) = (time, identity) else {
+        return Ok(Some(false));
+    };
+    if !plan.skip.is_empty()
+        && Some(t) == plan.query_end
+        && plan
+            .skip
+            .iter()
+            .any(|(a, b)| a == trace_id && b == recipient)
+    {
+        out.skipped += 1;
+        return Ok(None);
+    }
+    let Some((store, source_id)) = &plan.index else {
+        return Ok(Some(false));
+    };
+    let status = fields
+        .get(plan.api.status_field())
+        .and_then(|s| s.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let entry = SeenEntry {
+        time: t,
+        trace_id: trace_id.to_owned(),
+        recipient: recipient.to_owned(),
+        status,
+    };
+    let update = match store
+        .seen_status(source_id, &entry)
+        .map_err(FetchError::IdentityIndex)?
+    {
+        Some(prev) if prev.eq_ignore_ascii_case(&entry.status) => {
+            out.known += 1;
+            return Ok(None);
+        }
+        Some(_) => true,
+        None => false,
+    };
+    out.seen.push(entry);
+    Ok(Some(update))
+}
+
+/// The page's events as the sinks take them: the static fields added (last, so that the
+/// identities read before are the API's, whatever they name), the last event of the last page
+/// marked final, the hooks run, NDJSON encoded for the sinks that read it and the events freed
+/// when no sink reads them. `None` when no event is left. `rows`: the events before the hooks.
+fn into_batch(
+    plan: &PagePlan,
+    mut events: Vec<Event>,
+    is_last: bool,
+    rows: &mut u64,
+) -> Result<Option<Batch>, FetchError> {
     if !plan.fields.is_empty() {
         for e in &mut events {
             for (k, v) in &plan.fields {
@@ -237,25 +269,24 @@ pub(super) fn make_ready(
             e.meta.is_final = true;
         }
     }
-    out.rows = events.len() as u64;
+    *rows = events.len() as u64;
     if events.is_empty() {
-        return Ok(out);
+        return Ok(None);
     }
     crate::hook::apply(&plan.hooks, &mut events)?;
     if events.is_empty() {
-        return Ok(out);
+        return Ok(None);
     }
     let encoded = plan.reads.ndjson.then(|| Arc::new(Ndjson::encode(&events)));
     if !plan.reads.events {
         // Freed here, where they were allocated: nothing reads them.
         events = Vec::new();
     }
-    out.batch = Some(Batch {
+    Ok(Some(Batch {
         source: plan.input_id.clone(),
         events: Arc::new(events),
         encoded,
-    });
-    Ok(out)
+    }))
 }
 
 /// Whether a value holds U+FFFD, the character a byte that was not UTF-8 became.
