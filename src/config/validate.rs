@@ -29,6 +29,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     validate_parsed(raw, &BTreeSet::new())
 }
 
+/// What an `[auth]` table signs in to: the API and cloud of its source (a sink's: Graph's
+/// rules), and whether the URL was given (then basic methods are not refused for Graph).
+#[derive(Clone, Copy)]
+struct AuthTarget {
+    api: Api,
+    plan: Plan,
+    explicit_url: bool,
+}
+
 /// The sign-in methods (`method`).
 const METHODS: &[&str] = &[
     "basic",
@@ -781,15 +790,14 @@ impl Cx<'_> {
     ) -> Option<AuthConfig> {
         let at = |key: &str| join(p, key);
         match &raw.auth {
-            Some(auth) => self.auth(
-                &at("auth"),
-                auth,
-                api,
-                plan,
-                raw.url.is_some(),
-                config,
-                certificates,
-            ),
+            Some(auth) => {
+                let target = AuthTarget {
+                    api,
+                    plan,
+                    explicit_url: raw.url.is_some(),
+                };
+                self.auth(&at("auth"), auth, target, config, certificates)
+            }
             None => {
                 self.error(
                     &at("auth"),
@@ -817,17 +825,19 @@ impl Cx<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn auth(
         &mut self,
         p: &str,
         raw: &RawAuth,
-        api: Api,
-        plan: Plan,
-        explicit_url: bool,
+        target: AuthTarget,
         config: &RawConfig,
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AuthConfig> {
+        let AuthTarget {
+            api,
+            plan,
+            explicit_url,
+        } = target;
         let at = |key: &str| join(p, key);
         let method = self.auth_method(p, raw)?;
         self.keys_of_other_methods(p, raw, method);
@@ -1241,10 +1251,29 @@ impl Cx<'_> {
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<SinkConfig> {
         let p = join("sinks", id);
-        let at = |key: &str| join(&p, key);
         self.check_id(&p, id, "sink id");
+        let inputs = self.inputs(&p, raw, config);
+        let kind = self.sink_type(&p, raw)?;
+        self.keys_of_other_types(&p, raw, kind);
+        let kind = match kind {
+            "stdout" => Some(SinkKind::Stdout),
+            "file" => self.file_sink(&p, raw),
+            AZURE => self
+                .azure_sink(&p, raw, config, certificates)
+                .map(|c| SinkKind::AzureLogsIngestion(Box::new(c))),
+            _ => self.http_sink(&p, raw).map(SinkKind::Http),
+        };
+        Some(SinkConfig {
+            id: id.to_owned(),
+            inputs: inputs?,
+            kind: kind?,
+        })
+    }
 
-        let inputs = match &raw.inputs {
+    /// `inputs`: required, not empty, each a configured source.
+    fn inputs(&mut self, p: &str, raw: &RawSink, config: &RawConfig) -> Option<Vec<String>> {
+        let at = |key: &str| join(p, key);
+        match &raw.inputs {
             None => {
                 self.error(&at("inputs"), "is required; list the source ids this sink receives, e.g. inputs = [\"contoso\"]");
                 None
@@ -1274,18 +1303,22 @@ impl Cx<'_> {
                 }
                 ok.then(|| list.clone())
             }
-        };
+        }
+    }
 
+    /// `type`, required and known.
+    fn sink_type<'r>(&mut self, p: &str, raw: &'r RawSink) -> Option<&'r str> {
+        let at = |key: &str| join(p, key);
         const TYPES: &[&str] = &["stdout", "file", "http", AZURE];
-        let kind = match raw.kind.as_deref().map(str::trim) {
+        match raw.kind.as_deref().map(str::trim) {
             None => {
                 self.error(
                     &at("type"),
                     "is required; use stdout, file, http or azure_logs_ingestion",
                 );
-                return None;
+                None
             }
-            Some(k) if TYPES.contains(&k) => k,
+            Some(k) if TYPES.contains(&k) => Some(k),
             Some(k) => {
                 let shown = self.quote(&at("type"), k);
                 self.error(
@@ -1294,9 +1327,14 @@ impl Cx<'_> {
                         "unknown sink type {shown}; use stdout, file, http or azure_logs_ingestion"
                     ),
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// Keys that belong to another sink type than `kind`: each one an error.
+    fn keys_of_other_types(&mut self, p: &str, raw: &RawSink, kind: &str) {
+        let at = |key: &str| join(p, key);
         let owners: [(&str, bool, &[&str]); 15] = [
             ("path", raw.path.is_some(), &["file"]),
             ("mode", raw.mode.is_some(), &["file"]),
@@ -1327,57 +1365,47 @@ impl Cx<'_> {
                 );
             }
         }
+    }
 
-        let kind = match kind {
-            "stdout" => Some(SinkKind::Stdout),
-            "file" => {
-                let rotate = match raw.rotate_max_bytes {
-                    None => None,
-                    Some(n) => self
-                        .int_in::<u64>(&at("rotate_max_bytes"), n, 4096, i64::MAX, "")
-                        .map(|max_bytes| Rotation { max_bytes, keep: 5 }),
-                };
-                let keep = match raw.rotate_keep {
-                    None => Some(5),
-                    Some(n) => self.int_in::<u32>(&at("rotate_keep"), n, 1, 1000, ""),
-                };
-                if raw.rotate_keep.is_some() && raw.rotate_max_bytes.is_none() {
-                    self.error(
-                        &at("rotate_keep"),
-                        "has no effect without rotate_max_bytes; set both or neither",
-                    );
-                }
-                let mode = match raw.mode.as_deref() {
-                    None => Some(crate::sinks::DEFAULT_FILE_MODE),
-                    Some(text) => match file_mode(text) {
-                        Ok(m) => Some(m),
-                        Err(e) => {
-                            let shown = self.quote(&at("mode"), text);
-                            self.error(&at("mode"), format!("{shown} {e}"));
-                            None
-                        }
-                    },
-                };
-                let path = self.required_path(
-                    &at("path"),
-                    raw.path.as_deref(),
-                    "the file to append events to",
-                );
-                path.zip(mode).map(|(path, mode)| SinkKind::File {
-                    path,
-                    rotate: rotate.zip(keep).map(|(r, keep)| Rotation { keep, ..r }),
-                    mode,
-                })
-            }
-            AZURE => self
-                .azure_sink(&p, raw, config, certificates)
-                .map(|c| SinkKind::AzureLogsIngestion(Box::new(c))),
-            _ => self.http_sink(&p, raw).map(SinkKind::Http),
+    /// A `file` sink: `path`, `mode`, rotation.
+    fn file_sink(&mut self, p: &str, raw: &RawSink) -> Option<SinkKind> {
+        let at = |key: &str| join(p, key);
+        let rotate = match raw.rotate_max_bytes {
+            None => None,
+            Some(n) => self
+                .int_in::<u64>(&at("rotate_max_bytes"), n, 4096, i64::MAX, "")
+                .map(|max_bytes| Rotation { max_bytes, keep: 5 }),
         };
-        Some(SinkConfig {
-            id: id.to_owned(),
-            inputs: inputs?,
-            kind: kind?,
+        let keep = match raw.rotate_keep {
+            None => Some(5),
+            Some(n) => self.int_in::<u32>(&at("rotate_keep"), n, 1, 1000, ""),
+        };
+        if raw.rotate_keep.is_some() && raw.rotate_max_bytes.is_none() {
+            self.error(
+                &at("rotate_keep"),
+                "has no effect without rotate_max_bytes; set both or neither",
+            );
+        }
+        let mode = match raw.mode.as_deref() {
+            None => Some(crate::sinks::DEFAULT_FILE_MODE),
+            Some(text) => match file_mode(text) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let shown = self.quote(&at("mode"), text);
+                    self.error(&at("mode"), format!("{shown} {e}"));
+                    None
+                }
+            },
+        };
+        let path = self.required_path(
+            &at("path"),
+            raw.path.as_deref(),
+            "the file to append events to",
+        );
+        path.zip(mode).map(|(path, mode)| SinkKind::File {
+            path,
+            rotate: rotate.zip(keep).map(|(r, keep)| Rotation { keep, ..r }),
+            mode,
         })
     }
 
@@ -1391,7 +1419,36 @@ impl Cx<'_> {
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AzureLogsConfig> {
         let at = |key: &str| join(p, key);
-        let endpoint = match raw.endpoint.as_deref() {
+        let endpoint = self.azure_endpoint(p, raw);
+        let dcr_id = self.dcr_id(p, raw);
+        let stream = self.azure_stream(p, raw);
+        let plan = match raw.plan.as_deref() {
+            None => Some(Plan::Enterprise),
+            Some(v) => self.choice(&at("plan"), Some(v), PLANS),
+        };
+        let compression = match raw.compression.as_deref() {
+            None => Some(Compression::None),
+            Some(c) => self.choice(
+                &at("compression"),
+                Some(c),
+                &[("none", Compression::None), ("gzip", Compression::Gzip)],
+            ),
+        };
+        let auth = self.azure_auth(p, raw, plan, config, certificates);
+        Some(AzureLogsConfig {
+            endpoint: endpoint?,
+            dcr_id: dcr_id?,
+            stream: stream?,
+            plan: plan?,
+            auth: auth?,
+            compression: compression?,
+        })
+    }
+
+    /// `endpoint` of an `azure_logs_ingestion` sink: https, origin only.
+    fn azure_endpoint(&mut self, p: &str, raw: &RawSink) -> Option<Url> {
+        let at = |key: &str| join(p, key);
+        match raw.endpoint.as_deref() {
             Some(text) => self.https_server_url(
                 &at("endpoint"),
                 text,
@@ -1407,14 +1464,19 @@ impl Cx<'_> {
                 );
                 None
             }
-        };
+        }
+    }
+
+    /// `dcr_id`: the rule's immutable id (`dcr-` and 32 hex digits).
+    fn dcr_id(&mut self, p: &str, raw: &RawSink) -> Option<String> {
+        let at = |key: &str| join(p, key);
         let dcr_id = self.required(
             &at("dcr_id"),
             raw.dcr_id.as_deref(),
             "the data collection rule's immutable id, e.g. \"dcr-0123456789abcdef0123456789abcdef\" \
              (az monitor data-collection rule show --query immutableId)",
         );
-        let dcr_id = dcr_id.map(|d| d.trim().to_owned()).filter(|d| {
+        dcr_id.map(|d| d.trim().to_owned()).filter(|d| {
             let ok = d.len() == 36
                 && d.starts_with("dcr-")
                 && d[4..].bytes().all(|b| b.is_ascii_hexdigit());
@@ -1429,13 +1491,18 @@ impl Cx<'_> {
                 );
             }
             ok
-        });
+        })
+    }
+
+    /// `stream`: `Custom-` (or `Microsoft-`) and a name.
+    fn azure_stream(&mut self, p: &str, raw: &RawSink) -> Option<String> {
+        let at = |key: &str| join(p, key);
         let stream = self.required(
             &at("stream"),
             raw.stream.as_deref(),
             "the rule's input stream, e.g. \"Custom-MessageTrace\"",
         );
-        let stream = stream.map(|s| s.trim().to_owned()).filter(|s| {
+        stream.map(|s| s.trim().to_owned()).filter(|s| {
             let name = s.strip_prefix("Custom-").or_else(|| s.strip_prefix("Microsoft-"));
             let ok = name.is_some_and(|n| {
                 !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -1451,20 +1518,21 @@ impl Cx<'_> {
                 );
             }
             ok
-        });
-        let plan = match raw.plan.as_deref() {
-            None => Some(Plan::Enterprise),
-            Some(v) => self.choice(&at("plan"), Some(v), PLANS),
-        };
-        let compression = match raw.compression.as_deref() {
-            None => Some(Compression::None),
-            Some(c) => self.choice(
-                &at("compression"),
-                Some(c),
-                &[("none", Compression::None), ("gzip", Compression::Gzip)],
-            ),
-        };
-        let auth = match (&raw.auth, plan) {
+        })
+    }
+
+    /// `[sinks.<id>.auth]`: validated as a source's (the same methods and keys), Entra ID
+    /// methods only, with the Azure Monitor audience of `plan` as the default `resource`.
+    fn azure_auth(
+        &mut self,
+        p: &str,
+        raw: &RawSink,
+        plan: Option<Plan>,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        match (&raw.auth, plan) {
             (None, _) => {
                 self.error(
                     &at("auth"),
@@ -1477,7 +1545,12 @@ impl Cx<'_> {
             (Some(a), Some(plan)) => {
                 // The Graph api only stands in for a source's: the audience default is replaced
                 // below, and `true` skips the Graph-only check of basic methods (refused below).
-                let auth = self.auth(&at("auth"), a, Api::Graph, plan, true, config, certificates);
+                let target = AuthTarget {
+                    api: Api::Graph,
+                    plan,
+                    explicit_url: true,
+                };
+                let auth = self.auth(&at("auth"), a, target, config, certificates);
                 let mut auth = auth?;
                 match auth.oauth_mut() {
                     Some(app) if a.resource.is_none() => {
@@ -1496,15 +1569,7 @@ impl Cx<'_> {
                 Some(auth)
             }
             (Some(_), None) => None,
-        };
-        Some(AzureLogsConfig {
-            endpoint: endpoint?,
-            dcr_id: dcr_id?,
-            stream: stream?,
-            plan: plan?,
-            auth: auth?,
-            compression: compression?,
-        })
+        }
     }
 
     /// A [`Cx::server_url`] that must be https (http only to a loopback test server): it carries a
