@@ -387,23 +387,9 @@ impl OAuthApp {
     }
 }
 
-/// Entra ID token endpoint version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenEndpoint {
-    /// `/oauth2/token` with `resource=<audience>`.
-    V1,
-    /// `/oauth2/v2.0/token` with `scope=<audience>/.default` (the default).
-    V2,
-}
-
-/// Signature algorithm of a certificate client assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AssertionAlg {
-    /// RSASSA-PSS with SHA-256 and an `x5t#S256` thumbprint (the default, current Microsoft docs).
-    Ps256,
-    /// RSASSA-PKCS1-v1_5 with SHA-256 and an `x5t` (SHA-1) thumbprint (older docs).
-    Rs256,
-}
+/// Entra ID token endpoint version (`token_endpoint`) and the signature algorithm of a
+/// certificate client assertion (`assertion_alg`): the engine's own types, one of each.
+pub use msgtrace_actors::{assertion::AssertionAlg, spec::TokenEndpoint};
 
 /// A certificate and its private key on disk (`[certificates.<name>]` or inline in `auth`).
 #[derive(Debug, Clone, PartialEq, Eq)]
