@@ -19,7 +19,11 @@ use crate::engine::{pipeline_hooks, sink_auths, source_entries, RunningSink, Sta
 use crate::secrets::SecretStore;
 use msgtrace_actors::sink::{FlushSink, Reopen};
 use msgtrace_actors::supervisor::Reconfigure;
+use msgtrace_actors::supervisor::SourceEntry;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The sign-in of each sink that has one, by sink id.
+type SinkAuths = std::collections::HashMap<String, msgtrace_actors::spec::AuthSpec>;
 use tracing::{info, warn};
 
 /// What a reload changes, from the running and the new configuration alone.
@@ -156,25 +160,7 @@ impl Started {
     /// problem. Returns once the change is under way; sources stopping finish their page in
     /// flight in the background.
     pub async fn reload(&mut self, config: &Config) -> Result<ReloadPlan, ReloadError> {
-        let mut problems = Vec::new();
-        if let Err(e) = crate::preflight::check(config) {
-            problems.extend(e.problems);
-        }
-        let secrets = SecretStore::new(self.store.clone());
-        let sources = match source_entries(config, &self.opts, &secrets) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.extend(e.iter().map(ToString::to_string));
-                Vec::new()
-            }
-        };
-        let sink_auth = sink_auths(config, &secrets).unwrap_or_else(|e| {
-            problems.extend(e.iter().map(ToString::to_string));
-            Default::default()
-        });
-        if !problems.is_empty() {
-            return Err(ReloadError { problems });
-        }
+        let (sources, sink_auth) = self.check(config)?;
         let plan = plan(&self.config, config);
         for w in config.warnings.iter().chain(&plan.needs_restart) {
             warn!("reload: {w}");
@@ -189,38 +175,7 @@ impl Started {
             log_format: self.config.log_format,
             ..config.clone()
         };
-        let stopping = self.stopping.subscribe();
-        let mut sinks = Vec::new();
-        let mut retired = Vec::new();
-        for mut s in std::mem::take(&mut self.sinks) {
-            let Some(id) = s.config.as_ref().map(|c| c.id.clone()) else {
-                sinks.push(s); // a host's own sink
-                continue;
-            };
-            if plan.sinks_removed.contains(&id) || plan.sinks_rebuilt.contains(&id) {
-                retired.push(s);
-            } else {
-                s.config = running.sinks.get(&id).cloned();
-                sinks.push(s);
-            }
-        }
-        // Only the sinks kept reopen now. A new one opens at its first page, and its first page
-        // comes only once every source this reload stops has stopped: a rebuilt file sink so
-        // never opens (or repairs) the file while the sink it replaces still writes it.
-        for s in &sinks {
-            s.addr.do_send(Reopen);
-        }
-        for id in plan.sinks_added.iter().chain(&plan.sinks_rebuilt) {
-            let c = &running.sinks[id];
-            sinks.push(RunningSink::configured(
-                c,
-                sink_auth.get(id).cloned(),
-                &self.opts,
-                self.store.dir(),
-                stopping.clone(),
-            ));
-        }
-        self.sinks = sinks;
+        let retired = self.swap_sinks(&plan, &running, &sink_auth);
         for id in &plan.added {
             msgtrace_actors::telemetry::register_source(id);
         }
@@ -259,6 +214,75 @@ impl Started {
             "configuration reloaded; every sink kept reopened"
         );
         Ok(plan)
+    }
+
+    /// Checks `config` as `msgtrace validate` does (the pre-run checks, every source's and
+    /// sink's credentials and certificates): the sources as the supervisor runs them and the
+    /// sinks' sign-in, or every problem.
+    fn check(&self, config: &Config) -> Result<(Vec<SourceEntry>, SinkAuths), ReloadError> {
+        let mut problems = Vec::new();
+        if let Err(e) = crate::preflight::check(config) {
+            problems.extend(e.problems);
+        }
+        let secrets = SecretStore::new(self.store.clone());
+        let sources = match source_entries(config, &self.opts, &secrets) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.extend(e.iter().map(ToString::to_string));
+                Vec::new()
+            }
+        };
+        let sink_auth = sink_auths(config, &secrets).unwrap_or_else(|e| {
+            problems.extend(e.iter().map(ToString::to_string));
+            Default::default()
+        });
+        if !problems.is_empty() {
+            return Err(ReloadError { problems });
+        }
+        Ok((sources, sink_auth))
+    }
+
+    /// Keeps the sinks `plan` keeps (each reopens), starts the added and rebuilt ones, and
+    /// returns the removed and replaced ones, to stop once no fetcher feeds them.
+    fn swap_sinks(
+        &mut self,
+        plan: &ReloadPlan,
+        running: &Config,
+        sink_auth: &SinkAuths,
+    ) -> Vec<RunningSink> {
+        let stopping = self.stopping.subscribe();
+        let mut sinks = Vec::new();
+        let mut retired = Vec::new();
+        for mut s in std::mem::take(&mut self.sinks) {
+            let Some(id) = s.config.as_ref().map(|c| c.id.clone()) else {
+                sinks.push(s); // a host's own sink
+                continue;
+            };
+            if plan.sinks_removed.contains(&id) || plan.sinks_rebuilt.contains(&id) {
+                retired.push(s);
+            } else {
+                s.config = running.sinks.get(&id).cloned();
+                sinks.push(s);
+            }
+        }
+        // Only the sinks kept reopen now. A new one opens at its first page, and its first page
+        // comes only once every source this reload stops has stopped: a rebuilt file sink so
+        // never opens (or repairs) the file while the sink it replaces still writes it.
+        for s in &sinks {
+            s.addr.do_send(Reopen);
+        }
+        for id in plan.sinks_added.iter().chain(&plan.sinks_rebuilt) {
+            let c = &running.sinks[id];
+            sinks.push(RunningSink::configured(
+                c,
+                sink_auth.get(id).cloned(),
+                &self.opts,
+                self.store.dir(),
+                stopping.clone(),
+            ));
+        }
+        self.sinks = sinks;
+        retired
     }
 }
 
