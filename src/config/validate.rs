@@ -104,29 +104,7 @@ pub(crate) fn validate_parsed(
         }
     }
 
-    for id in raw.sources.keys() {
-        let fed = raw
-            .sinks
-            .values()
-            .any(|s| s.inputs.iter().flatten().any(|i| i == id));
-        if !fed {
-            cx.warn(
-                &join("sources", id),
-                "feeds no sink: its events are collected and dropped; add it to a sink's `inputs`",
-            );
-        }
-    }
-    for name in raw.certificates.keys() {
-        let used = raw
-            .sources
-            .values()
-            .map(|s| &s.auth)
-            .chain(raw.sinks.values().map(|s| &s.auth))
-            .any(|a| a.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
-        if !used {
-            cx.warn(&join("certificates", name), "not used by any source");
-        }
-    }
+    cx.unused(&raw);
 
     if !cx.errors.is_empty() {
         return Err(ConfigErrors {
@@ -400,6 +378,34 @@ impl Cx<'_> {
             Err(e) => {
                 self.error(path, e.to_string());
                 None
+            }
+        }
+    }
+
+    /// Warnings for what is configured and never used: a source that feeds no sink, a
+    /// certificate no source or sink names.
+    fn unused(&mut self, raw: &RawConfig) {
+        for id in raw.sources.keys() {
+            let fed = raw
+                .sinks
+                .values()
+                .any(|s| s.inputs.iter().flatten().any(|i| i == id));
+            if !fed {
+                self.warn(
+                    &join("sources", id),
+                    "feeds no sink: its events are collected and dropped; add it to a sink's `inputs`",
+                );
+            }
+        }
+        for name in raw.certificates.keys() {
+            let used = raw
+                .sources
+                .values()
+                .map(|s| &s.auth)
+                .chain(raw.sinks.values().map(|s| &s.auth))
+                .any(|a| a.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
+            if !used {
+                self.warn(&join("certificates", name), "not used by any source");
             }
         }
     }
@@ -1426,14 +1432,7 @@ impl Cx<'_> {
             None => Some(Plan::Enterprise),
             Some(v) => self.choice(&at("plan"), Some(v), PLANS),
         };
-        let compression = match raw.compression.as_deref() {
-            None => Some(Compression::None),
-            Some(c) => self.choice(
-                &at("compression"),
-                Some(c),
-                &[("none", Compression::None), ("gzip", Compression::Gzip)],
-            ),
-        };
+        let compression = self.compression(p, raw);
         let auth = self.azure_auth(p, raw, plan, config, certificates);
         Some(AzureLogsConfig {
             endpoint: endpoint?,
@@ -1619,6 +1618,34 @@ impl Cx<'_> {
                 "a Splunk HEC endpoint normally needs a token; set token = \"${HEC_TOKEN}\"",
             );
         }
+        let headers = self.headers(p, raw);
+        let compression = self.compression(p, raw);
+        let batch = self.batch(p, raw);
+        Some(HttpSinkConfig {
+            url: url?,
+            format: format?,
+            token,
+            headers,
+            compression: compression?,
+            batch: batch?,
+        })
+    }
+
+    /// `compression`: none (default) or gzip.
+    fn compression(&mut self, p: &str, raw: &RawSink) -> Option<Compression> {
+        match raw.compression.as_deref() {
+            None => Some(Compression::None),
+            Some(c) => self.choice(
+                &join(p, "compression"),
+                Some(c),
+                &[("none", Compression::None), ("gzip", Compression::Gzip)],
+            ),
+        }
+    }
+
+    /// `headers` of an http sink: valid names, no line breaks; values held as secrets.
+    fn headers(&mut self, p: &str, raw: &RawSink) -> BTreeMap<String, Secret> {
+        let at = |key: &str| join(p, key);
         let mut headers = BTreeMap::new();
         for (name, value) in raw.headers.iter().flatten() {
             let hp = join(&at("headers"), name);
@@ -1637,16 +1664,14 @@ impl Cx<'_> {
                 headers.insert(name.clone(), Secret::new(value.clone()));
             }
         }
-        let compression = match raw.compression.as_deref() {
-            None => Some(Compression::None),
-            Some(c) => self.choice(
-                &at("compression"),
-                Some(c),
-                &[("none", Compression::None), ("gzip", Compression::Gzip)],
-            ),
-        };
+        headers
+    }
+
+    /// `batch` of an http sink: rows, bytes and time of a batch.
+    fn batch(&mut self, p: &str, raw: &RawSink) -> Option<BatchConfig> {
+        let at = |key: &str| join(p, key);
         let defaults = BatchConfig::default();
-        let batch = match &raw.batch {
+        match &raw.batch {
             None => Some(defaults),
             Some(b) => {
                 let bp = at("batch");
@@ -1673,15 +1698,7 @@ impl Cx<'_> {
                     _ => None,
                 }
             }
-        };
-        Some(HttpSinkConfig {
-            url: url?,
-            format: format?,
-            token,
-            headers,
-            compression: compression?,
-            batch: batch?,
-        })
+        }
     }
 }
 
