@@ -90,59 +90,7 @@ impl AuthToken {
             return;
         }
         entry.in_flight = true;
-        let spec2 = spec.clone();
-        let fut = async move {
-            let url = spec2.token_url();
-            let mut last = AuthError::Unavailable("no attempt".into());
-            for attempt in 0..TOKEN_ATTEMPTS {
-                if attempt > 0 {
-                    tokio::time::sleep(TOKEN_BACKOFF.delay(attempt - 1)).await;
-                }
-                let now = chrono::Utc::now();
-                let form = match &credential {
-                    ClientCredential::Secret(secret) => token::secret_form(&spec2, secret),
-                    // A fresh assertion (new jti, current nbf/exp) for every request.
-                    ClientCredential::Certificate { certificate, alg } => {
-                        match certificate.client_assertion(*alg, &spec2.client_id, &url, now) {
-                            Ok(assertion) => token::assertion_form(&spec2, &assertion),
-                            Err(e) => return Err(AuthError::Rejected(e.to_string())),
-                        }
-                    }
-                };
-                match http::post_form(
-                    &url,
-                    &form,
-                    Some(Duration::from_secs(60)),
-                    spec2.proxy.as_ref(),
-                )
-                .await
-                {
-                    Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
-                    Ok(r) => {
-                        last = token::entra_error(r.status, &r.body, &spec2);
-                        if let (
-                            AuthError::Rejected(msg),
-                            ClientCredential::Certificate { certificate, .. },
-                        ) = (&mut last, &credential)
-                        {
-                            msg.push_str(&format!(
-                                " [certificate {}, thumbprint {}]",
-                                certificate.subject(),
-                                certificate.thumbprint()
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        last = AuthError::Unavailable(format!("token request to {url} failed: {e}"))
-                    }
-                }
-                if matches!(last, AuthError::Rejected(_)) {
-                    break;
-                }
-                warn!(client_id = %spec2.client_id, attempt, error = %last, "token request failed, retrying");
-            }
-            Err(last)
-        };
+        let fut = request_token(spec.clone(), credential);
         ctx.spawn(guarded(fut).into_actor(self).map(move |res, act, _| {
             let entry = act.cache.entry(spec.clone()).or_default();
             entry.in_flight = false;
@@ -167,6 +115,59 @@ impl AuthToken {
             }
         }));
     }
+}
+
+/// Requests a token from the spec's endpoint: up to [`TOKEN_ATTEMPTS`] tries (refused
+/// credentials are not tried again), a fresh client assertion for each.
+async fn request_token(spec: TokenSpec, credential: ClientCredential) -> Result<Token, AuthError> {
+    let url = spec.token_url();
+    let mut last = AuthError::Unavailable("no attempt".into());
+    for attempt in 0..TOKEN_ATTEMPTS {
+        if attempt > 0 {
+            tokio::time::sleep(TOKEN_BACKOFF.delay(attempt - 1)).await;
+        }
+        let now = chrono::Utc::now();
+        let form = match &credential {
+            ClientCredential::Secret(secret) => token::secret_form(&spec, secret),
+            // A fresh assertion (new jti, current nbf/exp) for every request.
+            ClientCredential::Certificate { certificate, alg } => {
+                match certificate.client_assertion(*alg, &spec.client_id, &url, now) {
+                    Ok(assertion) => token::assertion_form(&spec, &assertion),
+                    Err(e) => return Err(AuthError::Rejected(e.to_string())),
+                }
+            }
+        };
+        match http::post_form(
+            &url,
+            &form,
+            Some(Duration::from_secs(60)),
+            spec.proxy.as_ref(),
+        )
+        .await
+        {
+            Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
+            Ok(r) => {
+                last = token::entra_error(r.status, &r.body, &spec);
+                if let (
+                    AuthError::Rejected(msg),
+                    ClientCredential::Certificate { certificate, .. },
+                ) = (&mut last, &credential)
+                {
+                    msg.push_str(&format!(
+                        " [certificate {}, thumbprint {}]",
+                        certificate.subject(),
+                        certificate.thumbprint()
+                    ));
+                }
+            }
+            Err(e) => last = AuthError::Unavailable(format!("token request to {url} failed: {e}")),
+        }
+        if matches!(last, AuthError::Rejected(_)) {
+            break;
+        }
+        warn!(client_id = %spec.client_id, attempt, error = %last, "token request failed, retrying");
+    }
+    Err(last)
 }
 
 /// A token request whose panic (a bug in parsing a response or signing an assertion) is caught
