@@ -27,7 +27,7 @@ const MAX_BODY_BYTES: usize = 64 << 20;
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Work {
-    /// The whole engine (`engine::run`) on a configuration file.
+    /// The whole engine (`EngineBuilder::run`) on a configuration file.
     Engine {
         /// The configuration file.
         config: PathBuf,

@@ -56,7 +56,7 @@ fn plan(full: bool) -> QuotaPlan {
 /// One collection of about `pages` pages under the budget, `other_app_percent` of it spent by
 /// another app.
 struct Run {
-    /// `engine::run`'s own wall time (the child's start-up excluded).
+    /// `EngineBuilder::run`'s own wall time (the child's start-up excluded).
     secs: f64,
     /// Data requests the simulator saw.
     requests: u64,
