@@ -12,15 +12,13 @@ use crate::secrets::SecretStore;
 use crate::sinks::{FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
 use anyhow::{anyhow, Context as _};
-use msgtrace_actors::assertion::{AssertionAlg, ClientCertificate};
+use msgtrace_actors::assertion::ClientCertificate;
 use msgtrace_actors::auth::AuthToken;
 use msgtrace_actors::proxy::Proxy;
 use msgtrace_actors::retry::RetryPolicy;
 use msgtrace_actors::scheduler;
 use msgtrace_actors::sink::{Sink, SinkActor};
-use msgtrace_actors::spec::{
-    AuthSpec, ClientCredential, SourceSpec, TokenEndpoint, TokenSpec, WindowSpec,
-};
+use msgtrace_actors::spec::{AuthSpec, ClientCredential, SourceSpec, TokenSpec, WindowSpec};
 use msgtrace_actors::supervisor::{
     PageHook, RunAll, RunBackfill, RunReport, Shutdown, SinkEntry, SourceEntry, StartSchedules,
     Supervisor,
@@ -175,10 +173,7 @@ fn token_spec(app: &OAuthApp) -> TokenSpec {
         tenant_id: app.tenant_id.clone(),
         client_id: app.client_id.clone(),
         audience: app.resource.clone(),
-        endpoint: match app.token_endpoint {
-            crate::config::TokenEndpoint::V1 => TokenEndpoint::V1,
-            crate::config::TokenEndpoint::V2 => TokenEndpoint::V2,
-        },
+        endpoint: app.token_endpoint,
         proxy: None,
     }
 }
@@ -247,10 +242,7 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
                 token: token_spec(app),
                 credential: ClientCredential::Certificate {
                     certificate: std::sync::Arc::new(loaded),
-                    alg: match assertion_alg {
-                        crate::config::AssertionAlg::Ps256 => AssertionAlg::Ps256,
-                        crate::config::AssertionAlg::Rs256 => AssertionAlg::Rs256,
-                    },
+                    alg: *assertion_alg,
                 },
             }
         }

@@ -53,13 +53,24 @@ pub enum ClientCredential {
     },
 }
 
-/// Which Entra token endpoint to call.
+/// Which Entra ID token endpoint to call (`token_endpoint` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenEndpoint {
-    /// `/{tenant}/oauth2/v2.0/token` with `scope=<audience>/.default`.
+    /// `/{tenant}/oauth2/v2.0/token` with `scope=<audience>/.default` (the default).
     V2,
     /// `/{tenant}/oauth2/token` with `resource=<audience>`.
     V1,
+}
+
+impl TokenEndpoint {
+    /// The token URL of `tenant` at the authority `login_url`.
+    pub fn url(self, login_url: &url::Url, tenant: &str) -> String {
+        let base = login_url.as_str().trim_end_matches('/');
+        match self {
+            TokenEndpoint::V2 => format!("{base}/{tenant}/oauth2/v2.0/token"),
+            TokenEndpoint::V1 => format!("{base}/{tenant}/oauth2/token"),
+        }
+    }
 }
 
 /// The identity a token is issued to: tokens are cached and shared per this key.
@@ -82,11 +93,7 @@ pub struct TokenSpec {
 impl TokenSpec {
     /// The token URL.
     pub fn token_url(&self) -> String {
-        let base = self.login_url.as_str().trim_end_matches('/');
-        match self.endpoint {
-            TokenEndpoint::V2 => format!("{base}/{}/oauth2/v2.0/token", self.tenant_id),
-            TokenEndpoint::V1 => format!("{base}/{}/oauth2/token", self.tenant_id),
-        }
+        self.endpoint.url(&self.login_url, &self.tenant_id)
     }
 }
 

@@ -51,12 +51,16 @@ use std::time::Duration;
 
 use url::Url;
 
+/// Signature algorithm of a certificate client assertion (`assertion_alg`).
+pub use msgtrace_actors::assertion::AssertionAlg;
 pub use msgtrace_actors::dialect::Api;
 /// How failed requests are retried (`[sources.<id>.retry]`): the fetcher's own policy, which
 /// validation builds (`retry.type`, `initial_interval_ms` at most 20 s, `limit` at most 20,
 /// `multiplier` at least 1, `codes`, `honor_retry_after`, `retry_connect_timeout`,
 /// `retry_connect_reset`).
 pub use msgtrace_actors::retry::{RetryKind, RetryPolicy};
+/// Entra ID token endpoint version (`token_endpoint`).
+pub use msgtrace_actors::spec::TokenEndpoint;
 pub use msgtrace_actors::time::TimeExpr;
 pub use validate::validate;
 
@@ -369,30 +373,8 @@ pub struct OAuthApp {
 impl OAuthApp {
     /// The token URL: `{login}/{tenant}/oauth2/v2.0/token` (v2) or `{login}/{tenant}/oauth2/token` (v1).
     pub fn token_url(&self) -> String {
-        let login = self.login_url.as_str().trim_end_matches('/');
-        match self.token_endpoint {
-            TokenEndpoint::V2 => format!("{login}/{}/oauth2/v2.0/token", self.tenant_id),
-            TokenEndpoint::V1 => format!("{login}/{}/oauth2/token", self.tenant_id),
-        }
+        self.token_endpoint.url(&self.login_url, &self.tenant_id)
     }
-}
-
-/// Entra ID token endpoint version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenEndpoint {
-    /// `/oauth2/token` with `resource=<audience>`.
-    V1,
-    /// `/oauth2/v2.0/token` with `scope=<audience>/.default` (the default).
-    V2,
-}
-
-/// Signature algorithm of a certificate client assertion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AssertionAlg {
-    /// RSASSA-PSS with SHA-256 and an `x5t#S256` thumbprint (the default, current Microsoft docs).
-    Ps256,
-    /// RSASSA-PKCS1-v1_5 with SHA-256 and an `x5t` (SHA-1) thumbprint (older docs).
-    Rs256,
 }
 
 /// A certificate and its private key on disk (`[certificates.<name>]` or inline in `auth`).

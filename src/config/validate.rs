@@ -12,14 +12,14 @@ use chrono::{TimeZone, Utc};
 use url::{Host, Url};
 
 use super::raw::{
-    RawAuth, RawConfig, RawDuration, RawFieldValue, RawRetry, RawSink, RawSource, RawTime,
+    RawAuth, RawCertAuth, RawConfig, RawDuration, RawFieldValue, RawOAuthApp, RawRetry, RawSink,
+    RawSource, RawTime,
 };
 use super::values::{cron_to_six_fields, join, parse_duration};
 use super::*;
 
 /// Divisors of 60: the intervals that keep runs aligned to the hour.
 const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
-const OAUTH_METHODS: &[&str] = &["oauth", "oauth_secret", "oauth_cert"];
 
 /// Validates a raw configuration, filling in defaults and collecting every error.
 ///
@@ -127,7 +127,7 @@ pub(crate) fn validate_parsed(
         let used = raw
             .sources
             .values()
-            .any(|s| s.auth.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
+            .any(|s| s.auth.as_ref().and_then(RawAuth::certificate) == Some(name.as_str()));
         if !used {
             cx.warn(&join("certificates", name), "not used by any source");
         }
@@ -746,6 +746,8 @@ impl Cx<'_> {
         })
     }
 
+    /// `[… .auth]`: the method's own function checks its keys (serde has already refused the keys
+    /// of other methods).
     #[allow(clippy::too_many_arguments)]
     fn auth(
         &mut self,
@@ -758,117 +760,40 @@ impl Cx<'_> {
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AuthConfig> {
         let at = |key: &str| join(p, key);
-        const METHODS: &[&str] = &[
-            "basic",
-            "basic_secret",
-            "oauth",
-            "oauth_secret",
-            "oauth_cert",
-        ];
-        let method = match raw.method.as_deref().map(str::trim) {
-            None => {
+        if let Some(method) = raw.method().filter(|m| m.starts_with("basic")) {
+            if api == Api::Graph && !explicit_url {
                 self.error(
                     &at("method"),
-                    format!("is required; use one of: {}", METHODS.join(", ")),
-                );
-                return None;
-            }
-            Some(m) if METHODS.contains(&m) => m,
-            Some(m) => {
-                let shown = self.quote(&at("method"), m);
-                self.error(
-                    &at("method"),
-                    format!("unknown method {shown}; use one of: {}", METHODS.join(", ")),
-                );
-                return None;
-            }
-        };
-
-        // Which keys each method reads; any other key set is a mistake.
-        let owners: [(&str, bool, &[&str]); 15] = [
-            ("tenant_id", raw.tenant_id.is_some(), OAUTH_METHODS),
-            ("client_id", raw.client_id.is_some(), OAUTH_METHODS),
-            ("login_url", raw.login_url.is_some(), OAUTH_METHODS),
-            ("resource", raw.resource.is_some(), OAUTH_METHODS),
-            (
-                "token_endpoint",
-                raw.token_endpoint.is_some(),
-                OAUTH_METHODS,
-            ),
-            ("client_secret", raw.client_secret.is_some(), &["oauth"]),
-            (
-                "client_secret_ref",
-                raw.client_secret_ref.is_some(),
-                &["oauth_secret"],
-            ),
-            ("username", raw.username.is_some(), &["basic"]),
-            ("password", raw.password.is_some(), &["basic"]),
-            (
-                "credentials_secret",
-                raw.credentials_secret.is_some(),
-                &["basic_secret"],
-            ),
-            ("certificate", raw.certificate.is_some(), &["oauth_cert"]),
-            ("cert_path", raw.cert_path.is_some(), &["oauth_cert"]),
-            ("key_path", raw.key_path.is_some(), &["oauth_cert"]),
-            ("passphrase", raw.passphrase.is_some(), &["oauth_cert"]),
-            (
-                "assertion_alg",
-                raw.assertion_alg.is_some(),
-                &["oauth_cert"],
-            ),
-        ];
-        for (key, present, methods) in owners {
-            if present && !methods.contains(&method) {
-                self.error(
-                    &at(key),
-                    format!("not used by method {method} (it belongs to {}); remove it or change method", methods.join(", ")),
+                    format!(
+                        "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
+                         oauth_cert, or api = \"reporting\""
+                    ),
                 );
             }
         }
-
-        if method.starts_with("basic") && api == Api::Graph && !explicit_url {
-            self.error(
-                &at("method"),
-                format!(
-                    "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
-                     oauth_cert, or api = \"reporting\""
-                ),
-            );
-        }
-
-        match method {
-            "basic" => {
-                let username = self.required(
-                    &at("username"),
-                    raw.username.as_deref(),
-                    "the account name for method basic",
-                );
-                let password = self.required(
-                    &at("password"),
-                    raw.password.as_deref(),
-                    "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
-                );
-                Some(AuthConfig::Basic {
-                    username: username?,
-                    password: Secret::new(password?),
-                })
+        match raw {
+            RawAuth::Unknown { method } => {
+                self.unknown_method(&at("method"), method.as_deref());
+                None
             }
-            "basic_secret" => {
+            RawAuth::Basic { username, password } => {
+                self.basic(p, username.as_deref(), password.as_deref())
+            }
+            RawAuth::BasicSecret { credentials_secret } => {
                 let name = self.required(
                     &at("credentials_secret"),
-                    raw.credentials_secret.as_deref(),
+                    credentials_secret.as_deref(),
                     "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
                 );
                 Some(AuthConfig::BasicSecret {
                     credentials_secret: name?,
                 })
             }
-            "oauth" => {
-                let app = self.oauth_app(p, raw, api, plan);
+            RawAuth::OAuth { app, client_secret } => {
+                let app = self.oauth_app(p, app, api, plan);
                 let secret = self.required(
                     &at("client_secret"),
-                    raw.client_secret.as_deref(),
+                    client_secret.as_deref(),
                     "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
                      oauth_secret with client_secret_ref",
                 );
@@ -877,11 +802,14 @@ impl Cx<'_> {
                     client_secret: Secret::new(secret?),
                 })
             }
-            "oauth_secret" => {
-                let app = self.oauth_app(p, raw, api, plan);
+            RawAuth::OAuthSecret {
+                app,
+                client_secret_ref,
+            } => {
+                let app = self.oauth_app(p, app, api, plan);
                 let name = self.required(
                     &at("client_secret_ref"),
-                    raw.client_secret_ref.as_deref(),
+                    client_secret_ref.as_deref(),
                     "the name of a secret in the store (msgtrace secrets set NAME)",
                 );
                 Some(AuthConfig::OAuthSecret {
@@ -889,85 +817,154 @@ impl Cx<'_> {
                     client_secret_ref: name?,
                 })
             }
-            _ => {
-                let app = self.oauth_app(p, raw, api, plan);
-                let alg = match raw.assertion_alg.as_deref() {
-                    None => Some(AssertionAlg::Ps256),
-                    Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
-                    Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
-                    Some(a) => {
-                        let shown = self.quote(&at("assertion_alg"), a);
-                        self.error(
-                            &at("assertion_alg"),
-                            format!("unknown algorithm {shown}; use PS256 or RS256"),
-                        );
-                        None
-                    }
-                };
-                let inline =
-                    raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
-                let (certificate, certificate_name) = match (&raw.certificate, inline) {
-                    (Some(_), true) => {
-                        self.error(
-                            &at("certificate"),
-                            "set either certificate (a [certificates] entry) or cert_path/key_path/passphrase, not both",
-                        );
-                        (None, None)
-                    }
-                    (Some(name), false) => {
-                        if let Some(cert) = certificates.get(name) {
-                            (Some(cert.clone()), Some(name.clone()))
-                        } else if config.certificates.contains_key(name) {
-                            // The entry exists but has its own errors, reported under [certificates].
-                            (None, None)
-                        } else {
-                            let known: Vec<&str> =
-                                config.certificates.keys().map(String::as_str).collect();
-                            let known = if known.is_empty() {
-                                "none are defined".to_owned()
-                            } else {
-                                known.join(", ")
-                            };
-                            let shown = self.quote(&at("certificate"), name);
-                            self.error(
-                                &at("certificate"),
-                                format!("no [certificates] entry named {shown}; known certificates: {known}"),
-                            );
-                            (None, None)
-                        }
-                    }
-                    (None, _) => {
-                        let cert_path = self.required_path(
-                            &at("cert_path"),
-                            raw.cert_path.as_deref(),
-                            "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
-                        );
-                        let key_path = self.required_path(
-                            &at("key_path"),
-                            raw.key_path.as_deref(),
-                            "the private key PEM file",
-                        );
-                        let cert = cert_path.zip(key_path).map(|(cert_path, key_path)| {
-                            CertificateConfig {
-                                cert_path,
-                                key_path,
-                                passphrase: secret(raw.passphrase.as_deref()),
-                            }
-                        });
-                        (cert, None)
-                    }
-                };
-                Some(AuthConfig::OAuthCert {
-                    app: app?,
-                    certificate: certificate?,
-                    certificate_name,
-                    assertion_alg: alg?,
-                })
+            RawAuth::OAuthCert { app, cert } => {
+                let app = self.oauth_app(p, app, api, plan);
+                self.oauth_cert(p, app, cert, config, certificates)
             }
         }
     }
 
-    fn oauth_app(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<OAuthApp> {
+    /// A missing `method`, or one that names no method.
+    fn unknown_method(&mut self, path: &str, method: Option<&str>) {
+        let methods = RawAuth::METHODS.join(", ");
+        match method {
+            None => self.error(path, format!("is required; use one of: {methods}")),
+            Some(m) => {
+                let shown = self.quote(path, m.trim());
+                self.error(
+                    path,
+                    format!("unknown method {shown}; use one of: {methods}"),
+                );
+            }
+        }
+    }
+
+    /// `basic`.
+    fn basic(
+        &mut self,
+        p: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Option<AuthConfig> {
+        let username = self.required(
+            &join(p, "username"),
+            username,
+            "the account name for method basic",
+        );
+        let password = self.required(
+            &join(p, "password"),
+            password,
+            "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
+        );
+        Some(AuthConfig::Basic {
+            username: username?,
+            password: Secret::new(password?),
+        })
+    }
+
+    /// `oauth_cert`: the certificate (a `[certificates]` entry or inline) and the algorithm.
+    fn oauth_cert(
+        &mut self,
+        p: &str,
+        app: Option<OAuthApp>,
+        raw: &RawCertAuth,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<AuthConfig> {
+        let at = |key: &str| join(p, key);
+        let RawCertAuth {
+            certificate: name,
+            cert_path,
+            key_path,
+            passphrase,
+            assertion_alg,
+        } = raw;
+        let alg = match assertion_alg.as_deref() {
+            None => Some(AssertionAlg::Ps256),
+            Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
+            Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
+            Some(a) => {
+                let shown = self.quote(&at("assertion_alg"), a);
+                self.error(
+                    &at("assertion_alg"),
+                    format!("unknown algorithm {shown}; use PS256 or RS256"),
+                );
+                None
+            }
+        };
+        let inline = cert_path.is_some() || key_path.is_some() || passphrase.is_some();
+        let (certificate, certificate_name) = match (name, inline) {
+            (Some(_), true) => {
+                self.error(
+                    &at("certificate"),
+                    "set either certificate (a [certificates] entry) or cert_path/key_path/passphrase, not both",
+                );
+                (None, None)
+            }
+            (Some(name), false) => (
+                self.named_certificate(p, name, config, certificates),
+                Some(name.clone()),
+            ),
+            (None, _) => {
+                let cert_path = self.required_path(
+                    &at("cert_path"),
+                    cert_path.as_deref(),
+                    "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
+                );
+                let key_path = self.required_path(
+                    &at("key_path"),
+                    key_path.as_deref(),
+                    "the private key PEM file",
+                );
+                let cert = cert_path
+                    .zip(key_path)
+                    .map(|(cert_path, key_path)| CertificateConfig {
+                        cert_path,
+                        key_path,
+                        passphrase: secret(passphrase.as_deref()),
+                    });
+                (cert, None)
+            }
+        };
+        Some(AuthConfig::OAuthCert {
+            app: app?,
+            certificate: certificate?,
+            certificate_name,
+            assertion_alg: alg?,
+        })
+    }
+
+    /// `certificate = "NAME"`: the `[certificates]` entry, if it exists and is valid.
+    fn named_certificate(
+        &mut self,
+        p: &str,
+        name: &str,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<CertificateConfig> {
+        if let Some(cert) = certificates.get(name) {
+            return Some(cert.clone());
+        }
+        if config.certificates.contains_key(name) {
+            // The entry exists but has its own errors, reported under [certificates].
+            return None;
+        }
+        let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none are defined".to_owned()
+        } else {
+            known.join(", ")
+        };
+        let path = join(p, "certificate");
+        let shown = self.quote(&path, name);
+        self.error(
+            &path,
+            format!("no [certificates] entry named {shown}; known certificates: {known}"),
+        );
+        None
+    }
+
+    fn oauth_app(&mut self, p: &str, raw: &RawOAuthApp, api: Api, plan: Plan) -> Option<OAuthApp> {
         let at = |key: &str| join(p, key);
         let tenant_id = self.required(
             &at("tenant_id"),
