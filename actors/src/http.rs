@@ -92,11 +92,26 @@ pub async fn get(
     max_body: usize,
     proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
+    let authorization: Vec<_> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    get_with(url, &authorization, timeout, max_body, proxy).await
+}
+
+/// `GET url` with extra request headers.
+pub async fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Option<Duration>,
+    max_body: usize,
+    proxy: Option<&Proxy>,
+) -> Result<HttpResponse, HttpError> {
     let mut req = client(proxy)
         .get(url)
         .insert_header(("Accept", "application/json"));
-    if let Some(a) = authorization {
-        req = req.insert_header(("Authorization", a));
+    for (name, value) in headers {
+        req = req.insert_header((*name, *value));
     }
     let exchange = async move {
         let mut resp = req.send().await.map_err(classify_send)?;

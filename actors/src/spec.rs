@@ -51,6 +51,16 @@ pub enum ClientCredential {
         /// PS256 (`x5t#S256`) or RS256 (`x5t`).
         alg: AssertionAlg,
     },
+    /// A workload identity federation token (Kubernetes service-account token, GitHub OIDC
+    /// token, …) sent as the client assertion; the file is read at every token request because
+    /// the platform rotates it.
+    Federated {
+        /// The file holding the current token.
+        token_file: std::path::PathBuf,
+    },
+    /// No credential: the machine's managed identity, asked of the instance metadata endpoint
+    /// (with [`TokenEndpoint::Imds`]; `client_id` empty for the system-assigned identity).
+    ManagedIdentity,
 }
 
 /// Which Entra ID token endpoint to call (`token_endpoint` in the configuration).
@@ -60,6 +70,10 @@ pub enum TokenEndpoint {
     V2,
     /// `/{tenant}/oauth2/token` with `resource=<audience>`.
     V1,
+    /// The Azure instance metadata endpoint, `/metadata/identity/oauth2/token` (GET, v1-shaped:
+    /// `resource=<audience>`), for [`ClientCredential::ManagedIdentity`]; not a `token_endpoint`
+    /// value of the configuration.
+    Imds,
 }
 
 impl TokenEndpoint {
@@ -69,6 +83,7 @@ impl TokenEndpoint {
         match self {
             TokenEndpoint::V2 => format!("{base}/{tenant}/oauth2/v2.0/token"),
             TokenEndpoint::V1 => format!("{base}/{tenant}/oauth2/token"),
+            TokenEndpoint::Imds => format!("{base}/metadata/identity/oauth2/token"),
         }
     }
 }
@@ -76,7 +91,8 @@ impl TokenEndpoint {
 /// The identity a token is issued to: tokens are cached and shared per this key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TokenSpec {
-    /// Authority host, e.g. `https://login.microsoftonline.com`.
+    /// Authority host, e.g. `https://login.microsoftonline.com` (for [`TokenEndpoint::Imds`]: the
+    /// metadata endpoint, `http://169.254.169.254`).
     pub login_url: url::Url,
     /// Directory (tenant) id.
     pub tenant_id: String,

@@ -329,7 +329,31 @@ pub enum AuthConfig {
         /// Signature algorithm of the assertion (PS256 with `x5t#S256`, or RS256 with `x5t`).
         assertion_alg: AssertionAlg,
     },
+    /// `oauth_federated`: client credentials with a workload identity token (a Kubernetes
+    /// service-account token, a GitHub OIDC token, …) as the client assertion.
+    OAuthFederated {
+        /// Tenant, client and token endpoint (`tenant_id`, `client_id` default from
+        /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`).
+        app: OAuthApp,
+        /// The file the platform keeps the current token in (`token_file`, default from
+        /// `AZURE_FEDERATED_TOKEN_FILE`), read at every token request since it is rotated.
+        token_file: PathBuf,
+    },
+    /// `managed_identity`: a token from the Azure instance metadata endpoint for the identity
+    /// assigned to the machine; no credential at all.
+    ManagedIdentity {
+        /// A user-assigned identity's client id; `None` asks for the system-assigned identity.
+        client_id: Option<String>,
+        /// Token audience: given, or the default for the api and plan.
+        resource: String,
+        /// The instance metadata endpoint (`http://169.254.169.254` unless `imds_url` is set).
+        imds_url: Url,
+    },
 }
+
+/// The instance metadata endpoint of Azure VMs, scale sets and AKS nodes: plain http on a
+/// link-local address, by design (it never leaves the host).
+pub const IMDS_URL: &str = "http://169.254.169.254";
 
 impl AuthConfig {
     /// The configuration spelling of the method (`oauth_cert`).
@@ -340,16 +364,22 @@ impl AuthConfig {
             AuthConfig::OAuth { .. } => "oauth",
             AuthConfig::OAuthSecret { .. } => "oauth_secret",
             AuthConfig::OAuthCert { .. } => "oauth_cert",
+            AuthConfig::OAuthFederated { .. } => "oauth_federated",
+            AuthConfig::ManagedIdentity { .. } => "managed_identity",
         }
     }
 
-    /// The token request settings for the OAuth methods, `None` for Basic.
+    /// The token request settings for the Entra ID token methods, `None` for Basic and a
+    /// managed identity.
     pub fn oauth(&self) -> Option<&OAuthApp> {
         match self {
             AuthConfig::OAuth { app, .. }
             | AuthConfig::OAuthSecret { app, .. }
-            | AuthConfig::OAuthCert { app, .. } => Some(app),
-            AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
+            | AuthConfig::OAuthCert { app, .. }
+            | AuthConfig::OAuthFederated { app, .. } => Some(app),
+            AuthConfig::Basic { .. }
+            | AuthConfig::BasicSecret { .. }
+            | AuthConfig::ManagedIdentity { .. } => None,
         }
     }
 }
@@ -652,7 +682,7 @@ pub fn from_str_with_env(
             warnings: Vec::new(),
         });
     };
-    let mut result = validate::validate_parsed(raw, &parsed.expanded);
+    let mut result = validate::validate_parsed(raw, &parsed.expanded, env);
     if errors.is_empty() {
         return result;
     }

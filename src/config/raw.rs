@@ -149,6 +149,23 @@ pub enum RawAuth {
         /// The certificate and the algorithm.
         cert: RawCertAuth,
     },
+    /// `oauth_federated`.
+    OAuthFederated {
+        /// The keys every token method shares (`tenant_id`, `client_id` default from the
+        /// environment).
+        app: RawOAuthApp,
+        /// `token_file`: the workload identity token, read at every token request.
+        token_file: Option<String>,
+    },
+    /// `managed_identity`.
+    ManagedIdentity {
+        /// `client_id`: a user-assigned identity's client id (none: the system-assigned one).
+        client_id: Option<String>,
+        /// `resource`: token audience.
+        resource: Option<String>,
+        /// `imds_url`: the instance metadata endpoint.
+        imds_url: Option<String>,
+    },
     /// `method` is missing (`None`) or names no method.
     Unknown {
         /// `method` as written.
@@ -156,7 +173,8 @@ pub enum RawAuth {
     },
 }
 
-/// The keys the Entra ID token methods share (`oauth`, `oauth_secret`, `oauth_cert`).
+/// The keys the Entra ID token methods share (`oauth`, `oauth_secret`, `oauth_cert`,
+/// `oauth_federated`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawOAuthApp {
     /// `tenant_id`.
@@ -204,6 +222,8 @@ const AUTH_KEYS: &[&str] = &[
     "token_endpoint",
     "resource",
     "login_url",
+    "token_file",
+    "imds_url",
 ];
 
 /// The keys of an auth table other than `method`, taken one by one by the variant that reads them.
@@ -236,6 +256,8 @@ impl RawAuth {
         "oauth",
         "oauth_secret",
         "oauth_cert",
+        "oauth_federated",
+        "managed_identity",
     ];
 
     /// The method's spelling (`oauth_cert`); `None` for [`RawAuth::Unknown`].
@@ -246,6 +268,8 @@ impl RawAuth {
             RawAuth::OAuth { .. } => "oauth",
             RawAuth::OAuthSecret { .. } => "oauth_secret",
             RawAuth::OAuthCert { .. } => "oauth_cert",
+            RawAuth::OAuthFederated { .. } => "oauth_federated",
+            RawAuth::ManagedIdentity { .. } => "managed_identity",
             RawAuth::Unknown { .. } => return None,
         })
     }
@@ -285,6 +309,15 @@ impl RawAuth {
                     passphrase: keys.take("passphrase"),
                     assertion_alg: keys.take("assertion_alg"),
                 },
+            },
+            "oauth_federated" => RawAuth::OAuthFederated {
+                app: RawOAuthApp::take(keys),
+                token_file: keys.take("token_file"),
+            },
+            "managed_identity" => RawAuth::ManagedIdentity {
+                client_id: keys.take("client_id"),
+                resource: keys.take("resource"),
+                imds_url: keys.take("imds_url"),
             },
             _ => return None,
         })

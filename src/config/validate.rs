@@ -26,18 +26,20 @@ const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
 /// Does no I/O: files named in the configuration (certificates, sink paths) are checked when they
 /// are used.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
-    validate_parsed(raw, &BTreeSet::new())
+    validate_parsed(raw, &BTreeSet::new(), &super::env::process_env)
 }
 
 /// [`validate`], knowing which key paths hold values from the environment (not to be echoed).
 pub(crate) fn validate_parsed(
     raw: RawConfig,
     expanded: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let mut cx = Cx {
         errors: Vec::new(),
         warnings: Vec::new(),
         expanded,
+        env,
     };
 
     let state_dir = state_dir(raw.state_dir.as_deref()).unwrap_or_else(|e| {
@@ -169,6 +171,8 @@ struct Cx<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
     expanded: &'a BTreeSet<String>,
+    /// The environment, for the defaults the Azure SDKs take from it (`AZURE_TENANT_ID`, …).
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Cx<'_> {
@@ -789,6 +793,17 @@ impl Cx<'_> {
                     credentials_secret: name?,
                 })
             }
+            RawAuth::OAuthFederated { app, token_file } => {
+                self.oauth_federated(p, app, token_file.as_deref(), api, plan)
+            }
+            RawAuth::ManagedIdentity {
+                client_id,
+                resource,
+                imds_url,
+            } => {
+                let resource = self.resource(p, resource.as_deref(), api, plan);
+                self.managed_identity(p, client_id.as_deref(), resource, imds_url.as_deref())
+            }
             RawAuth::OAuth { app, client_secret } => {
                 let app = self.oauth_app(p, app, api, plan);
                 let secret = self.required(
@@ -822,6 +837,129 @@ impl Cx<'_> {
                 self.oauth_cert(p, app, cert, config, certificates)
             }
         }
+    }
+
+    /// `oauth_federated`: `tenant_id`, `client_id` and `token_file` default from the variables the
+    /// Azure SDKs (and AKS workload identity) use.
+    fn oauth_federated(
+        &mut self,
+        p: &str,
+        raw: &RawOAuthApp,
+        token_file: Option<&str>,
+        api: Api,
+        plan: Plan,
+    ) -> Option<AuthConfig> {
+        let from_env = |key: &Option<String>, var: &str| key.clone().or_else(|| (self.env)(var));
+        let app = RawOAuthApp {
+            tenant_id: from_env(&raw.tenant_id, "AZURE_TENANT_ID"),
+            client_id: from_env(&raw.client_id, "AZURE_CLIENT_ID"),
+            ..raw.clone()
+        };
+        let token_file = token_file
+            .map(str::to_owned)
+            .or_else(|| (self.env)("AZURE_FEDERATED_TOKEN_FILE"));
+        let mut missing = |key: &str, var: &str, what: &str| {
+            self.error(
+                &join(p, key),
+                format!("is required; set {what}, or {var} in the environment (AKS workload identity sets it)"),
+            );
+        };
+        if app.tenant_id.is_none() {
+            missing(
+                "tenant_id",
+                "AZURE_TENANT_ID",
+                "the directory (tenant) id or domain",
+            );
+        }
+        if app.client_id.is_none() {
+            missing(
+                "client_id",
+                "AZURE_CLIENT_ID",
+                "the application (client) id",
+            );
+        }
+        if token_file.is_none() {
+            missing(
+                "token_file",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "the file the platform writes the workload identity token to",
+            );
+        }
+        let complete = app.tenant_id.is_some() && app.client_id.is_some();
+        let app = if complete {
+            self.oauth_app(p, &app, api, plan)
+        } else {
+            None
+        };
+        let token_file = self.required_path(
+            &join(p, "token_file"),
+            Some(token_file?.as_str()),
+            "the file the platform writes the workload identity token to",
+        );
+        Some(AuthConfig::OAuthFederated {
+            app: app?,
+            token_file: token_file?,
+        })
+    }
+
+    /// `managed_identity`: an optional user-assigned identity, the audience, the metadata endpoint.
+    fn managed_identity(
+        &mut self,
+        p: &str,
+        client_id: Option<&str>,
+        resource: Option<String>,
+        imds_url: Option<&str>,
+    ) -> Option<AuthConfig> {
+        let client_id = client_id.map(|c| {
+            self.required(
+                &join(p, "client_id"),
+                Some(c),
+                "the user-assigned identity's client id, or remove it for the system-assigned identity",
+            )
+        });
+        let imds_url = self.imds_url(&join(p, "imds_url"), imds_url);
+        Some(AuthConfig::ManagedIdentity {
+            client_id: match client_id {
+                Some(c) => Some(c?.trim().to_owned()),
+                None => None,
+            },
+            resource: resource?,
+            imds_url: imds_url?,
+        })
+    }
+
+    /// `imds_url`: the metadata endpoint is plain http on a link-local address by design; another
+    /// one (a test server, a proxy on the host) must be https, or http on loopback or link-local.
+    fn imds_url(&mut self, path: &str, text: Option<&str>) -> Option<Url> {
+        let Some(text) = text else {
+            return Url::parse(IMDS_URL).ok();
+        };
+        let fix = "imds_url is the metadata endpoint's scheme, host and port only (default http://169.254.169.254): \
+                   https://, or http:// to a loopback or link-local address";
+        let shown = self.quote(path, text);
+        let url = match Url::parse(text.trim()) {
+            Ok(url) if url.scheme() == "http" => url,
+            _ => return self.server_url(path, text, fix),
+        };
+        let local = match url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if !local {
+            self.error(
+                path,
+                format!("{shown} is plain http:// to a host that is neither loopback nor link-local, where a token \
+                         would travel unencrypted; use https://, or the default http://169.254.169.254"),
+            );
+            return None;
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            self.error(path, format!("has a path or query; {fix}"));
+            return None;
+        }
+        Some(url)
     }
 
     /// A missing `method`, or one that names no method.
@@ -993,7 +1131,28 @@ impl Cx<'_> {
             ),
             None => Url::parse(plan.default_login_url()).ok(),
         };
-        let dot_default = raw.resource.as_deref().is_some_and(|r| {
+        let resource = self.resource(p, raw.resource.as_deref(), api, plan);
+        let token_endpoint = match raw.token_endpoint.as_deref() {
+            None => Some(TokenEndpoint::V2),
+            Some(v) => self.choice(
+                &at("token_endpoint"),
+                Some(v),
+                &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)],
+            ),
+        };
+        Some(OAuthApp {
+            tenant_id: tenant_id?.trim().to_owned(),
+            client_id: client_id?.trim().to_owned(),
+            login_url: login_url?,
+            resource: resource?,
+            token_endpoint: token_endpoint?,
+        })
+    }
+
+    /// `resource`: the token audience, without `/.default`; the default for the api and plan.
+    fn resource(&mut self, p: &str, raw: Option<&str>, api: Api, plan: Plan) -> Option<String> {
+        let at = |key: &str| join(p, key);
+        let dot_default = raw.is_some_and(|r| {
             r.trim()
                 .trim_end_matches('/')
                 .to_ascii_lowercase()
@@ -1006,7 +1165,7 @@ impl Cx<'_> {
                  write the audience alone, e.g. \"https://graph.microsoft.com\"",
             );
         }
-        let resource = match raw.resource.as_deref() {
+        let resource = match raw {
             Some(r) => self.required(
                 &at("resource"),
                 Some(r),
@@ -1026,21 +1185,7 @@ impl Cx<'_> {
                 }
             },
         };
-        let token_endpoint = match raw.token_endpoint.as_deref() {
-            None => Some(TokenEndpoint::V2),
-            Some(v) => self.choice(
-                &at("token_endpoint"),
-                Some(v),
-                &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)],
-            ),
-        };
-        Some(OAuthApp {
-            tenant_id: tenant_id?.trim().to_owned(),
-            client_id: client_id?.trim().to_owned(),
-            login_url: login_url?,
-            resource: resource?.trim().trim_end_matches('/').to_owned(),
-            token_endpoint: token_endpoint?,
-        })
+        Some(resource?.trim().trim_end_matches('/').to_owned())
     }
 
     fn retry(&mut self, p: &str, raw: Option<&RawRetry>) -> Option<RetryPolicy> {
