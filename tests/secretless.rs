@@ -16,20 +16,9 @@ use msgtrace::simulator::SimServer;
 const ISSUER: &str = "https://oidc.sim.example/cluster";
 const SUBJECT: &str = "system:serviceaccount:mail:msgtrace";
 
-/// The scenario's configuration with `auth` (TOML lines) as its auth table.
+/// [`graph_toml`] with `page_size` rows a page and `auth` (TOML lines) as its auth table.
 fn with_auth(sim: &SimServer, dir: &Path, page_size: u32, auth: &str) -> String {
-    let toml = config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.join("state"),
-            out: &dir.join("out.ndjson"),
-            start: &hours_ago(3),
-            end: &hours_ago(1),
-            page_size,
-            extra: "",
-        },
-    );
+    let toml = graph_toml(sim, dir).replace("page_size = 100", &format!("page_size = {page_size}"));
     let start = toml.find("[sources.src.auth]").unwrap();
     let end = toml.find("[sources.src.retry]").unwrap();
     format!(
