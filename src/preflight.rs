@@ -1,12 +1,13 @@
 //! Checks of a configuration against the file system, made before a run starts and by
-//! `msgtrace validate`: the state directory and the file sinks' paths. The configuration's own
+//! `msgtrace validate`: the state directory, the file sinks' paths and the federated token files. The configuration's own
 //! checks ([`crate::config`]) need no I/O; these do, so they live here, in one place that
 //! `validate`, `run`, `backfill` and an embedding host (through [`crate::engine::start`]) share.
 //!
 //! Each problem is one line, `key: what is wrong; what to do`. Nothing is left behind: a
 //! directory is tested for writing with a probe file that is removed at once.
 
-use crate::config::{Config, SinkKind};
+use crate::config::{AuthConfig, Config, SinkKind};
+use msgtrace_actors::token::AuthError;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -19,8 +20,8 @@ pub struct PreflightError {
 }
 
 /// Checks that the state directory can be used (a directory, readable and writable, or one that
-/// can be created) and that each file sink's path can be written (not a symbolic link or a
-/// directory, its directory creatable).
+/// can be created), that each file sink's path can be written (not a symbolic link or a
+/// directory, its directory creatable), and that each `oauth_federated` token file can be read.
 pub fn check(config: &Config) -> Result<(), PreflightError> {
     let mut problems = Vec::new();
     if let Err(e) = state_dir(&config.state_dir) {
@@ -30,6 +31,13 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
         if let SinkKind::File { path, .. } = &sink.kind {
             if let Err(e) = file_sink_path(path) {
                 problems.push(format!("sinks.{}.path: {e}", sink.id));
+            }
+        }
+    }
+    for source in config.sources.values() {
+        if let AuthConfig::OAuthFederated { token_file, .. } = &source.auth {
+            if let Err(e) = federated_token_file(token_file) {
+                problems.push(format!("sources.{}.auth.token_file: {e}", source.id));
             }
         }
     }
@@ -185,6 +193,15 @@ fn owner_fix(dir: &Path) -> String {
     )
 }
 
+/// A workload identity token file that is missing or unreadable; an empty one passes, since the
+/// platform may be about to write it (the token request then retries).
+fn federated_token_file(path: &Path) -> Result<(), AuthError> {
+    match msgtrace_actors::identity::read_federated_token(path) {
+        Err(e @ AuthError::Rejected(_)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +244,14 @@ mod tests {
             let e = file_sink_path(&link).unwrap_err();
             assert!(e.contains("symbolic link"), "{e}");
         }
+    }
+
+    #[test]
+    fn federated_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = federated_token_file(&dir.path().join("token")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        std::fs::write(dir.path().join("token"), "").unwrap();
+        federated_token_file(&dir.path().join("token")).unwrap();
     }
 }

@@ -149,9 +149,14 @@ fn federated_token_errors_name_the_fix() {
             file.to_str().unwrap()
         )
     };
-    let err = run_error(|_| {}, |sim| auth(sim, &missing));
+    // Checked before a run starts (and by `msgtrace validate`).
+    let sim = sim(60, |_| {});
+    let config = parse(&with_auth(&sim, dir.path(), 100, &auth(&sim, &missing)));
+    let err = msgtrace::preflight::check(&config).unwrap_err().to_string();
     assert!(
-        err.contains("does not exist") && err.contains("azure.workload.identity/use"),
+        err.starts_with("sources.src.auth.token_file: the federated token file")
+            && err.contains("does not exist")
+            && err.contains("azure.workload.identity/use"),
         "{err}"
     );
 
