@@ -24,7 +24,8 @@ const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
 /// Validates a raw configuration, filling in defaults and collecting every error.
 ///
 /// Does no I/O: files named in the configuration (certificates, sink paths) are checked when they
-/// are used.
+/// are used. The process environment is read only for the defaults `oauth_federated` takes from
+/// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_FEDERATED_TOKEN_FILE`.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     validate_parsed(raw, &BTreeSet::new(), &super::env::process_env)
 }
