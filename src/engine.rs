@@ -173,8 +173,11 @@ pub fn source_spec(
         None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
             .map_err(|e| at("")(from_env(e)))?,
     };
-    if let AuthSpec::OAuth { token, .. } = &mut auth {
+    // The instance metadata endpoint is on the host: never through a proxy.
+    let via_proxy = |c: &ClientCredential| !matches!(c, ClientCredential::ManagedIdentity { .. });
+    if let AuthSpec::OAuth { token, credential } = &mut auth {
         token.proxy = match &src.proxy_url {
+            _ if !via_proxy(credential) => None,
             Some(_) => proxy.clone(),
             None => Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
                 .map_err(|e| at("")(from_env(e)))?,
@@ -244,6 +247,29 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
             };
             AuthSpec::Basic { username, password }
         }
+        AuthConfig::OAuthFederated { app, token_file } => AuthSpec::OAuth {
+            token: token_spec(app),
+            credential: ClientCredential::Federated {
+                token_file: token_file.clone(),
+            },
+        },
+        AuthConfig::ManagedIdentity {
+            client_id,
+            resource,
+            imds_url,
+        } => AuthSpec::OAuth {
+            token: TokenSpec {
+                login_url: imds_url.clone(),
+                tenant_id: String::new(),
+                client_id: client_id.clone().unwrap_or_default(),
+                audience: resource.clone(),
+                endpoint: msgtrace_actors::spec::TokenEndpoint::Imds,
+                proxy: None,
+            },
+            credential: ClientCredential::ManagedIdentity {
+                app_role_required: true,
+            },
+        },
         AuthConfig::OAuth { app, client_secret } => AuthSpec::OAuth {
             token: token_spec(app),
             credential: ClientCredential::Secret(client_secret.clone()),
@@ -314,9 +340,18 @@ pub fn sink_auth_spec(
         problem,
     };
     let mut auth = auth_spec(&c.auth, secrets).map_err(at)?;
-    if let AuthSpec::OAuth { token, .. } = &mut auth {
-        token.proxy = Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
-            .map_err(|e| at(format!("{e} (from the environment)")))?;
+    match &mut auth {
+        // Azure Monitor authorizes a managed identity by an Azure role on the rule, not by an
+        // app role in its token; and the metadata endpoint is on the host, never behind a proxy.
+        AuthSpec::OAuth {
+            credential: ClientCredential::ManagedIdentity { app_role_required },
+            ..
+        } => *app_role_required = false,
+        AuthSpec::OAuth { token, .. } => {
+            token.proxy = Proxy::from_env(&token.login_url, &|k| std::env::var(k).ok())
+                .map_err(|e| at(format!("{e} (from the environment)")))?;
+        }
+        AuthSpec::Basic { .. } => {}
     }
     Ok(Some(auth))
 }

@@ -1,5 +1,5 @@
 //! Checks of a configuration against the file system, made before a run starts and by
-//! `msgtrace validate`: the state directory and the file sinks' paths. The configuration's own
+//! `msgtrace validate`: the state directory, the file sinks' paths and the federated token files. The configuration's own
 //! checks ([`crate::config`]) need no I/O; these do, so they live here, in one place that
 //! `validate`, `run`, `backfill` and an embedding host (through [`crate::engine::start`]) share.
 //!
@@ -9,6 +9,7 @@
 use crate::config::{AuthConfig, Config, SinkKind};
 use crate::engine::SecretAccess;
 use crate::secrets::SecretStore;
+use msgtrace_actors::token::AuthError;
 use msgtrace_storage::{StorageError, Store};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,8 +23,8 @@ pub struct PreflightError {
 }
 
 /// Checks that the state directory can be used (a directory, readable and writable, or one that
-/// can be created) and that each file sink's path can be written (not a symbolic link or a
-/// directory, its directory creatable).
+/// can be created), that each file sink's path can be written (not a symbolic link or a
+/// directory, its directory creatable), and that each `oauth_federated` token file can be read.
 pub fn check(config: &Config) -> Result<(), PreflightError> {
     let mut problems = Vec::new();
     if let Err(e) = state_dir(&config.state_dir) {
@@ -36,11 +37,32 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
             }
         }
     }
+    for (at, auth) in auths(config) {
+        if let AuthConfig::OAuthFederated { token_file, .. } = auth {
+            if let Err(e) = federated_token_file(token_file) {
+                problems.push(format!("{at}.auth.token_file: {e}"));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(())
     } else {
         Err(PreflightError { problems })
     }
+}
+
+/// Every `auth` of the configuration with the key it is under: the sources', and the
+/// `azure_logs_ingestion` sinks'.
+fn auths(cfg: &Config) -> impl Iterator<Item = (String, &AuthConfig)> {
+    let sources = cfg
+        .sources
+        .values()
+        .map(|s| (format!("sources.{}", s.id), &s.auth));
+    let sinks = cfg.sinks.values().filter_map(|s| match &s.kind {
+        SinkKind::AzureLogsIngestion(c) => Some((format!("sinks.{}", s.id), &c.auth)),
+        _ => None,
+    });
+    sources.chain(sinks)
 }
 
 /// What `msgtrace validate` finds beyond the file's own errors: [`check`]'s problems, each
@@ -85,21 +107,12 @@ pub fn validate(cfg: &Config) -> Findings {
 
 /// The secret store, when a source reads one and the state directory can be opened.
 fn secret_store(cfg: &Config, found: &mut Findings) -> Option<SecretStore> {
-    let sink_auth = cfg.sinks.values().filter_map(|s| match &s.kind {
-        SinkKind::AzureLogsIngestion(c) => Some(&c.auth),
-        _ => None,
+    let uses_store = auths(cfg).any(|(_, a)| {
+        matches!(
+            a,
+            AuthConfig::BasicSecret { .. } | AuthConfig::OAuthSecret { .. }
+        )
     });
-    let uses_store = cfg
-        .sources
-        .values()
-        .map(|s| &s.auth)
-        .chain(sink_auth)
-        .any(|a| {
-            matches!(
-                a,
-                AuthConfig::BasicSecret { .. } | AuthConfig::OAuthSecret { .. }
-            )
-        });
     if !uses_store {
         return None;
     }
@@ -289,6 +302,15 @@ fn owner_fix(dir: &Path) -> String {
     )
 }
 
+/// A workload identity token file that is missing or unreadable; an empty one passes, since the
+/// platform may be about to write it (the token request then retries).
+fn federated_token_file(path: &Path) -> Result<(), AuthError> {
+    match msgtrace_actors::identity::read_federated_token(path) {
+        Err(e @ AuthError::Rejected(_)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +353,14 @@ mod tests {
             let e = file_sink_path(&link).unwrap_err();
             assert!(e.contains("symbolic link"), "{e}");
         }
+    }
+
+    #[test]
+    fn federated_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = federated_token_file(&dir.path().join("token")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        std::fs::write(dir.path().join("token"), "").unwrap();
+        federated_token_file(&dir.path().join("token")).unwrap();
     }
 }

@@ -3,6 +3,7 @@
 //! fetchers ask at once.
 
 use crate::http;
+use crate::identity;
 use crate::secret::Secret;
 use crate::spec::{AuthSpec, ClientCredential, TokenSpec};
 use crate::token::{self, AuthError, Token};
@@ -78,6 +79,60 @@ const TOKEN_ATTEMPTS: u32 = 4;
 const TOKEN_BACKOFF: crate::retry::Backoff =
     crate::retry::Backoff::doubling(Duration::from_secs(1), Duration::from_secs(4));
 
+/// One token request with `credential`: a form to the Entra token endpoint (a fresh assertion,
+/// or the federated token as it is in its file now), or a GET to the instance metadata endpoint.
+async fn request_once(spec: &TokenSpec, credential: &ClientCredential) -> Result<Token, AuthError> {
+    let now = chrono::Utc::now();
+    let url = spec.token_url();
+    let form = match credential {
+        ClientCredential::ManagedIdentity { app_role_required } => {
+            return identity::imds_token(spec, *app_role_required, now).await
+        }
+        ClientCredential::Secret(secret) => token::secret_form(spec, secret),
+        // A fresh assertion (new jti, current nbf/exp) for every request.
+        ClientCredential::Certificate { certificate, alg } => {
+            match certificate.client_assertion(*alg, &spec.client_id, &url, now) {
+                Ok(assertion) => token::assertion_form(spec, &assertion),
+                Err(e) => return Err(AuthError::Rejected(e.to_string())),
+            }
+        }
+        ClientCredential::Federated { token_file } => {
+            token::assertion_form(spec, &identity::read_federated_token(token_file)?)
+        }
+    };
+    let response = http::post_form(
+        &url,
+        &form,
+        Some(Duration::from_secs(60)),
+        spec.proxy.as_ref(),
+    )
+    .await
+    .map_err(|e| AuthError::Unavailable(format!("token request to {url} failed: {e}")))?;
+    if response.status == 200 {
+        return token::parse_token_response(&response.body, now);
+    }
+    let mut error = token::entra_error(response.status, &response.body, spec);
+    if let AuthError::Rejected(message) = &mut error {
+        match credential {
+            ClientCredential::Certificate { certificate, .. } => message.push_str(&format!(
+                " [certificate {}, thumbprint {}]",
+                certificate.subject(),
+                certificate.thumbprint()
+            )),
+            ClientCredential::Federated { token_file } => {
+                message.push_str(&format!(" [federated token from {}]", token_file.display()));
+                // An expired workload token: the platform may have replaced it just after it
+                // was read, so the next attempt reads the file again.
+                if message.contains("AADSTS700024") {
+                    error = AuthError::Unavailable(std::mem::take(message));
+                }
+            }
+            ClientCredential::Secret(_) | ClientCredential::ManagedIdentity { .. } => {}
+        }
+    }
+    Err(error)
+}
+
 impl AuthToken {
     fn start_fetch(
         &mut self,
@@ -118,52 +173,17 @@ impl AuthToken {
 }
 
 /// Requests a token from the spec's endpoint: up to [`TOKEN_ATTEMPTS`] tries (refused
-/// credentials are not tried again), a fresh client assertion for each.
+/// credentials are not tried again), each one a [`request_once`].
 async fn request_token(spec: TokenSpec, credential: ClientCredential) -> Result<Token, AuthError> {
-    let url = spec.token_url();
     let mut last = AuthError::Unavailable("no attempt".into());
     for attempt in 0..TOKEN_ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(TOKEN_BACKOFF.delay(attempt - 1)).await;
         }
-        let now = chrono::Utc::now();
-        let form = match &credential {
-            ClientCredential::Secret(secret) => token::secret_form(&spec, secret),
-            // A fresh assertion (new jti, current nbf/exp) for every request.
-            ClientCredential::Certificate { certificate, alg } => {
-                match certificate.client_assertion(*alg, &spec.client_id, &url, now) {
-                    Ok(assertion) => token::assertion_form(&spec, &assertion),
-                    Err(e) => return Err(AuthError::Rejected(e.to_string())),
-                }
-            }
-        };
-        match http::post_form(
-            &url,
-            &form,
-            Some(Duration::from_secs(60)),
-            spec.proxy.as_ref(),
-        )
-        .await
-        {
-            Ok(r) if r.status == 200 => return token::parse_token_response(&r.body, now),
-            Ok(r) => {
-                last = token::entra_error(r.status, &r.body, &spec);
-                if let (
-                    AuthError::Rejected(msg),
-                    ClientCredential::Certificate { certificate, .. },
-                ) = (&mut last, &credential)
-                {
-                    msg.push_str(&format!(
-                        " [certificate {}, thumbprint {}]",
-                        certificate.subject(),
-                        certificate.thumbprint()
-                    ));
-                }
-            }
-            Err(e) => last = AuthError::Unavailable(format!("token request to {url} failed: {e}")),
-        }
-        if matches!(last, AuthError::Rejected(_)) {
-            break;
+        match request_once(&spec, &credential).await {
+            Ok(token) => return Ok(token),
+            Err(e @ AuthError::Rejected(_)) => return Err(e),
+            Err(e) => last = e,
         }
         warn!(client_id = %spec.client_id, attempt, error = %last, "token request failed, retrying");
     }

@@ -99,7 +99,7 @@ fn client(proxy: Option<&Proxy>, redirects: Redirects) -> awc::Client {
     })
 }
 
-/// `GET url` with an `Authorization` header.
+/// `GET url` with an `Authorization` header (an API read: redirects are followed).
 pub async fn get(
     url: &str,
     authorization: Option<&str>,
@@ -107,12 +107,47 @@ pub async fn get(
     max_body: usize,
     proxy: Option<&Proxy>,
 ) -> Result<HttpResponse, HttpError> {
-    let mut req = client(proxy, Redirects::Follow)
+    let authorization: Vec<_> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    let req = request(url, &authorization, proxy, Redirects::Follow);
+    exchange(req, timeout, max_body).await
+}
+
+/// `GET url` with extra request headers, for a token (the instance metadata endpoint): a
+/// redirect is not followed but answered, so that a token is taken from the URL given only.
+pub async fn get_with(
+    url: &str,
+    headers: &[(&str, &str)],
+    timeout: Option<Duration>,
+    max_body: usize,
+    proxy: Option<&Proxy>,
+) -> Result<HttpResponse, HttpError> {
+    let req = request(url, headers, proxy, Redirects::Refuse);
+    exchange(req, timeout, max_body).await
+}
+
+fn request(
+    url: &str,
+    headers: &[(&str, &str)],
+    proxy: Option<&Proxy>,
+    redirects: Redirects,
+) -> awc::ClientRequest {
+    let mut req = client(proxy, redirects)
         .get(url)
         .insert_header(("Accept", "application/json"));
-    if let Some(a) = authorization {
-        req = req.insert_header(("Authorization", a));
+    for (name, value) in headers {
+        req = req.insert_header((*name, *value));
     }
+    req
+}
+
+async fn exchange(
+    req: awc::ClientRequest,
+    timeout: Option<Duration>,
+    max_body: usize,
+) -> Result<HttpResponse, HttpError> {
     let exchange = async move {
         let mut resp = req.send().await.map_err(classify_send)?;
         finish(&mut resp, max_body).await

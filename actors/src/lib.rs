@@ -16,6 +16,7 @@ pub mod event;
 pub mod fetcher;
 pub mod hook;
 pub mod http;
+pub mod identity;
 pub mod link_guard;
 pub mod proxy;
 pub mod quota;

@@ -51,21 +51,53 @@ pub enum ClientCredential {
         /// PS256 (`x5t#S256`) or RS256 (`x5t`).
         alg: AssertionAlg,
     },
+    /// A workload identity federation token (Kubernetes service-account token, GitHub OIDC
+    /// token, …) sent as the client assertion; the file is read at every token request because
+    /// the platform rotates it.
+    Federated {
+        /// The file holding the current token.
+        token_file: std::path::PathBuf,
+    },
+    /// No credential: the machine's managed identity, asked of the instance metadata endpoint
+    /// (with [`TokenEndpoint::Imds`]; `client_id` empty for the system-assigned identity).
+    ManagedIdentity {
+        /// Refuse a token without an app role (`roles` claim): the message trace APIs authorize
+        /// by app role, so such a token would be refused on every page. Azure Monitor (the
+        /// Sentinel sink) authorizes by an Azure role on the rule instead: its tokens carry none.
+        app_role_required: bool,
+    },
 }
 
-/// Which Entra token endpoint to call.
+/// Which Entra ID token endpoint to call (`token_endpoint` in the configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenEndpoint {
-    /// `/{tenant}/oauth2/v2.0/token` with `scope=<audience>/.default`.
+    /// `/{tenant}/oauth2/v2.0/token` with `scope=<audience>/.default` (the default).
     V2,
     /// `/{tenant}/oauth2/token` with `resource=<audience>`.
     V1,
+    /// The Azure instance metadata endpoint, `/metadata/identity/oauth2/token` (GET, v1-shaped:
+    /// `resource=<audience>`), for [`ClientCredential::ManagedIdentity`]; not a `token_endpoint`
+    /// value of the configuration.
+    Imds,
+}
+
+impl TokenEndpoint {
+    /// The token URL of `tenant` at the authority `login_url`.
+    pub fn url(self, login_url: &url::Url, tenant: &str) -> String {
+        let base = login_url.as_str().trim_end_matches('/');
+        match self {
+            TokenEndpoint::V2 => format!("{base}/{tenant}/oauth2/v2.0/token"),
+            TokenEndpoint::V1 => format!("{base}/{tenant}/oauth2/token"),
+            TokenEndpoint::Imds => format!("{base}/metadata/identity/oauth2/token"),
+        }
+    }
 }
 
 /// The identity a token is issued to: tokens are cached and shared per this key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TokenSpec {
-    /// Authority host, e.g. `https://login.microsoftonline.com`.
+    /// Authority host, e.g. `https://login.microsoftonline.com` (for [`TokenEndpoint::Imds`]: the
+    /// metadata endpoint, `http://169.254.169.254`).
     pub login_url: url::Url,
     /// Directory (tenant) id.
     pub tenant_id: String,
@@ -82,11 +114,7 @@ pub struct TokenSpec {
 impl TokenSpec {
     /// The token URL.
     pub fn token_url(&self) -> String {
-        let base = self.login_url.as_str().trim_end_matches('/');
-        match self.endpoint {
-            TokenEndpoint::V2 => format!("{base}/{}/oauth2/v2.0/token", self.tenant_id),
-            TokenEndpoint::V1 => format!("{base}/{}/oauth2/token", self.tenant_id),
-        }
+        self.endpoint.url(&self.login_url, &self.tenant_id)
     }
 }
 

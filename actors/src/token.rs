@@ -76,7 +76,7 @@ fn push_audience(spec: &TokenSpec, form: &mut Vec<(&'static str, String)>) {
             "scope",
             format!("{}/.default", spec.audience.trim_end_matches('/')),
         )),
-        TokenEndpoint::V1 => form.push(("resource", spec.audience.clone())),
+        TokenEndpoint::V1 | TokenEndpoint::Imds => form.push(("resource", spec.audience.clone())),
     }
 }
 
@@ -139,7 +139,8 @@ pub fn entra_error(status: u16, body: &[u8], spec: &TokenSpec) -> AuthError {
         Some(700016) => format!("application {} is not known in tenant {}: check client_id and tenant_id, or grant admin consent in that tenant", spec.client_id, spec.tenant_id),
         Some(90002) => format!("tenant {} does not exist: check tenant_id (the Directory ID) and the plan / login_url", spec.tenant_id),
         Some(700027) => format!("the client assertion's signature was not accepted: upload the certificate (cert_path) to the certificates of application {} in the app registration, and check that key_path holds its private key", spec.client_id),
-        Some(700024) => "the client assertion is outside its validity time: check this machine's clock (NTP)".into(),
+        Some(700024) => "the client assertion is outside its validity time: check this machine's clock (NTP); with oauth_federated, check that the platform still refreshes token_file".into(),
+        Some(70021 | 700211 | 700212 | 700213) => format!("no federated credential of application {} matches the token's issuer, subject and audience: add one with az ad app federated-credential create (issuer = the cluster's OIDC issuer URL, subject = system:serviceaccount:<namespace>:<service account>, audience api://AzureADTokenExchange)", spec.client_id),
         Some(700021) => format!("the client assertion's issuer does not match client_id {}: check client_id", spec.client_id),
         Some(700023) => format!("the client assertion's audience does not match {}: check login_url, tenant_id and token_endpoint", spec.token_url()),
         Some(7000274) => "the client assertion was used before (jti replayed): this is a bug or a replay; report it".into(),

@@ -4,6 +4,7 @@
 //! server's table counts: the table remembers each token's audience and expiry. Client
 //! assertions, on the other hand, are verified for real (see `check_assertion`).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
@@ -114,13 +115,15 @@ impl State {
         }
     }
 
-    fn issue_token(&self, audience: &str) -> (String, u64) {
+    /// A new access token for `audience`; `roles` false leaves out the `roles` claim, as Entra
+    /// does for an identity that was granted no app role.
+    fn issue_token(&self, audience: &str, roles: bool) -> (String, u64) {
         let lifetime = self.config.token_lifetime_secs;
         let lifetime_i64 = i64::try_from(lifetime).unwrap_or(i64::MAX);
         let n = self.next_seq();
         let now = Utc::now().timestamp();
         let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"RS256","kid":"msgtrace-sim"}"#);
-        let claims = json!({
+        let mut claims = json!({
             "aud": audience,
             "iss": format!("https://sts.windows.net/{}/", self.config.tenant_id),
             "iat": now,
@@ -131,6 +134,9 @@ impl State {
             "roles": ["ExchangeMessageTrace.Read.All", "ReportingWebService.Read.All"],
             "jti": n,
         });
+        if !roles {
+            claims.as_object_mut().map(|c| c.remove("roles"));
+        }
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
         let mut sig = Vec::with_capacity(32);
         let mut h = splitmix64(self.config.model.seed ^ n ^ 0x746f6b656e);
@@ -423,6 +429,17 @@ async fn token(
                 );
             }
         }
+        (None, Some(JWT_BEARER), Some(assertion)) if cfg.identity.is_federated(assertion) => {
+            if let Err((code, text)) = cfg.identity.check_federated(assertion) {
+                return aad_error(
+                    state,
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    code,
+                    &text,
+                );
+            }
+        }
         (None, Some(JWT_BEARER), Some(assertion)) => {
             // Entra accepts the URL of either token endpoint of the tenant as `aud`.
             let info = req.connection_info();
@@ -502,7 +519,7 @@ async fn token(
             }
         },
     };
-    let (access_token, lifetime) = state.issue_token(&audience);
+    let (access_token, lifetime) = state.issue_token(&audience, true);
     state.counters.bump(&state.counters.tokens_issued, 1);
     let body = match flavor {
         Flavor::V2 => json!({
@@ -545,4 +562,208 @@ pub(crate) async fn token_v1(
     body: web::Bytes,
 ) -> HttpResponse {
     token(&state, &req, &tenant, &body, Flavor::V1).await
+}
+
+/// The audience Entra ID expects in a workload identity token.
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// The instance metadata endpoint's token path.
+pub(crate) const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
+
+/// Secretless sign-in of the simulated tenant: a federated credential on the application and the
+/// managed identity of the simulated machine. Clones share one state (the server's copy of the
+/// [`SimConfig`](super::SimConfig) included), so that a test rotates a token while the server runs.
+#[derive(Clone, Debug, Default)]
+pub struct SimIdentity(Arc<Mutex<Identities>>);
+
+#[derive(Debug, Default)]
+struct Identities {
+    federated: Option<Federated>,
+    managed: Option<Managed>,
+}
+
+/// A federated identity credential and the platform's current token for it.
+#[derive(Debug)]
+struct Federated {
+    issuer: String,
+    subject: String,
+    current: String,
+    issued: u64,
+}
+
+/// The machine's managed identity.
+#[derive(Debug)]
+struct Managed {
+    /// A user-assigned identity's client id; `None`: system-assigned.
+    client_id: Option<String>,
+    /// Whether its service principal holds the API's app role.
+    app_role: bool,
+}
+
+impl SimIdentity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Identities> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a federated credential (`issuer`, `subject`, audience [`FEDERATED_AUDIENCE`]) to the
+    /// application and returns the platform's first token for it, as it would write it to the
+    /// workload's token file.
+    pub fn federate(&self, issuer: &str, subject: &str) -> String {
+        let mut ids = self.lock();
+        let fed = ids.federated.insert(Federated {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            current: String::new(),
+            issued: 0,
+        });
+        fed.rotate()
+    }
+
+    /// The platform rotates the token: returns the new one, and from now on refuses the old one
+    /// (as expired). Panics without [`SimIdentity::federate`].
+    pub fn rotate_federated_token(&self) -> String {
+        self.lock()
+            .federated
+            .as_mut()
+            .expect("federate() first")
+            .rotate()
+    }
+
+    /// Assigns a managed identity to the simulated machine: `client_id` `None` is the
+    /// system-assigned identity (IMDS requests name no client id), `Some` a user-assigned one
+    /// (requests must name it). `app_role`: whether its service principal was granted the API's
+    /// app role; without it tokens carry no `roles` claim.
+    pub fn assign_managed_identity(&self, client_id: Option<&str>, app_role: bool) {
+        self.lock().managed = Some(Managed {
+            client_id: client_id.map(str::to_owned),
+            app_role,
+        });
+    }
+
+    /// Whether `assertion` is a workload token rather than a certificate's assertion (no
+    /// thumbprint in its header) and a federated credential exists.
+    fn is_federated(&self, assertion: &str) -> bool {
+        let header = assertion.split('.').next().and_then(jwt_part);
+        let signed_by_certificate =
+            header.is_some_and(|h| h.get("x5t").is_some() || h.get("x5t#S256").is_some());
+        !signed_by_certificate && self.lock().federated.is_some()
+    }
+
+    /// Checks a workload token as Entra ID checks it against the federated credential: issuer,
+    /// subject and audience (AADSTS700211, 700213, 700212), then its lifetime (700024; a rotated
+    /// token counts as expired).
+    fn check_federated(&self, assertion: &str) -> Result<(), Refusal> {
+        let ids = self.lock();
+        let Some(fed) = ids.federated.as_ref() else {
+            return Err((700211, "No federated identity credential.".to_owned()));
+        };
+        let claims = assertion
+            .split('.')
+            .nth(1)
+            .and_then(jwt_part)
+            .ok_or_else(|| (50027, "JWT token is invalid or malformed.".to_owned()))?;
+        let claim = |k: &str| {
+            claims
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mismatch = |code: u32, what: &str, value: String| {
+            Err((
+                code,
+                format!(
+                    "No matching federated identity record found for presented assertion {what} '{value}'. \
+                     Please check your federated identity credential Subject, Audience and Issuer against the presented assertion."
+                ),
+            ))
+        };
+        if claim("iss") != fed.issuer {
+            return mismatch(700211, "issuer", claim("iss"));
+        }
+        if claim("sub") != fed.subject {
+            return mismatch(700213, "subject", claim("sub"));
+        }
+        if claim("aud") != FEDERATED_AUDIENCE {
+            return mismatch(700212, "audience", claim("aud"));
+        }
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        if assertion != fed.current || exp <= Utc::now().timestamp() {
+            return Err((
+                700024,
+                format!("Client assertion is not within its valid time range. Current time: {}, expiry time of assertion {exp}.", Utc::now().timestamp()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Federated {
+    /// A new token (JWT-shaped; the simulator compares it whole) replacing the current one.
+    fn rotate(&mut self) -> String {
+        self.issued += 1;
+        let now = Utc::now().timestamp();
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"sim-oidc"}"#);
+        let claims = json!({
+            "iss": self.issuer,
+            "sub": self.subject,
+            "aud": FEDERATED_AUDIENCE,
+            "iat": now,
+            "exp": now + 3600,
+            "n": self.issued,
+        });
+        self.current = format!(
+            "{header}.{}.{}",
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            URL_SAFE_NO_PAD.encode(self.issued.to_le_bytes())
+        );
+        self.current.clone()
+    }
+}
+
+/// An IMDS error body (`error`, `error_description`).
+fn imds_error(error: &str, description: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": error, "error_description": description}))
+}
+
+/// `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…[&client_id=…]` with
+/// `Metadata: true`: the instance metadata endpoint's managed identity token, numbers as strings.
+pub(crate) async fn imds_token(state: web::Data<State>, req: HttpRequest) -> HttpResponse {
+    state.counters.bump(&state.counters.token_requests, 1);
+    let metadata = req.headers().get("metadata").and_then(|v| v.to_str().ok());
+    if metadata != Some("true") {
+        return imds_error("invalid_request", "Required metadata header not specified");
+    }
+    let query = Params::parse(req.query_string());
+    if query.get("api-version") != Some("2018-02-01") {
+        return imds_error("invalid_request", "Invalid version");
+    }
+    let Some(resource) = query.get("resource").filter(|r| !r.is_empty()) else {
+        return imds_error(
+            "invalid_request",
+            "Required query variable 'resource' is missing",
+        );
+    };
+    let app_role = {
+        let ids = state.config.identity.lock();
+        match &ids.managed {
+            Some(m) if m.client_id.as_deref() == query.get("client_id") => m.app_role,
+            _ => return imds_error("invalid_request", "Identity not found"),
+        }
+    };
+    let resource = resource.trim_end_matches('/').to_owned();
+    let (access_token, lifetime) = state.issue_token(&resource, app_role);
+    state.counters.bump(&state.counters.tokens_issued, 1);
+    let now = Utc::now().timestamp();
+    let expires_on = now.saturating_add(i64::try_from(lifetime).unwrap_or(i64::MAX));
+    HttpResponse::Ok().json(json!({
+        "access_token": access_token,
+        "client_id": query.get("client_id").unwrap_or(&state.config.client_id),
+        "expires_in": lifetime.to_string(),
+        "expires_on": expires_on.to_string(),
+        "ext_expires_in": lifetime.to_string(),
+        "not_before": now.to_string(),
+        "resource": resource,
+        "token_type": "Bearer",
+    }))
 }

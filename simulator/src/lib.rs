@@ -40,6 +40,7 @@ mod tests;
 #[cfg(test)]
 mod tests_late;
 
+pub use auth::{SimIdentity, FEDERATED_AUDIENCE};
 pub use example::{example_config, SIM_SECRET_VAR};
 pub use model::{
     format_7, format_7z, format_ms_date, format_window, from_ticks, ticks_ceil, ticks_floor,

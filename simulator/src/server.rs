@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use super::auth::{self, Api, IssuedToken};
+use super::auth::{self, Api, IssuedToken, SimIdentity};
 use super::model::{
     format_ms_date, format_window, from_ticks, splitmix64, ticks_floor, GraphRow, LateRows,
     Position, RwsRow, SimRow, TenantModel, TICKS_PER_HOUR,
@@ -136,6 +136,9 @@ pub struct SimConfig {
     pub fault_schedule: Option<FaultSchedule>,
     /// actix worker threads (default 2).
     pub workers: usize,
+    /// Secretless sign-in: a federated credential on the application and the managed identity
+    /// of the simulated machine (see [`SimIdentity`]). Default: neither.
+    pub identity: SimIdentity,
 }
 
 /// Faults on a fixed rhythm, for soak runs from tests and `msgtrace simulate`.
@@ -211,6 +214,7 @@ impl Default for SimConfig {
             late: None,
             fault_schedule: None,
             workers: 2,
+            identity: SimIdentity::default(),
         }
     }
 }
@@ -557,6 +561,7 @@ impl SimServer {
                             web::post().to(auth::token_v2),
                         )
                         .route("/{tenant}/oauth2/token", web::post().to(auth::token_v1))
+                        .route(auth::IMDS_PATH, web::get().to(auth::imds_token))
                         .default_service(web::to(dispatch))
                 })
                 .workers(workers)

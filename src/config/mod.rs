@@ -51,12 +51,16 @@ use std::time::Duration;
 
 use url::Url;
 
+/// Signature algorithm of a certificate client assertion (`assertion_alg`).
+pub use msgtrace_actors::assertion::AssertionAlg;
 pub use msgtrace_actors::dialect::Api;
 /// How failed requests are retried (`[sources.<id>.retry]`): the fetcher's own policy, which
 /// validation builds (`retry.type`, `initial_interval_ms` at most 20 s, `limit` at most 20,
 /// `multiplier` at least 1, `codes`, `honor_retry_after`, `retry_connect_timeout`,
 /// `retry_connect_reset`).
 pub use msgtrace_actors::retry::{RetryKind, RetryPolicy};
+/// Entra ID token endpoint version (`token_endpoint`).
+pub use msgtrace_actors::spec::TokenEndpoint;
 pub use msgtrace_actors::time::TimeExpr;
 pub use validate::validate;
 
@@ -325,7 +329,31 @@ pub enum AuthConfig {
         /// Signature algorithm of the assertion (PS256 with `x5t#S256`, or RS256 with `x5t`).
         assertion_alg: AssertionAlg,
     },
+    /// `oauth_federated`: client credentials with a workload identity token (a Kubernetes
+    /// service-account token, a GitHub OIDC token, …) as the client assertion.
+    OAuthFederated {
+        /// Tenant, client and token endpoint (`tenant_id`, `client_id` default from
+        /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`).
+        app: OAuthApp,
+        /// The file the platform keeps the current token in (`token_file`, default from
+        /// `AZURE_FEDERATED_TOKEN_FILE`), read at every token request since it is rotated.
+        token_file: PathBuf,
+    },
+    /// `managed_identity`: a token from the Azure instance metadata endpoint for the identity
+    /// assigned to the machine; no credential at all.
+    ManagedIdentity {
+        /// A user-assigned identity's client id; `None` asks for the system-assigned identity.
+        client_id: Option<String>,
+        /// Token audience: given, or the default for the api and plan.
+        resource: String,
+        /// The instance metadata endpoint (`http://169.254.169.254` unless `imds_url` is set).
+        imds_url: Url,
+    },
 }
+
+/// The instance metadata endpoint of Azure VMs, scale sets and AKS nodes: plain http on a
+/// link-local address, by design (it never leaves the host).
+pub const IMDS_URL: &str = "http://169.254.169.254";
 
 impl AuthConfig {
     /// The configuration spelling of the method (`oauth_cert`).
@@ -336,25 +364,33 @@ impl AuthConfig {
             AuthConfig::OAuth { .. } => "oauth",
             AuthConfig::OAuthSecret { .. } => "oauth_secret",
             AuthConfig::OAuthCert { .. } => "oauth_cert",
+            AuthConfig::OAuthFederated { .. } => "oauth_federated",
+            AuthConfig::ManagedIdentity { .. } => "managed_identity",
         }
     }
 
-    /// The token request settings for the OAuth methods, `None` for Basic.
+    /// The token request settings for the Entra ID token methods, `None` for Basic and a
+    /// managed identity.
     pub fn oauth(&self) -> Option<&OAuthApp> {
         match self {
             AuthConfig::OAuth { app, .. }
             | AuthConfig::OAuthSecret { app, .. }
-            | AuthConfig::OAuthCert { app, .. } => Some(app),
-            AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
+            | AuthConfig::OAuthCert { app, .. }
+            | AuthConfig::OAuthFederated { app, .. } => Some(app),
+            AuthConfig::Basic { .. }
+            | AuthConfig::BasicSecret { .. }
+            | AuthConfig::ManagedIdentity { .. } => None,
         }
     }
 
-    /// [`AuthConfig::oauth`], to change (a sink's token audience).
-    pub(crate) fn oauth_mut(&mut self) -> Option<&mut OAuthApp> {
+    /// The token audience of the Entra ID token methods, to change (a sink's); `None` for Basic.
+    pub(crate) fn audience_mut(&mut self) -> Option<&mut String> {
         match self {
             AuthConfig::OAuth { app, .. }
             | AuthConfig::OAuthSecret { app, .. }
-            | AuthConfig::OAuthCert { app, .. } => Some(app),
+            | AuthConfig::OAuthCert { app, .. }
+            | AuthConfig::OAuthFederated { app, .. } => Some(&mut app.resource),
+            AuthConfig::ManagedIdentity { resource, .. } => Some(resource),
             AuthConfig::Basic { .. } | AuthConfig::BasicSecret { .. } => None,
         }
     }
@@ -379,17 +415,9 @@ pub struct OAuthApp {
 impl OAuthApp {
     /// The token URL: `{login}/{tenant}/oauth2/v2.0/token` (v2) or `{login}/{tenant}/oauth2/token` (v1).
     pub fn token_url(&self) -> String {
-        let login = self.login_url.as_str().trim_end_matches('/');
-        match self.token_endpoint {
-            TokenEndpoint::V2 => format!("{login}/{}/oauth2/v2.0/token", self.tenant_id),
-            TokenEndpoint::V1 => format!("{login}/{}/oauth2/token", self.tenant_id),
-        }
+        self.token_endpoint.url(&self.login_url, &self.tenant_id)
     }
 }
-
-/// Entra ID token endpoint version (`token_endpoint`) and the signature algorithm of a
-/// certificate client assertion (`assertion_alg`): the engine's own types, one of each.
-pub use msgtrace_actors::{assertion::AssertionAlg, spec::TokenEndpoint};
 
 /// A certificate and its private key on disk (`[certificates.<name>]` or inline in `auth`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -711,7 +739,7 @@ pub fn from_str_with_env(
             warnings: Vec::new(),
         });
     };
-    let mut result = validate::validate_parsed(raw, &parsed.expanded);
+    let mut result = validate::validate_parsed(raw, &parsed.expanded, env);
     if errors.is_empty() {
         return result;
     }

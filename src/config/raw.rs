@@ -3,7 +3,9 @@
 //! These types say which keys exist and what TOML type each value has; nothing else. Whether a key
 //! is required, which values are allowed and what the defaults are is decided by
 //! [`validate`](super::validate()), which turns a [`RawConfig`] into a [`Config`](super::Config).
-//! Every struct denies unknown keys (and none uses `flatten`, which would silently turn that off).
+//! Every struct denies unknown keys (and none uses `flatten`, which would silently turn that off);
+//! [`RawAuth`] is an enum tagged by `method`, deserialized by hand so that its errors read as the
+//! structs' do.
 //!
 //! `parse` reads a whole file: TOML syntax, then `${VAR}` expansion on the value tree, then
 //! deserialization that records every type error and unknown key with its path and drops the
@@ -108,42 +110,302 @@ pub struct RawQuota {
     pub per_secs: Option<i64>,
 }
 
-/// `[sources.<id>.auth]`: the keys of every method; validation checks which belong together.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAuth {
-    /// `method`: basic | basic_secret | oauth | oauth_secret | oauth_cert.
-    pub method: Option<String>,
-    /// `tenant_id` (OAuth methods).
+/// `[sources.<id>.auth]`: `method` picks the variant, and each variant holds the keys its method
+/// reads. A key of another method is an error at its own path ("not used by method …"), a key of
+/// no method an unknown key; a missing or unknown `method` is left to validation, which lists the
+/// methods there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawAuth {
+    /// `basic`.
+    Basic {
+        /// `username`.
+        username: Option<String>,
+        /// `password`.
+        password: Option<String>,
+    },
+    /// `basic_secret`.
+    BasicSecret {
+        /// `credentials_secret`: a `credentials` secret's name.
+        credentials_secret: Option<String>,
+    },
+    /// `oauth`.
+    OAuth {
+        /// The keys every token method shares.
+        app: RawOAuthApp,
+        /// `client_secret`.
+        client_secret: Option<String>,
+    },
+    /// `oauth_secret`.
+    OAuthSecret {
+        /// The keys every token method shares.
+        app: RawOAuthApp,
+        /// `client_secret_ref`: a `text` secret's name.
+        client_secret_ref: Option<String>,
+    },
+    /// `oauth_cert`.
+    OAuthCert {
+        /// The keys every token method shares.
+        app: RawOAuthApp,
+        /// The certificate and the algorithm.
+        cert: RawCertAuth,
+    },
+    /// `oauth_federated`.
+    OAuthFederated {
+        /// The keys every token method shares (`tenant_id`, `client_id` default from the
+        /// environment).
+        app: RawOAuthApp,
+        /// `token_file`: the workload identity token, read at every token request.
+        token_file: Option<String>,
+    },
+    /// `managed_identity`.
+    ManagedIdentity {
+        /// `client_id`: a user-assigned identity's client id (none: the system-assigned one).
+        client_id: Option<String>,
+        /// `resource`: token audience.
+        resource: Option<String>,
+        /// `imds_url`: the instance metadata endpoint.
+        imds_url: Option<String>,
+    },
+    /// `method` is missing (`None`) or names no method.
+    Unknown {
+        /// `method` as written.
+        method: Option<String>,
+    },
+}
+
+/// The keys the Entra ID token methods share (`oauth`, `oauth_secret`, `oauth_cert`,
+/// `oauth_federated`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawOAuthApp {
+    /// `tenant_id`.
     pub tenant_id: Option<String>,
-    /// `client_id` (OAuth methods).
+    /// `client_id`.
     pub client_id: Option<String>,
-    /// `client_secret` (oauth).
-    pub client_secret: Option<String>,
-    /// `client_secret_ref` (oauth_secret).
-    pub client_secret_ref: Option<String>,
-    /// `username` (basic).
-    pub username: Option<String>,
-    /// `password` (basic).
-    pub password: Option<String>,
-    /// `credentials_secret` (basic_secret).
-    pub credentials_secret: Option<String>,
-    /// `certificate` (oauth_cert): a `[certificates]` name.
-    pub certificate: Option<String>,
-    /// `cert_path` (oauth_cert, inline).
-    pub cert_path: Option<String>,
-    /// `key_path` (oauth_cert, inline).
-    pub key_path: Option<String>,
-    /// `passphrase` (oauth_cert, inline).
-    pub passphrase: Option<String>,
-    /// `assertion_alg` (oauth_cert): PS256 | RS256.
-    pub assertion_alg: Option<String>,
-    /// `token_endpoint` (OAuth methods): v1 | v2.
+    /// `token_endpoint`: v1 | v2.
     pub token_endpoint: Option<String>,
-    /// `resource` (OAuth methods): token audience.
+    /// `resource`: token audience.
     pub resource: Option<String>,
-    /// `login_url` (OAuth methods): authority host.
+    /// `login_url`: authority host.
     pub login_url: Option<String>,
+}
+
+/// The keys of `oauth_cert` besides the app's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawCertAuth {
+    /// `certificate`: a `[certificates]` name.
+    pub certificate: Option<String>,
+    /// `cert_path` (inline).
+    pub cert_path: Option<String>,
+    /// `key_path` (inline).
+    pub key_path: Option<String>,
+    /// `passphrase` (inline).
+    pub passphrase: Option<String>,
+    /// `assertion_alg`: PS256 | RS256.
+    pub assertion_alg: Option<String>,
+}
+
+/// Every key of an auth table, in the order an unknown key's message lists them.
+const AUTH_KEYS: &[&str] = &[
+    "method",
+    "tenant_id",
+    "client_id",
+    "client_secret",
+    "client_secret_ref",
+    "username",
+    "password",
+    "credentials_secret",
+    "certificate",
+    "cert_path",
+    "key_path",
+    "passphrase",
+    "assertion_alg",
+    "token_endpoint",
+    "resource",
+    "login_url",
+    "token_file",
+    "imds_url",
+];
+
+/// The keys of an auth table other than `method`, taken one by one by the variant that reads them.
+#[derive(Default)]
+struct AuthKeys(BTreeMap<&'static str, String>);
+
+impl AuthKeys {
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+}
+
+impl RawOAuthApp {
+    fn take(keys: &mut AuthKeys) -> RawOAuthApp {
+        RawOAuthApp {
+            tenant_id: keys.take("tenant_id"),
+            client_id: keys.take("client_id"),
+            token_endpoint: keys.take("token_endpoint"),
+            resource: keys.take("resource"),
+            login_url: keys.take("login_url"),
+        }
+    }
+}
+
+impl RawAuth {
+    /// The methods, in the order messages list them.
+    pub const METHODS: &'static [&'static str] = &[
+        "basic",
+        "basic_secret",
+        "oauth",
+        "oauth_secret",
+        "oauth_cert",
+        "oauth_federated",
+        "managed_identity",
+    ];
+
+    /// The method's spelling (`oauth_cert`); `None` for [`RawAuth::Unknown`].
+    pub fn method(&self) -> Option<&'static str> {
+        Some(match self {
+            RawAuth::Basic { .. } => "basic",
+            RawAuth::BasicSecret { .. } => "basic_secret",
+            RawAuth::OAuth { .. } => "oauth",
+            RawAuth::OAuthSecret { .. } => "oauth_secret",
+            RawAuth::OAuthCert { .. } => "oauth_cert",
+            RawAuth::OAuthFederated { .. } => "oauth_federated",
+            RawAuth::ManagedIdentity { .. } => "managed_identity",
+            RawAuth::Unknown { .. } => return None,
+        })
+    }
+
+    /// The `[certificates]` entry an `oauth_cert` table names.
+    pub fn certificate(&self) -> Option<&str> {
+        match self {
+            RawAuth::OAuthCert { cert, .. } => cert.certificate.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// `resource` (the token audience), where the method has one and it is set.
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            RawAuth::OAuth { app, .. }
+            | RawAuth::OAuthSecret { app, .. }
+            | RawAuth::OAuthCert { app, .. }
+            | RawAuth::OAuthFederated { app, .. } => app.resource.as_deref(),
+            RawAuth::ManagedIdentity { resource, .. } => resource.as_deref(),
+            RawAuth::Basic { .. } | RawAuth::BasicSecret { .. } | RawAuth::Unknown { .. } => None,
+        }
+    }
+
+    /// The variant of `method`, taking the keys it reads out of `keys`; `None` for no method.
+    fn take(method: &str, keys: &mut AuthKeys) -> Option<RawAuth> {
+        Some(match method {
+            "basic" => RawAuth::Basic {
+                username: keys.take("username"),
+                password: keys.take("password"),
+            },
+            "basic_secret" => RawAuth::BasicSecret {
+                credentials_secret: keys.take("credentials_secret"),
+            },
+            "oauth" => RawAuth::OAuth {
+                app: RawOAuthApp::take(keys),
+                client_secret: keys.take("client_secret"),
+            },
+            "oauth_secret" => RawAuth::OAuthSecret {
+                app: RawOAuthApp::take(keys),
+                client_secret_ref: keys.take("client_secret_ref"),
+            },
+            "oauth_cert" => RawAuth::OAuthCert {
+                app: RawOAuthApp::take(keys),
+                cert: RawCertAuth {
+                    certificate: keys.take("certificate"),
+                    cert_path: keys.take("cert_path"),
+                    key_path: keys.take("key_path"),
+                    passphrase: keys.take("passphrase"),
+                    assertion_alg: keys.take("assertion_alg"),
+                },
+            },
+            "oauth_federated" => RawAuth::OAuthFederated {
+                app: RawOAuthApp::take(keys),
+                token_file: keys.take("token_file"),
+            },
+            "managed_identity" => RawAuth::ManagedIdentity {
+                client_id: keys.take("client_id"),
+                resource: keys.take("resource"),
+                imds_url: keys.take("imds_url"),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The methods that read `key`: those whose variant takes it.
+    fn readers(key: &'static str) -> Vec<&'static str> {
+        let reads = |method: &&str| {
+            let mut keys = AuthKeys(BTreeMap::from([(key, String::new())]));
+            RawAuth::take(method, &mut keys);
+            keys.0.is_empty()
+        };
+        RawAuth::METHODS.iter().copied().filter(reads).collect()
+    }
+}
+
+impl<'de> Deserialize<'de> for RawAuth {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawAuth;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<RawAuth, A::Error> {
+                let mut method = None;
+                let mut keys = AuthKeys::default();
+                // Key by key, so that an unknown key or a value that is not a string is reported
+                // at its own path, as by a derived struct.
+                while let Some(key) = map.next_key::<String>()? {
+                    let Some(&known) = AUTH_KEYS.iter().find(|k| **k == key) else {
+                        return Err(de::Error::unknown_field(&key, AUTH_KEYS));
+                    };
+                    let value: String = map.next_value()?;
+                    if known == "method" {
+                        method = Some(value);
+                    } else {
+                        keys.0.insert(known, value);
+                    }
+                }
+                let Some(written) = method else {
+                    return Ok(RawAuth::Unknown { method: None });
+                };
+                let Some(auth) = RawAuth::take(written.trim(), &mut keys) else {
+                    return Ok(RawAuth::Unknown {
+                        method: Some(written),
+                    });
+                };
+                if let Some(&key) = AUTH_KEYS.iter().find(|k| keys.0.contains_key(*k)) {
+                    let message = format!(
+                        "not used by method {} (it belongs to {}); remove it or change method",
+                        written.trim(),
+                        RawAuth::readers(key).join(", ")
+                    );
+                    return Err(key_error(key, &message));
+                }
+                Ok(auth)
+            }
+        }
+        deserializer.deserialize_map(V)
+    }
+}
+
+/// serde reports a table's own errors at the table's path. An error about one of its keys that is
+/// found only once the whole table is read (a key the table's `method` does not use) carries the
+/// key at the start of its message; [`deserialize_collecting`] moves it into the path.
+fn key_error<E: de::Error>(key: &str, message: &str) -> E {
+    E::custom(format!("{KEY_ERROR}{key}`: {message}"))
+}
+
+const KEY_ERROR: &str = "at key `";
+
+/// For a [`key_error`] message returns (key, message).
+fn key_error_parts(message: &str) -> Option<(String, String)> {
+    let (key, message) = message.strip_prefix(KEY_ERROR)?.split_once("`: ")?;
+    Some((key.to_owned(), message.to_owned()))
 }
 
 /// `[sources.<id>.retry]`.
@@ -416,12 +678,13 @@ fn deserialize_collecting(mut tree: toml::Value, errors: &mut Vec<ConfigError>) 
             Err(error) => error,
         };
         let (container, message) = split_error(&error);
-        let (path, text) = match unknown_field(&message) {
-            Some((field, accepted)) => {
+        let (path, text) = match (unknown_field(&message), key_error_parts(&message)) {
+            (Some((field, accepted)), _) => {
                 let path = values::join(&container, &field);
                 (path, values::unknown_key_message(&field, &accepted))
             }
-            None => (container.clone(), values::type_error_message(&message)),
+            (None, Some((key, text))) => (values::join(&container, &key), text),
+            (None, None) => (container.clone(), values::type_error_message(&message)),
         };
         let path_shown = if path.is_empty() {
             "(top level)".to_owned()
@@ -542,5 +805,41 @@ mod tests {
         assert_eq!(s.start, Some(RawTime::Epoch(1720536960)));
         assert_eq!(s.job_timeout, Some(RawDuration::Secs(30)));
         assert_eq!(s.fields.as_ref().unwrap()["d"], RawFieldValue::Float(1.5));
+    }
+
+    #[test]
+    fn auth_tables_parse_into_their_method_variant() {
+        let parsed = parse(
+            "[sources.a.auth]\nmethod = \" oauth_cert \"\ntenant_id = \"t\"\ncertificate = \"c\"\n\
+             [sources.b.auth]\ntenant_id = \"t\"\n[sources.c.auth]\nmethod = \"basic\"\nusername = \"u\"\nresource = \"r\"\n",
+            &no_env,
+        );
+        let raw = parsed.raw.unwrap();
+        let RawAuth::OAuthCert { app, cert } = raw.sources["a"].auth.clone().unwrap() else {
+            panic!("{:?}", raw.sources["a"].auth);
+        };
+        assert_eq!(app.tenant_id.as_deref(), Some("t"));
+        assert_eq!(cert.certificate.as_deref(), Some("c"));
+        assert_eq!(
+            raw.sources["b"].auth,
+            Some(RawAuth::Unknown { method: None })
+        );
+        // A key of another method is an error at its own path, and is dropped.
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_eq!(parsed.errors[0].path, "sources.c.auth.resource");
+        assert!(
+            parsed.errors[0]
+                .message
+                .starts_with("not used by method basic (it belongs to oauth,"),
+            "{}",
+            parsed.errors[0].message
+        );
+        assert_eq!(
+            raw.sources["c"].auth,
+            Some(RawAuth::Basic {
+                username: Some("u".into()),
+                password: None
+            })
+        );
     }
 }

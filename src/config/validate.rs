@@ -12,21 +12,22 @@ use chrono::{TimeZone, Utc};
 use url::{Host, Url};
 
 use super::raw::{
-    RawAuth, RawConfig, RawDuration, RawFieldValue, RawRetry, RawSink, RawSource, RawTime,
+    RawAuth, RawCertAuth, RawConfig, RawDuration, RawFieldValue, RawOAuthApp, RawRetry, RawSink,
+    RawSource, RawTime,
 };
 use super::values::{cron_to_six_fields, join, parse_duration};
 use super::*;
 
 /// Divisors of 60: the intervals that keep runs aligned to the hour.
 const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
-const OAUTH_METHODS: &[&str] = &["oauth", "oauth_secret", "oauth_cert"];
 
 /// Validates a raw configuration, filling in defaults and collecting every error.
 ///
 /// Does no I/O: files named in the configuration (certificates, sink paths) are checked when they
-/// are used.
+/// are used. The process environment is read only for the defaults `oauth_federated` takes from
+/// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_FEDERATED_TOKEN_FILE`.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
-    validate_parsed(raw, &BTreeSet::new())
+    validate_parsed(raw, &BTreeSet::new(), &super::env::process_env)
 }
 
 /// What an `[auth]` table signs in to: the API and cloud of its source (a sink's: Graph's
@@ -38,24 +39,17 @@ struct AuthTarget {
     explicit_url: bool,
 }
 
-/// The sign-in methods (`method`).
-const METHODS: &[&str] = &[
-    "basic",
-    "basic_secret",
-    "oauth",
-    "oauth_secret",
-    "oauth_cert",
-];
-
 /// [`validate`], knowing which key paths hold values from the environment (not to be echoed).
 pub(crate) fn validate_parsed(
     raw: RawConfig,
     expanded: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
     let mut cx = Cx {
         errors: Vec::new(),
         warnings: Vec::new(),
         expanded,
+        env,
     };
 
     let state_dir = state_dir(raw.state_dir.as_deref()).unwrap_or_else(|e| {
@@ -142,6 +136,8 @@ struct Cx<'a> {
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
     expanded: &'a BTreeSet<String>,
+    /// The environment, for the defaults the Azure SDKs take from it (`AZURE_TENANT_ID`, …).
+    env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Cx<'_> {
@@ -403,7 +399,7 @@ impl Cx<'_> {
                 .values()
                 .map(|s| &s.auth)
                 .chain(raw.sinks.values().map(|s| &s.auth))
-                .any(|a| a.as_ref().and_then(|a| a.certificate.as_ref()) == Some(name));
+                .any(|a| a.as_ref().and_then(RawAuth::certificate) == Some(name.as_str()));
             if !used {
                 self.warn(&join("certificates", name), "not used by any source");
             }
@@ -831,6 +827,8 @@ impl Cx<'_> {
         }
     }
 
+    /// `[… .auth]`: the method's own function checks its keys (serde has already refused the keys
+    /// of other methods).
     fn auth(
         &mut self,
         p: &str,
@@ -845,108 +843,234 @@ impl Cx<'_> {
             explicit_url,
         } = target;
         let at = |key: &str| join(p, key);
-        let method = self.auth_method(p, raw)?;
-        self.keys_of_other_methods(p, raw, method);
-        if method.starts_with("basic") && api == Api::Graph && !explicit_url {
+        if let Some(method) = raw.method().filter(|m| m.starts_with("basic")) {
+            if api == Api::Graph && !explicit_url {
+                self.error(
+                    &at("method"),
+                    format!(
+                        "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
+                         oauth_cert, or api = \"reporting\""
+                    ),
+                );
+            }
+        }
+        match raw {
+            RawAuth::Unknown { method } => {
+                self.unknown_method(&at("method"), method.as_deref());
+                None
+            }
+            RawAuth::Basic { username, password } => {
+                self.basic(p, username.as_deref(), password.as_deref())
+            }
+            RawAuth::BasicSecret { credentials_secret } => {
+                let name = self.required(
+                    &at("credentials_secret"),
+                    credentials_secret.as_deref(),
+                    "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
+                );
+                Some(AuthConfig::BasicSecret {
+                    credentials_secret: name?,
+                })
+            }
+            RawAuth::OAuthFederated { app, token_file } => {
+                self.oauth_federated(p, app, token_file.as_deref(), api, plan)
+            }
+            RawAuth::ManagedIdentity {
+                client_id,
+                resource,
+                imds_url,
+            } => {
+                let resource = self.resource(p, resource.as_deref(), api, plan);
+                self.managed_identity(p, client_id.as_deref(), resource, imds_url.as_deref())
+            }
+            RawAuth::OAuth { app, client_secret } => {
+                let app = self.oauth_app(p, app, api, plan);
+                let secret = self.required(
+                    &at("client_secret"),
+                    client_secret.as_deref(),
+                    "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
+                     oauth_secret with client_secret_ref",
+                );
+                Some(AuthConfig::OAuth {
+                    app: app?,
+                    client_secret: Secret::new(secret?),
+                })
+            }
+            RawAuth::OAuthSecret {
+                app,
+                client_secret_ref,
+            } => {
+                let app = self.oauth_app(p, app, api, plan);
+                let name = self.required(
+                    &at("client_secret_ref"),
+                    client_secret_ref.as_deref(),
+                    "the name of a secret in the store (msgtrace secrets set NAME)",
+                );
+                Some(AuthConfig::OAuthSecret {
+                    app: app?,
+                    client_secret_ref: name?,
+                })
+            }
+            RawAuth::OAuthCert { app, cert } => {
+                let app = self.oauth_app(p, app, api, plan);
+                self.oauth_cert(p, app, cert, config, certificates)
+            }
+        }
+    }
+
+    /// `oauth_federated`: `tenant_id`, `client_id` and `token_file` default from the variables the
+    /// Azure SDKs (and AKS workload identity) use.
+    fn oauth_federated(
+        &mut self,
+        p: &str,
+        raw: &RawOAuthApp,
+        token_file: Option<&str>,
+        api: Api,
+        plan: Plan,
+    ) -> Option<AuthConfig> {
+        let from_env = |key: &Option<String>, var: &str| key.clone().or_else(|| (self.env)(var));
+        let app = RawOAuthApp {
+            tenant_id: from_env(&raw.tenant_id, "AZURE_TENANT_ID"),
+            client_id: from_env(&raw.client_id, "AZURE_CLIENT_ID"),
+            ..raw.clone()
+        };
+        let token_file = token_file
+            .map(str::to_owned)
+            .or_else(|| (self.env)("AZURE_FEDERATED_TOKEN_FILE"));
+        let mut missing = |key: &str, var: &str, what: &str| {
             self.error(
-                &at("method"),
-                format!(
-                    "Microsoft Graph accepts only OAuth tokens, not method {method}; use oauth, oauth_secret or \
-                     oauth_cert, or api = \"reporting\""
-                ),
+                &join(p, key),
+                format!("is required; set {what}, or {var} in the environment (AKS workload identity sets it)"),
+            );
+        };
+        if app.tenant_id.is_none() {
+            missing(
+                "tenant_id",
+                "AZURE_TENANT_ID",
+                "the directory (tenant) id or domain",
             );
         }
+        if app.client_id.is_none() {
+            missing(
+                "client_id",
+                "AZURE_CLIENT_ID",
+                "the application (client) id",
+            );
+        }
+        if token_file.is_none() {
+            missing(
+                "token_file",
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "the file the platform writes the workload identity token to",
+            );
+        }
+        let complete = app.tenant_id.is_some() && app.client_id.is_some();
+        let app = if complete {
+            self.oauth_app(p, &app, api, plan)
+        } else {
+            None
+        };
+        let token_file = self.required_path(
+            &join(p, "token_file"),
+            Some(token_file?.as_str()),
+            "the file the platform writes the workload identity token to",
+        );
+        Some(AuthConfig::OAuthFederated {
+            app: app?,
+            token_file: token_file?,
+        })
+    }
 
+    /// `managed_identity`: an optional user-assigned identity, the audience, the metadata endpoint.
+    fn managed_identity(
+        &mut self,
+        p: &str,
+        client_id: Option<&str>,
+        resource: Option<String>,
+        imds_url: Option<&str>,
+    ) -> Option<AuthConfig> {
+        let client_id = client_id.map(|c| {
+            self.required(
+                &join(p, "client_id"),
+                Some(c),
+                "the user-assigned identity's client id, or remove it for the system-assigned identity",
+            )
+        });
+        let imds_url = self.imds_url(&join(p, "imds_url"), imds_url);
+        Some(AuthConfig::ManagedIdentity {
+            client_id: match client_id {
+                Some(c) => Some(c?.trim().to_owned()),
+                None => None,
+            },
+            resource: resource?,
+            imds_url: imds_url?,
+        })
+    }
+
+    /// `imds_url`: the metadata endpoint is plain http on a link-local address by design; another
+    /// one (a test server, a proxy on the host) must be https, or http on loopback or link-local.
+    fn imds_url(&mut self, path: &str, text: Option<&str>) -> Option<Url> {
+        let Some(text) = text else {
+            return Url::parse(IMDS_URL).ok();
+        };
+        let fix = "imds_url is the metadata endpoint's scheme, host and port only (default http://169.254.169.254): \
+                   https://, or http:// to a loopback or link-local address";
+        let shown = self.quote(path, text);
+        let url = match Url::parse(text.trim()) {
+            Ok(url) if url.scheme() == "http" => url,
+            _ => return self.server_url(path, text, fix),
+        };
+        let local = match url.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback() || ip.is_link_local(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+            Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        if !local {
+            self.error(
+                path,
+                format!("{shown} is plain http:// to a host that is neither loopback nor link-local, where a token \
+                         would travel unencrypted; use https://, or the default http://169.254.169.254"),
+            );
+            return None;
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            self.error(path, format!("has a path or query; {fix}"));
+            return None;
+        }
+        Some(url)
+    }
+
+    /// A missing `method`, or one that names no method.
+    fn unknown_method(&mut self, path: &str, method: Option<&str>) {
+        let methods = RawAuth::METHODS.join(", ");
         match method {
-            "basic" => self.basic(p, raw),
-            "basic_secret" => self.basic_secret(p, raw),
-            "oauth" => self.oauth(p, raw, api, plan),
-            "oauth_secret" => self.oauth_secret(p, raw, api, plan),
-            _ => self.oauth_cert(p, raw, api, plan, config, certificates),
-        }
-    }
-
-    /// `method`, required and known.
-    fn auth_method<'r>(&mut self, p: &str, raw: &'r RawAuth) -> Option<&'r str> {
-        let at = |key: &str| join(p, key);
-        match raw.method.as_deref().map(str::trim) {
-            None => {
-                self.error(
-                    &at("method"),
-                    format!("is required; use one of: {}", METHODS.join(", ")),
-                );
-                None
-            }
-            Some(m) if METHODS.contains(&m) => Some(m),
+            None => self.error(path, format!("is required; use one of: {methods}")),
             Some(m) => {
-                let shown = self.quote(&at("method"), m);
+                let shown = self.quote(path, m.trim());
                 self.error(
-                    &at("method"),
-                    format!("unknown method {shown}; use one of: {}", METHODS.join(", ")),
-                );
-                None
-            }
-        }
-    }
-
-    /// Keys that belong to another method than `method`: each one an error.
-    fn keys_of_other_methods(&mut self, p: &str, raw: &RawAuth, method: &str) {
-        let at = |key: &str| join(p, key);
-        // Which keys each method reads; any other key set is a mistake.
-        let owners: [(&str, bool, &[&str]); 15] = [
-            ("tenant_id", raw.tenant_id.is_some(), OAUTH_METHODS),
-            ("client_id", raw.client_id.is_some(), OAUTH_METHODS),
-            ("login_url", raw.login_url.is_some(), OAUTH_METHODS),
-            ("resource", raw.resource.is_some(), OAUTH_METHODS),
-            (
-                "token_endpoint",
-                raw.token_endpoint.is_some(),
-                OAUTH_METHODS,
-            ),
-            ("client_secret", raw.client_secret.is_some(), &["oauth"]),
-            (
-                "client_secret_ref",
-                raw.client_secret_ref.is_some(),
-                &["oauth_secret"],
-            ),
-            ("username", raw.username.is_some(), &["basic"]),
-            ("password", raw.password.is_some(), &["basic"]),
-            (
-                "credentials_secret",
-                raw.credentials_secret.is_some(),
-                &["basic_secret"],
-            ),
-            ("certificate", raw.certificate.is_some(), &["oauth_cert"]),
-            ("cert_path", raw.cert_path.is_some(), &["oauth_cert"]),
-            ("key_path", raw.key_path.is_some(), &["oauth_cert"]),
-            ("passphrase", raw.passphrase.is_some(), &["oauth_cert"]),
-            (
-                "assertion_alg",
-                raw.assertion_alg.is_some(),
-                &["oauth_cert"],
-            ),
-        ];
-        for (key, present, methods) in owners {
-            if present && !methods.contains(&method) {
-                self.error(
-                    &at(key),
-                    format!("not used by method {method} (it belongs to {}); remove it or change method", methods.join(", ")),
+                    path,
+                    format!("unknown method {shown}; use one of: {methods}"),
                 );
             }
         }
     }
 
-    /// `method = "basic"`.
-    fn basic(&mut self, p: &str, raw: &RawAuth) -> Option<AuthConfig> {
-        let at = |key: &str| join(p, key);
+    /// `basic`.
+    fn basic(
+        &mut self,
+        p: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Option<AuthConfig> {
         let username = self.required(
-            &at("username"),
-            raw.username.as_deref(),
+            &join(p, "username"),
+            username,
             "the account name for method basic",
         );
         let password = self.required(
-            &at("password"),
-            raw.password.as_deref(),
+            &join(p, "password"),
+            password,
             "the password for method basic (e.g. \"${RWS_PASSWORD}\"), or use method basic_secret",
         );
         Some(AuthConfig::Basic {
@@ -955,75 +1079,24 @@ impl Cx<'_> {
         })
     }
 
-    /// `method = "basic_secret"`.
-    fn basic_secret(&mut self, p: &str, raw: &RawAuth) -> Option<AuthConfig> {
-        let at = |key: &str| join(p, key);
-        let name = self.required(
-            &at("credentials_secret"),
-            raw.credentials_secret.as_deref(),
-            "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
-        );
-        Some(AuthConfig::BasicSecret {
-            credentials_secret: name?,
-        })
-    }
-
-    /// `method = "oauth"`.
-    fn oauth(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<AuthConfig> {
-        let at = |key: &str| join(p, key);
-        let app = self.oauth_app(p, raw, api, plan);
-        let secret = self.required(
-            &at("client_secret"),
-            raw.client_secret.as_deref(),
-            "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
-             oauth_secret with client_secret_ref",
-        );
-        Some(AuthConfig::OAuth {
-            app: app?,
-            client_secret: Secret::new(secret?),
-        })
-    }
-
-    /// `method = "oauth_secret"`.
-    fn oauth_secret(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<AuthConfig> {
-        let at = |key: &str| join(p, key);
-        let app = self.oauth_app(p, raw, api, plan);
-        let name = self.required(
-            &at("client_secret_ref"),
-            raw.client_secret_ref.as_deref(),
-            "the name of a secret in the store (msgtrace secrets set NAME)",
-        );
-        Some(AuthConfig::OAuthSecret {
-            app: app?,
-            client_secret_ref: name?,
-        })
-    }
-
-    /// `method = "oauth_cert"`.
+    /// `oauth_cert`: the certificate (a `[certificates]` entry or inline) and the algorithm.
     fn oauth_cert(
         &mut self,
         p: &str,
-        raw: &RawAuth,
-        api: Api,
-        plan: Plan,
+        app: Option<OAuthApp>,
+        raw: &RawCertAuth,
         config: &RawConfig,
         certificates: &BTreeMap<String, CertificateConfig>,
     ) -> Option<AuthConfig> {
-        let app = self.oauth_app(p, raw, api, plan);
-        let alg = self.assertion_alg(p, raw);
-        let (certificate, certificate_name) = self.certificate_of(p, raw, config, certificates);
-        Some(AuthConfig::OAuthCert {
-            app: app?,
-            certificate: certificate?,
-            certificate_name,
-            assertion_alg: alg?,
-        })
-    }
-
-    /// `assertion_alg`: PS256 (default) or RS256.
-    fn assertion_alg(&mut self, p: &str, raw: &RawAuth) -> Option<AssertionAlg> {
         let at = |key: &str| join(p, key);
-        match raw.assertion_alg.as_deref() {
+        let RawCertAuth {
+            certificate: name,
+            cert_path,
+            key_path,
+            passphrase,
+            assertion_alg,
+        } = raw;
+        let alg = match assertion_alg.as_deref() {
             None => Some(AssertionAlg::Ps256),
             Some(a) if a.trim().eq_ignore_ascii_case("PS256") => Some(AssertionAlg::Ps256),
             Some(a) if a.trim().eq_ignore_ascii_case("RS256") => Some(AssertionAlg::Rs256),
@@ -1035,21 +1108,9 @@ impl Cx<'_> {
                 );
                 None
             }
-        }
-    }
-
-    /// The certificate of `oauth_cert`: a `[certificates]` entry (`certificate`) or inline
-    /// (`cert_path`, `key_path`, `passphrase`), not both; with the entry's name.
-    fn certificate_of(
-        &mut self,
-        p: &str,
-        raw: &RawAuth,
-        config: &RawConfig,
-        certificates: &BTreeMap<String, CertificateConfig>,
-    ) -> (Option<CertificateConfig>, Option<String>) {
-        let at = |key: &str| join(p, key);
-        let inline = raw.cert_path.is_some() || raw.key_path.is_some() || raw.passphrase.is_some();
-        match (&raw.certificate, inline) {
+        };
+        let inline = cert_path.is_some() || key_path.is_some() || passphrase.is_some();
+        let (certificate, certificate_name) = match (name, inline) {
             (Some(_), true) => {
                 self.error(
                     &at("certificate"),
@@ -1057,38 +1118,19 @@ impl Cx<'_> {
                 );
                 (None, None)
             }
-            (Some(name), false) => {
-                if let Some(cert) = certificates.get(name) {
-                    (Some(cert.clone()), Some(name.clone()))
-                } else if config.certificates.contains_key(name) {
-                    // The entry exists but has its own errors, reported under [certificates].
-                    (None, None)
-                } else {
-                    let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
-                    let known = if known.is_empty() {
-                        "none are defined".to_owned()
-                    } else {
-                        known.join(", ")
-                    };
-                    let shown = self.quote(&at("certificate"), name);
-                    self.error(
-                        &at("certificate"),
-                        format!(
-                            "no [certificates] entry named {shown}; known certificates: {known}"
-                        ),
-                    );
-                    (None, None)
-                }
-            }
+            (Some(name), false) => (
+                self.named_certificate(p, name, config, certificates),
+                Some(name.clone()),
+            ),
             (None, _) => {
                 let cert_path = self.required_path(
                     &at("cert_path"),
-                    raw.cert_path.as_deref(),
+                    cert_path.as_deref(),
                     "the certificate PEM file, or name a [certificates] entry with certificate = \"NAME\"",
                 );
                 let key_path = self.required_path(
                     &at("key_path"),
-                    raw.key_path.as_deref(),
+                    key_path.as_deref(),
                     "the private key PEM file",
                 );
                 let cert = cert_path
@@ -1096,14 +1138,50 @@ impl Cx<'_> {
                     .map(|(cert_path, key_path)| CertificateConfig {
                         cert_path,
                         key_path,
-                        passphrase: secret(raw.passphrase.as_deref()),
+                        passphrase: secret(passphrase.as_deref()),
                     });
                 (cert, None)
             }
-        }
+        };
+        Some(AuthConfig::OAuthCert {
+            app: app?,
+            certificate: certificate?,
+            certificate_name,
+            assertion_alg: alg?,
+        })
     }
 
-    fn oauth_app(&mut self, p: &str, raw: &RawAuth, api: Api, plan: Plan) -> Option<OAuthApp> {
+    /// `certificate = "NAME"`: the `[certificates]` entry, if it exists and is valid.
+    fn named_certificate(
+        &mut self,
+        p: &str,
+        name: &str,
+        config: &RawConfig,
+        certificates: &BTreeMap<String, CertificateConfig>,
+    ) -> Option<CertificateConfig> {
+        if let Some(cert) = certificates.get(name) {
+            return Some(cert.clone());
+        }
+        if config.certificates.contains_key(name) {
+            // The entry exists but has its own errors, reported under [certificates].
+            return None;
+        }
+        let known: Vec<&str> = config.certificates.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none are defined".to_owned()
+        } else {
+            known.join(", ")
+        };
+        let path = join(p, "certificate");
+        let shown = self.quote(&path, name);
+        self.error(
+            &path,
+            format!("no [certificates] entry named {shown}; known certificates: {known}"),
+        );
+        None
+    }
+
+    fn oauth_app(&mut self, p: &str, raw: &RawOAuthApp, api: Api, plan: Plan) -> Option<OAuthApp> {
         let at = |key: &str| join(p, key);
         let tenant_id = self.required(
             &at("tenant_id"),
@@ -1132,7 +1210,28 @@ impl Cx<'_> {
             ),
             None => Url::parse(plan.default_login_url()).ok(),
         };
-        let dot_default = raw.resource.as_deref().is_some_and(|r| {
+        let resource = self.resource(p, raw.resource.as_deref(), api, plan);
+        let token_endpoint = match raw.token_endpoint.as_deref() {
+            None => Some(TokenEndpoint::V2),
+            Some(v) => self.choice(
+                &at("token_endpoint"),
+                Some(v),
+                &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)],
+            ),
+        };
+        Some(OAuthApp {
+            tenant_id: tenant_id?.trim().to_owned(),
+            client_id: client_id?.trim().to_owned(),
+            login_url: login_url?,
+            resource: resource?,
+            token_endpoint: token_endpoint?,
+        })
+    }
+
+    /// `resource`: the token audience, without `/.default`; the default for the api and plan.
+    fn resource(&mut self, p: &str, raw: Option<&str>, api: Api, plan: Plan) -> Option<String> {
+        let at = |key: &str| join(p, key);
+        let dot_default = raw.is_some_and(|r| {
             r.trim()
                 .trim_end_matches('/')
                 .to_ascii_lowercase()
@@ -1145,7 +1244,7 @@ impl Cx<'_> {
                  write the audience alone, e.g. \"https://graph.microsoft.com\"",
             );
         }
-        let resource = match raw.resource.as_deref() {
+        let resource = match raw {
             Some(r) => self.required(
                 &at("resource"),
                 Some(r),
@@ -1165,21 +1264,7 @@ impl Cx<'_> {
                 }
             },
         };
-        let token_endpoint = match raw.token_endpoint.as_deref() {
-            None => Some(TokenEndpoint::V2),
-            Some(v) => self.choice(
-                &at("token_endpoint"),
-                Some(v),
-                &[("v1", TokenEndpoint::V1), ("v2", TokenEndpoint::V2)],
-            ),
-        };
-        Some(OAuthApp {
-            tenant_id: tenant_id?.trim().to_owned(),
-            client_id: client_id?.trim().to_owned(),
-            login_url: login_url?,
-            resource: resource?.trim().trim_end_matches('/').to_owned(),
-            token_endpoint: token_endpoint?,
-        })
+        Some(resource?.trim().trim_end_matches('/').to_owned())
     }
 
     fn retry(&mut self, p: &str, raw: Option<&RawRetry>) -> Option<RetryPolicy> {
@@ -1551,16 +1636,16 @@ impl Cx<'_> {
                 };
                 let auth = self.auth(&at("auth"), a, target, config, certificates);
                 let mut auth = auth?;
-                match auth.oauth_mut() {
-                    Some(app) if a.resource.is_none() => {
-                        app.resource = plan.monitor_audience().to_owned();
+                match auth.audience_mut() {
+                    Some(audience) if a.resource().is_none() => {
+                        *audience = plan.monitor_audience().to_owned();
                     }
                     Some(_) => {}
                     None => {
                         let method = auth.method();
                         self.error(
                             &join(&at("auth"), "method"),
-                            format!("the Logs Ingestion API accepts only Entra ID tokens, not method {method}; use oauth, oauth_secret or oauth_cert"),
+                            format!("the Logs Ingestion API accepts only Entra ID tokens, not method {method}; use oauth, oauth_secret, oauth_cert, oauth_federated or managed_identity"),
                         );
                         return None;
                     }

@@ -160,7 +160,7 @@ fn sim_for_auth(certs: Option<&Certs>) -> SimServer {
 }
 
 /// One source table per method, each feeding its own file sink.
-fn five_methods_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs) -> String {
+fn every_method_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs) -> String {
     let base = sim.base_url();
     // Tokens are shared per (authority, tenant, client, audience, endpoint): give each OAuth
     // source its own, so that each method really asks for its own token.
@@ -230,8 +230,35 @@ fn five_methods_config(sim: &SimServer, state: &Path, out: &Path, certs: &Certs)
             q(&localhost)
         ),
     );
+    // The secretless methods: a federated token the simulator issued (in `out/../fed-token`), and
+    // the simulator's metadata endpoint. The Graph app id as audience keeps the federated
+    // source's token its own.
+    let fed_token = out.parent().unwrap().join("fed-token");
+    std::fs::write(
+        &fed_token,
+        sim.config().identity.federate(FED_ISSUER, FED_SUBJECT),
+    )
+    .unwrap();
+    sim.config().identity.assign_managed_identity(None, true);
+    toml += &source(
+        "oauth_federated",
+        &graph,
+        &format!(
+            "method = \"oauth_federated\"\n{app}token_file = {}\nlogin_url = {}\nresource = \"00000003-0000-0000-c000-000000000000\"",
+            qp(&fed_token),
+            q(&base)
+        ),
+    );
+    toml += &source(
+        "managed_identity",
+        &graph,
+        &format!("method = \"managed_identity\"\nimds_url = {}", q(&base)),
+    );
     toml
 }
+
+const FED_ISSUER: &str = "https://oidc.sim.example";
+const FED_SUBJECT: &str = "system:serviceaccount:mail:msgtrace";
 
 #[test]
 fn every_method_collects_every_row_and_no_secret_leaks() {
@@ -245,7 +272,7 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let cfg = dir.path().join("msgtrace.toml");
-    std::fs::write(&cfg, five_methods_config(&sim, &state, &out, &certs)).unwrap();
+    std::fs::write(&cfg, every_method_config(&sim, &state, &out, &certs)).unwrap();
     let cfg_s = cfg.to_str().unwrap();
 
     // The store secrets, from stdin.
@@ -316,6 +343,8 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         ("oauth_secret", Api::Graph),
         ("oauth_cert", Api::Graph),
         ("oauth_cert_rs256", Api::Graph),
+        ("oauth_federated", Api::Graph),
+        ("managed_identity", Api::Graph),
     ];
     for (id, api) in ids {
         let job = jobs_v
@@ -337,9 +366,10 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         let got = identities(&out.join(format!("{id}.ndjson")), api);
         assert_eq!(compare(&got, &expected), (0, 0, 0), "{id}");
     }
-    // Four OAuth sources, four tokens: the certificate sources got theirs with assertions.
+    // Six token sources, six tokens: the certificate and federated sources got theirs with
+    // assertions, the managed identity from the metadata endpoint.
     let stats = sim.stats();
-    assert!(stats.tokens_issued >= 4, "{stats:?}");
+    assert!(stats.tokens_issued >= 6, "{stats:?}");
     assert!(logs.contains("token refreshed"), "debug logs were captured");
 
     let dump = Command::new(env!("CARGO_BIN_EXE_msgtrace-dump"))
@@ -369,7 +399,8 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
         &key_hex,
         &key_line,
         &basic_header,
-        // Any bearer token the simulator issued, or any client assertion (JWT header prefixes).
+        // Any bearer token the simulator issued, or any client assertion or federated token (JWT
+        // header prefixes).
         "eyJ0eXAiOiJKV1Qi",
         "eyJhbGciOi",
     ];

@@ -28,5 +28,6 @@ mod quota_share;
 mod reload;
 mod reread;
 mod resilience;
+mod secretless;
 mod sentinel;
 mod time_filter;

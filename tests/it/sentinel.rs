@@ -59,8 +59,8 @@ impl Azure {
         std::thread::spawn(move || {
             let system = actix_rt::System::new();
             let server = HttpServer::new(move || {
-                let (ingest_seen, token_seen, script) =
-                    (shared.clone(), shared.clone(), script.clone());
+                let (ingest_seen, token_seen, imds_seen, script) =
+                    (shared.clone(), shared.clone(), shared.clone(), script.clone());
                 App::new()
                     .app_data(web::PayloadConfig::new(64 << 20))
                     .route(
@@ -83,6 +83,13 @@ impl Azure {
                                     "access_token": format!("token-{n}"),
                                 }))
                             }
+                        }),
+                    )
+                    .route(
+                        "/metadata/identity/oauth2/token",
+                        web::get().to(move |req: HttpRequest| {
+                            let seen = imds_seen.clone();
+                            async move { imds(&req, &seen) }
                         }),
                     )
                     .route(
@@ -135,6 +142,31 @@ impl Drop for Azure {
 }
 
 /// An ingestion call: checked as the API checks it, recorded, answered per the script.
+/// The instance metadata endpoint: a token for the `resource` asked, recorded as `imds:<resource>`
+/// among the scopes. Like Azure Monitor's, the token is a JWT without a `roles` claim: the
+/// identity is authorized by an Azure role on the rule, not by an app role.
+fn imds(req: &HttpRequest, seen: &Mutex<Seen>) -> HttpResponse {
+    use base64::Engine as _;
+    if req.headers().get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return HttpResponse::BadRequest().json(serde_json::json!({"error": "invalid_request"}));
+    }
+    let query: HashMap<String, String> =
+        web::Query::<HashMap<String, String>>::from_query(req.query_string())
+            .map(|q| q.into_inner())
+            .unwrap_or_default();
+    let resource = query.get("resource").cloned().unwrap_or_default();
+    let mut s = seen.lock().unwrap();
+    s.scopes.push(format!("imds:{resource}"));
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::json!({ "aud": resource }).to_string());
+    HttpResponse::Ok().json(serde_json::json!({
+        "token_type": "Bearer",
+        "expires_in": "3599",
+        "resource": resource,
+        "access_token": format!("token-mi-{}.{claims}.sig", s.scopes.len()),
+    }))
+}
+
 fn ingest(req: HttpRequest, body: web::Bytes, seen: &Mutex<Seen>, script: &Script) -> HttpResponse {
     let header = |name: &str| {
         req.headers()
@@ -226,6 +258,23 @@ impl Setup {
         keys: &str,
         source: &str,
     ) -> config::Config {
+        let auth = format!(
+            "method = \"oauth\"\ntenant_id = \"contoso-tenant\"\nclient_id = \"sentinel-writer\"\n\
+             client_secret = \"writer-secret\"\nlogin_url = \"{}\"",
+            azure.base
+        );
+        self.config_with_auth(azure, page_size, keys, source, &auth)
+    }
+
+    /// [`Setup::config_with`] with `auth` (TOML lines) as the sink's auth table.
+    fn config_with_auth(
+        &self,
+        azure: &Azure,
+        page_size: u32,
+        keys: &str,
+        source: &str,
+        auth: &str,
+    ) -> config::Config {
         let base = config_toml(
             &self.sim,
             &Scenario {
@@ -248,11 +297,7 @@ dcr_id = "{DCR}"
 stream = "{STREAM}"
 {keys}
 [sinks.sentinel.auth]
-method = "oauth"
-tenant_id = "contoso-tenant"
-client_id = "sentinel-writer"
-client_secret = "writer-secret"
-login_url = "{url}"
+{auth}
 "#,
             url = azure.base
         ))
@@ -566,6 +611,25 @@ fn an_ingestion_endpoint_redirecting_elsewhere_is_not_followed() {
         elsewhere.calls().is_empty(),
         "events went to another origin"
     );
+}
+
+/// A managed identity signs the sink in through the instance metadata endpoint, for the Azure
+/// Monitor audience; its token has no app role (Azure Monitor authorizes by an Azure role on the
+/// rule), and is not refused for that as a source's would be.
+#[test]
+fn a_managed_identity_signs_the_sink_in_without_an_app_role() {
+    let setup = Setup::new(40, 2);
+    let azure = Azure::start(script(|_, _| (204, None)));
+    let auth = format!(
+        "method = \"managed_identity\"\nclient_id = \"sentinel-mi\"\nimds_url = \"{}\"",
+        azure.base
+    );
+    let config = setup.config_with_auth(&azure, 100, "", "", &auth);
+    let report = run_once(&config, fast());
+    assert!(report.all_succeeded(), "{report:?}");
+    assert_eq!(azure.scopes(), ["imds:https://monitor.azure.com"]);
+    let got = count(&azure.accepted());
+    assert_eq!(compare(&got, &setup.expected()), (0, 0, 0));
 }
 
 /// In GCC High and DoD the token is for the US government audience.
