@@ -231,6 +231,34 @@ fn token_spec(app: &OAuthApp) -> TokenSpec {
     }
 }
 
+/// The certificate and key of an `oauth_cert` method, loaded and checked now (a warning when it
+/// expires within 30 days); an error names the key it came from.
+fn load_certificate(
+    certificate: &crate::config::CertificateConfig,
+    name: Option<&str>,
+) -> Result<ClientCertificate, String> {
+    let at = match name {
+        Some(name) => format!("certificate ([certificates.{name}])"),
+        None => "cert_path".to_string(),
+    };
+    let loaded = ClientCertificate::load(
+        &certificate.cert_path,
+        &certificate.key_path,
+        certificate.passphrase.as_ref(),
+        chrono::Utc::now(),
+    )
+    .map_err(|e| format!("{at}: {e}"))?;
+    let days_left = (loaded.not_after() - chrono::Utc::now()).num_days();
+    if days_left < 30 {
+        warn!(
+            certificate = %certificate.cert_path.display(),
+            days_left,
+            "certificate expires soon: renew it and upload the new one to the app registration"
+        );
+    }
+    Ok(loaded)
+}
+
 /// The engine-side authentication of one source (see [`source_spec`]).
 fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, String> {
     Ok(match auth {
@@ -294,34 +322,16 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
             certificate,
             certificate_name,
             assertion_alg,
-        } => {
-            let at = match certificate_name {
-                Some(name) => format!("certificate ([certificates.{name}])"),
-                None => "cert_path".to_string(),
-            };
-            let loaded = ClientCertificate::load(
-                &certificate.cert_path,
-                &certificate.key_path,
-                certificate.passphrase.as_ref(),
-                chrono::Utc::now(),
-            )
-            .map_err(|e| format!("{at}: {e}"))?;
-            let days_left = (loaded.not_after() - chrono::Utc::now()).num_days();
-            if days_left < 30 {
-                warn!(
-                    certificate = %certificate.cert_path.display(),
-                    days_left,
-                    "certificate expires soon: renew it and upload the new one to the app registration"
-                );
-            }
-            AuthSpec::OAuth {
-                token: token_spec(app),
-                credential: ClientCredential::Certificate {
-                    certificate: std::sync::Arc::new(loaded),
-                    alg: *assertion_alg,
-                },
-            }
-        }
+        } => AuthSpec::OAuth {
+            token: token_spec(app),
+            credential: ClientCredential::Certificate {
+                certificate: std::sync::Arc::new(load_certificate(
+                    certificate,
+                    certificate_name.as_deref(),
+                )?),
+                alg: *assertion_alg,
+            },
+        },
     })
 }
 

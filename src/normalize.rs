@@ -141,20 +141,8 @@ pub fn to_ecs(fields: &Row, opts: &EcsOptions) -> Row {
     }
     let sender = text(n.sender);
     let recipient = text(n.recipient);
-    if let Some(s) = sender {
-        set(&mut out, "email.from.address", json!([s]));
-        set(&mut out, "source.user.email", s.into());
-        if let Some(d) = domain(s) {
-            set(&mut out, "source.domain", d.into());
-        }
-    }
-    if let Some(r) = recipient {
-        set(&mut out, "email.to.address", json!([r]));
-        set(&mut out, "destination.user.email", r.into());
-        if let Some(d) = domain(r) {
-            set(&mut out, "destination.domain", d.into());
-        }
-    }
+    address(&mut out, sender, "email.from.address", "source");
+    address(&mut out, recipient, "email.to.address", "destination");
     for (from, to) in [
         (n.subject, "email.subject"),
         (n.message_id, "email.message_id"),
@@ -166,22 +154,7 @@ pub fn to_ecs(fields: &Row, opts: &EcsOptions) -> Row {
             set(&mut out, to, v.into());
         }
     }
-    if !opts.local_domains.is_empty() {
-        let local = |a: Option<&str>| {
-            a.and_then(domain).map(|d| {
-                let d = d.to_ascii_lowercase();
-                opts.local_domains.iter().any(|l| {
-                    d == *l || d.strip_suffix(l.as_str()).is_some_and(|p| p.ends_with('.'))
-                })
-            })
-        };
-        let direction = match (local(sender), local(recipient)) {
-            (Some(true), Some(true)) => "internal",
-            (Some(true), Some(false)) => "outbound",
-            (Some(false), Some(true)) => "inbound",
-            (Some(false), Some(false)) => "external",
-            _ => "unknown",
-        };
+    if let Some(direction) = direction(&opts.local_domains, sender, recipient) {
         set(&mut out, "email.direction", direction.into());
     }
     set(
@@ -190,6 +163,44 @@ pub fn to_ecs(fields: &Row, opts: &EcsOptions) -> Row {
         Value::Object(original),
     );
     out
+}
+
+/// One side of the message: `email.{from,to}.address`, `{source,destination}.user.email` and
+/// its domain.
+fn address(out: &mut Row, address: Option<&str>, email_key: &str, side: &str) {
+    let Some(a) = address else { return };
+    set(out, email_key, json!([a]));
+    set(out, &format!("{side}.user.email"), a.into());
+    if let Some(d) = domain(a) {
+        set(out, &format!("{side}.domain"), d.into());
+    }
+}
+
+/// `email.direction` from which side's domain is one of `local_domains` (or a subdomain of
+/// one); `None` when no local domains are configured.
+fn direction(
+    local_domains: &[String],
+    sender: Option<&str>,
+    recipient: Option<&str>,
+) -> Option<&'static str> {
+    if local_domains.is_empty() {
+        return None;
+    }
+    let local = |a: Option<&str>| {
+        a.and_then(domain).map(|d| {
+            let d = d.to_ascii_lowercase();
+            local_domains
+                .iter()
+                .any(|l| d == *l || d.strip_suffix(l.as_str()).is_some_and(|p| p.ends_with('.')))
+        })
+    };
+    Some(match (local(sender), local(recipient)) {
+        (Some(true), Some(true)) => "internal",
+        (Some(true), Some(false)) => "outbound",
+        (Some(false), Some(true)) => "inbound",
+        (Some(false), Some(false)) => "external",
+        _ => "unknown",
+    })
 }
 
 /// ECS `event.outcome` of a delivery status.

@@ -289,95 +289,107 @@ fn shorten(s: &str) -> String {
 
 /// Parses a chain of offsets and snaps. `src` is trimmed and not empty.
 fn parse_chain(src: &str) -> Result<Vec<Step>, TimeError> {
-    let bytes = src.as_bytes();
-    let invalid = |at: usize, problem: &str| TimeError::Invalid {
-        expr: shorten(src),
-        // `at` always follows ASCII bytes only, so it is a char boundary.
-        part: shorten(src.get(at..).unwrap_or("")),
-        problem: problem.to_owned(),
-    };
-    let run_end = |from: usize, pred: fn(&u8) -> bool| {
-        from + bytes[from..].iter().take_while(|b| pred(b)).count()
-    };
-
+    let chain = Chain { src };
     let mut steps = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
-        let start = i;
-        match bytes[i] {
-            sign @ (b'+' | b'-') => {
-                let digits_end = run_end(i + 1, u8::is_ascii_digit);
-                let unit_end = run_end(digits_end, u8::is_ascii_alphabetic);
-                let digits = &src[i + 1..digits_end];
-                let unit_name = &src[digits_end..unit_end];
-                if digits.is_empty() && unit_name.is_empty() {
-                    return Err(invalid(
-                        start,
-                        "a sign must be followed by a number and/or a unit",
-                    ));
-                }
-                let unit = if unit_name.is_empty() {
-                    Unit::Second
-                } else {
-                    Unit::from_name(unit_name)
-                        .ok_or_else(|| invalid(digits_end, "unknown unit"))?
-                };
-                let amount = if digits.is_empty() {
-                    1
-                } else {
-                    digits.parse::<u64>().unwrap_or(u64::MAX)
-                };
-                if amount > unit.max_amount() {
-                    return Err(invalid(
-                        start,
-                        "offset is too large (more than 600000 years)",
-                    ));
-                }
-                // max_amount() is far below i64::MAX, so the conversion cannot fail.
-                let amount = i64::try_from(amount).unwrap_or(i64::MAX);
-                let amount = if sign == b'-' { -amount } else { amount };
-                steps.push(Step::Offset { amount, unit });
-                i = unit_end;
-            }
-            b'@' => {
-                let unit_end = run_end(i + 1, u8::is_ascii_alphabetic);
-                let unit_name = &src[i + 1..unit_end];
-                if unit_name.is_empty() {
-                    return Err(invalid(
-                        start,
-                        "`@` must be followed by a snap unit (s, m, h, d, w, w0..w7, mon, q, y)",
-                    ));
-                }
-                let unit = Unit::from_name(unit_name)
-                    .ok_or_else(|| invalid(i + 1, "unknown snap unit"))?;
-                let digits_end = run_end(unit_end, u8::is_ascii_digit);
-                let digits = &src[unit_end..digits_end];
-                let weekday = match (unit, digits) {
-                    (_, "") => 0,
-                    (Unit::Week, d) if d.len() == 1 && d <= "7" => u32::from(d.as_bytes()[0] - b'0') % 7,
-                    (Unit::Week, _) => {
-                        return Err(invalid(unit_end, "week snap day must be 0..7 (0 and 7 = Sunday)"))
-                    }
-                    _ => {
-                        return Err(invalid(
-                            unit_end,
-                            "a number after a snap unit is only allowed for weeks (`@w1`)",
-                        ))
-                    }
-                };
-                steps.push(Step::Snap { unit, weekday });
-                i = digits_end;
-            }
+    while i < src.len() {
+        let (step, next) = match src.as_bytes()[i] {
+            sign @ (b'+' | b'-') => chain.offset(i, sign == b'-')?,
+            b'@' => chain.snap(i)?,
             b'0'..=b'9' => {
-                return Err(invalid(
-                    start,
+                return Err(chain.invalid(
+                    i,
                     "an offset must start with `+` or `-` (only a whole unsigned number is epoch seconds)",
                 ))
             }
-            _ => return Err(invalid(start, "not an offset (`+…`, `-…`) or a snap (`@…`)")),
-        }
+            _ => return Err(chain.invalid(i, "not an offset (`+…`, `-…`) or a snap (`@…`)")),
+        };
+        steps.push(step);
+        i = next;
     }
     Ok(steps)
+}
+
+/// The text of a chain of offsets and snaps, read one step at a time.
+struct Chain<'a> {
+    src: &'a str,
+}
+
+impl Chain<'_> {
+    fn invalid(&self, at: usize, problem: &str) -> TimeError {
+        TimeError::Invalid {
+            expr: shorten(self.src),
+            // `at` always follows ASCII bytes only, so it is a char boundary.
+            part: shorten(self.src.get(at..).unwrap_or("")),
+            problem: problem.to_owned(),
+        }
+    }
+
+    /// Where the run of bytes matching `pred` that starts at `from` ends.
+    fn run_end(&self, from: usize, pred: fn(&u8) -> bool) -> usize {
+        from + self.src.as_bytes()[from..]
+            .iter()
+            .take_while(|b| pred(b))
+            .count()
+    }
+
+    /// `+N unit` or `-N unit` at `start` (the sign): the step and where the next one starts.
+    fn offset(&self, start: usize, negative: bool) -> Result<(Step, usize), TimeError> {
+        let digits_end = self.run_end(start + 1, u8::is_ascii_digit);
+        let unit_end = self.run_end(digits_end, u8::is_ascii_alphabetic);
+        let digits = &self.src[start + 1..digits_end];
+        let unit_name = &self.src[digits_end..unit_end];
+        if digits.is_empty() && unit_name.is_empty() {
+            return Err(self.invalid(start, "a sign must be followed by a number and/or a unit"));
+        }
+        let unit = if unit_name.is_empty() {
+            Unit::Second
+        } else {
+            Unit::from_name(unit_name).ok_or_else(|| self.invalid(digits_end, "unknown unit"))?
+        };
+        let amount = if digits.is_empty() {
+            1
+        } else {
+            digits.parse::<u64>().unwrap_or(u64::MAX)
+        };
+        if amount > unit.max_amount() {
+            return Err(self.invalid(start, "offset is too large (more than 600000 years)"));
+        }
+        // max_amount() is far below i64::MAX, so the conversion cannot fail.
+        let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+        let amount = if negative { -amount } else { amount };
+        Ok((Step::Offset { amount, unit }, unit_end))
+    }
+
+    /// `@unit` (`@w1` for a week starting on a weekday) at `start`: the step and where the next
+    /// one starts.
+    fn snap(&self, start: usize) -> Result<(Step, usize), TimeError> {
+        let unit_end = self.run_end(start + 1, u8::is_ascii_alphabetic);
+        let unit_name = &self.src[start + 1..unit_end];
+        if unit_name.is_empty() {
+            return Err(self.invalid(
+                start,
+                "`@` must be followed by a snap unit (s, m, h, d, w, w0..w7, mon, q, y)",
+            ));
+        }
+        let unit = Unit::from_name(unit_name)
+            .ok_or_else(|| self.invalid(start + 1, "unknown snap unit"))?;
+        let digits_end = self.run_end(unit_end, u8::is_ascii_digit);
+        let weekday = match (unit, &self.src[unit_end..digits_end]) {
+            (_, "") => 0,
+            (Unit::Week, d) if d.len() == 1 && d <= "7" => u32::from(d.as_bytes()[0] - b'0') % 7,
+            (Unit::Week, _) => {
+                return Err(self.invalid(unit_end, "week snap day must be 0..7 (0 and 7 = Sunday)"))
+            }
+            _ => {
+                return Err(self.invalid(
+                    unit_end,
+                    "a number after a snap unit is only allowed for weeks (`@w1`)",
+                ))
+            }
+        };
+        Ok((Step::Snap { unit, weekday }, digits_end))
+    }
 }
 
 /// Applies one offset, saturating at the ends of chrono's range.

@@ -863,14 +863,7 @@ impl Cx<'_> {
                 self.basic(p, username.as_deref(), password.as_deref())
             }
             RawAuth::BasicSecret { credentials_secret } => {
-                let name = self.required(
-                    &at("credentials_secret"),
-                    credentials_secret.as_deref(),
-                    "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
-                );
-                Some(AuthConfig::BasicSecret {
-                    credentials_secret: name?,
-                })
+                self.basic_secret(p, credentials_secret.as_deref())
             }
             RawAuth::OAuthFederated { app, token_file } => {
                 self.oauth_federated(p, app, token_file.as_deref(), api, plan)
@@ -885,37 +878,69 @@ impl Cx<'_> {
             }
             RawAuth::OAuth { app, client_secret } => {
                 let app = self.oauth_app(p, app, api, plan);
-                let secret = self.required(
-                    &at("client_secret"),
-                    client_secret.as_deref(),
-                    "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
-                     oauth_secret with client_secret_ref",
-                );
-                Some(AuthConfig::OAuth {
-                    app: app?,
-                    client_secret: Secret::new(secret?),
-                })
+                self.oauth(p, app, client_secret.as_deref())
             }
             RawAuth::OAuthSecret {
                 app,
                 client_secret_ref,
             } => {
                 let app = self.oauth_app(p, app, api, plan);
-                let name = self.required(
-                    &at("client_secret_ref"),
-                    client_secret_ref.as_deref(),
-                    "the name of a secret in the store (msgtrace secrets set NAME)",
-                );
-                Some(AuthConfig::OAuthSecret {
-                    app: app?,
-                    client_secret_ref: name?,
-                })
+                self.oauth_secret(p, app, client_secret_ref.as_deref())
             }
             RawAuth::OAuthCert { app, cert } => {
                 let app = self.oauth_app(p, app, api, plan);
                 self.oauth_cert(p, app, cert, config, certificates)
             }
         }
+    }
+
+    /// `method = "basic_secret"`.
+    fn basic_secret(&mut self, p: &str, credentials_secret: Option<&str>) -> Option<AuthConfig> {
+        let name = self.required(
+            &join(p, "credentials_secret"),
+            credentials_secret,
+            "the name of a credentials secret (msgtrace secrets set NAME --kind credentials)",
+        );
+        Some(AuthConfig::BasicSecret {
+            credentials_secret: name?,
+        })
+    }
+
+    /// `method = "oauth"`: the app and its inline client secret.
+    fn oauth(
+        &mut self,
+        p: &str,
+        app: Option<OAuthApp>,
+        client_secret: Option<&str>,
+    ) -> Option<AuthConfig> {
+        let secret = self.required(
+            &join(p, "client_secret"),
+            client_secret,
+            "the client secret for method oauth (e.g. \"${O365_CLIENT_SECRET}\"), or use method \
+             oauth_secret with client_secret_ref",
+        );
+        Some(AuthConfig::OAuth {
+            app: app?,
+            client_secret: Secret::new(secret?),
+        })
+    }
+
+    /// `method = "oauth_secret"`: the app and the name of its client secret in the store.
+    fn oauth_secret(
+        &mut self,
+        p: &str,
+        app: Option<OAuthApp>,
+        client_secret_ref: Option<&str>,
+    ) -> Option<AuthConfig> {
+        let name = self.required(
+            &join(p, "client_secret_ref"),
+            client_secret_ref,
+            "the name of a secret in the store (msgtrace secrets set NAME)",
+        );
+        Some(AuthConfig::OAuthSecret {
+            app: app?,
+            client_secret_ref: name?,
+        })
     }
 
     /// `oauth_federated`: `tenant_id`, `client_id` and `token_file` default from the variables the

@@ -93,50 +93,64 @@ pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
     ];
     const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-    let specs: [(&str, u32, u32, &[&str], u32); 5] = [
-        ("minute", 0, 59, &[], 0),
-        ("hour", 0, 23, &[], 0),
-        ("day-of-month", 1, 31, &[], 0),
-        ("month", 1, 12, MONTHS, 1),
-        ("day-of-week", 0, 7, DAYS, 0),
+    let specs = [
+        CronField::numbers("minute", 0, 59),
+        CronField::numbers("hour", 0, 23),
+        CronField::numbers("day-of-month", 1, 31),
+        CronField {
+            names: MONTHS,
+            first: 1,
+            ..CronField::numbers("month", 1, 12)
+        },
+        CronField {
+            names: DAYS,
+            ..CronField::numbers("day-of-week", 0, 7)
+        },
     ];
     let mut out = vec!["0".to_owned()];
-    for (field, (name, min, max, names, first)) in fields.iter().zip(specs) {
-        let checked = check_cron_field(field, min, max, names, first, name == "day-of-week")
-            .map_err(|why| format!("{name} field `{field}`: {why}"))?;
+    for (field, spec) in fields.iter().zip(specs) {
+        let checked = spec
+            .check(field)
+            .map_err(|why| format!("{} field `{field}`: {why}", spec.name))?;
         out.push(checked);
     }
     Ok(out.join(" "))
 }
 
-/// Checks one cron field; `dow` rewrites numeric days of week into names.
-fn check_cron_field(
-    field: &str,
+/// One field of a 5-field cron expression: its range and the names it accepts.
+struct CronField {
+    name: &'static str,
     min: u32,
     max: u32,
-    names: &[&str],
+    /// Names of the values (`jan`, `sun`), the first one meaning `first`.
+    names: &'static [&'static str],
     first: u32,
-    dow: bool,
-) -> Result<String, String> {
-    let value = |v: &str| -> Result<u32, String> {
-        if let Ok(n) = v.parse::<u32>() {
-            if (min..=max).contains(&n) {
-                return Ok(n);
-            }
-            return Err(format!("{n} is outside {min}-{max}"));
+}
+
+impl CronField {
+    fn numbers(name: &'static str, min: u32, max: u32) -> CronField {
+        CronField {
+            name,
+            min,
+            max,
+            names: &[],
+            first: 0,
         }
-        names
-            .iter()
-            .position(|name| name.eq_ignore_ascii_case(v))
-            .map(|i| i as u32 + first)
-            .ok_or_else(|| format!("`{v}` is not a number in {min}-{max}"))
-    };
-    let day = |n: u32| -> String {
-        let name = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][(n % 7) as usize];
-        name.to_owned()
-    };
-    let mut items = Vec::new();
-    for item in field.split(',') {
+    }
+
+    fn is_day_of_week(&self) -> bool {
+        self.name == "day-of-week"
+    }
+
+    /// The field in the `cron` crate's form: numeric days of week become names.
+    fn check(&self, field: &str) -> Result<String, String> {
+        let items: Result<Vec<String>, String> =
+            field.split(',').map(|item| self.item(item)).collect();
+        Ok(items?.join(","))
+    }
+
+    /// One list item: `*`, `?`, a value or a range, with an optional `/step`.
+    fn item(&self, item: &str) -> Result<String, String> {
         let (base, step) = match item.split_once('/') {
             Some((base, step)) => match step.parse::<u32>() {
                 Ok(s) if s >= 1 => (base, Some(s)),
@@ -145,56 +159,73 @@ fn check_cron_field(
             None => (item, None),
         };
         let step_text = step.map(|s| format!("/{s}")).unwrap_or_default();
-        if base == "*" || (base == "?" && (dow || (min == 1 && max == 31))) {
-            items.push(format!("{base}{step_text}"));
-            continue;
+        let dow = self.is_day_of_week();
+        if base == "*" || (base == "?" && (dow || self.name == "day-of-month")) {
+            return Ok(format!("{base}{step_text}"));
         }
         if let Some((lo, hi)) = base.split_once('-') {
-            let (lo, hi) = (value(lo)?, value(hi)?);
-            if !dow {
-                if lo > hi {
-                    return Err(format!("range {lo}-{hi} runs backwards"));
-                }
-                items.push(format!("{lo}-{hi}{step_text}"));
-                continue;
+            let (lo, hi) = (self.value(lo)?, self.value(hi)?);
+            if dow {
+                return day_range(lo, hi, step);
             }
-            // Days: 7 is Sunday again; a range ending on it wraps into Sat + Sun.
-            let (lo, hi) = (lo % 7, if hi == 7 && lo > 0 { 7 } else { hi % 7 });
             if lo > hi {
-                return Err("day-of-week range runs backwards".to_owned());
+                return Err(format!("range {lo}-{hi} runs backwards"));
             }
-            if step.is_some() {
-                return Err(
-                    "steps over a day-of-week range are not supported; list the days".to_owned(),
-                );
-            }
-            if hi == 7 {
-                items.push(if lo == 6 {
-                    "Sat,Sun".to_owned()
-                } else {
-                    format!("{}-Sat,Sun", day(lo))
-                });
-            } else if lo == hi {
-                items.push(day(lo));
-            } else {
-                items.push(format!("{}-{}", day(lo), day(hi)));
-            }
-            continue;
+            return Ok(format!("{lo}-{hi}{step_text}"));
         }
         if base.is_empty() {
             return Err("empty list item".to_owned());
         }
-        let n = value(base)?;
-        if !dow {
-            items.push(format!("{n}{step_text}"));
-        } else if step.is_some() {
+        let n = self.value(base)?;
+        Ok(match (dow, step) {
+            (false, _) => format!("{n}{step_text}"),
             // `cron` counts from 1 (Sunday), standard cron from 0.
-            items.push(format!("{}{step_text}", n % 7 + 1));
-        } else {
-            items.push(day(n));
-        }
+            (true, Some(_)) => format!("{}{step_text}", n % 7 + 1),
+            (true, None) => day_name(n).to_owned(),
+        })
     }
-    Ok(items.join(","))
+
+    /// A number in range, or one of the field's names.
+    fn value(&self, v: &str) -> Result<u32, String> {
+        let (min, max) = (self.min, self.max);
+        if let Ok(n) = v.parse::<u32>() {
+            if (min..=max).contains(&n) {
+                return Ok(n);
+            }
+            return Err(format!("{n} is outside {min}-{max}"));
+        }
+        self.names
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(v))
+            .map(|i| i as u32 + self.first)
+            .ok_or_else(|| format!("`{v}` is not a number in {min}-{max}"))
+    }
+}
+
+fn day_name(n: u32) -> &'static str {
+    ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"][(n % 7) as usize]
+}
+
+/// A day-of-week range by names. 7 is Sunday again: a range ending on it wraps into Sat + Sun.
+fn day_range(lo: u32, hi: u32, step: Option<u32>) -> Result<String, String> {
+    let (lo, hi) = (lo % 7, if hi == 7 && lo > 0 { 7 } else { hi % 7 });
+    if lo > hi {
+        return Err("day-of-week range runs backwards".to_owned());
+    }
+    if step.is_some() {
+        return Err("steps over a day-of-week range are not supported; list the days".to_owned());
+    }
+    Ok(if hi == 7 {
+        if lo == 6 {
+            "Sat,Sun".to_owned()
+        } else {
+            format!("{}-Sat,Sun", day_name(lo))
+        }
+    } else if lo == hi {
+        day_name(lo).to_owned()
+    } else {
+        format!("{}-{}", day_name(lo), day_name(hi))
+    })
 }
 
 /// Finds the key path of a line of TOML text (its table header plus the key on that line), for

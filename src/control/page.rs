@@ -77,32 +77,7 @@ pub fn render(sources: &[SourceView], jobs: &[JobRecord], now: DateTime<Utc>) ->
         h.push_str("<tr><td colspan=\"10\">no sources</td></tr>\n");
     }
     for s in sources {
-        let quota = match s.quota {
-            Some(q) => format!("{} of {} per {} s", q.remaining, q.requests, q.per_secs),
-            None => "no budget".into(),
-        };
-        let (job, job_state, pages, rows) = match &s.last_job {
-            Some(j) => (
-                escape(&j.id),
-                lower(j.state),
-                j.pages.to_string(),
-                j.rows.to_string(),
-            ),
-            None => ("–".into(), String::new(), "–".into(), "–".into()),
-        };
-        let _ = writeln!(
-            h,
-            "<tr data-source=\"{id}\"><td class=\"source\">{id}</td><td class=\"state {state}\">{state}</td>\
-             <td class=\"cursor\">{cursor}</td><td class=\"lag num\">{lag}</td><td class=\"next-due\">{next}</td>\
-             <td class=\"quota\">{quota}</td><td class=\"last-job {job_state}\">{job} {job_state}</td>\
-             <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"error\">{error}</td></tr>",
-            id = escape(&s.source),
-            state = escape(&s.state),
-            cursor = time(s.cursor),
-            lag = s.lag_secs.map(span).unwrap_or_else(|| "–".into()),
-            next = time(s.next_due),
-            error = s.last_error.as_deref().map(escape).unwrap_or_default(),
-        );
+        source_row(&mut h, s);
     }
     h.push_str("</tbody></table>\n");
     let shown = &jobs[jobs.len().saturating_sub(PAGE_JOBS)..];
@@ -121,30 +96,65 @@ pub fn render(sources: &[SourceView], jobs: &[JobRecord], now: DateTime<Utc>) ->
         h.push_str("<tr><td colspan=\"12\">no jobs yet</td></tr>\n");
     }
     for j in shown.iter().rev() {
-        let errors: Vec<String> = j.errors.iter().map(|e| escape(e)).collect();
-        let _ = writeln!(
-            h,
-            "<tr data-job=\"{id}\"><td class=\"job\">{id}</td><td class=\"source\">{source}</td><td>{kind}</td>\
-             <td class=\"state {state}\">{state}</td><td>{started}</td><td>{ended}</td><td>{w0} – {w1}</td>\
-             <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"num\">{retries}</td>\
-             <td class=\"num\">{throttled}</td><td class=\"error\">{errors}</td></tr>",
-            id = escape(&j.id),
-            source = escape(&j.source),
-            kind = lower(j.kind),
-            state = lower(j.state),
-            started = time(Some(j.started_at)),
-            ended = time(j.finished_at),
-            w0 = time(j.window_start),
-            w1 = time(j.window_end),
-            pages = j.pages,
-            rows = j.rows,
-            retries = j.retries,
-            throttled = j.throttled,
-            errors = errors.join("<br>"),
-        );
+        job_row(&mut h, j);
     }
     h.push_str("</tbody></table>\n</body></html>\n");
     h
+}
+
+/// One row of the sources table.
+fn source_row(h: &mut String, s: &SourceView) {
+    let quota = match s.quota {
+        Some(q) => format!("{} of {} per {} s", q.remaining, q.requests, q.per_secs),
+        None => "no budget".into(),
+    };
+    let (job, job_state, pages, rows) = match &s.last_job {
+        Some(j) => (
+            escape(&j.id),
+            lower(j.state),
+            j.pages.to_string(),
+            j.rows.to_string(),
+        ),
+        None => ("–".into(), String::new(), "–".into(), "–".into()),
+    };
+    let _ = writeln!(
+        h,
+        "<tr data-source=\"{id}\"><td class=\"source\">{id}</td><td class=\"state {state}\">{state}</td>\
+         <td class=\"cursor\">{cursor}</td><td class=\"lag num\">{lag}</td><td class=\"next-due\">{next}</td>\
+         <td class=\"quota\">{quota}</td><td class=\"last-job {job_state}\">{job} {job_state}</td>\
+         <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"error\">{error}</td></tr>",
+        id = escape(&s.source),
+        state = escape(&s.state),
+        cursor = time(s.cursor),
+        lag = s.lag_secs.map(span).unwrap_or_else(|| "–".into()),
+        next = time(s.next_due),
+        error = s.last_error.as_deref().map(escape).unwrap_or_default(),
+    );
+}
+
+/// One row of the recent jobs table.
+fn job_row(h: &mut String, j: &JobRecord) {
+    let errors: Vec<String> = j.errors.iter().map(|e| escape(e)).collect();
+    let _ = writeln!(
+        h,
+        "<tr data-job=\"{id}\"><td class=\"job\">{id}</td><td class=\"source\">{source}</td><td>{kind}</td>\
+         <td class=\"state {state}\">{state}</td><td>{started}</td><td>{ended}</td><td>{w0} – {w1}</td>\
+         <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"num\">{retries}</td>\
+         <td class=\"num\">{throttled}</td><td class=\"error\">{errors}</td></tr>",
+        id = escape(&j.id),
+        source = escape(&j.source),
+        kind = lower(j.kind),
+        state = lower(j.state),
+        started = time(Some(j.started_at)),
+        ended = time(j.finished_at),
+        w0 = time(j.window_start),
+        w1 = time(j.window_end),
+        pages = j.pages,
+        rows = j.rows,
+        retries = j.retries,
+        throttled = j.throttled,
+        errors = errors.join("<br>"),
+    );
 }
 
 #[cfg(test)]
