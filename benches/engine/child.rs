@@ -72,6 +72,16 @@ pub enum Work {
         /// The raw fetch's output.
         bodies: PathBuf,
     },
+    /// Baseline of the static-site section: the page files nginx serves, each parsed and its rows
+    /// written as NDJSON (with `_time`) in memory by the fastest plain Rust we could write: the
+    /// rows are passed through as they are in the body (`RawValue`), only the received time is
+    /// read of each.
+    PlainParse {
+        /// Which API (the received time's field and format).
+        api: Api,
+        /// The page files, in order.
+        pages: Vec<PathBuf>,
+    },
 }
 
 fn prefetch_pages() -> usize {
@@ -117,6 +127,7 @@ pub fn main(spec: &str) {
             request_url,
             bodies,
         } => parse_only(api, &request_url, &bodies),
+        Work::PlainParse { api, pages } => plain_parse(api, &pages),
     };
     let mut result = result;
     result["peak_rss_kib"] = json!(crate::measure::peak_rss_kib(std::process::id()));
@@ -255,14 +266,21 @@ fn raw_fetch(
 /// The next link without parsing the page: both simulated APIs write it after the rows, so a
 /// search of the body's tail finds it (the raw fetch must not pay for JSON parsing).
 fn next_link(api: Api, body: &[u8]) -> Option<String> {
+    let (from, to) = next_link_span(api, body)?;
+    Some(String::from_utf8_lossy(&body[from..to]).replace("\\/", "/"))
+}
+
+/// Where the next link's text is in `body` (between its quotes), found as [`next_link`] does.
+pub fn next_link_span(api: Api, body: &[u8]) -> Option<(usize, usize)> {
     let key: &[u8] = match api {
         Api::Graph => b"\"@odata.nextLink\":\"",
         Api::Reporting => b"\"odata.nextLink\":\"",
     };
-    let tail = &body[body.len().saturating_sub(4096)..];
+    let tail_at = body.len().saturating_sub(4096);
+    let tail = &body[tail_at..];
     let at = tail.windows(key.len()).rposition(|w| w == key)? + key.len();
     let end = tail[at..].iter().position(|b| *b == b'"')? + at;
-    Some(String::from_utf8_lossy(&tail[at..end]).replace("\\/", "/"))
+    Some((tail_at + at, tail_at + end))
 }
 
 fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_json::Value {
@@ -301,5 +319,79 @@ fn parse_only(api: Api, request_url: &str, bodies: &std::path::Path) -> serde_js
         "cpu_secs": cpu.as_secs_f64(),
         "minor_faults": faults,
         "wall_secs": wall.as_secs_f64(),
+    })
+}
+
+/// A page's rows, each as the bytes of the body.
+#[derive(Deserialize)]
+struct PlainPage<'a> {
+    #[serde(borrow)]
+    value: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// The one field [`plain_parse`] reads of a Graph row.
+#[derive(Deserialize)]
+struct GraphTime<'a> {
+    #[serde(rename = "receivedDateTime", borrow)]
+    received: std::borrow::Cow<'a, str>,
+}
+
+/// The one field [`plain_parse`] reads of a Reporting row.
+#[derive(Deserialize)]
+struct ReportingTime<'a> {
+    #[serde(rename = "Received", borrow)]
+    received: std::borrow::Cow<'a, str>,
+}
+
+/// Epoch microseconds of a received time: Graph's `…Z`, Reporting's without a zone (UTC).
+fn plain_micros(received: &str) -> i64 {
+    let text = received.trim_end_matches('Z');
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .expect("received time")
+        .and_utc()
+        .timestamp_micros()
+}
+
+fn plain_parse(api: Api, pages: &[PathBuf]) -> serde_json::Value {
+    let mut ndjson = Vec::new();
+    let (mut rows, mut cpu, mut faults) = (0u64, Duration::ZERO, 0u64);
+    for path in pages {
+        let body = std::fs::read(path).expect("page file");
+        // Only the parse and the serialization are timed, not reading the file.
+        let (c0, f0) = usage(libc::RUSAGE_THREAD);
+        let page: PlainPage = serde_json::from_slice(&body).expect("page parses");
+        ndjson.clear();
+        for row in &page.value {
+            let micros = match api {
+                Api::Graph => {
+                    serde_json::from_str::<GraphTime>(row.get()).map(|r| plain_micros(&r.received))
+                }
+                Api::Reporting => serde_json::from_str::<ReportingTime>(row.get())
+                    .map(|r| plain_micros(&r.received)),
+            }
+            .expect("row has its received time");
+            let text = row.get().trim_end();
+            let (open, _) = text.split_at(text.len() - 1);
+            ndjson.extend_from_slice(open.as_bytes());
+            let mut secs = itoa::Buffer::new();
+            let mut frac = itoa::Buffer::new();
+            ndjson.extend_from_slice(b",\"_time\":");
+            ndjson.extend_from_slice(secs.format(micros.div_euclid(1_000_000)).as_bytes());
+            ndjson.push(b'.');
+            let f = frac.format(micros.rem_euclid(1_000_000) + 1_000_000);
+            ndjson.extend_from_slice(&f.as_bytes()[1..]);
+            ndjson.extend_from_slice(b"}\n");
+        }
+        rows += page.value.len() as u64;
+        drop(page);
+        let (c1, f1) = usage(libc::RUSAGE_THREAD);
+        cpu += c1.saturating_sub(c0);
+        faults += f1.saturating_sub(f0);
+    }
+    json!({
+        "pages": pages.len(),
+        "rows": rows,
+        "cpu_secs": cpu.as_secs_f64(),
+        "minor_faults": faults,
     })
 }

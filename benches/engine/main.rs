@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo bench --bench engine                      # the full run (release build, a few minutes)
-//! cargo bench --bench engine -- --only scale,resume    # graph reporting durability memory scale resume sinkdown quota
+//! cargo bench --bench engine -- --only scale,resume    # graph reporting static durability memory scale resume sinkdown quota
 //! cargo bench --bench engine -- --rounds 1              # one throughput round instead of three
 //! cargo bench --bench engine -- --rows 50000            # throughput rows (default 1,000,000)
 //! ```
@@ -19,6 +19,7 @@
 
 mod child;
 mod measure;
+mod nginx;
 mod quota;
 mod sinkdown;
 
@@ -167,6 +168,9 @@ fn main() {
             }
             t.report(&mut table, name, wanted(name), wanted("durability"));
         }
+    }
+    if wanted("static") {
+        nginx::section(&sim, &plan, dir.path(), &mut table);
     }
     if wanted("memory") {
         memory(&sim, &plan, dir.path(), graph_engine_rss, &mut table);

@@ -69,28 +69,37 @@ pub fn spawn(work: &Work) -> Running {
         }
         None => Command::new(exe),
     };
+    command.arg("--child").arg(spec);
+    let mut running = spawn_command(command, Stdio::piped());
+    running.spawned = spawned;
+    running
+}
+
+/// Starts another program as a measured child (curl, the Python peer): its stdout goes to
+/// `stdout`; when that is a pipe, its lines are read (a `RESULT {json}` line among them).
+pub fn spawn_command(mut command: Command, stdout: Stdio) -> Running {
+    let spawned = Instant::now();
     let mut child = command
-        .arg("--child")
-        .arg(spec)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("the bench can start itself as a child");
-    let stdout = child.stdout.take().expect("piped");
+        .unwrap_or_else(|e| panic!("the bench cannot start {command:?}: {e}"));
     let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send((Instant::now(), line)).is_err() {
-                break;
+    let reader = child.stdout.take().map(|stdout| {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
             }
-        }
+        })
     });
     Running {
         child,
         lines: rx,
-        reader: Some(reader),
+        reader,
         spawned,
     }
 }
