@@ -1,6 +1,7 @@
 //! What a parsed page becomes for its sinks: events, pipeline hooks, NDJSON (pure).
 
 use super::*;
+use crate::dialect::epoch_seconds;
 
 /// Makes a parsed page ready on a thread of the blocking pool (pages that must be made in order:
 /// see [`PagePlan::index`]).
@@ -297,10 +298,6 @@ pub(super) fn holds_replacement(v: &serde_json::Value) -> bool {
         serde_json::Value::Object(fields) => fields.values().any(holds_replacement),
         _ => false,
     }
-}
-
-pub(super) fn epoch_seconds(t: DateTime<Utc>) -> f64 {
-    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
 }
 
 #[cfg(test)]
