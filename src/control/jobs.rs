@@ -148,6 +148,20 @@ pub fn render_text(jobs: &[JobRecord]) -> String {
     s
 }
 
+/// The details backlogs beneath the jobs in `msgtrace jobs`: a line per source with summary
+/// rows whose details are still to be fetched; nothing when there are none.
+pub fn render_backlogs(backlogs: &[super::DetailsBacklog]) -> String {
+    let mut s = String::new();
+    if backlogs.is_empty() {
+        return s;
+    }
+    s.push_str("\nDETAILS BACKLOG (summary rows whose details are still to be fetched)\n");
+    for b in backlogs {
+        s.push_str(&format!("{:<12} {:>9}\n", b.source, b.entries));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +224,21 @@ mod tests {
             })
             .len(),
             4
+        );
+    }
+
+    #[test]
+    fn backlogs_are_listed_beneath_the_jobs_when_there_are_any() {
+        assert_eq!(render_backlogs(&[]), "");
+        let text = render_backlogs(&[super::super::DetailsBacklog {
+            source: "contoso".into(),
+            entries: 42,
+        }]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("DETAILS BACKLOG"), "{text}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["contoso", "42"]
         );
     }
 

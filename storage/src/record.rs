@@ -271,6 +271,38 @@ pub fn decode_seen(bytes: &[u8]) -> Result<String, String> {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum DetailEntryRecord {
+    #[serde(rename = "1")]
+    V1(crate::DetailEntry),
+}
+
+/// Encodes a details backlog entry with its version tag.
+pub fn encode_detail_entry(entry: &crate::DetailEntry) -> Vec<u8> {
+    serde_json::to_vec(&DetailEntryRecord::V1(entry.clone())).expect("detail entry serializes")
+}
+
+/// Decodes a details backlog entry.
+pub fn decode_detail_entry(bytes: &[u8]) -> Result<crate::DetailEntry, String> {
+    match serde_json::from_slice::<DetailEntryRecord>(bytes) {
+        Ok(DetailEntryRecord::V1(e)) => Ok(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum DetailSeenRecord {
+    #[serde(rename = "1")]
+    V1 {},
+}
+
+/// The value of a delivered detail record's identity (its key says everything): a version tag.
+pub fn encode_detail_seen() -> Vec<u8> {
+    serde_json::to_vec(&DetailSeenRecord::V1 {}).expect("detail identity serializes")
+}
+
 /// Encodes a checkpoint with its version tag.
 pub fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
     serde_json::to_vec(&CheckpointRecord::V1(cp.clone())).expect("checkpoint serializes")
