@@ -2,6 +2,7 @@
 //! with its record saved.
 
 use super::*;
+use crate::dialect::details::DetailsMode;
 
 /// Runs one job to its end. Never panics on bad input; every failure ends up in the summary and
 /// the job record, and the checkpoint never moves past an undelivered page.
@@ -240,6 +241,20 @@ impl JobRun {
                     "identity index entries past the re-read span removed"
                 ),
                 Err(e) => warn!(error = %e, "could not expire identity index entries"),
+            }
+        }
+        // The identities of the detail records delivered are needed while a re-read may
+        // enqueue their rows again.
+        if let (true, Some(cursor)) = (env.spec.details != DetailsMode::None, self.cp.cursor) {
+            let span = window.reread.unwrap_or_else(chrono::Duration::zero);
+            let before = cursor - span - chrono::Duration::hours(1);
+            match env.store.expire_details(&env.spec.id, before) {
+                Ok(0) => {}
+                Ok(n) => debug!(
+                    expired = n,
+                    "detail record identities past the re-read span removed"
+                ),
+                Err(e) => warn!(error = %e, "could not expire detail record identities"),
             }
         }
         let spool = self.spool.clone();
