@@ -298,6 +298,7 @@ impl Supervisor {
             page_hook: self.page_hook.clone(),
             hooks: self.hooks.clone(),
             shared: self.shared.clone(),
+            details_wake: Default::default(),
             quota: entry
                 .spec
                 .quota

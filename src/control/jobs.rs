@@ -133,6 +133,13 @@ pub fn render_text(jobs: &[JobRecord]) -> String {
                 },
             );
         }
+        if j.detail_rows > 0 {
+            let _ = writeln!(
+                s,
+                "    details of {} rows: {} events",
+                j.detail_rows, j.detail_events
+            );
+        }
         for (g0, g1) in &j.gaps {
             let _ = writeln!(
                 s,

@@ -4,7 +4,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `details` | `<source>\0<received µs, big endian><trace id>\0<recipient, lower case>` | [`DetailEntry`] (trace id, recipient, status, received time) |
-//! | `details_seen` | the entry's key, then `\0<dateTime µs, big endian><event>\0<record id>` | `{"version":"1"}`: a detail record delivered |
+//! | `details_seen` | the entry's key, then `\0<dateTime ns, big endian><event>\0<record id>` | `{"version":"1"}`: a detail record delivered |
 //!
 //! An entry is added in the transaction that commits its summary page ([`crate::Commit::details`]),
 //! so a crash either loses neither or repeats the page, and adding it again is idempotent (same
@@ -62,9 +62,19 @@ fn records_prefix(source: &str, e: &DetailEntry) -> Vec<u8> {
     k
 }
 
+/// Nanoseconds since the epoch: the API's times have 100 ns, and a record read again must be
+/// the same record (years 1678 to 2262; others are clamped, and only ever compared).
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
 fn record_key(prefix: &[u8], r: &DetailRecordId) -> Vec<u8> {
     let mut k = prefix.to_vec();
-    k.extend_from_slice(&r.date_time.timestamp_micros().to_be_bytes());
+    k.extend_from_slice(&nanos(r.date_time).to_be_bytes());
     k.extend_from_slice(r.event.as_bytes());
     k.push(0);
     k.extend_from_slice(r.id.as_bytes());
@@ -73,11 +83,11 @@ fn record_key(prefix: &[u8], r: &DetailRecordId) -> Vec<u8> {
 
 /// Reads a record identity back from its key's tail (after the prefix).
 fn record_of(tail: &[u8]) -> Option<DetailRecordId> {
-    let (micros, rest) = tail.split_first_chunk::<8>()?;
+    let (ns, rest) = tail.split_first_chunk::<8>()?;
     let at = rest.iter().position(|b| *b == 0)?;
     Some(DetailRecordId {
         id: String::from_utf8(rest[at + 1..].to_vec()).ok()?,
-        date_time: DateTime::from_timestamp_micros(i64::from_be_bytes(*micros))?,
+        date_time: DateTime::from_timestamp_nanos(i64::from_be_bytes(*ns)),
         event: String::from_utf8(rest[..at].to_vec()).ok()?,
     })
 }

@@ -156,6 +156,13 @@ pub struct JobRecord {
     /// Rows delivered again because their status changed (marked `_update`).
     #[serde(default)]
     pub updates: u64,
+    /// Rows whose details this job fetched and delivered (`details`, by `--once` and backfill
+    /// jobs; under `msgtrace run` the detail worker does it beside the jobs).
+    #[serde(default)]
+    pub detail_rows: u64,
+    /// Detail events this job delivered.
+    #[serde(default)]
+    pub detail_events: u64,
     /// Spans that could not be collected (older than the API keeps), `[start, end)`.
     #[serde(default)]
     pub gaps: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -185,6 +192,8 @@ impl JobRecord {
             throttled: 0,
             known: 0,
             updates: 0,
+            detail_rows: 0,
+            detail_events: 0,
             gaps: Vec::new(),
             errors: Vec::new(),
             started_at: now,

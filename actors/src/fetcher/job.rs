@@ -30,6 +30,8 @@ pub async fn collect(
         ),
         None => (spec.id.clone(), spec.window.clone()),
     };
+    // Detail requests of the tenant wait while its summary is collected.
+    let collecting = env.quota.as_ref().map(|gate| gate.collecting());
     let cp = match env.store.checkpoint(&cursor_name) {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
@@ -64,7 +66,15 @@ pub async fn collect(
             return end_job(&env, run.job, state, error).await;
         }
     }
+    drop(collecting);
     run.tidy(&window).await;
+    // Under `msgtrace run` the fetcher's detail worker drains the backlog beside the jobs; a
+    // run that ends (`--once`, a backfill) drains it before it ends.
+    if kind != JobKind::Scheduled && spec.details != DetailsMode::None {
+        if let Some((state, error)) = run.drain_details().await {
+            return end_job(&env, run.job, state, Some(error)).await;
+        }
+    }
     end_job(&env, run.job, JobState::Succeeded, None).await
 }
 
@@ -208,6 +218,50 @@ impl JobRun {
                 record.state = JobState::Failed;
                 record.error = Some(e.clone());
                 Some((JobState::Failed, Some(e)))
+            }
+        }
+    }
+
+    /// Fetches the details of the rows in the backlog, within the job's `job_timeout`; `Some`
+    /// when the job ends without them (the rows stay in the backlog for the next run).
+    async fn drain_details(&mut self) -> Option<(JobState, String)> {
+        let delivery = super::details::Delivery {
+            hold: self.hold,
+            deadline: self.deadline,
+        };
+        let drained = super::details::drain(&self.env, &self.cancel, delivery);
+        let outcome = match self.deadline {
+            Some(d) => tokio::time::timeout(d.saturating_duration_since(Instant::now()), drained)
+                .await
+                .unwrap_or(Err(Stop::Cancelled(Some(CancelReason::Timeout)))),
+            None => drained.await,
+        };
+        match outcome {
+            Ok(d) => {
+                if d.rows + d.given_up > 0 {
+                    info!(
+                        rows = d.rows,
+                        events = d.events,
+                        known = d.known,
+                        given_up = d.given_up,
+                        "details fetched"
+                    );
+                }
+                self.job.detail_rows += d.rows;
+                self.job.detail_events += d.events;
+                None
+            }
+            Err(Stop::Cancelled(why)) => Some((
+                JobState::Cancelled,
+                why.map_or_else(
+                    || "cancelled while fetching details; the next run fetches the rest".to_owned(),
+                    |w| format!("{w} (while fetching details; the next run fetches the rest)"),
+                ),
+            )),
+            Err(Stop::Failed(e)) => {
+                let e = format!("details: {e}; the rows stay in the backlog and the next run asks for them again");
+                warn!(error = %e, "fetching details failed");
+                Some((JobState::Failed, e))
             }
         }
     }

@@ -27,6 +27,7 @@
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
+use crate::dialect::details::DetailsMode;
 use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson};
 use crate::http::{self, HttpError};
@@ -48,6 +49,7 @@ use tracing::{debug, info, warn, Instrument};
 
 mod client;
 mod deliver;
+mod details;
 mod error;
 mod job;
 mod prefetch;
@@ -91,6 +93,9 @@ pub struct FetcherEnv {
     pub shared: Shared,
     /// What the source's sinks read of a batch.
     pub reads: Reads,
+    /// Told when a commit adds rows to the details backlog (the scheduled mode's detail worker
+    /// waits for it).
+    pub details_wake: tokio::sync::Notify,
 }
 
 /// What the sinks of a source read of a batch ([`SinkInput`](crate::sink::SinkInput)): whether
@@ -153,7 +158,8 @@ pub enum RunReply {
     AlreadyRunning,
 }
 
-/// Stop after the page in flight (shutdown).
+/// Stop after the page in flight (shutdown, reload): the job, and the detail worker after its
+/// request in flight.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Cancel;
@@ -191,6 +197,8 @@ pub struct JobSummary {
 pub struct Fetcher {
     env: Rc<FetcherEnv>,
     cancel: Option<watch::Sender<bool>>,
+    /// Stops the detail worker ([`details::keep_draining`]), once it runs.
+    details: Option<watch::Sender<bool>>,
 }
 
 impl Fetcher {
@@ -199,7 +207,20 @@ impl Fetcher {
         Fetcher {
             env: Rc::new(env),
             cancel: None,
+            details: None,
         }
+    }
+
+    /// Starts the detail worker of a scheduled source with details, unless it runs.
+    fn start_details(&mut self, ctx: &mut Context<Self>) {
+        if self.details.is_some() || self.env.spec.details == DetailsMode::None {
+            return;
+        }
+        let (tx, rx) = watch::channel(false);
+        self.details = Some(tx);
+        let span = tracing::info_span!("details", source = %self.env.spec.id);
+        let worker = details::keep_draining(self.env.clone(), rx).instrument(span);
+        ctx.spawn(worker.into_actor(self));
     }
 }
 
@@ -211,6 +232,9 @@ impl Handler<RunJob> for Fetcher {
     type Result = RunReply;
 
     fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> RunReply {
+        if msg.kind == JobKind::Scheduled {
+            self.start_details(ctx);
+        }
         if self.cancel.is_some() {
             return RunReply::AlreadyRunning;
         }
@@ -244,7 +268,7 @@ impl Handler<Cancel> for Fetcher {
     type Result = ();
 
     fn handle(&mut self, _: Cancel, _: &mut Context<Self>) {
-        if let Some(tx) = &self.cancel {
+        for tx in [&self.cancel, &self.details].into_iter().flatten() {
             let _ = tx.send(true);
         }
     }

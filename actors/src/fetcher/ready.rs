@@ -64,6 +64,26 @@ impl PagePlan {
     }
 }
 
+impl PagePlan {
+    /// How detail records become what the sinks read: the source's static fields, hooks and
+    /// reads; no time filter, re-query or identity index (the details backlog has its own).
+    pub(super) fn for_details(env: &FetcherEnv) -> PagePlan {
+        let spec = &env.spec;
+        PagePlan {
+            api: spec.api,
+            input_id: Arc::from(spec.id.as_str()),
+            fields: spec.fields.clone(),
+            filter: None,
+            query_end: None,
+            skip: Vec::new(),
+            hooks: env.hooks.clone(),
+            reads: env.reads,
+            details: crate::dialect::details::DetailsMode::None,
+            index: None,
+        }
+    }
+}
+
 /// A fetched page: parsed only, or already made ready (with a [`PagePlan`] that allows it).
 pub(super) enum Parsed {
     Rows(Page),
@@ -268,7 +288,7 @@ fn keep_row(
 /// identities read before are the API's, whatever they name), the last event of the last page
 /// marked final, the hooks run, NDJSON encoded for the sinks that read it and the events freed
 /// when no sink reads them. `None` when no event is left. `rows`: the events before the hooks.
-fn into_batch(
+pub(super) fn into_batch(
     plan: &PagePlan,
     mut events: Vec<Event>,
     is_last: bool,

@@ -36,6 +36,7 @@ pub(super) async fn collect_slice(
         // What this page becomes; made on the parse thread unless it must be made in order.
         let plan = PagePlan::new(&env, task, slice.progress());
         let ahead = PageUse {
+            fetch: Fetch::Summary,
             plan: plan.index.is_none().then(|| plan.clone()),
             spool: spool.clone(),
         };
@@ -103,6 +104,7 @@ pub(super) async fn collect_slice(
         committed(&env, &run.job, spool_of_this, &url, n);
         if !details.is_empty() {
             crate::telemetry::details_backlog(&spec.id, env.store.details_backlog(&spec.id));
+            env.details_wake.notify_waiters();
         }
         match step {
             Step::Done => return Ok(()),
