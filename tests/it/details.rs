@@ -314,6 +314,57 @@ fn faults_of_the_detail_endpoint_are_retried() {
 }
 
 #[test]
+fn under_msgtrace_run_the_detail_worker_drains_the_backlog_beside_the_jobs() {
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let (start, end) = (hours_ago(2), hours_ago(1));
+    let toml = config_toml(
+        &sim,
+        &Scenario {
+            api: Api::Graph,
+            state_dir: &dir.path().join("state"),
+            out: &out,
+            start: &start,
+            end: &end,
+            page_size: 100,
+            extra: "details = \"all\"\npoll_interval_mins = 60",
+        },
+    );
+    let window = (
+        chrono::DateTime::from_timestamp(start.parse().unwrap(), 0).unwrap(),
+        chrono::DateTime::from_timestamp(end.parse().unwrap(), 0).unwrap(),
+    );
+    let expected = expected_details(&sim, window, DetailsMode::All, None);
+    let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
+        .unwrap()
+        .scheduled(true)
+        .start()
+        .unwrap();
+    let drained = wait_for(|| detail_ids(&out).len() >= expected.len());
+    let jobs = block_on(handle.jobs(Some("src"))).unwrap();
+    block_on(handle.shutdown()).unwrap();
+    assert!(
+        drained,
+        "{} of {} detail records",
+        detail_ids(&out).len(),
+        expected.len()
+    );
+    let got = detail_ids(&out);
+    assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
+    assert!(got.values().all(|n| *n == 1));
+    // The job ended with its summary: the worker, not the job, fetched the details.
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].detail_rows, 0);
+    assert_eq!(
+        Store::open(dir.path().join("state"))
+            .unwrap()
+            .details_backlog("src"),
+        0
+    );
+}
+
+#[test]
 fn details_are_refused_for_the_reporting_web_service() {
     let sim = sim(60, |_| {});
     let dir = tempfile::tempdir().unwrap();
