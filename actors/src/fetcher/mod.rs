@@ -24,6 +24,10 @@
 //! an identity index (re-reading) has its pages made ready in order, after the page before is
 //! committed.
 //!
+//! With `details`, the rows a page commits whose details are wanted enter the source's details
+//! backlog in the same transaction; `details.rs` drains it (after a `--once` job's slices, or in
+//! the detail worker of a scheduled source, beside its jobs) at the budget's low priority.
+//!
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
