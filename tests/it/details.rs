@@ -112,9 +112,15 @@ fn every_detail_record_of_every_row_not_delivered_exactly_once_across_sigkills()
     }
 }
 
+/// The windows of [`two_sources`], in epoch seconds: `a` one hour, `b` eight.
+type Windows = ((String, String), (String, String));
+
 /// Two sources of one tenant under a budget that binds: `a` with details, `b` without and a
-/// longer window. Returns the request log and the output.
-fn two_sources(a_details: &str) -> (Vec<String>, HashMap<DetailId, usize>, SimServer, String) {
+/// longer window. Returns the request log, the detail events and the simulator.
+fn two_sources(
+    a_details: &str,
+    (a, b): &Windows,
+) -> (Vec<String>, HashMap<DetailId, usize>, SimServer) {
     let sim = sim(60, |c| {
         c.page_latency_ms = 5;
         c.quota = Some(SimQuota {
@@ -125,7 +131,6 @@ fn two_sources(a_details: &str) -> (Vec<String>, HashMap<DetailId, usize>, SimSe
     let log = record_requests(&sim);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
-    let (a, b) = ((hours_ago(3), hours_ago(2)), (hours_ago(9), hours_ago(1)));
     let toml = graph_sources_toml(
         &sim,
         &dir.path().join("state"),
@@ -141,16 +146,20 @@ fn two_sources(a_details: &str) -> (Vec<String>, HashMap<DetailId, usize>, SimSe
     let report = run_once(&parse(&toml), opts());
     assert!(report.all_succeeded(), "{report:?}");
     let log = log.lock().unwrap().clone();
-    let b_start = msgtrace::actors::dialect::format_timestamp(
-        chrono::DateTime::from_timestamp(b.0.parse().unwrap(), 0).unwrap(),
-    );
-    (log, detail_ids(&out), sim, b_start)
+    (log, detail_ids(&out), sim)
+}
+
+fn epoch(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(s.parse().unwrap(), 0).unwrap()
 }
 
 #[test]
 fn the_summary_keeps_its_priority_and_finishes_no_later_than_without_details() {
-    let (plain, none, plain_sim, b_start) = two_sources("none");
-    let (with, got, sim, _) = two_sources("not_delivered");
+    // Absolute bounds, taken once: an hour turning between the runs changes nothing.
+    let windows = ((hours_ago(3), hours_ago(2)), (hours_ago(9), hours_ago(1)));
+    let (plain, none, plain_sim) = two_sources("none", &windows);
+    let (with, got, sim) = two_sources("not_delivered", &windows);
+    let b_start = msgtrace::actors::dialect::format_timestamp(epoch(&windows.1 .0));
     assert!(none.is_empty());
     let summary_of_b = |log: &[String]| -> Vec<String> {
         log.iter()
@@ -174,10 +183,7 @@ fn the_summary_keeps_its_priority_and_finishes_no_later_than_without_details() {
     // More requests than one span allows: the budget bound, and no 429 came of it.
     assert!(with.len() > 40, "{}", with.len());
     assert_eq!((sim.stats().throttled, plain_sim.stats().throttled), (0, 0));
-    let window = (
-        chrono::DateTime::from_timestamp(hours_ago(3).parse().unwrap(), 0).unwrap(),
-        chrono::DateTime::from_timestamp(hours_ago(2).parse().unwrap(), 0).unwrap(),
-    );
+    let window = (epoch(&windows.0 .0), epoch(&windows.0 .1));
     let expected = expected_details(&sim, window, DetailsMode::NotDelivered, None);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1));
@@ -331,10 +337,7 @@ fn under_msgtrace_run_the_detail_worker_drains_the_backlog_beside_the_jobs() {
             extra: "details = \"all\"\npoll_interval_mins = 60",
         },
     );
-    let window = (
-        chrono::DateTime::from_timestamp(start.parse().unwrap(), 0).unwrap(),
-        chrono::DateTime::from_timestamp(end.parse().unwrap(), 0).unwrap(),
-    );
+    let window = (epoch(&start), epoch(&end));
     let expected = expected_details(&sim, window, DetailsMode::All, None);
     let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
         .unwrap()
@@ -362,6 +365,79 @@ fn under_msgtrace_run_the_detail_worker_drains_the_backlog_beside_the_jobs() {
             .details_backlog("src"),
         0
     );
+}
+
+#[test]
+fn a_backlog_left_by_a_run_is_shown_by_jobs_and_the_dump_and_fetched_by_the_next_run() {
+    // The budget lets the summary through and few details: `job_timeout` ends the run with
+    // most rows still in the backlog.
+    let sim = sim(60, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let (start, end) = (hours_ago(3), hours_ago(2));
+    let scenario = |extra| Scenario {
+        api: Api::Graph,
+        state_dir: &state,
+        out: &out,
+        start: &start,
+        end: &end,
+        page_size: 100,
+        extra,
+    };
+    let cfg = dir.path().join("msgtrace.toml");
+    let slow = "details = \"all\"\nquota = { requests = 12, per_secs = 60 }\njob_timeout = \"3s\"";
+    std::fs::write(&cfg, config_toml(&sim, &scenario(slow))).unwrap();
+    let status = spawn_run_once(&cfg).wait().unwrap();
+    assert!(!status.success(), "the run ended by its job_timeout");
+    let left = Store::open(&state).unwrap().details_backlog("src");
+    assert!(left > 10, "{left} rows left");
+    let tool = |bin: &str, args: &[&std::ffi::OsStr]| {
+        let o = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let jobs = tool(
+        env!("CARGO_BIN_EXE_msgtrace"),
+        &["jobs".as_ref(), "-c".as_ref(), cfg.as_os_str()],
+    );
+    let backlog = jobs
+        .lines()
+        .skip_while(|l| !l.starts_with("DETAILS BACKLOG"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(
+        backlog.split_whitespace().collect::<Vec<_>>(),
+        ["src", left.to_string().as_str()]
+    );
+    let dump = tool(env!("CARGO_BIN_EXE_msgtrace-dump"), &[state.as_os_str()]);
+    assert!(
+        dump.ends_with(&format!("== details backlog per source\nsrc {left}\n")),
+        "{dump}"
+    );
+    // The next run, with room in the budget, fetches the rest: every record once.
+    std::fs::write(&cfg, config_toml(&sim, &scenario("details = \"all\""))).unwrap();
+    assert!(spawn_run_once(&cfg).wait().unwrap().success());
+    let store = Store::open(&state).unwrap();
+    assert_eq!(store.details_backlog("src"), 0);
+    let job = store.jobs(Some("src")).unwrap().pop().unwrap();
+    assert_eq!(job.detail_rows, left as u64);
+    let (s, e) = (job.window_start, job.window_end);
+    assert_eq!(
+        (s, e),
+        (None, None),
+        "the summary had nothing left to collect"
+    );
+    let window = store
+        .jobs(Some("src"))
+        .unwrap()
+        .iter()
+        .find_map(|j| j.window_start.zip(j.window_end))
+        .unwrap();
+    let expected = expected_details(&sim, window, DetailsMode::All, None);
+    let got = detail_ids(&out);
+    assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
+    assert!(got.values().all(|n| *n == 1));
 }
 
 #[test]
