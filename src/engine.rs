@@ -207,6 +207,7 @@ pub fn source_spec(
         max_body_bytes: MAX_BODY_BYTES,
         fields: src.fields.clone().into_iter().collect(),
         disable_time_filter: src.disable_time_filter,
+        details: src.details,
         cron,
         durable,
         prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,

@@ -32,6 +32,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::Value;
 use url::Url;
 
+pub mod details;
 mod envelope;
 
 /// How many characters of a response body (or of a value taken from it) an error message quotes.
@@ -563,6 +564,11 @@ fn parse_ms_date(s: &str) -> Option<DateTime<Utc>> {
         return None;
     }
     DateTime::from_timestamp_millis(millis.parse().ok()?)
+}
+
+/// Epoch seconds with microsecond fractions: an event's `_time`.
+pub fn epoch_seconds(t: DateTime<Utc>) -> f64 {
+    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
 }
 
 /// Formats a time as the APIs expect: RFC 3339 with 7 fractional digits and `Z`

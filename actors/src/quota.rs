@@ -7,6 +7,15 @@
 //! answer, so the next request can go at that exact moment with no margin, however long the
 //! request waited between the gate and the wire or travelled. The limit is the budget, lowered
 //! while other applications of the tenant spend part of it ([`crate::aimd`]).
+//!
+//! Two priorities: the summary collection's requests ([`acquire`]) and, below them, the
+//! per-recipient detail requests ([`acquire_low`]), which use what the collection leaves. A
+//! low-priority request is let through only while no collection of the tenant is under way
+//! ([`TenantGate::collecting`]: a job between its first and last page) and none of its requests
+//! waits for a place, and then never into the last [`QuotaGate::reserve_places`] places of the
+//! span, which stay for the next collection's first requests. So a collection never waits for a
+//! detail request, except for places details took before it started (at most the limit less
+//! the reserve), which free within one span.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +41,15 @@ pub struct Ticket {
     admitted: Instant,
 }
 
+/// Why a low-priority request is not let through now ([`QuotaGate::reserve_low`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    /// A collection is under way or one of its requests waits: ask again once it is over.
+    Yield,
+    /// Ask again after this long (the budget is spent down to its reserve, or blocked).
+    Wait(Duration),
+}
+
 /// The log of one tenant's recent requests.
 #[derive(Debug)]
 pub struct QuotaGate {
@@ -44,6 +62,10 @@ pub struct QuotaGate {
     blocked_until: Option<Instant>,
     waited: Duration,
     share: ShareControl,
+    /// Requests of normal priority waiting for a place.
+    waiting: u32,
+    /// Collections under way on the tenant.
+    collecting: u32,
 }
 
 impl QuotaGate {
@@ -57,11 +79,58 @@ impl QuotaGate {
             blocked_until: None,
             waited: Duration::ZERO,
             share: ShareControl::new(spec.requests, spec.per),
+            waiting: 0,
+            collecting: 0,
         }
     }
 
     /// Lets a request through at `now` (`Ok`), or tells how long to wait before asking again.
     pub fn reserve(&mut self, now: Instant) -> Result<Ticket, Duration> {
+        self.reserve_keeping(now, 0)
+    }
+
+    /// Lets a low-priority request through at `now`: only while no collection is under way and
+    /// no normal request waits ([`Deferred::Yield`]), and only into a place above the reserve
+    /// ([`Deferred::Wait`] until one frees).
+    pub fn reserve_low(&mut self, now: Instant) -> Result<Ticket, Deferred> {
+        if self.collecting > 0 || self.waiting > 0 {
+            return Err(Deferred::Yield);
+        }
+        let keep = self.reserve_places();
+        self.reserve_keeping(now, keep).map_err(Deferred::Wait)
+    }
+
+    /// Places of each span that low-priority requests leave free: a tenth of the limit (at
+    /// least one, and never all of it).
+    pub fn reserve_places(&self) -> u32 {
+        let limit = self.share.limit();
+        (limit / 10).max(1).min(limit.saturating_sub(1))
+    }
+
+    /// A normal request waits for a place (until [`QuotaGate::end_wait`]).
+    pub fn begin_wait(&mut self) {
+        self.waiting += 1;
+    }
+
+    /// A normal request that waited has its place, or gave up; `true` when none waits now.
+    pub fn end_wait(&mut self) -> bool {
+        self.waiting = self.waiting.saturating_sub(1);
+        self.waiting == 0
+    }
+
+    /// A collection of the tenant starts (until [`QuotaGate::end_collecting`]).
+    pub fn begin_collecting(&mut self) {
+        self.collecting += 1;
+    }
+
+    /// A collection ended; `true` when none is under way now.
+    pub fn end_collecting(&mut self) -> bool {
+        self.collecting = self.collecting.saturating_sub(1);
+        self.collecting == 0
+    }
+
+    /// [`QuotaGate::reserve`] leaving `keep` places of the limit free.
+    fn reserve_keeping(&mut self, now: Instant, keep: u32) -> Result<Ticket, Duration> {
         if let Some(until) = self.blocked_until {
             if until > now {
                 return Err(until - now);
@@ -69,7 +138,7 @@ impl QuotaGate {
             self.blocked_until = None;
         }
         let used = self.used(now);
-        let limit = self.share.limit();
+        let limit = self.share.limit().saturating_sub(keep);
         if used < limit {
             self.next_id += 1;
             self.in_flight.push(Ticket {
@@ -81,7 +150,9 @@ impl QuotaGate {
                 admitted: now,
             });
         }
-        self.share.pressed(now);
+        if keep == 0 {
+            self.share.pressed(now);
+        }
         // The place that frees first: the (used - limit + 1)-th oldest answer, `per` after it.
         // When the places are all held by requests in flight, none frees before `per` from now
         // (an answer comes at `now` at the earliest): asking again then is not late.
@@ -164,6 +235,9 @@ pub struct TenantGate {
     /// [`crate::spec::SourceSpec::quota_key`]: the API host and the tenant.
     pub key: String,
     gate: Mutex<QuotaGate>,
+    /// Woken when no collection is under way and no normal request waits any more: the
+    /// low-priority requests that yielded ask again.
+    yielded: tokio::sync::Notify,
 }
 
 impl TenantGate {
@@ -174,7 +248,15 @@ impl TenantGate {
         TenantGate {
             key: key.to_owned(),
             gate: Mutex::new(QuotaGate::new(spec)),
+            yielded: tokio::sync::Notify::new(),
         }
+    }
+
+    /// A collection of the tenant is under way until the guard is dropped: low-priority
+    /// requests wait for it ([`acquire_low`]).
+    pub fn collecting(self: &Arc<Self>) -> Collecting {
+        self.lock().begin_collecting();
+        Collecting(self.clone())
     }
 
     /// The gate itself.
@@ -213,6 +295,30 @@ impl TenantGate {
 /// A gate shared by the sources of one tenant.
 pub type SharedGate = Arc<TenantGate>;
 
+/// A collection under way ([`TenantGate::collecting`]); it ends when dropped.
+#[derive(Debug)]
+pub struct Collecting(SharedGate);
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        if self.0.lock().end_collecting() {
+            self.0.yielded.notify_waiters();
+        }
+    }
+}
+
+/// A normal request waiting for a place; it stops waiting when dropped (let through, or
+/// abandoned with its future).
+struct Waiting<'a>(&'a TenantGate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.0.lock().end_wait() {
+            self.0.yielded.notify_waiters();
+        }
+    }
+}
+
 /// A request's place in its tenant's budget: freed when it is dropped (the answer came, or the
 /// request failed or was abandoned), or by [`Permit::throttled`].
 #[derive(Debug)]
@@ -247,14 +353,58 @@ impl Drop for Permit {
 }
 
 /// Waits for a place in the budget; hold the permit until the request's answer has come.
+/// While it waits, low-priority requests yield to it.
 pub async fn acquire(gate: &SharedGate) -> Permit {
     let mut total = Duration::ZERO;
+    let mut waiting: Option<Waiting<'_>> = None;
     loop {
         let (outcome, change) = {
             let mut g = gate.lock();
             let now = Instant::now();
             let change = g.tick(now);
             let outcome = g.reserve(now);
+            if outcome.is_ok() {
+                g.waited += total;
+            } else if waiting.is_none() {
+                g.begin_wait();
+            }
+            (outcome, change)
+        };
+        if let Some(change) = change {
+            gate.changed(change);
+        }
+        match outcome {
+            Ok(ticket) => {
+                drop(waiting);
+                return Permit {
+                    gate: gate.clone(),
+                    ticket: Some(ticket),
+                    waited: total,
+                };
+            }
+            Err(d) => {
+                waiting.get_or_insert(Waiting(gate));
+                total += d;
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// Waits for a place left by the tenant's collections ([`QuotaGate::reserve_low`]): while a
+/// collection is under way or one of its requests waits, and for a place above the reserve.
+pub async fn acquire_low(gate: &SharedGate) -> Permit {
+    let mut total = Duration::ZERO;
+    loop {
+        // Registered before the gate is read, so that a wake between the two is not missed.
+        let yielded = gate.yielded.notified();
+        tokio::pin!(yielded);
+        yielded.as_mut().enable();
+        let (outcome, change) = {
+            let mut g = gate.lock();
+            let now = Instant::now();
+            let change = g.tick(now);
+            let outcome = g.reserve_low(now);
             if outcome.is_ok() {
                 g.waited += total;
             }
@@ -271,7 +421,12 @@ pub async fn acquire(gate: &SharedGate) -> Permit {
                     waited: total,
                 }
             }
-            Err(d) => {
+            Err(Deferred::Yield) => {
+                let since = Instant::now();
+                yielded.await;
+                total += since.elapsed();
+            }
+            Err(Deferred::Wait(d)) => {
                 total += d;
                 tokio::time::sleep(d).await;
             }
@@ -534,6 +689,144 @@ mod tests {
         g.block_until(t0 + ms(30_000));
         assert_eq!(g.reserve(t0), Err(ms(30_000)));
         assert!(g.reserve(t0 + ms(30_000)).is_ok());
+    }
+
+    #[test]
+    fn a_low_request_takes_only_what_is_left_above_the_reserve() {
+        let mut g = QuotaGate::new(spec(20, 10_000));
+        assert_eq!(g.reserve_places(), 2);
+        let t0 = Instant::now();
+        let mut held: Vec<Ticket> = (0..16).map(|_| g.reserve(t0).expect("room")).collect();
+        held.push(g.reserve_low(t0).expect("17 of 20 used, 2 kept"));
+        held.push(g.reserve_low(t0).expect("18 of 20 used, 2 kept"));
+        assert_eq!(
+            g.reserve_low(t0),
+            Err(Deferred::Wait(ms(10_000))),
+            "the reserve"
+        );
+        // The reserve is the collection's: its requests still go.
+        held.push(g.reserve(t0).expect("19"));
+        held.push(g.reserve(t0).expect("20"));
+        assert!(g.reserve(t0).is_err());
+        // Once the oldest answers' places free, low requests go again, above the reserve.
+        for t in held.drain(..4) {
+            g.answered(t, t0);
+        }
+        assert_eq!(g.reserve_low(t0), Err(Deferred::Wait(ms(10_000))));
+        let t1 = t0 + ms(10_000);
+        assert!(g.reserve_low(t1).is_ok(), "17 of 20");
+        assert!(g.reserve_low(t1).is_ok(), "18 of 20");
+        assert!(matches!(g.reserve_low(t1), Err(Deferred::Wait(_))));
+    }
+
+    #[test]
+    fn a_low_request_yields_while_a_collection_runs_or_one_of_its_requests_waits() {
+        let mut g = QuotaGate::new(spec(100, 10_000));
+        let t0 = Instant::now();
+        g.begin_collecting();
+        g.begin_collecting();
+        assert_eq!(g.reserve_low(t0), Err(Deferred::Yield));
+        assert!(g.reserve(t0).is_ok(), "the collection's requests go");
+        assert!(!g.end_collecting(), "one is still under way");
+        assert_eq!(g.reserve_low(t0), Err(Deferred::Yield));
+        assert!(g.end_collecting());
+        assert!(g.reserve_low(t0).is_ok());
+        g.begin_wait();
+        assert_eq!(g.reserve_low(t0), Err(Deferred::Yield));
+        assert!(g.end_wait());
+        assert!(g.reserve_low(t0).is_ok());
+        // A budget of one place: the reserve never takes it all.
+        let mut one = QuotaGate::new(spec(1, 10_000));
+        assert_eq!(one.reserve_places(), 0);
+        assert!(one.reserve_low(t0).is_ok());
+    }
+
+    #[test]
+    fn low_requests_refused_at_the_reserve_do_not_raise_a_lowered_limit() {
+        // After a 429 the limit grows back only while the collection asks for more than it: a
+        // detail request that waits for a place above the reserve is no reason to probe.
+        let lowered = || {
+            let mut g = QuotaGate::new(spec(10, 1_000));
+            let t0 = Instant::now();
+            let mut tickets: Vec<Ticket> = (0..6).map(|_| g.reserve(t0).expect("room")).collect();
+            let refused = tickets.pop().expect("six");
+            tickets.into_iter().for_each(|t| g.answered(t, t0));
+            g.throttled(refused, t0).expect("lowered");
+            assert_eq!(g.limit(), 3);
+            (g, t0 + ms(2_000))
+        };
+        // Each second for ten spans, requests fill the limit and one more is refused.
+        let fill = |g: &mut QuotaGate, t: Instant, low: bool| {
+            for _ in 0..4 {
+                let taken = if low {
+                    g.reserve_low(t).map_err(|_| ())
+                } else {
+                    g.reserve(t).map_err(|_| ())
+                };
+                if let Ok(ticket) = taken {
+                    g.answered(ticket, t);
+                }
+            }
+        };
+        for low in [false, true] {
+            let (mut g, t1) = lowered();
+            for s in 0..10 {
+                let t = t1 + ms(1_000 * s);
+                g.tick(t);
+                fill(&mut g, t, low);
+            }
+            assert_eq!(g.limit() > 3, !low, "low {low}: limit {}", g.limit());
+        }
+    }
+
+    #[tokio::test]
+    async fn acquire_low_waits_for_the_collection_and_goes_when_it_ends() {
+        let gate: SharedGate = Arc::new(TenantGate::new("t", spec(100, 10_000)));
+        let collecting = gate.collecting();
+        let low = tokio::spawn({
+            let gate = gate.clone();
+            async move { acquire_low(&gate).await.waited }
+        });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!low.is_finished(), "yields while the collection runs");
+        let normal = acquire(&gate).await;
+        assert_eq!(normal.waited, Duration::ZERO);
+        drop(collecting);
+        let waited = tokio::time::timeout(Duration::from_secs(10), low)
+            .await
+            .expect("goes once the collection ended")
+            .unwrap();
+        assert!(waited > Duration::ZERO);
+        assert_eq!(gate.lock().remaining(Instant::now()), 98);
+    }
+
+    #[tokio::test]
+    async fn a_normal_request_that_waits_holds_low_requests_back_until_it_goes() {
+        let gate: SharedGate = Arc::new(TenantGate::new("t", spec(2, 300)));
+        let a = acquire(&gate).await;
+        let b = acquire(&gate).await;
+        // The third waits for a place (300 ms after an answer): low requests yield meanwhile.
+        let third = tokio::spawn({
+            let gate = gate.clone();
+            async move { acquire(&gate).await.waited }
+        });
+        drop((a, b));
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            gate.lock().reserve_low(Instant::now()),
+            Err(Deferred::Yield)
+        );
+        let waited = third.await.unwrap();
+        assert!(waited > Duration::ZERO);
+        assert_ne!(
+            gate.lock().reserve_low(Instant::now()),
+            Err(Deferred::Yield),
+            "no normal request waits any more"
+        );
     }
 
     #[test]

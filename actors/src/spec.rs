@@ -157,6 +157,8 @@ pub struct SourceSpec {
     pub fields: serde_json::Map<String, serde_json::Value>,
     /// Keep events whose time falls outside their window.
     pub disable_time_filter: bool,
+    /// Which rows have their per-recipient details fetched (Graph only).
+    pub details: crate::dialect::details::DetailsMode,
     /// 6-field cron expression of the schedule (seconds first).
     pub cron: String,
     /// Flush sled after every page (the durability guarantee). Off only for benchmarks.

@@ -298,6 +298,7 @@ impl Supervisor {
             page_hook: self.page_hook.clone(),
             hooks: self.hooks.clone(),
             shared: self.shared.clone(),
+            details_wake: Default::default(),
             quota: entry
                 .spec
                 .quota
@@ -512,13 +513,15 @@ impl Supervisor {
     fn retire(&mut self, source: &str, next: Pending) {
         let slot = self.slots.get_mut(source).expect("slot exists");
         let running = slot.running.is_some();
+        // Also when no job runs: the fetcher's detail worker stops after its request in flight
+        // (it would keep the old fetcher alive beside the new one).
+        slot.fetcher.do_send(Cancel);
         match next {
             Pending::Remove if !running => return self.forget(source),
             _ => slot.pending = next,
         }
         if running {
             info!(source = %source, "reload: the source stops after its page in flight");
-            slot.fetcher.do_send(Cancel);
             self.stopping.insert(source.to_owned());
         }
     }

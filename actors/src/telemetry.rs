@@ -18,6 +18,8 @@
 //! | `msgtrace_last_success_timestamp_seconds` | gauge | `source` | when the last job succeeded |
 //! | `msgtrace_broken_rows_total` | counter | `source` | rows delivered flagged `__isBroken` (no readable time or identity, or bytes that were not UTF-8) |
 //! | `msgtrace_poisoned_links_total` | counter | `source` | next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried |
+//! | `msgtrace_details_backlog` | gauge | `source` | summary rows whose per-recipient details are still to be fetched (`details`) |
+//! | `msgtrace_detail_events_total` | counter | `source` | detail events delivered to every sink (their rows then leave the backlog) |
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use msgtrace_storage::JobState;
@@ -98,6 +100,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "msgtrace_poisoned_links_total",
         Kind::Counter,
         "next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried",
+    ),
+    (
+        "msgtrace_details_backlog",
+        Kind::Gauge,
+        "summary rows whose per-recipient details are still to be fetched (absent until the source's first details)",
+    ),
+    (
+        "msgtrace_detail_events_total",
+        Kind::Counter,
+        "detail events delivered to every sink",
     ),
 ];
 
@@ -221,4 +233,14 @@ pub fn broken_rows(source: &str, rows: u64) {
 /// A next link was abandoned and its slice re-queried.
 pub fn poisoned_link(source: &str) {
     counter!("msgtrace_poisoned_links_total", "source" => source.to_owned()).increment(1);
+}
+
+/// `source`'s details backlog holds `entries` summary rows now.
+pub fn details_backlog(source: &str, entries: usize) {
+    gauge!("msgtrace_details_backlog", "source" => source.to_owned()).set(entries as f64);
+}
+
+/// `events` detail events of `source` were delivered to every sink.
+pub fn detail_events(source: &str, events: u64) {
+    counter!("msgtrace_detail_events_total", "source" => source.to_owned()).increment(events);
 }

@@ -10,6 +10,7 @@
 //! | `POST /{tenant}/oauth2/v2.0/token` | client credentials, `scope=<audience>/.default` |
 //! | `POST /{tenant}/oauth2/token` | client credentials, `resource=<audience>` (v1: string fields) |
 //! | `GET /v1.0/admin/exchange/tracing/messageTraces` (and `/beta/`) | Graph message trace |
+//! | `GET …/messageTraces/{id}/getDetailsByRecipient(recipientAddress='…')` | Graph detail records of one row ([`SimDetail`], [`TenantModel::details`]) |
 //! | `GET /ecp/reportingwebservice/reporting.svc/MessageTrace` | RWS (path case-insensitive) |
 //! | `GET /health` | 200 |
 //!
@@ -31,6 +32,8 @@
 //! ```
 
 mod auth;
+mod details;
+mod details_endpoint;
 mod example;
 mod model;
 mod query;
@@ -38,9 +41,12 @@ mod server;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_details;
+#[cfg(test)]
 mod tests_late;
 
 pub use auth::{SimIdentity, FEDERATED_AUDIENCE};
+pub use details::SimDetail;
 pub use example::{example_config, SIM_SECRET_VAR};
 pub use model::{
     format_7, format_7z, format_ms_date, format_window, from_ticks, ticks_ceil, ticks_floor,

@@ -160,6 +160,27 @@ pub(crate) fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The inverse of [`splitmix64`]: every step of it is a bijection of `u64` (an addition,
+/// xor-shifts, multiplications by odd constants), undone in reverse order.
+pub(crate) fn unsplitmix64(z: u64) -> u64 {
+    /// The inverse of an odd `m` modulo 2^64 (Newton's iteration doubles the correct bits).
+    const fn inverse(m: u64) -> u64 {
+        let mut x = m;
+        let mut i = 0;
+        while i < 5 {
+            x = x.wrapping_mul(2u64.wrapping_sub(m.wrapping_mul(x)));
+            i += 1;
+        }
+        x
+    }
+    let mut z = z ^ (z >> 31) ^ (z >> 62);
+    z = z.wrapping_mul(inverse(0x94D0_49BB_1331_11EB));
+    z = z ^ (z >> 27) ^ (z >> 54);
+    z = z.wrapping_mul(inverse(0xBF58_476D_1CE4_E5B9));
+    z = z ^ (z >> 30) ^ (z >> 60);
+    z.wrapping_sub(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Hash of a seed and three values with a salt that separates the uses of one (h, k) pair.
 fn hash4(seed: u64, salt: u64, a: u64, b: u64) -> u64 {
     splitmix64(splitmix64(splitmix64(seed ^ splitmix64(salt)) ^ a) ^ b)
@@ -545,7 +566,11 @@ impl TenantModel {
     }
 
     /// Tick bounds of the half-open window `[start, end)` capped at `now`.
-    fn half_open(start: DateTime<Utc>, end: DateTime<Utc>, now: DateTime<Utc>) -> (i64, i64) {
+    pub(crate) fn half_open(
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (i64, i64) {
         let hi = ticks_ceil(end).saturating_sub(1).min(ticks_floor(now));
         (ticks_ceil(start), hi)
     }
@@ -705,6 +730,27 @@ impl TenantModel {
             offset -= skipped as u64;
         }
         self.seek(lo, hi.min(sure), offset, full)
+    }
+
+    /// The row of trace `trace_id` to `recipient` (compared case-insensitively), if the model
+    /// has it: the trace id encodes the message's hour and index, so no row is generated but
+    /// that message's.
+    pub fn row_of(&self, trace_id: &str, recipient: &str) -> Option<SimRow> {
+        let hex: String = trace_id.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let unique = u64::from_str_radix(&hex[16..], 16).ok()?;
+        let key = unsplitmix64(unique) ^ hash4(self.seed, SALT_GUID, 0, 0);
+        let (hour, index) = ((key >> 32) as i64, key as u32);
+        if index >= self.messages_per_hour {
+            return None;
+        }
+        let m = self.message(hour, index);
+        (0..m.recipients)
+            .map(|r| self.build_row(&m, r))
+            .find(|row| row.recipient.eq_ignore_ascii_case(recipient))
+            .filter(|row| row.trace_id.eq_ignore_ascii_case(trace_id))
     }
 
     /// The row at `pos` (which must be valid, see [`TenantModel::is_valid_position`]).
@@ -1294,6 +1340,42 @@ mod tests {
         let page: Vec<SimRow> = m.rows_ticks(lo, hi, Some(pos)).take(5000).collect();
         assert_eq!(page.len(), 5000);
         assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn splitmix64_is_undone() {
+        for x in [0, 1, 42, u64::MAX, 0x9E37_79B9_7F4A_7C15, 1 << 63] {
+            assert_eq!(unsplitmix64(splitmix64(x)), x);
+            assert_eq!(splitmix64(unsplitmix64(x)), x);
+        }
+    }
+
+    #[test]
+    fn a_row_is_found_by_its_trace_id_and_recipient() {
+        let m = model();
+        let rows: Vec<SimRow> = m
+            .rows(
+                t("2024-07-09T10:00:00Z"),
+                t("2024-07-09T12:00:00Z"),
+                t("2030-01-01T00:00:00Z"),
+            )
+            .collect();
+        for row in &rows {
+            assert_eq!(m.row_of(&row.trace_id, &row.recipient).as_ref(), Some(row));
+            assert_eq!(
+                m.row_of(&row.trace_id.to_uppercase(), &row.recipient.to_uppercase())
+                    .as_ref(),
+                Some(row)
+            );
+        }
+        let r = &rows[0];
+        assert_eq!(m.row_of(&r.trace_id, "nobody@contoso.com"), None);
+        assert_eq!(m.row_of("not-a-guid", &r.recipient), None);
+        let mut other = r.trace_id.clone();
+        other.replace_range(0..1, if other.starts_with('0') { "1" } else { "0" });
+        assert_eq!(m.row_of(&other, &r.recipient), None, "another GUID");
+        let other_seed = TenantModel { seed: 8, ..model() };
+        assert_eq!(other_seed.row_of(&r.trace_id, &r.recipient), None);
     }
 
     #[test]

@@ -53,6 +53,79 @@ pub(crate) fn encode_value(v: &str) -> String {
     out
 }
 
+/// The trace id and the recipient of a detail request's path after `…/messageTraces/` (raw,
+/// percent-encoded): `{id}/getDetailsByRecipient(recipientAddress='{address}')`, the function's
+/// name compared case-insensitively, the address an OData string literal (single quotes
+/// doubled) percent-decoded. `None` when the path is not a detail request; `Some(Err)` (the
+/// 400 message) when its literal is malformed.
+pub(crate) fn parse_details_path(rest: &str) -> Option<Result<(String, String), String>> {
+    const FUNCTION: &str = "getdetailsbyrecipient(";
+    let (id, call) = rest.split_once('/')?;
+    if !call.to_ascii_lowercase().starts_with(FUNCTION) {
+        return None;
+    }
+    let args = &call[FUNCTION.len()..];
+    let Some(args) = args.strip_suffix(')') else {
+        return Some(Err(
+            "The function call is not closed: expected `)`.".to_string()
+        ));
+    };
+    let literal = match args.split_once('=') {
+        Some((name, literal)) if name.eq_ignore_ascii_case("recipientAddress") => literal,
+        _ => {
+            return Some(Err(
+                "getDetailsByRecipient takes one parameter, recipientAddress.".to_string(),
+            ))
+        }
+    };
+    let (Some(id), Some(literal)) = (percent_decode(id), percent_decode(literal)) else {
+        return Some(Err(
+            "The path is not valid percent-encoded UTF-8.".to_string()
+        ));
+    };
+    Some(
+        odata_string(&literal)
+            .map(|address| (id, address))
+            .ok_or_else(|| {
+                format!("Invalid recipientAddress {literal}: expected a string in single quotes, each quote in it doubled.")
+            }),
+    )
+}
+
+/// The value of an OData string literal `'…'` (doubled quotes undoubled); `None` when it is not
+/// one (no quotes around it, a quote in it alone, nothing in it).
+fn odata_string(literal: &str) -> Option<String> {
+    let inner = literal.strip_prefix('\'')?.strip_suffix('\'')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\'' && chars.next() != Some('\'') {
+            return None;
+        }
+        out.push(c);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Decodes `%XX` escapes (a `+` stays a `+`: this is a path); `None` for a bad escape or bytes
+/// that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let raw = s.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hex = std::str::from_utf8(raw.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Parses an RFC 3339 instant (any number of fractional digits); without a zone it is UTC.
 pub(crate) fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
@@ -296,6 +369,35 @@ mod tests {
         assert_eq!(SkipToken::decode(&s, 43), None);
         assert_eq!(SkipToken::decode("not-a-token", 42), None);
         assert_eq!(SkipToken::decode(&format!("{s}x"), 42), None);
+    }
+
+    #[test]
+    fn detail_paths_give_their_trace_and_address_decoded() {
+        let ok = |rest: &str| parse_details_path(rest).unwrap().unwrap();
+        assert_eq!(
+            ok("t-1/getDetailsByRecipient(recipientAddress='robert@contoso.com')"),
+            ("t-1".to_string(), "robert@contoso.com".to_string())
+        );
+        assert_eq!(
+            ok("t/getdetailsbyrecipient(RECIPIENTADDRESS='o''neil%2Btag%23x%25y@ex%C3%A4mple.com')").1,
+            "o'neil+tag#x%y@exämple.com"
+        );
+        assert_eq!(
+            ok("t/getDetailsByRecipient(recipientAddress=%27a%27%27b%27)").1,
+            "a'b"
+        );
+        assert_eq!(parse_details_path("t"), None);
+        assert_eq!(parse_details_path("t/other()"), None);
+        for bad in [
+            "t/getDetailsByRecipient(recipientAddress='a'b')",
+            "t/getDetailsByRecipient(recipientAddress=a@b)",
+            "t/getDetailsByRecipient(recipientAddress='')",
+            "t/getDetailsByRecipient(recipientAddress='a@b'",
+            "t/getDetailsByRecipient(address='a@b')",
+            "t/getDetailsByRecipient(recipientAddress='%ZZ')",
+        ] {
+            assert!(parse_details_path(bad).unwrap().is_err(), "{bad}");
+        }
     }
 
     #[test]

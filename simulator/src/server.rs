@@ -19,7 +19,9 @@ use super::model::{
     format_ms_date, format_window, from_ticks, splitmix64, ticks_floor, GraphRow, LateRows,
     Position, RwsRow, SimRow, TenantModel, TICKS_PER_HOUR,
 };
-use super::query::{encode_value, parse_graph_filter, parse_rws_filter, Params, SkipToken};
+use super::query::{
+    encode_value, parse_details_path, parse_graph_filter, parse_rws_filter, Params, SkipToken,
+};
 
 /// Graph: longest `$filter` window accepted.
 pub const GRAPH_MAX_WINDOW_DAYS: i64 = 10;
@@ -134,6 +136,10 @@ pub struct SimConfig {
     /// A deterministic fault schedule: every `every`-th data request gets the next fault of the
     /// list, cyclically (on top of faults injected one by one). `None` = none (default).
     pub fault_schedule: Option<FaultSchedule>,
+    /// Records per page of the detail endpoint (`getDetailsByRecipient`), the rest behind an
+    /// `@odata.nextLink` with `$skiptoken`; `None` (default) = every record in one page, as
+    /// Microsoft's sample.
+    pub detail_page_size: Option<usize>,
     /// actix worker threads (default 2).
     pub workers: usize,
     /// Secretless sign-in: a federated credential on the application and the managed identity
@@ -213,6 +219,7 @@ impl Default for SimConfig {
             graph_service_principal_missing: false,
             late: None,
             fault_schedule: None,
+            detail_page_size: None,
             workers: 2,
             identity: SimIdentity::default(),
         }
@@ -260,6 +267,11 @@ pub struct SimStats {
     pub other_app_requests: u64,
     /// Requests of the other application the quota refused.
     pub other_app_refused: u64,
+    /// Requests to the detail endpoint (`getDetailsByRecipient`), whatever their outcome; they
+    /// are data requests too (counted in `data_requests`, and by the quota).
+    pub detail_requests: u64,
+    /// Detail records served (status 200).
+    pub detail_records_served: u64,
 }
 
 /// The live counters behind [`SimStats`].
@@ -275,6 +287,8 @@ pub(crate) struct Counters {
     pub throttled: AtomicU64,
     pub other_app_requests: AtomicU64,
     pub other_app_refused: AtomicU64,
+    pub detail_requests: AtomicU64,
+    pub detail_records_served: AtomicU64,
 }
 
 impl Counters {
@@ -295,6 +309,8 @@ impl Counters {
             throttled: g(&self.throttled),
             other_app_requests: g(&self.other_app_requests),
             other_app_refused: g(&self.other_app_refused),
+            detail_requests: g(&self.detail_requests),
+            detail_records_served: g(&self.detail_records_served),
         }
     }
 }
@@ -355,7 +371,7 @@ impl State {
     }
 
     /// Tells the observer, if any, of a data request (before it is answered).
-    fn observe(&self, req: &HttpRequest) {
+    pub(crate) fn observe(&self, req: &HttpRequest) {
         let observer = self
             .observer
             .0
@@ -396,7 +412,7 @@ impl State {
     }
 
     /// Takes the next injected fault if it replaces the whole answer (a body fault).
-    fn take_body_fault(&self) -> Option<HttpResponse> {
+    pub(crate) fn take_body_fault(&self) -> Option<HttpResponse> {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let answer = match faults.front()? {
             SimFault::Body {
@@ -428,7 +444,7 @@ impl State {
     }
 
     /// Queues the scheduled fault of this data request, if it has one.
-    fn schedule_fault(&self) {
+    pub(crate) fn schedule_fault(&self) {
         let Some(sched) = &self.config.fault_schedule else {
             return;
         };
@@ -729,6 +745,17 @@ async fn dispatch(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         if is_get && path == format!("/{version}/admin/exchange/tracing/messagetraces") {
             return graph(&req, &state, version).await;
         }
+        if !is_get {
+            continue;
+        }
+        let prefix = format!("/{version}/admin/exchange/tracing/messagetraces/");
+        if let Some(asked) = path
+            .starts_with(&prefix)
+            .then(|| parse_details_path(&req.path()[prefix.len()..]))
+            .flatten()
+        {
+            return super::details_endpoint::graph_details(&req, &state, version, asked).await;
+        }
     }
     HttpResponse::NotFound()
         .content_type("text/plain")
@@ -736,7 +763,7 @@ async fn dispatch(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
 }
 
 /// `scheme://host` of the request as the client addressed it (Host header).
-fn origin(req: &HttpRequest) -> String {
+pub(crate) fn origin(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
 }
@@ -755,7 +782,7 @@ fn with_retry_after(
 // Graph
 
 /// `{"error":{"code","message","innerError":{"date","request-id","client-request-id"}}}`.
-fn graph_error(
+pub(crate) fn graph_error(
     req: &HttpRequest,
     state: &State,
     status: StatusCode,
@@ -765,7 +792,7 @@ fn graph_error(
     graph_error_retry(req, state, status, code, message, None)
 }
 
-fn graph_error_retry(
+pub(crate) fn graph_error_retry(
     req: &HttpRequest,
     state: &State,
     status: StatusCode,
@@ -823,7 +850,7 @@ struct InnerError {
     client_request_id: String,
 }
 
-fn bad_request(req: &HttpRequest, state: &State, message: &str) -> HttpResponse {
+pub(crate) fn bad_request(req: &HttpRequest, state: &State, message: &str) -> HttpResponse {
     graph_error(req, state, StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
@@ -867,7 +894,7 @@ fn parse_top(params: &Params, max: u32) -> Result<u32, String> {
     }
 }
 
-fn graph_code(status: StatusCode) -> &'static str {
+pub(crate) fn graph_code(status: StatusCode) -> &'static str {
     match status.as_u16() {
         429 => "TooManyRequests",
         503 => "ServiceUnavailable",
@@ -947,7 +974,7 @@ fn graph_query<'a>(
 
 /// Refusals common to both data endpoints before the query is read: injected faults, then
 /// authentication (`authorized`), then the quota. `Err` carries (status, Retry-After, message).
-async fn gate(
+pub(crate) async fn gate(
     state: &State,
     authorized: impl FnOnce() -> Result<(), String>,
 ) -> Result<(), (StatusCode, Option<u64>, String)> {
@@ -975,32 +1002,36 @@ async fn gate(
 }
 
 /// The configured per-page latency (after validation: error answers are not delayed).
-async fn page_latency(state: &State) {
+pub(crate) async fn page_latency(state: &State) {
     if state.config.page_latency_ms > 0 {
         actix_rt::time::sleep(Duration::from_millis(state.config.page_latency_ms)).await;
     }
+}
+
+/// Whether a Graph data request may be answered: its bearer token, and the tenant's service
+/// principal of the message trace app.
+pub(crate) fn graph_authorized(req: &HttpRequest, state: &State) -> Result<(), String> {
+    let cfg = &state.config;
+    state
+        .check_bearer(req, Api::Graph)
+        .map_err(|e| e.message().to_string())?;
+    if cfg.graph_service_principal_missing {
+        return Err(format!(
+            "Service principal-less Authentication failed: the service principal for application 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373 was not found in tenant '{}'.",
+            cfg.tenant_id
+        ));
+    }
+    Ok(())
 }
 
 async fn graph(req: &HttpRequest, state: &State, version: &str) -> HttpResponse {
     state.observe(req);
     state.schedule_fault();
     let cfg = &state.config;
-    let authorized = || {
-        state
-            .check_bearer(req, Api::Graph)
-            .map_err(|e| e.message().to_string())?;
-        if cfg.graph_service_principal_missing {
-            return Err(format!(
-                "Service principal-less Authentication failed: the service principal for application 8bd644d1-64a1-4d4b-ae52-2e0cbf64e373 was not found in tenant '{}'.",
-                cfg.tenant_id
-            ));
-        }
-        Ok(())
-    };
     if let Some(answer) = state.take_body_fault() {
         return answer;
     }
-    if let Err((status, retry, message)) = gate(state, authorized).await {
+    if let Err((status, retry, message)) = gate(state, || graph_authorized(req, state)).await {
         return graph_error_retry(req, state, status, graph_code(status), &message, retry);
     }
     let params = Params::parse(req.query_string());

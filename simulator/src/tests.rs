@@ -18,22 +18,22 @@ fn config() -> SimConfig {
     }
 }
 
-fn start(config: SimConfig) -> SimServer {
+pub(super) fn start(config: SimConfig) -> SimServer {
     SimServer::start(config, "127.0.0.1:0".parse().expect("addr")).expect("server starts")
 }
 
-fn run<F: std::future::Future>(f: F) -> F::Output {
+pub(super) fn run<F: std::future::Future>(f: F) -> F::Output {
     actix_rt::System::new().block_on(f)
 }
 
-fn client() -> awc::Client {
+pub(super) fn client() -> awc::Client {
     awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .finish()
 }
 
 /// A past window of `hours` whole hours ending one hour before the current hour.
-fn past_window(hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+pub(super) fn past_window(hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
     let end = Utc::now()
         .duration_trunc(chrono::Duration::hours(1))
         .expect("trunc")
@@ -41,7 +41,7 @@ fn past_window(hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
     (end - chrono::Duration::hours(hours), end)
 }
 
-async fn send_get(
+pub(super) async fn send_get(
     client: &awc::Client,
     url: &str,
     auth: Option<(&str, &str)>,
@@ -64,7 +64,7 @@ async fn send_get(
     )
 }
 
-async fn get_json(client: &awc::Client, url: &str, token: &str) -> (StatusCode, Value) {
+pub(super) async fn get_json(client: &awc::Client, url: &str, token: &str) -> (StatusCode, Value) {
     let bearer = format!("Bearer {token}");
     let (status, body, _) = send_get(client, url, Some(("Authorization", &bearer))).await;
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
@@ -81,7 +81,7 @@ async fn post_form(client: &awc::Client, url: &str, form: &[(&str, &str)]) -> (S
     (res.status(), body)
 }
 
-async fn token(client: &awc::Client, server: &SimServer, audience: &str) -> String {
+pub(super) async fn token(client: &awc::Client, server: &SimServer, audience: &str) -> String {
     let cfg = server.config();
     let scope = format!("{audience}/.default");
     let (status, body) = post_form(

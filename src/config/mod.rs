@@ -53,6 +53,7 @@ use url::Url;
 
 /// Signature algorithm of a certificate client assertion (`assertion_alg`).
 pub use msgtrace_actors::assertion::AssertionAlg;
+pub use msgtrace_actors::dialect::details::DetailsMode;
 pub use msgtrace_actors::dialect::Api;
 /// How failed requests are retried (`[sources.<id>.retry]`): the fetcher's own policy, which
 /// validation builds (`retry.type`, `initial_interval_ms` at most 20 s, `limit` at most 20,
@@ -129,6 +130,9 @@ pub struct SourceConfig {
     pub fields: BTreeMap<String, serde_json::Value>,
     /// `true` keeps rows whose time falls outside the requested window.
     pub disable_time_filter: bool,
+    /// Which rows have their per-recipient details fetched (Graph only): none, the rows not
+    /// delivered, or all.
+    pub details: DetailsMode,
     /// Optional mapping of rows to a common schema.
     pub normalize: Option<Normalize>,
     /// The organisation's domains, lower-cased, for `email.direction` when normalizing to ECS.

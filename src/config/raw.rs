@@ -76,6 +76,8 @@ pub struct RawSource {
     pub fields: Option<BTreeMap<String, RawFieldValue>>,
     /// `disable_time_filter`: keep rows outside the window.
     pub disable_time_filter: Option<bool>,
+    /// `details`: none | not_delivered | all (Graph only).
+    pub details: Option<String>,
     /// `normalize`: "ecs".
     pub normalize: Option<String>,
     /// `local_domains`: the organisation's domains, for ECS `email.direction`.

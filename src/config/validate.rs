@@ -466,6 +466,7 @@ impl Cx<'_> {
         let page_size = self.page_size(&p, raw, api);
         let reread = self.duration(&at("reread"), raw.reread.as_ref(), Duration::ZERO);
         let quota = self.quota(&p, raw, api);
+        let details = self.details(&p, raw, api);
         let tags = raw.tags.clone().unwrap_or_default();
         for (i, tag) in tags.iter().enumerate() {
             if tag.trim().is_empty() {
@@ -503,6 +504,7 @@ impl Cx<'_> {
             tags,
             fields,
             disable_time_filter: raw.disable_time_filter.unwrap_or(false),
+            details,
             normalize,
             local_domains,
             log_level,
@@ -656,6 +658,30 @@ impl Cx<'_> {
             None => Some(1000),
             Some(n) => self.int_in(&at("page_size"), n, 1, max_page, &page_hint),
         }
+    }
+
+    /// `details`: none (default), not_delivered or all; Graph only (the Reporting Web Service
+    /// has no detail request).
+    fn details(&mut self, p: &str, raw: &RawSource, api: Api) -> DetailsMode {
+        let at = join(p, "details");
+        let modes = [
+            ("none", DetailsMode::None),
+            ("not_delivered", DetailsMode::NotDelivered),
+            ("all", DetailsMode::All),
+        ];
+        let mode = self
+            .choice(&at, raw.details.as_deref(), &modes)
+            .unwrap_or_default();
+        if api == Api::Reporting && mode != DetailsMode::None {
+            self.error(
+                &at,
+                format!(
+                    "details = \"{}\" needs api = \"graph\" (the Reporting Web Service has no per-recipient detail request); remove details, or use api = \"graph\"",
+                    mode.as_str()
+                ),
+            );
+        }
+        mode
     }
 
     /// `quota`: Graph's 100 requests per 5 minutes by default; none for the Reporting Web Service.

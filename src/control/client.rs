@@ -74,6 +74,14 @@ impl StateDir {
         }
     }
 
+    /// Every source's details backlog that is not empty.
+    pub fn details_backlogs(&self) -> Result<Vec<super::DetailsBacklog>, AccessError> {
+        match self {
+            StateDir::Open(store) => Ok(super::DetailsBacklog::of(store)?),
+            StateDir::Live(live) => live.json("/api/details"),
+        }
+    }
+
     /// The secret store's names and kinds.
     pub fn secrets(&self) -> Result<Vec<(String, SecretKind)>, AccessError> {
         match self {

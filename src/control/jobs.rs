@@ -133,6 +133,13 @@ pub fn render_text(jobs: &[JobRecord]) -> String {
                 },
             );
         }
+        if j.detail_rows > 0 {
+            let _ = writeln!(
+                s,
+                "    details of {} rows: {} events",
+                j.detail_rows, j.detail_events
+            );
+        }
         for (g0, g1) in &j.gaps {
             let _ = writeln!(
                 s,
@@ -144,6 +151,20 @@ pub fn render_text(jobs: &[JobRecord]) -> String {
         for e in &j.errors {
             let _ = writeln!(s, "    error: {e}");
         }
+    }
+    s
+}
+
+/// The details backlogs beneath the jobs in `msgtrace jobs`: a line per source with summary
+/// rows whose details are still to be fetched; nothing when there are none.
+pub fn render_backlogs(backlogs: &[super::DetailsBacklog]) -> String {
+    let mut s = String::new();
+    if backlogs.is_empty() {
+        return s;
+    }
+    s.push_str("\nDETAILS BACKLOG (summary rows whose details are still to be fetched)\n");
+    for b in backlogs {
+        s.push_str(&format!("{:<12} {:>9}\n", b.source, b.entries));
     }
     s
 }
@@ -210,6 +231,21 @@ mod tests {
             })
             .len(),
             4
+        );
+    }
+
+    #[test]
+    fn backlogs_are_listed_beneath_the_jobs_when_there_are_any() {
+        assert_eq!(render_backlogs(&[]), "");
+        let text = render_backlogs(&[super::super::DetailsBacklog {
+            source: "contoso".into(),
+            entries: 42,
+        }]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("DETAILS BACKLOG"), "{text}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["contoso", "42"]
         );
     }
 

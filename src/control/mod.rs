@@ -13,6 +13,7 @@
 //! | `/api/jobs` | the job records, exactly what `msgtrace jobs --json` prints (`?source=`, `?state=`, `?last=` filter as its flags do) |
 //! | `/api/secrets` | the secret store's names and kinds, never a value |
 //! | `/api/dump` | exactly what `msgtrace-dump --json` prints, secrets redacted (`?tree=NAME`; `?format=text`: its text view) |
+//! | `/api/details` | each source's details backlog: summary rows whose details are still to be fetched ([`DetailsBacklog`]) |
 
 pub mod client;
 pub mod jobs;
@@ -63,6 +64,29 @@ pub struct SourceView {
     pub restarts: u32,
     /// The tenant's request budget and what is left of it.
     pub quota: Option<QuotaView>,
+    /// Summary rows whose details are still to be fetched (`details`).
+    #[serde(default)]
+    pub details_backlog: usize,
+}
+
+/// A source's details backlog, as `/api/details` lists it and `msgtrace jobs` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailsBacklog {
+    /// The source id.
+    pub source: String,
+    /// Summary rows whose details are still to be fetched.
+    pub entries: usize,
+}
+
+impl DetailsBacklog {
+    /// Every source's backlog that is not empty, by source id.
+    pub fn of(store: &Store) -> Result<Vec<DetailsBacklog>, msgtrace_storage::StorageError> {
+        Ok(store
+            .details_backlogs()?
+            .into_iter()
+            .map(|(source, entries)| DetailsBacklog { source, entries })
+            .collect())
+    }
 }
 
 /// A job in a line.
@@ -139,6 +163,7 @@ pub fn source_views(
                 }),
                 last_error,
                 restarts: s.restarts,
+                details_backlog: store.details_backlog(&s.source),
                 quota: s.quota.map(|q| QuotaView {
                     requests: q.spec.requests,
                     per_secs: q.spec.per.as_secs(),
@@ -313,7 +338,8 @@ fn routes(supervisor: actix::Addr<Supervisor>, store: crate::listener::StoreSlot
                     .route("/api/sources", web::get().to(sources))
                     .route("/api/jobs", web::get().to(jobs_json))
                     .route("/api/secrets", web::get().to(secrets))
-                    .route("/api/dump", web::get().to(dump_text)),
+                    .route("/api/dump", web::get().to(dump_text))
+                    .route("/api/details", web::get().to(details_backlogs)),
             )
             .service(
                 web::scope("")
@@ -419,6 +445,13 @@ async fn jobs_json(engine: web::Data<Engine>, query: web::Query<jobs::JobFilter>
         Ok(body) => HttpResponse::Ok()
             .content_type("application/json")
             .body(body),
+        Err(r) => r,
+    }
+}
+
+async fn details_backlogs(engine: web::Data<Engine>) -> HttpResponse {
+    match read(&engine, |store| Ok(DetailsBacklog::of(store)?)).await {
+        Ok(list) => HttpResponse::Ok().json(list),
         Err(r) => r,
     }
 }

@@ -181,6 +181,7 @@ mod tests {
             last_error: Some(evil.into()),
             restarts: 0,
             quota: None,
+            details_backlog: 0,
         };
         let mut job = JobRecord::new("src", "src-1", JobKind::Scheduled, now());
         job.errors.push(evil.into());
@@ -212,6 +213,7 @@ mod tests {
                 per_secs: 300,
                 remaining: 97,
             }),
+            details_backlog: 0,
         };
         let jobs: Vec<JobRecord> = (0..30)
             .map(|n| {

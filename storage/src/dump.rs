@@ -125,6 +125,8 @@ pub fn print(store: &Store, only: Option<&str>, json: bool) -> Result<Option<Str
     Ok(Some(if json {
         // A tree of `serde_json::Value`s with string keys always serializes.
         serde_json::to_string_pretty(&trees).unwrap_or_default() + "\n"
+    } else if only.is_none_or(|t| t == crate::DETAILS) {
+        render_text(&trees) + &render_backlogs(&store.details_backlogs()?)
     } else {
         render_text(&trees)
     }))
@@ -148,6 +150,19 @@ pub fn render_text(trees: &[DumpTree]) -> String {
                 Some(ver) => s.push_str(&format!("{} [v{}] {}\n", r.key, ver, v)),
                 None => s.push_str(&format!("{} {}\n", r.key, v)),
             }
+        }
+    }
+    s
+}
+
+/// The details backlog of each source, in a line each (`msgtrace-dump`'s text ends with it when
+/// there is one).
+pub fn render_backlogs(backlogs: &[(String, usize)]) -> String {
+    let mut s = String::new();
+    if !backlogs.is_empty() {
+        s.push_str("== details backlog per source\n");
+        for (source, n) in backlogs {
+            s.push_str(&format!("{source} {n}\n"));
         }
     }
     s
@@ -185,5 +200,34 @@ mod tests {
         assert!(!json.contains("hunter2"));
         let only = dump(&store, Some("misc")).unwrap();
         assert_eq!(only.len(), 1);
+    }
+
+    #[test]
+    fn the_text_ends_with_the_details_backlog_per_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let plain = print(&store, None, false).unwrap().unwrap();
+        assert!(!plain.contains("details backlog"), "{plain}");
+        let entry = crate::DetailEntry {
+            received: chrono::DateTime::from_timestamp(0, 0).unwrap(),
+            trace_id: "t".into(),
+            recipient: "r@x".into(),
+            status: "Failed".into(),
+        };
+        store
+            .write(&crate::Commit {
+                source: "contoso",
+                details: &[entry],
+                ..crate::Commit::default()
+            })
+            .unwrap();
+        let text = print(&store, None, false).unwrap().unwrap();
+        assert!(text.contains("== tree details (1 records)"), "{text}");
+        assert!(
+            text.ends_with("== details backlog per source\ncontoso 1\n"),
+            "{text}"
+        );
+        let only = print(&store, Some("checkpoints"), false).unwrap().unwrap();
+        assert!(!only.contains("details backlog"), "{only}");
     }
 }

@@ -8,6 +8,7 @@
 //! | `jobs` | `<source>\0<job id>` | [`JobRecord`] |
 //! | `meta` | `schema` | the layout version of the directory (checked at open) |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
+//! | `details`, `details_seen` | see [`details`] | the details backlog and the identities of the detail records delivered |
 //!
 //! Beside the database, the marker [`layout::MARKER`] says that the directory holds a database
 //! (so that one emptied or deleted is refused, not silently started over), `sinks/` how far
@@ -18,6 +19,7 @@
 //! state directory and a human can read the dump. This crate knows nothing of actix or TOML.
 #![deny(missing_docs)]
 
+pub mod details;
 pub mod dump;
 pub mod layout;
 pub mod marks;
@@ -28,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use details::{DetailEntry, DetailRecordId};
 pub use record::{Checkpoint, FileMark, InFlight, JobKind, JobRecord, JobState, TaskRecord};
 pub use spool::Spool;
 
@@ -126,6 +129,8 @@ pub struct Store {
     checkpoints: sled::Tree,
     jobs: sled::Tree,
     seen: sled::Tree,
+    details: sled::Tree,
+    details_seen: sled::Tree,
     flushes: Arc<FlushGate>,
 }
 
@@ -153,6 +158,9 @@ pub struct Commit<'a> {
     pub job: Option<&'a JobRecord>,
     /// Rows delivered, for the identity index (only when re-reading is on).
     pub seen: &'a [SeenEntry],
+    /// Rows delivered whose details are to be fetched: added to the details backlog
+    /// ([`details`]) with the page's checkpoint, so that a crash loses neither or repeats both.
+    pub details: &'a [DetailEntry],
 }
 
 /// A delivered row in the identity index: its identity, received time and status.
@@ -177,6 +185,8 @@ impl std::fmt::Debug for Store {
 const CHECKPOINTS: &str = "checkpoints";
 const JOBS: &str = "jobs";
 const SEEN: &str = "seen";
+pub(crate) const DETAILS: &str = "details";
+const DETAILS_SEEN: &str = "details_seen";
 const META: &str = "meta";
 
 impl Store {
@@ -226,6 +236,8 @@ impl Store {
         let checkpoints = db.open_tree(CHECKPOINTS).map_err(sled_err)?;
         let jobs = db.open_tree(JOBS).map_err(sled_err)?;
         let seen = db.open_tree(SEEN).map_err(sled_err)?;
+        let details = db.open_tree(DETAILS).map_err(sled_err)?;
+        let details_seen = db.open_tree(DETAILS_SEEN).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
         match meta.get("schema").map_err(sled_err)? {
             None if had_database => return Err(StorageError::Lost { dir }),
@@ -261,6 +273,8 @@ impl Store {
             checkpoints,
             jobs,
             seen,
+            details,
+            details_seen,
             flushes: Arc::default(),
         })
     }
@@ -325,8 +339,18 @@ impl Store {
             .iter()
             .map(|e| (seen_key(commit.source, e), record::encode_seen(&e.status)))
             .collect();
-        (&self.checkpoints, &self.jobs, &self.seen)
-            .transaction(|(cps, jobs, seen_tree)| {
+        let details: Vec<(Vec<u8>, Vec<u8>)> = commit
+            .details
+            .iter()
+            .map(|e| {
+                (
+                    details::entry_key(commit.source, e),
+                    record::encode_detail_entry(e),
+                )
+            })
+            .collect();
+        (&self.checkpoints, &self.jobs, &self.seen, &self.details)
+            .transaction(|(cps, jobs, seen_tree, backlog)| {
                 if let Some((k, v)) = &cp {
                     cps.insert(k.as_slice(), v.as_slice())?;
                 }
@@ -336,14 +360,22 @@ impl Store {
                 for (k, v) in &seen {
                     seen_tree.insert(k.as_slice(), v.as_slice())?;
                 }
+                for (k, v) in &details {
+                    backlog.insert(k.as_slice(), v.as_slice())?;
+                }
                 Ok(())
             })
-            .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                sled::transaction::TransactionError::Storage(e) => self.sled_err(e),
-                sled::transaction::TransactionError::Abort(()) => {
-                    self.sled_err(sled::Error::Unsupported("transaction aborted".into()))
-                }
-            })
+            .map_err(|e| self.transaction_err(e))
+    }
+
+    /// A failed transaction as a [`StorageError`] (no transaction of this crate aborts).
+    fn transaction_err(&self, e: sled::transaction::TransactionError<()>) -> StorageError {
+        match e {
+            sled::transaction::TransactionError::Storage(e) => self.sled_err(e),
+            sled::transaction::TransactionError::Abort(()) => {
+                self.sled_err(sled::Error::Unsupported("transaction aborted".into()))
+            }
+        }
     }
 
     /// The status last delivered for a row identity, if the identity index has it.
@@ -839,6 +871,7 @@ mod tests {
                                     checkpoint: Some((&name, &cp)),
                                     job: Some(&job),
                                     seen: &[],
+                                    details: &[],
                                 },
                                 true,
                             )
@@ -874,7 +907,7 @@ mod tests {
         assert_eq!(n, 200);
     }
 
-    fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
+    pub(crate) fn futures_block_on<F: std::future::Future>(f: F) -> F::Output {
         // A minimal executor: sled's flush_async completes on its own threads.
         use std::sync::Arc;
         use std::task::{Context, Poll, Wake, Waker};

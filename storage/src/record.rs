@@ -156,6 +156,13 @@ pub struct JobRecord {
     /// Rows delivered again because their status changed (marked `_update`).
     #[serde(default)]
     pub updates: u64,
+    /// Rows whose details this job fetched and delivered (`details`, by `--once` and backfill
+    /// jobs; under `msgtrace run` the detail worker does it beside the jobs).
+    #[serde(default)]
+    pub detail_rows: u64,
+    /// Detail events this job delivered.
+    #[serde(default)]
+    pub detail_events: u64,
     /// Spans that could not be collected (older than the API keeps), `[start, end)`.
     #[serde(default)]
     pub gaps: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -185,6 +192,8 @@ impl JobRecord {
             throttled: 0,
             known: 0,
             updates: 0,
+            detail_rows: 0,
+            detail_events: 0,
             gaps: Vec::new(),
             errors: Vec::new(),
             started_at: now,
@@ -269,6 +278,38 @@ pub fn decode_seen(bytes: &[u8]) -> Result<String, String> {
         Ok(SeenRecord::V1 { status }) => Ok(status),
         Err(e) => Err(e.to_string()),
     }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum DetailEntryRecord {
+    #[serde(rename = "1")]
+    V1(crate::DetailEntry),
+}
+
+/// Encodes a details backlog entry with its version tag.
+pub fn encode_detail_entry(entry: &crate::DetailEntry) -> Vec<u8> {
+    serde_json::to_vec(&DetailEntryRecord::V1(entry.clone())).expect("detail entry serializes")
+}
+
+/// Decodes a details backlog entry.
+pub fn decode_detail_entry(bytes: &[u8]) -> Result<crate::DetailEntry, String> {
+    match serde_json::from_slice::<DetailEntryRecord>(bytes) {
+        Ok(DetailEntryRecord::V1(e)) => Ok(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "version")]
+enum DetailSeenRecord {
+    #[serde(rename = "1")]
+    V1 {},
+}
+
+/// The value of a delivered detail record's identity (its key says everything): a version tag.
+pub fn encode_detail_seen() -> Vec<u8> {
+    serde_json::to_vec(&DetailSeenRecord::V1 {}).expect("detail identity serializes")
 }
 
 /// Encodes a checkpoint with its version tag.

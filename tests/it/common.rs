@@ -230,7 +230,8 @@ pub fn opts() -> EngineOptions {
     EngineOptions::default()
 }
 
-/// Counts each (trace id, recipient) identity in an NDJSON file.
+/// Counts each (trace id, recipient) identity of the summary rows in an NDJSON file (detail
+/// events, `_detail: true`, are not rows).
 pub fn identities(path: &Path, api: Api) -> HashMap<(String, String), usize> {
     let (a, b) = api.identity_fields();
     let mut m = HashMap::new();
@@ -238,6 +239,9 @@ pub fn identities(path: &Path, api: Api) -> HashMap<(String, String), usize> {
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("line {} not JSON: {e}", i + 1));
+        if v["_detail"] == true {
+            continue;
+        }
         let key = (
             v[a].as_str().expect("identity field").to_owned(),
             v[b].as_str().expect("identity field").to_owned(),
@@ -329,6 +333,129 @@ impl Rng {
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
     }
+}
+
+/// A collection of source `src` (one file sink) under SIGKILLs ([`crash_collect`]).
+pub struct Crash<'a> {
+    /// Which API.
+    pub api: Api,
+    /// SIGKILLs before the run left alone.
+    pub kills_wanted: u32,
+    /// `start` of the source.
+    pub start: &'a str,
+    /// `end` of the source.
+    pub end: &'a str,
+    /// `page_size`.
+    pub page_size: u32,
+    /// More TOML lines for the source table ([`Scenario::extra`]).
+    pub extra: &'a str,
+}
+
+/// What a [`crash_collect`] left: its directory (state in `state`, output in `out`), the kills,
+/// and the window collected.
+pub struct Crashed {
+    /// Holds the state directory and the output.
+    pub dir: tempfile::TempDir,
+    /// The state directory.
+    pub state: std::path::PathBuf,
+    /// The NDJSON output.
+    pub out: std::path::PathBuf,
+    /// SIGKILLs made.
+    pub kills: u32,
+    /// The window collected over every run: the first job's start to the cursor.
+    pub window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+}
+
+/// The crash test: collects `c` from `sim` with the `msgtrace` binary killed at random moments
+/// ([`kill_repeatedly`]), then checks that every row of the window is in the output, none
+/// extra, and at most one page twice per kill.
+pub fn crash_collect(sim: &SimServer, c: &Crash) -> Crashed {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg_path = dir.path().join("msgtrace.toml");
+    let scenario = Scenario {
+        api: c.api,
+        state_dir: &state,
+        out: &out,
+        start: c.start,
+        end: c.end,
+        page_size: c.page_size,
+        extra: c.extra,
+    };
+    std::fs::write(&cfg_path, config_toml(sim, &scenario)).unwrap();
+    let kills = kill_repeatedly(&cfg_path, c.kills_wanted, "crash test");
+
+    let store = msgtrace::storage::Store::open(&state).unwrap();
+    let cp = store.checkpoint("src").unwrap().expect("checkpoint");
+    assert!(cp.in_flight.is_none());
+    let jobs = store.jobs(Some("src")).unwrap();
+    let start = jobs
+        .iter()
+        .filter_map(|j| j.window_start)
+        .min()
+        .expect("a job had a window");
+    let end = cp.cursor.expect("cursor");
+    let expected = sim.model().expected(start, end, chrono::Utc::now());
+    let got = identities(&out, c.api);
+    let (missing, extra, dups) = compare(&got, &expected);
+    eprintln!(
+        "crash test ({:?}): {kills} SIGKILLs, {} expected rows, {missing} missing, {extra} extra, {dups} duplicates (pages in flight at a kill), {} jobs",
+        c.api,
+        expected.len(),
+        jobs.len()
+    );
+    assert_eq!((missing, extra), (0, 0));
+    assert!(
+        dups <= kills as usize * c.page_size as usize,
+        "{dups} duplicates is more than one page per kill"
+    );
+    drop(store);
+    Crashed {
+        dir,
+        state,
+        out,
+        kills,
+        window: (start, end),
+    }
+}
+
+/// The crash test's run: `msgtrace run --once -c cfg` as a child process, killed with SIGKILL
+/// 80 to 400 ms after each start (seeded under `label`, see [`Rng`]) until `kills_wanted` kills
+/// (or two minutes), then run once more, left alone, to finish the collection. Returns the
+/// kills; fails when a run fails on its own, or the collection ends before the kills.
+pub fn kill_repeatedly(cfg: &Path, kills_wanted: u32, label: &str) -> u32 {
+    use std::time::{Duration, Instant};
+    let mut rng = Rng::seeded(label);
+    let started = Instant::now();
+    let mut kills = 0;
+    let mut finished_early = 0;
+    while kills < kills_wanted && started.elapsed() < Duration::from_secs(120) {
+        let mut child = spawn_run_once(cfg);
+        std::thread::sleep(Duration::from_millis(rng.range(80, 400)));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                // The collection finished before the kill: nothing left to interrupt.
+                assert!(status.success(), "child failed on its own: {status}");
+                finished_early += 1;
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    // The last run, left alone, finishes the collection.
+    let status = spawn_run_once(cfg).wait().unwrap();
+    assert!(status.success(), "final run failed: {status}");
+    assert_eq!(
+        finished_early, 0,
+        "collection ended before {kills_wanted} kills; make it longer"
+    );
+    assert!(kills >= kills_wanted, "only {kills} kills");
+    kills
 }
 
 /// Starts `msgtrace run --once -c cfg` as a child process, quiet.

@@ -169,6 +169,7 @@ fn minimal_config_gets_every_default() {
     );
     assert!(s.tags.is_empty() && s.fields.is_empty() && s.local_domains.is_empty());
     assert!(!s.disable_time_filter);
+    assert_eq!(s.details, msgtrace::config::DetailsMode::None);
     assert_eq!(s.normalize, None);
     assert_eq!(s.log_level, None);
     assert_eq!(s.request_timeout, Some(Duration::from_secs(300)));

@@ -12,6 +12,7 @@ mod collect;
 mod config_validate;
 mod control;
 mod crash;
+mod details;
 mod embed;
 mod hostile;
 mod http_sink;

@@ -1,5 +1,6 @@
 //! The page client: one page fetched with retries, token refresh and the request budget, its
-//! body kept in the spool, parsed off the fetcher's thread.
+//! body kept in the spool, parsed off the fetcher's thread. The same client fetches the pages of
+//! a row's details ([`Fetch::Details`]), at the budget's low priority.
 
 use super::*;
 
@@ -17,9 +18,24 @@ pub(super) struct Fetched {
 /// called again with an empty body when that body does not parse.
 pub(super) type OnBody<'a> = &'a mut dyn FnMut(&[u8], &url::Url);
 
+/// What a request fetches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fetch {
+    /// A page of the summary (message traces): the budget's normal priority.
+    Summary,
+    /// A page of one row's details (`getDetailsByRecipient`): the budget's low priority
+    /// ([`crate::quota::acquire_low`]), parsed as detail records.
+    Details,
+}
+
+/// Rows-in-flight a detail page takes (a route has a few records).
+const DETAIL_PAGE_ROWS: u32 = 100;
+
 /// What becomes of a fetched page's body besides its rows.
 #[derive(Clone)]
 pub(super) struct PageUse {
+    /// What the page is.
+    pub(super) fetch: Fetch,
     /// With a plan, the thread that parses the page also makes it ready for the sinks
     /// ([`make_ready`]).
     pub(super) plan: Option<Arc<PagePlan>>,
@@ -131,10 +147,14 @@ impl PageRequest<'_, '_> {
     /// This page's share of the rows-in-flight budget (taken before the token: a long wait must
     /// not age it); given back after its commit, or before a retry's wait.
     async fn row_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, FetchError> {
+        let rows = match self.page_use.fetch {
+            Fetch::Summary => self.env.spec.page_size,
+            Fetch::Details => DETAIL_PAGE_ROWS,
+        };
         self.env
             .shared
             .rows_in_flight
-            .take(self.env.spec.page_size)
+            .take(rows)
             .await
             .ok_or(FetchError::Stopping)
     }
@@ -149,7 +169,7 @@ impl PageRequest<'_, '_> {
         // The budget first: a long wait must not age the token taken for this request. The
         // place is held until the answer comes (dropped), or given back as a 429.
         let permit = match &self.env.quota {
-            Some(gate) => Some(wait_for_budget(&spec.id, gate).await),
+            Some(gate) => Some(wait_for_budget(&spec.id, gate, self.page_use.fetch).await),
             None => None,
         };
         let slot = self.row_slot().await?;
@@ -222,8 +242,11 @@ impl PageRequest<'_, '_> {
         let spec = &self.env.spec;
         let parsed = parse_off_thread(
             &self.env.shared,
-            spec.api,
-            spec.page_size as usize,
+            Parse {
+                api: spec.api,
+                max_rows: spec.page_size as usize,
+                fetch: self.page_use.fetch,
+            },
             body,
             request_url,
             self.url,
@@ -285,10 +308,17 @@ fn transfer_failed(url: &str, e: HttpError) -> Result<Attempt, FetchError> {
     Ok(Attempt::Failed(failure, message))
 }
 
-/// Waits for the tenant's request budget, and exports what is left of it. The permit holds the
-/// request's place until its answer.
-async fn wait_for_budget(source: &str, gate: &crate::quota::SharedGate) -> crate::quota::Permit {
-    let taken = crate::quota::acquire(gate).await;
+/// Waits for the tenant's request budget (at the priority of what is fetched), and exports what
+/// is left of it. The permit holds the request's place until its answer.
+async fn wait_for_budget(
+    source: &str,
+    gate: &crate::quota::SharedGate,
+    fetch: Fetch,
+) -> crate::quota::Permit {
+    let taken = match fetch {
+        Fetch::Summary => crate::quota::acquire(gate).await,
+        Fetch::Details => crate::quota::acquire_low(gate).await,
+    };
     let left = gate.lock().remaining(Instant::now());
     crate::telemetry::quota_remaining(source, left);
     if !taken.waited.is_zero() {
@@ -371,14 +401,21 @@ pub(super) fn forget(shared: &Shared, spool: &Arc<Spool>, url: &str) {
     }));
 }
 
+/// How a body is read: a summary page of at most `max_rows` rows of `api`, or a detail page.
+#[derive(Clone, Copy)]
+pub(super) struct Parse {
+    pub(super) api: Api,
+    pub(super) max_rows: usize,
+    pub(super) fetch: Fetch,
+}
+
 /// Parses a page on a thread of the blocking pool, so that the fetcher's thread goes on with
 /// requests (the next page's above all) and deliveries meanwhile; with a `plan`, the same thread
 /// then makes the page ready for the sinks while its rows are in that core's cache, and the rows
 /// never reach the fetcher's thread. `None` when the engine is stopping.
 pub(super) async fn parse_off_thread(
     shared: &Shared,
-    api: Api,
-    max_rows: usize,
+    how: Parse,
     body: bytes::Bytes,
     request_url: &url::Url,
     url: &str,
@@ -388,7 +425,13 @@ pub(super) async fn parse_off_thread(
     let source: Arc<str> = Arc::from(strip_query(url));
     shared
         .off_thread(move || {
-            let page = api.parse_page_of_at_most(&body, &request_url, max_rows)?;
+            let page = match how.fetch {
+                Fetch::Summary => {
+                    how.api
+                        .parse_page_of_at_most(&body, &request_url, how.max_rows)?
+                }
+                Fetch::Details => dialect::details::parse_details(&body, &request_url)?,
+            };
             crate::buffers::give_bytes(body);
             Ok(match plan {
                 Some(plan) => Parsed::Ready(make_ready(&plan, page, source)),

@@ -71,6 +71,9 @@ pub enum FetchError {
     /// The checkpoint could not be committed.
     #[error("could not save the checkpoint: {0}")]
     Checkpoint(StorageError),
+    /// The details backlog could not be read or written.
+    #[error("reading or writing the details backlog failed: {0}")]
+    Details(StorageError),
     /// Next links were abandoned more often than a slice's run allows.
     #[error("next links abandoned {0} times in this slice; the next run re-queries it")]
     TooManyRequeries(u32),

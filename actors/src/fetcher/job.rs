@@ -2,6 +2,7 @@
 //! with its record saved.
 
 use super::*;
+use crate::dialect::details::DetailsMode;
 
 /// Runs one job to its end. Never panics on bad input; every failure ends up in the summary and
 /// the job record, and the checkpoint never moves past an undelivered page.
@@ -29,6 +30,8 @@ pub async fn collect(
         ),
         None => (spec.id.clone(), spec.window.clone()),
     };
+    // Detail requests of the tenant wait while its summary is collected.
+    let collecting = env.quota.as_ref().map(|gate| gate.collecting());
     let cp = match env.store.checkpoint(&cursor_name) {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
@@ -63,7 +66,15 @@ pub async fn collect(
             return end_job(&env, run.job, state, error).await;
         }
     }
+    drop(collecting);
     run.tidy(&window).await;
+    // Under `msgtrace run` the fetcher's detail worker drains the backlog beside the jobs; a
+    // run that ends (`--once`, a backfill) drains it before it ends.
+    if kind != JobKind::Scheduled && spec.details != DetailsMode::None {
+        if let Some((state, error)) = run.drain_details().await {
+            return end_job(&env, run.job, state, Some(error)).await;
+        }
+    }
     end_job(&env, run.job, JobState::Succeeded, None).await
 }
 
@@ -211,6 +222,50 @@ impl JobRun {
         }
     }
 
+    /// Fetches the details of the rows in the backlog, within the job's `job_timeout`; `Some`
+    /// when the job ends without them (the rows stay in the backlog for the next run).
+    async fn drain_details(&mut self) -> Option<(JobState, String)> {
+        let delivery = super::details::Delivery {
+            hold: self.hold,
+            deadline: self.deadline,
+        };
+        let drained = super::details::drain(&self.env, &self.cancel, delivery);
+        let outcome = match self.deadline {
+            Some(d) => tokio::time::timeout(d.saturating_duration_since(Instant::now()), drained)
+                .await
+                .unwrap_or(Err(Stop::Cancelled(Some(CancelReason::Timeout)))),
+            None => drained.await,
+        };
+        match outcome {
+            Ok(d) => {
+                if d.rows + d.given_up > 0 {
+                    info!(
+                        rows = d.rows,
+                        events = d.events,
+                        known = d.known,
+                        given_up = d.given_up,
+                        "details fetched"
+                    );
+                }
+                self.job.detail_rows += d.rows;
+                self.job.detail_events += d.events;
+                None
+            }
+            Err(Stop::Cancelled(why)) => Some((
+                JobState::Cancelled,
+                why.map_or_else(
+                    || "cancelled while fetching details; the next run fetches the rest".to_owned(),
+                    |w| format!("{w} (while fetching details; the next run fetches the rest)"),
+                ),
+            )),
+            Err(Stop::Failed(e)) => {
+                let e = format!("details: {e}; the rows stay in the backlog and the next run asks for them again");
+                warn!(error = %e, "fetching details failed");
+                Some((JobState::Failed, e))
+            }
+        }
+    }
+
     /// Waits before task `i` runs again after `e` (cancellation ends the wait).
     async fn reschedule(&mut self, i: usize, attempt: u32, e: &FetchError) -> Result<(), Stop> {
         self.job.tasks[i].reschedules += 1;
@@ -240,6 +295,20 @@ impl JobRun {
                     "identity index entries past the re-read span removed"
                 ),
                 Err(e) => warn!(error = %e, "could not expire identity index entries"),
+            }
+        }
+        // The identities of the detail records delivered are needed while a re-read may
+        // enqueue their rows again.
+        if let (true, Some(cursor)) = (env.spec.details != DetailsMode::None, self.cp.cursor) {
+            let span = window.reread.unwrap_or_else(chrono::Duration::zero);
+            let before = cursor - span - chrono::Duration::hours(1);
+            match env.store.expire_details(&env.spec.id, before) {
+                Ok(0) => {}
+                Ok(n) => debug!(
+                    expired = n,
+                    "detail record identities past the re-read span removed"
+                ),
+                Err(e) => warn!(error = %e, "could not expire detail record identities"),
             }
         }
         let spool = self.spool.clone();

@@ -24,9 +24,14 @@
 //! an identity index (re-reading) has its pages made ready in order, after the page before is
 //! committed.
 //!
+//! With `details`, the rows a page commits whose details are wanted enter the source's details
+//! backlog in the same transaction; `details.rs` drains it (after a `--once` job's slices, or in
+//! the detail worker of a scheduled source, beside its jobs) at the budget's low priority.
+//!
 //! [`SourceSpec::prefetch`]: crate::spec::SourceSpec::prefetch
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
+use crate::dialect::details::DetailsMode;
 use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson};
 use crate::http::{self, HttpError};
@@ -37,7 +42,8 @@ use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
+    Checkpoint, Commit, DetailEntry, JobKind, JobRecord, JobState, SeenEntry, Spool, Store,
+    TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,6 +53,7 @@ use tracing::{debug, info, warn, Instrument};
 
 mod client;
 mod deliver;
+mod details;
 mod error;
 mod job;
 mod prefetch;
@@ -90,6 +97,9 @@ pub struct FetcherEnv {
     pub shared: Shared,
     /// What the source's sinks read of a batch.
     pub reads: Reads,
+    /// Told when a commit adds rows to the details backlog (the scheduled mode's detail worker
+    /// waits for it).
+    pub details_wake: tokio::sync::Notify,
 }
 
 /// What the sinks of a source read of a batch ([`SinkInput`](crate::sink::SinkInput)): whether
@@ -152,7 +162,8 @@ pub enum RunReply {
     AlreadyRunning,
 }
 
-/// Stop after the page in flight (shutdown).
+/// Stop after the page in flight (shutdown, reload): the job, and the detail worker after its
+/// request in flight.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Cancel;
@@ -190,6 +201,8 @@ pub struct JobSummary {
 pub struct Fetcher {
     env: Rc<FetcherEnv>,
     cancel: Option<watch::Sender<bool>>,
+    /// Stops the detail worker ([`details::keep_draining`]), once it runs.
+    details: Option<watch::Sender<bool>>,
 }
 
 impl Fetcher {
@@ -198,7 +211,20 @@ impl Fetcher {
         Fetcher {
             env: Rc::new(env),
             cancel: None,
+            details: None,
         }
+    }
+
+    /// Starts the detail worker of a scheduled source with details, unless it runs.
+    fn start_details(&mut self, ctx: &mut Context<Self>) {
+        if self.details.is_some() || self.env.spec.details == DetailsMode::None {
+            return;
+        }
+        let (tx, rx) = watch::channel(false);
+        self.details = Some(tx);
+        let span = tracing::info_span!("details", source = %self.env.spec.id);
+        let worker = details::keep_draining(self.env.clone(), rx).instrument(span);
+        ctx.spawn(worker.into_actor(self));
     }
 }
 
@@ -210,6 +236,9 @@ impl Handler<RunJob> for Fetcher {
     type Result = RunReply;
 
     fn handle(&mut self, msg: RunJob, ctx: &mut Context<Self>) -> RunReply {
+        if msg.kind == JobKind::Scheduled {
+            self.start_details(ctx);
+        }
         if self.cancel.is_some() {
             return RunReply::AlreadyRunning;
         }
@@ -243,7 +272,7 @@ impl Handler<Cancel> for Fetcher {
     type Result = ();
 
     fn handle(&mut self, _: Cancel, _: &mut Context<Self>) {
-        if let Some(tx) = &self.cancel {
+        for tx in [&self.cancel, &self.details].into_iter().flatten() {
             let _ = tx.send(true);
         }
     }

@@ -1,6 +1,7 @@
 //! What a parsed page becomes for its sinks: events, pipeline hooks, NDJSON (pure).
 
 use super::*;
+use crate::dialect::epoch_seconds;
 
 /// Makes a parsed page ready on a thread of the blocking pool (pages that must be made in order:
 /// see [`PagePlan::index`]).
@@ -33,6 +34,8 @@ pub(super) struct PagePlan {
     pub(super) skip: Vec<(String, String)>,
     pub(super) hooks: Vec<crate::hook::Hook>,
     pub(super) reads: Reads,
+    /// Which rows have their details fetched: entered in the details backlog with the page.
+    pub(super) details: crate::dialect::details::DetailsMode,
     /// The identity index (the source re-reads its windows) and the source id: each page is
     /// checked against the index as committed by the pages before it, so such pages are made
     /// ready in order, after the page before them is committed, never ahead.
@@ -51,12 +54,33 @@ impl PagePlan {
             skip: track.skip.clone(),
             hooks: env.hooks.clone(),
             reads: env.reads,
+            details: spec.details,
             index: spec
                 .window
                 .reread
                 .is_some()
                 .then(|| (env.store.clone(), spec.id.clone())),
         })
+    }
+}
+
+impl PagePlan {
+    /// How detail records become what the sinks read: the source's static fields, hooks and
+    /// reads; no time filter, re-query or identity index (the details backlog has its own).
+    pub(super) fn for_details(env: &FetcherEnv) -> PagePlan {
+        let spec = &env.spec;
+        PagePlan {
+            api: spec.api,
+            input_id: Arc::from(spec.id.as_str()),
+            fields: spec.fields.clone(),
+            filter: None,
+            query_end: None,
+            skip: Vec::new(),
+            hooks: env.hooks.clone(),
+            reads: env.reads,
+            details: crate::dialect::details::DetailsMode::None,
+            index: None,
+        }
     }
 }
 
@@ -96,6 +120,8 @@ pub(super) struct Ready {
     pub(super) updates: u64,
     /// Identity index entries for the rows emitted (only when re-reading is on).
     pub(super) seen: Vec<SeenEntry>,
+    /// Details backlog entries for the rows emitted whose details are to be fetched.
+    pub(super) details: Vec<DetailEntry>,
     /// The oldest instant among the rows emitted, and their identities (for re-queries).
     pub(super) oldest: Option<(DateTime<Utc>, Vec<Identity>)>,
     /// The page's next link.
@@ -124,6 +150,7 @@ pub(super) fn make_ready(
         known: 0,
         updates: 0,
         seen: Vec::new(),
+        details: Vec::new(),
         oldest: None,
         next_link: page.next_link,
     };
@@ -143,7 +170,17 @@ pub(super) fn make_ready(
         let is_broken = time.is_none()
             || identity.is_none()
             || (repaired && fields.values().any(holds_replacement));
-        if let (Some(t), Some(_)) = (time, identity) {
+        if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
+            let status = fields.get(api.status_field()).and_then(|s| s.as_str());
+            let status = status.unwrap_or_default();
+            if plan.details.wants(status) {
+                out.details.push(DetailEntry {
+                    received: t,
+                    trace_id: trace_id.to_owned(),
+                    recipient: recipient.to_owned(),
+                    status: status.to_owned(),
+                });
+            }
             let at = events.len();
             match &mut oldest {
                 Some((o, _)) if t > *o => {}
@@ -251,7 +288,7 @@ fn keep_row(
 /// identities read before are the API's, whatever they name), the last event of the last page
 /// marked final, the hooks run, NDJSON encoded for the sinks that read it and the events freed
 /// when no sink reads them. `None` when no event is left. `rows`: the events before the hooks.
-fn into_batch(
+pub(super) fn into_batch(
     plan: &PagePlan,
     mut events: Vec<Event>,
     is_last: bool,
@@ -299,13 +336,59 @@ pub(super) fn holds_replacement(v: &serde_json::Value) -> bool {
     }
 }
 
-pub(super) fn epoch_seconds(t: DateTime<Utc>) -> f64 {
-    t.timestamp() as f64 + f64::from(t.timestamp_subsec_micros()) / 1e6
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(details: crate::dialect::details::DetailsMode) -> PagePlan {
+        let t = |s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        PagePlan {
+            api: Api::Graph,
+            input_id: Arc::from("s"),
+            fields: Default::default(),
+            filter: Some((t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"))),
+            query_end: None,
+            skip: Vec::new(),
+            hooks: Vec::new(),
+            reads: Reads {
+                events: true,
+                ndjson: false,
+            },
+            details,
+            index: None,
+        }
+    }
+
+    #[test]
+    fn rows_whose_details_are_wanted_enter_the_backlog_with_their_page() {
+        let row = |id: &str, at: &str, status: &str| serde_json::json!({"id": id, "recipientAddress": "R@x", "receivedDateTime": at, "status": status});
+        let body = serde_json::json!({"value": [
+            row("a", "2026-01-01T10:00:00Z", "failed"),
+            row("b", "2026-01-01T09:00:00Z", "Delivered"),
+            row("c", "2026-01-01T08:00:00Z", "expanded"),
+            row("d", "2026-01-03T08:00:00Z", "failed"),
+            {"id": "e", "status": "failed"},
+            row("f", "2026-01-01T07:00:00Z", "quarantined"),
+        ]});
+        let url = url::Url::parse("https://graph.microsoft.com/v1.0/x").unwrap();
+        let page = Api::Graph
+            .parse_page(body.to_string().as_bytes(), &url)
+            .unwrap();
+        let ready = |mode| make_ready(&plan(mode), page.clone(), Arc::from("u")).unwrap();
+        use crate::dialect::details::DetailsMode;
+        let entries = ready(DetailsMode::NotDelivered).details;
+        // Not the delivered or expanded row, nor the one outside the slice, nor the broken one.
+        let ids: Vec<&str> = entries.iter().map(|e| e.trace_id.as_str()).collect();
+        assert_eq!(ids, ["a", "f"]);
+        assert_eq!(entries[0].recipient, "R@x");
+        assert_eq!(entries[0].status, "failed");
+        assert_eq!(
+            entries[0].received.to_rfc3339(),
+            "2026-01-01T10:00:00+00:00"
+        );
+        assert_eq!(ready(DetailsMode::All).details.len(), 4);
+        assert!(ready(DetailsMode::None).details.is_empty());
+    }
 
     #[test]
     pub(super) fn epoch_has_fractions() {

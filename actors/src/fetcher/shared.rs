@@ -1,9 +1,11 @@
 //! What the fetchers of one engine share, and nothing outside it: the budget of rows between
-//! fetch and commit, the turns for spool I/O and for parsing, and the spool's warn-once clock.
+//! fetch and commit, the turns for spool I/O and for parsing, the spool's warn-once clock, and
+//! each source's turn at its details backlog.
 //! Made once per engine (by the Supervisor) and passed to every fetcher, never held in statics,
 //! so that two engines embedded in one process neither wait for each other nor hush each
 //! other's warnings.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -58,6 +60,7 @@ pub struct Shared {
     spool_io: Arc<Semaphore>,
     parsers: Arc<Semaphore>,
     spool_warned: Arc<Mutex<Option<Instant>>>,
+    details_turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Shared {
@@ -69,7 +72,15 @@ impl Shared {
             spool_io: Arc::new(Semaphore::new(SPOOL_IO_TURNS)),
             parsers: Arc::new(Semaphore::new(cores)),
             spool_warned: Arc::default(),
+            details_turns: Arc::default(),
         }
+    }
+
+    /// The turn at `source`'s details backlog: one drain of it at a time, also across the
+    /// fetchers a reload replaces (the old one finishes its request while the new one starts).
+    pub(super) fn details_turn(&self, source: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.details_turns.lock().unwrap_or_else(|p| p.into_inner());
+        turns.entry(source.to_owned()).or_default().clone()
     }
 
     /// Runs spool I/O on the blocking pool, a few at a time however many sources there are;
@@ -152,5 +163,22 @@ mod tests {
         let rows = a.rows_in_flight.take(10).await.unwrap();
         assert!(b.rows_in_flight.take(10).await.is_some());
         drop(rows);
+    }
+
+    #[tokio::test]
+    async fn a_source_has_one_turn_at_its_details_whatever_fetcher_asks() {
+        let shared = Shared::new(10);
+        let held = shared.details_turn("a").lock_owned().await;
+        assert!(shared.clone().details_turn("a").try_lock().is_err());
+        assert!(
+            shared.details_turn("b").try_lock().is_ok(),
+            "another source's is its own"
+        );
+        assert!(
+            Shared::new(10).details_turn("a").try_lock().is_ok(),
+            "another engine's too"
+        );
+        drop(held);
+        assert!(shared.details_turn("a").try_lock().is_ok());
     }
 }

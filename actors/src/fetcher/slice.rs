@@ -36,6 +36,7 @@ pub(super) async fn collect_slice(
         // What this page becomes; made on the parse thread unless it must be made in order.
         let plan = PagePlan::new(&env, task, slice.progress());
         let ahead = PageUse {
+            fetch: Fetch::Summary,
             plan: plan.index.is_none().then(|| plan.clone()),
             spool: spool.clone(),
         };
@@ -66,7 +67,7 @@ pub(super) async fn collect_slice(
         };
         note(spec, &mut run.job, &ready);
         let n = ready.rows;
-        let (dropped, seen) = (ready.dropped, ready.seen);
+        let (dropped, seen, details) = (ready.dropped, ready.seen, ready.details);
         if let Some(batch) = ready.batch {
             hand_over(run, batch, &mut prefetched).await?;
         }
@@ -85,8 +86,12 @@ pub(super) async fn collect_slice(
             task,
             &slice,
             mark,
-            PageTotals { rows: n, dropped },
-            &seen,
+            PageAdds {
+                rows: n,
+                dropped,
+                seen: &seen,
+                details: &details,
+            },
         )
         .await?;
         debug!(
@@ -97,6 +102,10 @@ pub(super) async fn collect_slice(
             "page committed"
         );
         committed(&env, &run.job, spool_of_this, &url, n);
+        if !details.is_empty() {
+            crate::telemetry::details_backlog(&spec.id, env.store.details_backlog(&spec.id));
+            env.details_wake.notify_waiters();
+        }
         match step {
             Step::Done => return Ok(()),
             Step::Requery(_) => slice.may_go_on()?,
@@ -222,24 +231,28 @@ fn note(spec: &crate::spec::SourceSpec, job: &mut JobRecord, ready: &Ready) {
     job.updates += ready.updates;
 }
 
-/// What one page adds to the totals.
-struct PageTotals {
+/// What one page adds to the totals, the identity index and the details backlog.
+struct PageAdds<'a> {
     /// Events delivered.
     rows: u64,
     /// Rows dropped by the time filter.
     dropped: u64,
+    /// Rows delivered, for the identity index (only when re-reading is on).
+    seen: &'a [SeenEntry],
+    /// Rows delivered whose details are to be fetched.
+    details: &'a [DetailEntry],
 }
 
 /// Commits a delivered page: the checkpoint's new mark (unless the slice is a re-read), the
-/// job's record and the identity index's entries, in one transaction, durable as configured.
+/// job's record, the identity index's entries and the details backlog's, in one transaction,
+/// durable as configured.
 async fn commit(
     run: &mut JobRun,
     i: usize,
     task: &SliceTask,
     slice: &SliceRun,
     mark: Mark,
-    page: PageTotals,
-    seen: &[SeenEntry],
+    page: PageAdds<'_>,
 ) -> Result<(), FetchError> {
     let cp = &mut run.cp;
     match mark {
@@ -270,7 +283,8 @@ async fn commit(
                 source: &spec.id,
                 checkpoint: (!task.reread).then_some((run.cursor_name.as_str(), &*cp)),
                 job: Some(job),
-                seen,
+                seen: page.seen,
+                details: page.details,
             },
             spec.durable,
         )

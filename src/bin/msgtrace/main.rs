@@ -502,15 +502,21 @@ fn jobs(config: &Path, json: bool, filter: JobFilter) -> anyhow::Result<ExitCode
         Err(code) => return Ok(code),
     };
     // A running engine holds the directory: its control socket answers instead.
-    let jobs = match StateDir::open(&state_dir).and_then(|d| d.jobs()) {
-        Ok(jobs) => jobs,
+    let read = StateDir::open(&state_dir).and_then(|d| Ok((d.jobs()?, d.details_backlogs()?)));
+    let (jobs, backlogs) = match read {
+        Ok(both) => both,
         Err(e) => return Ok(report_failure(&e.into())),
     };
     let jobs = filter.apply(jobs);
     if json {
         print!("{}", msgtrace::control::jobs::to_json(&jobs));
     } else {
+        let backlogs: Vec<_> = backlogs
+            .into_iter()
+            .filter(|b| filter.source.as_ref().is_none_or(|s| *s == b.source))
+            .collect();
         print!("{}", msgtrace::control::jobs::render_text(&jobs));
+        print!("{}", msgtrace::control::jobs::render_backlogs(&backlogs));
     }
     Ok(ExitCode::SUCCESS)
 }
