@@ -59,8 +59,12 @@ impl Azure {
         std::thread::spawn(move || {
             let system = actix_rt::System::new();
             let server = HttpServer::new(move || {
-                let (ingest_seen, token_seen, imds_seen, script) =
-                    (shared.clone(), shared.clone(), shared.clone(), script.clone());
+                let (ingest_seen, token_seen, imds_seen, script) = (
+                    shared.clone(),
+                    shared.clone(),
+                    shared.clone(),
+                    script.clone(),
+                );
                 App::new()
                     .app_data(web::PayloadConfig::new(64 << 20))
                     .route(

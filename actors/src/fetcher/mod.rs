@@ -28,7 +28,7 @@
 
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use crate::dialect::{self, Api, Page};
-use crate::event::{Batch, Event, EventMeta, Ndjson};
+use crate::event::{Batch, Event, EventMeta, Ndjson, PageKey};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
 use crate::sink::Deliver;

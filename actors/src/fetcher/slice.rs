@@ -67,7 +67,12 @@ pub(super) async fn collect_slice(
         note(spec, &mut run.job, &ready);
         let n = ready.rows;
         let (dropped, seen) = (ready.dropped, ready.seen);
-        if let Some(batch) = ready.batch {
+        if let Some(mut batch) = ready.batch {
+            batch.page = Some(Arc::new(PageKey {
+                cursor: run.cursor_name.clone(),
+                url: url.clone(),
+                reread: task.reread,
+            }));
             hand_over(run, batch, &mut prefetched).await?;
         }
         // A next link this query had already, or one past its bounds, is poisoned like a link
