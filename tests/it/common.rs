@@ -45,8 +45,19 @@ pub struct Scenario<'a> {
     pub extra: &'a str,
 }
 
-/// The configuration of a scenario against `sim`.
+/// The configuration of a scenario against `sim`: its source feeding the file sink `out` at
+/// `s.out`.
 pub fn config_toml(sim: &SimServer, s: &Scenario) -> String {
+    let sink = format!(
+        "[sinks.out]\ntype = \"file\"\ninputs = [\"src\"]\npath = {}\n",
+        q(&s.out.to_string_lossy())
+    );
+    config_toml_with_sink(sim, s, &sink)
+}
+
+/// The configuration of a scenario against `sim` with `sink`, the TOML of its sink tables
+/// (taking the source `src`), instead of the file sink (`s.out` is then unused).
+pub fn config_toml_with_sink(sim: &SimServer, s: &Scenario, sink: &str) -> String {
     let path = match s.api {
         Api::Graph => GRAPH_PATH,
         Api::Reporting => RWS_PATH,
@@ -79,10 +90,7 @@ login_url = {base}
 [sources.src.retry]
 initial_interval_ms = 50
 
-[sinks.out]
-type = "file"
-inputs = ["src"]
-path = {out}
+{sink}
 "#,
         state = q(&s.state_dir.to_string_lossy()),
         url = q(&format!("{}{path}", sim.base_url())),
@@ -97,7 +105,6 @@ path = {out}
         },
         extra = s.extra,
         base = q(&sim.base_url()),
-        out = q(&s.out.to_string_lossy()),
     )
 }
 
@@ -432,4 +439,112 @@ pub fn output_ids(path: &Path) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// A collection of two days of a simulated tenant by `msgtrace run --once` child processes, the
+/// first ones killed with SIGKILL at random moments, the last one left to finish
+/// ([`crash_run`]).
+pub struct CrashRun {
+    /// The simulated tenant.
+    pub sim: SimServer,
+    /// Holds the configuration, the state directory (`state`) and a file sink's `out.ndjson`.
+    pub dir: tempfile::TempDir,
+    /// The source's API.
+    pub api: Api,
+    /// Rows a page.
+    pub page_size: u32,
+    /// SIGKILLs sent.
+    pub kills: u32,
+}
+
+impl CrashRun {
+    /// The state directory.
+    pub fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The file sink's output (when the run had the file sink).
+    pub fn out(&self) -> std::path::PathBuf {
+        self.dir.path().join("out.ndjson")
+    }
+
+    /// The simulator's rows of every window collected: from the first job's start to the cursor
+    /// the last run left (with no slice in flight).
+    pub fn expected(&self) -> Vec<(String, String)> {
+        let store = msgtrace::storage::Store::open(&self.state()).unwrap();
+        let cp = store.checkpoint("src").unwrap().expect("checkpoint");
+        assert!(cp.in_flight.is_none());
+        let jobs = store.jobs(Some("src")).unwrap();
+        let start = jobs
+            .iter()
+            .filter_map(|j| j.window_start)
+            .min()
+            .expect("a job had a window");
+        let end = cp.cursor.expect("cursor");
+        self.sim.model().expected(start, end, chrono::Utc::now())
+    }
+}
+
+/// Runs the crash test's collection ([`CrashRun`]) with `kills_wanted` SIGKILLs: source `src`
+/// (`api`, 100 rows a page, 200 messages an hour over two days, 40 ms a page) feeding `sink`
+/// (its sink tables), or the file sink at `out.ndjson` when `None`. Asserts that the last run
+/// succeeded and that the collection lasted past every kill.
+pub fn crash_run(api: Api, kills_wanted: u32, sink: Option<&str>) -> CrashRun {
+    let page_size = 100;
+    let sim = sim(200, |c| c.page_latency_ms = 40);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let state = dir.path().join("state");
+    let cfg_path = dir.path().join("msgtrace.toml");
+    let scenario = Scenario {
+        api,
+        state_dir: &state,
+        out: &out,
+        start: "-2d@h",
+        end: "-1h@h",
+        page_size,
+        extra: "",
+    };
+    let toml = match sink {
+        Some(sink) => config_toml_with_sink(&sim, &scenario, sink),
+        None => config_toml(&sim, &scenario),
+    };
+    std::fs::write(&cfg_path, toml).unwrap();
+    let mut rng = Rng::seeded("crash test");
+    let spawn = || spawn_run_once(&cfg_path);
+    let started = std::time::Instant::now();
+    let mut kills = 0;
+    let mut finished_early = 0;
+    while kills < kills_wanted && started.elapsed() < std::time::Duration::from_secs(120) {
+        let mut child = spawn();
+        std::thread::sleep(std::time::Duration::from_millis(rng.range(80, 400)));
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                // The collection finished before the kill: nothing left to interrupt.
+                assert!(status.success(), "child failed on its own: {status}");
+                finished_early += 1;
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+    }
+    // The last run, left alone, finishes the collection.
+    let status = spawn().wait().unwrap();
+    assert!(status.success(), "final run failed: {status}");
+    assert_eq!(
+        finished_early, 0,
+        "collection ended before {kills_wanted} kills; make it longer"
+    );
+    assert!(kills >= kills_wanted, "only {kills} kills");
+    CrashRun {
+        sim,
+        dir,
+        api,
+        page_size,
+        kills,
+    }
 }
