@@ -16,7 +16,8 @@
 //!   A re-read's page (late rows and status changes only) also hashes its content, so it never
 //!   replaces the page first read from the same URL, nor another re-read of it.
 //! - **Atomic puts**: an object store shows an object whole or not at all; `file://` writes a
-//!   temporary file, `fsync`s it and renames it.
+//!   temporary file (`{object}#1`), `fsync`s it and renames it; one that a kill left is
+//!   removed when the object is put again ([`remove_staged`]).
 //! - **Delivery**: the page is acknowledged only once every object of it is stored. Connection
 //!   failures, timeouts, 429 and 5xx are retried by the crate per the sink's retry policy
 //!   ([`super::http::default_retry`], as `http` sinks); a refused credential (401, 403) or any
@@ -409,6 +410,24 @@ pub fn object_path(prefix: &str, source: &str, hour: i64, hash: &str) -> Path {
         })
 }
 
+/// Removes what puts of `location` into a directory cut short by a kill left: the crate writes
+/// `{file}#1` (or the next free number) and renames it, so the leftovers are `#1`, `#2`, … up
+/// to the first one missing. Query engines read `*.ndjson.gz` only, so they are litter, not
+/// rows; the put that follows uses `#1` again.
+fn remove_staged(location: &Path) {
+    let Ok(file) = object_store::local::LocalFileSystem::new().path_to_filesystem(location) else {
+        return;
+    };
+    for n in 1..=1000 {
+        let mut staged = file.clone().into_os_string();
+        staged.push(format!("#{n}"));
+        if std::fs::remove_file(&staged).is_err() {
+            break;
+        }
+        debug!(file = %std::path::Path::new(&staged).display(), "removed a put cut short");
+    }
+}
+
 /// Pages archived in an object store (`type = "object_store"`).
 pub struct ArchiveSink {
     name: String,
@@ -462,6 +481,9 @@ impl ArchiveSink {
         config: &ObjectStoreConfig,
     ) -> Result<(), ArchiveError> {
         for o in objects {
+            if config.provider == StoreProvider::File {
+                remove_staged(&o.path);
+            }
             let shown = o.path.to_string();
             let (rows, bytes) = (o.rows, o.body.len());
             match store.put(&o.path, PutPayload::from(o.body)).await {

@@ -420,8 +420,7 @@ fn a_503_is_retried_and_a_refused_credential_fails_the_page_for_the_next_run() {
         );
         let cp = store.checkpoint("src").unwrap();
         assert!(
-            cp.as_ref()
-                .is_none_or(|c| c.cursor.is_none() && c.in_flight.is_none()),
+            no_page_checkpointed(cp.as_ref()),
             "the failed page was checkpointed: {cp:?}"
         );
     }
@@ -524,4 +523,52 @@ fn validate_names_the_key_and_the_fix() {
         &archive_sink("s3://b/p", "endpoint = \"http://127.0.0.1:9000\""),
     ))
     .unwrap();
+}
+
+/// Regression: a page refused (or cut by a kill) before its slice had a checkpoint was asked for
+/// again from a slice planned anew up to an `end` that had moved, so under another URL: the
+/// archive then held its rows twice (its first delivery's objects beside the new ones). The
+/// checkpoint now records the slice before its first page, and the next run resumes it.
+#[test]
+fn a_first_page_given_again_after_the_end_moved_keeps_its_name() {
+    let sim = sim(300, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let url = url::Url::from_directory_path(&archive).unwrap();
+    let state = dir.path().join("state");
+    let (start, first_end, later_end) = (hours_ago(3), hours_ago(2), hours_ago(1));
+    let toml = |end: &str| {
+        let scenario = Scenario {
+            api: Api::Graph,
+            state_dir: &state,
+            out: &dir.path().join("unused"),
+            start: &start,
+            end,
+            page_size: 100,
+            extra: "",
+        };
+        config_toml_with_sink(&sim, &scenario, &archive_sink(url.as_str(), ""))
+    };
+    let refusing = format!(
+        "[sinks.down]\ntype = \"http\"\ninputs = [\"src\"]\nformat = \"ndjson\"\nurl = \"http://127.0.0.1:{}/\"\n",
+        free_port()
+    );
+    let report = run_once(
+        &parse(&format!("{}\n{refusing}", toml(&first_end))),
+        quick_sink_retry(),
+    );
+    assert!(!report.all_succeeded(), "{report:?}");
+    assert!(!read_dir_archive(&archive).is_empty());
+    let report = run_once(&parse(&toml(&later_end)), opts());
+    assert!(report.all_succeeded(), "{report:?}");
+    let at = |epoch: &str| chrono::DateTime::from_timestamp(epoch.parse().unwrap(), 0).unwrap();
+    let expected = sim
+        .model()
+        .expected(at(&start), at(&later_end), chrono::Utc::now());
+    let got = rows_by_identity(&read_dir_archive(&archive), "", Api::Graph);
+    assert_eq!(
+        compare(&got, &expected),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
 }

@@ -548,3 +548,14 @@ pub fn crash_run(api: Api, kills_wanted: u32, sink: Option<&str>) -> CrashRun {
         kills,
     }
 }
+
+/// Whether no page was checkpointed: no cursor, and no slice in flight past its first page (a
+/// slice is recorded as started before its first page is asked for).
+pub fn no_page_checkpointed(cp: Option<&msgtrace::storage::Checkpoint>) -> bool {
+    cp.is_none_or(|c| {
+        c.cursor.is_none()
+            && c.in_flight
+                .as_ref()
+                .is_none_or(|f| f.pages == 0 && f.next_link.is_none())
+    })
+}

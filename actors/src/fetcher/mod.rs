@@ -37,7 +37,7 @@ use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
+    Checkpoint, Commit, InFlight, JobKind, JobRecord, JobState, SeenEntry, Spool, Store, TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;

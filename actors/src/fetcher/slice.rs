@@ -25,6 +25,9 @@ pub(super) async fn collect_slice(
         },
     );
     let spool_of_this = spool.as_ref();
+    if let Some(started) = slice.starting(&run.job.id) {
+        mark_started(run, started).await?;
+    }
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
@@ -276,6 +279,26 @@ async fn commit(
                 checkpoint: (!task.reread).then_some((run.cursor_name.as_str(), &*cp)),
                 job: Some(job),
                 seen,
+            },
+            spec.durable,
+        )
+        .await
+        .map_err(FetchError::Checkpoint)
+}
+
+/// Records in the checkpoint that the slice is under way, before its first page
+/// ([`SliceRun::starting`]).
+async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
+    run.cp.in_flight = Some(started);
+    let spec = &run.env.spec;
+    run.env
+        .store
+        .commit(
+            Commit {
+                source: &spec.id,
+                checkpoint: Some((run.cursor_name.as_str(), &run.cp)),
+                job: None,
+                seen: &[],
             },
             spec.durable,
         )
