@@ -207,6 +207,7 @@ pub fn build_store(
         .as_ref()
         .is_some_and(|e| e.scheme() == "http");
     let retry = retry_config(retry);
+    install_tls_provider();
     let store: Result<Arc<dyn ObjectStore>, object_store::Error> = match config.provider {
         StoreProvider::File => Ok(Arc::new(
             object_store::local::LocalFileSystem::new().with_fsync(true),
@@ -254,6 +255,13 @@ pub fn build_store(
         url: config.url.to_string(),
         message: mask(&e.to_string(), config),
     })
+}
+
+/// Makes `ring` the process's rustls provider unless one is installed already (a host's own):
+/// reqwest, under the crate's clients, is built without one of its own (which would be aws-lc,
+/// a C library to build) and refuses to build a client without it.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A message of the crate with every secret of the configuration, and every signature or token

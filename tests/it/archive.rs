@@ -516,6 +516,24 @@ fn validate_names_the_key_and_the_fix() {
         e.contains("sinks.archive.url: is required for an object_store sink"),
         "{e}"
     );
+    // The store is built (not contacted) before a run and by `msgtrace validate`.
+    let config = parse(&config_toml_with_sink(
+        &sim,
+        &scenario,
+        &archive_sink(
+            "az://container/p",
+            "[sinks.archive.options]\nazure_storage_account_key = \"c2VjcmV0LWtleS12YWx1ZQ==\"",
+        ),
+    ));
+    if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
+        let e = msgtrace::preflight::check(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("sinks.archive.url: cannot set up the store az://container/p: ")
+                && e.contains("Account must be specified"),
+            "{e}"
+        );
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+    }
     // A loopback endpoint over http is a test server: accepted.
     msgtrace::config::from_str(&config_toml_with_sink(
         &sim,
