@@ -410,7 +410,7 @@ fn a_503_is_retried_and_a_refused_credential_fails_the_page_for_the_next_run() {
     assert!(errors.contains("refused the credentials"), "{errors}");
     assert!(!errors.contains(secret), "the secret was shown: {errors}");
     {
-        let store = msgtrace::storage::Store::open(&dir.path().join("state")).unwrap();
+        let store = msgtrace::storage::Store::open(dir.path().join("state")).unwrap();
         let job = &store.jobs(Some("src")).unwrap()[0];
         let deliveries: u32 = job.tasks.iter().map(|t| 1 + t.reschedules).sum();
         assert_eq!(

@@ -471,7 +471,7 @@ impl CrashRun {
     /// The simulator's rows of every window collected: from the first job's start to the cursor
     /// the last run left (with no slice in flight).
     pub fn expected(&self) -> Vec<(String, String)> {
-        let store = msgtrace::storage::Store::open(&self.state()).unwrap();
+        let store = msgtrace::storage::Store::open(self.state()).unwrap();
         let cp = store.checkpoint("src").unwrap().expect("checkpoint");
         assert!(cp.in_flight.is_none());
         let jobs = store.jobs(Some("src")).unwrap();
