@@ -542,6 +542,7 @@ impl Sink for ArchiveSink {
         );
         buf.clear();
         self.buf = buf;
+        super::release_if_large(&mut self.buf);
         let store = self.store();
         Box::pin(async move {
             let (objects, store) = match (objects, store) {
