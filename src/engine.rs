@@ -9,7 +9,7 @@
 
 use crate::config::{AuthConfig, Config, OAuthApp, Schedule, Secret, SinkKind, SourceConfig};
 use crate::secrets::SecretStore;
-use crate::sinks::{AzureLogsSink, FileSink, HttpSink, StdoutSink};
+use crate::sinks::{ArchiveSink, AzureLogsSink, FileSink, HttpSink, StdoutSink};
 use actix::prelude::*;
 use msgtrace_actors::assertion::ClientCertificate;
 use msgtrace_actors::auth::AuthToken;
@@ -100,7 +100,8 @@ pub struct EngineOptions {
     /// The file the configuration was read from: a [`Control::Reload`] reads it again and
     /// reloads. Without it a reload only reopens the sinks (logrotate).
     pub config_file: Option<std::path::PathBuf>,
-    /// Retry policy of `http` sinks; `None` is [`crate::sinks::http::default_retry`].
+    /// Retry policy of `http`, `azure_logs_ingestion` and `object_store` sinks; `None` is
+    /// [`crate::sinks::http::default_retry`].
     pub sink_retry: Option<RetryPolicy>,
     /// The host's pipeline hooks, run in order on every page's events before the sinks (after
     /// the built-in `normalize`).
@@ -449,6 +450,13 @@ fn build_sink(
             let auth =
                 auth.expect("the engine resolves the auth of every azure_logs_ingestion sink");
             let sink = AzureLogsSink::new(id, c, auth.clone());
+            Box::new(match &opts.sink_retry {
+                Some(r) => sink.with_retry(r.clone()),
+                None => sink,
+            })
+        }
+        SinkKind::ObjectStore(c) => {
+            let sink = ArchiveSink::new(id, c);
             Box::new(match &opts.sink_retry {
                 Some(r) => sink.with_retry(r.clone()),
                 None => sink,

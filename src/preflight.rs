@@ -1,5 +1,6 @@
 //! Checks of a configuration against the file system, made before a run starts and by
-//! `msgtrace validate`: the state directory, the file sinks' paths and the federated token files. The configuration's own
+//! `msgtrace validate`: the state directory, the file sinks' paths, the object stores (built, not
+//! contacted) and the federated token files. The configuration's own
 //! checks ([`crate::config`]) need no I/O; these do, so they live here, in one place that
 //! `validate`, `run`, `backfill` and an embedding host (through [`crate::engine::start`]) share.
 //!
@@ -31,10 +32,21 @@ pub fn check(config: &Config) -> Result<(), PreflightError> {
         problems.push(format!("state_dir: {e}"));
     }
     for sink in config.sinks.values() {
-        if let SinkKind::File { path, .. } = &sink.kind {
-            if let Err(e) = file_sink_path(path) {
-                problems.push(format!("sinks.{}.path: {e}", sink.id));
+        match &sink.kind {
+            SinkKind::File { path, .. } => {
+                if let Err(e) = file_sink_path(path) {
+                    problems.push(format!("sinks.{}.path: {e}", sink.id));
+                }
             }
+            // Built as a run builds it (the environment's settings, files they name): no
+            // request is made, so a refused credential shows only at the first page.
+            SinkKind::ObjectStore(c) => {
+                let retry = crate::sinks::http::default_retry();
+                if let Err(e) = crate::sinks::archive::build_store(c, &retry) {
+                    problems.push(format!("sinks.{}.url: {e}", sink.id));
+                }
+            }
+            _ => {}
         }
     }
     for (at, auth) in auths(config) {

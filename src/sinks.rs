@@ -1,5 +1,6 @@
 //! The built-in sinks: `stdout` and `file` (NDJSON), [`http`] (NDJSON, JSON, Splunk HEC,
-//! Elasticsearch bulk) and [`azure`] (the Azure Monitor Logs Ingestion API: Sentinel). Each acknowledges a batch only once it is written and flushed (the file
+//! Elasticsearch bulk), [`azure`] (the Azure Monitor Logs Ingestion API: Sentinel) and
+//! [`archive`] (`object_store`: gzip NDJSON objects in S3, Azure Blob, GCS or a directory). Each acknowledges a batch only once it is written and flushed (the file
 //! sink also `fsync`s) or accepted by the receiver, so the checkpoint never moves past rows that
 //! are not delivered.
 
@@ -12,8 +13,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+pub mod archive;
 pub mod azure;
 pub mod http;
+pub use archive::ArchiveSink;
 pub use azure::AzureLogsSink;
 pub use http::HttpSink;
 

@@ -49,11 +49,29 @@ impl Event {
     }
 }
 
+/// What identifies a page across a crash: a page delivered again after a kill (its checkpoint was
+/// not written) has the same key, so a sink that names what it writes by the key (the
+/// `object_store` sink) overwrites instead of adding a copy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    /// The cursor the page's commit advances: the source id, or a backfill's
+    /// `backfill/<source>/<start>-<end>`.
+    pub cursor: String,
+    /// The URL the page was asked for: the slice's first page (built from its bounds), or the next
+    /// link the page before it gave (the one the checkpoint keeps, so a restart asks for it again).
+    pub url: String,
+    /// A re-read: the same URL as the page read before, but only the rows that are new or changed
+    /// since, so the URL alone does not tell it from that page (nor from a later re-read of it).
+    pub reread: bool,
+}
+
 /// The events of one page, shared by every sink without copying.
 #[derive(Clone, Debug)]
 pub struct Batch {
     /// The source id.
     pub source: Arc<str>,
+    /// Which page this is ([`PageKey`]); `None` in a batch made elsewhere ([`Batch::new`]).
+    pub page: Option<Arc<PageKey>>,
     /// The events. Empty when every sink of the source takes NDJSON only
     /// ([`SinkInput::Ndjson`](crate::sink::SinkInput::Ndjson)): the events were then encoded into
     /// [`encoded`](Batch::encoded) and freed on the thread that parsed the page.
@@ -69,6 +87,7 @@ impl Batch {
     pub fn new(source: Arc<str>, events: Vec<Event>) -> Batch {
         Batch {
             source,
+            page: None,
             events: Arc::new(events),
             encoded: None,
         }

@@ -465,6 +465,40 @@ pub enum SinkKind {
     /// Batches POSTed to the Azure Monitor Logs Ingestion API (Log Analytics, Microsoft
     /// Sentinel).
     AzureLogsIngestion(Box<AzureLogsConfig>),
+    /// One gzip NDJSON object per page and hour in an object store (S3, Azure Blob, Google
+    /// Cloud Storage, a directory): the archive past the API's 90 days.
+    ObjectStore(Box<ObjectStoreConfig>),
+}
+
+/// Settings of an `object_store` sink ([`crate::sinks::object_store`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix`, `az://container/prefix`, `gs://bucket/prefix` or `file:///path`.
+    pub url: Url,
+    /// Which store the URL names.
+    pub provider: StoreProvider,
+    /// The path inside the bucket (or the directory) under which the archive lies; no leading
+    /// or trailing `/`, empty for the bucket's root.
+    pub prefix: String,
+    /// An S3-compatible or emulator endpoint instead of the provider's (`https://`, or `http://`
+    /// to a loopback test server only).
+    pub endpoint: Option<Url>,
+    /// The provider's own settings by the crate's names, credentials among them: held as
+    /// secrets, never shown.
+    pub options: BTreeMap<String, Secret>,
+}
+
+/// The store an `object_store` sink's `url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreProvider {
+    /// `s3://`: Amazon S3 or an S3-compatible store.
+    S3,
+    /// `az://`: Azure Blob Storage.
+    Azure,
+    /// `gs://`: Google Cloud Storage.
+    Gcs,
+    /// `file://`: a directory of this machine.
+    File,
 }
 
 /// Size-based rotation of a file sink: before a page would make the file larger than

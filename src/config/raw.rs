@@ -449,7 +449,7 @@ pub struct RawCertificate {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSink {
-    /// `type`: stdout | file | http | azure_logs_ingestion.
+    /// `type`: stdout | file | http | azure_logs_ingestion | object_store.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// `inputs`: source ids.
@@ -462,7 +462,8 @@ pub struct RawSink {
     pub rotate_keep: Option<i64>,
     /// `mode` (file): octal mode of the files the sink creates, e.g. `"0640"`.
     pub mode: Option<String>,
-    /// `url` (http).
+    /// `url` (http: the endpoint; object_store: `s3://bucket/prefix`, `az://…`, `gs://…`,
+    /// `file:///…`).
     pub url: Option<String>,
     /// `format` (http): ndjson | json | splunk_hec | elasticsearch_bulk.
     pub format: Option<String>,
@@ -474,7 +475,8 @@ pub struct RawSink {
     pub compression: Option<String>,
     /// `batch` (http).
     pub batch: Option<RawBatch>,
-    /// `endpoint` (azure_logs_ingestion): the data collection endpoint.
+    /// `endpoint` (azure_logs_ingestion: the data collection endpoint; object_store: an
+    /// S3-compatible or emulator endpoint instead of the provider's).
     pub endpoint: Option<String>,
     /// `dcr_id` (azure_logs_ingestion): the data collection rule's immutable id.
     pub dcr_id: Option<String>,
@@ -484,6 +486,10 @@ pub struct RawSink {
     pub plan: Option<String>,
     /// `[sinks.<id>.auth]` (azure_logs_ingestion): the keys of a source's `[auth]`.
     pub auth: Option<RawAuth>,
+    /// `[sinks.<id>.options]` (object_store): the provider's own settings by the `object_store`
+    /// crate's names (`aws_access_key_id`, `azure_storage_account_name`, …), credentials among
+    /// them.
+    pub options: Option<BTreeMap<String, String>>,
 }
 
 /// `batch = { max_rows, max_bytes, timeout_secs }`.

@@ -17,6 +17,7 @@ use super::raw::{
 };
 use super::values::{cron_to_six_fields, join, parse_duration};
 use super::*;
+use crate::sinks::archive;
 
 /// Divisors of 60: the intervals that keep runs aligned to the hour.
 const POLL_INTERVALS: &[i64] = &[1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60];
@@ -1403,6 +1404,9 @@ impl Cx<'_> {
             AZURE => self
                 .azure_sink(&p, raw, config, certificates)
                 .map(|c| SinkKind::AzureLogsIngestion(Box::new(c))),
+            OBJECT_STORE => self
+                .object_store_sink(&p, raw)
+                .map(|c| SinkKind::ObjectStore(Box::new(c))),
             _ => self.http_sink(&p, raw).map(SinkKind::Http),
         };
         Some(SinkConfig {
@@ -1451,12 +1455,12 @@ impl Cx<'_> {
     /// `type`, required and known.
     fn sink_type<'r>(&mut self, p: &str, raw: &'r RawSink) -> Option<&'r str> {
         let at = |key: &str| join(p, key);
-        const TYPES: &[&str] = &["stdout", "file", "http", AZURE];
+        const TYPES: &[&str] = &["stdout", "file", "http", AZURE, OBJECT_STORE];
         match raw.kind.as_deref().map(str::trim) {
             None => {
                 self.error(
                     &at("type"),
-                    "is required; use stdout, file, http or azure_logs_ingestion",
+                    "is required; use stdout, file, http, azure_logs_ingestion or object_store",
                 );
                 None
             }
@@ -1466,7 +1470,7 @@ impl Cx<'_> {
                 self.error(
                     &at("type"),
                     format!(
-                        "unknown sink type {shown}; use stdout, file, http or azure_logs_ingestion"
+                        "unknown sink type {shown}; use stdout, file, http, azure_logs_ingestion or object_store"
                     ),
                 );
                 None
@@ -1477,7 +1481,7 @@ impl Cx<'_> {
     /// Keys that belong to another sink type than `kind`: each one an error.
     fn keys_of_other_types(&mut self, p: &str, raw: &RawSink, kind: &str) {
         let at = |key: &str| join(p, key);
-        let owners: [(&str, bool, &[&str]); 15] = [
+        let owners: [(&str, bool, &[&str]); 16] = [
             ("path", raw.path.is_some(), &["file"]),
             ("mode", raw.mode.is_some(), &["file"]),
             (
@@ -1486,17 +1490,18 @@ impl Cx<'_> {
                 &["file"],
             ),
             ("rotate_keep", raw.rotate_keep.is_some(), &["file"]),
-            ("url", raw.url.is_some(), &["http"]),
+            ("url", raw.url.is_some(), &["http", OBJECT_STORE]),
             ("format", raw.format.is_some(), &["http"]),
             ("token", raw.token.is_some(), &["http"]),
             ("headers", raw.headers.is_some(), &["http"]),
             ("compression", raw.compression.is_some(), &["http", AZURE]),
             ("batch", raw.batch.is_some(), &["http"]),
-            ("endpoint", raw.endpoint.is_some(), &[AZURE]),
+            ("endpoint", raw.endpoint.is_some(), &[AZURE, OBJECT_STORE]),
             ("dcr_id", raw.dcr_id.is_some(), &[AZURE]),
             ("stream", raw.stream.is_some(), &[AZURE]),
             ("plan", raw.plan.is_some(), &[AZURE]),
             ("auth", raw.auth.is_some(), &[AZURE]),
+            ("options", raw.options.is_some(), &[OBJECT_STORE]),
         ];
         for (key, present, owners) in owners {
             if present && !owners.contains(&kind) {
@@ -1710,16 +1715,91 @@ impl Cx<'_> {
     /// A [`Cx::server_url`] that must be https (http only to a loopback test server): it carries a
     /// bearer token.
     fn https_server_url(&mut self, path: &str, text: &str, fix: &str) -> Option<Url> {
+        if self.plain_http_refused(path, text, "the token and the events") {
+            return None;
+        }
+        self.server_url(path, text, fix)
+    }
+
+    /// Whether `text` is an `http://` URL to a host that is not loopback, which would send `what`
+    /// unencrypted: then an error (http:// is for loopback test servers only).
+    fn plain_http_refused(&mut self, path: &str, text: &str, what: &str) -> bool {
         let plain = Url::parse(text.trim()).is_ok_and(|u| u.scheme() == "http" && !is_loopback(&u));
         if plain {
             self.error(
                 path,
-                "plain http:// would send the token and the events unencrypted; use https:// \
-                 (http:// only to a loopback test server)",
+                format!(
+                    "plain http:// would send {what} unencrypted; use https:// \
+                     (http:// only to a loopback test server)"
+                ),
             );
+        }
+        plain
+    }
+
+    /// An `object_store` sink: `url` (the store and the prefix), `endpoint` (https, or http to
+    /// loopback), `[options]` (the provider's settings by the crate's names, held as secrets).
+    fn object_store_sink(&mut self, p: &str, raw: &RawSink) -> Option<ObjectStoreConfig> {
+        let at = |key: &str| join(p, key);
+        let parsed = match raw.url.as_deref() {
+            None => {
+                self.error(
+                    &at("url"),
+                    "is required for an object_store sink; set where the archive goes, e.g. \
+                     \"s3://bucket/msgtrace\", \"az://container/msgtrace\", \"gs://bucket/msgtrace\" \
+                     or \"file:///var/lib/msgtrace-archive\"",
+                );
+                None
+            }
+            Some(text) => {
+                let shown = self.quote(&at("url"), text);
+                let url = Url::parse(text.trim()).map_err(|e| format!("is not a URL ({e})"));
+                match url.and_then(|u| archive::parse_url(&u).map(|(v, prefix)| (u, v, prefix))) {
+                    Ok(parsed) => Some(parsed),
+                    Err(e) => {
+                        self.error(&at("url"), format!("{shown} {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let (url, provider, prefix) = parsed?;
+        let endpoint = raw.endpoint.as_deref().and_then(|text| {
+            if provider == StoreProvider::File {
+                self.error(
+                    &at("endpoint"),
+                    "a file:// store has no endpoint; remove it",
+                );
+                return None;
+            }
+            if self.plain_http_refused(&at("endpoint"), text, "the credentials and the events") {
+                return None;
+            }
+            self.url(&at("endpoint"), text)
+        });
+        if raw.endpoint.is_some() && endpoint.is_none() {
             return None;
         }
-        self.server_url(path, text, fix)
+        let mut options = BTreeMap::new();
+        let mut ok = true;
+        for (key, value) in raw.options.iter().flatten() {
+            match archive::check_option(provider, key) {
+                Ok(()) => {
+                    options.insert(key.clone(), Secret::new(value.clone()));
+                }
+                Err(e) => {
+                    self.error(&join(&at("options"), key), e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(ObjectStoreConfig {
+            url,
+            provider,
+            prefix,
+            endpoint,
+            options,
+        })
     }
 
     fn http_sink(&mut self, p: &str, raw: &RawSink) -> Option<HttpSinkConfig> {
@@ -1840,6 +1920,9 @@ impl Cx<'_> {
 
 /// The sink type of the Azure Monitor Logs Ingestion API.
 const AZURE: &str = "azure_logs_ingestion";
+
+/// The sink type of the archive in an object store.
+const OBJECT_STORE: &str = "object_store";
 
 /// The spellings of `plan`.
 const PLANS: &[(&str, Plan)] = &[

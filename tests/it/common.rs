@@ -45,8 +45,19 @@ pub struct Scenario<'a> {
     pub extra: &'a str,
 }
 
-/// The configuration of a scenario against `sim`.
+/// The configuration of a scenario against `sim`: its source feeding the file sink `out` at
+/// `s.out`.
 pub fn config_toml(sim: &SimServer, s: &Scenario) -> String {
+    let sink = format!(
+        "[sinks.out]\ntype = \"file\"\ninputs = [\"src\"]\npath = {}\n",
+        q(&s.out.to_string_lossy())
+    );
+    config_toml_with_sink(sim, s, &sink)
+}
+
+/// The configuration of a scenario against `sim` with `sink`, the TOML of its sink tables
+/// (taking the source `src`), instead of the file sink (`s.out` is then unused).
+pub fn config_toml_with_sink(sim: &SimServer, s: &Scenario, sink: &str) -> String {
     let path = match s.api {
         Api::Graph => GRAPH_PATH,
         Api::Reporting => RWS_PATH,
@@ -79,10 +90,7 @@ login_url = {base}
 [sources.src.retry]
 initial_interval_ms = 50
 
-[sinks.out]
-type = "file"
-inputs = ["src"]
-path = {out}
+{sink}
 "#,
         state = q(&s.state_dir.to_string_lossy()),
         url = q(&format!("{}{path}", sim.base_url())),
@@ -97,7 +105,6 @@ path = {out}
         },
         extra = s.extra,
         base = q(&sim.base_url()),
-        out = q(&s.out.to_string_lossy()),
     )
 }
 
@@ -349,6 +356,23 @@ pub struct Crash<'a> {
     pub page_size: u32,
     /// More TOML lines for the source table ([`Scenario::extra`]).
     pub extra: &'a str,
+    /// The sink tables ([`config_toml_with_sink`]); `None`: the file sink at `out.ndjson`.
+    pub sink: Option<&'a str>,
+}
+
+impl Crash<'_> {
+    /// The crash test's collection: two days of `api` in pages of 100, into the file sink.
+    pub fn two_days(api: Api, kills_wanted: u32) -> Crash<'static> {
+        Crash {
+            api,
+            kills_wanted,
+            start: "-2d@h",
+            end: "-1h@h",
+            page_size: 100,
+            extra: "",
+            sink: None,
+        }
+    }
 }
 
 /// What a [`crash_collect`] left: its directory (state in `state`, output in `out`), the kills,
@@ -366,10 +390,10 @@ pub struct Crashed {
     pub window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
 }
 
-/// The crash test: collects `c` from `sim` with the `msgtrace` binary killed at random moments
-/// ([`kill_repeatedly`]), then checks that every row of the window is in the output, none
-/// extra, and at most one page twice per kill.
-pub fn crash_collect(sim: &SimServer, c: &Crash) -> Crashed {
+/// Collects `c` from `sim` with the `msgtrace` binary killed at random moments
+/// ([`kill_repeatedly`]), and finds the window collected (the first job's start to the cursor
+/// the last run left, with no slice in flight).
+pub fn crash_run(sim: &SimServer, c: &Crash) -> Crashed {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.ndjson");
     let state = dir.path().join("state");
@@ -383,33 +407,24 @@ pub fn crash_collect(sim: &SimServer, c: &Crash) -> Crashed {
         page_size: c.page_size,
         extra: c.extra,
     };
-    std::fs::write(&cfg_path, config_toml(sim, &scenario)).unwrap();
+    let toml = match c.sink {
+        Some(sink) => config_toml_with_sink(sim, &scenario, sink),
+        None => config_toml(sim, &scenario),
+    };
+    std::fs::write(&cfg_path, toml).unwrap();
     let kills = kill_repeatedly(&cfg_path, c.kills_wanted, "crash test");
 
     let store = msgtrace::storage::Store::open(&state).unwrap();
     let cp = store.checkpoint("src").unwrap().expect("checkpoint");
     assert!(cp.in_flight.is_none());
-    let jobs = store.jobs(Some("src")).unwrap();
-    let start = jobs
+    let start = store
+        .jobs(Some("src"))
+        .unwrap()
         .iter()
         .filter_map(|j| j.window_start)
         .min()
         .expect("a job had a window");
     let end = cp.cursor.expect("cursor");
-    let expected = sim.model().expected(start, end, chrono::Utc::now());
-    let got = identities(&out, c.api);
-    let (missing, extra, dups) = compare(&got, &expected);
-    eprintln!(
-        "crash test ({:?}): {kills} SIGKILLs, {} expected rows, {missing} missing, {extra} extra, {dups} duplicates (pages in flight at a kill), {} jobs",
-        c.api,
-        expected.len(),
-        jobs.len()
-    );
-    assert_eq!((missing, extra), (0, 0));
-    assert!(
-        dups <= kills as usize * c.page_size as usize,
-        "{dups} duplicates is more than one page per kill"
-    );
     drop(store);
     Crashed {
         dir,
@@ -418,6 +433,35 @@ pub fn crash_collect(sim: &SimServer, c: &Crash) -> Crashed {
         kills,
         window: (start, end),
     }
+}
+
+impl Crashed {
+    /// The simulator's rows of the window collected.
+    pub fn expected(&self, sim: &SimServer) -> Vec<(String, String)> {
+        sim.model()
+            .expected(self.window.0, self.window.1, chrono::Utc::now())
+    }
+}
+
+/// The crash test: [`crash_run`] into the file sink, then every row of the window is in the
+/// output, none extra, and at most one page twice per kill.
+pub fn crash_collect(sim: &SimServer, c: &Crash) -> Crashed {
+    let crashed = crash_run(sim, c);
+    let expected = crashed.expected(sim);
+    let got = identities(&crashed.out, c.api);
+    let (missing, extra, dups) = compare(&got, &expected);
+    eprintln!(
+        "crash test ({:?}): {} SIGKILLs, {} expected rows, {missing} missing, {extra} extra, {dups} duplicates (pages in flight at a kill)",
+        c.api,
+        crashed.kills,
+        expected.len(),
+    );
+    assert_eq!((missing, extra), (0, 0));
+    assert!(
+        dups <= crashed.kills as usize * c.page_size as usize,
+        "{dups} duplicates is more than one page per kill"
+    );
+    crashed
 }
 
 /// The crash test's run: `msgtrace run --once -c cfg` as a child process, killed with SIGKILL
@@ -559,4 +603,15 @@ pub fn output_ids(path: &Path) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// Whether no page was checkpointed: no cursor, and no slice in flight past its first page (a
+/// slice is recorded as started before its first page is asked for).
+pub fn no_page_checkpointed(cp: Option<&msgtrace::storage::Checkpoint>) -> bool {
+    cp.is_none_or(|c| {
+        c.cursor.is_none()
+            && c.in_flight
+                .as_ref()
+                .is_none_or(|f| f.pages == 0 && f.next_link.is_none())
+    })
 }

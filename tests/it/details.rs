@@ -78,6 +78,7 @@ fn every_detail_record_of_every_row_not_delivered_exactly_once_across_sigkills()
             end: "-1h@h",
             page_size: 100,
             extra: "details = \"not_delivered\"\nquota = { requests = 300, per_secs = 1 }",
+            sink: None,
         },
     );
     let expected = expected_details(&sim, crashed.window, DetailsMode::NotDelivered, None);

@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 mod common;
 
+mod archive;
 mod auth;
 mod backfill;
 mod cli;

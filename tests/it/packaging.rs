@@ -163,6 +163,7 @@ fn every_ready_configuration_is_valid_and_takes_its_secrets_from_the_environment
         "graph-to-splunk.toml",
         "graph-to-elasticsearch.toml",
         "graph-to-sentinel.toml",
+        "graph-to-archive.toml",
         "simulate.toml",
         "msgtrace.toml",
     ] {

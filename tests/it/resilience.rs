@@ -283,5 +283,5 @@ fn a_body_over_the_size_limit_is_refused_with_a_clear_error() {
         .unwrap()
         .checkpoint("src")
         .unwrap();
-    assert!(cp.is_none_or(|c| c.cursor.is_none() && c.in_flight.is_none()));
+    assert!(no_page_checkpointed(cp.as_ref()), "{cp:?}");
 }

@@ -805,12 +805,12 @@ fn validation_names_the_key_and_the_fix() {
         "{:?}",
         c.warnings
     );
-    // endpoint belongs to this sink type only.
+    // endpoint belongs to this sink type (and object_store) only.
     let errs = errors(&format!(
         "{SOURCE}\n[sinks.web]\ntype = \"http\"\ninputs = [\"contoso\"]\nurl = \"https://h/x\"\nformat = \"json\"\nendpoint = \"https://x\"\n"
     ));
     assert!(
-        errs == ["sinks.web.endpoint: not used by sink type http (only by azure_logs_ingestion); remove it"],
+        errs == ["sinks.web.endpoint: not used by sink type http (only by azure_logs_ingestion, object_store); remove it"],
         "{errs:?}"
     );
 }

@@ -33,7 +33,7 @@
 use crate::auth::{AuthHeader, AuthToken, GetAuthHeader, InvalidateToken};
 use crate::dialect::details::DetailsMode;
 use crate::dialect::{self, Api, Page};
-use crate::event::{Batch, Event, EventMeta, Ndjson};
+use crate::event::{Batch, Event, EventMeta, Ndjson, PageKey};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
 use crate::sink::Deliver;
@@ -42,8 +42,8 @@ use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, DetailEntry, JobKind, JobRecord, JobState, SeenEntry, Spool, Store,
-    TaskRecord,
+    Checkpoint, Commit, DetailEntry, InFlight, JobKind, JobRecord, JobState, SeenEntry, Spool,
+    Store, TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;

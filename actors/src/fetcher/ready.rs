@@ -321,6 +321,8 @@ pub(super) fn into_batch(
     }
     Ok(Some(Batch {
         source: plan.input_id.clone(),
+        // Set by the slice, which knows the cursor and the URL.
+        page: None,
         events: Arc::new(events),
         encoded,
     }))

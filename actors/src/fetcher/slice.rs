@@ -25,6 +25,9 @@ pub(super) async fn collect_slice(
         },
     );
     let spool_of_this = spool.as_ref();
+    if let Some(started) = slice.starting(&run.job.id) {
+        mark_started(run, started).await?;
+    }
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
@@ -68,7 +71,12 @@ pub(super) async fn collect_slice(
         note(spec, &mut run.job, &ready);
         let n = ready.rows;
         let (dropped, seen, details) = (ready.dropped, ready.seen, ready.details);
-        if let Some(batch) = ready.batch {
+        if let Some(mut batch) = ready.batch {
+            batch.page = Some(Arc::new(PageKey {
+                cursor: run.cursor_name.clone(),
+                url: url.clone(),
+                reread: task.reread,
+            }));
             hand_over(run, batch, &mut prefetched).await?;
         }
         // A next link this query had already, or one past its bounds, is poisoned like a link
@@ -285,6 +293,27 @@ async fn commit(
                 job: Some(job),
                 seen: page.seen,
                 details: page.details,
+            },
+            spec.durable,
+        )
+        .await
+        .map_err(FetchError::Checkpoint)
+}
+
+/// Records in the checkpoint that the slice is under way, before its first page
+/// ([`SliceRun::starting`]).
+async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
+    run.cp.in_flight = Some(started);
+    let spec = &run.env.spec;
+    run.env
+        .store
+        .commit(
+            Commit {
+                source: &spec.id,
+                checkpoint: Some((run.cursor_name.as_str(), &run.cp)),
+                job: None,
+                seen: &[],
+                details: &[],
             },
             spec.durable,
         )

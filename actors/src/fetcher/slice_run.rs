@@ -245,6 +245,16 @@ impl SliceRun {
         self.link = None;
     }
 
+    /// The checkpoint's record of a slice about to ask for its first page, when it is not
+    /// resumed (nor a re-read, which moves no checkpoint): a restart then resumes this very
+    /// slice, so it asks for the same first page, instead of planning anew up to an `end` that
+    /// may have moved since. A page delivered again after a kill so keeps its URL, and a sink
+    /// that names what it writes by it (`object_store`) overwrites its first delivery.
+    pub fn starting(&self, job_id: &str) -> Option<InFlight> {
+        (self.task.resume.is_none() && !self.task.reread && self.link.is_none())
+            .then(|| self.in_flight(job_id, None))
+    }
+
     fn in_flight(&self, job_id: &str, next_link: Option<String>) -> InFlight {
         InFlight {
             job_id: job_id.to_owned(),
