@@ -127,6 +127,11 @@ impl Batch {
 pub struct Ndjson(Vec<u8>);
 
 impl Ndjson {
+    /// NDJSON lines written elsewhere, in a buffer from [`crate::buffers`].
+    pub fn from_buffer(lines: Vec<u8>) -> Ndjson {
+        Ndjson(lines)
+    }
+
     /// Encodes `events`, one JSON line each, into a buffer from the pool.
     pub fn encode(events: &[Event]) -> Ndjson {
         let mut buf = crate::buffers::take(0);

@@ -341,6 +341,48 @@ fn pages_parse_to_their_rows_identities_and_times() {
     }
 }
 
+/// The pass-through reading (`Api::parse_raw_page`) of every page the full parser reads: the
+/// same rows (each row's text parses to the full parser's row), identities, times and statuses,
+/// and the same next link; or `None` (the page takes the full parser), which only the verbose
+/// OData pages (`__metadata`, `d`) may be.
+#[test]
+fn pages_read_passed_through_are_the_same_rows_or_take_the_full_parser() {
+    let mut passed = 0;
+    for c in PAGES {
+        let body = bytes(c.file);
+        let full = page(c.api, &body);
+        let Some(raw) = c.api.parse_raw_page(&body, &request(c.api), 5000, &[]) else {
+            let text = String::from_utf8_lossy(&body);
+            assert!(
+                text.contains("__metadata") || text.contains("\"d\""),
+                "{}: not passed through",
+                c.file
+            );
+            continue;
+        };
+        passed += 1;
+        assert_eq!(raw.rows.len(), full.rows.len(), "{}", c.file);
+        assert_eq!(raw.next_link, full.next_link, "{}", c.file);
+        let status = c.api.status_field();
+        for (r, f) in raw.rows.iter().zip(&full.rows) {
+            let parsed: Row = serde_json::from_str(r.text).expect("a row's text is JSON");
+            assert_eq!(&parsed, f, "{}", c.file);
+            assert_eq!(r.identity(), c.api.row_identity_ref(f), "{}", c.file);
+            assert_eq!(r.time, c.api.row_time(f), "{}", c.file);
+            assert_eq!(
+                r.status(),
+                f.get(status).and_then(Value::as_str),
+                "{}",
+                c.file
+            );
+        }
+    }
+    assert!(
+        passed * 2 > PAGES.len(),
+        "most fixtures pass through: {passed}"
+    );
+}
+
 /// An error body: the summary a log line shows, and the error the dialect gives.
 struct ErrorCase {
     file: &'static str,

@@ -427,6 +427,13 @@ pub(super) async fn parse_off_thread(
         .off_thread(move || {
             let page = match how.fetch {
                 Fetch::Summary => {
+                    let passed = plan.as_deref().and_then(|plan| {
+                        super::passthrough::try_ready(plan, &body, &request_url, how.max_rows)
+                    });
+                    if let Some(ready) = passed {
+                        crate::buffers::give_bytes(body);
+                        return Ok(Parsed::Ready(ready));
+                    }
                     how.api
                         .parse_page_of_at_most(&body, &request_url, how.max_rows)?
                 }

@@ -56,6 +56,7 @@ mod deliver;
 mod details;
 mod error;
 mod job;
+mod passthrough;
 mod prefetch;
 mod ready;
 mod shared;

@@ -140,53 +140,32 @@ pub(super) fn make_ready(
     let api = plan.api;
     let is_last = page.next_link.is_none();
     let now = Utc::now();
-    let mut out = Ready {
-        batch: None,
-        parsed: page.rows.len(),
-        rows: 0,
-        broken: 0,
-        dropped: 0,
-        skipped: 0,
-        known: 0,
-        updates: 0,
-        seen: Vec::new(),
-        details: Vec::new(),
-        oldest: None,
-        next_link: page.next_link,
-    };
+    let mut out = Ready::new(page.rows.len(), page.next_link);
     let (rows, repaired) = (page.rows, page.repaired);
     let mut events = Vec::with_capacity(rows.len());
     // The oldest rows of the page delivered (indexes into `events`), for re-queries: their
     // identities are copied once, at the end, not for every row (rows come newest first, so
     // nearly every row is the oldest so far when it is seen).
-    let mut oldest: Option<(DateTime<Utc>, Vec<usize>)> = None;
+    let mut oldest: Oldest = None;
     // Each row becomes its event's fields as it is (moved, not copied).
     for mut fields in rows {
         let time = api.row_time(&fields);
         let identity = api.row_identity_ref(&fields);
-        let Some(update) = keep_row(plan, &mut out, &fields, time, identity)? else {
+        let status = fields.get(api.status_field()).and_then(|s| s.as_str());
+        let Some(update) = keep_row(plan, &mut out, status, time, identity)? else {
             continue;
         };
         let is_broken = time.is_none()
             || identity.is_none()
             || (repaired && fields.values().any(holds_replacement));
-        if let (Some(t), Some((trace_id, recipient))) = (time, identity) {
-            let status = fields.get(api.status_field()).and_then(|s| s.as_str());
-            let status = status.unwrap_or_default();
-            if plan.details.wants(status) {
-                out.details.push(DetailEntry {
-                    received: t,
-                    trace_id: trace_id.to_owned(),
-                    recipient: recipient.to_owned(),
-                    status: status.to_owned(),
-                });
-            }
-            let at = events.len();
-            match &mut oldest {
-                Some((o, _)) if t > *o => {}
-                Some((o, at_oldest)) if t == *o => at_oldest.push(at),
-                _ => oldest = Some((t, vec![at])),
-            }
+        if let (Some(t), Some(identity)) = (time, identity) {
+            note_kept(
+                plan,
+                &mut out,
+                (t, identity, status),
+                events.len(),
+                &mut oldest,
+            );
         }
         fields.insert("_time".into(), epoch_seconds(time.unwrap_or(now)).into());
         if is_broken {
@@ -218,13 +197,61 @@ pub(super) fn make_ready(
     Ok(out)
 }
 
+impl Ready {
+    /// A page of `parsed` rows, nothing of it delivered yet.
+    pub(super) fn new(parsed: usize, next_link: Option<url::Url>) -> Ready {
+        Ready {
+            batch: None,
+            parsed,
+            rows: 0,
+            broken: 0,
+            dropped: 0,
+            skipped: 0,
+            known: 0,
+            updates: 0,
+            seen: Vec::new(),
+            details: Vec::new(),
+            oldest: None,
+            next_link,
+        }
+    }
+}
+
+/// The oldest instant of the rows a page delivers, and their indexes among its events.
+pub(super) type Oldest = Option<(DateTime<Utc>, Vec<usize>)>;
+
+/// A row [`keep_row`] kept, with its time and identity, as event number `at`: it enters the
+/// details backlog if its details are wanted, and the page's oldest rows if it is one of them.
+pub(super) fn note_kept(
+    plan: &PagePlan,
+    out: &mut Ready,
+    (t, (trace_id, recipient), status): (DateTime<Utc>, (&str, &str), Option<&str>),
+    at: usize,
+    oldest: &mut Oldest,
+) {
+    let status = status.unwrap_or_default();
+    if plan.details.wants(status) {
+        out.details.push(DetailEntry {
+            received: t,
+            trace_id: trace_id.to_owned(),
+            recipient: recipient.to_owned(),
+            status: status.to_owned(),
+        });
+    }
+    match oldest {
+        Some((o, _)) if t > *o => {}
+        Some((o, at_oldest)) if t == *o => at_oldest.push(at),
+        _ => *oldest = Some((t, vec![at])),
+    }
+}
+
 /// Whether a row is delivered (`Some(update)`: with `_update` when the identity index knew it
 /// with another status) or not (`None`: outside the slice, delivered before a re-query, or
 /// known with the same status), counted in `out`; a row it keeps is entered in `out.seen`.
-fn keep_row(
+pub(super) fn keep_row(
     plan: &PagePlan,
     out: &mut Ready,
-    fields: &crate::dialect::Row,
+    status: Option<&str>,
     time: Option<DateTime<Utc>>,
     identity: Option<(&str, &str)>,
 ) -> Result<Option<bool>, FetchError> {
@@ -258,11 +285,7 @@ fn keep_row(
     let Some((store, source_id)) = &plan.index else {
         return Ok(Some(false));
     };
-    let status = fields
-        .get(plan.api.status_field())
-        .and_then(|s| s.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let status = status.unwrap_or_default().to_owned();
     let entry = SeenEntry {
         time: t,
         trace_id: trace_id.to_owned(),
