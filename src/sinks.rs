@@ -194,62 +194,10 @@ impl FileSink {
         if self.file.is_some() {
             return Ok(());
         }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| self.err("cannot create the directory of", e))?;
-        }
-        let existed = match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(self.err("refusing", symlink_refusal(&self.path)))
-            }
-            Ok(_) => true,
-            Err(_) => false,
-        };
-        let mut options = OpenOptions::new();
-        options.create(true).read(true).append(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            // A link put there after the check above is refused too (ELOOP).
-            options.mode(self.mode).custom_flags(libc::O_NOFOLLOW);
-        }
-        let mut f = options
-            .open(&self.path)
-            .map_err(|e| self.err("cannot open", e))?;
-        let meta = f.metadata().map_err(|e| self.err("cannot read", e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = meta.permissions().mode() & 0o777;
-            if !existed {
-                // Exactly the configured mode: the umask may have taken bits away or not.
-                f.set_permissions(std::fs::Permissions::from_mode(self.mode))
-                    .map_err(|e| self.err("cannot set the mode of", e))?;
-            } else if mode & !self.mode & 0o077 != 0 {
-                tracing::warn!(
-                    sink = %self.name,
-                    file = %self.path.display(),
-                    mode = format!("{mode:04o}"),
-                    "the output file is more open than the sink's mode and holds message trace data; restrict it with `chmod {:o} {}`",
-                    self.mode,
-                    self.path.display()
-                );
-            }
-        }
+        let (mut f, meta) = self.open_file()?;
         let (dev, ino) = file_identity(&meta);
         let path = self.path.to_string_lossy().into_owned();
-        let recorded = match self.marks.as_ref().map(MarkFile::load) {
-            Some(Ok(mark)) => mark,
-            Some(Err(e)) => {
-                tracing::warn!(sink = %self.name, error = %e, "the record of how far the sink wrote cannot be read; nothing is cut from the file");
-                None
-            }
-            None => None,
-        };
-        // Bytes past the recorded length of this same file are the sink's own.
-        let own_from = recorded
-            .filter(|m| m.path == path && m.dev == dev && m.ino == ino && m.len <= meta.len())
-            .map(|m| m.len);
+        let own_from = self.own_bytes_from(&path, (dev, ino), meta.len());
         if let Some(from) = own_from {
             repair_torn_tail(&mut f, from).map_err(|e| self.err("cannot repair the end of", e))?;
         } else if meta.len() > 0 {
@@ -272,6 +220,70 @@ impl FileSink {
         self.mark = Some(mark);
         self.file = Some(f);
         Ok(())
+    }
+
+    /// Opens the file for appending (its directory created, a symbolic link refused, a new file
+    /// given exactly the sink's mode, a more open one warned about), with its metadata.
+    fn open_file(&self) -> Result<(File, std::fs::Metadata), SinkError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| self.err("cannot create the directory of", e))?;
+        }
+        let existed = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(self.err("refusing", symlink_refusal(&self.path)))
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        let mut options = OpenOptions::new();
+        options.create(true).read(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // A link put there after the check above is refused too (ELOOP).
+            options.mode(self.mode).custom_flags(libc::O_NOFOLLOW);
+        }
+        let f = options
+            .open(&self.path)
+            .map_err(|e| self.err("cannot open", e))?;
+        let meta = f.metadata().map_err(|e| self.err("cannot read", e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if !existed {
+                // Exactly the configured mode: the umask may have taken bits away or not.
+                f.set_permissions(std::fs::Permissions::from_mode(self.mode))
+                    .map_err(|e| self.err("cannot set the mode of", e))?;
+            } else if mode & !self.mode & 0o077 != 0 {
+                tracing::warn!(
+                    sink = %self.name,
+                    file = %self.path.display(),
+                    mode = format!("{mode:04o}"),
+                    "the output file is more open than the sink's mode and holds message trace data; restrict it with `chmod {:o} {}`",
+                    self.mode,
+                    self.path.display()
+                );
+            }
+        }
+        Ok((f, meta))
+    }
+
+    /// Where the bytes this sink wrote itself begin in the file (`path`, device and inode, now
+    /// `len` long): past the recorded length of this same file; `None` without a record of it.
+    fn own_bytes_from(&self, path: &str, (dev, ino): (u64, u64), len: u64) -> Option<u64> {
+        let recorded = match self.marks.as_ref().map(MarkFile::load) {
+            Some(Ok(mark)) => mark,
+            Some(Err(e)) => {
+                tracing::warn!(sink = %self.name, error = %e, "the record of how far the sink wrote cannot be read; nothing is cut from the file");
+                None
+            }
+            None => None,
+        };
+        recorded
+            .filter(|m| m.path == path && m.dev == dev && m.ino == ino && m.len <= len)
+            .map(|m| m.len)
     }
 
     /// Opens the file, rotating it first when `incoming` bytes would take it past the limit.

@@ -110,49 +110,55 @@ pub fn render_text(jobs: &[JobRecord]) -> String {
                 &j.errors.len().to_string(),
             ],
         );
-        for t in &j.tasks {
-            let _ = writeln!(
-                s,
-                "    task {} .. {}  {:<9} pages {:>5}  rows {:>8}  dropped {}  retries {}{}{}",
-                time(Some(t.start)),
-                time(Some(t.end)),
-                lower(t.state),
-                t.pages,
-                t.rows,
-                t.dropped,
-                t.retries,
-                if t.requeries > 0 {
-                    format!("  requeries {}", t.requeries)
-                } else {
-                    String::new()
-                },
-                if t.reschedules > 0 {
-                    format!("  reschedules {}", t.reschedules)
-                } else {
-                    String::new()
-                },
-            );
-        }
-        if j.detail_rows > 0 {
-            let _ = writeln!(
-                s,
-                "    details of {} rows: {} events",
-                j.detail_rows, j.detail_events
-            );
-        }
-        for (g0, g1) in &j.gaps {
-            let _ = writeln!(
-                s,
-                "    gap  {} .. {}  (older than the API keeps)",
-                time(Some(*g0)),
-                time(Some(*g1))
-            );
-        }
+        job_details(&mut s, j);
         for e in &j.errors {
             let _ = writeln!(s, "    error: {e}");
         }
     }
     s
+}
+
+/// The lines beneath a job in `msgtrace jobs`: its tasks, its details, its gaps (its errors
+/// follow).
+fn job_details(s: &mut String, j: &JobRecord) {
+    use std::fmt::Write as _;
+    let count = |n: u32, what: &str| {
+        if n > 0 {
+            format!("  {what} {n}")
+        } else {
+            String::new()
+        }
+    };
+    for t in &j.tasks {
+        let _ = writeln!(
+            s,
+            "    task {} .. {}  {:<9} pages {:>5}  rows {:>8}  dropped {}  retries {}{}{}",
+            time(Some(t.start)),
+            time(Some(t.end)),
+            lower(t.state),
+            t.pages,
+            t.rows,
+            t.dropped,
+            t.retries,
+            count(t.requeries, "requeries"),
+            count(t.reschedules, "reschedules"),
+        );
+    }
+    if j.detail_rows > 0 {
+        let _ = writeln!(
+            s,
+            "    details of {} rows: {} events",
+            j.detail_rows, j.detail_events
+        );
+    }
+    for (g0, g1) in &j.gaps {
+        let _ = writeln!(
+            s,
+            "    gap  {} .. {}  (older than the API keeps)",
+            time(Some(*g0)),
+            time(Some(*g1))
+        );
+    }
 }
 
 /// The details backlogs beneath the jobs in `msgtrace jobs`: a line per source with summary
