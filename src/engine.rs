@@ -167,10 +167,10 @@ pub fn source_spec(
         let key = format!("sources.{}{key}", src.id);
         move |problem: String| SpecError { key, problem }
     };
-    let from_env = |e| format!("{e} (from the environment)");
+    let from_env = |e: msgtrace_actors::proxy::ProxyError| format!("{e} (from the environment)");
     let mut auth = auth_spec(&src.auth, secrets).map_err(at(".auth"))?;
     let proxy = match &src.proxy_url {
-        Some(p) => Some(Proxy::from_url(p.url()).map_err(at(".proxy_url"))?),
+        Some(p) => Some(Proxy::from_url(p.url()).map_err(|e| at(".proxy_url")(e.to_string()))?),
         None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
             .map_err(|e| at("")(from_env(e)))?,
     };

@@ -27,18 +27,40 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
+/// Why a proxy URL (`proxy_url`, or `HTTPS_PROXY` / `HTTP_PROXY`) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Not an http:// proxy.
+    #[error("proxy scheme `{0}` is not supported; use an http:// proxy (connections are tunnelled with CONNECT)")]
+    Scheme(String),
+    /// No host in the URL.
+    #[error("proxy URL has no host")]
+    NoHost,
+    /// An environment variable that is not a URL.
+    #[error("{var}: not a URL ({reason})")]
+    NotAUrl {
+        /// `HTTPS_PROXY` or `HTTP_PROXY`.
+        var: &'static str,
+        /// The parser's reason.
+        reason: url::ParseError,
+    },
+    /// An environment variable's proxy that cannot be used.
+    #[error("{var}: {error}")]
+    FromEnv {
+        /// `HTTPS_PROXY` or `HTTP_PROXY`.
+        var: &'static str,
+        /// Why.
+        error: Box<ProxyError>,
+    },
+}
+
 impl Proxy {
     /// A proxy from its URL (`http://[user:pass@]host:port`).
-    pub fn from_url(url: &url::Url) -> Result<Proxy, String> {
+    pub fn from_url(url: &url::Url) -> Result<Proxy, ProxyError> {
         if url.scheme() != "http" {
-            return Err(format!(
-                "proxy scheme `{}` is not supported; use an http:// proxy (connections are tunnelled with CONNECT)",
-                url.scheme()
-            ));
+            return Err(ProxyError::Scheme(url.scheme().to_owned()));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| "proxy URL has no host".to_string())?;
+        let host = url.host_str().ok_or(ProxyError::NoHost)?;
         let port = url.port().unwrap_or(3128);
         let auth = (!url.username().is_empty()).then(|| {
             let user = percent_decode(url.username());
@@ -58,7 +80,7 @@ impl Proxy {
     pub fn from_env(
         target: &url::Url,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Option<Proxy>, String> {
+    ) -> Result<Option<Proxy>, ProxyError> {
         let host = target.host_str().unwrap_or_default().to_ascii_lowercase();
         if host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1" {
             return Ok(None);
@@ -86,10 +108,14 @@ impl Proxy {
         match get(var) {
             None => Ok(None),
             Some(v) => {
-                let url = url::Url::parse(&v).map_err(|e| format!("{var}: not a URL ({e})"))?;
+                let url =
+                    url::Url::parse(&v).map_err(|reason| ProxyError::NotAUrl { var, reason })?;
                 Proxy::from_url(&url)
                     .map(Some)
-                    .map_err(|e| format!("{var}: {e}"))
+                    .map_err(|e| ProxyError::FromEnv {
+                        var,
+                        error: Box::new(e),
+                    })
             }
         }
     }
@@ -215,6 +241,7 @@ mod tests {
         let env = env_of(&[("HTTPS_PROXY", "socks5://proxy:1080")]);
         assert!(Proxy::from_env(&graph, &env)
             .unwrap_err()
+            .to_string()
             .contains("socks5"));
     }
 }

@@ -99,10 +99,10 @@ impl Store {
         for item in self.details.scan_prefix(source_prefix(source)).take(limit) {
             let (k, v) = item.map_err(|e| self.sled_err(e))?;
             out.push(
-                record::decode_detail_entry(&v).map_err(|reason| StorageError::Corrupt {
+                record::decode_detail_entry(&v).map_err(|e| StorageError::Corrupt {
                     tree: crate::DETAILS.into(),
                     key: String::from_utf8_lossy(&k).replace('\0', "/"),
-                    reason,
+                    reason: e.to_string(),
                 })?,
             );
         }

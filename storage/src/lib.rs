@@ -304,13 +304,15 @@ impl Store {
             .map_err(|e| self.sled_err(e))?
         {
             None => Ok(None),
-            Some(bytes) => record::decode_checkpoint(&bytes)
-                .map(Some)
-                .map_err(|reason| StorageError::Corrupt {
-                    tree: CHECKPOINTS.into(),
-                    key: name.into(),
-                    reason,
-                }),
+            Some(bytes) => {
+                record::decode_checkpoint(&bytes)
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt {
+                        tree: CHECKPOINTS.into(),
+                        key: name.into(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -388,10 +390,10 @@ impl Store {
             None => Ok(None),
             Some(v) => record::decode_seen(&v)
                 .map(Some)
-                .map_err(|reason| StorageError::Corrupt {
+                .map_err(|e| StorageError::Corrupt {
                     tree: SEEN.into(),
                     key: format!("{source}/{}/{}", entry.trace_id, entry.recipient),
-                    reason,
+                    reason: e.to_string(),
                 }),
         }
     }
@@ -438,10 +440,10 @@ impl Store {
         let mut out = Vec::new();
         for item in iter {
             let (k, v) = item.map_err(|e| self.sled_err(e))?;
-            let job = record::decode_job(&v).map_err(|reason| StorageError::Corrupt {
+            let job = record::decode_job(&v).map_err(|e| StorageError::Corrupt {
                 tree: JOBS.into(),
                 key: String::from_utf8_lossy(&k).replace('\0', "/"),
-                reason,
+                reason: e.to_string(),
             })?;
             out.push(job);
         }

@@ -12,6 +12,17 @@ use crate::record::{self, FileMark};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
+/// Why a file sink's mark cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MarkError {
+    /// The file cannot be read (its reason, readably).
+    #[error("{0}")]
+    Unreadable(String),
+    /// Its contents are not a mark.
+    #[error(transparent)]
+    Corrupt(#[from] record::DecodeError),
+}
+
 /// The mark file of one file sink.
 #[derive(Clone, Debug)]
 pub struct MarkFile {
@@ -34,12 +45,12 @@ impl MarkFile {
         &self.path
     }
 
-    /// The mark: `Ok(None)` when there is none, `Err` (the reason) when it cannot be read.
-    pub fn load(&self) -> Result<Option<FileMark>, String> {
+    /// The mark: `Ok(None)` when there is none, `Err` when it cannot be read.
+    pub fn load(&self) -> Result<Option<FileMark>, MarkError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => record::decode_file_mark(&bytes).map(Some),
+            Ok(bytes) => Ok(Some(record::decode_file_mark(&bytes)?)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(layout::readable(&e)),
+            Err(e) => Err(MarkError::Unreadable(layout::readable(&e))),
         }
     }
 
@@ -76,7 +87,7 @@ mod tests {
     fn a_mark_comes_back_and_a_damaged_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let marks = MarkFile::new(dir.path(), "out");
-        assert_eq!(marks.load(), Ok(None));
+        assert_eq!(marks.load().unwrap(), None);
         let mark = FileMark {
             path: "/x/e.ndjson".into(),
             dev: 1,
@@ -84,11 +95,11 @@ mod tests {
             len: 3,
         };
         marks.store(&mark, true).unwrap();
-        assert_eq!(marks.load(), Ok(Some(mark.clone())));
+        assert_eq!(marks.load().unwrap(), Some(mark.clone()));
         let next = FileMark { len: 9, ..mark };
         marks.store(&next, false).unwrap();
-        assert_eq!(MarkFile::new(dir.path(), "out").load(), Ok(Some(next)));
-        assert_eq!(MarkFile::new(dir.path(), "other").load(), Ok(None));
+        assert_eq!(MarkFile::new(dir.path(), "out").load().unwrap(), Some(next));
+        assert_eq!(MarkFile::new(dir.path(), "other").load().unwrap(), None);
         std::fs::write(marks.path(), b"{\"version\":\"1\"").unwrap();
         assert!(marks.load().is_err());
     }

@@ -244,16 +244,22 @@ enum FileMarkRecord {
     V1(FileMark),
 }
 
+/// A stored record that cannot be read: not the JSON of a known version of its type (the
+/// state directory was written by a newer msgtrace, or damaged).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(#[from] serde_json::Error);
+
 /// Encodes a file sink's mark with its version tag.
 pub fn encode_file_mark(mark: &FileMark) -> Vec<u8> {
     serde_json::to_vec(&FileMarkRecord::V1(mark.clone())).expect("file mark serializes")
 }
 
 /// Decodes a file sink's mark.
-pub fn decode_file_mark(bytes: &[u8]) -> Result<FileMark, String> {
+pub fn decode_file_mark(bytes: &[u8]) -> Result<FileMark, DecodeError> {
     match serde_json::from_slice::<FileMarkRecord>(bytes) {
         Ok(FileMarkRecord::V1(m)) => Ok(m),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DecodeError(e)),
     }
 }
 
@@ -273,10 +279,10 @@ pub fn encode_seen(status: &str) -> Vec<u8> {
 }
 
 /// Decodes an identity index value.
-pub fn decode_seen(bytes: &[u8]) -> Result<String, String> {
+pub fn decode_seen(bytes: &[u8]) -> Result<String, DecodeError> {
     match serde_json::from_slice::<SeenRecord>(bytes) {
         Ok(SeenRecord::V1 { status }) => Ok(status),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DecodeError(e)),
     }
 }
 
@@ -293,10 +299,10 @@ pub fn encode_detail_entry(entry: &crate::DetailEntry) -> Vec<u8> {
 }
 
 /// Decodes a details backlog entry.
-pub fn decode_detail_entry(bytes: &[u8]) -> Result<crate::DetailEntry, String> {
+pub fn decode_detail_entry(bytes: &[u8]) -> Result<crate::DetailEntry, DecodeError> {
     match serde_json::from_slice::<DetailEntryRecord>(bytes) {
         Ok(DetailEntryRecord::V1(e)) => Ok(e),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DecodeError(e)),
     }
 }
 
@@ -318,10 +324,10 @@ pub fn encode_checkpoint(cp: &Checkpoint) -> Vec<u8> {
 }
 
 /// Decodes a versioned checkpoint.
-pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
     match serde_json::from_slice::<CheckpointRecord>(bytes) {
         Ok(CheckpointRecord::V1(cp)) => Ok(cp),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DecodeError(e)),
     }
 }
 
@@ -331,10 +337,10 @@ pub fn encode_job(job: &JobRecord) -> Vec<u8> {
 }
 
 /// Decodes a versioned job record.
-pub fn decode_job(bytes: &[u8]) -> Result<JobRecord, String> {
+pub fn decode_job(bytes: &[u8]) -> Result<JobRecord, DecodeError> {
     match serde_json::from_slice::<JobRecordEnvelope>(bytes) {
         Ok(JobRecordEnvelope::V1(j)) => Ok(j),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(DecodeError(e)),
     }
 }
 
@@ -361,6 +367,6 @@ mod tests {
     #[test]
     fn unknown_version_is_an_error() {
         let err = decode_checkpoint(br#"{"version":"9","cursor":null}"#).unwrap_err();
-        assert!(err.contains("unknown variant"), "{err}");
+        assert!(err.to_string().contains("unknown variant"), "{err}");
     }
 }
