@@ -97,6 +97,20 @@ pub enum SecretValue {
     },
 }
 
+/// Why the input of `msgtrace secrets set` is not a secret of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SecretInputError {
+    /// A text secret with nothing in it.
+    #[error("the value is empty")]
+    Empty,
+    /// Credentials without a username or a password.
+    #[error("credentials need the username on the first line and the password on the second")]
+    CredentialsIncomplete,
+    /// Credentials of more than two lines.
+    #[error("credentials are two lines (username, password); more lines were given")]
+    CredentialsTooLong,
+}
+
 impl SecretValue {
     /// Its kind.
     pub fn kind(&self) -> SecretKind {
@@ -109,7 +123,7 @@ impl SecretValue {
     /// Reads a value as `msgtrace secrets set` receives it on stdin: text is the whole input
     /// without its final line break; credentials are the username on the first line and the
     /// password on the second.
-    pub fn parse(kind: SecretKind, input: &str) -> Result<SecretValue, String> {
+    pub fn parse(kind: SecretKind, input: &str) -> Result<SecretValue, SecretInputError> {
         match kind {
             SecretKind::Text => {
                 let v = input
@@ -117,7 +131,7 @@ impl SecretValue {
                     .map(|v| v.strip_suffix('\r').unwrap_or(v))
                     .unwrap_or(input);
                 if v.is_empty() {
-                    return Err("the value is empty".into());
+                    return Err(SecretInputError::Empty);
                 }
                 Ok(SecretValue::Text(Secret::new(v)))
             }
@@ -126,16 +140,10 @@ impl SecretValue {
                 let username = lines.next().unwrap_or("").trim().to_string();
                 let password = lines.next().unwrap_or("");
                 if username.is_empty() || password.is_empty() {
-                    return Err(
-                        "credentials need the username on the first line and the password on the second"
-                            .into(),
-                    );
+                    return Err(SecretInputError::CredentialsIncomplete);
                 }
                 if lines.any(|l| !l.trim().is_empty()) {
-                    return Err(
-                        "credentials are two lines (username, password); more lines were given"
-                            .into(),
-                    );
+                    return Err(SecretInputError::CredentialsTooLong);
                 }
                 Ok(SecretValue::Credentials {
                     username,
