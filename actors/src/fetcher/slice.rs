@@ -24,7 +24,6 @@ pub(super) async fn collect_slice(
             limits: spec.link_limits,
         },
     );
-    let spool_of_this = spool.as_ref();
     if let Some(started) = slice.starting(&run.job.id) {
         mark_started(run, started).await?;
     }
@@ -68,58 +67,76 @@ pub(super) async fn collect_slice(
                 make_ready_off_thread(&env.shared, plan, page, strip_query(&url)).await?
             }
         };
-        note(spec, &mut run.job, &ready);
-        let n = ready.rows;
-        let (dropped, seen, details) = (ready.dropped, ready.seen, ready.details);
-        if let Some(mut batch) = ready.batch {
-            batch.page = Some(Arc::new(PageKey {
-                cursor: run.cursor_name.clone(),
-                url: url.clone(),
-                reread: task.reread,
-            }));
-            hand_over(run, batch, &mut prefetched).await?;
-        }
-        // A next link this query had already, or one past its bounds, is poisoned like a link
-        // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
-        // checkpoint with this page, so that a restart re-queries too).
-        let next = ready.next_link.map(|u| u.to_string());
-        let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
-        if let Step::Requery(why) = &step {
-            abandoned(&env, &mut run.job, i, slice.progress(), why);
-            prefetched = None;
-        }
-        commit(
-            run,
-            i,
-            task,
-            &slice,
-            mark,
-            PageAdds {
-                rows: n,
-                dropped,
-                seen: &seen,
-                details: &details,
-            },
-        )
-        .await?;
-        debug!(
-            page = slice.totals().0,
-            rows = n,
-            dropped,
-            last = step == Step::Done,
-            "page committed"
-        );
-        committed(&env, &run.job, spool_of_this, &url, n);
-        if !details.is_empty() {
-            crate::telemetry::details_backlog(&spec.id, env.store.details_backlog(&spec.id));
-            env.details_wake.notify_waiters();
-        }
+        let step = settle(run, (i, task), &mut slice, &url, ready, &mut prefetched).await?;
         match step {
             Step::Done => return Ok(()),
             Step::Requery(_) => slice.may_go_on()?,
             Step::Next(_) => {}
         }
     }
+}
+
+/// A page made ready, settled: noted in the job, handed to the sinks, its step decided (a
+/// poisoned next link abandons the query), committed with what it adds to the checkpoint, and
+/// the details worker woken when it added to the backlog.
+async fn settle(
+    run: &mut JobRun,
+    (i, task): (usize, &SliceTask),
+    slice: &mut SliceRun,
+    url: &str,
+    ready: Ready,
+    prefetched: &mut Option<Prefetch>,
+) -> Result<Step, Stop> {
+    let env = run.env.clone();
+    let spec = &env.spec;
+    let spool = (!task.reread).then(|| run.spool.clone());
+    note(spec, &mut run.job, &ready);
+    let n = ready.rows;
+    let (dropped, seen, details) = (ready.dropped, ready.seen, ready.details);
+    if let Some(mut batch) = ready.batch {
+        batch.page = Some(Arc::new(PageKey {
+            cursor: run.cursor_name.clone(),
+            url: url.to_owned(),
+            reread: task.reread,
+        }));
+        hand_over(run, batch, prefetched).await?;
+    }
+    // A next link this query had already, or one past its bounds, is poisoned like a link
+    // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
+    // checkpoint with this page, so that a restart re-queries too).
+    let next = ready.next_link.map(|u| u.to_string());
+    let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
+    if let Step::Requery(why) = &step {
+        abandoned(&env, &mut run.job, i, slice.progress(), why);
+        *prefetched = None;
+    }
+    commit(
+        run,
+        i,
+        task,
+        slice,
+        mark,
+        PageAdds {
+            rows: n,
+            dropped,
+            seen: &seen,
+            details: &details,
+        },
+    )
+    .await?;
+    debug!(
+        page = slice.totals().0,
+        rows = n,
+        dropped,
+        last = step == Step::Done,
+        "page committed"
+    );
+    committed(&env, &run.job, spool.as_ref(), url, n);
+    if !details.is_empty() {
+        crate::telemetry::details_backlog(&spec.id, env.store.details_backlog(&spec.id));
+        env.details_wake.notify_waiters();
+    }
+    Ok(step)
 }
 
 /// The page fetched, counted in the job; `None` when its request was refused for good and the
