@@ -1,0 +1,23 @@
+//! Several instances sharing the sources through etcd (`[cluster]`, docs/scaling.md).
+//!
+//! Plain pieces, each in its own file, that the engine wires together:
+//!
+//! | file | its one job |
+//! |---|---|
+//! | [`etcd`] | etcd's JSON gateway over the engine's HTTP client: leases, ranges, puts, transactions, typed errors |
+//! | [`membership`] | an instance's key under `<prefix>/members/`, bound to its lease; the live members |
+//! | [`ownership`] | rendezvous hashing: which live member should collect a source (pure) |
+//! | [`fence`] | a source's claim bound to its owner's lease, and the checkpoint write that only the claim's holder can make |
+//!
+//! The keys, all under the deployment's `prefix`:
+//!
+//! | key | value | bound to |
+//! |---|---|---|
+//! | `<prefix>/members/<name>` | `{"version":"1","since":...}` | the instance's lease |
+//! | `<prefix>/owners/<source>` | `{"version":"1","owner":<name>}` | the owner's lease |
+//! | `<prefix>/checkpoints/<source>` | the checkpoint of record | nothing: it outlives its writers |
+
+pub mod etcd;
+pub mod fence;
+pub mod membership;
+pub mod ownership;
