@@ -72,16 +72,23 @@ pub enum EngineError {
     /// The bound sockets could not be served.
     #[error("metrics_listen, control_listen: cannot serve on the bound sockets: {0}")]
     Serve(std::io::Error),
+    /// `[cluster]` is validated but not run yet (issue 21's first stage: docs/scaling.md).
+    #[error("cluster: running several instances through etcd is not wired into the engine yet (docs/scaling.md); remove [cluster] to run this instance alone")]
+    ClusterNotWired,
     /// The supervisor stopped before it answered.
     #[error("supervisor stopped: {0}")]
     Supervisor(#[from] actix::MailboxError),
 }
 
 impl EngineError {
-    /// The state directory or a file sink's path is unusable: the configuration or the
-    /// machine must change (the binary exits with 2).
+    /// The state directory or a file sink's path is unusable, or the configuration asks for
+    /// what this build does not run: the configuration or the machine must change (the binary
+    /// exits with 2).
     pub fn is_unusable_state(&self) -> bool {
-        matches!(self, EngineError::Preflight(_) | EngineError::State(_))
+        matches!(
+            self,
+            EngineError::Preflight(_) | EngineError::State(_) | EngineError::ClusterNotWired
+        )
     }
 }
 
@@ -640,6 +647,11 @@ pub fn start(
     host_sinks: Vec<HostSink>,
 ) -> Result<Started, EngineError> {
     msgtrace_actors::http::install_crypto();
+    // Until the engine takes its share of the sources only, a configured cluster must not run
+    // (every instance would collect every source).
+    if config.cluster.is_some() {
+        return Err(EngineError::ClusterNotWired);
+    }
     crate::preflight::check(config)?;
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     // Its errors name the directory and the fix.
