@@ -7,6 +7,7 @@
 //! unless `MSGTRACE_REQUIRE_ETCD` is set (`.ci/run` installs `etcd-server` and sets it).
 
 use crate::common::*;
+use msgtrace::actors::cluster::agent::{self, AgentConfig, Busy, Ownership};
 use msgtrace::actors::cluster::etcd::{Etcd, EtcdError};
 use msgtrace::actors::cluster::fence::{self, Claimed, FenceError};
 use msgtrace::actors::cluster::membership::{self, RegisterError};
@@ -14,6 +15,7 @@ use msgtrace::actors::cluster::ownership;
 use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use url::Url;
 
 /// Runs `f` on an actix System (awc's client needs one).
@@ -406,4 +408,114 @@ fn the_engine_refuses_a_cluster_until_it_is_wired_in() {
         !dir.path().join("state").exists(),
         "refused before the state directory is made"
     );
+}
+
+/// An agent running on the current actix System: what it publishes, its stop switch, what its
+/// fetchers are busy with, and its task.
+struct Running {
+    owned: watch::Receiver<Ownership>,
+    stop: watch::Sender<bool>,
+    busy: Busy,
+    task: actix_rt::task::JoinHandle<()>,
+}
+
+fn start_agent(server: &EtcdServer, name: &str, sources: &[String]) -> Running {
+    let cfg = AgentConfig {
+        etcd: client_of(&[server.endpoint()]),
+        prefix: "/agents".into(),
+        name: name.into(),
+        lease: Duration::from_secs(2),
+        sources: sources.to_vec(),
+    };
+    let (out, owned) = watch::channel(Ownership::default());
+    let (stop, stopped) = watch::channel(false);
+    let busy = Busy::default();
+    let task = actix_rt::spawn(agent::run(cfg, busy.clone(), out, stopped));
+    Running {
+        owned,
+        stop,
+        busy,
+        task,
+    }
+}
+
+/// Whether `agents` are live, see each other alone, and hold exactly the rendezvous shares of
+/// `sources` among themselves, with nothing leaving.
+fn settled(agents: &[&Running], names: &[&str], sources: &[String]) -> bool {
+    let members: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    agents.iter().zip(names).all(|(a, name)| {
+        let o = a.owned.borrow();
+        let share = ownership::share(sources.iter().map(String::as_str), &members, name);
+        o.live
+            && o.members == members
+            && o.leaving.is_empty()
+            && o.claims
+                .keys()
+                .map(String::as_str)
+                .eq(share.iter().copied())
+    })
+}
+
+/// Waits until [`settled`] holds.
+async fn settle(agents: &[&Running], names: &[&str], sources: &[String]) -> bool {
+    until(|| {
+        let done = settled(agents, names, sources);
+        async move { done }
+    })
+    .await
+}
+
+#[test]
+fn agents_share_the_sources_and_take_them_over_when_one_stops_dies_or_joins() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let sources: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
+    on_actix(async {
+        let a = start_agent(&server, "a", &sources);
+        let b = start_agent(&server, "b", &sources);
+        let c = start_agent(&server, "c", &sources);
+        assert!(
+            settle(&[&a, &b, &c], &["a", "b", "c"], &sources).await,
+            "three shares"
+        );
+
+        // b stops cleanly (its lease revoked): a and c share everything.
+        b.stop.send_replace(true);
+        b.task.await.unwrap();
+        assert!(
+            settle(&[&a, &c], &["a", "c"], &sources).await,
+            "b's sources taken over"
+        );
+
+        // c dies (its task dropped, its lease left to expire): a holds everything.
+        c.task.abort();
+        assert!(
+            settle(&[&a], &["a"], &sources).await,
+            "c's sources taken over after its lease"
+        );
+
+        // d joins while a's fetchers are all busy: a keeps d's share (leaving) until they are
+        // idle, and d claims it only then.
+        a.busy.borrow_mut().extend(sources.iter().cloned());
+        let d = start_agent(&server, "d", &sources);
+        let (owned, d_owned) = (&a.owned, &d.owned);
+        let waiting = until(move || {
+            let leaving = !owned.borrow().leaving.is_empty();
+            let waits = d_owned.borrow().live && d_owned.borrow().claims.is_empty();
+            async move { leaving && waits }
+        });
+        assert!(
+            waiting.await,
+            "a gives nothing up while its fetchers are busy"
+        );
+        assert_eq!(a.owned.borrow().claims.len(), 6);
+        a.busy.borrow_mut().clear();
+        assert!(
+            settle(&[&a, &d], &["a", "d"], &sources).await,
+            "d's share handed over once idle"
+        );
+        d.stop.send_replace(true);
+        a.stop.send_replace(true);
+    });
 }

@@ -8,6 +8,8 @@
 //! | [`membership`] | an instance's key under `<prefix>/members/`, bound to its lease; the live members |
 //! | [`ownership`] | rendezvous hashing: which live member should collect a source (pure) |
 //! | [`fence`] | a source's claim bound to its owner's lease, and the checkpoint write that only the claim's holder can make |
+//! | [`assign`] | from the members and the claims held, which sources to claim and which to give up (pure) |
+//! | [`agent`] | the loop that keeps the lease and the registration, claims and releases, and publishes what this instance owns |
 //!
 //! The keys, all under the deployment's `prefix`:
 //!
@@ -17,6 +19,8 @@
 //! | `<prefix>/owners/<source>` | `{"version":"1","owner":<name>}` | the owner's lease |
 //! | `<prefix>/checkpoints/<source>` | the checkpoint of record | nothing: it outlives its writers |
 
+pub mod agent;
+pub mod assign;
 pub mod etcd;
 pub mod fence;
 pub mod membership;
