@@ -72,23 +72,19 @@ pub enum EngineError {
     /// The bound sockets could not be served.
     #[error("metrics_listen, control_listen: cannot serve on the bound sockets: {0}")]
     Serve(std::io::Error),
-    /// `[cluster]` is validated but not run yet (issue 21's first stage: docs/scaling.md).
-    #[error("cluster: running several instances through etcd is not wired into the engine yet (docs/scaling.md); remove [cluster] to run this instance alone")]
-    ClusterNotWired,
+    /// `[cluster]`: this instance could not join (etcd unreachable, its name taken).
+    #[error("{0}")]
+    Cluster(String),
     /// The supervisor stopped before it answered.
     #[error("supervisor stopped: {0}")]
     Supervisor(#[from] actix::MailboxError),
 }
 
 impl EngineError {
-    /// The state directory or a file sink's path is unusable, or the configuration asks for
-    /// what this build does not run: the configuration or the machine must change (the binary
-    /// exits with 2).
+    /// The state directory or a file sink's path is unusable: the configuration or the
+    /// machine must change (the binary exits with 2).
     pub fn is_unusable_state(&self) -> bool {
-        matches!(
-            self,
-            EngineError::Preflight(_) | EngineError::State(_) | EngineError::ClusterNotWired
-        )
+        matches!(self, EngineError::Preflight(_) | EngineError::State(_))
     }
 }
 
@@ -514,7 +510,15 @@ pub(crate) async fn run(
 ) -> Result<RunReport, EngineError> {
     let mut engine = start(config, &opts, host_sinks)?;
     let supervisor = engine.supervisor.clone();
+    let owned = engine.cluster.as_ref().map(|c| c.handle.owned.clone());
     let work = async {
+        // A run that ends collects this instance's share: known once the agent has had its
+        // first round.
+        if mode != Mode::Continuous {
+            crate::cluster::live(owned)
+                .await
+                .map_err(EngineError::Cluster)?;
+        }
         match &mode {
             Mode::Backfill { source, backfill } => Ok(supervisor
                 .send(RunBackfill {
@@ -591,6 +595,8 @@ pub struct Started {
     listeners: crate::control::Servers,
     /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// `[cluster]`: the agent keeping this instance's lease and claims.
+    pub(crate) cluster: Option<crate::cluster::ClusterRun>,
 }
 
 impl Started {
@@ -599,6 +605,9 @@ impl Started {
     pub async fn stop(self) -> Result<RunReport, EngineError> {
         let _ = self.stopping.send(true);
         let report = self.supervisor.send(Shutdown { grace: self.grace }).await?;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
         for s in self.sinks {
             s.arbiter.stop();
         }
@@ -647,11 +656,6 @@ pub fn start(
     host_sinks: Vec<HostSink>,
 ) -> Result<Started, EngineError> {
     msgtrace_actors::http::install_crypto();
-    // Until the engine takes its share of the sources only, a configured cluster must not run
-    // (every instance would collect every source).
-    if config.cluster.is_some() {
-        return Err(EngineError::ClusterNotWired);
-    }
     crate::preflight::check(config)?;
     // The one place the engine opens the state directory: checkpoints, jobs and the secret store.
     // Its errors name the directory and the fix.
@@ -703,12 +707,24 @@ pub fn start(
         opts.page_hook.clone(),
     )
     .with_hooks(pipeline_hooks(config, opts))
-    .with_rows_in_flight(opts.rows_in_flight)
+    .with_rows_in_flight(opts.rows_in_flight);
+    let mut cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::ClusterRun::new(c, config));
+    let supervisor = match &cluster {
+        Some(c) => supervisor.with_cluster(c.handle.clone(), c.busy.clone()),
+        None => supervisor,
+    }
     .start();
     let listeners =
         crate::control::serve(control, listener, supervisor.clone(), auth, store.clone())
             .map_err(EngineError::Serve)?;
+    if let Some(c) = &mut cluster {
+        c.spawn();
+    }
     Ok(Started {
+        cluster,
         supervisor,
         store,
         sinks: running,

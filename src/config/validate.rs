@@ -232,10 +232,6 @@ impl Cx<'_> {
         if self.errors.len() > errors {
             return None;
         }
-        self.warn(
-            "cluster",
-            "is checked but not run yet by this build: `msgtrace run` refuses it (docs/scaling.md)",
-        );
         Some(ClusterConfig {
             etcd,
             prefix: prefix?,

@@ -12,6 +12,9 @@ use msgtrace::actors::cluster::etcd::{Etcd, EtcdError};
 use msgtrace::actors::cluster::fence::{self, Claimed, FenceError};
 use msgtrace::actors::cluster::membership::{self, RegisterError};
 use msgtrace::actors::cluster::ownership;
+use msgtrace::actors::dialect::Api;
+use msgtrace::actors::supervisor::RunReport;
+use msgtrace::config::Config;
 use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -182,13 +185,15 @@ fn a_fenced_checkpoint_is_refused_once_the_writers_lease_has_ended() {
             fence::claim(&b, "/f", "contoso", "b", lb.id).await.unwrap(),
             Claimed::Held("a".into())
         );
-        fence::fenced_put(&a, "/f", &ca, b"page 1").await.unwrap();
+        fence::fenced_put(&a, "/f", &ca, "contoso", b"page 1")
+            .await
+            .unwrap();
 
         // a is paused past its lease: nothing renews it, and its claim goes.
         let owner = fence::owner_key("/f", "contoso");
         let (owner, client) = (&owner, &b);
         assert!(until(move || async move { client.get(owner).await.unwrap().is_none() }).await);
-        let refused = fence::fenced_put(&a, "/f", &ca, b"page 2").await;
+        let refused = fence::fenced_put(&a, "/f", &ca, "contoso", b"page 2").await;
         let Err(e @ FenceError::Fenced { .. }) = &refused else {
             panic!("{refused:?}")
         };
@@ -206,12 +211,12 @@ fn a_fenced_checkpoint_is_refused_once_the_writers_lease_has_ended() {
                 .as_deref(),
             Some(&b"page 1"[..])
         );
-        let refused = fence::fenced_put(&a, "/f", &ca, b"page 2").await;
+        let refused = fence::fenced_put(&a, "/f", &ca, "contoso", b"page 2").await;
         let Err(e @ FenceError::Fenced { .. }) = &refused else {
             panic!("{refused:?}")
         };
         assert!(e.to_string().contains("now held by `b`"), "{e}");
-        fence::fenced_put(&b, "/f", &cb, b"page 2 by b")
+        fence::fenced_put(&b, "/f", &cb, "contoso", b"page 2 by b")
             .await
             .unwrap();
         assert_eq!(
@@ -250,7 +255,7 @@ fn a_claim_given_up_cannot_commit_even_when_its_instance_claims_the_source_again
         assert!(fence::release(&etcd, "/r", &first).await.unwrap());
         let second = claim(etcd.clone()).await;
         assert_ne!(first.revision, second.revision);
-        let refused = fence::fenced_put(&etcd, "/r", &first, b"stale").await;
+        let refused = fence::fenced_put(&etcd, "/r", &first, "fabrikam", b"stale").await;
         assert!(
             matches!(&refused, Err(FenceError::Fenced { now, .. }) if now.contains("claimed again since")),
             "{refused:?}"
@@ -259,7 +264,7 @@ fn a_claim_given_up_cannot_commit_even_when_its_instance_claims_the_source_again
             !fence::release(&etcd, "/r", &first).await.unwrap(),
             "the old claim is gone"
         );
-        fence::fenced_put(&etcd, "/r", &second, b"fresh")
+        fence::fenced_put(&etcd, "/r", &second, "fabrikam", b"fresh")
             .await
             .unwrap();
         assert_eq!(
@@ -381,35 +386,6 @@ fn a_client_moves_past_a_bad_endpoint_to_a_good_one() {
     });
 }
 
-#[test]
-fn the_engine_refuses_a_cluster_until_it_is_wired_in() {
-    // Every instance would collect every source: refused with one line, nothing started.
-    let dir = tempfile::tempdir().unwrap();
-    let toml = fake_api_toml(
-        "http://127.0.0.1:9",
-        (0, 3600),
-        &dir.path().join("state"),
-        &dir.path().join("out.ndjson"),
-        "",
-    ) + "[cluster]\netcd = [\"http://127.0.0.1:9\"]\nprefix = \"/m\"\nname = \"a\"\n";
-    let config = parse(&toml);
-    let refused = actix_rt::System::new().block_on(async move {
-        let (_, controls) = tokio::sync::mpsc::unbounded_channel();
-        msgtrace::embed::EngineBuilder::new(config)
-            .run(msgtrace::engine::Mode::Once, controls)
-            .await
-    });
-    let e = refused.expect_err("refused").to_string();
-    assert!(
-        e.contains("not wired into the engine yet") && e.contains("remove [cluster]"),
-        "{e}"
-    );
-    assert!(
-        !dir.path().join("state").exists(),
-        "refused before the state directory is made"
-    );
-}
-
 /// An agent running on the current actix System: what it publishes, its stop switch, what its
 /// fetchers are busy with, and its task.
 struct Running {
@@ -517,5 +493,82 @@ fn agents_share_the_sources_and_take_them_over_when_one_stops_dies_or_joins() {
         );
         d.stop.send_replace(true);
         a.stop.send_replace(true);
+    });
+}
+
+#[test]
+fn two_engines_share_six_tenants_and_deliver_every_row_exactly_once() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let sim = sim(600, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    // Six sources of six consecutive hours: each row belongs to one source only.
+    let hours: Vec<(String, String, String)> = (0..6)
+        .map(|i| (format!("tenant{i}"), hours_ago(7 - i), hours_ago(6 - i)))
+        .collect();
+    let sources: Vec<(&str, &str, &str)> = hours
+        .iter()
+        .map(|(id, s, e)| (id.as_str(), s.as_str(), e.as_str()))
+        .collect();
+    let configs: Vec<Config> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            // Each in its own directory: two engines starting at once in one parent probe it
+            // with the same file name.
+            let home = dir.path().join(name);
+            std::fs::create_dir(&home).unwrap();
+            let (state, out) = (home.join("state"), home.join("out.ndjson"));
+            let cluster = format!(
+                "[cluster]\netcd = [{:?}]\nprefix = \"/two\"\nname = \"{name}\"\nlease_secs = 2\n",
+                server.endpoint()
+            );
+            parse(&(graph_sources_toml(&sim, &state, &out, &sources, "") + &cluster))
+        })
+        .collect();
+    let runs: Vec<_> = configs
+        .into_iter()
+        .map(|c| std::thread::spawn(move || run_once(&c, opts())))
+        .collect();
+    let reports: Vec<RunReport> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    for (name, r) in ["a", "b"].iter().zip(&reports) {
+        let ids: Vec<&str> = r.jobs.iter().map(|(s, _)| s.as_str()).collect();
+        eprintln!("engine {name} collected {ids:?}");
+    }
+    let mut ran: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| r.jobs.iter().map(|(s, _)| s.as_str()))
+        .collect();
+    ran.sort_unstable();
+    let all: Vec<&str> = hours.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(ran, all, "each tenant collected by one engine");
+    for r in &reports {
+        assert!(r.all_succeeded(), "{r:?}");
+    }
+    let mut got = identities(&dir.path().join("a/out.ndjson"), Api::Graph);
+    for (k, n) in identities(&dir.path().join("b/out.ndjson"), Api::Graph) {
+        *got.entry(k).or_insert(0) += n;
+    }
+    let at = |t: &str| chrono::DateTime::from_timestamp(t.parse().unwrap(), 0).unwrap();
+    let expected = sim
+        .model()
+        .expected(at(&hours[0].1), at(&hours[5].2), chrono::Utc::now());
+    assert!(!expected.is_empty());
+    assert_eq!(
+        compare(&got, &expected),
+        (0, 0, 0),
+        "missing, extra, duplicates"
+    );
+    // The checkpoints of record are in etcd, each at its tenant's window's end; both engines
+    // left the cluster cleanly.
+    on_actix(async {
+        let etcd = client_of(&[server.endpoint()]);
+        for (id, _, end) in &hours {
+            let cp = fence::committed(&etcd, "/two", id).await.unwrap();
+            let cp = msgtrace::storage::record::decode_checkpoint(&cp.expect(id)).unwrap();
+            let cursor = cp.cursor.map(|c| c.timestamp().to_string());
+            assert_eq!(cursor.as_deref(), Some(end.as_str()), "{id}");
+        }
+        assert!(membership::members(&etcd, "/two").await.unwrap().is_empty());
     });
 }

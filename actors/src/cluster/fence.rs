@@ -129,14 +129,16 @@ pub async fn release(etcd: &Etcd, prefix: &str, claim: &Claim) -> Result<bool, E
     Ok(etcd.txn(&txn).await?.succeeded)
 }
 
-/// Writes `value` as `claim`'s source's checkpoint of record, only while `claim` holds.
+/// Writes `value` as the checkpoint of record of `cursor` (the source's, or one of its
+/// backfills'), only while `claim` (of the source) holds.
 pub async fn fenced_put(
     etcd: &Etcd,
     prefix: &str,
     claim: &Claim,
+    cursor: &str,
     value: &[u8],
 ) -> Result<(), FenceError> {
-    let txn = fenced_put_txn(prefix, claim, value);
+    let txn = fenced_put_txn(prefix, claim, cursor, value);
     let outcome = etcd.txn(&txn).await?;
     if outcome.succeeded {
         return Ok(());
@@ -157,7 +159,7 @@ pub async fn fenced_put(
     })
 }
 
-/// The checkpoint of record of `source`, if one was committed.
+/// The checkpoint of record of `source` (or of a cursor of it), if one was committed.
 pub async fn committed(
     etcd: &Etcd,
     prefix: &str,
@@ -171,12 +173,12 @@ pub async fn committed(
 
 /// The transaction of [`fenced_put`]: the claim's compares, the put, and on failure a read of
 /// the owner key (to say who holds it).
-pub fn fenced_put_txn(prefix: &str, claim: &Claim, value: &[u8]) -> Txn {
+pub fn fenced_put_txn(prefix: &str, claim: &Claim, cursor: &str, value: &[u8]) -> Txn {
     let key = owner_key(prefix, &claim.source);
     Txn {
         compare: claim_holds(&key, claim),
         success: vec![Op::Put {
-            key: checkpoint_key(prefix, &claim.source),
+            key: checkpoint_key(prefix, cursor),
             value: value.to_vec(),
             lease: 0,
         }],
@@ -212,7 +214,7 @@ mod tests {
             lease: 42,
             revision: 17,
         };
-        let txn = fenced_put_txn("/p", &claim, b"cp");
+        let txn = fenced_put_txn("/p", &claim, "contoso", b"cp");
         assert_eq!(
             txn.compare,
             [

@@ -9,6 +9,7 @@
 //! | [`ownership`] | rendezvous hashing: which live member should collect a source (pure) |
 //! | [`fence`] | a source's claim bound to its owner's lease, and the checkpoint write that only the claim's holder can make |
 //! | [`assign`] | from the members and the claims held, which sources to claim and which to give up (pure) |
+//! | [`record`] | what the supervisor and a fetcher ask: may a source start here, the checkpoint of record read and written fenced |
 //! | [`agent`] | the loop that keeps the lease and the registration, claims and releases, and publishes what this instance owns |
 //!
 //! The keys, all under the deployment's `prefix`:
@@ -25,3 +26,4 @@ pub mod etcd;
 pub mod fence;
 pub mod membership;
 pub mod ownership;
+pub mod record;
