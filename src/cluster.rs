@@ -10,7 +10,7 @@ use msgtrace_actors::cluster::record::ClusterHandle;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::config::{ClusterConfig, Config};
+use crate::config::ClusterConfig;
 
 /// The agent of a running engine, and what it publishes.
 pub(crate) struct ClusterRun {
@@ -25,8 +25,9 @@ pub(crate) struct ClusterRun {
 }
 
 impl ClusterRun {
-    /// The agent of `cluster` for the sources of `config`, not started yet.
-    pub(crate) fn new(cluster: &ClusterConfig, config: &Config) -> ClusterRun {
+    /// The agent of `cluster` for `sources` (each id with its tenant's budget key, which the
+    /// hash shares out), not started yet.
+    pub(crate) fn new(cluster: &ClusterConfig, sources: &[(String, String)]) -> ClusterRun {
         // A request must fit in a round (a third of the lease), and loopback answers in
         // milliseconds: the bound is for an etcd that stalls.
         let timeout = (cluster.lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
@@ -36,7 +37,8 @@ impl ClusterRun {
             prefix: cluster.prefix.clone(),
             name: cluster.name.clone(),
             lease: cluster.lease,
-            sources: config.sources.keys().cloned().collect(),
+            sources: sources.iter().map(|(id, _)| id.clone()).collect(),
+            keys: sources.iter().cloned().collect(),
         };
         let (out, owned) = watch::channel(Ownership::default());
         let (stop, stopped) = watch::channel(false);

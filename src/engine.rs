@@ -699,6 +699,11 @@ pub fn start(
     let sinks = running.iter().map(|s| s.entry(config)).collect();
     // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
     let auth = actix::Supervisor::start(|_| AuthToken::default());
+    // `[cluster]` shares the sources out by their tenant's budget key.
+    let source_keys: Vec<(String, String)> = sources
+        .iter()
+        .map(|e| (e.spec.id.clone(), e.spec.quota_key()))
+        .collect();
     let supervisor = Supervisor::new(
         store.clone(),
         auth.clone(),
@@ -711,7 +716,7 @@ pub fn start(
     let mut cluster = config
         .cluster
         .as_ref()
-        .map(|c| crate::cluster::ClusterRun::new(c, config));
+        .map(|c| crate::cluster::ClusterRun::new(c, &source_keys));
     let supervisor = match &cluster {
         Some(c) => supervisor.with_cluster(c.handle.clone(), c.busy.clone()),
         None => supervisor,

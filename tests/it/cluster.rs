@@ -402,6 +402,7 @@ fn start_agent(server: &EtcdServer, name: &str, sources: &[String]) -> Running {
         name: name.into(),
         lease: Duration::from_secs(2),
         sources: sources.to_vec(),
+        keys: Default::default(),
     };
     let (out, owned) = watch::channel(Ownership::default());
     let (stop, stopped) = watch::channel(false);
@@ -501,9 +502,11 @@ fn two_engines_share_six_tenants_and_deliver_every_row_exactly_once() {
     let Some(server) = EtcdServer::start() else {
         return;
     };
-    let sim = sim(600, |_| {});
+    // Six tenants on one simulated server (they share its mail flow), each a source of its own
+    // hour: each row belongs to one source only.
+    let tenants: Vec<String> = (0..6).map(|i| format!("tenant{i}")).collect();
+    let sim = sim(600, |c| c.other_tenant_ids = tenants.clone());
     let dir = tempfile::tempdir().unwrap();
-    // Six sources of six consecutive hours: each row belongs to one source only.
     let hours: Vec<(String, String, String)> = (0..6)
         .map(|i| (format!("tenant{i}"), hours_ago(7 - i), hours_ago(6 - i)))
         .collect();
@@ -523,7 +526,14 @@ fn two_engines_share_six_tenants_and_deliver_every_row_exactly_once() {
                 "[cluster]\netcd = [{:?}]\nprefix = \"/two\"\nname = \"{name}\"\nlease_secs = 2\n",
                 server.endpoint()
             );
-            parse(&(graph_sources_toml(&sim, &state, &out, &sources, "") + &cluster))
+            let toml = graph_sources_toml(&sim, &state, &out, &sources, "");
+            // Each source signs in to its own tenant: the sources have six budgets, shared out.
+            let mut parts = toml.split("tenant_id = \"sim-tenant\"");
+            let mut toml = parts.next().unwrap().to_owned();
+            for (tenant, rest) in tenants.iter().zip(parts) {
+                toml += &format!("tenant_id = {tenant:?}{rest}");
+            }
+            parse(&(toml + &cluster))
         })
         .collect();
     let runs: Vec<_> = configs

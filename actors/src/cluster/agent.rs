@@ -29,6 +29,10 @@ pub struct AgentConfig {
     pub lease: Duration,
     /// The ids of the sources to share.
     pub sources: Vec<String>,
+    /// The key each source is hashed by (its tenant's request budget, `SourceSpec::quota_key`),
+    /// so that the sources of one tenant go to one instance; a source without one is hashed by
+    /// its id.
+    pub keys: BTreeMap<String, String>,
 }
 
 /// What this instance owns, as the agent last saw it.
@@ -112,7 +116,7 @@ async fn round(
     let members = membership::members(&cfg.etcd, &cfg.prefix).await?;
     let mut claims = held(cfg, l.id).await?;
     let held_ids: BTreeSet<String> = claims.keys().cloned().collect();
-    let moves = assign::moves(&cfg.sources, &members, &cfg.name, &held_ids);
+    let moves = assign::moves(&cfg.sources, &cfg.keys, &members, &cfg.name, &held_ids);
     for source in &moves.claim {
         if let Claimed::Ours(c) =
             fence::claim(&cfg.etcd, &cfg.prefix, source, &cfg.name, l.id).await?
