@@ -72,6 +72,9 @@ pub enum EngineError {
     /// The bound sockets could not be served.
     #[error("metrics_listen, control_listen: cannot serve on the bound sockets: {0}")]
     Serve(std::io::Error),
+    /// `[cluster]`: this instance could not join (etcd unreachable, its name taken).
+    #[error("{0}")]
+    Cluster(String),
     /// The supervisor stopped before it answered.
     #[error("supervisor stopped: {0}")]
     Supervisor(#[from] actix::MailboxError),
@@ -507,7 +510,15 @@ pub(crate) async fn run(
 ) -> Result<RunReport, EngineError> {
     let mut engine = start(config, &opts, host_sinks)?;
     let supervisor = engine.supervisor.clone();
+    let owned = engine.cluster.as_ref().map(|c| c.handle.owned.clone());
     let work = async {
+        // A run that ends collects this instance's share: known once the agent has had its
+        // first round.
+        if mode != Mode::Continuous {
+            crate::cluster::live(owned)
+                .await
+                .map_err(EngineError::Cluster)?;
+        }
         match &mode {
             Mode::Backfill { source, backfill } => Ok(supervisor
                 .send(RunBackfill {
@@ -584,6 +595,8 @@ pub struct Started {
     listeners: crate::control::Servers,
     /// Tells the sinks that the engine shuts down (a delivery still retrying is abandoned).
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    /// `[cluster]`: the agent keeping this instance's lease and claims.
+    pub(crate) cluster: Option<crate::cluster::ClusterRun>,
 }
 
 impl Started {
@@ -592,6 +605,9 @@ impl Started {
     pub async fn stop(self) -> Result<RunReport, EngineError> {
         let _ = self.stopping.send(true);
         let report = self.supervisor.send(Shutdown { grace: self.grace }).await?;
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
         for s in self.sinks {
             s.arbiter.stop();
         }
@@ -683,6 +699,11 @@ pub fn start(
     let sinks = running.iter().map(|s| s.entry(config)).collect();
     // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
     let auth = actix::Supervisor::start(|_| AuthToken::default());
+    // `[cluster]` shares the sources out by their tenant's budget key.
+    let source_keys: Vec<(String, String)> = sources
+        .iter()
+        .map(|e| (e.spec.id.clone(), e.spec.quota_key()))
+        .collect();
     let supervisor = Supervisor::new(
         store.clone(),
         auth.clone(),
@@ -691,12 +712,24 @@ pub fn start(
         opts.page_hook.clone(),
     )
     .with_hooks(pipeline_hooks(config, opts))
-    .with_rows_in_flight(opts.rows_in_flight)
+    .with_rows_in_flight(opts.rows_in_flight);
+    let mut cluster = config
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::ClusterRun::new(c, &source_keys));
+    let supervisor = match &cluster {
+        Some(c) => supervisor.with_cluster(c.handle.clone(), c.busy.clone()),
+        None => supervisor,
+    }
     .start();
     let listeners =
         crate::control::serve(control, listener, supervisor.clone(), auth, store.clone())
             .map_err(EngineError::Serve)?;
+    if let Some(c) = &mut cluster {
+        c.spawn();
+    }
     Ok(Started {
+        cluster,
         supervisor,
         store,
         sinks: running,

@@ -137,6 +137,10 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             shown(old.control_listen)
         ));
     }
+    if old.cluster != new.cluster {
+        p.needs_restart
+            .push("cluster: changed; needs a restart (membership is set up at start)".into());
+    }
     if old.log_level != new.log_level || old.log_format != new.log_format {
         p.needs_restart.push(
             "log_level, log_format: changed; needs a restart (logging is set up at start)".into(),
@@ -173,6 +177,7 @@ impl Started {
             control_listen: self.config.control_listen,
             log_level: self.config.log_level,
             log_format: self.config.log_format,
+            cluster: self.config.cluster.clone(),
             ..config.clone()
         };
         let retired = self.swap_sinks(&plan, &running, &sink_auth);

@@ -174,6 +174,26 @@ pub async fn post_form(
     with_timeout(timeout, exchange).await
 }
 
+/// `POST url` with a JSON body (etcd's JSON gateway, [`crate::cluster::etcd`]), at most
+/// `max_body` bytes back. A redirect is not followed but answered: the gateway never sends one,
+/// and a request that changes state goes to the URL given only.
+pub async fn post_json(
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<HttpResponse, HttpError> {
+    let req = client(None, Redirects::Refuse)
+        .post(url)
+        .insert_header(("Accept", "application/json"))
+        .insert_header(("Content-Type", "application/json"));
+    let exchange = async move {
+        let mut resp = req.send_body(body).await.map_err(classify_send)?;
+        finish(&mut resp, max_body).await
+    };
+    with_timeout(Some(timeout), exchange).await
+}
+
 async fn with_timeout<F>(timeout: Option<Duration>, f: F) -> Result<HttpResponse, HttpError>
 where
     F: std::future::Future<Output = Result<HttpResponse, HttpError>>,

@@ -10,6 +10,7 @@ pub mod aimd;
 pub mod assertion;
 pub mod auth;
 pub mod buffers;
+pub mod cluster;
 pub mod dialect;
 pub mod eof;
 pub mod event;

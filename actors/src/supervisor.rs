@@ -14,7 +14,7 @@ use msgtrace_storage::{JobKind, JobState, Store};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How often the supervisor checks that its children are alive.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
@@ -227,6 +227,12 @@ pub struct Supervisor {
     quotas: crate::quota::QuotaRegistry,
     /// What every fetcher of this engine shares (the rows-in-flight budget among it).
     shared: crate::fetcher::Shared,
+    /// `[cluster]`: which sources this instance may start, and (`Busy`) which of them run a
+    /// job now, for the agent to give up a source only once it is idle.
+    cluster: Option<(
+        crate::cluster::record::ClusterHandle,
+        crate::cluster::agent::Busy,
+    )>,
 }
 
 impl Supervisor {
@@ -260,6 +266,7 @@ impl Supervisor {
             pending_sources: Some(sources),
             quotas: crate::quota::QuotaRegistry::default(),
             shared: crate::fetcher::Shared::new(crate::fetcher::ROWS_IN_FLIGHT),
+            cluster: None,
         }
     }
 }
@@ -269,6 +276,24 @@ impl Supervisor {
     pub fn with_hooks(mut self, hooks: Vec<crate::hook::Hook>) -> Supervisor {
         self.hooks = hooks;
         self
+    }
+
+    /// `[cluster]`: only the sources `cluster` says this instance holds are started, every
+    /// commit goes through the fenced write, and `busy` is kept up to date for the agent.
+    pub fn with_cluster(
+        mut self,
+        cluster: crate::cluster::record::ClusterHandle,
+        busy: crate::cluster::agent::Busy,
+    ) -> Supervisor {
+        self.cluster = Some((cluster, busy));
+        self
+    }
+
+    /// Whether a job of `source` may start in this instance (always, without `[cluster]`).
+    fn owned_here(&self, source: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|(c, _)| c.may_start(source))
     }
 
     /// The engine-wide budget of rows between fetch and commit (default
@@ -299,6 +324,7 @@ impl Supervisor {
             hooks: self.hooks.clone(),
             shared: self.shared.clone(),
             details_wake: Default::default(),
+            cluster: self.cluster.as_ref().map(|(c, _)| c.clone()),
             quota: entry
                 .spec
                 .quota
@@ -320,6 +346,9 @@ impl Supervisor {
         let timeout = slot.entry.job_timeout;
         let source = source.to_owned();
         slot.running = Some(req.clone());
+        if let Some((_, busy)) = &self.cluster {
+            busy.borrow_mut().insert(source.clone());
+        }
         let msg = RunJob {
             kind: req.kind,
             backfill: req.backfill.clone(),
@@ -406,6 +435,9 @@ impl Supervisor {
     }
 
     fn finished(&mut self, source: String, summary: JobSummary) {
+        if let Some((_, busy)) = &self.cluster {
+            busy.borrow_mut().remove(&source);
+        }
         if let Some(slot) = self.slots.get_mut(&source) {
             slot.running = None;
             if summary.state != JobState::Failed || !summary.job_id.is_empty() {
@@ -433,6 +465,9 @@ impl Supervisor {
     /// is forgotten; a restarted one waits, with the job to run again, until every source the
     /// reload stops has stopped; then they all start again.
     fn stopped(&mut self, source: &str, summary: Option<JobSummary>, ctx: &mut Context<Self>) {
+        if let Some((_, busy)) = &self.cluster {
+            busy.borrow_mut().remove(source);
+        }
         let slot = self.slots.get_mut(source).expect("slot exists");
         let req = slot.running.take();
         match &slot.pending {
@@ -598,6 +633,10 @@ impl Handler<Due> for Supervisor {
             warn!(source = %msg.source, scheduled_for = %msg.scheduled_for, "previous run still going: this tick is skipped");
             return;
         }
+        if !self.owned_here(&msg.source) {
+            debug!(source = %msg.source, "another instance owns the source: this tick is skipped");
+            return;
+        }
         self.run_source(&msg.source, JobRequest::scheduled(), ctx);
     }
 }
@@ -607,13 +646,19 @@ impl Handler<RunAll> for Supervisor {
 
     fn handle(&mut self, msg: RunAll, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let set: HashSet<String> = self.order.iter().cloned().collect();
+        let set: HashSet<String> = self
+            .order
+            .iter()
+            .filter(|s| self.owned_here(s))
+            .cloned()
+            .collect();
         if set.is_empty() {
             let _ = tx.send(RunReport::default());
         } else {
-            self.waiting.push((set, tx, RunReport::default()));
+            self.waiting.push((set.clone(), tx, RunReport::default()));
             for s in self.order.clone() {
-                if self.slots.get(&s).is_some_and(|x| x.running.is_none()) {
+                let idle = self.slots.get(&s).is_some_and(|x| x.running.is_none());
+                if idle && set.contains(&s) {
                     self.run_source(
                         &s,
                         JobRequest {
@@ -636,6 +681,10 @@ impl Handler<RunBackfill> for Supervisor {
         let (tx, rx) = oneshot::channel();
         match self.slots.get(&msg.source) {
             None => {
+                let _ = tx.send(RunReport::default());
+            }
+            Some(_) if !self.owned_here(&msg.source) => {
+                warn!(source = %msg.source, "backfill not run: another instance owns the source");
                 let _ = tx.send(RunReport::default());
             }
             Some(_) => {

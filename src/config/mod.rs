@@ -94,9 +94,29 @@ pub struct Config {
     pub certificates: BTreeMap<String, CertificateConfig>,
     /// The outputs, by id (the key of `[sinks.<id>]`).
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[cluster]`: the etcd this instance shares the sources through; `None`: single-instance
+    /// mode (this instance collects every source).
+    pub cluster: Option<ClusterConfig>,
     /// Things that are allowed but probably not meant (`http://` to a remote host, a source that
     /// feeds no sink, ...), one `<path>: <message>` line each, for the caller to log or print.
     pub warnings: Vec<String>,
+}
+
+/// `[cluster]`: several instances of one deployment sharing the sources through etcd
+/// (docs/scaling.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `etcd`: the etcd cluster's client URLs (scheme, host, port), tried in turn.
+    pub etcd: Vec<Url>,
+    /// `prefix`: every key of the deployment lies under it (`/msgtrace/prod`); starts with `/`,
+    /// no `/` at the end.
+    pub prefix: String,
+    /// `name`: this instance's member name, unique among the live instances (default: the
+    /// host name, which a StatefulSet's pods have each their own of).
+    pub name: String,
+    /// `lease_secs`: how long this instance's lease lives unrenewed (default 15 s): the time
+    /// after which the others take its sources when it dies.
+    pub lease: Duration,
 }
 
 /// One message trace input (`[sources.<id>]`).

@@ -42,6 +42,22 @@ pub struct RawConfig {
     /// `[sinks.<id>]`, by id.
     #[serde(default)]
     pub sinks: BTreeMap<String, RawSink>,
+    /// `[cluster]`: several instances sharing the sources through etcd.
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `etcd`: the client URLs of the etcd cluster.
+    pub etcd: Option<Vec<String>>,
+    /// `prefix`: the key prefix every instance of the deployment shares.
+    pub prefix: Option<String>,
+    /// `name`: this instance's member name (default: the host name).
+    pub name: Option<String>,
+    /// `lease_secs`: the lease's time to live.
+    pub lease_secs: Option<i64>,
 }
 
 /// `[sources.<id>]`.

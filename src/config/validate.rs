@@ -99,6 +99,8 @@ pub(crate) fn validate_parsed(
         }
     }
 
+    let cluster = raw.cluster.as_ref().and_then(|c| cx.cluster(c));
+
     cx.unused(&raw);
 
     if !cx.errors.is_empty() {
@@ -116,6 +118,7 @@ pub(crate) fn validate_parsed(
         sources,
         certificates,
         sinks,
+        cluster,
         warnings: cx.warnings,
     })
 }
@@ -189,6 +192,82 @@ impl Cx<'_> {
             );
         }
         Some(addr)
+    }
+
+    /// `[cluster]`: the etcd endpoints (required), the prefix (required), the name (default
+    /// the host name), the lease (default 15 s).
+    fn cluster(&mut self, raw: &super::raw::RawCluster) -> Option<ClusterConfig> {
+        let errors = self.errors.len();
+        let mut etcd = Vec::new();
+        match raw.etcd.as_deref() {
+            None | Some([]) => self.error(
+                "cluster.etcd",
+                "is required; list the etcd client URLs, e.g. [\"http://127.0.0.1:2379\"]",
+            ),
+            Some(urls) => {
+                for (i, text) in urls.iter().enumerate() {
+                    let path = format!("cluster.etcd[{i}]");
+                    let fix = "write the client URL only, e.g. \"http://127.0.0.1:2379\"";
+                    etcd.extend(self.server_url(&path, text, fix));
+                }
+            }
+        }
+        let prefix = self.cluster_prefix(raw.prefix.as_deref());
+        let name = match raw.name.as_deref() {
+            Some(name) => self.member_name("cluster.name", name),
+            None => match super::values::host_name() {
+                Some(host) => self.member_name("cluster.name", &host),
+                None => {
+                    self.error("cluster.name", "is not set and the host name cannot be read; set a name unique to this instance, e.g. \"collector-0\"");
+                    None
+                }
+            },
+        };
+        let lease_secs = match raw.lease_secs {
+            Some(secs) => {
+                self.int_in::<u64>("cluster.lease_secs", secs, 2, 3600, " seconds (default 15)")
+            }
+            None => Some(15),
+        };
+        if self.errors.len() > errors {
+            return None;
+        }
+        Some(ClusterConfig {
+            etcd,
+            prefix: prefix?,
+            name: name?,
+            lease: Duration::from_secs(lease_secs?),
+        })
+    }
+
+    /// `cluster.prefix`: required, `/` first, no `/` last, no empty segment, printable ASCII.
+    fn cluster_prefix(&mut self, value: Option<&str>) -> Option<String> {
+        let path = "cluster.prefix";
+        let prefix = self.required(
+            path,
+            value,
+            "the key prefix all instances of this deployment share, e.g. \"/msgtrace/prod\"",
+        )?;
+        let printable = prefix.bytes().all(|b| b.is_ascii_graphic());
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") || !printable
+        {
+            let shown = self.quote(path, &prefix);
+            self.error(path, format!("{shown} is not a key prefix; write `/` and path segments without spaces and no `/` at the end, e.g. \"/msgtrace/prod\""));
+            return None;
+        }
+        Some(prefix)
+    }
+
+    /// A member name: what a host name may hold (letters, digits, `-`, `_`, `.`), at most 253.
+    fn member_name(&mut self, path: &str, name: &str) -> Option<String> {
+        let name = name.trim();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > 253 || !name.chars().all(allowed) {
+            let shown = self.quote(path, name);
+            self.error(path, format!("{shown} is not a member name; use 1 to 253 letters, digits, `-`, `_` and `.`, unique to this instance"));
+            return None;
+        }
+        Some(name.to_owned())
     }
 
     /// One of a fixed set of spellings; `None` when absent or unknown (unknown is an error).

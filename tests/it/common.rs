@@ -615,3 +615,96 @@ pub fn no_page_checkpointed(cp: Option<&msgtrace::storage::Checkpoint>) -> bool 
                 .is_none_or(|f| f.pages == 0 && f.next_link.is_none())
     })
 }
+
+/// A one-member etcd on 127.0.0.1 (free client and peer ports, a temporary data directory),
+/// stopped when dropped; for the `[cluster]` tests.
+pub struct EtcdServer {
+    child: std::process::Child,
+    client_port: u16,
+    /// Its data directory, and its log (`etcd.log`) for a failing test to show.
+    pub dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it answers; `None` (after printing "SKIPPED: etcd not
+    /// installed") where it cannot run, which fails instead when `MSGTRACE_REQUIRE_ETCD` is set
+    /// (`.ci/run` installs `etcd-server` and sets it, so CI cannot skip these tests).
+    pub fn start() -> Option<EtcdServer> {
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let (client_port, peer_port) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let spawned = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        let mut server = match spawned {
+            Ok(child) => EtcdServer {
+                child,
+                client_port,
+                dir,
+            },
+            Err(e) => return skip_etcd(&format!("cannot start etcd: {e}")),
+        };
+        let up = wait_for(|| server.exited() || server.answers());
+        if server.exited() {
+            let log =
+                std::fs::read_to_string(server.dir.path().join("etcd.log")).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("").to_owned();
+            return skip_etcd(&format!("etcd exited at start: {last}"));
+        }
+        assert!(up, "etcd did not answer on 127.0.0.1:{client_port}");
+        Some(server)
+    }
+
+    /// Its client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Whether `GET /version` answers 200.
+    fn answers(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let request = format!(
+            "GET /version HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.client_port
+        );
+        let mut answer = String::new();
+        s.write_all(request.as_bytes()).is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Says why an etcd test does not run, or fails it when CI requires etcd.
+fn skip_etcd(why: &str) -> Option<EtcdServer> {
+    assert!(
+        std::env::var_os("MSGTRACE_REQUIRE_ETCD").is_none(),
+        "MSGTRACE_REQUIRE_ETCD is set but etcd cannot run ({why}); apt-get install etcd-server"
+    );
+    eprintln!("SKIPPED: etcd not installed ({why})");
+    None
+}

@@ -765,3 +765,92 @@ fn control_listen_takes_an_address_or_a_bare_port_for_loopback() {
         "{e:?}"
     );
 }
+
+#[test]
+fn cluster_is_absent_by_default_and_takes_its_defaults() {
+    let base = read("minimal.toml");
+    let parse = |table: &str| config::from_str_with_env(&format!("{table}\n{base}"), &test_env);
+    assert_eq!(parse("").unwrap().cluster, None, "single-instance mode");
+    let c = parse("[cluster]\netcd = [\"http://127.0.0.1:2379\", \"https://etcd-1:2379/\"]\nprefix = \"/msgtrace/prod\"\n")
+        .unwrap();
+    let cluster = c.cluster.expect("[cluster] given");
+    let urls: Vec<&str> = cluster.etcd.iter().map(|u| u.as_str()).collect();
+    assert_eq!(urls, ["http://127.0.0.1:2379/", "https://etcd-1:2379/"]);
+    assert_eq!(cluster.prefix, "/msgtrace/prod");
+    assert_eq!(cluster.lease, Duration::from_secs(15));
+    assert!(!cluster.name.is_empty(), "the host name by default");
+    let c = parse("[cluster]\netcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/m\"\nname = \"collector-0\"\nlease_secs = 5\n")
+        .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(
+        (cluster.name.as_str(), cluster.lease),
+        ("collector-0", Duration::from_secs(5))
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn cluster_errors_name_the_key_and_the_fix() {
+    let base = read("minimal.toml");
+    let errors = |table: &str| {
+        let e = config::from_str_with_env(&format!("[cluster]\n{table}\n{base}"), &test_env)
+            .expect_err(table);
+        e.errors
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+    };
+    let e = errors("");
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("cluster.etcd: is required; list the etcd client URLs")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.starts_with("cluster.prefix: is required;")),
+        "{e:?}"
+    );
+    let ok = "etcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/m\"\n";
+    for (bad, path, says) in [
+        ("etcd = []\nprefix = \"/m\"", "cluster.etcd", "is required"),
+        (
+            "etcd = [\"http://127.0.0.1:2379/v3\"]\nprefix = \"/m\"",
+            "cluster.etcd[0]",
+            "write the client URL only",
+        ),
+        (
+            "etcd = [\"ftp://h:1\"]\nprefix = \"/m\"",
+            "cluster.etcd[0]",
+            "scheme `ftp`",
+        ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nprefix = \"m/\"",
+            "cluster.prefix",
+            "not a key prefix",
+        ),
+        (
+            "etcd = [\"http://127.0.0.1:2379\"]\nprefix = \"/a b\"",
+            "cluster.prefix",
+            "not a key prefix",
+        ),
+        (
+            &format!("{ok}name = \"a/b\""),
+            "cluster.name",
+            "not a member name",
+        ),
+        (
+            &format!("{ok}lease_secs = 1"),
+            "cluster.lease_secs",
+            "use 2 to 3600",
+        ),
+        (&format!("{ok}leases = 1"), "cluster.leases", "unknown key"),
+    ] {
+        let e = errors(bad);
+        assert!(
+            e.iter()
+                .any(|e| e.starts_with(&format!("{path}: ")) && e.contains(says)),
+            "{bad}: {e:?}"
+        );
+    }
+}

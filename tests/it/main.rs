@@ -9,6 +9,7 @@ mod archive;
 mod auth;
 mod backfill;
 mod cli;
+mod cluster;
 mod collect;
 mod config_validate;
 mod control;

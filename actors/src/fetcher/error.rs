@@ -71,6 +71,10 @@ pub enum FetchError {
     /// The checkpoint could not be committed.
     #[error("could not save the checkpoint: {0}")]
     Checkpoint(StorageError),
+    /// The checkpoint of record (`[cluster]`) could not be written: the claim has ended, or
+    /// etcd did not answer. Nothing was committed.
+    #[error(transparent)]
+    Fenced(crate::cluster::fence::FenceError),
     /// The details backlog could not be read or written.
     #[error("reading or writing the details backlog failed: {0}")]
     Details(StorageError),

@@ -32,7 +32,7 @@ pub async fn collect(
     };
     // Detail requests of the tenant wait while its summary is collected.
     let collecting = env.quota.as_ref().map(|gate| gate.collecting());
-    let cp = match env.store.checkpoint(&cursor_name) {
+    let cp = match load_checkpoint(&env, &cursor_name).await {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
             in_flight: None,
@@ -41,7 +41,7 @@ pub async fn collect(
             updated_at: now,
             origin: None,
         }),
-        Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
+        Err(e) => return end_job(&env, job, JobState::Failed, Some(e)).await,
     };
     // Pages fetched but not committed are kept here; a run that resumes this cursor after a
     // crash takes them from here instead of requesting them again.
@@ -76,6 +76,20 @@ pub async fn collect(
         }
     }
     end_job(&env, run.job, JobState::Succeeded, None).await
+}
+
+/// The checkpoint a job starts from: with `[cluster]` the checkpoint of record in etcd (the
+/// last one any instance committed), else (or when etcd has none yet) the local one.
+async fn load_checkpoint(env: &FetcherEnv, cursor: &str) -> Result<Option<Checkpoint>, String> {
+    let local = env.store.checkpoint(cursor).map_err(|e| e.to_string())?;
+    let Some(cluster) = &env.cluster else {
+        return Ok(local);
+    };
+    match cluster.load(cursor).await {
+        Ok(Some(of_record)) => Ok(Some(of_record)),
+        Ok(None) => Ok(local),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// A job under way: what its slices read and change.

@@ -101,6 +101,9 @@ pub struct FetcherEnv {
     /// Told when a commit adds rows to the details backlog (the scheduled mode's detail worker
     /// waits for it).
     pub details_wake: tokio::sync::Notify,
+    /// `[cluster]`: the checkpoint of record is read from etcd at a job's start and every
+    /// commit writes it there first, fenced by this instance's claim of the source.
+    pub cluster: Option<crate::cluster::record::ClusterHandle>,
 }
 
 /// What the sinks of a source read of a batch ([`SinkInput`](crate::sink::SinkInput)): whether

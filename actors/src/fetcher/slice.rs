@@ -301,6 +301,12 @@ async fn commit(
     (t.pages, t.rows) = slice.totals();
     t.dropped += page.dropped;
     let spec = &run.env.spec;
+    if let (Some(cluster), false) = (&run.env.cluster, task.reread) {
+        cluster
+            .commit(&spec.id, &run.cursor_name, cp)
+            .await
+            .map_err(FetchError::Fenced)?;
+    }
     run.env
         .store
         .commit(
@@ -322,6 +328,12 @@ async fn commit(
 async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
     run.cp.in_flight = Some(started);
     let spec = &run.env.spec;
+    if let Some(cluster) = &run.env.cluster {
+        cluster
+            .commit(&spec.id, &run.cursor_name, &run.cp)
+            .await
+            .map_err(FetchError::Fenced)?;
+    }
     run.env
         .store
         .commit(

@@ -1,0 +1,85 @@
+//! The cluster as the supervisor and a fetcher see it: whether a source may start here, the
+//! checkpoint of record read at a job's start, and each commit's fenced write of it.
+
+use msgtrace_storage::record::{decode_checkpoint, encode_checkpoint};
+use msgtrace_storage::Checkpoint;
+use tokio::sync::watch;
+
+use super::agent::Ownership;
+use super::etcd::{Etcd, EtcdError};
+use super::fence::{self, FenceError};
+
+/// This instance's view of the cluster: the etcd client, the prefix and what the agent
+/// publishes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ClusterHandle {
+    /// The etcd client.
+    pub etcd: Etcd,
+    /// The deployment's key prefix.
+    pub prefix: String,
+    /// What this instance owns, as its agent last saw it.
+    pub owned: watch::Receiver<Ownership>,
+}
+
+/// Why the checkpoint of record could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// etcd did not answer, or refused.
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    /// The value is not a checkpoint this release reads.
+    #[error("the checkpoint of record of `{cursor}` in etcd does not decode ({why}); a newer release wrote it, or another program: remove the key to start from `start` again")]
+    Undecodable {
+        /// The cursor.
+        cursor: String,
+        /// The decoder's message.
+        why: String,
+    },
+}
+
+impl ClusterHandle {
+    /// Whether a job of `source` may start: this instance is live, holds the source's claim,
+    /// and is not giving it up.
+    pub fn may_start(&self, source: &str) -> bool {
+        let owned = self.owned.borrow();
+        owned.live && owned.claims.contains_key(source) && !owned.leaving.contains(source)
+    }
+
+    /// The checkpoint of record of `cursor`, if one was committed.
+    pub async fn load(&self, cursor: &str) -> Result<Option<Checkpoint>, RecordError> {
+        let Some(bytes) = fence::committed(&self.etcd, &self.prefix, cursor).await? else {
+            return Ok(None);
+        };
+        decode_checkpoint(&bytes)
+            .map(Some)
+            .map_err(|why| RecordError::Undecodable {
+                cursor: cursor.to_owned(),
+                why: why.to_string(),
+            })
+    }
+
+    /// Writes `cp` as `cursor`'s checkpoint of record under `source`'s claim: refused
+    /// ([`FenceError::Fenced`]) when this instance does not hold the claim (any more).
+    pub async fn commit(
+        &self,
+        source: &str,
+        cursor: &str,
+        cp: &Checkpoint,
+    ) -> Result<(), FenceError> {
+        let claim = self.owned.borrow().claims.get(source).cloned();
+        let Some(claim) = claim else {
+            return Err(FenceError::Fenced {
+                source_id: source.to_owned(),
+                now: "this instance holds no claim of it".to_owned(),
+            });
+        };
+        fence::fenced_put(
+            &self.etcd,
+            &self.prefix,
+            &claim,
+            cursor,
+            &encode_checkpoint(cp),
+        )
+        .await
+    }
+}

@@ -1,0 +1,95 @@
+//! `[cluster]` in a running engine: the agent that keeps this instance's lease and claims
+//! (`msgtrace_actors::cluster::agent`), and the handle the supervisor and the fetchers read
+//! (docs/scaling.md).
+
+use std::time::Duration;
+
+use msgtrace_actors::cluster::agent::{self, AgentConfig, Busy, Ownership};
+use msgtrace_actors::cluster::etcd::Etcd;
+use msgtrace_actors::cluster::record::ClusterHandle;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::ClusterConfig;
+
+/// The agent of a running engine, and what it publishes.
+pub(crate) struct ClusterRun {
+    /// What the supervisor and the fetchers read.
+    pub(crate) handle: ClusterHandle,
+    /// The sources whose fetcher runs a job (kept by the supervisor, read by the agent).
+    pub(crate) busy: Busy,
+    stop: watch::Sender<bool>,
+    task: Option<actix_rt::task::JoinHandle<()>>,
+    /// The agent before it is started ([`ClusterRun::spawn`]).
+    pending: Option<(AgentConfig, watch::Sender<Ownership>, watch::Receiver<bool>)>,
+}
+
+impl ClusterRun {
+    /// The agent of `cluster` for `sources` (each id with its tenant's budget key, which the
+    /// hash shares out), not started yet.
+    pub(crate) fn new(cluster: &ClusterConfig, sources: &[(String, String)]) -> ClusterRun {
+        // A request must fit in a round (a third of the lease), and loopback answers in
+        // milliseconds: the bound is for an etcd that stalls.
+        let timeout = (cluster.lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
+        let etcd = Etcd::new(cluster.etcd.clone(), timeout);
+        let agent = AgentConfig {
+            etcd: etcd.clone(),
+            prefix: cluster.prefix.clone(),
+            name: cluster.name.clone(),
+            lease: cluster.lease,
+            sources: sources.iter().map(|(id, _)| id.clone()).collect(),
+            keys: sources.iter().cloned().collect(),
+        };
+        let (out, owned) = watch::channel(Ownership::default());
+        let (stop, stopped) = watch::channel(false);
+        ClusterRun {
+            handle: ClusterHandle {
+                etcd,
+                prefix: cluster.prefix.clone(),
+                owned,
+            },
+            busy: Busy::default(),
+            stop,
+            task: None,
+            pending: Some((agent, out, stopped)),
+        }
+    }
+
+    /// Starts the agent on the current actix System (once nothing of the engine's start can
+    /// fail any more: an agent left behind would hold claims for an engine that never ran).
+    pub(crate) fn spawn(&mut self) {
+        if let Some((cfg, out, stopped)) = self.pending.take() {
+            info!(name = %cfg.name, prefix = %cfg.prefix, "cluster: registering with etcd");
+            self.task = Some(actix_rt::spawn(agent::run(
+                cfg,
+                self.busy.clone(),
+                out,
+                stopped,
+            )));
+        }
+    }
+
+    /// Stops the agent: its lease is revoked, and the others take its sources at once.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Waits for the agent's first round: `Ok` once this instance is a live member holding its
+/// claims, or its first error (etcd unreachable, the name taken) as one line.
+pub(crate) async fn live(owned: Option<watch::Receiver<Ownership>>) -> Result<(), String> {
+    let Some(mut owned) = owned else {
+        return Ok(());
+    };
+    let seen = owned
+        .wait_for(|o| o.live || o.error.is_some())
+        .await
+        .map_err(|_| "cluster: the agent stopped before its first round".to_owned())?;
+    match &seen.error {
+        Some(e) if !seen.live => Err(format!("cluster: {e}")),
+        _ => Ok(()),
+    }
+}
