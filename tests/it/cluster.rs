@@ -582,3 +582,99 @@ fn two_engines_share_six_tenants_and_deliver_every_row_exactly_once() {
         assert!(membership::members(&etcd, "/two").await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn an_instance_paused_past_its_lease_commits_nothing_after_it_and_no_row_is_lost() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let sim = sim(600, |c| c.page_latency_ms = 150);
+    let dir = tempfile::tempdir().unwrap();
+    let (start, end) = (hours_ago(4), hours_ago(1));
+    let config_of = |name: &str| {
+        let home = dir.path().join(name);
+        std::fs::create_dir(&home).unwrap();
+        let toml = graph_sources_toml(
+            &sim,
+            &home.join("state"),
+            &home.join("out.ndjson"),
+            &[("src", &start, &end)],
+            "",
+        ) + &format!(
+            "[cluster]\netcd = [{:?}]\nprefix = \"/stop\"\nname = \"{name}\"\nlease_secs = 2\n",
+            server.endpoint()
+        );
+        let path = home.join("msgtrace.toml");
+        std::fs::write(&path, &toml).unwrap();
+        (path, toml)
+    };
+    let (a_path, _) = config_of("a");
+    let (_, b_toml) = config_of("b");
+    let a_log = std::fs::File::create(dir.path().join("a.log")).unwrap();
+    let mut a = std::process::Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["run", "--once", "-c"])
+        .arg(&a_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(a_log)
+        .spawn()
+        .unwrap();
+    let pid = a.id() as libc::pid_t;
+    let record = |etcd: Etcd| async move {
+        let cp = fence::committed(&etcd, "/stop", "src").await.unwrap()?;
+        Some(msgtrace::storage::record::decode_checkpoint(&cp).unwrap())
+    };
+    on_actix(async {
+        let etcd = client_of(&[server.endpoint()]);
+        // a has committed a few pages: it is paused past its lease.
+        let e = etcd.clone();
+        let going = until(move || {
+            let e = e.clone();
+            async move { record(e).await.is_some_and(|cp| cp.pages_total >= 3) }
+        });
+        assert!(going.await, "a collects");
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let e = etcd.clone();
+        let gone = until(move || {
+            let e = e.clone();
+            async move { membership::members(&e, "/stop").await.unwrap().is_empty() }
+        });
+        assert!(gone.await, "a's lease ends while it is paused");
+    });
+    // b takes the source over from a's last committed checkpoint and finishes it.
+    let report = run_once(&parse(&b_toml), opts());
+    assert!(
+        report.all_succeeded() && report.jobs.len() == 1,
+        "{report:?}"
+    );
+    let after_b = on_actix(record(client_of(&[server.endpoint()]))).unwrap();
+    assert_eq!(
+        after_b.cursor.map(|c| c.timestamp().to_string()),
+        Some(end.clone())
+    );
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let status = a.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap();
+    assert!(!status.success(), "a's job cannot commit: {log}");
+    assert!(log.contains("not committed"), "{log}");
+    let after_a = on_actix(record(client_of(&[server.endpoint()]))).unwrap();
+    assert_eq!(
+        after_a, after_b,
+        "a committed nothing after its lease ended"
+    );
+
+    // No row lost; rows twice only from the pages a had fetched when it was paused.
+    let mut got = identities(&dir.path().join("a/out.ndjson"), Api::Graph);
+    for (k, n) in identities(&dir.path().join("b/out.ndjson"), Api::Graph) {
+        *got.entry(k).or_insert(0) += n;
+    }
+    let at = |t: &str| chrono::DateTime::from_timestamp(t.parse().unwrap(), 0).unwrap();
+    let expected = sim
+        .model()
+        .expected(at(&start), at(&end), chrono::Utc::now());
+    let (missing, extra, dups) = compare(&got, &expected);
+    assert_eq!((missing, extra), (0, 0));
+    assert!(
+        dups <= 5 * 100,
+        "{dups} rows twice: more than the pages in flight"
+    );
+}

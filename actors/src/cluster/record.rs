@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use super::agent::Ownership;
 use super::etcd::{Etcd, EtcdError};
-use super::fence::{self, FenceError};
+use super::fence::{self, Claim, FenceError};
 
 /// This instance's view of the cluster: the etcd client, the prefix and what the agent
 /// publishes. Cheap to clone.
@@ -58,25 +58,33 @@ impl ClusterHandle {
             })
     }
 
-    /// Writes `cp` as `cursor`'s checkpoint of record under `source`'s claim: refused
-    /// ([`FenceError::Fenced`]) when this instance does not hold the claim (any more).
+    /// The claim this instance holds of `source` now: a job takes it at its start and commits
+    /// under it to its end, so that a job that outlived its claim (paused past the lease) can
+    /// never commit under a claim taken again since, from a checkpoint it did not read.
+    pub fn claim(&self, source: &str) -> Result<Claim, FenceError> {
+        self.owned
+            .borrow()
+            .claims
+            .get(source)
+            .cloned()
+            .ok_or_else(|| FenceError::Fenced {
+                source_id: source.to_owned(),
+                now: "this instance holds no claim of it".to_owned(),
+            })
+    }
+
+    /// Writes `cp` as `cursor`'s checkpoint of record under `claim`: refused
+    /// ([`FenceError::Fenced`]) once the claim has ended.
     pub async fn commit(
         &self,
-        source: &str,
+        claim: &Claim,
         cursor: &str,
         cp: &Checkpoint,
     ) -> Result<(), FenceError> {
-        let claim = self.owned.borrow().claims.get(source).cloned();
-        let Some(claim) = claim else {
-            return Err(FenceError::Fenced {
-                source_id: source.to_owned(),
-                now: "this instance holds no claim of it".to_owned(),
-            });
-        };
         fence::fenced_put(
             &self.etcd,
             &self.prefix,
-            &claim,
+            claim,
             cursor,
             &encode_checkpoint(cp),
         )

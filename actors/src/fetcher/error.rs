@@ -103,6 +103,9 @@ impl FetchError {
                 ..
             }
             | FetchError::Token(AuthError::Rejected(_)) => Kind::Fatal,
+            // The job's claim has ended: no task of this job can commit (the next job, under
+            // a claim of its own, may).
+            FetchError::Fenced(crate::cluster::fence::FenceError::Fenced { .. }) => Kind::Fatal,
             _ => Kind::Failed,
         }
     }

@@ -32,6 +32,12 @@ pub async fn collect(
     };
     // Detail requests of the tenant wait while its summary is collected.
     let collecting = env.quota.as_ref().map(|gate| gate.collecting());
+    // With `[cluster]`: the claim every commit of this job is made under, taken before the
+    // checkpoint of record is read.
+    let claim = match env.cluster.as_ref().map(|c| c.claim(&spec.id)).transpose() {
+        Ok(claim) => claim,
+        Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
+    };
     let cp = match load_checkpoint(&env, &cursor_name).await {
         Ok(c) => c.unwrap_or(Checkpoint {
             cursor: None,
@@ -55,6 +61,7 @@ pub async fn collect(
         cancel,
         deadline,
         hold: kind == JobKind::Scheduled,
+        claim,
     };
     let tasks = match run.plan(&window, backfill.as_ref(), now) {
         Ok(tasks) => tasks,
@@ -108,6 +115,8 @@ pub(super) struct JobRun {
     pub(super) deadline: Option<Instant>,
     /// A sink that refuses a page holds it (scheduled jobs) instead of failing the job.
     pub(super) hold: bool,
+    /// `[cluster]`: the claim of the source this job commits under (taken at its start).
+    pub(super) claim: Option<crate::cluster::fence::Claim>,
 }
 
 impl JobRun {

@@ -301,9 +301,9 @@ async fn commit(
     (t.pages, t.rows) = slice.totals();
     t.dropped += page.dropped;
     let spec = &run.env.spec;
-    if let (Some(cluster), false) = (&run.env.cluster, task.reread) {
+    if let (Some(cluster), Some(claim), false) = (&run.env.cluster, &run.claim, task.reread) {
         cluster
-            .commit(&spec.id, &run.cursor_name, cp)
+            .commit(claim, &run.cursor_name, cp)
             .await
             .map_err(FetchError::Fenced)?;
     }
@@ -328,9 +328,9 @@ async fn commit(
 async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
     run.cp.in_flight = Some(started);
     let spec = &run.env.spec;
-    if let Some(cluster) = &run.env.cluster {
+    if let (Some(cluster), Some(claim)) = (&run.env.cluster, &run.claim) {
         cluster
-            .commit(&spec.id, &run.cursor_name, &run.cp)
+            .commit(claim, &run.cursor_name, &run.cp)
             .await
             .map_err(FetchError::Fenced)?;
     }
