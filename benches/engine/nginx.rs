@@ -156,7 +156,11 @@ impl Site {
             .arg("-c")
             .arg(&conf_path)
             .args(["-g", "daemon off;"])
+            // Not the bench's stdout and stderr: a worker that outlived the master would hold
+            // them open (and `cargo test | tee` waited for it forever).
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
         let site = Site {
@@ -176,7 +180,11 @@ impl Site {
 
 impl Drop for Site {
     fn drop(&mut self) {
-        let _ = self.nginx.kill();
+        // SIGTERM: the master stops its workers, then exits (SIGKILL left the worker running).
+        // SAFETY: kill(2) on the pid of our own unreaped child.
+        unsafe {
+            libc::kill(self.nginx.id() as libc::pid_t, libc::SIGTERM);
+        }
         let _ = self.nginx.wait();
     }
 }
