@@ -197,12 +197,12 @@ impl Drop for Moto {
 
 /// Says why an S3 test does not run, or fails it when CI requires moto.
 fn skip(why: &str) -> Option<Moto> {
-    assert!(
-        std::env::var_os("MSGTRACE_REQUIRE_MOTO").is_none(),
-        "MSGTRACE_REQUIRE_MOTO is set but moto cannot run ({why}); pip install 'moto[server]'"
-    );
-    eprintln!("SKIPPED: moto not installed ({why})");
-    None
+    skip_without(
+        "moto",
+        "MSGTRACE_REQUIRE_MOTO",
+        "pip install 'moto[server]'",
+        why,
+    )
 }
 
 /// The `options` of a sink writing to moto.

@@ -699,12 +699,23 @@ impl Drop for EtcdServer {
     }
 }
 
+/// Says why a test that needs `tool` does not run, or fails it when CI requires the tool
+/// (`require`, e.g. `MSGTRACE_REQUIRE_ETCD`, is set); `install` is how to get it.
+pub fn skip_without<T>(tool: &str, require: &str, install: &str, why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os(require).is_none(),
+        "{require} is set but {tool} cannot run ({why}); {install}"
+    );
+    eprintln!("SKIPPED: {tool} not installed ({why})");
+    None
+}
+
 /// Says why an etcd test does not run, or fails it when CI requires etcd.
 fn skip_etcd(why: &str) -> Option<EtcdServer> {
-    assert!(
-        std::env::var_os("MSGTRACE_REQUIRE_ETCD").is_none(),
-        "MSGTRACE_REQUIRE_ETCD is set but etcd cannot run ({why}); apt-get install etcd-server"
-    );
-    eprintln!("SKIPPED: etcd not installed ({why})");
-    None
+    skip_without(
+        "etcd",
+        "MSGTRACE_REQUIRE_ETCD",
+        "apt-get install etcd-server",
+        why,
+    )
 }
