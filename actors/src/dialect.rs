@@ -34,6 +34,7 @@ use url::Url;
 
 pub mod details;
 mod envelope;
+mod members;
 pub mod raw;
 
 /// How many characters of a response body (or of a value taken from it) an error message quotes.

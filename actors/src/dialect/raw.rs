@@ -205,14 +205,8 @@ impl<'de, 'r> Visitor<'de> for RowsSeed<'r> {
             if rows.rows.len() == self.max_rows {
                 return Err(other());
             }
-            let text = raw.get();
-            let mut de = serde_json::Deserializer::from_str(text);
-            let (row, trace_field) = RowSeed {
-                fields: self.fields,
-                text,
-            }
-            .deserialize(&mut de)
-            .map_err(serde::de::Error::custom)?;
+            let (row, trace_field) =
+                read_row(raw.get(), self.fields).ok_or_else(other::<A::Error>)?;
             rows.any_trace_field |= trace_field;
             rows.rows.push(row);
         }
@@ -220,61 +214,44 @@ impl<'de, 'r> Visitor<'de> for RowsSeed<'r> {
     }
 }
 
-struct RowSeed<'r, 'de> {
-    fields: Fields<'r>,
-    text: &'de str,
-}
-
-impl<'de, 'r> DeserializeSeed<'de> for RowSeed<'r, 'de> {
-    /// The row, and whether it has any field of a trace row (time, trace id, recipient).
-    type Value = (RawRow<'de>, bool);
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de, 'r> Visitor<'de> for RowSeed<'r, 'de> {
-    type Value = (RawRow<'de>, bool);
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a row object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let f = self.fields;
-        // Each slot: `None` until its key is seen (a key seen twice is not read here).
-        let [mut time, mut trace_id, mut recipient, mut status]: [Option<Option<Cow<'de, str>>>;
-            4] = Default::default();
-        while let Some(key) = map.next_key::<Key>()? {
-            let key = key.0.as_ref();
-            if key.starts_with('_') || f.reserved.contains(&key) {
-                return Err(other());
-            }
-            let slot = match key {
-                k if k == f.time => &mut time,
-                k if k == f.trace_id => &mut trace_id,
-                k if k == f.recipient => &mut recipient,
-                k if k == f.status => &mut status,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            if slot.is_some() {
-                return Err(other());
-            }
-            *slot = Some(map.next_value::<MaybeText>()?.0);
+/// A row's fields the engine reads, and whether it has any field of a trace row (time, trace id,
+/// recipient); `None` when the row is not read here (a key the engine writes itself, one of the
+/// fields read twice). `text` is valid JSON (serde_json took it as a `RawValue`), so its
+/// members are found by a scan, not parsed again ([`super::members`]).
+fn read_row<'de>(text: &'de str, f: Fields<'_>) -> Option<(RawRow<'de>, bool)> {
+    // Each slot: `None` until its key is seen (a key seen twice is not read here).
+    let [mut time, mut trace_id, mut recipient, mut status]: [Option<Option<Cow<'de, str>>>; 4] =
+        Default::default();
+    let mut members = super::members::members(text);
+    for (key, value) in &mut members {
+        let key = key.as_ref();
+        if key.starts_with('_') || f.reserved.contains(&key) {
+            return None;
         }
-        let trace_field = time.is_some() || trace_id.is_some() || recipient.is_some();
-        let row = RawRow {
-            text: self.text,
-            time: time.flatten().as_deref().and_then(parse_timestamp),
-            trace_id: trace_id.flatten(),
-            recipient: recipient.flatten(),
-            status: status.flatten(),
+        let slot = match key {
+            k if k == f.time => &mut time,
+            k if k == f.trace_id => &mut trace_id,
+            k if k == f.recipient => &mut recipient,
+            k if k == f.status => &mut status,
+            _ => continue,
         };
-        Ok((row, trace_field))
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(super::members::text(value));
     }
+    if !members.closed() {
+        return None;
+    }
+    let trace_field = time.is_some() || trace_id.is_some() || recipient.is_some();
+    let row = RawRow {
+        text,
+        time: time.flatten().as_deref().and_then(parse_timestamp),
+        trace_id: trace_id.flatten(),
+        recipient: recipient.flatten(),
+        status: status.flatten(),
+    };
+    Some((row, trace_field))
 }
 
 /// A key, borrowed from the body unless it has escapes.
@@ -310,56 +287,6 @@ impl<'de> Visitor<'de> for TextVisitor {
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
         Ok(Cow::Owned(v.to_owned()))
-    }
-}
-
-/// A field the engine reads: its text when it is a string, `None` for any other value (as the
-/// full parser's `as_str` reads it).
-struct MaybeText<'de>(Option<Cow<'de, str>>);
-
-impl<'de> serde::Deserialize<'de> for MaybeText<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(MaybeTextVisitor).map(MaybeText)
-    }
-}
-
-struct MaybeTextVisitor;
-
-impl<'de> Visitor<'de> for MaybeTextVisitor {
-    type Value = Option<Cow<'de, str>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any value")
-    }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(Cow::Owned(v.to_owned())))
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(None)
     }
 }
 

@@ -425,12 +425,14 @@ pub(super) async fn parse_off_thread(
     let source: Arc<str> = Arc::from(strip_query(url));
     shared
         .off_thread(move || {
+            tracing::trace!(bytes = body.len(), "page received; parsing");
             let page = match how.fetch {
                 Fetch::Summary => {
                     let passed = plan.as_deref().and_then(|plan| {
                         super::passthrough::try_ready(plan, &body, &request_url, how.max_rows)
                     });
                     if let Some(ready) = passed {
+                        tracing::trace!("page passed through");
                         crate::buffers::give_bytes(body);
                         return Ok(Parsed::Ready(ready));
                     }
