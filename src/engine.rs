@@ -96,6 +96,10 @@ pub struct EngineOptions {
     /// Pages each source fetches ahead while the page before them is delivered and committed
     /// (default [`msgtrace_actors::fetcher::PREFETCH_PAGES`]); 0 only to measure what it gains.
     pub prefetch: usize,
+    /// The most pages that arrive back to back committed together, with one sink `fsync` and
+    /// one checkpoint flush (default [`msgtrace_actors::fetcher::COMMIT_GROUP_PAGES`]); 1
+    /// commits every page on its own. A crash delivers again at most one group's pages.
+    pub commit_group: usize,
     /// Called after every committed page: (source, pages, rows) of the running job.
     pub page_hook: Option<PageHook>,
     /// How long a shutdown waits for pages in flight.
@@ -123,6 +127,7 @@ impl Default for EngineOptions {
         EngineOptions {
             durable: true,
             prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
+            commit_group: msgtrace_actors::fetcher::COMMIT_GROUP_PAGES,
             page_hook: None,
             grace: Duration::from_secs(30),
             config_file: None,
@@ -215,6 +220,7 @@ pub fn source_spec(
         cron,
         durable,
         prefetch: msgtrace_actors::fetcher::PREFETCH_PAGES,
+        commit_group: msgtrace_actors::fetcher::COMMIT_GROUP_PAGES,
         link_limits: Default::default(),
         reschedule_limit: src.reschedule_tasks.then_some(src.task_reschedule_limit),
         proxy,
@@ -632,6 +638,7 @@ pub(crate) fn source_entries(
                 spec: SourceSpec {
                     max_body_bytes: opts.max_body_bytes,
                     prefetch: opts.prefetch,
+                    commit_group: opts.commit_group.max(1),
                     ..spec
                 },
                 job_timeout: s.job_timeout,

@@ -102,6 +102,10 @@ pub struct FileSink {
     /// The NDJSON of a page not encoded by the fetcher, kept for the next page (see
     /// [`Batch::ndjson`]).
     buf: Vec<u8>,
+    /// Bytes written to the open file and not yet synced: pages given unsynced
+    /// ([`Batch::sync`]), synced by the next synced page, by [`Sink::flush`], and before the
+    /// file is closed (rotation, reopening).
+    unsynced: bool,
 }
 
 /// Mode of the files a file sink creates unless configured (`mode`): owner and group read.
@@ -121,6 +125,7 @@ impl FileSink {
             mark: None,
             newline_first: false,
             buf: Vec::new(),
+            unsynced: false,
         }
     }
 
@@ -286,10 +291,22 @@ impl FileSink {
             .map(|m| m.len)
     }
 
+    /// Makes what was written unsynced durable.
+    fn sync_pending(&mut self) -> Result<(), SinkError> {
+        if let (true, Some(f)) = (self.unsynced, &self.file) {
+            f.sync_data()
+                .map_err(|e| self.err("cannot sync (fsync)", e))?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
     /// Opens the file, rotating it first when `incoming` bytes would take it past the limit.
     fn prepare(&mut self, incoming: usize) -> Result<(), SinkError> {
         self.open()?;
         if let Some(r) = self.rotate.filter(|_| self.rotation_due(incoming)) {
+            // The file is closed for good: what it holds unsynced is synced first.
+            self.sync_pending()?;
             if let Err(e) = self.rotate(r.keep) {
                 return Err(self.err("cannot rotate", e));
             }
@@ -376,6 +393,7 @@ impl Sink for FileSink {
     /// renamed file is not touched again (nothing of it is ever cut), and the new one gets a
     /// record of its own.
     fn reopen(&mut self) -> Result<(), SinkError> {
+        self.sync_pending()?;
         self.file = None;
         self.mark = None;
         self.open()
@@ -384,19 +402,27 @@ impl Sink for FileSink {
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
         let mut buf = std::mem::take(&mut self.buf);
         let bytes = batch.ndjson(&mut buf);
-        let r = self.prepare(bytes.len()).and_then(|()| self.write(bytes));
+        let r = self
+            .prepare(bytes.len())
+            .and_then(|()| self.write(bytes, batch.sync));
         self.buf = buf;
         release_if_large(&mut self.buf);
+        Box::pin(async move { r })
+    }
+
+    /// Syncs what pages given unsynced ([`Batch::sync`]) left unsynced.
+    fn flush(&mut self) -> LocalBoxFuture<'_, Result<(), SinkError>> {
+        let r = self.sync_pending();
         Box::pin(async move { r })
     }
 }
 
 impl FileSink {
     /// Appends `bytes` (whole lines) to the open file, after a newline when the file ends
-    /// inside a line not the sink's, `fsync`s them unless told not to, and records the new
-    /// length.
-    fn write(&mut self, bytes: &[u8]) -> Result<(), SinkError> {
-        let fsync = self.fsync;
+    /// inside a line not the sink's, `fsync`s them (and whatever was written unsynced before)
+    /// when `sync` unless configured not to, and records the new length.
+    fn write(&mut self, bytes: &[u8], sync: bool) -> Result<(), SinkError> {
+        let fsync = self.fsync && sync;
         let newline: &[u8] = if self.newline_first { b"\n" } else { b"" };
         let f = self.file.as_mut().expect("opened by prepare");
         let r = f
@@ -405,6 +431,11 @@ impl FileSink {
             .and_then(|()| f.flush())
             .and_then(|()| if fsync { f.sync_data() } else { Ok(()) });
         if let Err(e) = r {
+            // What earlier pages left unsynced is synced if it can be; a page is committed only
+            // after a later synced write (or flush) succeeds anyway.
+            if self.unsynced && f.sync_data().is_ok() {
+                self.unsynced = false;
+            }
             // Reopen next time: the failed write may have left a partial line to repair.
             self.file = None;
             return Err(SinkError {
@@ -413,6 +444,7 @@ impl FileSink {
             });
         }
         self.newline_first = false;
+        self.unsynced = self.fsync && !sync;
         let mark = self.mark.as_mut().expect("opened with a mark");
         mark.len += (newline.len() + bytes.len()) as u64;
         if let Some(marks) = &self.marks {
@@ -460,6 +492,45 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
             .collect()
+    }
+
+    /// A page given unsynced stays unsynced until a synced page, a flush, or the file's close
+    /// at rotation or reopening syncs it; the lines are the same either way.
+    #[test]
+    fn a_page_given_unsynced_is_synced_by_a_synced_page_a_flush_a_rotation_or_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (sink, _store) = sink_with_marks(dir.path(), &path);
+        let mut sink = sink.with_rotation(Some(crate::config::Rotation {
+            max_bytes: 250,
+            keep: 2,
+        }));
+        let unsynced = Batch {
+            sync: false,
+            ..page(3)
+        };
+        deliver(&mut sink, &unsynced).unwrap();
+        assert!(sink.unsynced);
+        deliver(&mut sink, &page(1)).unwrap();
+        assert!(!sink.unsynced, "a synced page syncs what came before it");
+        // The next page rotates the file (over 250 bytes): the old one is synced before.
+        deliver(&mut sink, &unsynced).unwrap();
+        assert!(sink.unsynced);
+        assert_eq!(
+            lines_of(&PathBuf::from(format!("{}.1", path.display()))).len(),
+            4
+        );
+        deliver(&mut sink, &unsynced).unwrap();
+        assert!(
+            sink.unsynced,
+            "the rotated file was synced, the new one is not"
+        );
+        actix_rt::System::new().block_on(sink.flush()).unwrap();
+        assert!(!sink.unsynced);
+        deliver(&mut sink, &unsynced).unwrap();
+        sink.reopen().unwrap();
+        assert!(!sink.unsynced, "reopening syncs the file it closes");
+        assert_eq!(lines_of(&path).len(), 3);
     }
 
     #[test]

@@ -80,6 +80,13 @@ pub struct Batch {
     /// source takes NDJSON; `None` in a batch made elsewhere ([`Batch::new`]).
     /// [`Batch::ndjson`] reads it, or encodes the events when it is `None`.
     pub encoded: Option<Arc<Ndjson>>,
+    /// Whether the sink makes this batch durable before it acknowledges it (`true`, as every
+    /// [`Batch::new`]), or may leave that to a later batch of the same source or to
+    /// [`Sink::flush`](crate::sink::Sink::flush) (`false`). The fetcher sets `false` on a page
+    /// whose next page is already in, and commits no checkpoint covering it before a synced
+    /// batch or a flush: pages that arrive back to back share one `fsync` of a file sink. A sink
+    /// whose every acknowledgement is durable anyway (HTTP, object stores) ignores it.
+    pub sync: bool,
 }
 
 impl Batch {
@@ -90,6 +97,7 @@ impl Batch {
             page: None,
             events: Arc::new(events),
             encoded: None,
+            sync: true,
         }
     }
 

@@ -168,6 +168,13 @@ pub struct SourceSpec {
     /// one page is ever delivered twice after a crash either way, and (with `durable` on) at most
     /// one requested twice: the pages fetched ahead are kept in the spool until committed.
     pub prefetch: usize,
+    /// The most pages committed together ([`crate::fetcher::COMMIT_GROUP_PAGES`] by default):
+    /// a page whose next page is already fetched and made ready is handed to the sinks
+    /// unsynced ([`crate::event::Batch::sync`]) and committed with the pages after it, with one
+    /// sink `fsync` and one checkpoint flush for them all. A crash then delivers again at most
+    /// the pages of one group (one page when they did not arrive back to back); 1 commits every
+    /// page on its own.
+    pub commit_group: usize,
     /// What one query's next links may do before they are taken for a loop.
     pub link_limits: crate::link_guard::LinkLimits,
     /// Run a task that failed with a non-fatal error again, up to this many times

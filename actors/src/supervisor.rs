@@ -7,7 +7,7 @@ use crate::fetcher::{
     Backfill, Cancel, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply,
 };
 use crate::scheduler::{Due, Scheduler, StopScheduling};
-use crate::sink::{Deliver, FlushSink, SinkActor, SinkInput};
+use crate::sink::{FlushSink, SinkActor, SinkInput};
 use crate::spec::SourceSpec;
 use actix::prelude::*;
 use msgtrace_storage::{JobKind, JobState, Store};
@@ -309,7 +309,7 @@ impl Supervisor {
                 .iter()
                 .filter(|s| s.inputs.contains(&entry.spec.id))
         };
-        let sinks: Vec<Recipient<Deliver>> = feeds().map(|s| s.addr.clone().recipient()).collect();
+        let sinks: Vec<Addr<SinkActor>> = feeds().map(|s| s.addr.clone()).collect();
         let env = FetcherEnv {
             reads: crate::fetcher::Reads {
                 events: feeds().any(|s| s.reads == SinkInput::Events),

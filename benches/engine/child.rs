@@ -48,6 +48,9 @@ pub enum Work {
         /// it); `None` is the default policy (1 s, doubling, 5 retries).
         #[serde(default)]
         sink_retry_initial_ms: Option<u64>,
+        /// `EngineOptions.commit_group`; `None` is the default.
+        #[serde(default)]
+        commit_group: Option<usize>,
     },
     /// Baseline (a): the same pages, the same awc client, bodies appended to a file unparsed.
     RawFetch {
@@ -98,6 +101,15 @@ pub struct Scale {
 /// Entry point of a child process.
 pub fn main(spec: &str) {
     let work: Work = serde_json::from_str(spec).expect("work spec is JSON");
+    // `BENCH_CHILD_LOG=msgtrace_actors=debug` (a tracing filter) logs the child's work to stderr,
+    // with microsecond times: where a page's time goes.
+    if let Ok(filter) = std::env::var("BENCH_CHILD_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .with_thread_names(true)
+            .init();
+    }
     let result = match work {
         Work::Engine {
             config,
@@ -107,9 +119,10 @@ pub fn main(spec: &str) {
             scale,
             continuous,
             sink_retry_initial_ms,
+            commit_group,
         } => run_engine(
             &config,
-            (durable, prefetch),
+            (durable, prefetch, commit_group),
             print_pages,
             scale,
             continuous,
@@ -139,7 +152,7 @@ type Delivered = (Duration, DateTime<Utc>);
 
 fn run_engine(
     path: &std::path::Path,
-    (durable, prefetch): (bool, usize),
+    (durable, prefetch, commit_group): (bool, usize, Option<usize>),
     print_pages: bool,
     scale: Option<Scale>,
     continuous: bool,
@@ -164,6 +177,7 @@ fn run_engine(
     let opts = EngineOptions {
         durable,
         prefetch,
+        commit_group: commit_group.unwrap_or(msgtrace::actors::fetcher::COMMIT_GROUP_PAGES),
         page_hook: Some(hook),
         sink_retry: sink_retry_initial_ms.map(|ms| RetryPolicy {
             initial: Duration::from_millis(ms),

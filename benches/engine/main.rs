@@ -373,6 +373,7 @@ fn engine_once(
         scale: None,
         continuous: false,
         sink_retry_initial_ms: None,
+        commit_group: None,
     });
     let sampler = measure::RssSampler::start(child.pid(), Duration::from_millis(100));
     let mut f = child.wait();
@@ -784,6 +785,7 @@ fn scale_run(sim: &SimServer, dir: &Path, tenants: &[String]) -> ScaleRun {
         scale: Some(Scale { sources: n }),
         continuous: false,
         sink_retry_initial_ms: None,
+        commit_group: None,
     })
     .wait_at_most(Some(SCALE_TIME_LIMIT));
     if f.hung {
@@ -853,6 +855,7 @@ fn resume(sim: &SimServer, plan: &Plan, dir: &Path, table: &mut Table) {
         scale: None,
         continuous: false,
         sink_retry_initial_ms: None,
+        commit_group: None,
     };
     let first_page = |r: &measure::Running| -> Instant {
         match r.next_line() {

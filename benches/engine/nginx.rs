@@ -9,7 +9,9 @@
 //!   Rust we wrote (rows passed through as `RawValue`, only the received time read; CPU of the
 //!   parse and the writing, not of reading the files);
 //! - the Python peer (`peer.py`: `requests` + `json`, sequential, NDJSON out);
-//! - the engine (`--once`, durable per-page commit, file sink), reading from nginx.
+//! - the engine (`--once`, durable, file sink), reading from nginx: with its default commit
+//!   groups (pages that arrive back to back committed together, one `fsync` for them), and
+//!   committing every page on its own (`commit_group = 1`).
 //!
 //! nginx is Debian's package: the full run installs it when it is missing and it runs as root;
 //! the smoke run under `cargo test` skips the section without it (CI does not install it), and
@@ -206,6 +208,8 @@ struct Runs {
     plain_cpu: f64,
     python: Option<Finished>,
     engine: Finished,
+    /// The engine committing every page on its own (`commit_group = 1`).
+    per_page: Finished,
     /// Each round's engine CPU ÷ that round's plain parse CPU.
     paired: Vec<f64>,
 }
@@ -283,6 +287,7 @@ fn measure_api(
 
     let (mut curls, mut pythons, mut engines, mut plains, mut paired) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut per_pages = vec![];
     for round in 1..=plan.rounds {
         eprintln!("bench: static {name}: round {round} of {}", plan.rounds);
         let out = site_dir.join("curl.out");
@@ -328,9 +333,10 @@ fn measure_api(
             pythons.push(f);
         }
 
-        let engine = engine_at(sim, &site, dir, window, page_size);
+        let engine = engine_at(sim, &site, dir, window, (page_size, None));
         paired.push(engine.cpu.as_secs_f64() / plain_cpu);
         engines.push(engine);
+        per_pages.push(engine_at(sim, &site, dir, window, (page_size, Some(1))));
     }
     Runs {
         rows,
@@ -338,6 +344,7 @@ fn measure_api(
         plain_cpu: plains.iter().copied().fold(f64::INFINITY, f64::min),
         python: (!pythons.is_empty()).then(|| best(pythons)),
         engine: best(engines),
+        per_page: best(per_pages),
         paired,
     }
 }
@@ -353,7 +360,7 @@ fn engine_at(
         chrono::DateTime<chrono::Utc>,
         u64,
     ),
-    page_size: u32,
+    (page_size, commit_group): (u32, Option<usize>),
 ) -> Finished {
     let name = format!("static-{}-engine", api_name(site.api));
     let files = EngineFiles::new(dir, &name);
@@ -372,6 +379,7 @@ fn engine_at(
         scale: None,
         continuous: false,
         sink_retry_initial_ms: None,
+        commit_group,
     });
     let f = child.wait();
     assert!(
@@ -415,6 +423,18 @@ fn report(table: &mut Table, api: Api, r: &Runs) {
             ratio >= 10.0,
         );
     }
+    table.row(
+        &format!("{name} from nginx: engine committing every page on its own"),
+        &format!("commit_group = 1: {}", describe(&r.per_page)),
+        &format!(
+            "default, groups of up to {}: {} rows/s",
+            msgtrace::actors::fetcher::COMMIT_GROUP_PAGES,
+            thousands(rate(&r.engine))
+        ),
+        rate(&r.per_page) / rate(&r.engine),
+        "-",
+        true,
+    );
     let engine_us = per_row(r.engine.cpu.as_secs_f64());
     let paired: Vec<String> = r.paired.iter().map(|x| format!("{x:.2}")).collect();
     table.row(

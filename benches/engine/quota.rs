@@ -104,6 +104,7 @@ fn collect(dir: &Path, p: &QuotaPlan, pages: u64, other_app_percent: u32) -> Run
         scale: None,
         continuous: false,
         sink_retry_initial_ms: None,
+        commit_group: None,
     });
     // The 429s of the first minute, read from the simulator's count at its end.
     let first_minute = std::thread::scope(|s| {

@@ -253,6 +253,7 @@ fn collect(
         scale: None,
         continuous: true,
         sink_retry_initial_ms: plan.retry_initial_ms,
+        commit_group: None,
     });
     let sampler = RssSampler::start(child.pid(), SAMPLE_EVERY);
     let deadline = child.spawned + plan.time_limit;

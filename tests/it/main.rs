@@ -11,6 +11,7 @@ mod backfill;
 mod cli;
 mod cluster;
 mod collect;
+mod commit_group;
 mod config_validate;
 mod control;
 mod crash;

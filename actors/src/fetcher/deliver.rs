@@ -27,7 +27,7 @@ pub(super) async fn deliver(
     batch: Batch,
     mut hold: Option<Hold<'_>>,
 ) -> Result<Option<FetchError>, Stop> {
-    let mut pending: Vec<&Recipient<Deliver>> = env.sinks.iter().collect();
+    let mut pending: Vec<&Addr<SinkActor>> = env.sinks.iter().collect();
     let mut first_refusal = None;
     let mut attempt: u32 = 0;
     loop {

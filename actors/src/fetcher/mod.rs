@@ -36,7 +36,7 @@ use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson, PageKey};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
-use crate::sink::Deliver;
+use crate::sink::{Deliver, FlushSink, SinkActor};
 use crate::spec::SourceSpec;
 use crate::window::{self, SliceTask};
 use actix::prelude::*;
@@ -55,6 +55,7 @@ mod client;
 mod deliver;
 mod details;
 mod error;
+mod group;
 mod job;
 mod passthrough;
 mod prefetch;
@@ -67,6 +68,7 @@ use client::*;
 use deliver::*;
 use error::Stop;
 pub use error::{CancelReason, FetchError, Kind};
+use group::*;
 pub use job::collect;
 use job::*;
 use prefetch::*;
@@ -84,7 +86,7 @@ pub struct FetcherEnv {
     /// Where tokens come from.
     pub auth: Addr<AuthToken>,
     /// The sinks that take this source's events.
-    pub sinks: Vec<Recipient<Deliver>>,
+    pub sinks: Vec<Addr<SinkActor>>,
     /// Told when a job ends.
     pub supervisor: Recipient<JobFinished>,
     /// Called after each page commit (instrumentation and fault injection).
@@ -122,6 +124,10 @@ pub struct Reads {
 /// raw fetch with two, 0.70 to 0.77 with three, in alternating benchmark runs). Pages waiting
 /// ahead are encoded, their rows freed, so three take less memory than two parsed pages did.
 pub const PREFETCH_PAGES: usize = 3;
+
+/// The most pages committed together by default ([`SourceSpec::commit_group`]): pages that
+/// arrive back to back share one sink `fsync` and one checkpoint flush ([`group`]).
+pub const COMMIT_GROUP_PAGES: usize = 4;
 
 /// Start a job now.
 #[derive(Message)]

@@ -9,6 +9,8 @@ use super::*;
 pub(super) struct Prefetch {
     pub(super) pages: tokio::sync::mpsc::UnboundedReceiver<Ahead>,
     pub(super) task: tokio::task::JoinHandle<()>,
+    /// The next page, taken off `pages` by [`Prefetch::next_is_ready`].
+    peeked: Option<Ahead>,
 }
 
 /// A page fetched ahead: its URL, the page, and its place among the `depth` allowed.
@@ -29,13 +31,30 @@ impl Prefetch {
         Prefetch {
             pages,
             task: tokio::task::spawn_local(fetch),
+            peeked: None,
         }
+    }
+
+    /// Whether the next page is already in and made ready with rows for the sinks (so the page
+    /// before it may be committed with it: [`super::group`]); never waits.
+    pub(super) fn next_is_ready(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.pages.try_recv().ok();
+        }
+        matches!(
+            &self.peeked,
+            Some((_, Fetched { page: Ok((Parsed::Ready(Ok(ready)), _)), .. }, _)) if ready.batch.is_some()
+        )
     }
 
     /// The next page fetched ahead, when it is `url` (it always is: both sides follow the same
     /// next links; `None` otherwise, and the caller fetches it itself).
     pub(super) async fn take(&mut self, url: &str) -> Option<Fetched> {
-        match self.pages.recv().await {
+        let next = match self.peeked.take() {
+            Some(peeked) => Some(peeked),
+            None => self.pages.recv().await,
+        };
+        match next {
             // Its place is given back: the task may fetch one more.
             Some((u, fetched, _place)) => (u == url).then_some(fetched),
             None => {

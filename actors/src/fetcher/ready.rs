@@ -348,6 +348,8 @@ pub(super) fn into_batch(
         page: None,
         events: Arc::new(events),
         encoded,
+        // Decided by the slice, which knows whether the next page is in.
+        sync: true,
     }))
 }
 

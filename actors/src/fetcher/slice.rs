@@ -30,6 +30,8 @@ pub(super) async fn collect_slice(
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
+    // Pages delivered and not yet committed (their next page was already in).
+    let mut group = Group::default();
     loop {
         if *run.cancel.borrow() {
             return Err(Stop::Cancelled(None));
@@ -67,7 +69,15 @@ pub(super) async fn collect_slice(
                 make_ready_off_thread(&env.shared, plan, page, strip_query(&url)).await?
             }
         };
-        let step = settle(run, (i, task), &mut slice, &url, ready, &mut prefetched).await?;
+        let step = settle(
+            run,
+            (i, task),
+            &mut slice,
+            (&url, ready),
+            &mut prefetched,
+            &mut group,
+        )
+        .await?;
         match step {
             Step::Done => return Ok(()),
             Step::Requery(_) => slice.may_go_on()?,
@@ -76,65 +86,57 @@ pub(super) async fn collect_slice(
     }
 }
 
-/// A page made ready, settled: noted in the job, handed to the sinks, its step decided (a
-/// poisoned next link abandons the query), committed with what it adds to the checkpoint, and
-/// the details worker woken when it added to the backlog.
+/// A page made ready, settled: noted in the job, its step decided (a poisoned next link
+/// abandons the query), handed to the sinks, and committed with what it adds to the checkpoint,
+/// or left to be committed with the pages after it when the next one is already in
+/// ([`super::group`]).
 async fn settle(
     run: &mut JobRun,
     (i, task): (usize, &SliceTask),
     slice: &mut SliceRun,
-    url: &str,
-    ready: Ready,
+    (url, ready): (&str, Ready),
     prefetched: &mut Option<Prefetch>,
+    group: &mut Group,
 ) -> Result<Step, Stop> {
     let env = run.env.clone();
-    let spec = &env.spec;
-    let spool = (!task.reread).then(|| run.spool.clone());
-    note(spec, &mut run.job, &ready);
+    note(&env.spec, &mut run.job, &ready);
     let n = ready.rows;
-    let (dropped, seen, details) = (ready.dropped, ready.seen, ready.details);
+    // A next link this query had already, or one past its bounds, is poisoned like a link
+    // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
+    // checkpoint with this page, so that a restart re-queries too).
+    let next = ready.next_link.map(|u| u.to_string());
+    let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
+    let defer = defer_commit(
+        matches!(step, Step::Next(_)),
+        prefetched.as_mut().is_some_and(Prefetch::next_is_ready),
+        group.len(),
+        env.spec.commit_group,
+    );
+    let mut delivered = None;
     if let Some(mut batch) = ready.batch {
         batch.page = Some(Arc::new(PageKey {
             cursor: run.cursor_name.clone(),
             url: url.to_owned(),
             reread: task.reread,
         }));
+        batch.sync = !defer;
         hand_over(run, batch, prefetched).await?;
+        tracing::trace!(synced = !defer, "page delivered");
+        delivered = Some(!defer);
     }
-    // A next link this query had already, or one past its bounds, is poisoned like a link
-    // that keeps failing: abandoned, and the rest of the slice re-queried (recorded in the
-    // checkpoint with this page, so that a restart re-queries too).
-    let next = ready.next_link.map(|u| u.to_string());
-    let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
     if let Step::Requery(why) = &step {
         abandoned(&env, &mut run.job, i, slice.progress(), why);
         *prefetched = None;
     }
-    commit(
-        run,
-        i,
-        task,
-        slice,
-        mark,
-        PageAdds {
-            rows: n,
-            dropped,
-            seen: &seen,
-            details: &details,
-        },
-    )
-    .await?;
-    debug!(
-        page = slice.totals().0,
-        rows = n,
-        dropped,
-        last = step == Step::Done,
-        "page committed"
-    );
-    committed(&env, &run.job, spool.as_ref(), url, n);
-    if !details.is_empty() {
-        crate::telemetry::details_backlog(&spec.id, env.store.details_backlog(&spec.id));
-        env.details_wake.notify_waiters();
+    let adds = PageAdds {
+        rows: n,
+        dropped: ready.dropped,
+        seen: ready.seen,
+        details: ready.details,
+    };
+    group.add(url, adds, mark, delivered);
+    if !defer {
+        commit(run, i, task, slice, std::mem::take(group)).await?;
     }
     Ok(step)
 }
@@ -185,14 +187,21 @@ async fn hand_over(
     Ok(())
 }
 
-/// After a page's commit: its body leaves the spool, the metrics and the page hook hear of it.
-fn committed(env: &FetcherEnv, job: &JobRecord, spool: Option<&Arc<Spool>>, url: &str, rows: u64) {
+/// After a page's commit: its body leaves the spool, the metrics and the page hook hear of it
+/// (with the job's pages and rows up to this page).
+fn committed(
+    env: &FetcherEnv,
+    spool: Option<&Arc<Spool>>,
+    url: &str,
+    rows: u64,
+    (job_pages, job_rows): (u64, u64),
+) {
     if let Some(spool) = spool {
         forget(&env.shared, spool, url);
     }
     crate::telemetry::page_committed(&env.spec.id, rows);
     if let Some(hook) = &env.page_hook {
-        hook(&env.spec.id, job.pages, job.rows);
+        hook(&env.spec.id, job_pages, job_rows);
     }
 }
 
@@ -256,50 +265,46 @@ fn note(spec: &crate::spec::SourceSpec, job: &mut JobRecord, ready: &Ready) {
     job.updates += ready.updates;
 }
 
-/// What one page adds to the totals, the identity index and the details backlog.
-struct PageAdds<'a> {
-    /// Events delivered.
-    rows: u64,
-    /// Rows dropped by the time filter.
-    dropped: u64,
-    /// Rows delivered, for the identity index (only when re-reading is on).
-    seen: &'a [SeenEntry],
-    /// Rows delivered whose details are to be fetched.
-    details: &'a [DetailEntry],
-}
-
-/// Commits a delivered page: the checkpoint's new mark (unless the slice is a re-read), the
-/// job's record, the identity index's entries and the details backlog's, in one transaction,
-/// durable as configured.
+/// Commits a group of delivered pages (often one): what the sinks were given unsynced made
+/// durable first, then the checkpoint's new marks (unless the slice is a re-read), the job's
+/// record, the identity index's entries and the details backlog's, in one transaction, durable
+/// as configured; then the spool, the metrics and the page hook hear of each page, and the
+/// details worker is woken when the backlog grew.
 async fn commit(
     run: &mut JobRun,
     i: usize,
     task: &SliceTask,
     slice: &SliceRun,
-    mark: Mark,
-    page: PageAdds<'_>,
+    group: Group,
 ) -> Result<(), FetchError> {
+    if group.unsynced {
+        flush_sinks(&run.env).await?;
+    }
+    let (pages, rows) = (group.len() as u64, group.rows());
     let cp = &mut run.cp;
-    match mark {
-        Mark::Unchanged => {}
-        Mark::Cursor(end) => {
-            cp.cursor = Some(end);
-            cp.in_flight = None;
+    for mark in &group.marks {
+        match mark {
+            Mark::Unchanged => {}
+            Mark::Cursor(end) => {
+                cp.cursor = Some(*end);
+                cp.in_flight = None;
+            }
+            Mark::InFlight(f) => cp.in_flight = Some(f.clone()),
         }
-        Mark::InFlight(f) => cp.in_flight = Some(f),
     }
     if !task.reread {
-        cp.pages_total += 1;
-        cp.rows_total += page.rows;
+        cp.pages_total += pages;
+        cp.rows_total += rows;
         cp.updated_at = Utc::now();
     }
     let job = &mut run.job;
-    job.pages += 1;
-    job.rows += page.rows;
-    job.dropped += page.dropped;
+    job.pages += pages;
+    job.rows += rows;
+    let job_totals = (job.pages, job.rows);
+    job.dropped += group.dropped;
     let t = &mut job.tasks[i];
     (t.pages, t.rows) = slice.totals();
-    t.dropped += page.dropped;
+    t.dropped += group.dropped;
     let spec = &run.env.spec;
     if let (Some(cluster), Some(claim), false) = (&run.env.cluster, &run.claim, task.reread) {
         cluster
@@ -314,13 +319,26 @@ async fn commit(
                 source: &spec.id,
                 checkpoint: (!task.reread).then_some((run.cursor_name.as_str(), &*cp)),
                 job: Some(job),
-                seen: page.seen,
-                details: page.details,
+                seen: &group.seen,
+                details: &group.details,
             },
             spec.durable,
         )
         .await
-        .map_err(FetchError::Checkpoint)
+        .map_err(FetchError::Checkpoint)?;
+    debug!(page = slice.totals().0, pages, rows, "page committed");
+    let spool = (!task.reread).then_some(&run.spool);
+    // The job's totals after each page of the group, as if each had been committed alone.
+    let mut so_far = (job_totals.0 - pages, job_totals.1 - rows);
+    for (url, rows) in &group.pages {
+        so_far = (so_far.0 + 1, so_far.1 + rows);
+        committed(&run.env, spool, url, *rows, so_far);
+    }
+    if !group.details.is_empty() {
+        crate::telemetry::details_backlog(&spec.id, run.env.store.details_backlog(&spec.id));
+        run.env.details_wake.notify_waiters();
+    }
+    Ok(())
 }
 
 /// Records in the checkpoint that the slice is under way, before its first page
