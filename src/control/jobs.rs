@@ -55,6 +55,50 @@ pub fn to_json(jobs: &[JobRecord]) -> String {
     serde_json::to_string_pretty(jobs).unwrap_or_default() + "\n"
 }
 
+/// What `msgtrace jobs --json` prints with `[cluster]` on a running engine (and `/api/jobs`
+/// answers): every record with `owner`, the member holding its source's claim now (`null`
+/// while nobody does). Without `owners` (single-instance mode): [`to_json`], unchanged.
+pub fn to_json_with_owners(
+    jobs: &[JobRecord],
+    owners: Option<&std::collections::BTreeMap<String, String>>,
+) -> String {
+    let Some(owners) = owners else {
+        return to_json(jobs);
+    };
+    let with: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            let mut v = serde_json::to_value(j).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("owner".into(), serde_json::json!(owners.get(&j.source)));
+            }
+            v
+        })
+        .collect();
+    serde_json::to_string_pretty(&with).unwrap_or_default() + "\n"
+}
+
+/// What `msgtrace jobs` prints after the jobs with `[cluster]` on a running engine: this
+/// instance, etcd's state, the members, and who holds each claimed source.
+pub fn render_owners(view: &crate::cluster::ClusterView) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "\ncluster: this instance `{}`, etcd {}, members {}\n",
+        view.name,
+        view.etcd,
+        if view.members.is_empty() {
+            "-".to_owned()
+        } else {
+            view.members.join(", ")
+        }
+    );
+    let _ = writeln!(s, "{:<24} OWNER", "SOURCE");
+    for (source, owner) in &view.owners {
+        let _ = writeln!(s, "{source:<24} {owner}");
+    }
+    s
+}
+
 fn lower<T: std::fmt::Debug>(v: T) -> String {
     format!("{v:?}").to_lowercase()
 }
