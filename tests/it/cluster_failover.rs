@@ -93,7 +93,9 @@ fn instance_toml(
     .replace("page_size = 100\n", &format!("page_size = {PAGE}\n"))
     .replace("log_level = \"warn\"", "log_level = \"info\"");
     let mut parts = toml.split("tenant_id = \"sim-tenant\"");
-    let mut toml = format!("metrics_listen = \"{metrics}\"\n") + parts.next().unwrap();
+    // The control API beside `/metrics` and `/health`, on one address.
+    let mut toml = format!("metrics_listen = \"{metrics}\"\ncontrol_listen = \"{metrics}\"\n")
+        + parts.next().unwrap();
     for (w, rest) in sources.iter().zip(parts) {
         toml += &format!("tenant_id = {:?}{rest}", w.id);
     }
@@ -421,6 +423,9 @@ fn three_instances_share_thirty_tenants_and_a_killed_ones_sources_resume_on_the_
         .iter()
         .map(|n| dir.path().join(n).join("out.ndjson"))
         .collect();
+    for s in &survivors {
+        owners_shown(s, &after.owners);
+    }
     for s in survivors {
         let name = s.name.clone();
         let log = s.stop();
@@ -440,6 +445,266 @@ fn three_instances_share_thirty_tenants_and_a_killed_ones_sources_resume_on_the_
         }
     }
     let bound = victims.len() * (msgtrace::actors::fetcher::PREFETCH_PAGES + 1) * PAGE as usize;
+    let twice: usize = dups.values().sum();
+    assert!(
+        twice <= bound,
+        "{twice} rows twice: more than the pages in flight ({bound})"
+    );
+}
+
+/// `s` shows who owns each source as etcd says (`owners`): `msgtrace jobs` (its owners
+/// section, and `owner` in every job of `--json`), `/api/sources` and `/api/jobs`.
+fn owners_shown(s: &Instance, owners: &BTreeMap<String, String>) {
+    let jobs = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgtrace"));
+        cmd.arg("jobs").arg("-c").arg(s.home.join("msgtrace.toml"));
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = jobs(false);
+    assert!(
+        text.contains(&format!("cluster: this instance `{}`, etcd up", s.name)),
+        "{text}"
+    );
+    for (source, owner) in owners {
+        let line = format!("{source:<24} {owner}\n");
+        assert!(text.contains(&line), "{line:?} not in {text}");
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&jobs(true)).unwrap();
+    assert!(!listed.is_empty());
+    for j in &listed {
+        let source = j["source"].as_str().unwrap();
+        assert_eq!(
+            j["owner"].as_str(),
+            owners.get(source).map(String::as_str),
+            "{j}"
+        );
+    }
+    let (status, body) = get(&s.metrics, "/api/jobs").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::Value::Array(listed),
+        "/api/jobs is what msgtrace jobs --json prints"
+    );
+    let (status, body) = get(&s.metrics, "/api/sources").unwrap();
+    assert_eq!(status, 200);
+    let views: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(views.len(), owners.len());
+    for v in &views {
+        let source = v["source"].as_str().unwrap();
+        assert_eq!(v["owner"].as_str(), Some(owners[source].as_str()), "{v}");
+    }
+}
+
+/// An etcd on 127.0.0.1 that can be stopped and started again on its ports and data
+/// directory (an outage).
+struct Restartable {
+    child: Option<Child>,
+    client: u16,
+    peer: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Restartable {
+    /// `None` where etcd cannot run ([`EtcdServer::start`] says why, or fails under
+    /// `MSGTRACE_REQUIRE_ETCD`).
+    fn start() -> Option<Restartable> {
+        drop(EtcdServer::start()?);
+        let mut e = Restartable {
+            child: None,
+            client: free_port(),
+            peer: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        e.resume();
+        Some(e)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts it (again) and waits until it answers.
+    fn resume(&mut self) {
+        let (client, peer) = (self.endpoint(), format!("http://127.0.0.1:{}", self.peer));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .arg("--name=outage")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=outage={peer}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.client);
+        assert!(
+            wait_for(|| get(&addr, "/version").is_some_and(|(status, _)| status == 200)),
+            "etcd answers again"
+        );
+    }
+
+    /// Stops it (SIGKILL: an outage, not a maintenance).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itself() {
+    let Some(mut etcd) = Restartable::start() else {
+        return;
+    };
+    let sources = windows(6, 60);
+    let sim = tenants_sim(&sources, 300, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "/outage";
+    let names = ["o-0", "o-1"];
+    let instances: Vec<Instance> = names
+        .iter()
+        .map(|name| {
+            let home = dir.path().join(name);
+            let metrics = format!("127.0.0.1:{}", free_port());
+            let toml = instance_toml(
+                &sim,
+                &home,
+                &sources,
+                &etcd.endpoint(),
+                (prefix, name, 2),
+                &metrics,
+            );
+            Instance::start(name, home, &toml, metrics)
+        })
+        .collect();
+    let client = client_of(&etcd.endpoint());
+    let metric = |i: &Instance, series: &str| {
+        get(&i.metrics, "/metrics").and_then(|(_, body)| sample(&body, series))
+    };
+    // Both collect, every source under way: the metrics say so.
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(60),
+        "both collect",
+        |seen| {
+            seen.members.len() == 2
+                && sources
+                    .iter()
+                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
+        },
+    ));
+    assert!(
+        wait_for(|| {
+            let owned: Option<f64> = instances
+                .iter()
+                .map(|i| metric(i, "msgtrace_cluster_owned_sources"))
+                .sum();
+            owned == Some(6.0)
+                && instances.iter().all(|i| {
+                    metric(i, "msgtrace_cluster_etcd_up") == Some(1.0)
+                        && metric(i, "msgtrace_cluster_members") == Some(2.0)
+                        && metric(
+                            i,
+                            "msgtrace_cluster_ownership_changes_total{change=\"gained\"}",
+                        )
+                        .is_some_and(|n| n >= 1.0)
+                })
+        }),
+        "the cluster metrics of both"
+    );
+
+    // etcd stops for 30 s (the outage; the lease is 2 s, so every lease may end in
+    // it): each instance says so, in /health and its metrics, while it lasts.
+    etcd.stop();
+    let stopped = Instant::now();
+    for i in &instances {
+        assert!(
+            wait_for(|| {
+                let health = get(&i.metrics, "/health");
+                health.is_some_and(|(status, body)| {
+                    status == 503 && body.contains("etcd unreachable")
+                }) && metric(i, "msgtrace_cluster_etcd_up") == Some(0.0)
+                    && metric(i, "msgtrace_cluster_owned_sources") == Some(0.0)
+            }),
+            "{}: degraded, naming etcd: {:?}",
+            i.name,
+            get(&i.metrics, "/health")
+        );
+    }
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
+    etcd.resume();
+
+    // Collection resumes by itself: every source to its window's end; both healthy again.
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(120),
+        "every source collected after the outage",
+        |seen| sources.iter().all(|w| seen.done(w)),
+    ));
+    for i in &instances {
+        assert!(
+            wait_for(
+                || get(&i.metrics, "/health").is_some_and(|(status, _)| status == 200)
+                    && metric(i, "msgtrace_cluster_etcd_up") == Some(1.0)
+            ),
+            "{}: healthy again: {:?}",
+            i.name,
+            get(&i.metrics, "/health")
+        );
+    }
+    let outs: Vec<PathBuf> = instances.iter().map(Instance::out).collect();
+    for i in instances {
+        let name = i.name.clone();
+        let log = i.stop();
+        // Said once per change of state, not once per retry (the outage had some 45 rounds).
+        let down = log
+            .lines()
+            .filter(|l| l.contains("does not answer"))
+            .count();
+        assert!(
+            (1..=2).contains(&down),
+            "{name}: {down} lines say etcd is lost: {log}"
+        );
+        assert!(log.contains("cluster: etcd answers again"), "{name}: {log}");
+    }
+
+    // No row lost, none extra; rows twice at most the pages in flight when etcd went.
+    let (missing, extra, dups) = tally(&sim, &sources, &outs);
+    eprintln!("rows twice by source: {dups:?}");
+    assert_eq!((missing, extra), (0, 0), "missing, extra");
+    let bound = sources.len() * (msgtrace::actors::fetcher::PREFETCH_PAGES + 1) * PAGE as usize;
     let twice: usize = dups.values().sum();
     assert!(
         twice <= bound,

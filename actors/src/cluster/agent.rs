@@ -175,16 +175,16 @@ fn publish(out: &watch::Sender<Ownership>, owned: Ownership) {
         if *now == owned {
             return false;
         }
+        // A change of state, not of the error's words (a refused connection, then a timeout).
         match (&now.error, &owned.error) {
-            (_, Some(e)) if now.error.as_ref() != Some(e) => {
-                if owned.live {
-                    warn!(error = %e, "cluster: etcd does not answer; retrying every round, and the claims are kept only while the lease surely lives");
-                } else {
-                    warn!(error = %e, "cluster: no live lease; nothing is collected or committed here until etcd answers");
-                }
+            (None, Some(e)) if owned.live => {
+                warn!(error = %e, "cluster: etcd does not answer; retrying every round, the claims kept only while the lease surely lives");
+            }
+            (None, Some(e)) => {
+                warn!(error = %e, "cluster: no live lease and etcd does not answer; nothing is collected or committed here until it does");
             }
             (Some(_), Some(_)) if now.live && !owned.live => {
-                warn!("cluster: the lease may have ended while etcd did not answer; the claims are given up, nothing is collected here until etcd answers");
+                warn!("cluster: the lease may have ended while etcd did not answer; the claims are given up, nothing is collected or committed here until it answers");
             }
             (Some(_), None) => info!("cluster: etcd answers again"),
             _ => {}
