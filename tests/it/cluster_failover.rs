@@ -711,3 +711,147 @@ fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itse
         "{twice} rows twice: more than the pages in flight ({bound})"
     );
 }
+
+#[test]
+fn a_joining_instance_takes_its_share_after_the_page_in_flight_not_after_the_job() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let sources = windows(6, 60);
+    let sim = tenants_sim(&sources, 300, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "/join";
+    let start = |name: &str| {
+        let home = dir.path().join(name);
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let toml = instance_toml(
+            &sim,
+            &home,
+            &sources,
+            &etcd.endpoint(),
+            (prefix, name, 2),
+            &metrics,
+        );
+        Instance::start(name, home, &toml, metrics)
+    };
+    let client = client_of(&etcd.endpoint());
+    // a alone holds every source and is in the middle of each.
+    let a = start("a");
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(60),
+        "a collects all",
+        |seen| {
+            seen.owners.len() == 6
+                && sources
+                    .iter()
+                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
+        },
+    ));
+    // b joins: the sources the hash gives it change hands while their jobs on a still had
+    // pages to go (a stops each after its page in flight).
+    let b = start("b");
+    let moved = on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(60),
+        "b takes its share",
+        |seen| {
+            seen.members.len() == 2
+                && sources
+                    .iter()
+                    .any(|w| seen.owners.get(&w.id).is_some_and(|o| o == "b") && !seen.done(w))
+        },
+    ));
+    let taken: Vec<&Window> = sources
+        .iter()
+        .filter(|w| moved.owners.get(&w.id).is_some_and(|o| o == "b") && !moved.done(w))
+        .collect();
+    eprintln!(
+        "b claimed {:?} in the middle of their collection",
+        taken.iter().map(|w| &w.id).collect::<Vec<_>>()
+    );
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(120),
+        "every source collected",
+        |seen| sources.iter().all(|w| seen.done(w)),
+    ));
+    let outs = [a.out(), b.out()];
+    let a_log = a.stop();
+    b.stop();
+    assert!(
+        a_log.contains("no longer this instance's; its job stops after its page in flight"),
+        "{a_log}"
+    );
+    // A handover at a page boundary: every row exactly once.
+    let (missing, extra, dups) = tally(&sim, &sources, &outs);
+    assert_eq!(
+        (missing, extra, dups.values().sum::<usize>()),
+        (0, 0, 0),
+        "missing, extra, twice: {dups:?}"
+    );
+}
+
+#[test]
+fn a_reload_hands_the_agent_the_sources_added_and_removed() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let all = windows(4, 10);
+    let sim = tenants_sim(&all, 300, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "/reload";
+    let home = dir.path().join("r");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let toml_of = |sources: &[Window]| {
+        instance_toml(
+            &sim,
+            &home,
+            sources,
+            &etcd.endpoint(),
+            (prefix, "r", 2),
+            &metrics,
+        )
+    };
+    let (first, then) = (&all[..3], &all[1..]);
+    let r = Instance::start("r", home.clone(), &toml_of(first), metrics.clone());
+    let client = client_of(&etcd.endpoint());
+    let ids = |ws: &[Window]| ws.iter().map(|w| w.id.clone()).collect::<Vec<_>>();
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &all,
+        Duration::from_secs(60),
+        "the first three collected",
+        |seen| {
+            first.iter().all(|w| seen.done(w))
+                && seen.owners.keys().cloned().collect::<Vec<_>>() == ids(first)
+        },
+    ));
+    // tenant00 removed, tenant03 added: SIGHUP.
+    std::fs::write(home.join("msgtrace.toml"), toml_of(then)).unwrap();
+    r.signal(libc::SIGHUP);
+    let seen = on_actix(watch_until(
+        &client,
+        prefix,
+        &all,
+        Duration::from_secs(60),
+        "the added one claimed and collected, the removed one given up",
+        |seen| seen.owners.keys().cloned().collect::<Vec<_>>() == ids(then) && seen.done(&all[3]),
+    ));
+    assert!(seen.owners.values().all(|o| o == "r"));
+    let out = r.out();
+    r.stop();
+    let (missing, extra, dups) = tally(&sim, &all, &[out]);
+    assert_eq!(
+        (missing, extra, dups.values().sum::<usize>()),
+        (0, 0, 0),
+        "missing, extra, twice: {dups:?}"
+    );
+}
