@@ -340,4 +340,44 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn owners_are_added_only_with_a_cluster() {
+        let jobs = vec![
+            job("contoso", 1, JobState::Succeeded),
+            job("fabrikam", 2, JobState::Failed),
+        ];
+        assert_eq!(
+            to_json_with_owners(&jobs, None),
+            to_json(&jobs),
+            "single instance: unchanged"
+        );
+        let owners = [("contoso".to_owned(), "c-1".to_owned())].into();
+        let with: Vec<serde_json::Value> =
+            serde_json::from_str(&to_json_with_owners(&jobs, Some(&owners))).unwrap();
+        assert_eq!(with[0]["owner"], "c-1");
+        assert!(with[1]["owner"].is_null(), "nobody holds fabrikam");
+        let plain: Vec<serde_json::Value> = serde_json::from_str(&to_json(&jobs)).unwrap();
+        let mut stripped = with.clone();
+        for j in &mut stripped {
+            j.as_object_mut().unwrap().remove("owner");
+        }
+        assert_eq!(stripped, plain, "nothing else changes");
+
+        let view = crate::cluster::ClusterView {
+            name: "c-0".into(),
+            etcd: "up".into(),
+            error: None,
+            live: true,
+            members: vec!["c-0".into(), "c-1".into()],
+            owned: vec![],
+            owners,
+        };
+        let text = render_owners(&view);
+        assert!(
+            text.contains("cluster: this instance `c-0`, etcd up, members c-0, c-1\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{:<24} c-1\n", "contoso")), "{text}");
+    }
 }

@@ -293,3 +293,49 @@ async fn held(
     }
     Ok((claims, owners))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Ownership {
+        let claim = Claim {
+            source: "contoso".into(),
+            lease: 7,
+            revision: 3,
+        };
+        Ownership {
+            live: true,
+            members: vec!["c-0".into(), "c-1".into()],
+            claims: [("contoso".to_owned(), claim)].into(),
+            leaving: BTreeSet::new(),
+            owners: [
+                ("contoso".to_owned(), "c-0".to_owned()),
+                ("fabrikam".to_owned(), "c-1".to_owned()),
+            ]
+            .into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_round_keeps_the_claims_only_while_the_lease_surely_lives() {
+        let before = held();
+        let kept = Ownership::degraded(&before, "etcd unreachable".into(), true);
+        assert_eq!(kept.claims, before.claims);
+        assert!(kept.live);
+        assert_eq!(kept.error.as_deref(), Some("etcd unreachable"));
+
+        let gone = Ownership::degraded(&kept, "etcd unreachable".into(), false);
+        assert!(!gone.live && gone.claims.is_empty() && gone.leaving.is_empty());
+        assert_eq!(
+            gone.owners, before.owners,
+            "the owners last read are still shown"
+        );
+        assert_eq!(gone.error.as_deref(), Some("etcd unreachable"));
+
+        // Never live again without a round that reached etcd.
+        let still = Ownership::degraded(&gone, "etcd unreachable".into(), true);
+        assert!(!still.live && still.claims.is_empty());
+    }
+}
