@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """What the deployment files promise each other, checked without a cluster or a Docker engine.
 
-Run by deploy/check (needs PyYAML; tomllib is Python 3.11's). Reads deploy/kubernetes/ as
-kustomize would (its resources plus the generated ConfigMap), deploy/Dockerfile and
-deploy/kubernetes/msgtrace.toml, and fails with one line per broken promise:
+Run by deploy/check (needs PyYAML; tomllib is Python 3.11's). Reads deploy/kubernetes/ (one
+instance) and deploy/kubernetes-cluster/ (three instances and etcd) as kustomize would (their
+resources plus the generated ConfigMap), deploy/Dockerfile and each directory's msgtrace.toml,
+and fails with one line per broken promise:
 
-- one StatefulSet, one replica, one PersistentVolumeClaim mounted at the configuration's state_dir;
+- one msgtrace StatefulSet: one replica without [cluster], two or more with it; one
+  PersistentVolumeClaim (one per pod) mounted at the configuration's state_dir;
+- with [cluster]: a prefix, no fixed name (each pod is its host name), every etcd endpoint a
+  member (or the Service) of the kustomization's etcd StatefulSet on its client port;
 - non-root (the image's USER is the pod's runAsUser), read-only root file system, no privilege
   escalation, every capability dropped;
 - every ${VAR} of the configuration set in the container's env, secrets only from a Secret;
@@ -22,12 +26,13 @@ import tomllib
 import yaml
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-K8S = os.path.join(ROOT, "kubernetes")
 problems = []
+# The directory being checked, named in every problem.
+where = ["kubernetes"]
 
 
 def problem(text):
-    problems.append(text)
+    problems.append(f"{where[0]}: {text}")
 
 
 def load_all(path):
@@ -35,7 +40,7 @@ def load_all(path):
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
-def main():
+def main(K8S):
     kustomization = load_all(os.path.join(K8S, "kustomization.yaml"))[0]
     docs = []
     for resource in kustomization.get("resources", []):
@@ -43,7 +48,8 @@ def main():
     generated = {}
     for gen in kustomization.get("configMapGenerator", []):
         generated[gen["name"]] = [os.path.basename(f) for f in gen.get("files", [])]
-    extra = load_all(os.path.join(K8S, "servicemonitor.yaml"))
+    monitor = os.path.join(K8S, "servicemonitor.yaml")
+    extra = load_all(monitor) if os.path.exists(monitor) else []
 
     with open(os.path.join(K8S, "msgtrace.toml"), "rb") as f:
         config = tomllib.load(f)
@@ -52,14 +58,19 @@ def main():
     by_kind = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
-    sets = by_kind.get("StatefulSet", [])
+    sets = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "msgtrace"]
     if len(sets) != 1:
-        problem(f"{len(sets)} StatefulSets in the kustomization, want 1")
+        problem(f"{len(sets)} StatefulSets msgtrace in the kustomization, want 1")
         return
     sts = sets[0]
     spec = sts["spec"]
-    if spec.get("replicas") != 1:
-        problem(f"StatefulSet replicas = {spec.get('replicas')}, want 1 (one process per state directory)")
+    cluster = config.get("cluster")
+    if cluster is None and spec.get("replicas") != 1:
+        problem(f"StatefulSet replicas = {spec.get('replicas')}, want 1 without [cluster] (each would collect every source)")
+    if cluster is not None:
+        if (spec.get("replicas") or 1) < 2:
+            problem(f"StatefulSet replicas = {spec.get('replicas')} with [cluster], want at least 2")
+        check_cluster(cluster, by_kind)
     claims = spec.get("volumeClaimTemplates", [])
     if len(claims) != 1:
         problem(f"{len(claims)} volumeClaimTemplates, want 1")
@@ -153,6 +164,39 @@ def main():
             problem(f"{probe} does not use the metrics port")
 
 
+def check_cluster(cluster, by_kind):
+    """[cluster]: its keys, and its etcd endpoints served by the kustomization's etcd."""
+    if not cluster.get("prefix"):
+        problem("[cluster] has no prefix")
+    if "name" in cluster:
+        problem("[cluster] sets a name: every replica would register under it (leave it out: the host name, the pod's name)")
+    etcd_sets = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] != "msgtrace"]
+    services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    endpoints = cluster.get("etcd", [])
+    if not endpoints:
+        problem("[cluster] has no etcd endpoints")
+    for e in endpoints:
+        m = re.fullmatch(r"http://([a-z0-9.-]+):(\d+)", e)
+        if not m:
+            problem(f"[cluster] etcd endpoint {e!r} is not http://HOST:PORT")
+            continue
+        host, port = m.group(1), int(m.group(2))
+        labels = host.split(".")
+        service = services.get(labels[-1])
+        if service is None:
+            problem(f"etcd endpoint {e!r}: no Service {labels[-1]!r} in the kustomization")
+            continue
+        if not any(p["port"] == port for p in service["spec"]["ports"]):
+            problem(f"etcd endpoint {e!r}: Service {labels[-1]!r} has no port {port}")
+        owners = [s for s in etcd_sets if s["spec"].get("serviceName") == labels[-1]]
+        if not owners:
+            problem(f"etcd endpoint {e!r}: no StatefulSet behind Service {labels[-1]!r}")
+        for s in owners:
+            pods = {f"{s['metadata']['name']}-{i}" for i in range(s["spec"].get("replicas") or 1)}
+            if len(labels) == 2 and labels[0] not in pods:
+                problem(f"etcd endpoint {e!r}: {labels[0]!r} is not a pod of StatefulSet {s['metadata']['name']}")
+
+
 def strings(value):
     """Every string value of a parsed TOML document (where msgtrace expands ${VAR})."""
     if isinstance(value, str):
@@ -185,7 +229,9 @@ def dockerfile_user():
 
 
 if __name__ == "__main__":
-    main()
+    for directory in ("kubernetes", "kubernetes-cluster"):
+        where[0] = directory
+        main(os.path.join(ROOT, directory))
     for p in problems:
         print(f"deploy: {p}")
     sys.exit(1 if problems else 0)

@@ -19,6 +19,8 @@ pub(crate) struct ClusterRun {
     /// The sources whose fetcher runs a job (kept by the supervisor, read by the agent).
     pub(crate) busy: Busy,
     stop: watch::Sender<bool>,
+    /// A reload's sources, for the agent.
+    sources: watch::Sender<Vec<(String, String)>>,
     task: Option<actix_rt::task::JoinHandle<()>>,
     /// The agent before it is started ([`ClusterRun::spawn`]).
     pending: Option<(AgentConfig, watch::Sender<Ownership>, watch::Receiver<bool>)>,
@@ -39,6 +41,12 @@ impl ClusterRun {
             lease: cluster.lease,
             sources: sources.iter().map(|(id, _)| id.clone()).collect(),
             keys: sources.iter().cloned().collect(),
+            updates: None,
+        };
+        let (reloads, updates) = watch::channel(sources.to_vec());
+        let agent = AgentConfig {
+            updates: Some(updates),
+            ..agent
         };
         let (out, owned) = watch::channel(Ownership::default());
         let (stop, stopped) = watch::channel(false);
@@ -46,10 +54,12 @@ impl ClusterRun {
             handle: ClusterHandle {
                 etcd,
                 prefix: cluster.prefix.clone(),
+                name: cluster.name.clone(),
                 owned,
             },
             busy: Busy::default(),
             stop,
+            sources: reloads,
             task: None,
             pending: Some((agent, out, stopped)),
         }
@@ -67,6 +77,16 @@ impl ClusterRun {
                 stopped,
             )));
         }
+    }
+
+    /// A reload's sources (each id with its tenant's budget key): the agent claims the added
+    /// ones it should hold and gives up the removed ones at once.
+    pub(crate) fn set_sources(&self, sources: Vec<(String, String)>) {
+        self.sources.send_if_modified(|now| {
+            let changed = *now != sources;
+            *now = sources;
+            changed
+        });
     }
 
     /// Stops the agent: its lease is revoked, and the others take its sources at once.
@@ -91,5 +111,62 @@ pub(crate) async fn live(owned: Option<watch::Receiver<Ownership>>) -> Result<()
     match &seen.error {
         Some(e) if !seen.live => Err(format!("cluster: {e}")),
         _ => Ok(()),
+    }
+}
+
+/// This instance's view of the cluster, as `/health`, `/api/cluster` and `msgtrace jobs` show
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    /// This instance's member name.
+    pub name: String,
+    /// `up` while the agent's last round reached etcd, `unreachable` while it does not answer
+    /// (or refuses).
+    pub etcd: String,
+    /// Why the last round failed, when it did.
+    pub error: Option<String>,
+    /// Whether this instance holds a lease that has not ended (it may collect and commit).
+    pub live: bool,
+    /// The live members, as last read.
+    pub members: Vec<String>,
+    /// The sources whose claim this instance holds.
+    pub owned: Vec<String>,
+    /// Who holds the claim of each claimed source of the deployment, by source.
+    pub owners: std::collections::BTreeMap<String, String>,
+}
+
+impl ClusterView {
+    /// What `handle`'s agent last published.
+    pub fn of(handle: &ClusterHandle) -> ClusterView {
+        let o = handle.owned.borrow();
+        ClusterView {
+            name: handle.name.clone(),
+            etcd: if o.error.is_none() {
+                "up"
+            } else {
+                "unreachable"
+            }
+            .to_owned(),
+            error: o.error.clone(),
+            live: o.live,
+            members: o.members.clone(),
+            owned: o.claims.keys().cloned().collect(),
+            owners: o.owners.clone(),
+        }
+    }
+
+    /// Why this instance is degraded as a member of the cluster (etcd unreachable, no live
+    /// lease), in one line; `None` when it is not.
+    pub fn degraded(&self) -> Option<String> {
+        match (&self.error, self.live) {
+            (Some(e), true) => Some(format!(
+                "etcd unreachable (the claims are kept while the lease surely lives): {e}"
+            )),
+            (Some(e), false) => Some(format!(
+                "etcd unreachable and no live lease: nothing is collected or committed here: {e}"
+            )),
+            (None, false) => Some("not a live member of the cluster yet".to_owned()),
+            (None, true) => None,
+        }
     }
 }

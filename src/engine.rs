@@ -729,9 +729,15 @@ pub fn start(
         None => supervisor,
     }
     .start();
-    let listeners =
-        crate::control::serve(control, listener, supervisor.clone(), auth, store.clone())
-            .map_err(EngineError::Serve)?;
+    let listeners = crate::control::serve(
+        control,
+        listener,
+        supervisor.clone(),
+        auth,
+        store.clone(),
+        cluster.as_ref().map(|c| c.handle.clone()),
+    )
+    .map_err(EngineError::Serve)?;
     if let Some(c) = &mut cluster {
         c.spawn();
     }

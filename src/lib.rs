@@ -89,7 +89,7 @@
 
 #[cfg(feature = "mimalloc")]
 pub mod allocator;
-mod cluster;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod embed;

@@ -19,7 +19,10 @@
 //!
 //! `/health` answers 200 `"status":"ok"` while the engine answers and no source's last job
 //! failed; 503 `"status":"degraded"` naming the failing sources and their last errors when one
-//! did (see [`health_of`]); 503 `"status":"unavailable"` when the engine does not answer.
+//! did (see [`health_of`]); 503 `"status":"unavailable"` when the engine does not answer. With
+//! `[cluster]` it also has a `cluster` object ([`crate::cluster::ClusterView`]), and is
+//! degraded while etcd does not answer or this instance holds no live lease (`"cluster"` in
+//! `reasons`); a source another instance holds is not this one's to fail.
 //!
 //! The Prometheus recorder is installed process-wide on first use; if the host application
 //! installed a recorder of its own, msgtrace's counters go there and `/metrics` says so.
@@ -29,6 +32,7 @@ use actix_web::{web, HttpResponse};
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use msgtrace_actors::auth::{AuthToken, GetAuthStats};
+use msgtrace_actors::cluster::record::ClusterHandle;
 use msgtrace_actors::supervisor::{GetStatus, SourceStatus, Supervisor};
 use msgtrace_storage::JobState;
 use serde_json::json;
@@ -112,20 +116,28 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 /// What `/health` says about the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
-    /// `true` when no source's last finished job failed (200 `ok`), `false` otherwise (503
-    /// `degraded`).
+    /// `true` when no source's last finished job failed and (`[cluster]`) etcd answers with a
+    /// live lease held (200 `ok`), `false` otherwise (503 `degraded`).
     pub ok: bool,
     /// The sources whose last finished job did not succeed, in the engine's order.
     pub failing: Vec<String>,
+    /// `[cluster]`: why this instance is degraded as a member (etcd unreachable, no lease).
+    pub cluster: Option<String>,
 }
 
 /// The health rule: a source is failing while its last finished job did not succeed (failed,
 /// cancelled by `job_timeout` or a shutdown, interrupted), until a job of it succeeds again. A
-/// source that has not finished a job yet is not failing. The engine is healthy when no source is
-/// failing: its data is as fresh as its schedules allow.
-pub fn health_of(sources: &[SourceStatus]) -> Health {
+/// source that has not finished a job yet is not failing, nor (`[cluster]`) one whose claim
+/// another instance holds. The engine is healthy when no source is failing (its data is as
+/// fresh as its schedules allow) and, with `[cluster]`, etcd answers and this instance holds a
+/// live lease.
+pub fn health_of(
+    sources: &[SourceStatus],
+    cluster: Option<&crate::cluster::ClusterView>,
+) -> Health {
     let failing: Vec<String> = sources
         .iter()
+        .filter(|s| !s.elsewhere)
         .filter(|s| {
             s.last
                 .as_ref()
@@ -133,9 +145,11 @@ pub fn health_of(sources: &[SourceStatus]) -> Health {
         })
         .map(|s| s.source.clone())
         .collect();
+    let cluster = cluster.and_then(crate::cluster::ClusterView::degraded);
     Health {
-        ok: failing.is_empty(),
+        ok: failing.is_empty() && cluster.is_none(),
         failing,
+        cluster,
     }
 }
 
@@ -143,6 +157,7 @@ struct Engine {
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
     store: crate::listener::StoreSlot,
+    cluster: Option<ClusterHandle>,
 }
 
 /// The routes `/metrics` and `/health`, for [`crate::listener::serve`] (alone on
@@ -151,12 +166,14 @@ pub fn routes(
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
     store: crate::listener::StoreSlot,
+    cluster: Option<ClusterHandle>,
 ) -> Routes {
     install_recorder();
     let engine = web::Data::new(Engine {
         supervisor,
         auth,
         store,
+        cluster,
     });
     Arc::new(move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(engine.clone())
@@ -203,7 +220,8 @@ async fn metrics_page(engine: web::Data<Engine>) -> HttpResponse {
 async fn health(engine: web::Data<Engine>) -> HttpResponse {
     match tokio::time::timeout(ASK_TIMEOUT, engine.supervisor.send(GetStatus)).await {
         Ok(Ok(sources)) => {
-            let health = health_of(&sources);
+            let cluster = engine.cluster.as_ref().map(crate::cluster::ClusterView::of);
+            let health = health_of(&sources, cluster.as_ref());
             let sources: Vec<_> = sources
                 .iter()
                 .map(|s| {
@@ -217,14 +235,26 @@ async fn health(engine: web::Data<Engine>) -> HttpResponse {
                     })
                 })
                 .collect();
-            if health.ok {
-                HttpResponse::Ok().json(json!({"status": "ok", "sources": sources}))
+            let mut body = if health.ok {
+                json!({"status": "ok", "sources": sources})
             } else {
-                HttpResponse::ServiceUnavailable().json(json!({
+                json!({
                     "status": "degraded",
                     "failing": health.failing,
                     "sources": sources,
-                }))
+                })
+            };
+            // Only with `[cluster]`: single-instance answers are as they were.
+            if let Some(view) = cluster {
+                body["cluster"] = json!(view);
+                if let Some(why) = &health.cluster {
+                    body["reasons"] = json!({ "cluster": why });
+                }
+            }
+            if health.ok {
+                HttpResponse::Ok().json(body)
+            } else {
+                HttpResponse::ServiceUnavailable().json(body)
             }
         }
         _ => HttpResponse::ServiceUnavailable()
@@ -253,6 +283,8 @@ mod tests {
             restarts: 0,
             next_due: None,
             quota: None,
+            owner: None,
+            elsewhere: false,
         }
     }
 
@@ -260,10 +292,11 @@ mod tests {
     fn a_source_whose_last_job_did_not_succeed_degrades_health() {
         let fresh = [source("new", None), source("ok", Some(JobState::Succeeded))];
         assert_eq!(
-            health_of(&fresh),
+            health_of(&fresh, None),
             Health {
                 ok: true,
-                failing: vec![]
+                failing: vec![],
+                cluster: None,
             }
         );
         for bad in [JobState::Failed, JobState::Cancelled, JobState::Interrupted] {
@@ -272,13 +305,51 @@ mod tests {
                 source("bad", Some(bad)),
             ];
             assert_eq!(
-                health_of(&sources),
+                health_of(&sources, None),
                 Health {
                     ok: false,
-                    failing: vec!["bad".to_owned()]
+                    failing: vec!["bad".to_owned()],
+                    cluster: None,
                 },
                 "{bad:?}"
             );
+        }
+    }
+
+    fn view(error: Option<&str>, live: bool) -> crate::cluster::ClusterView {
+        crate::cluster::ClusterView {
+            name: "c-0".into(),
+            etcd: if error.is_none() { "up" } else { "unreachable" }.into(),
+            error: error.map(str::to_owned),
+            live,
+            members: vec!["c-0".into(), "c-1".into()],
+            owned: vec!["ok".into()],
+            owners: Default::default(),
+        }
+    }
+
+    #[test]
+    fn etcd_unreachable_degrades_health_and_another_instances_source_does_not() {
+        let mut moved = source("moved", Some(JobState::Cancelled));
+        moved.elsewhere = true;
+        let sources = [source("ok", Some(JobState::Succeeded)), moved];
+        let up = health_of(&sources, Some(&view(None, true)));
+        assert!(
+            up.ok && up.failing.is_empty() && up.cluster.is_none(),
+            "{up:?}"
+        );
+        for (error, live) in [
+            (Some("etcd at http://127.0.0.1:1 unreachable"), true),
+            (Some("x"), false),
+            (None, false),
+        ] {
+            let h = health_of(&sources, Some(&view(error, live)));
+            assert!(!h.ok && h.failing.is_empty(), "{h:?}");
+            let why = h.cluster.expect("a cluster reason");
+            assert_eq!(why.lines().count(), 1);
+            if let Some(e) = error {
+                assert!(why.contains("etcd unreachable") && why.contains(e), "{why}");
+            }
         }
     }
 

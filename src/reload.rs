@@ -184,6 +184,10 @@ impl Started {
         for id in &plan.added {
             msgtrace_actors::telemetry::register_source(id);
         }
+        let keys: Vec<(String, String)> = sources
+            .iter()
+            .map(|e| (e.spec.id.clone(), e.spec.quota_key()))
+            .collect();
         let stopped = self
             .supervisor
             .send(Reconfigure {
@@ -198,6 +202,10 @@ impl Started {
                     "the engine is stopping ({e}); nothing was reloaded"
                 )],
             })?;
+        // `[cluster]`: the agent shares the sources as they are now.
+        if let Some(cluster) = &self.cluster {
+            cluster.set_sources(keys);
+        }
         // A retired sink stops once no fetcher that fed it is left.
         actix_rt::spawn(async move {
             let _ = stopped.await;

@@ -4,7 +4,7 @@
 
 use crate::auth::AuthToken;
 use crate::fetcher::{
-    Backfill, Cancel, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply,
+    Backfill, Cancel, CancelJob, Fetcher, FetcherEnv, JobFinished, JobSummary, RunJob, RunReply,
 };
 use crate::scheduler::{Due, Scheduler, StopScheduling};
 use crate::sink::{FlushSink, SinkActor, SinkInput};
@@ -134,6 +134,12 @@ pub struct SourceStatus {
     pub next_due: Option<chrono::DateTime<chrono::Utc>>,
     /// Its tenant's request budget and what is left of it now; `None` without a budget.
     pub quota: Option<QuotaUse>,
+    /// `[cluster]`: the member holding the source's claim, as the agent last read it (this
+    /// instance's name when it is this one); `None` without `[cluster]` or while nobody does.
+    pub owner: Option<String>,
+    /// `[cluster]`: another instance holds the source's claim (its jobs here, and their
+    /// outcome, are not this instance's concern now).
+    pub elsewhere: bool,
 }
 
 /// A tenant's request budget as a source sees it.
@@ -233,6 +239,11 @@ pub struct Supervisor {
         crate::cluster::record::ClusterHandle,
         crate::cluster::agent::Busy,
     )>,
+    /// `[cluster]`: the sources this instance could start at the last watch tick.
+    startable: HashSet<String>,
+    /// `[cluster]`: sources whose running job was told to stop after its page in flight
+    /// because this instance may no longer start them.
+    giving_up: HashSet<String>,
 }
 
 impl Supervisor {
@@ -267,6 +278,8 @@ impl Supervisor {
             quotas: crate::quota::QuotaRegistry::default(),
             shared: crate::fetcher::Shared::new(crate::fetcher::ROWS_IN_FLIGHT),
             cluster: None,
+            startable: HashSet::new(),
+            giving_up: HashSet::new(),
         }
     }
 }
@@ -434,7 +447,47 @@ impl Supervisor {
         }
     }
 
+    /// `[cluster]`, at every watch tick: follows what the agent publishes. A source this
+    /// instance may start now and could not at the last tick (claimed: another instance died or
+    /// left, or etcd answers again) runs at once when the schedules run, instead of at its next
+    /// tick; a source it may no longer start (the hash gives it to another member, or the lease
+    /// may have ended) whose job runs is told to stop after its page in flight, so that the
+    /// claim is given up without waiting for the whole job.
+    fn follow_ownership(&mut self, ctx: &mut Context<Self>) {
+        let Some((cluster, _)) = &self.cluster else {
+            return;
+        };
+        if self.shutting_down {
+            return;
+        }
+        let now: HashSet<String> = self
+            .order
+            .iter()
+            .filter(|s| cluster.may_start(s))
+            .cloned()
+            .collect();
+        let scheduling = self.scheduler.is_some();
+        for source in self.order.clone() {
+            let Some(slot) = self.slots.get(&source) else {
+                continue;
+            };
+            let running = slot.running.is_some();
+            if now.contains(&source) {
+                let gained = !self.startable.contains(&source);
+                if gained && scheduling && !running && matches!(slot.pending, Pending::Keep) {
+                    info!(source = %source, "cluster: the source is this instance's now; collecting it at once");
+                    self.run_source(&source, JobRequest::scheduled(), ctx);
+                }
+            } else if running && self.giving_up.insert(source.clone()) {
+                info!(source = %source, "cluster: the source is no longer this instance's; its job stops after its page in flight");
+                slot.fetcher.do_send(CancelJob);
+            }
+        }
+        self.startable = now;
+    }
+
     fn finished(&mut self, source: String, summary: JobSummary) {
+        self.giving_up.remove(&source);
         if let Some((_, busy)) = &self.cluster {
             busy.borrow_mut().remove(&source);
         }
@@ -465,6 +518,7 @@ impl Supervisor {
     /// is forgotten; a restarted one waits, with the job to run again, until every source the
     /// reload stops has stopped; then they all start again.
     fn stopped(&mut self, source: &str, summary: Option<JobSummary>, ctx: &mut Context<Self>) {
+        self.giving_up.remove(source);
         if let Some((_, busy)) = &self.cluster {
             busy.borrow_mut().remove(source);
         }
@@ -517,7 +571,9 @@ impl Supervisor {
             slot.entry = *entry;
             slot.fetcher = fetcher;
             info!(source = %id, "reload: the source restarts from its checkpoint");
-            if let Some(req) = resume.filter(|_| !self.shutting_down) {
+            // With `[cluster]`, a source this instance does not hold (yet) runs once it does
+            // (`follow_ownership`).
+            if let Some(req) = resume.filter(|_| !self.shutting_down && self.owned_here(&id)) {
                 self.run_source(&id, req, ctx);
             }
         }
@@ -595,7 +651,10 @@ impl Actor for Supervisor {
             self.slots
                 .insert(entry.spec.id.clone(), Slot::new(entry, fetcher));
         }
-        ctx.run_interval(WATCH_INTERVAL, |act, ctx| act.watch(ctx));
+        ctx.run_interval(WATCH_INTERVAL, |act, ctx| {
+            act.watch(ctx);
+            act.follow_ownership(ctx);
+        });
     }
 }
 
@@ -712,9 +771,14 @@ impl Handler<StartSchedules> for Supervisor {
 
     fn handle(&mut self, _: StartSchedules, ctx: &mut Context<Self>) {
         self.start_scheduler(ctx);
-        // Catch up at once rather than waiting for the first tick.
+        // Catch up at once rather than waiting for the first tick; with `[cluster]`, the
+        // sources this instance holds (those it claims later run when it does,
+        // `follow_ownership`).
         for s in self.order.clone() {
-            self.run_source(&s, JobRequest::scheduled(), ctx);
+            if self.owned_here(&s) {
+                self.startable.insert(s.clone());
+                self.run_source(&s, JobRequest::scheduled(), ctx);
+            }
         }
     }
 }
@@ -855,6 +919,8 @@ impl Handler<GetStatus> for Supervisor {
                                 .remaining(&spec.quota_key(), std::time::Instant::now())?;
                             Some(QuotaUse { spec: q, remaining })
                         }),
+                        owner: self.cluster.as_ref().and_then(|(c, _)| c.owner(s)),
+                        elsewhere: self.cluster.as_ref().is_some_and(|(c, _)| c.elsewhere(s)),
                     }
                 })
                 .collect(),

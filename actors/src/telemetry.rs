@@ -20,6 +20,11 @@
 //! | `msgtrace_poisoned_links_total` | counter | `source` | next links abandoned (another origin, a loop, endless pages, failing) and their slice re-queried |
 //! | `msgtrace_details_backlog` | gauge | `source` | summary rows whose per-recipient details are still to be fetched (`details`) |
 //! | `msgtrace_detail_events_total` | counter | `source` | detail events delivered to every sink (their rows then leave the backlog) |
+//! | `msgtrace_cluster_etcd_up` | gauge | | `[cluster]`: 1 while the agent's last round reached etcd, 0 while it does not answer |
+//! | `msgtrace_cluster_members` | gauge | | `[cluster]`: live members of the deployment, as last read |
+//! | `msgtrace_cluster_owned_sources` | gauge | | `[cluster]`: sources this instance holds the claim of |
+//! | `msgtrace_cluster_ownership_changes_total` | counter | `change` | `[cluster]`: claims this instance `gained` or `lost` (released, or given up with a lease that ended) |
+//! | `msgtrace_cluster_fenced_refusals_total` | counter | `source` | `[cluster]`: checkpoint commits etcd refused because this instance's claim had ended |
 
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use msgtrace_storage::JobState;
@@ -111,6 +116,37 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "detail events delivered to every sink",
     ),
+    (
+        "msgtrace_cluster_etcd_up",
+        Kind::Gauge,
+        "[cluster]: 1 while the last round of the cluster agent reached etcd, 0 while etcd does not answer (absent without [cluster])",
+    ),
+    (
+        "msgtrace_cluster_members",
+        Kind::Gauge,
+        "[cluster]: live members of the deployment, as last read",
+    ),
+    (
+        "msgtrace_cluster_owned_sources",
+        Kind::Gauge,
+        "[cluster]: sources whose claim this instance holds",
+    ),
+    (
+        "msgtrace_cluster_ownership_changes_total",
+        Kind::Counter,
+        "[cluster]: claims this instance gained or lost (change label)",
+    ),
+    (
+        "msgtrace_cluster_fenced_refusals_total",
+        Kind::Counter,
+        "[cluster]: checkpoint commits etcd refused because this instance's claim had ended",
+    ),
+];
+
+/// The metrics of `[cluster]` only: not created per source.
+const CLUSTER_ONLY: &[&str] = &[
+    "msgtrace_cluster_ownership_changes_total",
+    "msgtrace_cluster_fenced_refusals_total",
 ];
 
 /// The job outcomes `msgtrace_jobs_total` counts (its `state` label).
@@ -150,6 +186,8 @@ pub fn register_source(source: &str) {
             }
             // Labelled by tenant, created with the tenant's gate.
             Kind::Counter if name == "msgtrace_quota_unpredicted_429_total" => {}
+            // Created by the cluster agent, only with `[cluster]`.
+            Kind::Counter if CLUSTER_ONLY.contains(&name) => {}
             Kind::Counter => counter!(name, "source" => source.to_owned()).increment(0),
             Kind::Gauge => {}
         }
@@ -243,4 +281,24 @@ pub fn details_backlog(source: &str, entries: usize) {
 /// `events` detail events of `source` were delivered to every sink.
 pub fn detail_events(source: &str, events: u64) {
     counter!("msgtrace_detail_events_total", "source" => source.to_owned()).increment(events);
+}
+
+/// `[cluster]`: what the agent's last round found (etcd reached or not, the live members, the
+/// claims held). Also creates the counters of `[cluster]` at zero.
+pub fn cluster_state(etcd_up: bool, members: usize, owned: usize) {
+    gauge!("msgtrace_cluster_etcd_up").set(if etcd_up { 1.0 } else { 0.0 });
+    gauge!("msgtrace_cluster_members").set(members as f64);
+    gauge!("msgtrace_cluster_owned_sources").set(owned as f64);
+    ownership_changed(0, 0);
+}
+
+/// `[cluster]`: this instance gained `gained` claims and lost `lost`.
+pub fn ownership_changed(gained: u64, lost: u64) {
+    counter!("msgtrace_cluster_ownership_changes_total", "change" => "gained").increment(gained);
+    counter!("msgtrace_cluster_ownership_changes_total", "change" => "lost").increment(lost);
+}
+
+/// `[cluster]`: etcd refused a checkpoint commit of `source`: this instance's claim had ended.
+pub fn fenced_refusal(source: &str) {
+    counter!("msgtrace_cluster_fenced_refusals_total", "source" => source.to_owned()).increment(1);
 }

@@ -82,6 +82,19 @@ impl StateDir {
         }
     }
 
+    /// `[cluster]`: the running engine's view of the cluster; `None` for a state directory no
+    /// engine holds, and for an engine without `[cluster]`.
+    pub fn cluster(&self) -> Result<Option<crate::cluster::ClusterView>, AccessError> {
+        match self {
+            StateDir::Open(_) => Ok(None),
+            StateDir::Live(live) => match live.json("/api/cluster") {
+                // An engine of a release before `/api/cluster`.
+                Err(AccessError::Engine { status: 404, .. }) => Ok(None),
+                other => other,
+            },
+        }
+    }
+
     /// The secret store's names and kinds.
     pub fn secrets(&self) -> Result<Vec<(String, SecretKind)>, AccessError> {
         match self {

@@ -55,6 +55,50 @@ pub fn to_json(jobs: &[JobRecord]) -> String {
     serde_json::to_string_pretty(jobs).unwrap_or_default() + "\n"
 }
 
+/// What `msgtrace jobs --json` prints with `[cluster]` on a running engine (and `/api/jobs`
+/// answers): every record with `owner`, the member holding its source's claim now (`null`
+/// while nobody does). Without `owners` (single-instance mode): [`to_json`], unchanged.
+pub fn to_json_with_owners(
+    jobs: &[JobRecord],
+    owners: Option<&std::collections::BTreeMap<String, String>>,
+) -> String {
+    let Some(owners) = owners else {
+        return to_json(jobs);
+    };
+    let with: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|j| {
+            let mut v = serde_json::to_value(j).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("owner".into(), serde_json::json!(owners.get(&j.source)));
+            }
+            v
+        })
+        .collect();
+    serde_json::to_string_pretty(&with).unwrap_or_default() + "\n"
+}
+
+/// What `msgtrace jobs` prints after the jobs with `[cluster]` on a running engine: this
+/// instance, etcd's state, the members, and who holds each claimed source.
+pub fn render_owners(view: &crate::cluster::ClusterView) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!(
+        "\ncluster: this instance `{}`, etcd {}, members {}\n",
+        view.name,
+        view.etcd,
+        if view.members.is_empty() {
+            "-".to_owned()
+        } else {
+            view.members.join(", ")
+        }
+    );
+    let _ = writeln!(s, "{:<24} OWNER", "SOURCE");
+    for (source, owner) in &view.owners {
+        let _ = writeln!(s, "{source:<24} {owner}");
+    }
+    s
+}
+
 fn lower<T: std::fmt::Debug>(v: T) -> String {
     format!("{v:?}").to_lowercase()
 }
@@ -295,5 +339,45 @@ mod tests {
                 "0"
             ]
         );
+    }
+
+    #[test]
+    fn owners_are_added_only_with_a_cluster() {
+        let jobs = vec![
+            job("contoso", 1, JobState::Succeeded),
+            job("fabrikam", 2, JobState::Failed),
+        ];
+        assert_eq!(
+            to_json_with_owners(&jobs, None),
+            to_json(&jobs),
+            "single instance: unchanged"
+        );
+        let owners = [("contoso".to_owned(), "c-1".to_owned())].into();
+        let with: Vec<serde_json::Value> =
+            serde_json::from_str(&to_json_with_owners(&jobs, Some(&owners))).unwrap();
+        assert_eq!(with[0]["owner"], "c-1");
+        assert!(with[1]["owner"].is_null(), "nobody holds fabrikam");
+        let plain: Vec<serde_json::Value> = serde_json::from_str(&to_json(&jobs)).unwrap();
+        let mut stripped = with.clone();
+        for j in &mut stripped {
+            j.as_object_mut().unwrap().remove("owner");
+        }
+        assert_eq!(stripped, plain, "nothing else changes");
+
+        let view = crate::cluster::ClusterView {
+            name: "c-0".into(),
+            etcd: "up".into(),
+            error: None,
+            live: true,
+            members: vec!["c-0".into(), "c-1".into()],
+            owned: vec![],
+            owners,
+        };
+        let text = render_owners(&view);
+        assert!(
+            text.contains("cluster: this instance `c-0`, etcd up, members c-0, c-1\n"),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{:<24} c-1\n", "contoso")), "{text}");
     }
 }

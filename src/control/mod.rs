@@ -9,11 +9,12 @@
 //! | path | answers |
 //! |---|---|
 //! | `/` | the status page ([`page`]): sources, recent jobs, quota use; refreshes itself |
-//! | `/api/sources` | each source's state, cursor, lag, next due time, last job, last error, quota ([`SourceView`]) |
-//! | `/api/jobs` | the job records, exactly what `msgtrace jobs --json` prints (`?source=`, `?state=`, `?last=` filter as its flags do) |
+//! | `/api/sources` | each source's state, cursor, lag, next due time, last job, last error, quota ([`SourceView`]); with `[cluster]`, its `owner` |
+//! | `/api/jobs` | the job records, exactly what `msgtrace jobs --json` prints (`?source=`, `?state=`, `?last=` filter as its flags do); with `[cluster]`, each with its source's `owner` |
 //! | `/api/secrets` | the secret store's names and kinds, never a value |
 //! | `/api/dump` | exactly what `msgtrace-dump --json` prints, secrets redacted (`?tree=NAME`; `?format=text`: its text view) |
 //! | `/api/details` | each source's details backlog: summary rows whose details are still to be fetched ([`DetailsBacklog`]) |
+//! | `/api/cluster` | `[cluster]`: this instance's name, etcd `up` or `unreachable`, the members, the sources it holds and every source's owner ([`crate::cluster::ClusterView`]); `null` without `[cluster]` |
 
 pub mod client;
 pub mod jobs;
@@ -25,6 +26,7 @@ use crate::secrets::SecretStore;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use msgtrace_actors::auth::AuthToken;
+use msgtrace_actors::cluster::record::ClusterHandle;
 use msgtrace_actors::supervisor::{GetStatus, SourceStatus, Supervisor};
 use msgtrace_storage::{dump, JobRecord, JobState, Store};
 use serde::{Deserialize, Serialize};
@@ -67,6 +69,10 @@ pub struct SourceView {
     /// Summary rows whose details are still to be fetched (`details`).
     #[serde(default)]
     pub details_backlog: usize,
+    /// `[cluster]`: the member holding the source's claim (absent without `[cluster]`, and
+    /// while nobody holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A source's details backlog, as `/api/details` lists it and `msgtrace jobs` shows it.
@@ -120,7 +126,7 @@ pub fn source_views(
     store: &Store,
     now: DateTime<Utc>,
 ) -> Vec<SourceView> {
-    let failing = crate::metrics::health_of(status).failing;
+    let failing = crate::metrics::health_of(status, None).failing;
     status
         .iter()
         .map(|s| {
@@ -164,6 +170,7 @@ pub fn source_views(
                 last_error,
                 restarts: s.restarts,
                 details_backlog: store.details_backlog(&s.source),
+                owner: s.owner.clone(),
                 quota: s.quota.map(|q| QuotaView {
                     requests: q.spec.requests,
                     per_secs: q.spec.per.as_secs(),
@@ -258,12 +265,18 @@ pub fn serve(
     supervisor: actix::Addr<Supervisor>,
     auth: actix::Addr<AuthToken>,
     store: Store,
+    cluster: Option<ClusterHandle>,
 ) -> std::io::Result<Servers> {
     let store = crate::listener::StoreSlot::new(store);
-    let control = routes(supervisor.clone(), store.clone());
+    let control = routes(supervisor.clone(), store.clone(), cluster.clone());
     let metrics = match metrics {
         Some(l) => {
-            let mut routes = vec![crate::metrics::routes(supervisor, auth, store.clone())];
+            let mut routes = vec![crate::metrics::routes(
+                supervisor,
+                auth,
+                store.clone(),
+                cluster,
+            )];
             if bound.shared {
                 routes.push(control.clone());
             }
@@ -318,11 +331,20 @@ pub fn serve(
 struct Engine {
     supervisor: actix::Addr<Supervisor>,
     store: crate::listener::StoreSlot,
+    cluster: Option<ClusterHandle>,
 }
 
 /// The control API's routes.
-fn routes(supervisor: actix::Addr<Supervisor>, store: crate::listener::StoreSlot) -> Routes {
-    let engine = web::Data::new(Engine { supervisor, store });
+fn routes(
+    supervisor: actix::Addr<Supervisor>,
+    store: crate::listener::StoreSlot,
+    cluster: Option<ClusterHandle>,
+) -> Routes {
+    let engine = web::Data::new(Engine {
+        supervisor,
+        store,
+        cluster,
+    });
     let local = |ctx: &actix_web::guard::GuardContext<'_>| {
         ctx.head()
             .headers()
@@ -339,7 +361,8 @@ fn routes(supervisor: actix::Addr<Supervisor>, store: crate::listener::StoreSlot
                     .route("/api/jobs", web::get().to(jobs_json))
                     .route("/api/secrets", web::get().to(secrets))
                     .route("/api/dump", web::get().to(dump_text))
-                    .route("/api/details", web::get().to(details_backlogs)),
+                    .route("/api/details", web::get().to(details_backlogs))
+                    .route("/api/cluster", web::get().to(cluster_view)),
             )
             .service(
                 web::scope("")
@@ -437,8 +460,13 @@ async fn sources(engine: web::Data<Engine>) -> HttpResponse {
 
 async fn jobs_json(engine: web::Data<Engine>, query: web::Query<jobs::JobFilter>) -> HttpResponse {
     let filter = query.into_inner();
+    let owners = engine
+        .cluster
+        .as_ref()
+        .map(|c| crate::cluster::ClusterView::of(c).owners);
     match read(&engine, move |store| {
-        Ok(jobs::to_json(&filter.apply(store.jobs(None)?)))
+        let jobs = filter.apply(store.jobs(None)?);
+        Ok(jobs::to_json_with_owners(&jobs, owners.as_ref()))
     })
     .await
     {
@@ -447,6 +475,13 @@ async fn jobs_json(engine: web::Data<Engine>, query: web::Query<jobs::JobFilter>
             .body(body),
         Err(r) => r,
     }
+}
+
+/// `[cluster]`: this instance's view of the cluster ([`crate::cluster::ClusterView`]); `null`
+/// without `[cluster]`.
+async fn cluster_view(engine: web::Data<Engine>) -> HttpResponse {
+    let view = engine.cluster.as_ref().map(crate::cluster::ClusterView::of);
+    HttpResponse::Ok().json(view)
 }
 
 async fn details_backlogs(engine: web::Data<Engine>) -> HttpResponse {

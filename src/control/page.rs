@@ -182,6 +182,7 @@ mod tests {
             restarts: 0,
             quota: None,
             details_backlog: 0,
+            owner: None,
         };
         let mut job = JobRecord::new("src", "src-1", JobKind::Scheduled, now());
         job.errors.push(evil.into());
@@ -214,6 +215,7 @@ mod tests {
                 remaining: 97,
             }),
             details_backlog: 0,
+            owner: None,
         };
         let jobs: Vec<JobRecord> = (0..30)
             .map(|n| {

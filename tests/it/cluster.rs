@@ -403,6 +403,7 @@ fn start_agent(server: &EtcdServer, name: &str, sources: &[String]) -> Running {
         lease: Duration::from_secs(2),
         sources: sources.to_vec(),
         keys: Default::default(),
+        updates: None,
     };
     let (out, owned) = watch::channel(Ownership::default());
     let (stop, stopped) = watch::channel(false);

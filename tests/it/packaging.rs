@@ -128,7 +128,8 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("POD_IP", "127.0.0.1"),
 ];
 
-/// The ready configurations: `examples/*.toml` and the one the Kubernetes manifests mount.
+/// The ready configurations: `examples/*.toml` and the ones the Kubernetes manifests mount (one
+/// instance, and the cluster example's).
 fn ready_configurations() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("examples"))
@@ -138,6 +139,7 @@ fn ready_configurations() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files.push(root.join("deploy/kubernetes/msgtrace.toml"));
+    files.push(root.join("deploy/kubernetes-cluster/msgtrace.toml"));
     files
 }
 

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::assign;
@@ -33,12 +34,17 @@ pub struct AgentConfig {
     /// so that the sources of one tenant go to one instance; a source without one is hashed by
     /// its id.
     pub keys: BTreeMap<String, String>,
+    /// A reload's sources, each `(id, key)`: they replace `sources` and `keys` at once (a
+    /// round follows), so that added sources are claimed and removed ones given up.
+    pub updates: Option<watch::Receiver<Vec<(String, String)>>>,
 }
 
 /// What this instance owns, as the agent last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ownership {
-    /// Whether the last round held a live lease and a registration.
+    /// Whether this instance holds a lease that has not ended (as far as it can know: the last
+    /// round that reached etcd renewed it, and its time to live has not run out since) and a
+    /// registration.
     pub live: bool,
     /// The live members, as last read.
     pub members: Vec<String>,
@@ -47,8 +53,35 @@ pub struct Ownership {
     /// Claims held that the hash gives another member now: no new job, and released once the
     /// source's fetcher is idle.
     pub leaving: BTreeSet<String>,
-    /// Why the last round failed (etcd unreachable, the name taken), if it did.
+    /// Who holds each claimed source of the deployment (this instance included), by source,
+    /// as last read: what `msgtrace jobs` and the control API show.
+    pub owners: BTreeMap<String, String>,
+    /// Why the last round failed (etcd unreachable, the name taken), if it did: while it is
+    /// set, etcd is not reachable (or refuses), and nothing is committed unless the lease is
+    /// still known to live.
     pub error: Option<String>,
+}
+
+impl Ownership {
+    /// What a failed round leaves (`error`): while the lease surely still lives
+    /// (`lease_alive`) the claims of `before` are kept (their commits are fenced by etcd
+    /// anyway), with the error; once it may have ended, nothing is held (the members and
+    /// owners last read are kept, to be shown).
+    fn degraded(before: &Ownership, error: String, lease_alive: bool) -> Ownership {
+        if lease_alive && before.live {
+            Ownership {
+                error: Some(error),
+                ..before.clone()
+            }
+        } else {
+            Ownership {
+                owners: before.owners.clone(),
+                members: before.members.clone(),
+                error: Some(error),
+                ..Ownership::default()
+            }
+        }
+    }
 }
 
 /// The sources whose fetcher runs a job now: a leaving claim is released only once its source
@@ -65,35 +98,41 @@ enum RoundError {
 }
 
 /// Runs rounds until `stop` turns true, publishing to `out`; then revokes the lease, so that
-/// the others take the sources at once.
+/// the others take the sources at once. A round that fails (etcd unreachable) is tried again at
+/// the next one; the claims are kept while the lease surely lives, and given up (no job
+/// starts, a running one stops after its page in flight) once it may have ended.
 pub async fn run(
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     busy: Busy,
     out: watch::Sender<Ownership>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut lease: Option<Lease> = None;
+    // Until when the lease surely lives: the start of the last renewal plus its time to live.
+    let mut alive_until = Instant::now();
     loop {
+        let began = Instant::now();
         let owned = match round(&cfg, &busy, &mut lease).await {
-            Ok(owned) => owned,
-            Err(e) => {
-                warn!(error = %e, "cluster round failed; nothing is collected until etcd answers");
-                Ownership {
-                    error: Some(e.to_string()),
-                    ..Ownership::default()
+            Ok(owned) => {
+                if let Some(l) = lease {
+                    alive_until = began + l.ttl;
                 }
+                owned
+            }
+            Err(e) => {
+                Ownership::degraded(&out.borrow(), e.to_string(), Instant::now() < alive_until)
             }
         };
-        out.send_if_modified(|now| {
-            let changed = *now != owned;
-            if changed {
-                info!(members = ?owned.members, owned = ?owned.claims.keys().collect::<Vec<_>>(), leaving = ?owned.leaving, "cluster ownership changed");
-                *now = owned;
-            }
-            changed
-        });
+        publish(&out, owned);
+        // Rounds every third of the lease; one more at the moment the lease may end while
+        // etcd does not answer, to give the claims up then.
+        let mut next = Instant::now() + cfg.lease / 3;
+        if out.borrow().error.is_some() && out.borrow().live {
+            next = next.min(alive_until);
+        }
         tokio::select! {
-            _ = tokio::time::sleep(cfg.lease / 3) => {}
+            _ = tokio::time::sleep_until(next) => {}
+            () = reloaded(&mut cfg) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -105,6 +144,62 @@ pub async fn run(
     out.send_replace(Ownership::default());
 }
 
+/// Waits for a reload's sources and takes them into `cfg` (forever, without updates).
+async fn reloaded(cfg: &mut AgentConfig) {
+    let Some(updates) = &mut cfg.updates else {
+        return std::future::pending().await;
+    };
+    if updates.changed().await.is_err() {
+        // The engine dropped its end: no reload will come.
+        cfg.updates = None;
+        return std::future::pending().await;
+    }
+    let sources = updates.borrow_and_update().clone();
+    info!(
+        sources = sources.len(),
+        "cluster: the reloaded configuration's sources are shared from now on"
+    );
+    cfg.sources = sources.iter().map(|(id, _)| id.clone()).collect();
+    cfg.keys = sources.into_iter().collect();
+}
+
+/// Publishes what a round found when it changed: one log line per change of state (etcd lost
+/// or back, the claims), never one per retry, and the metrics.
+fn publish(out: &watch::Sender<Ownership>, owned: Ownership) {
+    crate::telemetry::cluster_state(
+        owned.error.is_none(),
+        owned.members.len(),
+        owned.claims.len(),
+    );
+    out.send_if_modified(|now| {
+        if *now == owned {
+            return false;
+        }
+        // A change of state, not of the error's words (a refused connection, then a timeout).
+        match (&now.error, &owned.error) {
+            (None, Some(e)) if owned.live => {
+                warn!(error = %e, "cluster: etcd does not answer; retrying every round, the claims kept only while the lease surely lives");
+            }
+            (None, Some(e)) => {
+                warn!(error = %e, "cluster: no live lease and etcd does not answer; nothing is collected or committed here until it does");
+            }
+            (Some(_), Some(_)) if now.live && !owned.live => {
+                warn!("cluster: the lease may have ended while etcd did not answer; the claims are given up, nothing is collected or committed here until it answers");
+            }
+            (Some(_), None) => info!("cluster: etcd answers again"),
+            _ => {}
+        }
+        let gained = owned.claims.keys().filter(|s| !now.claims.contains_key(*s)).count();
+        let lost = now.claims.keys().filter(|s| !owned.claims.contains_key(*s)).count();
+        crate::telemetry::ownership_changed(gained as u64, lost as u64);
+        if gained + lost > 0 || now.members != owned.members || now.leaving != owned.leaving {
+            info!(members = ?owned.members, owned = ?owned.claims.keys().collect::<Vec<_>>(), leaving = ?owned.leaving, "cluster ownership changed");
+        }
+        *now = owned;
+        true
+    });
+}
+
 /// One round: the lease renewed (or a new one), the registration, the members, the claims.
 async fn round(
     cfg: &AgentConfig,
@@ -114,14 +209,18 @@ async fn round(
     let l = renew(cfg, lease).await?;
     membership::register(&cfg.etcd, &cfg.prefix, &cfg.name, l.id).await?;
     let members = membership::members(&cfg.etcd, &cfg.prefix).await?;
-    let mut claims = held(cfg, l.id).await?;
+    let (mut claims, mut owners) = held(cfg, l.id).await?;
     let held_ids: BTreeSet<String> = claims.keys().cloned().collect();
     let moves = assign::moves(&cfg.sources, &cfg.keys, &members, &cfg.name, &held_ids);
     for source in &moves.claim {
-        if let Claimed::Ours(c) =
-            fence::claim(&cfg.etcd, &cfg.prefix, source, &cfg.name, l.id).await?
-        {
-            claims.insert(source.clone(), c);
+        match fence::claim(&cfg.etcd, &cfg.prefix, source, &cfg.name, l.id).await? {
+            Claimed::Ours(c) => {
+                owners.insert(source.clone(), cfg.name.clone());
+                claims.insert(source.clone(), c);
+            }
+            Claimed::Held(by) => {
+                owners.insert(source.clone(), by);
+            }
         }
     }
     let mut leaving = BTreeSet::new();
@@ -131,6 +230,7 @@ async fn round(
             Some(c) if idle => {
                 fence::release(&cfg.etcd, &cfg.prefix, c).await?;
                 claims.remove(&source);
+                owners.remove(&source);
             }
             _ => {
                 leaving.insert(source);
@@ -142,6 +242,7 @@ async fn round(
         members,
         claims,
         leaving,
+        owners,
         error: None,
     })
 }
@@ -163,25 +264,78 @@ async fn renew(cfg: &AgentConfig, lease: &mut Option<Lease>) -> Result<Lease, Et
     Ok(l)
 }
 
-/// The claims under `lease` that exist in etcd, by source.
-async fn held(cfg: &AgentConfig, lease: i64) -> Result<BTreeMap<String, Claim>, EtcdError> {
+/// The claims under `lease` that exist in etcd, by source, and who holds every claimed source.
+async fn held(
+    cfg: &AgentConfig,
+    lease: i64,
+) -> Result<(BTreeMap<String, Claim>, BTreeMap<String, String>), EtcdError> {
     let head = fence::owner_key(&cfg.prefix, "");
     let kvs = cfg.etcd.get_prefix(&head).await?;
-    Ok(kvs
-        .into_iter()
-        .filter(|kv| kv.lease == lease)
-        .filter_map(|kv| {
-            let source = std::str::from_utf8(kv.key.strip_prefix(head.as_slice())?)
-                .ok()?
-                .to_owned();
-            Some((
-                source.clone(),
-                Claim {
-                    source,
-                    lease,
-                    revision: kv.create_revision,
-                },
-            ))
-        })
-        .collect())
+    let mut claims = BTreeMap::new();
+    let mut owners = BTreeMap::new();
+    for kv in kvs {
+        let Some(source) = kv
+            .key
+            .strip_prefix(head.as_slice())
+            .and_then(|k| std::str::from_utf8(k).ok())
+        else {
+            continue;
+        };
+        owners.insert(source.to_owned(), fence::holder(&kv));
+        if kv.lease == lease {
+            let claim = Claim {
+                source: source.to_owned(),
+                lease,
+                revision: kv.create_revision,
+            };
+            claims.insert(source.to_owned(), claim);
+        }
+    }
+    Ok((claims, owners))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Ownership {
+        let claim = Claim {
+            source: "contoso".into(),
+            lease: 7,
+            revision: 3,
+        };
+        Ownership {
+            live: true,
+            members: vec!["c-0".into(), "c-1".into()],
+            claims: [("contoso".to_owned(), claim)].into(),
+            leaving: BTreeSet::new(),
+            owners: [
+                ("contoso".to_owned(), "c-0".to_owned()),
+                ("fabrikam".to_owned(), "c-1".to_owned()),
+            ]
+            .into(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_round_keeps_the_claims_only_while_the_lease_surely_lives() {
+        let before = held();
+        let kept = Ownership::degraded(&before, "etcd unreachable".into(), true);
+        assert_eq!(kept.claims, before.claims);
+        assert!(kept.live);
+        assert_eq!(kept.error.as_deref(), Some("etcd unreachable"));
+
+        let gone = Ownership::degraded(&kept, "etcd unreachable".into(), false);
+        assert!(!gone.live && gone.claims.is_empty() && gone.leaving.is_empty());
+        assert_eq!(
+            gone.owners, before.owners,
+            "the owners last read are still shown"
+        );
+        assert_eq!(gone.error.as_deref(), Some("etcd unreachable"));
+
+        // Never live again without a round that reached etcd.
+        let still = Ownership::degraded(&gone, "etcd unreachable".into(), true);
+        assert!(!still.live && still.claims.is_empty());
+    }
 }

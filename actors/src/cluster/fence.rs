@@ -196,7 +196,7 @@ fn claim_holds(key: &[u8], claim: &Claim) -> Vec<Compare> {
 }
 
 /// The claimer an owner key names (or says that it names none).
-fn holder(kv: &Kv) -> String {
+pub fn holder(kv: &Kv) -> String {
     match serde_json::from_slice::<OwnerRecord>(&kv.value) {
         Ok(OwnerRecord::V1 { owner }) => owner,
         Err(_) => "a writer that is not msgtrace".to_owned(),

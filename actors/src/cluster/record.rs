@@ -17,6 +17,8 @@ pub struct ClusterHandle {
     pub etcd: Etcd,
     /// The deployment's key prefix.
     pub prefix: String,
+    /// This instance's member name.
+    pub name: String,
     /// What this instance owns, as its agent last saw it.
     pub owned: watch::Receiver<Ownership>,
 }
@@ -81,13 +83,29 @@ impl ClusterHandle {
         cursor: &str,
         cp: &Checkpoint,
     ) -> Result<(), FenceError> {
-        fence::fenced_put(
+        let written = fence::fenced_put(
             &self.etcd,
             &self.prefix,
             claim,
             cursor,
             &encode_checkpoint(cp),
         )
-        .await
+        .await;
+        if let Err(FenceError::Fenced { .. }) = &written {
+            crate::telemetry::fenced_refusal(&claim.source);
+        }
+        written
+    }
+
+    /// Whether another instance holds `source`'s claim, as the agent last read it.
+    pub fn elsewhere(&self, source: &str) -> bool {
+        let owned = self.owned.borrow();
+        owned.owners.get(source).is_some_and(|o| *o != self.name)
+    }
+
+    /// Who holds `source`'s claim, as the agent last read it (this instance's name when it is
+    /// this instance); `None` while nobody does, or before the agent's first round.
+    pub fn owner(&self, source: &str) -> Option<String> {
+        self.owned.borrow().owners.get(source).cloned()
     }
 }

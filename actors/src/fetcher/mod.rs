@@ -178,6 +178,12 @@ pub enum RunReply {
 #[rtype(result = "()")]
 pub struct Cancel;
 
+/// Stop the running job after its page in flight (the page delivered and committed), and
+/// nothing else (the detail worker goes on): `[cluster]`, the source moved to another instance.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelJob;
+
 /// Sent to the supervisor when a job ends, whatever the outcome.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -275,6 +281,16 @@ impl Handler<RunJob> for Fetcher {
             });
         }));
         RunReply::Started(job_id)
+    }
+}
+
+impl Handler<CancelJob> for Fetcher {
+    type Result = ();
+
+    fn handle(&mut self, _: CancelJob, _: &mut Context<Self>) {
+        if let Some(tx) = &self.cancel {
+            let _ = tx.send(true);
+        }
     }
 }
 

@@ -502,14 +502,19 @@ fn jobs(config: &Path, json: bool, filter: JobFilter) -> anyhow::Result<ExitCode
         Err(code) => return Ok(code),
     };
     // A running engine holds the directory: its control socket answers instead.
-    let read = StateDir::open(&state_dir).and_then(|d| Ok((d.jobs()?, d.details_backlogs()?)));
-    let (jobs, backlogs) = match read {
-        Ok(both) => both,
+    let read = StateDir::open(&state_dir)
+        .and_then(|d| Ok((d.jobs()?, d.details_backlogs()?, d.cluster()?)));
+    let (jobs, backlogs, cluster) = match read {
+        Ok(all) => all,
         Err(e) => return Ok(report_failure(&e.into())),
     };
     let jobs = filter.apply(jobs);
+    let owners = cluster.as_ref().map(|c| &c.owners);
     if json {
-        print!("{}", msgtrace::control::jobs::to_json(&jobs));
+        print!(
+            "{}",
+            msgtrace::control::jobs::to_json_with_owners(&jobs, owners)
+        );
     } else {
         let backlogs: Vec<_> = backlogs
             .into_iter()
@@ -517,6 +522,9 @@ fn jobs(config: &Path, json: bool, filter: JobFilter) -> anyhow::Result<ExitCode
             .collect();
         print!("{}", msgtrace::control::jobs::render_text(&jobs));
         print!("{}", msgtrace::control::jobs::render_backlogs(&backlogs));
+        if let Some(view) = &cluster {
+            print!("{}", msgtrace::control::jobs::render_owners(view));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
