@@ -34,6 +34,8 @@ pub(super) struct Group {
     /// The checkpoint's marks after each page, in order: applied only at the commit, so that
     /// the checkpoint a job resumes or reschedules from is always one committed.
     pub(super) marks: Vec<Mark>,
+    /// The slice's pages and rows after the group's last page.
+    pub(super) totals: (u64, u64),
     /// A page of the group went to the sinks unsynced, and no synced batch has followed it.
     pub(super) unsynced: bool,
 }
@@ -46,9 +48,16 @@ impl Group {
 
     /// Adds a settled page (`synced`: its batch went to the sinks synced, which makes every
     /// page before it durable too; a page without rows sends nothing and changes nothing).
-    pub(super) fn add(&mut self, url: &str, page: PageAdds, mark: Mark, delivered: Option<bool>) {
+    pub(super) fn add(
+        &mut self,
+        url: &str,
+        page: PageAdds,
+        (mark, totals): (Mark, (u64, u64)),
+        delivered: Option<bool>,
+    ) {
         self.pages.push((url.to_owned(), page.rows));
         self.marks.push(mark);
+        self.totals = totals;
         self.dropped += page.dropped;
         self.seen.extend(page.seen);
         self.details.extend(page.details);
@@ -123,14 +132,14 @@ mod tests {
     #[test]
     fn a_group_is_unsynced_from_an_unsynced_page_until_a_synced_one() {
         let mut g = Group::default();
-        g.add("a", adds(5), Mark::Unchanged, Some(false));
+        g.add("a", adds(5), (Mark::Unchanged, (1, 5)), Some(false));
         assert!(g.unsynced);
         // A page without rows sent nothing: the group stays unsynced.
-        g.add("b", adds(0), Mark::Unchanged, None);
+        g.add("b", adds(0), (Mark::Unchanged, (2, 5)), None);
         assert!(g.unsynced);
-        g.add("c", adds(7), Mark::Unchanged, Some(true));
+        g.add("c", adds(7), (Mark::Unchanged, (3, 12)), Some(true));
         assert!(!g.unsynced);
         assert_eq!((g.len(), g.rows(), g.dropped), (3, 12, 3));
-        assert_eq!(g.marks.len(), 3);
+        assert_eq!((g.marks.len(), g.totals), (3, (3, 12)));
     }
 }

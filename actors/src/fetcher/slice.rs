@@ -4,17 +4,16 @@
 
 use super::*;
 
-/// Collects slice `i` of the job (`task`), page by page, each committed before the next.
+/// Collects slice `i` of the job (`task`), page by page, each committed before the next (or
+/// with the pages after it, in a commit group). When the slice stops early (a failure, a
+/// cancellation), the pages of its group that were delivered are committed first: only the page
+/// that failed is delivered again.
 pub(super) async fn collect_slice(
     run: &mut JobRun,
     i: usize,
     task: &SliceTask,
 ) -> Result<(), Stop> {
-    let env = run.env.clone();
-    let spec = &env.spec;
-    // A re-read asks again for pages it had before, to find rows that arrived late: its pages
-    // are neither kept nor taken from the spool.
-    let spool = (!task.reread).then(|| run.spool.clone());
+    let spec = &run.env.spec;
     let mut slice = SliceRun::new(
         task,
         Query {
@@ -27,11 +26,32 @@ pub(super) async fn collect_slice(
     if let Some(started) = slice.starting(&run.job.id) {
         mark_started(run, started).await?;
     }
+    // Pages delivered and not yet committed (their next page was already in).
+    let mut group = Group::default();
+    let outcome = pages(run, (i, task), &mut slice, &mut group).await;
+    if outcome.is_err() && group.len() > 0 {
+        if let Err(e) = commit(run, i, task, std::mem::take(&mut group)).await {
+            warn!(error = %e, "the pages delivered before the slice stopped could not be committed; they are delivered again");
+        }
+    }
+    outcome
+}
+
+/// The slice's pages: fetched (or taken from those fetched ahead), made ready, settled.
+async fn pages(
+    run: &mut JobRun,
+    (i, task): (usize, &SliceTask),
+    slice: &mut SliceRun,
+    group: &mut Group,
+) -> Result<(), Stop> {
+    let env = run.env.clone();
+    let spec = &env.spec;
+    // A re-read asks again for pages it had before, to find rows that arrived late: its pages
+    // are neither kept nor taken from the spool.
+    let spool = (!task.reread).then(|| run.spool.clone());
     // The pages after this one, fetched ahead while it is delivered and committed (aborted if
     // dropped).
     let mut prefetched: Option<Prefetch> = None;
-    // Pages delivered and not yet committed (their next page was already in).
-    let mut group = Group::default();
     loop {
         if *run.cancel.borrow() {
             return Err(Stop::Cancelled(None));
@@ -46,7 +66,7 @@ pub(super) async fn collect_slice(
         };
         let fetched = next_page(run, &mut prefetched, &url, is_next_link, ahead.clone()).await?;
         // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
-        let Some((parsed, _slot)) = take(run, i, &mut slice, is_next_link, fetched)? else {
+        let Some((parsed, _slot)) = take(run, i, slice, is_next_link, fetched)? else {
             prefetched = None;
             continue;
         };
@@ -69,15 +89,7 @@ pub(super) async fn collect_slice(
                 make_ready_off_thread(&env.shared, plan, page, strip_query(&url)).await?
             }
         };
-        let step = settle(
-            run,
-            (i, task),
-            &mut slice,
-            (&url, ready),
-            &mut prefetched,
-            &mut group,
-        )
-        .await?;
+        let step = settle(run, (i, task), slice, (&url, ready), &mut prefetched, group).await?;
         match step {
             Step::Done => return Ok(()),
             Step::Requery(_) => slice.may_go_on()?,
@@ -134,9 +146,9 @@ async fn settle(
         seen: ready.seen,
         details: ready.details,
     };
-    group.add(url, adds, mark, delivered);
+    group.add(url, adds, (mark, slice.totals()), delivered);
     if !defer {
-        commit(run, i, task, slice, std::mem::take(group)).await?;
+        commit(run, i, task, std::mem::take(group)).await?;
     }
     Ok(step)
 }
@@ -274,7 +286,6 @@ async fn commit(
     run: &mut JobRun,
     i: usize,
     task: &SliceTask,
-    slice: &SliceRun,
     group: Group,
 ) -> Result<(), FetchError> {
     if group.unsynced {
@@ -303,7 +314,7 @@ async fn commit(
     let job_totals = (job.pages, job.rows);
     job.dropped += group.dropped;
     let t = &mut job.tasks[i];
-    (t.pages, t.rows) = slice.totals();
+    (t.pages, t.rows) = group.totals;
     t.dropped += group.dropped;
     let spec = &run.env.spec;
     if let (Some(cluster), Some(claim), false) = (&run.env.cluster, &run.claim, task.reread) {
@@ -326,7 +337,7 @@ async fn commit(
         )
         .await
         .map_err(FetchError::Checkpoint)?;
-    debug!(page = slice.totals().0, pages, rows, "page committed");
+    debug!(page = group.totals.0, pages, rows, "page committed");
     let spool = (!task.reread).then_some(&run.spool);
     // The job's totals after each page of the group, as if each had been committed alone.
     let mut so_far = (job_totals.0 - pages, job_totals.1 - rows);
