@@ -165,8 +165,9 @@ pub struct SourceSpec {
     pub durable: bool,
     /// Pages fetched ahead while the one before them is delivered and committed
     /// ([`crate::fetcher::PREFETCH_PAGES`] by default; 0 only to measure what it gains). At most
-    /// one page is ever delivered twice after a crash either way, and (with `durable` on) at most
-    /// one requested twice: the pages fetched ahead are kept in the spool until committed.
+    /// one commit group ([`SourceSpec::commit_group`]) is delivered twice after a crash either
+    /// way, and (with `durable` on) at most one page requested twice: the pages fetched ahead are
+    /// kept in the spool until committed.
     pub prefetch: usize,
     /// The most pages committed together ([`crate::fetcher::COMMIT_GROUP_PAGES`] by default):
     /// a page whose next page is already fetched and made ready is handed to the sinks

@@ -7,6 +7,10 @@
 //! A crash anywhere before the flush completes means the page is fetched again on restart
 //! (a duplicate, never a loss); a crash after it means the page is not fetched again.
 //!
+//! Pages that arrive back to back are committed together ([`group`], [`COMMIT_GROUP_PAGES`]):
+//! all but the last are delivered unsynced, the last synced, then one commit covers them all.
+//! A crash then fetches the whole group again (at most `commit_group` pages twice).
+//!
 //! The next pages' requests overlap this page's delivery and commit ([`SourceSpec::prefetch`],
 //! default [`PREFETCH_PAGES`]): a task follows the next links ahead, up to that many pages, and
 //! their rows wait, unseen by any sink and by the identity index, until the page before them is
@@ -16,8 +20,8 @@
 //! Each body is kept in the cursor's spool ([`Spool`]) as soon as it arrives, before the request
 //! for the page after it goes out, and removed once its page is committed; a run that resumes
 //! after a crash takes the pages it finds there instead of requesting them. So a crash delivers
-//! at most one page twice (the one being committed) and requests at most one page twice (the
-//! one whose request was outstanding). Re-read slices bypass the spool ([`PageUse`]).
+//! at most one commit group twice (the pages being committed) and requests at most one page
+//! twice (the one whose request was outstanding). Re-read slices bypass the spool ([`PageUse`]).
 //!
 //! The thread that parses a page also makes it ready ([`make_ready`]: events, pipeline hooks,
 //! NDJSON for the sinks that take it), so that its rows never cross threads; only a source with
