@@ -68,8 +68,13 @@ impl<'a> Members<'a> {
         if *b.get(i)? != b'"' {
             return None;
         }
-        let key_end = string_end(b, i)?;
-        let key = text(&self.text[i..key_end])?;
+        let (key_end, escaped) = string_end(b, i)?;
+        let key = if escaped {
+            text(&self.text[i..key_end])?
+        } else {
+            // Most keys: no escape, the text between the quotes (found without a second look).
+            Cow::Borrowed(&self.text[i + 1..key_end - 1])
+        };
         i = skip_ws(b, key_end);
         if *b.get(i)? != b':' {
             return None;
@@ -84,7 +89,7 @@ impl<'a> Members<'a> {
 /// A string value's text, unescaped; `None` when `value` is not a string.
 pub fn text(value: &str) -> Option<Cow<'_, str>> {
     let inner = value.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
+    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
         return Some(Cow::Borrowed(inner));
     }
     serde_json::from_str::<String>(value).ok().map(Cow::Owned)
@@ -97,15 +102,17 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Just past the string that opens at `i` (its closing quote).
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+/// Just past the string that opens at `i` (its closing quote), and whether it has an escape.
+fn string_end(b: &[u8], mut i: usize) -> Option<(usize, bool)> {
     i += 1;
+    let mut escaped = false;
     loop {
         let j = i + memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
         if b[j] == b'\\' {
+            escaped = true;
             i = j + 2;
         } else {
-            return Some(j + 1);
+            return Some((j + 1, escaped));
         }
     }
 }
@@ -113,13 +120,13 @@ fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
 /// Just past the value that starts at `i`.
 fn value_end(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
-        b'"' => string_end(b, i),
+        b'"' => string_end(b, i).map(|(end, _)| end),
         b'{' | b'[' => {
             let (mut i, mut depth) = (i, 0usize);
             loop {
                 match *b.get(i)? {
                     b'"' => {
-                        i = string_end(b, i)?;
+                        i = string_end(b, i)?.0;
                         continue;
                     }
                     b'{' | b'[' => depth += 1,

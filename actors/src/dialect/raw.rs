@@ -18,6 +18,10 @@ use std::borrow::Cow;
 use std::fmt;
 use url::Url;
 
+/// The most rows [`Api::parse_raw_page`] reserves room for before reading them: the largest page
+/// either API serves.
+const MAX_RESERVED_ROWS: usize = 5000;
+
 /// A page whose rows are the body's own bytes.
 #[derive(Debug)]
 pub struct RawPage<'a> {
@@ -198,7 +202,8 @@ impl<'de, 'r> Visitor<'de> for RowsSeed<'r> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows<'de>, A::Error> {
         let mut rows = Rows {
-            rows: Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max_rows)),
+            // serde_json gives no size hint: a page's rows, reserved at once rather than grown.
+            rows: Vec::with_capacity(self.max_rows.min(MAX_RESERVED_ROWS)),
             any_trace_field: false,
         };
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
