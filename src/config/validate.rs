@@ -1833,7 +1833,11 @@ impl Cx<'_> {
             Some(text) => {
                 let shown = self.quote(&at("url"), text);
                 let url = Url::parse(text.trim()).map_err(|e| format!("is not a URL ({e})"));
-                match url.and_then(|u| archive::parse_url(&u).map(|(v, prefix)| (u, v, prefix))) {
+                let parsed = url.and_then(|u| match archive::parse_url(&u) {
+                    Ok((provider, prefix)) => Ok((u, provider, prefix)),
+                    Err(e) => Err(e.to_string()),
+                });
+                match parsed {
                     Ok(parsed) => Some(parsed),
                     Err(e) => {
                         self.error(&at("url"), format!("{shown} {e}"));
@@ -1867,7 +1871,7 @@ impl Cx<'_> {
                     options.insert(key.clone(), Secret::new(value.clone()));
                 }
                 Err(e) => {
-                    self.error(&join(&at("options"), key), e);
+                    self.error(&join(&at("options"), key), e.to_string());
                     ok = false;
                 }
             }
