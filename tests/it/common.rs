@@ -731,7 +731,7 @@ fn skip_etcd(why: &str) -> Option<EtcdServer> {
 /// h.assert_exactly_once(&report);
 /// ```
 pub struct Harness {
-    sim: Option<SimServer>,
+    sim: Option<std::sync::Arc<SimServer>>,
     /// Holds the state directory, the output and any file a test writes.
     pub dir: tempfile::TempDir,
     /// The state directory (`dir/state`, not created).
@@ -820,7 +820,12 @@ impl Harness {
 
     /// The simulated tenant (a [`Harness::fake`] has none).
     pub fn sim(&self) -> &SimServer {
-        self.sim.as_ref().expect("a harness of the simulator")
+        self.sim.as_deref().expect("a harness of the simulator")
+    }
+
+    /// The simulated tenant, for a hook that outlives the borrow (a page hook injecting faults).
+    pub fn shared_sim(&self) -> std::sync::Arc<SimServer> {
+        self.sim.clone().expect("a harness of the simulator")
     }
 
     /// A file of the temporary directory.
@@ -964,7 +969,7 @@ impl HarnessBuilder {
         let dir = tempfile::tempdir().unwrap();
         let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
         let mut h = Harness {
-            sim: Some(sim),
+            sim: Some(std::sync::Arc::new(sim)),
             dir,
             state,
             out,
