@@ -909,6 +909,25 @@ impl Harness {
         msgtrace::storage::Store::open(&self.state).unwrap()
     }
 
+    /// The source's window as configured: `start` and `end` must be epoch seconds (as the
+    /// builder's default and [`hours_ago`] give them).
+    pub fn window(&self) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+        let HarnessSource::Sim { start, end, .. } = &self.source else {
+            panic!("a fake API's window is given to Harness::fake");
+        };
+        let at = |s: &str| {
+            let secs = s.parse().expect("the window in epoch seconds");
+            chrono::DateTime::from_timestamp(secs, 0).unwrap()
+        };
+        (at(start), at(end))
+    }
+
+    /// The simulator's rows of the [`window`](Harness::window).
+    pub fn expected(&self) -> Vec<(String, String)> {
+        let (start, end) = self.window();
+        self.sim().model().expected(start, end, chrono::Utc::now())
+    }
+
     /// The summary rows of the output, each identity counted ([`identities`]).
     pub fn identities(&self) -> HashMap<(String, String), usize> {
         identities(&self.out, self.api)
