@@ -674,28 +674,10 @@ pub fn start(
     if listener.is_some() {
         crate::metrics::install_recorder();
     }
-    crate::metrics::describe();
-    for id in config.sources.keys() {
-        msgtrace_actors::telemetry::register_source(id);
-        let succeeded = store
-            .jobs(Some(id))?
-            .into_iter()
-            .filter(|j| j.state == JobState::Succeeded);
-        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
-            msgtrace_actors::telemetry::last_success(id, at);
-        }
-    }
+    describe_sources(config, &store)?;
 
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-    // A configured sink that panics is built again from its configuration; a host's is kept.
-    let configured = config.sinks.values().map(|s| {
-        let auth = sink_auth.get(&s.id).cloned();
-        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
-    });
-    let hosted = host_sinks
-        .into_iter()
-        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
-    let running: Vec<RunningSink> = configured.chain(hosted).collect();
+    let running = sink_actors(config, opts, &store, &sink_auth, host_sinks, &stop_rx);
     let sinks = running.iter().map(|s| s.entry(config)).collect();
     // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
     let auth = actix::Supervisor::start(|_| AuthToken::default());
@@ -739,6 +721,43 @@ pub fn start(
         listeners,
         stopping,
     })
+}
+
+/// The metrics described, and each source's registered with its last success (from the job
+/// records, so that a restart does not report a source as never collected).
+fn describe_sources(config: &Config, store: &Store) -> Result<(), msgtrace_storage::StorageError> {
+    crate::metrics::describe();
+    for id in config.sources.keys() {
+        msgtrace_actors::telemetry::register_source(id);
+        let succeeded = store
+            .jobs(Some(id))?
+            .into_iter()
+            .filter(|j| j.state == JobState::Succeeded);
+        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
+            msgtrace_actors::telemetry::last_success(id, at);
+        }
+    }
+    Ok(())
+}
+
+/// The sink actors: the configured sinks (one that panics is built again from its
+/// configuration), then the host's (kept as they are).
+fn sink_actors(
+    config: &Config,
+    opts: &EngineOptions,
+    store: &Store,
+    sink_auth: &std::collections::HashMap<String, AuthSpec>,
+    host_sinks: Vec<HostSink>,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<RunningSink> {
+    let configured = config.sinks.values().map(|s| {
+        let auth = sink_auth.get(&s.id).cloned();
+        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
+    });
+    let hosted = host_sinks
+        .into_iter()
+        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
+    configured.chain(hosted).collect()
 }
 
 /// A sink actor of a running engine, on its own thread.

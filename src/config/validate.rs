@@ -85,19 +85,12 @@ pub(crate) fn validate_parsed(
             "no source is configured; add a [sources.<id>] table with its [sources.<id>.auth]",
         );
     }
-    let mut sources = BTreeMap::new();
-    for (id, source) in &raw.sources {
-        if let Some(source) = cx.source(id, source, &raw, &certificates) {
-            sources.insert(id.clone(), source);
-        }
-    }
-
-    let mut sinks = BTreeMap::new();
-    for (id, sink) in &raw.sinks {
-        if let Some(sink) = cx.sink(id, sink, &raw, &certificates) {
-            sinks.insert(id.clone(), sink);
-        }
-    }
+    let sources: BTreeMap<_, _> = (raw.sources.iter())
+        .filter_map(|(id, s)| Some((id.clone(), cx.source(id, s, &raw, &certificates)?)))
+        .collect();
+    let sinks: BTreeMap<_, _> = (raw.sinks.iter())
+        .filter_map(|(id, s)| Some((id.clone(), cx.sink(id, s, &raw, &certificates)?)))
+        .collect();
 
     let cluster = raw.cluster.as_ref().and_then(|c| cx.cluster(c));
 
