@@ -171,7 +171,7 @@ pub fn source_spec(
         move |problem: String| SpecError { key, problem }
     };
     let from_env = |e: msgtrace_actors::proxy::ProxyError| format!("{e} (from the environment)");
-    let mut auth = auth_spec(&src.auth, secrets).map_err(at(".auth"))?;
+    let mut auth = auth_spec(&src.auth, secrets).map_err(|e| at(".auth")(e.to_string()))?;
     let proxy = match &src.proxy_url {
         Some(p) => Some(Proxy::from_url(p.url()).map_err(|e| at(".proxy_url")(e.to_string()))?),
         None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
@@ -236,23 +236,47 @@ fn token_spec(app: &OAuthApp) -> TokenSpec {
     }
 }
 
+/// Why an `[auth]` table cannot be made ready to run: a store secret or a certificate (the
+/// key named first, then the reason, which says what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthLoadError {
+    /// A store secret cannot be read.
+    #[error("{key}: {error}")]
+    Secret {
+        /// `credentials_secret` or `client_secret_ref`.
+        key: &'static str,
+        /// Why.
+        error: crate::secrets::SecretError,
+    },
+    /// The certificate or its key cannot be used.
+    #[error("{at}: {error}")]
+    Certificate {
+        /// `cert_path`, or `certificate ([certificates.NAME])`.
+        at: String,
+        /// Why.
+        error: msgtrace_actors::assertion::CertError,
+    },
+}
+
 /// The certificate and key of an `oauth_cert` method, loaded and checked now (a warning when it
 /// expires within 30 days); an error names the key it came from.
 fn load_certificate(
     certificate: &crate::config::CertificateConfig,
     name: Option<&str>,
-) -> Result<ClientCertificate, String> {
-    let at = match name {
-        Some(name) => format!("certificate ([certificates.{name}])"),
-        None => "cert_path".to_string(),
-    };
+) -> Result<ClientCertificate, AuthLoadError> {
     let loaded = ClientCertificate::load(
         &certificate.cert_path,
         &certificate.key_path,
         certificate.passphrase.as_ref(),
         chrono::Utc::now(),
     )
-    .map_err(|e| format!("{at}: {e}"))?;
+    .map_err(|error| AuthLoadError::Certificate {
+        at: match name {
+            Some(name) => format!("certificate ([certificates.{name}])"),
+            None => "cert_path".to_string(),
+        },
+        error,
+    })?;
     let days_left = (loaded.not_after() - chrono::Utc::now()).num_days();
     if days_left < 30 {
         warn!(
@@ -265,7 +289,7 @@ fn load_certificate(
 }
 
 /// The engine-side authentication of one source (see [`source_spec`]).
-fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, String> {
+fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, AuthLoadError> {
     Ok(match auth {
         AuthConfig::Basic { username, password } => AuthSpec::Basic {
             username: username.clone(),
@@ -273,9 +297,14 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
         },
         AuthConfig::BasicSecret { credentials_secret } => {
             let (username, password) = match secrets {
-                SecretAccess::Store(store) => store
-                    .credentials(credentials_secret)
-                    .map_err(|e| format!("credentials_secret: {e}"))?,
+                SecretAccess::Store(store) => {
+                    store.credentials(credentials_secret).map_err(|error| {
+                        AuthLoadError::Secret {
+                            key: "credentials_secret",
+                            error,
+                        }
+                    })?
+                }
                 SecretAccess::Skip => (String::new(), Secret::default()),
             };
             AuthSpec::Basic { username, password }
@@ -312,9 +341,14 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
             client_secret_ref,
         } => {
             let secret = match secrets {
-                SecretAccess::Store(store) => store
-                    .text(client_secret_ref)
-                    .map_err(|e| format!("client_secret_ref: {e}"))?,
+                SecretAccess::Store(store) => {
+                    store
+                        .text(client_secret_ref)
+                        .map_err(|error| AuthLoadError::Secret {
+                            key: "client_secret_ref",
+                            error,
+                        })?
+                }
                 SecretAccess::Skip => Secret::default(),
             };
             AuthSpec::OAuth {
@@ -354,7 +388,7 @@ pub fn sink_auth_spec(
         key: format!("sinks.{}.auth", sink.id),
         problem,
     };
-    let mut auth = auth_spec(&c.auth, secrets).map_err(at)?;
+    let mut auth = auth_spec(&c.auth, secrets).map_err(|e| at(e.to_string()))?;
     match &mut auth {
         // Azure Monitor authorizes a managed identity by an Azure role on the rule, not by an
         // app role in its token; and the metadata endpoint is on the host, never behind a proxy.
