@@ -876,6 +876,18 @@ impl Harness {
         self.toml = self.toml_with(&extra);
     }
 
+    /// Makes the configuration again with another state directory and output.
+    pub fn set_paths(&mut self, state: &Path, out: &Path) {
+        (self.state, self.out) = (state.to_owned(), out.to_owned());
+        let extra = match &self.source {
+            HarnessSource::Sim { extra, .. } => extra.clone(),
+            HarnessSource::Fake { .. } => {
+                panic!("set the paths of a fake API's harness in its toml")
+            }
+        };
+        self.toml = self.toml_with(&extra);
+    }
+
     /// Graph sources `(id, start, end)` of the simulator, all feeding the file sink at `out`,
     /// `extra` in every source table ([`graph_sources_toml`]).
     pub fn sources_toml(&self, sources: &[(&str, &str, &str)], extra: &str) -> String {
