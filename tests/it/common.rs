@@ -863,6 +863,31 @@ impl Harness {
         }
     }
 
+    /// The configuration with `sink`, the TOML of its sink tables (taking the source `src`),
+    /// instead of the file sink ([`config_toml_with_sink`]).
+    pub fn toml_with_sink(&self, sink: &str) -> String {
+        let HarnessSource::Sim {
+            start,
+            end,
+            page_size,
+            extra,
+            ..
+        } = &self.source
+        else {
+            panic!("a fake API's harness has its file sink");
+        };
+        let scenario = Scenario {
+            api: self.api,
+            state_dir: &self.state,
+            out: &self.out,
+            start,
+            end,
+            page_size: *page_size,
+            extra,
+        };
+        config_toml_with_sink(self.sim(), &scenario, sink)
+    }
+
     /// Makes the configuration again with the source's `start` and `end` changed.
     pub fn set_window(&mut self, new_start: &str, new_end: &str) {
         let HarnessSource::Sim {
