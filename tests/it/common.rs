@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests: a simulated tenant, configs that point at it, and
-//! readers for the NDJSON output.
+//! Helpers shared by the integration tests: the [`Harness`] most of them start from (a simulated
+//! tenant or a fake API, a temporary directory, a configuration, its runs), the configurations
+//! it is made of, the binary as a child process ([`MsgtraceRun`], [`crash_run`]), and readers
+//! for the NDJSON output.
 
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::supervisor::RunReport;
@@ -105,23 +107,6 @@ initial_interval_ms = 50
         },
         extra = s.extra,
         base = q(&sim.base_url()),
-    )
-}
-
-/// The usual Graph scenario in `dir`: state in `dir/state`, output `dir/out.ndjson`, the two
-/// hours before the current one (absolute bounds), 100 rows a page.
-pub fn graph_toml(sim: &SimServer, dir: &Path) -> String {
-    config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.join("state"),
-            out: &dir.join("out.ndjson"),
-            start: &hours_ago(3),
-            end: &hours_ago(1),
-            page_size: 100,
-            extra: "",
-        },
     )
 }
 
