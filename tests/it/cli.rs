@@ -484,7 +484,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
     let c = cfg.to_str().unwrap();
     let o = msgtrace(&["run", "--once", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let collected = std::fs::read_to_string(&out).unwrap().lines().count();
+    let collected = std::fs::read_to_string(out).unwrap().lines().count();
     assert!(collected > 0);
     std::fs::File::options()
         .write(true)
@@ -492,7 +492,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    for e in std::fs::read_dir(&state).unwrap().flatten() {
+    for e in std::fs::read_dir(state).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("snap.") {
             std::fs::remove_file(e.path()).unwrap();
         }
@@ -509,7 +509,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
         assert!(e.contains("held a msgtrace database"), "{args:?}: {e}");
     }
     assert_eq!(
-        std::fs::read_to_string(&out).unwrap().lines().count(),
+        std::fs::read_to_string(out).unwrap().lines().count(),
         collected,
         "nothing collected again"
     );
@@ -521,7 +521,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
 fn a_damaged_state_directory_is_one_line_with_the_fix_and_exit_2() {
     let h = graph();
     let (state, cfg) = (&h.state, h.write_config());
-    drop(msgtrace::storage::Store::open(&state).unwrap());
+    drop(msgtrace::storage::Store::open(state).unwrap());
     std::fs::write(state.join("conf"), [0xff_u8; 64]).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let e = text(&o.stderr);
@@ -575,11 +575,11 @@ fn state_and_output_are_private_whatever_the_umask() {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(state), 0o700);
     for f in ["db", "conf"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
-    assert_eq!(mode(&out), 0o640);
+    assert_eq!(mode(out), 0o640);
 }
 
 /// Issue 15, defect 10: an existing state directory keeps its mode, but one every user may
@@ -596,7 +596,7 @@ fn an_existing_state_directory_open_to_everyone_is_warned_about() {
     let e = text(&o.stderr);
     assert!(o.status.success(), "{e}");
     assert!(e.contains(&format!("chmod 700 {}", state.display())), "{e}");
-    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "not changed behind the operator's back");
 }
 
@@ -611,7 +611,7 @@ fn an_existing_output_file_loses_no_byte() {
     std::fs::write(out, theirs).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let written = std::fs::read_to_string(&out).unwrap();
+    let written = std::fs::read_to_string(out).unwrap();
     let ours = written
         .strip_prefix(theirs)
         .and_then(|rest| rest.strip_prefix('\n'))

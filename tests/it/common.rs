@@ -745,11 +745,14 @@ enum HarnessSource {
     },
 }
 
+/// A change to the simulator's configuration, made when a [`HarnessBuilder`] starts it.
+type SimTweak = Box<dyn FnOnce(&mut SimConfig)>;
+
 /// Builds a [`Harness`] against the simulator: [`Harness::graph`], [`Harness::reporting`].
 pub struct HarnessBuilder {
     api: Api,
     messages_per_hour: u32,
-    tweaks: Vec<Box<dyn FnOnce(&mut SimConfig)>>,
+    tweaks: Vec<SimTweak>,
     start: String,
     end: String,
     page_size: u32,

@@ -143,7 +143,7 @@ fn jobs_secrets_and_dump_answer_while_the_engine_runs_and_match_after_it_stopped
         "credentials",
         "someone\nhunter2-not-shown\n",
     );
-    let engine = Running::start(&cfg, &state);
+    let engine = Running::start(&cfg, state);
 
     // While the job runs: the tools answer (before this change: "in use by another msgtrace
     // process", exit 1), with the live records.
@@ -453,7 +453,7 @@ fn the_status_page_renders_in_headless_chromium() {
         &h.state,
     );
     let c = cfg.to_str().unwrap();
-    let engine = Running::start(&cfg, &state);
+    let engine = Running::start(&cfg, state);
     assert!(wait_for(|| jobs_json(c)
         .first()
         .is_some_and(|j| j.state == JobState::Succeeded)));

@@ -185,7 +185,7 @@ fn the_summary_keeps_its_priority_and_finishes_no_later_than_without_details() {
     assert!(with.len() > 40, "{}", with.len());
     assert_eq!((sim.stats().throttled, plain_sim.stats().throttled), (0, 0));
     let window = (epoch(&windows.0 .0), epoch(&windows.0 .1));
-    let expected = expected_details(&sim, window, DetailsMode::NotDelivered, None);
+    let expected = expected_details(sim, window, DetailsMode::NotDelivered, None);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1));
 }
