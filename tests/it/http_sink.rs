@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use msgtrace::actors::dialect::Api;
 use msgtrace::actors::retry::{RetryKind, RetryPolicy};
 use msgtrace::engine::EngineOptions;
 use msgtrace::sinks::http::event_identity;
@@ -674,29 +673,23 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
 
 #[test]
 fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
-    let sim = sim(40, |_| {});
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(40).build();
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(|_| true));
     // Source `a` feeds the http sink, down for the whole test; source `b` feeds the file sink.
     // The rows-in-flight budget is three pages. Were `a`'s pages fetched ahead kept during its
     // hold, `a` would hold all three whenever they took the budget before `b`'s next page (which
     // depends on the order the two jobs' requests come back in), and `b` would never get one.
     let (a0, a1, b0, b1) = (hours_ago(8), hours_ago(5), hours_ago(4), hours_ago(1));
-    let toml = graph_sources_toml(
-        &sim,
-        &dir.path().join("state"),
-        &dir.path().join("out.ndjson"),
-        &[("a", &a0, &a1), ("b", &b0, &b1)],
-        "",
-    )
-    .replace("inputs = [\"a\", \"b\"]", "inputs = [\"b\"]");
+    let toml = h
+        .sources_toml(&[("a", &a0, &a1), ("b", &b0, &b1)], "")
+        .replace("inputs = [\"a\", \"b\"]", "inputs = [\"b\"]");
     let toml = format!(
         "{toml}\n[sinks.web]\ntype = \"http\"\ninputs = [\"a\"]\nurl = \"{}\"\nformat = \"ndjson\"\n",
         rx.url("/ingest")
     );
     let expected_b = {
         let t = |s: &str| chrono::DateTime::from_timestamp(s.parse().unwrap(), 0).unwrap();
-        sim.model().expected(t(&b0), t(&b1), chrono::Utc::now())
+        h.sim().model().expected(t(&b0), t(&b1), chrono::Utc::now())
     };
     assert!(
         expected_b.len() > 200,
@@ -711,10 +704,9 @@ fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
         .scheduled(true)
         .start()
         .expect("engine starts");
-    let out = dir.path().join("out.ndjson");
-    wait_for(|| identities(&out, Api::Graph).len() >= expected_b.len());
+    wait_for(|| h.identities().len() >= expected_b.len());
     // Taken while `a` still holds its page (the shutdown would free the budget).
-    let b_delivered = identities(&out, Api::Graph);
+    let b_delivered = h.identities();
     let a_refused = rx.requests().len();
     block_on(handle.shutdown()).expect("shutdown");
     assert!(a_refused >= 1, "`a`'s page was refused by then");
