@@ -290,6 +290,7 @@ fn load_certificate(
 
 /// The engine-side authentication of one source (see [`source_spec`]).
 fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, AuthLoadError> {
+    let secret = |key| move |error| AuthLoadError::Secret { key, error };
     Ok(match auth {
         AuthConfig::Basic { username, password } => AuthSpec::Basic {
             username: username.clone(),
@@ -297,14 +298,9 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, A
         },
         AuthConfig::BasicSecret { credentials_secret } => {
             let (username, password) = match secrets {
-                SecretAccess::Store(store) => {
-                    store.credentials(credentials_secret).map_err(|error| {
-                        AuthLoadError::Secret {
-                            key: "credentials_secret",
-                            error,
-                        }
-                    })?
-                }
+                SecretAccess::Store(store) => store
+                    .credentials(credentials_secret)
+                    .map_err(secret("credentials_secret"))?,
                 SecretAccess::Skip => (String::new(), Secret::default()),
             };
             AuthSpec::Basic { username, password }
@@ -341,14 +337,9 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, A
             client_secret_ref,
         } => {
             let secret = match secrets {
-                SecretAccess::Store(store) => {
-                    store
-                        .text(client_secret_ref)
-                        .map_err(|error| AuthLoadError::Secret {
-                            key: "client_secret_ref",
-                            error,
-                        })?
-                }
+                SecretAccess::Store(store) => store
+                    .text(client_secret_ref)
+                    .map_err(secret("client_secret_ref"))?,
                 SecretAccess::Skip => Secret::default(),
             };
             AuthSpec::OAuth {
