@@ -176,7 +176,7 @@ pub fn source_spec(
         move |problem: String| SpecError { key, problem }
     };
     let from_env = |e: msgtrace_actors::proxy::ProxyError| format!("{e} (from the environment)");
-    let mut auth = auth_spec(&src.auth, secrets).map_err(at(".auth"))?;
+    let mut auth = auth_spec(&src.auth, secrets).map_err(|e| at(".auth")(e.to_string()))?;
     let proxy = match &src.proxy_url {
         Some(p) => Some(Proxy::from_url(p.url()).map_err(|e| at(".proxy_url")(e.to_string()))?),
         None => Proxy::from_env(&src.url, &|k| std::env::var(k).ok())
@@ -242,23 +242,47 @@ fn token_spec(app: &OAuthApp) -> TokenSpec {
     }
 }
 
+/// Why an `[auth]` table cannot be made ready to run: a store secret or a certificate (the
+/// key named first, then the reason, which says what to do).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthLoadError {
+    /// A store secret cannot be read.
+    #[error("{key}: {error}")]
+    Secret {
+        /// `credentials_secret` or `client_secret_ref`.
+        key: &'static str,
+        /// Why.
+        error: crate::secrets::SecretError,
+    },
+    /// The certificate or its key cannot be used.
+    #[error("{at}: {error}")]
+    Certificate {
+        /// `cert_path`, or `certificate ([certificates.NAME])`.
+        at: String,
+        /// Why.
+        error: msgtrace_actors::assertion::CertError,
+    },
+}
+
 /// The certificate and key of an `oauth_cert` method, loaded and checked now (a warning when it
 /// expires within 30 days); an error names the key it came from.
 fn load_certificate(
     certificate: &crate::config::CertificateConfig,
     name: Option<&str>,
-) -> Result<ClientCertificate, String> {
-    let at = match name {
-        Some(name) => format!("certificate ([certificates.{name}])"),
-        None => "cert_path".to_string(),
-    };
+) -> Result<ClientCertificate, AuthLoadError> {
     let loaded = ClientCertificate::load(
         &certificate.cert_path,
         &certificate.key_path,
         certificate.passphrase.as_ref(),
         chrono::Utc::now(),
     )
-    .map_err(|e| format!("{at}: {e}"))?;
+    .map_err(|error| AuthLoadError::Certificate {
+        at: match name {
+            Some(name) => format!("certificate ([certificates.{name}])"),
+            None => "cert_path".to_string(),
+        },
+        error,
+    })?;
     let days_left = (loaded.not_after() - chrono::Utc::now()).num_days();
     if days_left < 30 {
         warn!(
@@ -271,7 +295,8 @@ fn load_certificate(
 }
 
 /// The engine-side authentication of one source (see [`source_spec`]).
-fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, String> {
+fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, AuthLoadError> {
+    let secret = |key| move |error| AuthLoadError::Secret { key, error };
     Ok(match auth {
         AuthConfig::Basic { username, password } => AuthSpec::Basic {
             username: username.clone(),
@@ -281,7 +306,7 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
             let (username, password) = match secrets {
                 SecretAccess::Store(store) => store
                     .credentials(credentials_secret)
-                    .map_err(|e| format!("credentials_secret: {e}"))?,
+                    .map_err(secret("credentials_secret"))?,
                 SecretAccess::Skip => (String::new(), Secret::default()),
             };
             AuthSpec::Basic { username, password }
@@ -320,7 +345,7 @@ fn auth_spec(auth: &AuthConfig, secrets: SecretAccess<'_>) -> Result<AuthSpec, S
             let secret = match secrets {
                 SecretAccess::Store(store) => store
                     .text(client_secret_ref)
-                    .map_err(|e| format!("client_secret_ref: {e}"))?,
+                    .map_err(secret("client_secret_ref"))?,
                 SecretAccess::Skip => Secret::default(),
             };
             AuthSpec::OAuth {
@@ -360,7 +385,7 @@ pub fn sink_auth_spec(
         key: format!("sinks.{}.auth", sink.id),
         problem,
     };
-    let mut auth = auth_spec(&c.auth, secrets).map_err(at)?;
+    let mut auth = auth_spec(&c.auth, secrets).map_err(|e| at(e.to_string()))?;
     match &mut auth {
         // Azure Monitor authorizes a managed identity by an Azure role on the rule, not by an
         // app role in its token; and the metadata endpoint is on the host, never behind a proxy.
@@ -681,28 +706,10 @@ pub fn start(
     if listener.is_some() {
         crate::metrics::install_recorder();
     }
-    crate::metrics::describe();
-    for id in config.sources.keys() {
-        msgtrace_actors::telemetry::register_source(id);
-        let succeeded = store
-            .jobs(Some(id))?
-            .into_iter()
-            .filter(|j| j.state == JobState::Succeeded);
-        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
-            msgtrace_actors::telemetry::last_success(id, at);
-        }
-    }
+    describe_sources(config, &store)?;
 
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-    // A configured sink that panics is built again from its configuration; a host's is kept.
-    let configured = config.sinks.values().map(|s| {
-        let auth = sink_auth.get(&s.id).cloned();
-        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
-    });
-    let hosted = host_sinks
-        .into_iter()
-        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
-    let running: Vec<RunningSink> = configured.chain(hosted).collect();
+    let running = sink_actors(config, opts, &store, &sink_auth, host_sinks, &stop_rx);
     let sinks = running.iter().map(|s| s.entry(config)).collect();
     // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
     let auth = actix::Supervisor::start(|_| AuthToken::default());
@@ -752,6 +759,43 @@ pub fn start(
         listeners,
         stopping,
     })
+}
+
+/// The metrics described, and each source's registered with its last success (from the job
+/// records, so that a restart does not report a source as never collected).
+fn describe_sources(config: &Config, store: &Store) -> Result<(), msgtrace_storage::StorageError> {
+    crate::metrics::describe();
+    for id in config.sources.keys() {
+        msgtrace_actors::telemetry::register_source(id);
+        let succeeded = store
+            .jobs(Some(id))?
+            .into_iter()
+            .filter(|j| j.state == JobState::Succeeded);
+        if let Some(at) = succeeded.filter_map(|j| j.finished_at).max() {
+            msgtrace_actors::telemetry::last_success(id, at);
+        }
+    }
+    Ok(())
+}
+
+/// The sink actors: the configured sinks (one that panics is built again from its
+/// configuration), then the host's (kept as they are).
+fn sink_actors(
+    config: &Config,
+    opts: &EngineOptions,
+    store: &Store,
+    sink_auth: &std::collections::HashMap<String, AuthSpec>,
+    host_sinks: Vec<HostSink>,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<RunningSink> {
+    let configured = config.sinks.values().map(|s| {
+        let auth = sink_auth.get(&s.id).cloned();
+        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
+    });
+    let hosted = host_sinks
+        .into_iter()
+        .map(|h| RunningSink::spawn(h.sink, None, h.inputs, stop_rx.clone(), None));
+    configured.chain(hosted).collect()
 }
 
 /// A sink actor of a running engine, on its own thread.

@@ -169,49 +169,100 @@ fn listen_addresses(cfg: &Config, found: &mut Findings) {
     }
 }
 
-fn state_dir(dir: &Path) -> Result<(), String> {
-    let shown = dir.display();
-    match std::fs::metadata(dir) {
-        Ok(m) if !m.is_dir() => Err(format!(
-            "{shown} is not a directory; set state_dir to a directory (msgtrace creates it when missing)"
-        )),
-        Ok(_) => {
-            std::fs::read_dir(dir).map_err(|e| {
-                format!(
-                    "cannot read {shown} ({}); {}",
-                    reason(&e),
-                    owner_fix(dir)
-                )
-            })?;
-            probe_write(dir).map_err(|e| {
-                format!(
-                    "cannot write in {shown} ({}); {}",
-                    reason(&e),
-                    owner_fix(dir)
-                )
-            })
-        }
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(format!(
-            "cannot reach {shown} ({}); {}",
-            reason(&e),
-            owner_fix(dir)
-        )),
-        Err(_) => creatable(dir)
-            .map_err(|why| format!("{shown} does not exist and cannot be created: {why}")),
+/// Why a path of the configuration cannot be used: one line, what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+enum PathProblem {
+    /// `state_dir` is something else than a directory.
+    #[error(
+        "{0} is not a directory; set state_dir to a directory (msgtrace creates it when missing)"
+    )]
+    NotADirectory(String),
+    /// Reading, writing or reaching `path` failed.
+    #[error("{what} {path} ({reason}); {fix}")]
+    Io {
+        /// What was tried: `cannot read`, `cannot write in`, ...
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error, readable.
+        reason: String,
+        /// What to do.
+        fix: String,
+    },
+    /// A missing directory whose nearest existing ancestor cannot take it.
+    #[error("{path} does not exist and cannot be created: {why}")]
+    NotCreatable {
+        /// The directory (`its directory ...` for a file sink's).
+        path: String,
+        /// Why not.
+        why: Box<PathProblem>,
+    },
+    /// A file sink's path is a symbolic link.
+    #[error("{path}: {refusal}")]
+    Symlink {
+        /// The path.
+        path: String,
+        /// What the file sink says of it.
+        refusal: String,
+    },
+    /// A file sink's path is a directory.
+    #[error("{path} is a directory; set path to a file in it, e.g. {example}")]
+    IsADirectory {
+        /// The path.
+        path: String,
+        /// A file in it.
+        example: String,
+    },
+    /// A file where a directory must be.
+    #[error("{0} is a file, not a directory; choose another path")]
+    FileInTheWay(String),
+    /// Not even `.` or `/` exists.
+    #[error("no existing directory above it")]
+    NoAncestor,
+}
+
+/// An I/O failure on `path`, fixed by making it the user's writable directory.
+fn io_problem(what: &'static str, path: &Path, e: &io::Error) -> PathProblem {
+    PathProblem::Io {
+        what,
+        path: path.display().to_string(),
+        reason: reason(e),
+        fix: owner_fix(path),
     }
 }
 
-fn file_sink_path(path: &Path) -> Result<(), String> {
-    let shown = path.display();
+fn state_dir(dir: &Path) -> Result<(), PathProblem> {
+    let shown = dir.display().to_string();
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(PathProblem::NotADirectory(shown)),
+        Ok(_) => {
+            std::fs::read_dir(dir).map_err(|e| io_problem("cannot read", dir, &e))?;
+            probe_write(dir).map_err(|e| io_problem("cannot write in", dir, &e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(io_problem("cannot reach", dir, &e))
+        }
+        Err(_) => creatable(dir).map_err(|why| PathProblem::NotCreatable {
+            path: shown,
+            why: Box::new(why),
+        }),
+    }
+}
+
+fn file_sink_path(path: &Path) -> Result<(), PathProblem> {
+    let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
-            return Err(format!("{shown}: {}", crate::sinks::symlink_refusal(path)))
+            return Err(PathProblem::Symlink {
+                path: shown,
+                refusal: crate::sinks::symlink_refusal(path),
+            })
         }
         Ok(m) if m.is_dir() => {
-            return Err(format!(
-                "{shown} is a directory; set path to a file in it, e.g. {}",
-                path.join("events.ndjson").display()
-            ))
+            return Err(PathProblem::IsADirectory {
+                path: shown,
+                example: path.join("events.ndjson").display().to_string(),
+            })
         }
         Ok(_) => {
             // Opening for appending changes nothing.
@@ -219,11 +270,11 @@ fn file_sink_path(path: &Path) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map(drop)
-                .map_err(|e| {
-                    format!(
-                        "cannot write {shown} ({}); make it writable by the user msgtrace runs as",
-                        reason(&e)
-                    )
+                .map_err(|e| PathProblem::Io {
+                    what: "cannot write",
+                    path: shown,
+                    reason: reason(&e),
+                    fix: "make it writable by the user msgtrace runs as".into(),
                 });
         }
         Err(_) => {}
@@ -232,31 +283,22 @@ fn file_sink_path(path: &Path) -> Result<(), String> {
         Some(d) => d.to_path_buf(),
         None => PathBuf::from("."),
     };
+    let its_dir = format!("its directory {}", dir.display());
     match std::fs::metadata(&dir) {
-        Ok(m) if m.is_dir() => probe_write(&dir).map_err(|e| {
-            format!(
-                "cannot create files in {} ({}); {}",
-                dir.display(),
-                reason(&e),
-                owner_fix(&dir)
-            )
-        }),
-        Ok(_) => Err(format!(
-            "its directory {} is a file, not a directory; choose another path",
-            dir.display()
-        )),
-        Err(_) => creatable(&dir).map_err(|why| {
-            format!(
-                "its directory {} does not exist and cannot be created: {why}",
-                dir.display()
-            )
+        Ok(m) if m.is_dir() => {
+            probe_write(&dir).map_err(|e| io_problem("cannot create files in", &dir, &e))
+        }
+        Ok(_) => Err(PathProblem::FileInTheWay(its_dir)),
+        Err(_) => creatable(&dir).map_err(|why| PathProblem::NotCreatable {
+            path: its_dir,
+            why: Box::new(why),
         }),
     }
 }
 
 /// Whether `dir` (missing) could be created: its nearest existing ancestor is a directory we
 /// may write in.
-fn creatable(dir: &Path) -> Result<(), String> {
+fn creatable(dir: &Path) -> Result<(), PathProblem> {
     let mut at = dir;
     loop {
         match at.parent() {
@@ -265,23 +307,11 @@ fn creatable(dir: &Path) -> Result<(), String> {
         }
         match std::fs::metadata(at) {
             Ok(m) if m.is_dir() => {
-                return probe_write(at).map_err(|e| {
-                    format!(
-                        "cannot create anything in {} ({}); {}",
-                        at.display(),
-                        reason(&e),
-                        owner_fix(at)
-                    )
-                })
+                return probe_write(at).map_err(|e| io_problem("cannot create anything in", at, &e))
             }
-            Ok(_) => {
-                return Err(format!(
-                    "{} is a file, not a directory; choose another path",
-                    at.display()
-                ))
-            }
+            Ok(_) => return Err(PathProblem::FileInTheWay(at.display().to_string())),
             Err(_) if at == Path::new(".") || at == Path::new("/") => {
-                return Err("no existing directory above it".into())
+                return Err(PathProblem::NoAncestor)
             }
             Err(_) => {}
         }
@@ -332,9 +362,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        let e = state_dir(&file).unwrap_err();
+        let e = state_dir(&file).unwrap_err().to_string();
         assert!(e.contains("is not a directory"), "{e}");
-        let e = state_dir(&file.join("state")).unwrap_err();
+        let e = state_dir(&file.join("state")).unwrap_err().to_string();
         assert!(e.contains("is a file, not a directory"), "{e}");
         state_dir(&dir.path().join("new/state")).unwrap();
         state_dir(dir.path()).unwrap();
@@ -352,19 +382,43 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         file_sink_path(&dir.path().join("a/b/e.ndjson")).unwrap();
         file_sink_path(&file).unwrap();
-        let e = file_sink_path(&file.join("e.ndjson")).unwrap_err();
+        let e = file_sink_path(&file.join("e.ndjson"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is a file, not a directory"), "{e}");
-        let e = file_sink_path(&file.join("a/e.ndjson")).unwrap_err();
+        let e = file_sink_path(&file.join("a/e.ndjson"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot be created"), "{e}");
-        let e = file_sink_path(dir.path()).unwrap_err();
+        let e = file_sink_path(dir.path()).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
         #[cfg(unix)]
         {
             let link = dir.path().join("link.ndjson");
             std::os::unix::fs::symlink(&file, &link).unwrap();
-            let e = file_sink_path(&link).unwrap_err();
+            let e = file_sink_path(&link).unwrap_err().to_string();
             assert!(e.contains("symbolic link"), "{e}");
         }
+    }
+
+    #[test]
+    fn messages_are_one_line_naming_the_path_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (f, d) = (file.display(), dir.path().display());
+        assert_eq!(
+            state_dir(&file).unwrap_err().to_string(),
+            format!("{f} is not a directory; set state_dir to a directory (msgtrace creates it when missing)")
+        );
+        assert_eq!(
+            file_sink_path(&file.join("a/e.ndjson")).unwrap_err().to_string(),
+            format!("its directory {f}/a does not exist and cannot be created: {f} is a file, not a directory; choose another path")
+        );
+        assert_eq!(
+            file_sink_path(dir.path()).unwrap_err().to_string(),
+            format!("{d} is a directory; set path to a file in it, e.g. {d}/events.ndjson")
+        );
     }
 
     #[test]

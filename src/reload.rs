@@ -121,21 +121,19 @@ pub fn plan(old: &Config, new: &Config) -> ReloadPlan {
             old.state_dir.display()
         ));
     }
-    if old.metrics_listen != new.metrics_listen {
-        let shown = |a: Option<std::net::SocketAddr>| a.map_or("none".into(), |a| a.to_string());
-        p.needs_restart.push(format!(
-            "metrics_listen: changed to {}; needs a restart (the engine keeps serving {})",
-            shown(new.metrics_listen),
-            shown(old.metrics_listen)
-        ));
-    }
-    if old.control_listen != new.control_listen {
-        let shown = |a: Option<std::net::SocketAddr>| a.map_or("none".into(), |a| a.to_string());
-        p.needs_restart.push(format!(
-            "control_listen: changed to {}; needs a restart (the engine keeps serving {})",
-            shown(new.control_listen),
-            shown(old.control_listen)
-        ));
+    for (key, old, new) in [
+        ("metrics_listen", old.metrics_listen, new.metrics_listen),
+        ("control_listen", old.control_listen, new.control_listen),
+    ] {
+        if old != new {
+            let shown =
+                |a: Option<std::net::SocketAddr>| a.map_or("none".into(), |a| a.to_string());
+            p.needs_restart.push(format!(
+                "{key}: changed to {}; needs a restart (the engine keeps serving {})",
+                shown(new),
+                shown(old)
+            ));
+        }
     }
     if old.cluster != new.cluster {
         p.needs_restart
@@ -363,6 +361,19 @@ mod tests {
     fn the_same_configuration_changes_nothing() {
         let c = config("", FB, "");
         assert_eq!(plan(&c, &c.clone()), ReloadPlan::default());
+    }
+
+    #[test]
+    fn changed_listen_addresses_need_a_restart_each_named() {
+        let old = config("", FB, "metrics_listen = \"127.0.0.1:9464\"");
+        let new = config("", FB, "control_listen = \"127.0.0.1:9465\"");
+        assert_eq!(
+            plan(&old, &new).needs_restart,
+            [
+                "metrics_listen: changed to none; needs a restart (the engine keeps serving 127.0.0.1:9464)",
+                "control_listen: changed to 127.0.0.1:9465; needs a restart (the engine keeps serving none)",
+            ]
+        );
     }
 
     #[test]

@@ -71,14 +71,19 @@ impl fmt::Display for SecretKind {
     }
 }
 
+/// A `--kind` value that names no kind of secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind `{0}`; use text or credentials")]
+pub struct UnknownKind(pub String);
+
 impl std::str::FromStr for SecretKind {
-    type Err = String;
+    type Err = UnknownKind;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "text" => Ok(SecretKind::Text),
             "credentials" => Ok(SecretKind::Credentials),
-            other => Err(format!("unknown kind `{other}`; use text or credentials")),
+            other => Err(UnknownKind(other.to_owned())),
         }
     }
 }
@@ -214,7 +219,7 @@ pub enum SecretError {
         /// Where it came from.
         source_desc: String,
         /// What is wrong (never the key).
-        reason: String,
+        reason: KeyFormatError,
     },
     /// The key does not open the secret.
     #[error("secret `{name}` cannot be decrypted with the key from {source_desc}: it was stored under another key; set {KEY_ENV} or {KEY_FILE_ENV} to that key, or store the secret again")]
@@ -298,7 +303,18 @@ pub fn default_key_file(state_dir: &Path) -> PathBuf {
     }
 }
 
-fn parse_key(text: &str) -> Result<Zeroizing<[u8; 32]>, String> {
+/// What is wrong with a secret store key's text (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFormatError {
+    /// Neither encoding.
+    #[error("neither 64 hex digits nor base64")]
+    Encoding,
+    /// Base64 of another length.
+    #[error("{0} bytes instead of 32")]
+    Length(usize),
+}
+
+fn parse_key(text: &str) -> Result<Zeroizing<[u8; 32]>, KeyFormatError> {
     let t = text.trim();
     let bytes = Zeroizing::new(
         if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -309,13 +325,13 @@ fn parse_key(text: &str) -> Result<Zeroizing<[u8; 32]>, String> {
             STANDARD
                 .decode(t)
                 .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(t))
-                .map_err(|_| "neither 64 hex digits nor base64".to_string())?
+                .map_err(|_| KeyFormatError::Encoding)?
         },
     );
     let key: [u8; 32] = bytes
         .as_slice()
         .try_into()
-        .map_err(|_| format!("{} bytes instead of 32", bytes.len()))?;
+        .map_err(|_| KeyFormatError::Length(bytes.len()))?;
     Ok(Zeroizing::new(key))
 }
 

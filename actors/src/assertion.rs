@@ -179,8 +179,29 @@ struct PemBlock {
     der: Zeroizing<Vec<u8>>,
 }
 
+/// Why PEM text does not split into blocks.
+#[derive(Debug, thiserror::Error)]
+enum PemError {
+    /// `BEGIN X` closed by `END Y`.
+    #[error("PEM block BEGIN {begin} ends with END {end}")]
+    Mismatched {
+        /// The block's label.
+        begin: String,
+        /// The label its end names.
+        end: String,
+    },
+    /// A body that does not decode.
+    #[error("PEM block {label} is not valid base64: {error}")]
+    Base64 {
+        /// The block's label.
+        label: String,
+        /// The decoder's reason.
+        error: base64::DecodeError,
+    },
+}
+
 /// Splits PEM text into its blocks (several may share a file: key and certificate, or a chain).
-fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
+fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, PemError> {
     let mut blocks = Vec::new();
     let mut current: Option<(String, Vec<String>, Zeroizing<String>)> = None;
     for line in text.lines() {
@@ -196,11 +217,20 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
         {
             if let Some((begin, headers, body)) = current.take() {
                 if begin != label {
-                    return Err(format!("PEM block BEGIN {begin} ends with END {label}"));
+                    return Err(PemError::Mismatched {
+                        begin,
+                        end: label.to_owned(),
+                    });
                 }
-                let der = STANDARD
-                    .decode(body.as_bytes())
-                    .map_err(|e| format!("PEM block {begin} is not valid base64: {e}"))?;
+                let der = match STANDARD.decode(body.as_bytes()) {
+                    Ok(der) => der,
+                    Err(error) => {
+                        return Err(PemError::Base64 {
+                            label: begin,
+                            error,
+                        })
+                    }
+                };
                 blocks.push(PemBlock {
                     label: begin,
                     headers,
@@ -238,7 +268,7 @@ fn parse_key(
         reason,
     };
     let text = Zeroizing::new(String::from_utf8_lossy(key_pem).into_owned());
-    let blocks = pem_blocks(&text).map_err(bad)?;
+    let blocks = pem_blocks(&text).map_err(|e| bad(e.to_string()))?;
     let block = blocks
         .iter()
         .find(|b| b.label.ends_with("PRIVATE KEY"))
@@ -348,7 +378,7 @@ impl ClientCertificate {
         };
         let text = String::from_utf8_lossy(cert_pem);
         let der: Vec<u8> = if text.contains("-----BEGIN") {
-            let blocks = pem_blocks(&text).map_err(bad_cert)?;
+            let blocks = pem_blocks(&text).map_err(|e| bad_cert(e.to_string()))?;
             let block = blocks
                 .into_iter()
                 .find(|b| b.label == "CERTIFICATE")

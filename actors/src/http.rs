@@ -215,17 +215,22 @@ where
     S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
 {
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()));
+    let retry_after = retry_after(resp.headers());
     let body = read_body(resp, max_body).await?;
     Ok(HttpResponse {
         status,
         retry_after,
         body,
     })
+}
+
+/// The delay a response's `Retry-After` header asks for (delay seconds or an HTTP date), read
+/// by [`crate::retry::parse_retry_after`]; the API's pages and the sinks' receivers alike.
+pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::parse_retry_after(v, chrono::Utc::now()))
 }
 
 /// Reads the whole body into one buffer sized from `Content-Length` when there is one (a page is

@@ -4,13 +4,15 @@
 //! As in `fixtures.rs`: `every_fixture_file_is_covered` fails when a file appears in the
 //! directory that is not in [`COVERED`], and each entry of [`COVERED`] must be named by a test.
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)]
+mod support;
 
 use msgtrace_actors::dialect::details::{detail_event, details_url, parse_details, DetailIdentity};
 use msgtrace_actors::dialect::Page;
 use url::Url;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const FIXTURES: support::Fixtures =
+    support::Fixtures(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
 
 /// Every fixture file, relative to [`FIXTURES`].
 const COVERED: &[&str] = &[
@@ -23,21 +25,13 @@ const GRAPH: &str = "https://graph.microsoft.com/v1.0/admin/exchange/tracing/mes
 const TRACE: &str = "7e3b2b2e-1b5e-4b17-80cc-2af6c1d9a3b1";
 const RECIPIENT: &str = "robert@contoso.com";
 
-fn path(rel: &str) -> PathBuf {
-    Path::new(FIXTURES).join(rel)
-}
-
-fn bytes(rel: &str) -> Vec<u8> {
-    std::fs::read(path(rel)).unwrap_or_else(|e| panic!("reading fixture {rel}: {e}"))
-}
-
 /// The request the documentation shows, as the fetcher builds it.
 fn request() -> Url {
     details_url(&Url::parse(GRAPH).unwrap(), TRACE, RECIPIENT).unwrap()
 }
 
 fn page_of(rel: &str) -> Page {
-    parse_details(&bytes(rel), &request()).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    parse_details(&FIXTURES.bytes(rel), &request()).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// What both examples hold: Receive then Deliver, five seconds apart, both with the trace's id.
@@ -81,28 +75,14 @@ fn check_sample(page: &Page) {
 
 #[test]
 fn every_fixture_file_is_covered() {
-    fn walk(dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                let rel = p.strip_prefix(FIXTURES).unwrap();
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    let mut found = Vec::new();
-    walk(Path::new(FIXTURES), &mut found);
-    found.sort();
-    assert_eq!(found, COVERED, "list every fixture in COVERED, with a test");
-    let source = include_str!("detail_fixtures.rs");
-    let readme = String::from_utf8(bytes("README.md")).unwrap();
+    assert_eq!(
+        FIXTURES.files(),
+        COVERED,
+        "list every fixture in COVERED, with a test"
+    );
+    support::assert_each_is_read(COVERED, include_str!("detail_fixtures.rs"));
+    let readme = FIXTURES.text("README.md");
     for f in COVERED.iter().filter(|f| **f != "README.md") {
-        assert!(
-            source.matches(&format!("\"{f}\"")).count() >= 2,
-            "{f} is listed in COVERED but no test reads it"
-        );
         let name = f.rsplit('/').next().unwrap();
         assert!(readme.contains(name), "README.md does not describe {f}");
     }

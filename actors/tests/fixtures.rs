@@ -5,7 +5,8 @@
 //! [`COVERED`], and each entry of [`COVERED`] must be named by a test in this file too, so a new
 //! fixture cannot be skipped silently.
 
-use std::path::{Path, PathBuf};
+#[allow(dead_code)]
+mod support;
 
 use chrono::{DateTime, Utc};
 use msgtrace_actors::dialect::{error_summary, parse_timestamp, Api, DialectError, Page, Row};
@@ -13,10 +14,10 @@ use serde_json::Value;
 use url::Url;
 
 /// The fixture directory: the repository is `<root>/main`, the references `<root>/shared`.
-const FIXTURES: &str = concat!(
+const FIXTURES: support::Fixtures = support::Fixtures(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/reference/fixtures"
-);
+));
 
 /// Every fixture file, relative to [`FIXTURES`].
 const COVERED: &[&str] = &[
@@ -54,16 +55,12 @@ const RWS: &str =
     "https://reports.office365.com/ecp/reportingwebservice/reporting.svc/MessageTrace";
 const GRAPH: &str = "https://graph.microsoft.com/v1.0/admin/exchange/tracing/messageTraces";
 
-fn path(rel: &str) -> PathBuf {
-    Path::new(FIXTURES).join(rel)
-}
-
 fn bytes(rel: &str) -> Vec<u8> {
-    std::fs::read(path(rel)).unwrap_or_else(|e| panic!("reading fixture {rel}: {e}"))
+    FIXTURES.bytes(rel)
 }
 
 fn text(rel: &str) -> String {
-    String::from_utf8(bytes(rel)).unwrap_or_else(|e| panic!("fixture {rel} is not UTF-8: {e}"))
+    FIXTURES.text(rel)
 }
 
 fn json(rel: &str) -> Value {
@@ -178,20 +175,7 @@ fn parse_json(s: &str) -> Value {
 
 #[test]
 fn every_fixture_file_is_covered() {
-    fn walk(dir: &Path, out: &mut Vec<String>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else {
-                let rel = p.strip_prefix(FIXTURES).unwrap();
-                out.push(rel.to_string_lossy().replace('\\', "/"));
-            }
-        }
-    }
-    let mut found = Vec::new();
-    walk(Path::new(FIXTURES), &mut found);
-    found.sort();
+    let found = FIXTURES.files();
     let uncovered: Vec<&String> = found
         .iter()
         .filter(|f| !COVERED.contains(&f.as_str()))
@@ -209,14 +193,7 @@ fn every_fixture_file_is_covered() {
         "COVERED lists missing files: {missing:?}"
     );
     // Each listed file must also be named by a test (once in COVERED + at least once more).
-    let source = include_str!("fixtures.rs");
-    for f in COVERED {
-        let quoted = format!("\"{f}\"");
-        assert!(
-            source.matches(&quoted).count() >= 2,
-            "{f} is listed in COVERED but no test reads it"
-        );
-    }
+    support::assert_each_is_read(COVERED, include_str!("fixtures.rs"));
 }
 
 #[test]

@@ -53,7 +53,7 @@ pub use model::{
     LateRows, Position, SimRow, SimRows, TenantModel, TICKS_PER_HOUR, TICKS_PER_SEC,
 };
 pub use server::{
-    FaultSchedule, SimConfig, SimFault, SimQuota, SimServer, SimStats, DEFAULT_TOP,
+    FaultSchedule, SimConfig, SimFault, SimQuota, SimServer, SimStats, UnknownFault, DEFAULT_TOP,
     DEFAULT_WINDOW_HOURS, GRAPH_MAX_AGE_DAYS, GRAPH_MAX_WINDOW_DAYS, GRAPH_PATH, RWS_PATH,
     RWS_RETENTION_DAYS,
 };

@@ -156,11 +156,16 @@ pub struct FaultSchedule {
     pub faults: Vec<SimFault>,
 }
 
+/// A fault name [`SimFault::by_name`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault `{0}`; use a status code (400..599), stall, invalid-json, html, wrong-shape or truncated")]
+pub struct UnknownFault(pub String);
+
 impl SimFault {
     /// A fault by name, for the command line: a status code (`429` comes with `Retry-After: 1`,
     /// `400` is a poisoned next link), `stall` (30 s), `invalid-json`, `html`, `wrong-shape`,
     /// `truncated`.
-    pub fn by_name(name: &str) -> Result<SimFault, String> {
+    pub fn by_name(name: &str) -> Result<SimFault, UnknownFault> {
         Ok(match name.trim() {
             "stall" => SimFault::Delay { ms: 30_000 },
             "invalid-json" => SimFault::Body {
@@ -184,11 +189,7 @@ impl SimFault {
                     status,
                     retry_after_secs: (status == 429).then_some(1),
                 },
-                _ => {
-                    return Err(format!(
-                        "unknown fault `{code}`; use a status code (400..599), stall, invalid-json, html, wrong-shape or truncated"
-                    ))
-                }
+                _ => return Err(UnknownFault(code.to_owned())),
             },
         })
     }

@@ -726,3 +726,13 @@ fn other_tenant_ids_get_tokens_too() {
         }
     });
 }
+
+#[test]
+fn an_unknown_fault_name_lists_the_known_ones() {
+    assert_eq!(
+        crate::SimFault::by_name("slow").unwrap_err().to_string(),
+        "unknown fault `slow`; use a status code (400..599), stall, invalid-json, html, wrong-shape or truncated"
+    );
+    assert!(crate::SimFault::by_name("399").is_err());
+    assert!(crate::SimFault::by_name(" 503 ").is_ok());
+}

@@ -85,19 +85,12 @@ pub(crate) fn validate_parsed(
             "no source is configured; add a [sources.<id>] table with its [sources.<id>.auth]",
         );
     }
-    let mut sources = BTreeMap::new();
-    for (id, source) in &raw.sources {
-        if let Some(source) = cx.source(id, source, &raw, &certificates) {
-            sources.insert(id.clone(), source);
-        }
-    }
-
-    let mut sinks = BTreeMap::new();
-    for (id, sink) in &raw.sinks {
-        if let Some(sink) = cx.sink(id, sink, &raw, &certificates) {
-            sinks.insert(id.clone(), sink);
-        }
-    }
+    let sources: BTreeMap<_, _> = (raw.sources.iter())
+        .filter_map(|(id, s)| Some((id.clone(), cx.source(id, s, &raw, &certificates)?)))
+        .collect();
+    let sinks: BTreeMap<_, _> = (raw.sinks.iter())
+        .filter_map(|(id, s)| Some((id.clone(), cx.sink(id, s, &raw, &certificates)?)))
+        .collect();
 
     let cluster = raw.cluster.as_ref().and_then(|c| cx.cluster(c));
 
@@ -1833,7 +1826,11 @@ impl Cx<'_> {
             Some(text) => {
                 let shown = self.quote(&at("url"), text);
                 let url = Url::parse(text.trim()).map_err(|e| format!("is not a URL ({e})"));
-                match url.and_then(|u| archive::parse_url(&u).map(|(v, prefix)| (u, v, prefix))) {
+                let parsed = url.and_then(|u| match archive::parse_url(&u) {
+                    Ok((provider, prefix)) => Ok((u, provider, prefix)),
+                    Err(e) => Err(e.to_string()),
+                });
+                match parsed {
                     Ok(parsed) => Some(parsed),
                     Err(e) => {
                         self.error(&at("url"), format!("{shown} {e}"));
@@ -1867,7 +1864,7 @@ impl Cx<'_> {
                     options.insert(key.clone(), Secret::new(value.clone()));
                 }
                 Err(e) => {
-                    self.error(&join(&at("options"), key), e);
+                    self.error(&join(&at("options"), key), e.to_string());
                     ok = false;
                 }
             }

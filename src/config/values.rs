@@ -20,19 +20,40 @@ pub(crate) fn is_within(path: &str, parent: &str) -> bool {
     }
 }
 
+const DURATION_HINT: &str = "write a number of seconds or <n><unit> with unit s, m, h or d, e.g. \"45s\", \"15m\", \"4h\", \"2d\"";
+
+/// Why a text is not a duration (each message ends with how to write one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DurationError {
+    /// Nothing but white space.
+    #[error("empty duration; {}", DURATION_HINT)]
+    Empty,
+    /// More seconds than a `u64` holds.
+    #[error("duration too large; {}", DURATION_HINT)]
+    TooLarge,
+    /// A part that does not start with a number.
+    #[error("not a duration; {}", DURATION_HINT)]
+    NotADuration,
+    /// A number inside the text without its unit (`5m3`).
+    #[error("a number inside a duration needs a unit; {}", DURATION_HINT)]
+    NoUnit,
+    /// A unit other than `s`, `m`, `h` or `d`.
+    #[error("unknown duration unit; {}", DURATION_HINT)]
+    UnknownUnit,
+}
+
 /// Parses a duration: a number of seconds (`"30"`) or one or more `<n><unit>` parts with unit
 /// `s`, `m`, `h` or `d` (`"45s"`, `"15m"`, `"4h"`, `"2d"`, `"1h30m"`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    const HINT: &str = "write a number of seconds or <n><unit> with unit s, m, h or d, e.g. \"45s\", \"15m\", \"4h\", \"2d\"";
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(format!("empty duration; {HINT}"));
+        return Err(DurationError::Empty);
     }
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return text
             .parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|_| format!("duration too large; {HINT}"));
+            .map_err(|_| DurationError::TooLarge);
     }
     let mut total: u64 = 0;
     let mut rest = text;
@@ -41,11 +62,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("not a duration; {HINT}"));
+            return Err(DurationError::NotADuration);
         }
         let number: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("duration too large; {HINT}"))?;
+            .map_err(|_| DurationError::TooLarge)?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -55,39 +76,96 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60,
             "h" => 3600,
             "d" => 86_400,
-            "" => return Err(format!("a number inside a duration needs a unit; {HINT}")),
-            _ => return Err(format!("unknown duration unit; {HINT}")),
+            "" => return Err(DurationError::NoUnit),
+            _ => return Err(DurationError::UnknownUnit),
         };
         rest = &rest[unit_len..];
         total = number
             .checked_mul(unit)
             .and_then(|n| total.checked_add(n))
-            .ok_or_else(|| format!("duration too large; {HINT}"))?;
+            .ok_or(DurationError::TooLarge)?;
     }
     Ok(Duration::from_secs(total))
+}
+
+/// Why a text is not a 5-field cron expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CronError {
+    /// `@` and a name that is not one of the shorthands.
+    #[error("unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields")]
+    UnknownShorthand,
+    /// Not five fields.
+    #[error(
+        "expected 5 fields (minute hour day-of-month month day-of-week), found {0}; e.g. \"*/15 * * * *\""
+    )]
+    FieldCount(usize),
+    /// One field is wrong.
+    #[error("{name} field `{field}`: {why}")]
+    Field {
+        /// The field's name (`minute`, `day-of-week`).
+        name: &'static str,
+        /// The field as written.
+        field: String,
+        /// What is wrong with it.
+        why: CronFieldError,
+    },
+}
+
+/// What is wrong with one field of a cron expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum CronFieldError {
+    /// `/0`, `/x`.
+    #[error("step `{0}` must be a positive number")]
+    Step(String),
+    /// `5-1`.
+    #[error("range {0}-{1} runs backwards")]
+    Backwards(u32, u32),
+    /// `,5`.
+    #[error("empty list item")]
+    EmptyItem,
+    /// A number past the field's range.
+    #[error("{n} is outside {min}-{max}")]
+    Outside {
+        /// The number.
+        n: u32,
+        /// The field's least value.
+        min: u32,
+        /// The field's greatest value.
+        max: u32,
+    },
+    /// Neither a number nor a name of the field.
+    #[error("`{v}` is not a number in {min}-{max}")]
+    NotANumber {
+        /// The text.
+        v: String,
+        /// The field's least value.
+        min: u32,
+        /// The field's greatest value.
+        max: u32,
+    },
+    /// `sat-mon`.
+    #[error("day-of-week range runs backwards")]
+    DaysBackwards,
+    /// `mon-fri/2`.
+    #[error("steps over a day-of-week range are not supported; list the days")]
+    DayStep,
 }
 
 /// Checks a standard 5-field cron expression (minute hour day-of-month month day-of-week, or a
 /// shorthand such as `@hourly`) and returns it in the `cron` crate's form: seconds first
 /// (`"0 */15 * * * *"`), with numeric days of week turned into names (that crate counts Sunday
 /// as 1 where standard cron counts it as 0).
-pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
+pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, CronError> {
     let expr = expr.trim();
     if expr.starts_with('@') {
         return match expr {
             "@yearly" | "@monthly" | "@weekly" | "@daily" | "@hourly" => Ok(expr.to_owned()),
-            _ => Err(
-                "unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields"
-                    .to_owned(),
-            ),
+            _ => Err(CronError::UnknownShorthand),
         };
     }
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!(
-            "expected 5 fields (minute hour day-of-month month day-of-week), found {}; e.g. \"*/15 * * * *\"",
-            fields.len()
-        ));
+        return Err(CronError::FieldCount(fields.len()));
     }
     const MONTHS: &[&str] = &[
         "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
@@ -109,9 +187,11 @@ pub(crate) fn cron_to_six_fields(expr: &str) -> Result<String, String> {
     ];
     let mut out = vec!["0".to_owned()];
     for (field, spec) in fields.iter().zip(specs) {
-        let checked = spec
-            .check(field)
-            .map_err(|why| format!("{} field `{field}`: {why}", spec.name))?;
+        let checked = spec.check(field).map_err(|why| CronError::Field {
+            name: spec.name,
+            field: (*field).to_owned(),
+            why,
+        })?;
         out.push(checked);
     }
     Ok(out.join(" "))
@@ -143,18 +223,18 @@ impl CronField {
     }
 
     /// The field in the `cron` crate's form: numeric days of week become names.
-    fn check(&self, field: &str) -> Result<String, String> {
-        let items: Result<Vec<String>, String> =
+    fn check(&self, field: &str) -> Result<String, CronFieldError> {
+        let items: Result<Vec<String>, CronFieldError> =
             field.split(',').map(|item| self.item(item)).collect();
         Ok(items?.join(","))
     }
 
     /// One list item: `*`, `?`, a value or a range, with an optional `/step`.
-    fn item(&self, item: &str) -> Result<String, String> {
+    fn item(&self, item: &str) -> Result<String, CronFieldError> {
         let (base, step) = match item.split_once('/') {
             Some((base, step)) => match step.parse::<u32>() {
                 Ok(s) if s >= 1 => (base, Some(s)),
-                _ => return Err(format!("step `{step}` must be a positive number")),
+                _ => return Err(CronFieldError::Step(step.to_owned())),
             },
             None => (item, None),
         };
@@ -169,12 +249,12 @@ impl CronField {
                 return day_range(lo, hi, step);
             }
             if lo > hi {
-                return Err(format!("range {lo}-{hi} runs backwards"));
+                return Err(CronFieldError::Backwards(lo, hi));
             }
             return Ok(format!("{lo}-{hi}{step_text}"));
         }
         if base.is_empty() {
-            return Err("empty list item".to_owned());
+            return Err(CronFieldError::EmptyItem);
         }
         let n = self.value(base)?;
         Ok(match (dow, step) {
@@ -186,19 +266,23 @@ impl CronField {
     }
 
     /// A number in range, or one of the field's names.
-    fn value(&self, v: &str) -> Result<u32, String> {
+    fn value(&self, v: &str) -> Result<u32, CronFieldError> {
         let (min, max) = (self.min, self.max);
         if let Ok(n) = v.parse::<u32>() {
             if (min..=max).contains(&n) {
                 return Ok(n);
             }
-            return Err(format!("{n} is outside {min}-{max}"));
+            return Err(CronFieldError::Outside { n, min, max });
         }
         self.names
             .iter()
             .position(|name| name.eq_ignore_ascii_case(v))
             .map(|i| i as u32 + self.first)
-            .ok_or_else(|| format!("`{v}` is not a number in {min}-{max}"))
+            .ok_or_else(|| CronFieldError::NotANumber {
+                v: v.to_owned(),
+                min,
+                max,
+            })
     }
 }
 
@@ -207,13 +291,13 @@ fn day_name(n: u32) -> &'static str {
 }
 
 /// A day-of-week range by names. 7 is Sunday again: a range ending on it wraps into Sat + Sun.
-fn day_range(lo: u32, hi: u32, step: Option<u32>) -> Result<String, String> {
+fn day_range(lo: u32, hi: u32, step: Option<u32>) -> Result<String, CronFieldError> {
     let (lo, hi) = (lo % 7, if hi == 7 && lo > 0 { 7 } else { hi % 7 });
     if lo > hi {
-        return Err("day-of-week range runs backwards".to_owned());
+        return Err(CronFieldError::DaysBackwards);
     }
     if step.is_some() {
-        return Err("steps over a day-of-week range are not supported; list the days".to_owned());
+        return Err(CronFieldError::DayStep);
     }
     Ok(if hi == 7 {
         if lo == 6 {
@@ -412,6 +496,34 @@ mod tests {
             ",5 * * * *",
         ] {
             assert!(cron_to_six_fields(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn messages_are_one_line_each() {
+        let hint = "write a number of seconds or <n><unit> with unit s, m, h or d, e.g. \"45s\", \"15m\", \"4h\", \"2d\"";
+        for (text, message) in [
+            ("", "empty duration"),
+            ("99999999999999999999", "duration too large"),
+            ("h", "not a duration"),
+            ("5m3", "a number inside a duration needs a unit"),
+            ("4x", "unknown duration unit"),
+        ] {
+            let e = parse_duration(text).unwrap_err();
+            assert_eq!(e.to_string(), format!("{message}; {hint}"), "{text}");
+        }
+        for (expr, message) in [
+            ("@often", "unknown shorthand; use @yearly, @monthly, @weekly, @daily or @hourly, or 5 fields"),
+            ("* * * *", "expected 5 fields (minute hour day-of-month month day-of-week), found 4; e.g. \"*/15 * * * *\""),
+            ("*/0 * * * *", "minute field `*/0`: step `0` must be a positive number"),
+            ("5-1 * * * *", "minute field `5-1`: range 5-1 runs backwards"),
+            (",5 * * * *", "minute field `,5`: empty list item"),
+            ("* 24 * * *", "hour field `24`: 24 is outside 0-23"),
+            ("x * * * *", "minute field `x`: `x` is not a number in 0-59"),
+            ("* * * * sat-mon", "day-of-week field `sat-mon`: day-of-week range runs backwards"),
+            ("* * * * 1-5/2", "day-of-week field `1-5/2`: steps over a day-of-week range are not supported; list the days"),
+        ] {
+            assert_eq!(cron_to_six_fields(expr).unwrap_err().to_string(), message, "{expr}");
         }
     }
 

@@ -43,10 +43,15 @@ pub const STATES: &[&str] = &[
     "interrupted",
 ];
 
+/// A `--state` value that names no job state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{0}`; use one of {states}", states = STATES.join(", "))]
+pub struct UnknownState(pub String);
+
 /// Parses a `--state` value.
-pub fn parse_state(s: &str) -> Result<JobState, String> {
+pub fn parse_state(s: &str) -> Result<JobState, UnknownState> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("unknown state `{s}`; use one of {}", STATES.join(", ")))
+        .map_err(|_| UnknownState(s.to_owned()))
 }
 
 /// What `msgtrace jobs --json` prints (and `/api/jobs` answers).
@@ -305,8 +310,11 @@ mod tests {
             let state = parse_state(name).unwrap();
             assert_eq!(serde_json::to_value(state).unwrap(), *name);
         }
-        let e = parse_state("done").unwrap_err();
-        assert!(e.contains("succeeded"), "{e}");
+        let e = parse_state("done").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown state `done`; use one of pending, running, succeeded, failed, cancelled, interrupted"
+        );
     }
 
     #[test]

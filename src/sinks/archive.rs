@@ -73,49 +73,62 @@ pub enum ArchiveError {
     Gzip(#[from] std::io::Error),
 }
 
+/// Why a sink `url` names no object store; each message says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveUrlError {
+    /// Not `s3`, `az`, `gs` or `file`.
+    #[error(
+        "scheme `{0}` is not an object store; use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or file:///directory"
+    )]
+    Scheme(String),
+    /// `file://name/...`: a host where a path was meant.
+    #[error("file:// takes an absolute path (`{0}` reads as a host); write file:///directory")]
+    FileHost(String),
+    /// `s3:///x`: no bucket or container (the scheme is kept for the message).
+    #[error("names no bucket or container; write {0}://bucket/prefix")]
+    NoBucket(String),
+    /// `?...` or `#...`.
+    #[error("has a query or fragment; write scheme://bucket/prefix only")]
+    QueryOrFragment,
+    /// A path the crate refuses as a prefix.
+    #[error(
+        "the path is not a valid object prefix ({0}); use segments of letters, digits, `-`, `_` and `.`"
+    )]
+    Prefix(String),
+    /// `file:///`.
+    #[error("names the root directory; write file:///directory")]
+    Root,
+}
+
 /// The provider of a sink `url`, and its prefix (the path, without leading or trailing `/`); the
 /// error says what to write instead.
-pub fn parse_url(url: &Url) -> Result<(StoreProvider, String), String> {
+pub fn parse_url(url: &Url) -> Result<(StoreProvider, String), ArchiveUrlError> {
     let provider = match url.scheme() {
         "s3" => StoreProvider::S3,
         "az" => StoreProvider::Azure,
         "gs" => StoreProvider::Gcs,
         "file" => StoreProvider::File,
-        other => {
-            return Err(format!(
-                "scheme `{other}` is not an object store; use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix or file:///directory"
-            ))
-        }
+        other => return Err(ArchiveUrlError::Scheme(other.to_owned())),
     };
     match (provider, url.host_str()) {
         (StoreProvider::File, Some(h)) if !h.is_empty() => {
-            return Err(format!(
-                "file:// takes an absolute path (`{h}` reads as a host); write file:///directory"
-            ))
+            return Err(ArchiveUrlError::FileHost(h.to_owned()))
         }
         (StoreProvider::File, _) => {}
         (_, None) | (_, Some("")) => {
-            return Err(format!(
-                "names no bucket or container; write {}://bucket/prefix",
-                url.scheme()
-            ))
+            return Err(ArchiveUrlError::NoBucket(url.scheme().to_owned()))
         }
         _ => {}
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err("has a query or fragment; write scheme://bucket/prefix only".into());
+        return Err(ArchiveUrlError::QueryOrFragment);
     }
     // For file://, the directory: a local store's paths start at `/`.
-    let prefix = match Path::from_url_path(url.path()) {
-        Ok(p) => p.to_string(),
-        Err(e) => {
-            return Err(format!(
-                "the path is not a valid object prefix ({e}); use segments of letters, digits, `-`, `_` and `.`"
-            ))
-        }
-    };
+    let prefix = Path::from_url_path(url.path())
+        .map_err(|e| ArchiveUrlError::Prefix(e.to_string()))?
+        .to_string();
     if provider == StoreProvider::File && prefix.is_empty() {
-        return Err("names the root directory; write file:///directory".into());
+        return Err(ArchiveUrlError::Root);
     }
     Ok((provider, prefix))
 }
@@ -131,9 +144,25 @@ const ENDPOINT_KEYS: &[&str] = &[
     "allow_invalid_certificates",
 ];
 
+/// Why a key of an `object_store` sink's `[options]` is refused; each message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveOptionError {
+    /// A `file://` store has no settings.
+    #[error("a file:// store takes no options; remove [options]")]
+    FileStore,
+    /// Not a name the crate knows for this provider (the examples are the provider's).
+    #[error("not a setting of this store; use the object_store crate's names, e.g. {0}")]
+    Unknown(&'static str),
+    /// A setting only the sink's `endpoint` key may make.
+    #[error(
+        "set the sink's own endpoint key instead (http:// is allowed only to a loopback test server)"
+    )]
+    Endpoint,
+}
+
 /// Whether `key` is a setting of `provider` in the crate (any of its spellings) that `[options]`
 /// may hold; the error says why not.
-pub fn check_option(provider: StoreProvider, key: &str) -> Result<(), String> {
+pub fn check_option(provider: StoreProvider, key: &str) -> Result<(), ArchiveOptionError> {
     let lower = key.to_ascii_lowercase();
     let canonical = match provider {
         StoreProvider::S3 => {
@@ -145,24 +174,18 @@ pub fn check_option(provider: StoreProvider, key: &str) -> Result<(), String> {
         StoreProvider::Gcs => {
             object_store::gcp::GoogleConfigKey::from_str(&lower).map(|k| k.as_ref().to_owned())
         }
-        StoreProvider::File => {
-            return Err("a file:// store takes no options; remove [options]".into());
-        }
+        StoreProvider::File => return Err(ArchiveOptionError::FileStore),
     };
     let canonical = canonical.map_err(|_| {
-        let example = match provider {
+        ArchiveOptionError::Unknown(match provider {
             StoreProvider::S3 => "aws_access_key_id, aws_secret_access_key, aws_region",
             StoreProvider::Azure => "azure_storage_account_name, azure_storage_account_key",
             StoreProvider::Gcs => "google_service_account",
             StoreProvider::File => "",
-        };
-        format!("not a setting of this store; use the object_store crate's names, e.g. {example}")
+        })
     })?;
     if ENDPOINT_KEYS.contains(&canonical.as_str()) {
-        return Err(
-            "set the sink's own endpoint key instead (http:// is allowed only to a loopback test server)"
-                .into(),
-        );
+        return Err(ArchiveOptionError::Endpoint);
     }
     Ok(())
 }
@@ -593,10 +616,16 @@ mod tests {
             p("file:///var/lib/archive").unwrap(),
             (StoreProvider::File, "var/lib/archive".into())
         );
-        assert!(p("https://bucket/x").unwrap_err().contains("s3://"));
-        assert!(p("file://relative/x").unwrap_err().contains("file:///"));
-        assert!(p("file:///").unwrap_err().contains("root"));
-        assert!(p("s3://b/x?y=1").unwrap_err().contains("query"));
+        assert!(p("https://bucket/x")
+            .unwrap_err()
+            .to_string()
+            .contains("s3://"));
+        assert!(p("file://relative/x")
+            .unwrap_err()
+            .to_string()
+            .contains("file:///"));
+        assert!(p("file:///").unwrap_err().to_string().contains("root"));
+        assert!(p("s3://b/x?y=1").unwrap_err().to_string().contains("query"));
     }
 
     #[test]
@@ -607,11 +636,13 @@ mod tests {
         assert!(check_option(StoreProvider::Gcs, "google_service_account").is_ok());
         assert!(check_option(StoreProvider::S3, "aws_acces_key")
             .unwrap_err()
+            .to_string()
             .contains("aws_access_key_id"));
         for k in ["endpoint", "aws_endpoint_url", "allow_http"] {
             assert!(
                 check_option(StoreProvider::S3, k)
                     .unwrap_err()
+                    .to_string()
                     .contains("endpoint key"),
                 "{k}"
             );

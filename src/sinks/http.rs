@@ -218,11 +218,7 @@ pub(crate) async fn post(
             }
         })?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| msgtrace_actors::retry::parse_retry_after(v, chrono::Utc::now()));
+        let retry_after = msgtrace_actors::http::retry_after(resp.headers());
         let answer = resp
             .body()
             .limit(MAX_RESPONSE_BYTES)

@@ -45,14 +45,9 @@ pub struct DetailRecordId {
     pub event: String,
 }
 
-/// `source \0 received-µs (big endian) trace \0 recipient (lower case)`.
+/// The row's key ([`crate::row_key`]: the identity index's layout).
 pub(crate) fn entry_key(source: &str, e: &DetailEntry) -> Vec<u8> {
-    let mut k = source_prefix(source);
-    k.extend_from_slice(&e.received.timestamp_micros().to_be_bytes());
-    k.extend_from_slice(e.trace_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(e.recipient.to_ascii_lowercase().as_bytes());
-    k
+    crate::row_key(source, e.received, &e.trace_id, &e.recipient)
 }
 
 /// The entry's key, `\0`: the prefix of its records' identities.

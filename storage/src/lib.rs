@@ -541,14 +541,25 @@ fn source_prefix(source: &str) -> Vec<u8> {
     k
 }
 
-/// `source \0 received-µs (big endian) trace \0 recipient`: ordered by time within a source.
-fn seen_key(source: &str, e: &SeenEntry) -> Vec<u8> {
+/// `source \0 received-µs (big endian) trace \0 recipient (lower case)`: a row's key, ordered by
+/// time within a source (the identity index and the details backlog).
+fn row_key(
+    source: &str,
+    time: chrono::DateTime<chrono::Utc>,
+    trace_id: &str,
+    recipient: &str,
+) -> Vec<u8> {
     let mut k = source_prefix(source);
-    k.extend_from_slice(&e.time.timestamp_micros().to_be_bytes());
-    k.extend_from_slice(e.trace_id.as_bytes());
+    k.extend_from_slice(&time.timestamp_micros().to_be_bytes());
+    k.extend_from_slice(trace_id.as_bytes());
     k.push(0);
-    k.extend_from_slice(e.recipient.to_ascii_lowercase().as_bytes());
+    k.extend_from_slice(recipient.to_ascii_lowercase().as_bytes());
     k
+}
+
+/// A row's key in the identity index ([`row_key`]).
+fn seen_key(source: &str, e: &SeenEntry) -> Vec<u8> {
+    row_key(source, e.time, &e.trace_id, &e.recipient)
 }
 
 fn job_key(source: &str, id: &str) -> Vec<u8> {

@@ -210,20 +210,10 @@ const MOTO_OPTIONS: &str = "[sinks.archive.options]\naws_access_key_id = \"testi
 
 #[test]
 fn a_collection_into_a_directory_holds_every_row_once_under_its_hour_a_page_given_again_too() {
-    let sim = sim(600, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive");
+    let h = Harness::graph().rate(600).build();
+    let archive = h.path("archive");
     let url = url::Url::from_directory_path(&archive).unwrap();
-    let scenario = Scenario {
-        api: Api::Graph,
-        state_dir: &dir.path().join("state"),
-        out: &dir.path().join("unused"),
-        start: &hours_ago(3),
-        end: &hours_ago(1),
-        page_size: 100,
-        extra: "",
-    };
-    let toml = config_toml_with_sink(&sim, &scenario, &archive_sink(url.as_str(), ""));
+    let toml = h.toml_with_sink(&archive_sink(url.as_str(), ""));
     // First beside an http sink nobody listens for: the archive stores the first page, the
     // other sink refuses it, so it is not checkpointed and the next run delivers it again.
     let refusing = format!(
@@ -239,7 +229,7 @@ fn a_collection_into_a_directory_holds_every_row_once_under_its_hour_a_page_give
     let report = run_once(&parse(&toml), opts());
     assert!(report.all_succeeded(), "{report:?}");
     let (start, end) = report.jobs[0].1.window.expect("a window");
-    let expected = sim.model().expected(start, end, chrono::Utc::now());
+    let expected = h.sim().model().expected(start, end, chrono::Utc::now());
     let objects = read_dir_archive(&archive);
     let hours: std::collections::BTreeSet<_> = objects
         .iter()
@@ -385,28 +375,17 @@ impl FakeS3 {
 
 #[test]
 fn a_503_is_retried_and_a_refused_credential_fails_the_page_for_the_next_run() {
-    let sim = sim(300, |_| {});
+    let h = Harness::graph()
+        .rate(300)
+        .window(&hours_ago(2), &hours_ago(1))
+        .build();
     let s3 = FakeS3::default();
     let (endpoint, server) = s3.start();
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = Scenario {
-        api: Api::Graph,
-        state_dir: &dir.path().join("state"),
-        out: &dir.path().join("unused"),
-        start: &hours_ago(2),
-        end: &hours_ago(1),
-        page_size: 100,
-        extra: "",
-    };
     let secret = "s3cr3t-never-shown";
     let more = format!(
         "endpoint = \"{endpoint}\"\n[sinks.archive.options]\naws_access_key_id = \"AKIDTEST\"\naws_secret_access_key = \"{secret}\"\naws_region = \"us-east-1\"\n"
     );
-    let config = parse(&config_toml_with_sink(
-        &sim,
-        &scenario,
-        &archive_sink("s3://bucket/arch", &more),
-    ));
+    let config = parse(&h.toml_with_sink(&archive_sink("s3://bucket/arch", &more)));
     let quick = quick_sink_retry();
 
     // A refused credential: the page fails, nothing is committed.
@@ -417,7 +396,7 @@ fn a_503_is_retried_and_a_refused_credential_fails_the_page_for_the_next_run() {
     assert!(errors.contains("refused the credentials"), "{errors}");
     assert!(!errors.contains(secret), "the secret was shown: {errors}");
     {
-        let store = msgtrace::storage::Store::open(dir.path().join("state")).unwrap();
+        let store = h.store();
         let job = &store.jobs(Some("src")).unwrap()[0];
         let deliveries: u32 = job.tasks.iter().map(|t| 1 + t.reschedules).sum();
         assert_eq!(
@@ -450,7 +429,7 @@ fn a_503_is_retried_and_a_refused_credential_fails_the_page_for_the_next_run() {
         })
         .collect();
     let got = rows_by_identity(&objects, "arch", Api::Graph);
-    let expected = sim.model().expected(start, end, chrono::Utc::now());
+    let expected = h.sim().model().expected(start, end, chrono::Utc::now());
     assert_eq!(
         compare(&got, &expected),
         (0, 0, 0),
@@ -471,19 +450,9 @@ fn quick_sink_retry() -> msgtrace::engine::EngineOptions {
 
 #[test]
 fn validate_names_the_key_and_the_fix() {
-    let sim = sim(10, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let scenario = Scenario {
-        api: Api::Graph,
-        state_dir: &dir.path().join("state"),
-        out: &dir.path().join("unused"),
-        start: "-2h@h",
-        end: "-1h@h",
-        page_size: 100,
-        extra: "",
-    };
+    let h = Harness::graph().rate(10).window("-2h@h", "-1h@h").build();
     let errors = |sink: &str| {
-        msgtrace::config::from_str(&config_toml_with_sink(&sim, &scenario, sink))
+        msgtrace::config::from_str(&h.toml_with_sink(sink))
             .unwrap_err()
             .to_string()
     };
@@ -524,14 +493,10 @@ fn validate_names_the_key_and_the_fix() {
         "{e}"
     );
     // The store is built (not contacted) before a run and by `msgtrace validate`.
-    let config = parse(&config_toml_with_sink(
-        &sim,
-        &scenario,
-        &archive_sink(
-            "az://container/p",
-            "[sinks.archive.options]\nazure_storage_account_key = \"c2VjcmV0LWtleS12YWx1ZQ==\"",
-        ),
-    ));
+    let config = parse(&h.toml_with_sink(&archive_sink(
+        "az://container/p",
+        "[sinks.archive.options]\nazure_storage_account_key = \"c2VjcmV0LWtleS12YWx1ZQ==\"",
+    )));
     if std::env::var_os("AZURE_STORAGE_ACCOUNT_NAME").is_none() {
         let e = msgtrace::preflight::check(&config).unwrap_err().to_string();
         assert!(
@@ -542,11 +507,10 @@ fn validate_names_the_key_and_the_fix() {
         assert!(!e.contains("c2VjcmV0"), "{e}");
     }
     // A loopback endpoint over http is a test server: accepted.
-    msgtrace::config::from_str(&config_toml_with_sink(
-        &sim,
-        &scenario,
-        &archive_sink("s3://b/p", "endpoint = \"http://127.0.0.1:9000\""),
-    ))
+    msgtrace::config::from_str(&h.toml_with_sink(&archive_sink(
+        "s3://b/p",
+        "endpoint = \"http://127.0.0.1:9000\"",
+    )))
     .unwrap();
 }
 
@@ -556,23 +520,13 @@ fn validate_names_the_key_and_the_fix() {
 /// checkpoint now records the slice before its first page, and the next run resumes it.
 #[test]
 fn a_first_page_given_again_after_the_end_moved_keeps_its_name() {
-    let sim = sim(300, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let archive = dir.path().join("archive");
+    let mut h = Harness::graph().rate(300).build();
+    let archive = h.path("archive");
     let url = url::Url::from_directory_path(&archive).unwrap();
-    let state = dir.path().join("state");
     let (start, first_end, later_end) = (hours_ago(3), hours_ago(2), hours_ago(1));
-    let toml = |end: &str| {
-        let scenario = Scenario {
-            api: Api::Graph,
-            state_dir: &state,
-            out: &dir.path().join("unused"),
-            start: &start,
-            end,
-            page_size: 100,
-            extra: "",
-        };
-        config_toml_with_sink(&sim, &scenario, &archive_sink(url.as_str(), ""))
+    let mut toml = |end: &str| {
+        h.set_window(&start, end);
+        h.toml_with_sink(&archive_sink(url.as_str(), ""))
     };
     let refusing = format!(
         "[sinks.down]\ntype = \"http\"\ninputs = [\"src\"]\nformat = \"ndjson\"\nurl = \"http://127.0.0.1:{}/\"\n",
@@ -587,7 +541,8 @@ fn a_first_page_given_again_after_the_end_moved_keeps_its_name() {
     let report = run_once(&parse(&toml(&later_end)), opts());
     assert!(report.all_succeeded(), "{report:?}");
     let at = |epoch: &str| chrono::DateTime::from_timestamp(epoch.parse().unwrap(), 0).unwrap();
-    let expected = sim
+    let expected = h
+        .sim()
         .model()
         .expected(at(&start), at(&later_end), chrono::Utc::now());
     let got = rows_by_identity(&read_dir_archive(&archive), "", Api::Graph);

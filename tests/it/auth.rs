@@ -12,7 +12,7 @@ use msgtrace::actors::assertion::{AssertionAlg, ClientCertificate};
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::spec::{TokenEndpoint, TokenSpec};
 use msgtrace::actors::token::{self, AuthError};
-use msgtrace_simulator::{SimServer, GRAPH_PATH, RWS_PATH};
+use msgtrace_simulator::{SimConfig, SimServer, GRAPH_PATH, RWS_PATH};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -147,11 +147,16 @@ fn msgtrace(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output 
     child.wait_with_output().unwrap()
 }
 
+/// The tenant's own credentials: its client secret, a Basic user and password.
+fn auth_tenant(c: &mut SimConfig) {
+    c.client_secret = CLIENT_SECRET.into();
+    c.username = Some(BASIC_USER.into());
+    c.password = Some(BASIC_PASSWORD.into());
+}
+
 fn sim_for_auth(certs: Option<&Certs>) -> SimServer {
     sim(60, |c| {
-        c.client_secret = CLIENT_SECRET.into();
-        c.username = Some(BASIC_USER.into());
-        c.password = Some(BASIC_PASSWORD.into());
+        auth_tenant(c);
         if let Some(certs) = certs {
             let pem = std::fs::read_to_string(&certs.cert).unwrap();
             assert_eq!(c.register_certificate_pem(&pem), 1);
@@ -885,31 +890,23 @@ fn an_unregistered_certificate_fails_the_job_with_its_thumbprint() {
     if !has_openssl() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let certs = make_certs(dir.path());
-    let sim = sim_for_auth(None);
-    let out = dir.path().join("out.ndjson");
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-2h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: "",
-        },
-    )
-    .replace(
-        "method = \"oauth\"",
-        &format!(
-            "method = \"oauth_cert\"\ncert_path = {}\nkey_path = {}",
-            qp(&certs.cert),
-            qp(&certs.key)
-        ),
-    )
-    .replace("client_secret = \"sim-secret\"\n", "");
+    // No certificate registered with the tenant.
+    let h = Harness::graph()
+        .sim(auth_tenant)
+        .window("-2h@h", "-1h@h")
+        .build();
+    let certs = make_certs(h.dir.path());
+    let toml = h
+        .toml
+        .replace(
+            "method = \"oauth\"",
+            &format!(
+                "method = \"oauth_cert\"\ncert_path = {}\nkey_path = {}",
+                qp(&certs.cert),
+                qp(&certs.key)
+            ),
+        )
+        .replace("client_secret = \"sim-secret\"\n", "");
     let report = run_once(&parse(&toml), opts());
     let (_, job) = &report.jobs[0];
     let err = job.error.clone().unwrap_or_default();
@@ -923,22 +920,11 @@ fn an_unregistered_certificate_fails_the_job_with_its_thumbprint() {
 
 #[test]
 fn graph_without_the_service_principal_names_the_app_to_provision() {
-    let sim = sim(60, |c| c.graph_service_principal_missing = true);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-2h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: "",
-        },
-    );
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::graph()
+        .sim(|c| c.graph_service_principal_missing = true)
+        .window("-2h@h", "-1h@h")
+        .build();
+    let report = h.run_once();
     let err = report.jobs[0].1.error.clone().unwrap_or_default();
     assert!(
         err.contains("Service principal-less Authentication failed")

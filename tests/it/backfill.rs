@@ -2,36 +2,18 @@
 //! alone.
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
-use msgtrace::storage::Store;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[test]
 fn backfill_collects_a_past_range_resumes_after_sigkill_and_leaves_the_cursor_alone() {
-    let api = Api::Graph;
     let page_size = 50;
-    let sim = sim(60, |c| c.page_latency_ms = 30);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        config_toml(
-            &sim,
-            &Scenario {
-                api,
-                state_dir: &state,
-                out: &out,
-                start: &hours_ago(3),
-                end: &hours_ago(1),
-                page_size,
-                extra: "",
-            },
-        ),
-    )
-    .unwrap();
+    let h = Harness::graph()
+        .sim(|c| c.page_latency_ms = 30)
+        .window(&hours_ago(3), &hours_ago(1))
+        .page_size(page_size)
+        .build();
+    let (out, cfg) = (&h.out, h.write_config());
     let bin = env!("CARGO_BIN_EXE_msgtrace");
     let c = cfg.to_str().unwrap();
     // The continuous cursor first.
@@ -40,11 +22,7 @@ fn backfill_collects_a_past_range_resumes_after_sigkill_and_leaves_the_cursor_al
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let cursor = Store::open(&state)
-        .unwrap()
-        .checkpoint("src")
-        .unwrap()
-        .unwrap();
+    let cursor = h.store().checkpoint("src").unwrap().unwrap();
 
     let (bs, be) = (hours_ago(72), hours_ago(48));
     let args = [
@@ -66,7 +44,7 @@ fn backfill_collects_a_past_range_resumes_after_sigkill_and_leaves_the_cursor_al
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("Succeeded"));
 
-    let store = Store::open(&state).unwrap();
+    let store = h.store();
     assert_eq!(
         store.checkpoint("src").unwrap().unwrap().cursor,
         cursor.cursor,
@@ -81,14 +59,14 @@ fn backfill_collects_a_past_range_resumes_after_sigkill_and_leaves_the_cursor_al
         .unwrap()
         .expect("backfill checkpoint");
     assert_eq!(bf.cursor, Some(e));
-    let mut expected = sim.model().expected(s, e, chrono::Utc::now());
+    let mut expected = h.sim().model().expected(s, e, chrono::Utc::now());
     let (cs, ce) = (
         chrono::DateTime::from_timestamp(hours_ago(3).parse().unwrap(), 0).unwrap(),
         cursor.cursor.unwrap(),
     );
-    expected.extend(sim.model().expected(cs, ce, chrono::Utc::now()));
+    expected.extend(h.sim().model().expected(cs, ce, chrono::Utc::now()));
     drop(store);
-    let (missing, extra, dups) = compare(&identities(&out, api), &expected);
+    let (missing, extra, dups) = compare(&h.identities(), &expected);
     assert_eq!((missing, extra), (0, 0));
     assert!(
         dups <= page_size as usize,
@@ -96,11 +74,11 @@ fn backfill_collects_a_past_range_resumes_after_sigkill_and_leaves_the_cursor_al
     );
 
     // The same backfill again finds it complete: nothing fetched twice.
-    let before = std::fs::read_to_string(&out).unwrap().lines().count();
+    let before = std::fs::read_to_string(out).unwrap().lines().count();
     let o = Command::new(bin).args(args).output().unwrap();
     assert!(o.status.success());
     assert_eq!(
-        std::fs::read_to_string(&out).unwrap().lines().count(),
+        std::fs::read_to_string(out).unwrap().lines().count(),
         before
     );
 

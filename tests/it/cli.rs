@@ -84,27 +84,8 @@ fn validate_reports_every_error_with_its_key_path_and_exits_2() {
 
 #[test]
 fn validate_accepts_a_good_config_and_run_once_collects() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = dir.path().join("ok.toml");
-    std::fs::write(
-        &cfg,
-        config_toml(
-            &sim,
-            &Scenario {
-                api: Api::Reporting,
-                state_dir: &state,
-                out: &out,
-                start: "-6h@h",
-                end: "-1h@h",
-                page_size: 100,
-                extra: "",
-            },
-        ),
-    )
-    .unwrap();
+    let h = Harness::reporting().window("-6h@h", "-1h@h").build();
+    let (out, state, cfg) = (&h.out, &h.state, h.write_config());
     let c = cfg.to_str().unwrap();
     let o = msgtrace(&["validate", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -112,7 +93,7 @@ fn validate_accepts_a_good_config_and_run_once_collects() {
 
     let o = msgtrace(&["run", "--once", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(std::fs::read_to_string(&out).unwrap().lines().count() > 100);
+    assert!(std::fs::read_to_string(out).unwrap().lines().count() > 100);
 
     let o = msgtrace(&["jobs", "-c", c, "--json"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -137,7 +118,7 @@ fn validate_accepts_a_good_config_and_run_once_collects() {
     assert_eq!(v[0]["records"][0]["version"], "1");
 
     // While an engine holds the database, the dump says so and offers a way that works.
-    let _held = msgtrace::storage::Store::open(&state).unwrap();
+    let _held = h.store();
     let o = dump(&[state.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = text(&o.stderr);
@@ -149,25 +130,11 @@ fn validate_accepts_a_good_config_and_run_once_collects() {
 
 #[test]
 fn run_once_exits_1_when_the_api_refuses() {
-    let sim = sim(60, |c| c.client_secret = "another".into());
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ok.toml");
-    std::fs::write(
-        &cfg,
-        config_toml(
-            &sim,
-            &Scenario {
-                api: Api::Graph,
-                state_dir: &dir.path().join("state"),
-                out: &dir.path().join("out.ndjson"),
-                start: "-3h@h",
-                end: "-1h@h",
-                page_size: 100,
-                extra: "",
-            },
-        ),
-    )
-    .unwrap();
+    let h = Harness::graph()
+        .sim(|c| c.client_secret = "another".into())
+        .window("-3h@h", "-1h@h")
+        .build();
+    let cfg = h.write_config();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{e}");
@@ -178,23 +145,13 @@ fn run_once_exits_1_when_the_api_refuses() {
 
 #[test]
 fn a_source_log_level_applies_inside_its_jobs() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("c.toml");
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &dir.path().join("out.ndjson"),
-            start: "-3h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: "log_level = \"debug\"",
-        },
-    );
+    let h = Harness::graph()
+        .window("-3h@h", "-1h@h")
+        .extra("log_level = \"debug\"")
+        .build();
+    let (cfg, toml) = (h.path("c.toml"), &h.toml);
     // Global level warn (from the template); the source says debug.
-    std::fs::write(&cfg, &toml).unwrap();
+    std::fs::write(&cfg, toml).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let err = text(&o.stderr);
     assert!(o.status.success(), "{err}");
@@ -210,31 +167,18 @@ fn a_source_log_level_applies_inside_its_jobs() {
 
 #[test]
 fn the_stdout_sink_writes_one_json_line_per_row() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("unused.ndjson");
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Reporting,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-4h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: "",
-        },
-    )
-    .replace("type = \"file\"", "type = \"stdout\"")
-    .replace(
-        &format!(
-            "path = {}",
-            serde_json::to_string(&out.to_string_lossy()).unwrap()
-        ),
-        "",
-    );
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, toml).unwrap();
+    let mut h = Harness::reporting().window("-4h@h", "-1h@h").build();
+    h.toml = h
+        .toml
+        .replace("type = \"file\"", "type = \"stdout\"")
+        .replace(
+            &format!(
+                "path = {}",
+                serde_json::to_string(&h.out.to_string_lossy()).unwrap()
+            ),
+            "",
+        );
+    let cfg = h.write_config();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let stdout = text(&o.stdout);
@@ -249,7 +193,7 @@ fn the_stdout_sink_writes_one_json_line_per_row() {
     }
     assert_eq!(ids.len(), stdout.lines().count(), "no row twice");
     assert!(ids.len() > 100);
-    assert!(!out.exists());
+    assert!(!h.out.exists());
 }
 
 #[test]
@@ -380,24 +324,19 @@ fn the_binary_tunes_its_allocator_and_the_environment_wins() {
     }
 }
 
-/// A Graph scenario's configuration file in `dir`, with `top` lines before it.
-fn config_file(
-    sim: &msgtrace_simulator::SimServer,
-    dir: &std::path::Path,
-    top: &str,
-) -> std::path::PathBuf {
-    let cfg = dir.join("c.toml");
-    std::fs::write(&cfg, format!("{top}\n{}", graph_toml(sim, dir))).unwrap();
+/// The harness's configuration file (`c.toml`), with `top` lines before it.
+fn config_file(h: &Harness, top: &str) -> std::path::PathBuf {
+    let cfg = h.path("c.toml");
+    std::fs::write(&cfg, format!("{top}\n{}", h.toml)).unwrap();
     cfg
 }
 
 #[test]
 fn a_taken_metrics_port_stops_the_start_with_one_line_naming_it() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().build();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let cfg = config_file(&sim, dir.path(), &format!("metrics_listen = \"{addr}\""));
+    let cfg = config_file(&h, &format!("metrics_listen = \"{addr}\""));
     let c = cfg.to_str().unwrap();
 
     let o = msgtrace(&["run", "--once", "-c", c]);
@@ -411,7 +350,7 @@ fn a_taken_metrics_port_stops_the_start_with_one_line_naming_it() {
             && lines[0].contains("choose another port"),
         "{err}"
     );
-    assert!(!dir.path().join("out.ndjson").exists(), "nothing collected");
+    assert!(!h.out.exists(), "nothing collected");
 
     // validate says so too (a warning: it may be this configuration's own running engine).
     let o = msgtrace(&["validate", "-c", c]);
@@ -428,9 +367,8 @@ fn a_taken_metrics_port_stops_the_start_with_one_line_naming_it() {
 
 #[test]
 fn jobs_and_secrets_need_only_the_state_dir() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(&sim, dir.path(), "");
+    let h = Harness::graph().build();
+    let cfg = config_file(&h, "");
     let text_of = std::fs::read_to_string(&cfg).unwrap();
     // The collector's secret comes from a variable that is not set where the operator runs
     // `jobs` and `secrets`.
@@ -474,9 +412,8 @@ fn jobs_and_secrets_need_only_the_state_dir() {
 
 #[test]
 fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config_file(&sim, dir.path(), "");
+    let h = Harness::graph().build();
+    let cfg = config_file(&h, "");
     // stderr is a pipe here, as it is for a file or journald.
     let o = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
         .args(["run", "--once", "-c", cfg.to_str().unwrap()])
@@ -508,39 +445,20 @@ fn demo_refuses_bad_options_before_touching_the_output() {
     }
 }
 
-/// A configuration of one source against `sim` with its state and output under `dir`.
-fn write_config(
-    sim: &msgtrace_simulator::SimServer,
-    dir: &std::path::Path,
-    state: &std::path::Path,
-    out: &std::path::Path,
-) -> std::path::PathBuf {
-    let cfg = dir.join("c.toml");
-    let toml = config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: state,
-            out,
-            start: "-3h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: "",
-        },
-    );
-    std::fs::write(&cfg, toml).unwrap();
-    cfg
+/// One Graph source of the simulator over the two hours before the current one.
+fn graph() -> Harness {
+    Harness::graph().window("-3h@h", "-1h@h").build()
 }
 
 /// Regression (issue 15, defect 9): `validate` accepted a `state_dir` that is not a directory
 /// and a file sink whose directory cannot be created; `run` then failed with exit 1.
 #[test]
 fn an_unusable_state_dir_or_sink_path_is_a_configuration_error() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("a-file");
+    let mut h = graph();
+    let file = h.path("a-file");
     std::fs::write(&file, b"x").unwrap();
-    let cfg = write_config(&sim, dir.path(), &file, &file.join("out/e.ndjson"));
+    h.set_paths(&file, &file.join("out/e.ndjson"));
+    let cfg = h.write_config();
     let c = cfg.to_str().unwrap();
     for args in [&["validate", "-c", c][..], &["run", "--once", "-c", c][..]] {
         let o = msgtrace(args);
@@ -561,14 +479,12 @@ fn an_unusable_state_dir_or_sink_path_is_a_configuration_error() {
 /// run started an empty database without a word and collected the whole window again.
 #[test]
 fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
-    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let h = graph();
+    let (state, out, cfg) = (&h.state, &h.out, h.write_config());
     let c = cfg.to_str().unwrap();
     let o = msgtrace(&["run", "--once", "-c", c]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let collected = std::fs::read_to_string(&out).unwrap().lines().count();
+    let collected = std::fs::read_to_string(out).unwrap().lines().count();
     assert!(collected > 0);
     std::fs::File::options()
         .write(true)
@@ -576,7 +492,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
         .unwrap()
         .set_len(0)
         .unwrap();
-    for e in std::fs::read_dir(&state).unwrap().flatten() {
+    for e in std::fs::read_dir(state).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with("snap.") {
             std::fs::remove_file(e.path()).unwrap();
         }
@@ -593,7 +509,7 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
         assert!(e.contains("held a msgtrace database"), "{args:?}: {e}");
     }
     assert_eq!(
-        std::fs::read_to_string(&out).unwrap().lines().count(),
+        std::fs::read_to_string(out).unwrap().lines().count(),
         collected,
         "nothing collected again"
     );
@@ -603,11 +519,9 @@ fn an_emptied_state_directory_is_refused_and_nothing_is_collected_twice() {
 /// earlier than 0.29" (or `backtrace ()`), with no fix, and exited 1.
 #[test]
 fn a_damaged_state_directory_is_one_line_with_the_fix_and_exit_2() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
-    let cfg = write_config(&sim, dir.path(), &state, &out);
-    drop(msgtrace::storage::Store::open(&state).unwrap());
+    let h = graph();
+    let (state, cfg) = (&h.state, h.write_config());
+    drop(msgtrace::storage::Store::open(state).unwrap());
     std::fs::write(state.join("conf"), [0xff_u8; 64]).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let e = text(&o.stderr);
@@ -622,13 +536,11 @@ fn a_damaged_state_directory_is_one_line_with_the_fix_and_exit_2() {
 #[cfg(unix)]
 #[test]
 fn a_symlinked_sink_path_is_refused_and_the_linked_file_untouched() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("notes.txt");
+    let h = graph();
+    let target = h.path("notes.txt");
     std::fs::write(&target, b"line one\nline two, no newline").unwrap();
-    let out = dir.path().join("out.ndjson");
-    std::os::unix::fs::symlink(&target, &out).unwrap();
-    let cfg = write_config(&sim, dir.path(), &dir.path().join("state"), &out);
+    std::os::unix::fs::symlink(&target, &h.out).unwrap();
+    let cfg = h.write_config();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let e = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{e}");
@@ -649,10 +561,8 @@ fn a_symlinked_sink_path_is_refused_and_the_linked_file_untouched() {
 fn state_and_output_are_private_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt as _;
     use std::os::unix::process::CommandExt as _;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
-    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let h = graph();
+    let (state, out, cfg) = (&h.state, &h.out, h.write_config());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgtrace"));
     cmd.args(["run", "--once", "-c", cfg.to_str().unwrap()]);
     // SAFETY: umask is async-signal-safe; nothing else runs between fork and exec.
@@ -665,11 +575,11 @@ fn state_and_output_are_private_whatever_the_umask() {
     let o = cmd.output().unwrap();
     assert!(o.status.success(), "{}", text(&o.stderr));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(state), 0o700);
     for f in ["db", "conf"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
-    assert_eq!(mode(&out), 0o640);
+    assert_eq!(mode(out), 0o640);
 }
 
 /// Issue 15, defect 10: an existing state directory keeps its mode, but one every user may
@@ -678,17 +588,15 @@ fn state_and_output_are_private_whatever_the_umask() {
 #[test]
 fn an_existing_state_directory_open_to_everyone_is_warned_about() {
     use std::os::unix::fs::PermissionsExt as _;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
-    std::fs::create_dir(&state).unwrap();
-    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let cfg = write_config(&sim, dir.path(), &state, &out);
+    let h = graph();
+    let (state, cfg) = (&h.state, h.write_config());
+    std::fs::create_dir(state).unwrap();
+    std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     let e = text(&o.stderr);
     assert!(o.status.success(), "{e}");
     assert!(e.contains(&format!("chmod 700 {}", state.display())), "{e}");
-    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o755, "not changed behind the operator's back");
 }
 
@@ -697,15 +605,13 @@ fn an_existing_state_directory_open_to_everyone_is_warned_about() {
 /// interrupted write").
 #[test]
 fn an_existing_output_file_loses_no_byte() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
+    let h = graph();
+    let (out, cfg) = (&h.out, h.write_config());
     let theirs = "kept by the operator\nthe last line, no newline";
-    std::fs::write(&out, theirs).unwrap();
-    let cfg = write_config(&sim, dir.path(), &dir.path().join("state"), &out);
+    std::fs::write(out, theirs).unwrap();
     let o = msgtrace(&["run", "--once", "-c", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    let written = std::fs::read_to_string(&out).unwrap();
+    let written = std::fs::read_to_string(out).unwrap();
     let ours = written
         .strip_prefix(theirs)
         .and_then(|rest| rest.strip_prefix('\n'))

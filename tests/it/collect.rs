@@ -2,31 +2,21 @@
 
 use crate::common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::storage::{JobState, Store};
+use msgtrace::storage::JobState;
 
 fn collect_exactly(api: Api, start: &str, rate: u32, page_size: u32) {
-    let sim = sim(rate, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start,
-            end: "-1h@h",
-            page_size,
-            extra: "",
-        },
-    ));
-    let report = run_once(&cfg, opts());
+    let h = Harness::simulated(api)
+        .rate(rate)
+        .window(start, "-1h@h")
+        .page_size(page_size)
+        .build();
+    let report = h.run_once();
     assert!(report.all_succeeded(), "{report:?}");
     let job = &report.jobs[0].1;
     let (ws, we) = job.window.expect("window");
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
+    let expected = h.sim().model().expected(ws, we, chrono::Utc::now());
     assert!(expected.len() > 3 * page_size as usize, "several pages");
-    let got = identities(&out, api);
+    let got = h.identities();
     assert_eq!(
         compare(&got, &expected),
         (0, 0, 0),
@@ -49,29 +39,12 @@ fn reporting_multi_day_many_pages_exactly_once() {
 
 #[test]
 fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
-    let api = Api::Graph;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
+    let mut h = Harness::graph().page_size(300).build();
     let start = hours_ago(48);
-    let mk = |end: &str| {
-        parse(&config_toml(
-            &sim,
-            &Scenario {
-                api,
-                state_dir: &state,
-                out: &out,
-                start: &start,
-                end,
-                page_size: 300,
-                extra: "",
-            },
-        ))
-    };
     let mut windows = Vec::new();
     for end in [30, 29, 20, 1, 1] {
-        let report = run_once(&mk(&hours_ago(end)), opts());
+        h.set_window(&start, &hours_ago(end));
+        let report = h.run_once();
         assert!(report.all_succeeded(), "{report:?}");
         if let Some(w) = report.jobs[0].1.window {
             windows.push(w);
@@ -86,10 +59,10 @@ fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
         "the last run found nothing new: {windows:?}"
     );
     let (start, end) = (windows[0].0, windows.last().unwrap().1);
-    let expected = sim.model().expected(start, end, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    let expected = h.sim().model().expected(start, end, chrono::Utc::now());
+    assert_eq!(compare(&h.identities(), &expected), (0, 0, 0));
 
-    let store = Store::open(&state).unwrap();
+    let store = h.store();
     let cp = store.checkpoint("src").unwrap().unwrap();
     assert_eq!(cp.cursor, Some(end));
     assert!(cp.in_flight.is_none());
@@ -100,22 +73,10 @@ fn later_runs_continue_from_the_cursor_without_gap_or_overlap() {
 
 #[test]
 fn a_panicking_fetcher_is_restarted_and_the_job_completes_from_its_checkpoint() {
-    let api = Api::Graph;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-1d@h",
-            end: "-1h@h",
-            page_size: 200,
-            extra: "",
-        },
-    ));
+    let h = Harness::graph()
+        .window("-1d@h", "-1h@h")
+        .page_size(200)
+        .build();
     let fired = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let f = fired.clone();
     let mut o = opts();
@@ -132,42 +93,30 @@ fn a_panicking_fetcher_is_restarted_and_the_job_completes_from_its_checkpoint() 
             panic!("injected fetcher crash after page 3");
         }
     }));
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(report.restarts, 1, "{report:?}");
     assert!(report.all_succeeded(), "{report:?}");
     // The crash came after page 3 was committed: nothing is fetched twice.
-    assert_exactly_once(&sim, &report, &out, api);
+    h.assert_exactly_once(&report);
 }
 
 #[test]
 fn a_start_older_than_graph_keeps_is_clamped_and_the_gap_recorded() {
-    let api = Api::Graph;
-    let sim = sim(2, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &state,
-            out: &out,
-            start: "-100d@d",
-            end: "-1h@h",
-            page_size: 1000,
-            extra: "",
-        },
-    ));
-    let report = run_once(&cfg, opts());
+    let h = Harness::graph()
+        .rate(2)
+        .window("-100d@d", "-1h@h")
+        .page_size(1000)
+        .build();
+    let report = h.run_once();
     assert!(report.all_succeeded(), "{report:?}");
     let (ws, we) = report.jobs[0].1.window.unwrap();
     let now = chrono::Utc::now();
     let age = now - ws;
     assert!(age < chrono::Duration::days(90) && age > chrono::Duration::days(89));
-    let expected = sim.model().expected(ws, we, now);
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
-    let jobs = Store::open(&state).unwrap().jobs(Some("src")).unwrap();
+    let expected = h.sim().model().expected(ws, we, now);
+    assert_eq!(compare(&h.identities(), &expected), (0, 0, 0));
+    let jobs = h.store().jobs(Some("src")).unwrap();
     assert_eq!(jobs[0].gaps.len(), 1, "{:?}", jobs[0]);
     assert_eq!(jobs[0].gaps[0].1, ws);
     assert!(
@@ -179,31 +128,19 @@ fn a_start_older_than_graph_keeps_is_clamped_and_the_gap_recorded() {
 
 #[test]
 fn rereading_a_span_already_delivered_emits_no_duplicate() {
-    let api = Api::Reporting;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &state,
-            out: &out,
-            start: &hours_ago(24),
-            end: &hours_ago(1),
-            page_size: 200,
-            extra: "reread = \"12h\"",
-        },
-    ));
-    let first = run_once(&cfg, opts());
+    let h = Harness::reporting()
+        .window(&hours_ago(24), &hours_ago(1))
+        .page_size(200)
+        .extra("reread = \"12h\"")
+        .build();
+    let first = h.run_once();
     assert!(first.all_succeeded(), "{first:?}");
-    let second = run_once(&cfg, opts());
+    let second = h.run_once();
     assert!(second.all_succeeded(), "{second:?}");
     let (ws, we) = first.jobs[0].1.window.unwrap();
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
-    let store = Store::open(&state).unwrap();
+    let expected = h.sim().model().expected(ws, we, chrono::Utc::now());
+    assert_eq!(compare(&h.identities(), &expected), (0, 0, 0));
+    let store = h.store();
     let jobs = store.jobs(Some("src")).unwrap();
     let reread = &jobs[1];
     assert!(

@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests: a simulated tenant, configs that point at it, and
-//! readers for the NDJSON output.
+//! Helpers shared by the integration tests: the [`Harness`] most of them start from (a simulated
+//! tenant or a fake API, a temporary directory, a configuration, its runs), the configurations
+//! it is made of, the binary as a child process ([`MsgtraceRun`], [`crash_run`]), and readers
+//! for the NDJSON output.
 
 use msgtrace::actors::dialect::Api;
 use msgtrace::actors::supervisor::RunReport;
@@ -105,23 +107,6 @@ initial_interval_ms = 50
         },
         extra = s.extra,
         base = q(&sim.base_url()),
-    )
-}
-
-/// The usual Graph scenario in `dir`: state in `dir/state`, output `dir/out.ndjson`, the two
-/// hours before the current one (absolute bounds), 100 rows a page.
-pub fn graph_toml(sim: &SimServer, dir: &Path) -> String {
-    config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.join("state"),
-            out: &dir.join("out.ndjson"),
-            start: &hours_ago(3),
-            end: &hours_ago(1),
-            page_size: 100,
-            extra: "",
-        },
     )
 }
 
@@ -718,4 +703,386 @@ fn skip_etcd(why: &str) -> Option<EtcdServer> {
         "apt-get install etcd-server",
         why,
     )
+}
+
+/// The set-up most engine tests share: a simulated tenant (or a fake API, [`Harness::fake`]), a
+/// temporary directory holding the state directory (`state`) and the NDJSON output (`out`), and
+/// the configuration of one source `src` feeding a file sink there ([`config_toml`],
+/// [`fake_api_toml`]).
+///
+/// ```ignore
+/// let h = Harness::graph().rate(60).window("-1d@h", "-1h@h").page_size(200).build();
+/// let report = h.run_once();
+/// h.assert_exactly_once(&report);
+/// ```
+pub struct Harness {
+    sim: Option<std::sync::Arc<SimServer>>,
+    /// Holds the state directory, the output and any file a test writes.
+    pub dir: tempfile::TempDir,
+    /// The state directory (`dir/state`, not created).
+    pub state: std::path::PathBuf,
+    /// The file sink's output (`dir/out.ndjson`).
+    pub out: std::path::PathBuf,
+    /// Which API the source speaks.
+    pub api: Api,
+    /// The configuration; a test may edit it before it runs or writes it.
+    pub toml: String,
+    source: HarnessSource,
+}
+
+/// What the configuration of a [`Harness`] is made of, to make it again with other keys.
+enum HarnessSource {
+    Sim {
+        start: String,
+        end: String,
+        page_size: u32,
+        extra: String,
+        sink: Option<String>,
+    },
+    Fake {
+        base: String,
+        window: (i64, i64),
+    },
+}
+
+/// A change to the simulator's configuration, made when a [`HarnessBuilder`] starts it.
+type SimTweak = Box<dyn FnOnce(&mut SimConfig)>;
+
+/// Builds a [`Harness`] against the simulator: [`Harness::graph`], [`Harness::reporting`].
+pub struct HarnessBuilder {
+    api: Api,
+    messages_per_hour: u32,
+    tweaks: Vec<SimTweak>,
+    start: String,
+    end: String,
+    page_size: u32,
+    extra: String,
+    sink: Option<String>,
+}
+
+impl Harness {
+    /// A Graph source of the simulator: 60 messages an hour, the two hours before the current
+    /// one (absolute bounds), 100 rows a page, unless the builder says otherwise.
+    pub fn graph() -> HarnessBuilder {
+        Harness::simulated(Api::Graph)
+    }
+
+    /// The same as [`Harness::graph`] for the Reporting Web Service.
+    pub fn reporting() -> HarnessBuilder {
+        Harness::simulated(Api::Reporting)
+    }
+
+    /// A source of `api` against the simulator (see [`Harness::graph`]).
+    pub fn simulated(api: Api) -> HarnessBuilder {
+        HarnessBuilder {
+            api,
+            messages_per_hour: 60,
+            tweaks: Vec::new(),
+            start: hours_ago(3),
+            end: hours_ago(1),
+            page_size: 100,
+            extra: String::new(),
+            sink: None,
+        }
+    }
+
+    /// A Graph source against a server that is not the simulator ([`fake_api`] at `base`), over
+    /// `window` (epoch seconds), with `extra` source keys ([`fake_api_toml`]).
+    pub fn fake(base: &str, window: (i64, i64), extra: &str) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+        let toml = fake_api_toml(base, window, &state, &out, extra);
+        Harness {
+            sim: None,
+            dir,
+            state,
+            out,
+            api: Api::Graph,
+            toml,
+            source: HarnessSource::Fake {
+                base: base.to_owned(),
+                window,
+            },
+        }
+    }
+
+    /// The simulated tenant (a [`Harness::fake`] has none).
+    pub fn sim(&self) -> &SimServer {
+        self.sim.as_deref().expect("a harness of the simulator")
+    }
+
+    /// The simulated tenant, for a hook that outlives the borrow (a page hook injecting faults).
+    pub fn shared_sim(&self) -> std::sync::Arc<SimServer> {
+        self.sim.clone().expect("a harness of the simulator")
+    }
+
+    /// A file of the temporary directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The same configuration with `extra` instead of the source keys it was built with.
+    pub fn toml_with(&self, extra: &str) -> String {
+        match &self.source {
+            HarnessSource::Sim {
+                start,
+                end,
+                page_size,
+                sink,
+                ..
+            } => {
+                let scenario = Scenario {
+                    api: self.api,
+                    state_dir: &self.state,
+                    out: &self.out,
+                    start,
+                    end,
+                    page_size: *page_size,
+                    extra,
+                };
+                match sink {
+                    Some(sink) => config_toml_with_sink(self.sim(), &scenario, sink),
+                    None => config_toml(self.sim(), &scenario),
+                }
+            }
+            HarnessSource::Fake { base, window } => {
+                fake_api_toml(base, *window, &self.state, &self.out, extra)
+            }
+        }
+    }
+
+    /// The configuration with `sink`, the TOML of its sink tables (taking the source `src`),
+    /// instead of the file sink ([`config_toml_with_sink`]).
+    pub fn toml_with_sink(&self, sink: &str) -> String {
+        let HarnessSource::Sim {
+            start,
+            end,
+            page_size,
+            extra,
+            ..
+        } = &self.source
+        else {
+            panic!("a fake API's harness has its file sink");
+        };
+        let scenario = Scenario {
+            api: self.api,
+            state_dir: &self.state,
+            out: &self.out,
+            start,
+            end,
+            page_size: *page_size,
+            extra,
+        };
+        config_toml_with_sink(self.sim(), &scenario, sink)
+    }
+
+    /// Makes the configuration again with the source's `start` and `end` changed.
+    pub fn set_window(&mut self, new_start: &str, new_end: &str) {
+        let HarnessSource::Sim {
+            start, end, extra, ..
+        } = &mut self.source
+        else {
+            panic!("a fake API's window is given to Harness::fake");
+        };
+        (*start, *end) = (new_start.to_owned(), new_end.to_owned());
+        let extra = extra.clone();
+        self.toml = self.toml_with(&extra);
+    }
+
+    /// Makes the configuration again with another state directory and output.
+    pub fn set_paths(&mut self, state: &Path, out: &Path) {
+        (self.state, self.out) = (state.to_owned(), out.to_owned());
+        let extra = match &self.source {
+            HarnessSource::Sim { extra, .. } => extra.clone(),
+            HarnessSource::Fake { .. } => {
+                panic!("set the paths of a fake API's harness in its toml")
+            }
+        };
+        self.toml = self.toml_with(&extra);
+    }
+
+    /// Graph sources `(id, start, end)` of the simulator, all feeding the file sink at `out`,
+    /// `extra` in every source table ([`graph_sources_toml`]).
+    pub fn sources_toml(&self, sources: &[(&str, &str, &str)], extra: &str) -> String {
+        graph_sources_toml(self.sim(), &self.state, &self.out, sources, extra)
+    }
+
+    /// The configuration, parsed.
+    pub fn config(&self) -> Config {
+        parse(&self.toml)
+    }
+
+    /// Writes the configuration to `dir/msgtrace.toml` (for the binary) and returns its path.
+    pub fn write_config(&self) -> std::path::PathBuf {
+        let path = self.path("msgtrace.toml");
+        std::fs::write(&path, &self.toml).unwrap();
+        path
+    }
+
+    /// Runs the engine once with the test options ([`run_once`]).
+    pub fn run_once(&self) -> RunReport {
+        run_once(&self.config(), opts())
+    }
+
+    /// Runs the engine once with `opts`.
+    pub fn run_once_with(&self, opts: EngineOptions) -> RunReport {
+        run_once(&self.config(), opts)
+    }
+
+    /// Opens the state directory (no engine may hold it).
+    pub fn store(&self) -> msgtrace::storage::Store {
+        msgtrace::storage::Store::open(&self.state).unwrap()
+    }
+
+    /// The source's window as configured: `start` and `end` must be epoch seconds (as the
+    /// builder's default and [`hours_ago`] give them).
+    pub fn window(&self) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+        let HarnessSource::Sim { start, end, .. } = &self.source else {
+            panic!("a fake API's window is given to Harness::fake");
+        };
+        let at = |s: &str| {
+            let secs = s.parse().expect("the window in epoch seconds");
+            chrono::DateTime::from_timestamp(secs, 0).unwrap()
+        };
+        (at(start), at(end))
+    }
+
+    /// The simulator's rows of the [`window`](Harness::window).
+    pub fn expected(&self) -> Vec<(String, String)> {
+        let (start, end) = self.window();
+        self.sim().model().expected(start, end, chrono::Utc::now())
+    }
+
+    /// The summary rows of the output, each identity counted ([`identities`]).
+    pub fn identities(&self) -> HashMap<(String, String), usize> {
+        identities(&self.out, self.api)
+    }
+
+    /// Every row of every job's window of `report` in the output exactly once
+    /// ([`assert_exactly_once`]).
+    pub fn assert_exactly_once(&self, report: &RunReport) {
+        assert_exactly_once(self.sim(), report, &self.out, self.api);
+    }
+}
+
+impl HarnessBuilder {
+    /// The simulator's messages an hour.
+    pub fn rate(mut self, messages_per_hour: u32) -> Self {
+        self.messages_per_hour = messages_per_hour;
+        self
+    }
+
+    /// A change to the simulator's configuration (latency, faults, quota, ...).
+    pub fn sim(mut self, tweak: impl FnOnce(&mut SimConfig) + 'static) -> Self {
+        self.tweaks.push(Box::new(tweak));
+        self
+    }
+
+    /// The source's `start` and `end`.
+    pub fn window(mut self, start: &str, end: &str) -> Self {
+        (self.start, self.end) = (start.to_owned(), end.to_owned());
+        self
+    }
+
+    /// The source's `page_size`.
+    pub fn page_size(mut self, rows: u32) -> Self {
+        self.page_size = rows;
+        self
+    }
+
+    /// More TOML lines for the source table ([`Scenario::extra`]).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra = toml.to_owned();
+        self
+    }
+
+    /// The sink tables instead of the file sink ([`config_toml_with_sink`]).
+    pub fn sink(mut self, toml: &str) -> Self {
+        self.sink = Some(toml.to_owned());
+        self
+    }
+
+    /// Starts the simulator and makes the directory and the configuration.
+    pub fn build(self) -> Harness {
+        let tweaks = self.tweaks;
+        let sim = sim(self.messages_per_hour, move |c| {
+            for tweak in tweaks {
+                tweak(c);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+        let mut h = Harness {
+            sim: Some(std::sync::Arc::new(sim)),
+            dir,
+            state,
+            out,
+            api: self.api,
+            toml: String::new(),
+            source: HarnessSource::Sim {
+                start: self.start,
+                end: self.end,
+                page_size: self.page_size,
+                extra: self.extra.clone(),
+                sink: self.sink,
+            },
+        };
+        h.toml = h.toml_with(&self.extra);
+        h
+    }
+}
+
+/// `msgtrace run` as a child process, its log (stderr) in a file; killed when dropped if it
+/// still runs (a test that failed before stopping it).
+pub struct MsgtraceRun(pub std::process::Child);
+
+impl MsgtraceRun {
+    /// `msgtrace run ARGS -c cfg`, its log in `log`.
+    pub fn spawn(cfg: &Path, log: &Path, args: &[&str]) -> MsgtraceRun {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+            .arg("run")
+            .args(args)
+            .arg("-c")
+            .arg(cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        MsgtraceRun(child)
+    }
+
+    /// Whether it has exited.
+    pub fn exited(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_some()
+    }
+
+    /// Waits until `done` holds while the process runs; fails if it died.
+    pub fn wait_running(&mut self, mut done: impl FnMut() -> bool) {
+        assert!(wait_for(|| self.exited() || done()), "timed out");
+        assert!(!self.exited(), "msgtrace run died");
+    }
+
+    /// Sends it `sig`.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        assert!(wait_for(|| self.exited()), "no exit after SIGTERM");
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for MsgtraceRun {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

@@ -3,7 +3,6 @@
 //! stopped; no endpoint shows a secret; the status page renders in headless Chromium.
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
 use msgtrace::storage::{JobRecord, JobState};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -114,34 +113,28 @@ fn get_as(addr: &str, host: &str, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_owned(), body.to_owned())
 }
 
-/// One Graph source `src` (collecting for a few seconds: the simulator waits before each page)
-/// whose schedule fires only once a year after the run at start, so that nothing changes once
-/// its first job ended; `top` goes before it.
-fn scenario(dir: &Path, sim: &msgtrace_simulator::SimServer, top: &str) -> (PathBuf, PathBuf) {
-    let state = dir.join("state");
-    let out = dir.join("out.ndjson");
-    let toml = config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &state,
-            out: &out,
-            start: &hours_ago(3),
-            end: &hours_ago(1),
-            page_size: 100,
-            extra: "schedule = \"0 0 1 1 *\"",
-        },
-    );
-    let cfg = dir.join("c.toml");
-    std::fs::write(&cfg, format!("{top}\n{toml}")).unwrap();
-    (cfg, state)
+/// One Graph source `src` of a tenant of `rate` messages an hour (collecting for a few seconds
+/// when the simulator waits `latency_ms` before each page) whose schedule fires only once a year
+/// after the run at start, so that nothing changes once its first job ended.
+fn scheduled(rate: u32, latency_ms: u64) -> Harness {
+    Harness::graph()
+        .rate(rate)
+        .sim(move |c| c.page_latency_ms = latency_ms)
+        .extra("schedule = \"0 0 1 1 *\"")
+        .build()
+}
+
+/// The harness's configuration file (`c.toml`) with `top` before it.
+fn config_file(h: &Harness, top: &str) -> PathBuf {
+    let cfg = h.path("c.toml");
+    std::fs::write(&cfg, format!("{top}\n{}", h.toml)).unwrap();
+    cfg
 }
 
 #[test]
 fn jobs_secrets_and_dump_answer_while_the_engine_runs_and_match_after_it_stopped() {
-    let sim = sim(600, |c| c.page_latency_ms = 100);
-    let dir = tempfile::tempdir().unwrap();
-    let (cfg, state) = scenario(dir.path(), &sim, "");
+    let h = scheduled(600, 100);
+    let (cfg, state) = (config_file(&h, ""), &h.state);
     let c = cfg.to_str().unwrap();
     let s = state.to_str().unwrap();
     set_secret(
@@ -150,7 +143,7 @@ fn jobs_secrets_and_dump_answer_while_the_engine_runs_and_match_after_it_stopped
         "credentials",
         "someone\nhunter2-not-shown\n",
     );
-    let engine = Running::start(&cfg, &state);
+    let engine = Running::start(&cfg, state);
 
     // While the job runs: the tools answer (before this change: "in use by another msgtrace
     // process", exit 1), with the live records.
@@ -247,17 +240,16 @@ fn no_endpoint_shows_a_secret() {
     const STORED: &str = "Zq8-stored-client-secret-841";
     const INLINE: &str = "Wx3-inline-wrong-secret-552";
     const PASSWORD: &str = "Pv7-stored-password-913";
-    let sim = sim(120, |c| c.client_secret = STORED.into());
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph()
+        .rate(120)
+        .sim(|c| c.client_secret = STORED.into())
+        .build();
     let addr = format!("127.0.0.1:{}", free_port());
     // control_listen on metrics_listen's address: one listener serves both.
     let top = format!("metrics_listen = \"{addr}\"\ncontrol_listen = \"{addr}\"");
-    let state = dir.path().join("state");
+    let state = &h.state;
     let (start, end) = (hours_ago(3), hours_ago(1));
-    let toml = graph_sources_toml(
-        &sim,
-        &state,
-        &dir.path().join("out.ndjson"),
+    let toml = h.sources_toml(
         &[("src", &start, &end), ("bad", &start, &end)],
         "schedule = \"0 0 1 1 *\"",
     );
@@ -277,7 +269,7 @@ fn no_endpoint_shows_a_secret() {
             &format!("client_secret = \"{INLINE}\""),
         );
     let toml = format!("{src}[sources.bad]{bad}");
-    let cfg = dir.path().join("c.toml");
+    let cfg = h.path("c.toml");
     std::fs::write(&cfg, format!("{top}\n{toml}")).unwrap();
     let c = cfg.to_str().unwrap();
     set_secret(c, "graph-app", "text", STORED);
@@ -289,8 +281,8 @@ fn no_endpoint_shows_a_secret() {
     );
     let o = msgtrace(&["validate", "-c", c]);
     assert!(o.status.success(), "{}\n{toml}", text(&o.stderr));
-    let key = std::fs::read_to_string(dir.path().join("state.key")).unwrap();
-    let engine = Running::start(&cfg, &state);
+    let key = std::fs::read_to_string(h.path("state.key")).unwrap();
+    let engine = Running::start(&cfg, state);
     assert!(wait_for(|| {
         let jobs = jobs_json(c);
         jobs.len() == 2 && jobs.iter().all(|j| j.state.is_finished())
@@ -349,11 +341,10 @@ fn no_endpoint_shows_a_secret() {
 
 #[test]
 fn a_taken_control_port_stops_the_start_with_one_line_naming_it() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
+    let h = scheduled(60, 0);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (cfg, _) = scenario(dir.path(), &sim, &format!("control_listen = \"{addr}\""));
+    let cfg = config_file(&h, &format!("control_listen = \"{addr}\""));
     let c = cfg.to_str().unwrap();
     let o = msgtrace(&["run", "--once", "-c", c]);
     let err = text(&o.stderr);
@@ -365,7 +356,7 @@ fn a_taken_control_port_stops_the_start_with_one_line_naming_it() {
             && lines[0].contains("choose another port"),
         "{err}"
     );
-    assert!(!dir.path().join("out.ndjson").exists(), "nothing collected");
+    assert!(!h.out.exists(), "nothing collected");
     let o = msgtrace(&["validate", "-c", c]);
     assert!(
         text(&o.stderr)
@@ -455,12 +446,14 @@ fn the_status_page_renders_in_headless_chromium() {
         println!("SKIPPED: chromium not installed (apt-get install -y chromium; .ci/run does)");
         return;
     };
-    let sim = sim(600, |c| c.page_latency_ms = 20);
-    let dir = tempfile::tempdir().unwrap();
+    let h = scheduled(600, 20);
     let addr = format!("127.0.0.1:{}", free_port());
-    let (cfg, state) = scenario(dir.path(), &sim, &format!("control_listen = \"{addr}\""));
+    let (cfg, state) = (
+        config_file(&h, &format!("control_listen = \"{addr}\"")),
+        &h.state,
+    );
     let c = cfg.to_str().unwrap();
-    let engine = Running::start(&cfg, &state);
+    let engine = Running::start(&cfg, state);
     assert!(wait_for(|| jobs_json(c)
         .first()
         .is_some_and(|j| j.state == JobState::Succeeded)));

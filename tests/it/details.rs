@@ -117,37 +117,36 @@ fn every_detail_record_of_every_row_not_delivered_exactly_once_across_sigkills()
 type Windows = ((String, String), (String, String));
 
 /// Two sources of one tenant under a budget that binds: `a` with details, `b` without and a
-/// longer window. Returns the request log, the detail events and the simulator.
+/// longer window. Returns the request log, the detail events and the harness.
 fn two_sources(
     a_details: &str,
     (a, b): &Windows,
-) -> (Vec<String>, HashMap<DetailId, usize>, SimServer) {
-    let sim = sim(60, |c| {
-        c.page_latency_ms = 5;
-        c.quota = Some(SimQuota {
-            requests: 40,
-            per_secs: 2,
-        });
-    });
-    let log = record_requests(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = graph_sources_toml(
-        &sim,
-        &dir.path().join("state"),
-        &out,
-        &[("a", &a.0, &a.1), ("b", &b.0, &b.1)],
-        "quota = { requests = 40, per_secs = 2 }",
-    )
-    .replace(
-        "[sources.a]\n",
-        &format!("[sources.a]\ndetails = \"{a_details}\"\n"),
-    )
-    .replace("page_size = 100", "page_size = 30");
+) -> (Vec<String>, HashMap<DetailId, usize>, Harness) {
+    let h = Harness::graph()
+        .sim(|c| {
+            c.page_latency_ms = 5;
+            c.quota = Some(SimQuota {
+                requests: 40,
+                per_secs: 2,
+            });
+        })
+        .build();
+    let log = record_requests(h.sim());
+    let toml = h
+        .sources_toml(
+            &[("a", &a.0, &a.1), ("b", &b.0, &b.1)],
+            "quota = { requests = 40, per_secs = 2 }",
+        )
+        .replace(
+            "[sources.a]\n",
+            &format!("[sources.a]\ndetails = \"{a_details}\"\n"),
+        )
+        .replace("page_size = 100", "page_size = 30");
     let report = run_once(&parse(&toml), opts());
     assert!(report.all_succeeded(), "{report:?}");
     let log = log.lock().unwrap().clone();
-    (log, detail_ids(&out), sim)
+    let got = detail_ids(&h.out);
+    (log, got, h)
 }
 
 fn epoch(s: &str) -> chrono::DateTime<chrono::Utc> {
@@ -158,8 +157,9 @@ fn epoch(s: &str) -> chrono::DateTime<chrono::Utc> {
 fn the_summary_keeps_its_priority_and_finishes_no_later_than_without_details() {
     // Absolute bounds, taken once: an hour turning between the runs changes nothing.
     let windows = ((hours_ago(3), hours_ago(2)), (hours_ago(9), hours_ago(1)));
-    let (plain, none, plain_sim) = two_sources("none", &windows);
-    let (with, got, sim) = two_sources("not_delivered", &windows);
+    let (plain, none, plain_run) = two_sources("none", &windows);
+    let (with, got, run) = two_sources("not_delivered", &windows);
+    let (plain_sim, sim) = (plain_run.sim(), run.sim());
     let b_start = msgtrace::actors::dialect::format_timestamp(epoch(&windows.1 .0));
     assert!(none.is_empty());
     let summary_of_b = |log: &[String]| -> Vec<String> {
@@ -185,7 +185,7 @@ fn the_summary_keeps_its_priority_and_finishes_no_later_than_without_details() {
     assert!(with.len() > 40, "{}", with.len());
     assert_eq!((sim.stats().throttled, plain_sim.stats().throttled), (0, 0));
     let window = (epoch(&windows.0 .0), epoch(&windows.0 .1));
-    let expected = expected_details(&sim, window, DetailsMode::NotDelivered, None);
+    let expected = expected_details(sim, window, DetailsMode::NotDelivered, None);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1));
 }
@@ -198,29 +198,22 @@ fn a_reread_status_change_emits_only_the_records_it_added() {
         changing_per_mille: 1000,
         status_change_after_ms: 4000,
     };
-    let sim = sim(36_000, |c| c.late = Some(late));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-6s",
-            end: "now",
-            page_size: 500,
-            extra: "details = \"not_delivered\"\nreread = \"1m\"",
-        },
-    ));
+    let h = Harness::graph()
+        .rate(36_000)
+        .sim(move |c| c.late = Some(late))
+        .window("-6s", "now")
+        .page_size(500)
+        .extra("details = \"not_delivered\"\nreread = \"1m\"")
+        .build();
+    let (sim, out) = (h.sim(), &h.out);
     // Most rows of the first run are still pending (their details end with Defer); the second
     // run, after their change, re-reads them with their final status.
     for pause_ms in [4500, 0] {
-        let report = run_once(&cfg, opts());
+        let report = h.run_once();
         assert!(report.all_succeeded(), "{report:?}");
         std::thread::sleep(std::time::Duration::from_millis(pause_ms));
     }
-    let got = detail_ids(&out);
+    let got = detail_ids(out);
     assert!(got.values().all(|n| *n == 1), "a record twice: {got:?}");
     // Every record delivered is one the simulator has for its row.
     let now = chrono::Utc::now();
@@ -246,7 +239,7 @@ fn a_reread_status_change_emits_only_the_records_it_added() {
     // The rows delivered again with a status that still wants details (pending, then failed,
     // quarantined…): asked for twice, the second request added only the final event.
     let mut changed = 0;
-    for line in std::fs::read_to_string(&out).unwrap().lines() {
+    for line in std::fs::read_to_string(out).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let status = v["status"].as_str().unwrap_or_default();
         if v["_update"] != true || !DetailsMode::NotDelivered.wants(status) {
@@ -274,37 +267,27 @@ fn a_reread_status_change_emits_only_the_records_it_added() {
 
 #[test]
 fn faults_of_the_detail_endpoint_are_retried() {
-    let sim = sim(60, |c| {
-        c.detail_page_size = Some(2);
-        c.fault_schedule = Some(FaultSchedule {
-            every: 3,
-            // The statuses the default retry policy retries (`codes = [429, 503]`).
-            faults: ["503", "429", "truncated", "invalid-json"]
-                .iter()
-                .map(|f| SimFault::by_name(f).unwrap())
-                .collect(),
-        });
-    });
-    let log = record_requests(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: &hours_ago(2),
-            end: &hours_ago(1),
-            page_size: 100,
-            extra: "details = \"not_delivered\"",
-        },
-    ));
-    let report = run_once(&cfg, opts());
-    assert_exactly_once(&sim, &report, &out, Api::Graph);
+    let h = Harness::graph()
+        .sim(|c| {
+            c.detail_page_size = Some(2);
+            c.fault_schedule = Some(FaultSchedule {
+                every: 3,
+                // The statuses the default retry policy retries (`codes = [429, 503]`).
+                faults: ["503", "429", "truncated", "invalid-json"]
+                    .iter()
+                    .map(|f| SimFault::by_name(f).unwrap())
+                    .collect(),
+            });
+        })
+        .window(&hours_ago(2), &hours_ago(1))
+        .extra("details = \"not_delivered\"")
+        .build();
+    let log = record_requests(h.sim());
+    let report = h.run_once();
+    h.assert_exactly_once(&report);
     let (s, e) = report.jobs[0].1.window.unwrap();
-    let expected = expected_details(&sim, (s, e), DetailsMode::NotDelivered, None);
-    let got = detail_ids(&out);
+    let expected = expected_details(h.sim(), (s, e), DetailsMode::NotDelivered, None);
+    let got = detail_ids(&h.out);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1), "{got:?}");
     // Detail requests were answered with faults and asked again.
@@ -322,76 +305,50 @@ fn faults_of_the_detail_endpoint_are_retried() {
 
 #[test]
 fn under_msgtrace_run_the_detail_worker_drains_the_backlog_beside_the_jobs() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
     let (start, end) = (hours_ago(2), hours_ago(1));
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: &start,
-            end: &end,
-            page_size: 100,
-            extra: "details = \"all\"\npoll_interval_mins = 60",
-        },
-    );
+    let h = Harness::graph()
+        .window(&start, &end)
+        .extra("details = \"all\"\npoll_interval_mins = 60")
+        .build();
+    let out = &h.out;
     let window = (epoch(&start), epoch(&end));
-    let expected = expected_details(&sim, window, DetailsMode::All, None);
-    let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
+    let expected = expected_details(h.sim(), window, DetailsMode::All, None);
+    let handle = msgtrace::embed::EngineBuilder::from_toml(&h.toml)
         .unwrap()
         .scheduled(true)
         .start()
         .unwrap();
-    let drained = wait_for(|| detail_ids(&out).len() >= expected.len());
+    let drained = wait_for(|| detail_ids(out).len() >= expected.len());
     let jobs = block_on(handle.jobs(Some("src"))).unwrap();
     block_on(handle.shutdown()).unwrap();
     assert!(
         drained,
         "{} of {} detail records",
-        detail_ids(&out).len(),
+        detail_ids(out).len(),
         expected.len()
     );
-    let got = detail_ids(&out);
+    let got = detail_ids(out);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1));
     // The job ended with its summary: the worker, not the job, fetched the details.
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].detail_rows, 0);
-    assert_eq!(
-        Store::open(dir.path().join("state"))
-            .unwrap()
-            .details_backlog("src"),
-        0
-    );
+    assert_eq!(h.store().details_backlog("src"), 0);
 }
 
 #[test]
 fn a_backlog_left_by_a_run_is_shown_by_jobs_and_the_dump_and_fetched_by_the_next_run() {
     // The budget lets the summary through and few details: `job_timeout` ends the run with
     // most rows still in the backlog.
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let (start, end) = (hours_ago(3), hours_ago(2));
-    let scenario = |extra| Scenario {
-        api: Api::Graph,
-        state_dir: &state,
-        out: &out,
-        start: &start,
-        end: &end,
-        page_size: 100,
-        extra,
-    };
-    let cfg = dir.path().join("msgtrace.toml");
     let slow = "details = \"all\"\nquota = { requests = 12, per_secs = 60 }\njob_timeout = \"3s\"";
-    std::fs::write(&cfg, config_toml(&sim, &scenario(slow))).unwrap();
+    let h = Harness::graph()
+        .window(&hours_ago(3), &hours_ago(2))
+        .extra(slow)
+        .build();
+    let (state, cfg) = (&h.state, h.write_config());
     let status = spawn_run_once(&cfg).wait().unwrap();
     assert!(!status.success(), "the run ended by its job_timeout");
-    let left = Store::open(&state).unwrap().details_backlog("src");
+    let left = h.store().details_backlog("src");
     assert!(left > 10, "{left} rows left");
     let tool = |bin: &str, args: &[&std::ffi::OsStr]| {
         let o = std::process::Command::new(bin).args(args).output().unwrap();
@@ -417,9 +374,9 @@ fn a_backlog_left_by_a_run_is_shown_by_jobs_and_the_dump_and_fetched_by_the_next
         "{dump}"
     );
     // The next run, with room in the budget, fetches the rest: every record once.
-    std::fs::write(&cfg, config_toml(&sim, &scenario("details = \"all\""))).unwrap();
+    std::fs::write(&cfg, h.toml_with("details = \"all\"")).unwrap();
     assert!(spawn_run_once(&cfg).wait().unwrap().success());
-    let store = Store::open(&state).unwrap();
+    let store = h.store();
     assert_eq!(store.details_backlog("src"), 0);
     let job = store.jobs(Some("src")).unwrap().pop().unwrap();
     assert_eq!(job.detail_rows, left as u64);
@@ -435,29 +392,20 @@ fn a_backlog_left_by_a_run_is_shown_by_jobs_and_the_dump_and_fetched_by_the_next
         .iter()
         .find_map(|j| j.window_start.zip(j.window_end))
         .unwrap();
-    let expected = expected_details(&sim, window, DetailsMode::All, None);
-    let got = detail_ids(&out);
+    let expected = expected_details(h.sim(), window, DetailsMode::All, None);
+    let got = detail_ids(&h.out);
     assert_eq!(got.keys().cloned().collect::<HashSet<_>>(), expected);
     assert!(got.values().all(|n| *n == 1));
 }
 
 #[test]
 fn details_are_refused_for_the_reporting_web_service() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api: Api::Reporting,
-            state_dir: &dir.path().join("state"),
-            out: &dir.path().join("out.ndjson"),
-            start: "-3h@h",
-            end: "-2h@h",
-            page_size: 100,
-            extra: "details = \"not_delivered\"",
-        },
-    );
-    let err = msgtrace::config::from_str(&toml).unwrap_err().to_string();
+    let h = Harness::reporting()
+        .window("-3h@h", "-2h@h")
+        .extra("details = \"not_delivered\"")
+        .build();
+    let toml = &h.toml;
+    let err = msgtrace::config::from_str(toml).unwrap_err().to_string();
     let line = err
         .lines()
         .find(|l| l.contains("sources.src.details"))

@@ -6,7 +6,7 @@
 use crate::common::*;
 use actix_web::HttpResponse;
 use msgtrace::actors::dialect::format_timestamp;
-use msgtrace::storage::{JobState, Store};
+use msgtrace::storage::JobState;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -181,25 +181,23 @@ fn a_next_link_to_another_origin_is_never_requested_and_gets_no_credential() {
                 Some(format!("{foreign}/graph?p=2&$skiptoken=x")),
             ))
         });
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out.ndjson");
-        let mut toml = fake_api_toml(&base, window(), &dir.path().join("state"), &out, FAST_RETRY);
+        let mut h = Harness::fake(&base, window(), FAST_RETRY);
         if api == "reporting" {
             // The same server, as the Reporting Web Service with a password.
-            toml = toml
+            let toml = h
+                .toml
                 .replace("[sources.src]\n", "[sources.src]\napi = \"reporting\"\n")
                 .replace(
                     "method = \"oauth\"\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
                     "method = \"basic\"\nusername = \"user@contoso.com\"\npassword = \"hunter2\"\n",
                 );
-            toml = toml
+            h.toml = toml
                 .lines()
                 .filter(|l| !l.starts_with("login_url"))
                 .collect::<Vec<_>>()
                 .join("\n");
         }
-        let config = parse(&toml);
-        let report = run_once(&config, opts());
+        let report = h.run_once();
         block_on(handle.stop(false));
         let job = the_job(&report);
         assert_eq!(job.state, JobState::Failed, "{api}: {job:?}");
@@ -214,10 +212,7 @@ fn a_next_link_to_another_origin_is_never_requested_and_gets_no_credential() {
             "{api}: the foreign host was asked: {:?}",
             foreign_heads.lock().unwrap()
         );
-        let cp = Store::open(dir.path().join("state"))
-            .unwrap()
-            .checkpoint("src")
-            .unwrap();
+        let cp = h.store().checkpoint("src").unwrap();
         assert!(
             cp.as_ref().is_none_or(|c| c.cursor.is_none()),
             "{api}: the cursor must not move past rows never collected: {cp:?}"
@@ -274,13 +269,11 @@ fn cut_body_then_whole(cut: fn(&str) -> Vec<u8>) {
         (raw_ok(&page(rows, next)), false)
     });
     *base.lock().unwrap() = url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(&url, window(), &dir.path().join("state"), &out, FAST_RETRY);
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::fake(&url, window(), FAST_RETRY);
+    let report = h.run_once();
     assert!(report.all_succeeded(), "{report:?}");
     assert_eq!(*asked.lock().unwrap(), 2, "the cut page is asked again");
-    let mut got = ids(&out);
+    let mut got = ids(&h.out);
     got.sort();
     let mut want: Vec<String> = (1..=3)
         .flat_map(|n| (0..100).map(move |i| format!("p{n}-{i}")))
@@ -298,16 +291,8 @@ fn a_page_of_more_rows_than_asked_for_is_refused() {
         vec!["{}"; 200_000].join(",")
     ));
     let (base, handle) = fake_api(move |_| json(body.to_string()));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(
-        &base,
-        window(),
-        &dir.path().join("state"),
-        &out,
-        &format!("page_size = 100\n{FAST_RETRY}"),
-    );
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::fake(&base, window(), &format!("page_size = 100\n{FAST_RETRY}"));
+    let report = h.run_once();
     block_on(handle.stop(false));
     let job = the_job(&report);
     assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -316,7 +301,7 @@ fn a_page_of_more_rows_than_asked_for_is_refused() {
         error.contains("more rows than the 100 asked for"),
         "{error}"
     );
-    assert!(ids(&out).is_empty(), "no event was made of it");
+    assert!(ids(&h.out).is_empty(), "no event was made of it");
 }
 
 /// Page 1 → 2 → 3 → 2 → …: each link of a query is followed once. The server ignores the filter,
@@ -339,17 +324,13 @@ fn a_next_link_cycle_ends_with_every_row_once() {
         ))
     });
     *base.lock().unwrap() = url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
     // Bounded for the code before the fix, which looped until the job's time ran out.
-    let toml = fake_api_toml(
+    let h = Harness::fake(
         &url,
         window(),
-        &dir.path().join("state"),
-        &out,
         &format!("job_timeout = \"30s\"\n{FAST_RETRY}"),
     );
-    let report = run_once(&parse(&toml), opts());
+    let report = h.run_once();
     block_on(handle.stop(false));
     let job = the_job(&report);
     assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -357,7 +338,7 @@ fn a_next_link_cycle_ends_with_every_row_once() {
         job.error.as_deref().unwrap_or("").contains("abandoned"),
         "{job:?}"
     );
-    let got = ids(&out);
+    let got = ids(&h.out);
     let distinct: std::collections::HashSet<_> = got.iter().collect();
     assert_eq!(distinct.len(), 300, "the three pages' rows");
     assert_eq!(got.len(), 300, "each once: {} lines", got.len());
@@ -383,16 +364,12 @@ fn endless_distinct_links_to_empty_pages_end() {
         ))
     });
     *base.lock().unwrap() = url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(
+    let h = Harness::fake(
         &url,
         window(),
-        &dir.path().join("state"),
-        &out,
         &format!("job_timeout = \"60s\"\n{FAST_RETRY}"),
     );
-    let report = run_once(&parse(&toml), opts());
+    let report = h.run_once();
     block_on(handle.stop(false));
     let job = the_job(&report);
     assert_eq!(job.state, JobState::Failed, "{job:?}");
@@ -419,17 +396,13 @@ fn a_long_retry_after_does_not_stall_the_tenant() {
             .content_type("application/json")
             .body(r#"{"error":{"code":"TooManyRequests","message":"slow down"}}"#)
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
     // The job's time bounds the code before the fix, which waited for the Retry-After.
-    let toml = fake_api_toml(
+    let h = Harness::fake(
         &url,
         window(),
-        &dir.path().join("state"),
-        &out,
         "job_timeout = \"30s\"\nreschedule_tasks = false\n[sources.src.retry]\ninitial_interval_ms = 20\nlimit = 3",
     );
-    let report = run_once(&parse(&toml), opts());
+    let report = h.run_once();
     block_on(handle.stop(false));
     let job = the_job(&report);
     assert_eq!(
@@ -473,13 +446,11 @@ fn bad_rows_are_delivered_flagged_and_never_block_the_rows_around_them() {
             .content_type("application/json")
             .body(body.clone())
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(&url, window(), &dir.path().join("state"), &out, "");
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::fake(&url, window(), "");
+    let report = h.run_once();
     block_on(handle.stop(false));
     assert!(report.all_succeeded(), "{report:?}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&h.out)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -499,14 +470,8 @@ fn bad_rows_are_delivered_flagged_and_never_block_the_rows_around_them() {
 #[test]
 fn a_backfill_older_than_the_api_keeps_fails() {
     let (url, handle) = fake_api(|_| json(page(Vec::new(), None)));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        fake_api_toml(&url, window(), &dir.path().join("state"), &out, ""),
-    )
-    .unwrap();
+    let h = Harness::fake(&url, window(), "");
+    let cfg = h.write_config();
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_msgtrace"))
         .args(["backfill", "-c"])
         .arg(&cfg)
@@ -532,10 +497,9 @@ fn sigterm_during_a_sink_outage_exits_within_seconds() {
             false,
         )
     });
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let toml = fake_api_toml(&api, window(), &state, &out, "")
+    let mut h = Harness::fake(&api, window(), "");
+    h.toml = h
+        .toml
         .replace(
             "[sinks.out]\ntype = \"file\"\ninputs = [\"src\"]\n",
             &format!(
@@ -546,8 +510,7 @@ fn sigterm_during_a_sink_outage_exits_within_seconds() {
         .filter(|l| !l.starts_with("path = "))
         .collect::<Vec<_>>()
         .join("\n");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = h.write_config();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_msgtrace"))
         .args(["run", "-c"])
         .arg(&cfg)
@@ -577,7 +540,7 @@ fn sigterm_during_a_sink_outage_exits_within_seconds() {
     };
     block_on(handle.stop(false));
     assert!(status.is_some(), "still running 20 s after SIGTERM");
-    let cp = Store::open(&state).unwrap().checkpoint("src").unwrap();
+    let cp = h.store().checkpoint("src").unwrap();
     assert!(
         cp.as_ref().is_none_or(|c| c.cursor.is_none()),
         "the page no sink took must not be checkpointed: {cp:?}"

@@ -3,7 +3,6 @@
 
 use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use msgtrace::actors::dialect::Api;
 use msgtrace::actors::retry::{RetryKind, RetryPolicy};
 use msgtrace::engine::EngineOptions;
 use msgtrace::sinks::http::event_identity;
@@ -213,52 +212,27 @@ fn identity(v: &Value) -> (String, String) {
     event_identity(v.as_object().unwrap()).expect("an identity")
 }
 
-struct Setup {
-    sim: msgtrace_simulator::SimServer,
-    dir: tempfile::TempDir,
-    start: String,
-    end: String,
+/// A Graph tenant of 40 messages an hour over the seven hours before the current one, in pages
+/// of 50, into the file sink `out` and (by [`config`]) an http sink `web`.
+fn setup() -> Harness {
+    Harness::graph()
+        .rate(40)
+        .window(&hours_ago(8), &hours_ago(1))
+        .page_size(50)
+        .build()
 }
 
-fn setup() -> Setup {
-    Setup {
-        sim: sim(40, |_| {}),
-        dir: tempfile::tempdir().unwrap(),
-        start: hours_ago(8),
-        end: hours_ago(1),
-    }
+/// The harness's configuration (a file sink `out`) plus an http sink `web`.
+fn config(s: &Harness, sink: &str) -> msgtrace::config::Config {
+    config_with(s, sink, "")
 }
 
-impl Setup {
-    /// The scenario's configuration (a file sink `out`) plus an http sink `web`.
-    fn config(&self, sink: &str) -> msgtrace::config::Config {
-        self.config_with(sink, "")
-    }
-
-    /// [`Setup::config`] with more TOML lines for the source.
-    fn config_with(&self, sink: &str, extra: &str) -> msgtrace::config::Config {
-        let base = config_toml(
-            &self.sim,
-            &Scenario {
-                api: Api::Graph,
-                state_dir: &self.dir.path().join("state"),
-                out: &self.dir.path().join("out.ndjson"),
-                start: &self.start,
-                end: &self.end,
-                page_size: 50,
-                extra,
-            },
-        );
-        parse(&format!(
-            "{base}\n[sinks.web]\ntype = \"http\"\ninputs = [\"src\"]\n{sink}\n"
-        ))
-    }
-
-    fn expected(&self) -> Vec<(String, String)> {
-        let s = chrono::DateTime::from_timestamp(self.start.parse().unwrap(), 0).unwrap();
-        let e = chrono::DateTime::from_timestamp(self.end.parse().unwrap(), 0).unwrap();
-        self.sim.model().expected(s, e, chrono::Utc::now())
-    }
+/// [`config`] with more TOML lines for the source.
+fn config_with(s: &Harness, sink: &str, extra: &str) -> msgtrace::config::Config {
+    parse(&format!(
+        "{}\n[sinks.web]\ntype = \"http\"\ninputs = [\"src\"]\n{sink}\n",
+        s.toml_with(extra)
+    ))
 }
 
 fn fast_retry(limit: u32) -> EngineOptions {
@@ -278,7 +252,7 @@ fn fast_retry(limit: u32) -> EngineOptions {
 }
 
 /// Every expected identity exactly once, the same set the file sink wrote.
-fn assert_exactly_once(got: &[Value], s: &Setup) {
+fn assert_exactly_once(got: &[Value], s: &Harness) {
     let mut count: HashMap<(String, String), usize> = HashMap::new();
     for v in got {
         *count.entry(identity(v)).or_default() += 1;
@@ -290,7 +264,7 @@ fn assert_exactly_once(got: &[Value], s: &Setup) {
         (0, 0, 0),
         "missing, extra, duplicates"
     );
-    let file = identities(&s.dir.path().join("out.ndjson"), Api::Graph);
+    let file = s.identities();
     assert_eq!(file.len(), expected.len());
 }
 
@@ -298,7 +272,7 @@ fn assert_exactly_once(got: &[Value], s: &Setup) {
 fn ndjson_in_batches_with_headers_and_bearer_token() {
     let s = setup();
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), ok());
-    let cfg = s.config(&format!(
+    let cfg = config(&s, &format!(
         "url = \"{}\"\nformat = \"ndjson\"\ntoken = \"t0k\"\nheaders = {{ \"X-Team\" = \"secops\" }}\nbatch = {{ max_rows = 20 }}",
         rx.url("/ingest")
     ));
@@ -329,7 +303,7 @@ fn ndjson_in_batches_with_headers_and_bearer_token() {
 fn json_arrays_gzip_compressed() {
     let s = setup();
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), ok());
-    let cfg = s.config(&format!(
+    let cfg = config(&s, &format!(
         "url = \"{}\"\nformat = \"json\"\ncompression = \"gzip\"\nbatch = {{ max_rows = 1000, max_bytes = 20000 }}",
         rx.url("/ingest")
     ));
@@ -352,10 +326,13 @@ fn json_arrays_gzip_compressed() {
 fn splunk_hec_envelopes_with_token() {
     let s = setup();
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), hec());
-    let cfg = s.config(&format!(
-        "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"hec-token\"",
-        rx.url("/services/collector/event")
-    ));
+    let cfg = config(
+        &s,
+        &format!(
+            "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"hec-token\"",
+            rx.url("/services/collector/event")
+        ),
+    );
     let report = run_once(&cfg, opts());
     assert!(report.all_succeeded(), "{report:?}");
     let envelopes = received_events(&rx.requests(), "hec");
@@ -373,10 +350,13 @@ fn splunk_hec_envelopes_with_token() {
 
     // A wrong token is refused at once (no retries on 401), and the run fails.
     let s2 = setup();
-    let cfg = s2.config(&format!(
-        "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"wrong\"",
-        rx.url("/services/collector/event")
-    ));
+    let cfg = config(
+        &s2,
+        &format!(
+            "url = \"{}\"\nformat = \"splunk_hec\"\ntoken = \"wrong\"",
+            rx.url("/services/collector/event")
+        ),
+    );
     let report = run_once(&cfg, opts());
     assert!(!report.all_succeeded());
     let err = report.jobs[0].1.error.clone().unwrap();
@@ -390,7 +370,8 @@ fn elasticsearch_bulk_ids_make_a_repeated_page_an_overwrite() {
     // The 4th request (a batch in the middle of the second page) is refused for good once:
     // the first run fails after delivering part of that page.
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), bulk(|n| n == 3));
-    let cfg = s.config_with(
+    let cfg = config_with(
+        &s,
         &format!(
             "url = \"{}\"\nformat = \"elasticsearch_bulk\"\nbatch = {{ max_rows = 20 }}",
             rx.url("/msgtrace/_bulk")
@@ -434,7 +415,8 @@ fn elasticsearch_bulk_ids_make_a_repeated_page_an_overwrite() {
 fn a_receiver_down_fails_the_run_and_the_next_run_delivers_every_row() {
     let s = setup();
     let port: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = s.config_with(
+    let cfg = config_with(
+        &s,
         &format!(
             "url = \"http://{port}/ingest\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}"
         ),
@@ -477,10 +459,13 @@ fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
     //   fetched and sent again: its first batch is refused once more (16), then accepted.
     let down = |n: usize| (4..=5).contains(&n) || (13..=16).contains(&n);
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(down));
-    let cfg = s.config(&format!(
-        "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
-        rx.url("/ingest")
-    ));
+    let cfg = config(
+        &s,
+        &format!(
+            "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
+            rx.url("/ingest")
+        ),
+    );
     // After every commit: the rows the job has committed, and the distinct rows the receiver had
     // accepted by then.
     let commits: Arc<Mutex<Vec<(u64, usize)>>> = Arc::default();
@@ -527,7 +512,7 @@ fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
         );
     }
     // The second outage went through the task's reschedule, and the job ended at the window's end.
-    let store = msgtrace::storage::Store::open(s.dir.path().join("state")).unwrap();
+    let store = s.store();
     let jobs = store.jobs(Some("src")).unwrap();
     let reschedules: u32 = jobs
         .iter()
@@ -539,7 +524,7 @@ fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
     assert!(cp.in_flight.is_none(), "{cp:?}");
     assert_eq!(
         cp.cursor.map(|c| c.timestamp().to_string()),
-        Some(s.end.clone())
+        Some(s.window().1.timestamp().to_string())
     );
 
     // Every row arrived. Rows sent twice are only the batch of page 6 accepted before its page
@@ -562,7 +547,7 @@ fn a_receiver_down_mid_collection_is_ridden_out_and_every_row_arrives() {
     assert!(twice <= page_size);
     // The file sink got page 6 twice too: a page goes to every sink together, and is committed only
     // when all of them have it.
-    let file = identities(&s.dir.path().join("out.ndjson"), Api::Graph);
+    let file = s.identities();
     let (missing, extra, twice) = compare(&file, &expected);
     assert_eq!((missing, extra), (0, 0), "file: missing, extra");
     assert_eq!(
@@ -580,7 +565,8 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
     // more deliveries of the held page. No task reschedule: the hold alone rides it out.
     let down = |n: usize| (5..=10).contains(&n);
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(down));
-    let cfg = s.config_with(
+    let cfg = config_with(
+        &s,
         &format!(
             "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
             rx.url("/ingest")
@@ -613,14 +599,14 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
     // The receiver has every row once: the batch of page 3 it had accepted was not sent again.
     assert_exactly_once(&accepted(), &s);
     // The file sink, which took page 3 at once, was not given it again either.
-    let file = identities(&s.dir.path().join("out.ndjson"), Api::Graph);
+    let file = s.identities();
     assert_eq!(
         compare(&file, &expected),
         (0, 0, 0),
         "file: missing, extra, twice"
     );
     // One job, not failed, not rescheduled, its cursor at the window's end, the refusal recorded.
-    let store = msgtrace::storage::Store::open(s.dir.path().join("state")).unwrap();
+    let store = s.store();
     let jobs = store.jobs(Some("src")).unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].state, msgtrace::storage::JobState::Succeeded);
@@ -633,7 +619,7 @@ fn a_scheduled_run_holds_a_refused_page_and_gives_it_again_only_to_the_sink_that
     let cp = store.checkpoint("src").unwrap().unwrap();
     assert_eq!(
         cp.cursor.map(|c| c.timestamp().to_string()),
-        Some(s.end.clone())
+        Some(s.window().1.timestamp().to_string())
     );
 }
 
@@ -646,10 +632,13 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
         "127.0.0.1:0".parse().unwrap(),
         busy_when(move |_| !is_up.load(std::sync::atomic::Ordering::SeqCst)),
     );
-    let cfg = s.config(&format!(
-        "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
-        rx.url("/ingest")
-    ));
+    let cfg = config(
+        &s,
+        &format!(
+            "url = \"{}\"\nformat = \"ndjson\"\nbatch = {{ max_rows = 30 }}",
+            rx.url("/ingest")
+        ),
+    );
     let handle = msgtrace::embed::EngineBuilder::new(cfg.clone())
         .options(fast_retry(1))
         .scheduled(true)
@@ -665,7 +654,7 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
     let refused = rx.requests().len();
 
     // The job was cancelled with its first page not checkpointed.
-    let store = msgtrace::storage::Store::open(s.dir.path().join("state")).unwrap();
+    let store = s.store();
     let jobs = store.jobs(Some("src")).unwrap();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].state, msgtrace::storage::JobState::Cancelled);
@@ -684,29 +673,23 @@ fn shutdown_ends_the_hold_of_a_refused_page_and_the_next_run_delivers_it() {
 
 #[test]
 fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
-    let sim = sim(40, |_| {});
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(40).build();
     let rx = Receiver::start("127.0.0.1:0".parse().unwrap(), busy_when(|_| true));
     // Source `a` feeds the http sink, down for the whole test; source `b` feeds the file sink.
     // The rows-in-flight budget is three pages. Were `a`'s pages fetched ahead kept during its
     // hold, `a` would hold all three whenever they took the budget before `b`'s next page (which
     // depends on the order the two jobs' requests come back in), and `b` would never get one.
     let (a0, a1, b0, b1) = (hours_ago(8), hours_ago(5), hours_ago(4), hours_ago(1));
-    let toml = graph_sources_toml(
-        &sim,
-        &dir.path().join("state"),
-        &dir.path().join("out.ndjson"),
-        &[("a", &a0, &a1), ("b", &b0, &b1)],
-        "",
-    )
-    .replace("inputs = [\"a\", \"b\"]", "inputs = [\"b\"]");
+    let toml = h
+        .sources_toml(&[("a", &a0, &a1), ("b", &b0, &b1)], "")
+        .replace("inputs = [\"a\", \"b\"]", "inputs = [\"b\"]");
     let toml = format!(
         "{toml}\n[sinks.web]\ntype = \"http\"\ninputs = [\"a\"]\nurl = \"{}\"\nformat = \"ndjson\"\n",
         rx.url("/ingest")
     );
     let expected_b = {
         let t = |s: &str| chrono::DateTime::from_timestamp(s.parse().unwrap(), 0).unwrap();
-        sim.model().expected(t(&b0), t(&b1), chrono::Utc::now())
+        h.sim().model().expected(t(&b0), t(&b1), chrono::Utc::now())
     };
     assert!(
         expected_b.len() > 200,
@@ -721,10 +704,9 @@ fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
         .scheduled(true)
         .start()
         .expect("engine starts");
-    let out = dir.path().join("out.ndjson");
-    wait_for(|| identities(&out, Api::Graph).len() >= expected_b.len());
+    wait_for(|| h.identities().len() >= expected_b.len());
     // Taken while `a` still holds its page (the shutdown would free the budget).
-    let b_delivered = identities(&out, Api::Graph);
+    let b_delivered = h.identities();
     let a_refused = rx.requests().len();
     block_on(handle.shutdown()).expect("shutdown");
     assert!(a_refused >= 1, "`a`'s page was refused by then");

@@ -105,26 +105,21 @@ fn run_holding_then(
     (report, seen)
 }
 
-fn one_source(sim: &SimServer, dir: &std::path::Path) -> String {
-    graph_sources_toml(
-        sim,
-        &dir.join("state"),
-        &dir.join("out.ndjson"),
-        &[("a", &hours_ago(12), &hours_ago(1))],
-        "",
-    )
+/// One source `a` of the harness's tenant, over the eleven hours before the current one.
+fn one_source(h: &Harness) -> String {
+    h.sources_toml(&[("a", &hours_ago(12), &hours_ago(1))], "")
 }
 
 #[test]
 fn the_next_pages_are_requested_while_the_page_before_them_is_delivered() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
     let ahead = msgtrace::actors::fetcher::PREFETCH_PAGES as u64;
     // Waits (up to 30 s, a bound for a broken engine, not a timing) for the pages fetched ahead,
     // then a little longer, for any request beyond them to show.
     let (report, seen) = run_holding(
         &sim,
-        &one_source(&sim, dir.path()),
+        &one_source(&h),
         opts(),
         1 + ahead,
         Duration::from_secs(30),
@@ -137,16 +132,16 @@ fn the_next_pages_are_requested_while_the_page_before_them_is_delivered() {
     );
     assert!(report.jobs[0].1.pages > 3, "{report:?}");
     // The pages fetched ahead came out in order, each once, after the page before was committed.
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
 #[test]
 fn without_prefetch_nothing_is_requested_while_a_page_is_delivered() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
     let (report, seen) = run_holding(
         &sim,
-        &one_source(&sim, dir.path()),
+        &one_source(&h),
         EngineOptions {
             prefetch: 0,
             ..opts()
@@ -156,13 +151,13 @@ fn without_prefetch_nothing_is_requested_while_a_page_is_delivered() {
         Duration::ZERO,
     );
     assert_eq!(seen, 1, "only page 1 was requested while it was delivered");
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
 #[test]
 fn the_rows_in_flight_budget_bounds_the_pages_of_all_sources_while_a_sink_is_busy() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
     // Four sources due at once, each with a page being fetched and two fetched ahead: twelve
     // pages without a budget. A budget of two pages (page_size 100) lets two be requested.
     let ranges: Vec<(String, String)> = (0..4)
@@ -173,13 +168,7 @@ fn the_rows_in_flight_budget_bounds_the_pages_of_all_sources_while_a_sink_is_bus
         .zip(&ranges)
         .map(|(id, (s, e))| (*id, s.as_str(), e.as_str()))
         .collect();
-    let toml = graph_sources_toml(
-        &sim,
-        &dir.path().join("state"),
-        &dir.path().join("out.ndjson"),
-        &sources,
-        "",
-    );
+    let toml = h.sources_toml(&sources, "");
     let (report, seen) = run_holding(
         &sim,
         &toml,
@@ -197,17 +186,17 @@ fn the_rows_in_flight_budget_bounds_the_pages_of_all_sources_while_a_sink_is_bus
         "two pages' worth of rows in flight while the sink held one"
     );
     assert_eq!(report.jobs.len(), 4);
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
-/// One source over fixed hours (so that a second run plans the very same requests), and the
-/// directory its state is in.
-fn fixed_source(sim: &SimServer, dir: &std::path::Path, out: &str, extra: &str) -> String {
+/// One source `a` over fixed hours (so that a second run plans the very same requests), its
+/// state in the harness's, its output the file `out` of the harness's directory.
+fn fixed_source(h: &Harness, out: &str, extra: &str) -> String {
     let (start, end) = (hours_ago(12), hours_ago(1));
     graph_sources_toml(
-        sim,
-        &dir.join("state"),
-        &dir.join(out),
+        h.sim(),
+        &h.state,
+        &h.path(out),
         &[("a", &start, &end)],
         extra,
     )
@@ -215,11 +204,12 @@ fn fixed_source(sim: &SimServer, dir: &std::path::Path, out: &str, extra: &str) 
 
 /// Run 1 fails while its first page is delivered, once the pages after it were fetched ahead
 /// (and the failed task is not run again); returns the requests it made and the spool it left.
-fn fail_with_pages_ahead(sim: &Arc<SimServer>, dir: &std::path::Path) -> (u64, Spool) {
+fn fail_with_pages_ahead(h: &Harness) -> (u64, Spool) {
     let ahead = msgtrace::actors::fetcher::PREFETCH_PAGES as u64;
-    let toml = fixed_source(sim, dir, "run1.ndjson", "task_reschedule_limit = 0");
+    let toml = fixed_source(h, "run1.ndjson", "task_reschedule_limit = 0");
+    let sim = h.shared_sim();
     let (report, seen) = run_holding_then(
-        sim,
+        &sim,
         &toml,
         opts(),
         1 + ahead,
@@ -230,7 +220,7 @@ fn fail_with_pages_ahead(sim: &Arc<SimServer>, dir: &std::path::Path) -> (u64, S
     );
     assert_eq!(seen, 1 + ahead, "page 1 and the {ahead} pages after it");
     assert!(!report.all_succeeded(), "the refused page fails the job");
-    let spool = Spool::new(&dir.join("state"), "a");
+    let spool = Spool::new(&h.state, "a");
     assert_eq!(
         spool.len() as u64,
         1 + ahead,
@@ -241,11 +231,11 @@ fn fail_with_pages_ahead(sim: &Arc<SimServer>, dir: &std::path::Path) -> (u64, S
 
 #[test]
 fn pages_fetched_before_a_failure_are_not_requested_again_by_the_next_run() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let (before, spool) = fail_with_pages_ahead(&sim, dir.path());
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
+    let (before, spool) = fail_with_pages_ahead(&h);
 
-    let toml = fixed_source(&sim, dir.path(), "run2.ndjson", "task_reschedule_limit = 0");
+    let toml = fixed_source(&h, "run2.ndjson", "task_reschedule_limit = 0");
     let report = run_once(&parse(&toml), opts());
     let pages = report.jobs[0].1.pages;
     assert_eq!(
@@ -254,16 +244,16 @@ fn pages_fetched_before_a_failure_are_not_requested_again_by_the_next_run() {
         "run 2 requested only the pages run 1 had not fetched ({pages} pages in all)"
     );
     // Every row once: page 1 and the pages kept are delivered as the requested ones are.
-    assert_exactly_once(&sim, &report, &dir.path().join("run2.ndjson"), Api::Graph);
+    assert_exactly_once(&sim, &report, &h.path("run2.ndjson"), Api::Graph);
     assert!(spool.is_empty(), "nothing is kept once the job succeeded");
     assert!(!spool.dir().exists());
 }
 
 #[test]
 fn a_damaged_spool_costs_requests_never_rows() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let (before, spool) = fail_with_pages_ahead(&sim, dir.path());
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
+    let (before, spool) = fail_with_pages_ahead(&h);
     // Every kept page damaged a different way: cut short, a bit flipped, emptied, replaced by a
     // well-formed page of no rows with no next link under another file's name.
     let mut files: Vec<_> = std::fs::read_dir(spool.dir())
@@ -279,7 +269,7 @@ fn a_damaged_spool_costs_requests_never_rows() {
     flipped[i] ^= 0x20;
     std::fs::write(&files[1], flipped).unwrap();
     std::fs::write(&files[2], b"").unwrap();
-    let other = Spool::new(&dir.path().join("elsewhere"), "a");
+    let other = Spool::new(&h.path("elsewhere"), "a");
     other
         .put("http://127.0.0.1:1/other", br#"{"value":[]}"#)
         .unwrap();
@@ -290,7 +280,7 @@ fn a_damaged_spool_costs_requests_never_rows() {
         .unwrap();
     std::fs::rename(moved.path(), &files[3]).unwrap();
 
-    let toml = fixed_source(&sim, dir.path(), "run2.ndjson", "task_reschedule_limit = 0");
+    let toml = fixed_source(&h, "run2.ndjson", "task_reschedule_limit = 0");
     let report = run_once(&parse(&toml), opts());
     let pages = report.jobs[0].1.pages;
     assert_eq!(
@@ -298,16 +288,16 @@ fn a_damaged_spool_costs_requests_never_rows() {
         pages,
         "run 2 requested every page again"
     );
-    assert_exactly_once(&sim, &report, &dir.path().join("run2.ndjson"), Api::Graph);
+    assert_exactly_once(&sim, &report, &h.path("run2.ndjson"), Api::Graph);
 }
 
 #[test]
 fn a_task_run_again_in_the_same_job_takes_its_pages_from_the_spool() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
     let ahead = msgtrace::actors::fetcher::PREFETCH_PAGES as u64;
     // The default task_reschedule_limit (1) runs the failed task again from its last commit.
-    let toml = fixed_source(&sim, dir.path(), "out.ndjson", "");
+    let toml = fixed_source(&h, "out.ndjson", "");
     let (report, seen) = run_holding_then(
         &sim,
         &toml,
@@ -325,7 +315,7 @@ fn a_task_run_again_in_the_same_job_takes_its_pages_from_the_spool() {
     );
     // The file sink took page 1 before the holding sink refused it: that page is there twice,
     // every other row once.
-    let ids = identities(&dir.path().join("out.ndjson"), Api::Graph);
+    let ids = identities(&h.path("out.ndjson"), Api::Graph);
     let twice = ids.values().filter(|n| **n == 2).count();
     assert!(ids.values().all(|n| *n <= 2));
     assert_eq!(
@@ -339,10 +329,10 @@ fn each_page_is_kept_before_the_request_for_the_next_goes_out() {
     // Pages of 5000 rows (about 1.8 MB), eight of them ahead: a write that came after the next
     // request went out would often still be under way when that request arrives. (The order is
     // the code's; this catches a missing write always, a late one most of the time.)
-    let sim = Arc::new(sim(3000, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::graph().rate(3000).build();
+    let sim = h.shared_sim();
     let ahead = 8;
-    let spool = Spool::new(&dir.path().join("state"), "a");
+    let spool = Spool::new(&h.state, "a");
     // For each request as it arrives: is the page requested before it in the spool?
     let log: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
     {
@@ -355,8 +345,8 @@ fn each_page_is_kept_before_the_request_for_the_next_goes_out() {
             log.push((uri.to_owned(), before_kept));
         });
     }
-    let toml = fixed_source(&sim, dir.path(), "out.ndjson", "")
-        .replace("page_size = 100\n", "page_size = 5000\n");
+    let toml =
+        fixed_source(&h, "out.ndjson", "").replace("page_size = 100\n", "page_size = 5000\n");
     let (report, seen) = run_holding(
         &sim,
         &toml,
@@ -379,14 +369,14 @@ fn each_page_is_kept_before_the_request_for_the_next_goes_out() {
             i + 1
         );
     }
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
 #[test]
 fn a_re_read_is_never_answered_from_the_spool() {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let toml = fixed_source(&sim, dir.path(), "out.ndjson", r#"reread = "3h""#);
+    let h = Harness::graph().rate(60).build();
+    let sim = h.shared_sim();
+    let toml = fixed_source(&h, "out.ndjson", r#"reread = "3h""#);
     let cfg = parse(&toml);
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     {
@@ -403,7 +393,7 @@ fn a_re_read_is_never_answered_from_the_spool() {
 
     // A row no API sent, in the re-read span, kept in the spool under every URL job 2 asked
     // for: a re-read answered from the spool would deliver it.
-    let out = dir.path().join("out.ndjson");
+    let out = h.path("out.ndjson");
     let text = std::fs::read_to_string(&out).unwrap();
     // The newest row: in the re-read span (the window's last three hours) whatever the time of
     // day (a row "of the last two hours" found none just before the hour: the window ends at
@@ -425,7 +415,7 @@ fn a_re_read_is_never_answered_from_the_spool() {
     );
     row["id"] = "a-row-no-api-sent".into();
     let body = serde_json::to_vec(&serde_json::json!({ "value": [row] })).unwrap();
-    let spool = Spool::new(&dir.path().join("state"), "a");
+    let spool = Spool::new(&h.state, "a");
     for uri in &reread {
         spool
             .put(&format!("{}{uri}", sim.base_url()), &body)

@@ -1,7 +1,6 @@
 //! `metrics_listen`: `/metrics` shows the counters moving during a run, `/health` answers.
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -38,29 +37,13 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[test]
 fn metrics_move_during_a_run_and_health_answers() {
-    let sim = sim(120, |c| c.page_latency_ms = 60);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let toml = format!(
-        "metrics_listen = \"{addr}\"\n{}",
-        config_toml(
-            &sim,
-            &Scenario {
-                api: Api::Graph,
-                state_dir: &dir.path().join("state"),
-                out: &dir.path().join("out.ndjson"),
-                start: &hours_ago(8),
-                end: &hours_ago(1),
-                page_size: 50,
-                extra: "",
-            },
-        )
-    )
-    // The recorder is the process's, and the other tests of this binary run sources named
-    // `src`: this one has a name of its own.
-    .replace("[sources.src", "[sources.moving")
-    .replace("inputs = [\"src\"]", "inputs = [\"moving\"]");
+    let h = Harness::graph()
+        .rate(120)
+        .sim(|c| c.page_latency_ms = 60)
+        .window(&hours_ago(8), &hours_ago(1))
+        .page_size(50)
+        .build();
+    let (toml, addr) = served_config(&h, "moving");
     let cfg = parse(&toml);
     let run = std::thread::spawn(move || run_once(&cfg, opts()));
 
@@ -120,15 +103,12 @@ fn metrics_move_during_a_run_and_health_answers() {
     assert!(get(&addr, "/metrics").is_none());
 }
 
-/// A scenario's configuration with `metrics_listen` on a free port and the source renamed to
+/// The harness's configuration with `metrics_listen` on a free port and the source renamed to
 /// `id` (the Prometheus recorder is the process's, shared by every test of the binary: each uses its own source).
-fn served_config(
-    sim: &msgtrace_simulator::SimServer,
-    dir: &std::path::Path,
-    id: &str,
-) -> (String, String) {
+fn served_config(h: &Harness, id: &str) -> (String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let toml = graph_toml(sim, dir)
+    let toml = h
+        .toml
         .replace("[sources.src", &format!("[sources.{id}"))
         .replace("inputs = [\"src\"]", &format!("inputs = [\"{id}\"]"));
     (format!("metrics_listen = \"{addr}\"\n{toml}"), addr)
@@ -137,9 +117,10 @@ fn served_config(
 #[test]
 fn health_is_degraded_while_a_source_fails_and_names_it() {
     // Every token request of this source is refused: every job fails on authentication.
-    let sim = sim(60, |c| c.client_secret = "another".into());
-    let dir = tempfile::tempdir().unwrap();
-    let (toml, addr) = served_config(&sim, dir.path(), "refused");
+    let h = Harness::graph()
+        .sim(|c| c.client_secret = "another".into())
+        .build();
+    let (toml, addr) = served_config(&h, "refused");
     let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
         .unwrap()
         .start()
@@ -167,9 +148,8 @@ fn health_is_degraded_while_a_source_fails_and_names_it() {
 
 #[test]
 fn every_metric_is_described_documented_and_there_before_the_first_event() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (toml, addr) = served_config(&sim, dir.path(), "idle");
+    let h = Harness::graph().build();
+    let (toml, addr) = served_config(&h, "idle");
     let handle = msgtrace::embed::EngineBuilder::from_toml(&toml)
         .unwrap()
         .start()
@@ -227,11 +207,10 @@ fn every_metric_is_described_documented_and_there_before_the_first_event() {
 
 #[test]
 fn the_last_success_is_shown_again_after_a_restart() {
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let (toml, addr) = served_config(&sim, dir.path(), "restarted");
+    let h = Harness::graph().build();
+    let (toml, addr) = served_config(&h, "restarted");
     // The first run in another process: this process's recorder never sees its job end.
-    let cfg = dir.path().join("c.toml");
+    let cfg = h.path("c.toml");
     std::fs::write(&cfg, &toml).unwrap();
     assert!(spawn_run_once(&cfg).wait().unwrap().success());
 

@@ -2,8 +2,6 @@
 //! is lost, and the figures (requests, retries, 429s, re-queried windows, duplicates) are printed.
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
-use msgtrace::storage::Store;
 use msgtrace_simulator::{SimFault, SimQuota};
 use std::time::{Duration, Instant};
 
@@ -36,36 +34,22 @@ const FAULTS: [SimFault; 7] = [
 
 #[test]
 fn all_fault_classes_and_sigkills_lose_no_row() {
-    let api = Api::Graph;
     let page_size = 100;
     // The tenant also enforces a budget that msgtrace is not told about: real 429s come too.
-    let sim = sim(120, |c| {
-        c.page_latency_ms = 20;
-        c.quota = Some(SimQuota {
-            requests: 40,
-            per_secs: 2,
-        });
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        config_toml(
-            &sim,
-            &Scenario {
-                api,
-                state_dir: &state,
-                out: &out,
-                start: "-3d@h",
-                end: "-1h@h",
-                page_size,
-                extra: "request_timeout_secs = 1\ntask_reschedule_limit = 3",
-            },
-        ),
-    )
-    .unwrap();
+    let h = Harness::graph()
+        .rate(120)
+        .sim(|c| {
+            c.page_latency_ms = 20;
+            c.quota = Some(SimQuota {
+                requests: 40,
+                per_secs: 2,
+            });
+        })
+        .window("-3d@h", "-1h@h")
+        .page_size(page_size)
+        .extra("request_timeout_secs = 1\ntask_reschedule_limit = 3")
+        .build();
+    let (sim, cfg) = (h.sim(), h.write_config());
     let mut rng = Rng::seeded("mixed-fault");
     let spawn = || spawn_run_once(&cfg);
     let mut kills = 0;
@@ -100,7 +84,7 @@ fn all_fault_classes_and_sigkills_lose_no_row() {
     assert!(status.success(), "final run failed: {status}");
     assert!(kills >= 5, "only {kills} kills");
 
-    let store = Store::open(&state).unwrap();
+    let store = h.store();
     let cp = store.checkpoint("src").unwrap().unwrap();
     assert!(cp.in_flight.is_none());
     let jobs = store.jobs(Some("src")).unwrap();
@@ -108,7 +92,7 @@ fn all_fault_classes_and_sigkills_lose_no_row() {
     let expected = sim
         .model()
         .expected(start, cp.cursor.unwrap(), chrono::Utc::now());
-    let (missing, extra, dups) = compare(&identities(&out, api), &expected);
+    let (missing, extra, dups) = compare(&h.identities(), &expected);
     let stats = sim.stats();
     let retries: u64 = jobs.iter().map(|j| j.retries).sum();
     let requeries: u32 = jobs

@@ -65,14 +65,12 @@ fn a_misleading_row_costs_at_most_one_request_and_no_row() {
         }
     });
     *base.lock().unwrap() = url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(&url, window(), &dir.path().join("state"), &out, "");
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::fake(&url, window(), "");
+    let report = h.run_once();
     block_on(handle.stop(false));
     assert!(report.all_succeeded(), "{report:?}");
 
-    let ids: Vec<String> = output_ids(&out);
+    let ids: Vec<String> = output_ids(&h.out);
     let want: Vec<String> = (1..=4)
         .flat_map(|n| (0..3).map(move |i| format!("p{n}-{i}")))
         .collect();

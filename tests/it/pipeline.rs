@@ -16,48 +16,27 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
         .collect()
 }
 
-/// A Graph source over the last six hours in pages of 40, writing `dir/out.ndjson`, its state in
-/// `dir/state`.
-fn graph_config(
-    sim: &msgtrace_simulator::SimServer,
-    dir: &tempfile::TempDir,
-    extra: &str,
-) -> msgtrace::config::Config {
-    parse(&config_toml(
-        sim,
-        &Scenario {
-            api: Api::Graph,
-            state_dir: &dir.path().join("state"),
-            out: &dir.path().join("out.ndjson"),
-            start: &hours_ago(6),
-            end: &hours_ago(1),
-            page_size: 40,
-            extra,
-        },
-    ))
+/// A Graph source of a tenant of 30 messages an hour, over the last six hours in pages of 40.
+fn graph_harness(extra: &str) -> Harness {
+    Harness::graph()
+        .rate(30)
+        .window(&hours_ago(6), &hours_ago(1))
+        .page_size(40)
+        .extra(extra)
+        .build()
 }
 
 #[test]
 fn ecs_normalization_of_both_dialects() {
     for api in [Api::Graph, Api::Reporting] {
-        let sim = sim(30, |_| {});
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("out.ndjson");
-        let cfg = parse(&config_toml(
-            &sim,
-            &Scenario {
-                api,
-                state_dir: &dir.path().join("state"),
-                out: &out,
-                start: &hours_ago(6),
-                end: &hours_ago(1),
-                page_size: 100,
-                extra: "normalize = \"ecs\"\nlocal_domains = [\"contoso.com\"]\nfields = { env = \"test\" }",
-            },
-        ));
-        let report = run_once(&cfg, opts());
+        let h = Harness::simulated(api)
+            .rate(30)
+            .window(&hours_ago(6), &hours_ago(1))
+            .extra("normalize = \"ecs\"\nlocal_domains = [\"contoso.com\"]\nfields = { env = \"test\" }")
+            .build();
+        let report = h.run_once();
         assert!(report.all_succeeded(), "{report:?}");
-        let events = lines(&out);
+        let events = lines(&h.out);
         assert_eq!(events.len() as u64, report.jobs[0].1.rows);
         let mut directions = std::collections::HashSet::new();
         let (id_field, _) = api.identity_fields();
@@ -88,10 +67,7 @@ fn ecs_normalization_of_both_dialects() {
 
 #[test]
 fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
-    let sim = sim(30, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = graph_config(&sim, &dir, "");
+    let h = graph_harness("");
     // Each call's events: pages are made ready on parse threads, two at once, so the calls are
     // not in page order.
     let calls: Arc<Mutex<Vec<Vec<EventMeta>>>> = Arc::default();
@@ -112,13 +88,10 @@ fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
             .insert("page_summary".into(), (events.len() as u64).into());
         events.push(summary);
     });
-    let report = run_once(
-        &cfg,
-        EngineOptions {
-            hooks: vec![hook],
-            ..opts()
-        },
-    );
+    let report = h.run_once_with(EngineOptions {
+        hooks: vec![hook],
+        ..opts()
+    });
     assert!(report.all_succeeded(), "{report:?}");
     let calls = calls.lock().unwrap();
     assert_eq!(calls.len() as u64, report.jobs[0].1.pages, "once per page");
@@ -135,7 +108,7 @@ fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
     let last_page = calls.iter().find(|c| c.iter().any(|m| m.is_final)).unwrap();
     assert!(last_page.last().unwrap().is_final, "the page's last event");
 
-    let written = lines(&out);
+    let written = lines(&h.out);
     let summaries: Vec<&Value> = written
         .iter()
         .filter(|e| e.get("page_summary").is_some())
@@ -155,19 +128,13 @@ fn a_host_hook_sees_metadata_and_can_change_drop_and_add_events() {
 
 #[test]
 fn a_panicking_hook_fails_the_page_and_moves_no_checkpoint() {
-    let sim = sim(30, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = graph_config(&sim, &dir, "reschedule_tasks = false");
+    let h = graph_harness("reschedule_tasks = false");
+    let out = &h.out;
     let hook: Hook = Arc::new(|_| panic!("bad hook"));
-    let report = run_once(
-        &cfg,
-        EngineOptions {
-            hooks: vec![hook],
-            ..opts()
-        },
-    );
+    let report = h.run_once_with(EngineOptions {
+        hooks: vec![hook],
+        ..opts()
+    });
     assert!(!report.all_succeeded());
     assert!(report.jobs[0]
         .1
@@ -176,11 +143,8 @@ fn a_panicking_hook_fails_the_page_and_moves_no_checkpoint() {
         .unwrap()
         .contains("bad hook"));
     assert_eq!(report.restarts, 0, "the fetcher did not die");
-    assert!(!out.exists() || lines(&out).is_empty());
-    let cp = msgtrace::storage::Store::open(&state)
-        .unwrap()
-        .checkpoint("src")
-        .unwrap();
+    assert!(!out.exists() || lines(out).is_empty());
+    let cp = h.store().checkpoint("src").unwrap();
     if let Some(c) = cp {
         assert!(c.cursor.is_none() && c.pages_total == 0, "{c:?}");
     }
@@ -209,10 +173,7 @@ impl msgtrace::actors::sink::Sink for Keep {
 fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
     // The file sink takes NDJSON encoded on the parse thread, the host sink the events: both
     // after the hooks, both exactly once.
-    let sim = sim(30, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let cfg = graph_config(&sim, &dir, "");
+    let h = graph_harness("");
     let kept: Arc<Mutex<Vec<Value>>> = Arc::default();
     let hook: Hook = Arc::new(|events: &mut Vec<Event>| {
         events.retain(|e| e.fields["status"] != "failed");
@@ -220,7 +181,7 @@ fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
             e.fields.insert("hooked".into(), true.into());
         }
     });
-    let engine = msgtrace::embed::EngineBuilder::new(cfg)
+    let engine = msgtrace::embed::EngineBuilder::new(h.config())
         .sink(Box::new(Keep(kept.clone())), &["src"])
         .hook(hook)
         .start()
@@ -231,7 +192,7 @@ fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
         report
     });
     assert!(report.all_succeeded(), "{report:?}");
-    let written = lines(&out);
+    let written = lines(&h.out);
     let kept = kept.lock().unwrap();
     assert!(written.len() > 40, "several pages: {}", written.len());
     assert!(written
@@ -243,7 +204,7 @@ fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
     a.sort();
     b.sort();
     assert_eq!(a, b, "the same events, each once");
-    assert_exactly_once_ids(&out, &written);
+    assert_exactly_once_ids(&h.out, &written);
 }
 
 /// No identity twice in the file.
@@ -285,11 +246,9 @@ impl msgtrace::actors::sink::Sink for PanicsOnce {
 fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
     // Before, the panic ended the sink's actor for good: every later page was refused ("a sink
     // is not running") and the job failed, or a scheduled run held the page forever.
-    let sim = sim(30, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = graph_config(&sim, &dir, "");
+    let h = graph_harness("");
     let kept: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let engine = msgtrace::embed::EngineBuilder::new(cfg)
+    let engine = msgtrace::embed::EngineBuilder::new(h.config())
         .sink(
             Box::new(PanicsOnce {
                 kept: kept.clone(),
@@ -320,7 +279,7 @@ fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
     assert_eq!(ids.len(), n, "a row twice in the sink");
     let now = chrono::Utc::now();
     let (s, e) = job.window.unwrap();
-    assert_eq!(n, sim.model().expected(s, e, now).len(), "every row");
+    assert_eq!(n, h.sim().model().expected(s, e, now).len(), "every row");
 }
 
 /// Two engines in one process share nothing: engine A's pages are stuck in a hook on the threads
@@ -328,7 +287,8 @@ fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
 /// all the same. Before, the parse turns were a process-wide static, and B waited for A.
 #[test]
 fn two_engines_in_one_process_do_not_wait_for_each_other() {
-    let sim = sim(30, |_| {});
+    // Engine B's set-up; engine A collects from its simulator into a directory of its own.
+    let b = graph_harness("");
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let dir_a = tempfile::tempdir().unwrap();
     let sources: Vec<(String, String, String)> = (0..cores)
@@ -339,7 +299,7 @@ fn two_engines_in_one_process_do_not_wait_for_each_other() {
         .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
         .collect();
     let cfg_a = parse(&graph_sources_toml(
-        &sim,
+        b.sim(),
         &dir_a.path().join("state"),
         &dir_a.path().join("out.ndjson"),
         &refs,
@@ -377,8 +337,7 @@ fn two_engines_in_one_process_do_not_wait_for_each_other() {
         assert!(!timeout.timed_out(), "engine A parsed {} pages", g.0);
     }
     // Engine B, while every parse turn of A is held.
-    let dir_b = tempfile::tempdir().unwrap();
-    let cfg_b = graph_config(&sim, &dir_b, "");
+    let cfg_b = b.config();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let b = msgtrace::embed::EngineBuilder::new(cfg_b).start().unwrap();
@@ -389,7 +348,7 @@ fn two_engines_in_one_process_do_not_wait_for_each_other() {
         });
         let _ = tx.send(report);
     });
-    let b = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let got_b = rx.recv_timeout(std::time::Duration::from_secs(60));
     {
         let (lock, cv) = &*gate;
         lock.lock().unwrap().1 = true;
@@ -397,13 +356,8 @@ fn two_engines_in_one_process_do_not_wait_for_each_other() {
     }
     let report_a = run_a.join().unwrap().unwrap();
     block_on(a.shutdown()).unwrap();
-    let report_b = b.expect("engine B collected while engine A's parses were held");
+    let report_b = got_b.expect("engine B collected while engine A's parses were held");
     assert!(report_b.all_succeeded(), "{report_b:?}");
     assert!(report_a.all_succeeded(), "{report_a:?}");
-    assert_exactly_once(
-        &sim,
-        &report_b,
-        &dir_b.path().join("out.ndjson"),
-        Api::Graph,
-    );
+    b.assert_exactly_once(&report_b);
 }

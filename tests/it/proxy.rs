@@ -1,7 +1,6 @@
 //! Collection through an HTTP CONNECT proxy on loopback, with and without credentials.
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,27 +78,14 @@ fn start_proxy(required_auth: Option<&'static str>) -> TestProxy {
 }
 
 fn run_through(proxy_url: &str) -> (msgtrace::actors::supervisor::RunReport, bool) {
-    let api = Api::Graph;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let extra = format!("proxy_url = \"{proxy_url}\"");
-    let toml = config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &dir.path().join("state"),
-            out: &out,
-            start: "-6h@h",
-            end: "-1h@h",
-            page_size: 100,
-            extra: &extra,
-        },
-    );
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::graph()
+        .window("-6h@h", "-1h@h")
+        .extra(&format!("proxy_url = \"{proxy_url}\""))
+        .build();
+    let report = h.run_once();
     let ok = report.all_succeeded();
     if ok {
-        assert_exactly_once(&sim, &report, &out, api);
+        h.assert_exactly_once(&report);
     }
     (report, ok)
 }

@@ -6,25 +6,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
 use msgtrace_simulator::SimQuota;
 
 #[test]
 fn with_another_app_spending_half_the_budget_the_engine_lowers_its_limit_and_no_job_fails() {
     // 30 requests per second for the tenant, 15 of them another application's; msgtrace is told
     // the whole budget (it cannot know of the other app).
-    let sim = Arc::new(sim(240, |c| {
-        c.quota = Some(SimQuota {
-            requests: 30,
-            per_secs: 1,
-        });
-        c.other_app_percent = 50;
-    }));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = parse(&graph_sources_toml(
-        &sim,
-        &dir.path().join("state"),
-        &dir.path().join("out.ndjson"),
+    let h = Harness::graph()
+        .rate(240)
+        .sim(|c| {
+            c.quota = Some(SimQuota {
+                requests: 30,
+                per_secs: 1,
+            });
+            c.other_app_percent = 50;
+        })
+        .build();
+    let sim = h.shared_sim();
+    let cfg = parse(&h.sources_toml(
         &[("a", "-1d@h", "-12h@h"), ("b", "-12h@h", "-1h@h")],
         "quota = { requests = 30, per_secs = 1 }",
     ));
@@ -58,5 +57,5 @@ fn with_another_app_spending_half_the_budget_the_engine_lowers_its_limit_and_no_
         "{} 429s after the first 40 of {pages} pages: {stats:?}",
         stats.throttled - at_a_third
     );
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }

@@ -4,11 +4,10 @@
 
 use crate::common::*;
 use msgtrace::actors::dialect::Api;
-use msgtrace::storage::{JobState, Store};
+use msgtrace::storage::JobState;
 use msgtrace_simulator::SimServer;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 /// The identities of the complete lines of `paths` (a line being written is not counted yet).
 fn complete_ids(paths: &[&Path]) -> HashMap<(String, String), usize> {
@@ -51,106 +50,25 @@ fn expected(sim: &SimServer, windows: &[(&str, &str)]) -> Vec<(String, String)> 
         .collect()
 }
 
-/// `msgtrace run` as a child process, killed if a test fails before stopping it.
-struct Run(Child);
-
-impl Run {
-    /// `msgtrace run ARGS -c cfg`, its log (stderr) in `log`.
-    fn spawn(cfg: &Path, log: &Path, args: &[&str]) -> Run {
-        let child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
-            .arg("run")
-            .args(args)
-            .arg("-c")
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        Run(child)
-    }
-
-    fn exited(&mut self) -> bool {
-        self.0.try_wait().unwrap().is_some()
-    }
-
-    /// Waits until `done` holds while the process runs; fails if it died.
-    fn wait_running(&mut self, mut done: impl FnMut() -> bool) {
-        assert!(wait_for(|| self.exited() || done()), "timed out");
-        assert!(!self.exited(), "msgtrace run died");
-    }
-
-    /// Waits until every expected row is in `paths`.
-    fn wait_for_rows(&mut self, paths: &[&Path], expected: &[(String, String)]) {
-        self.wait_running(|| {
-            let got = complete_ids(paths);
-            expected.iter().all(|k| got.contains_key(k))
-        });
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.0.id() as i32, sig);
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGTERM);
-        assert!(wait_for(|| self.exited()), "no exit after SIGTERM");
-        self.0.wait().unwrap()
-    }
+/// Waits until every expected row is in `paths` while `run` runs.
+fn wait_for_rows(run: &mut MsgtraceRun, paths: &[&Path], expected: &[(String, String)]) {
+    run.wait_running(|| {
+        let got = complete_ids(paths);
+        expected.iter().all(|k| got.contains_key(k))
+    });
 }
 
-impl Drop for Run {
-    fn drop(&mut self) {
-        if !self.exited() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-struct Setup {
-    sim: SimServer,
-    _dir: tempfile::TempDir,
-    state: PathBuf,
-    out: PathBuf,
-    cfg: PathBuf,
-    log: PathBuf,
-}
-
-/// A Graph tenant and a source `src` of 29 hours in pages of 100, paced by a budget of 10
-/// requests a second so that a collection takes seconds whatever the machine.
-fn setup() -> Setup {
-    let sim = sim(100, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let out = dir.path().join("out.ndjson");
-    let cfg = dir.path().join("c.toml");
-    let log = dir.path().join("log.txt");
-    Setup {
-        sim,
-        state,
-        out,
-        cfg,
-        log,
-        _dir: dir,
-    }
+/// A Graph tenant for sources of 29 hours in pages of 100, paced by a budget of 10 requests a
+/// second ([`paced`]) so that a collection takes seconds whatever the machine.
+fn setup() -> Harness {
+    Harness::graph().rate(100).build()
 }
 
 const PACED: &str = "quota = { requests = 10, per_secs = 1 }";
 
-impl Setup {
-    fn toml(&self, sources: &[(&str, &str, &str)], extra: &str) -> String {
-        graph_sources_toml(
-            &self.sim,
-            &self.state,
-            &self.out,
-            sources,
-            &format!("{PACED}\n{extra}"),
-        )
-    }
+/// The Graph sources `(id, start, end)` of `s`, paced, with `extra` in every source table.
+fn paced(s: &Harness, sources: &[(&str, &str, &str)], extra: &str) -> String {
+    s.sources_toml(sources, &format!("{PACED}\n{extra}"))
 }
 
 /// Issue 16, item 4: a changed source restarts at its checkpoint with its new settings, an
@@ -159,17 +77,18 @@ impl Setup {
 #[test]
 fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() {
     let s = setup();
+    let (cfg, log) = (s.path("c.toml"), s.path("log.txt"));
     let src = (hours_ago(30), hours_ago(1));
     let added = (hours_ago(40), hours_ago(30));
     let one = [("src", src.0.as_str(), src.1.as_str())];
-    std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
-    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    std::fs::write(&cfg, paced(&s, &one, "fields = { gen = \"1\" }")).unwrap();
+    let mut run = MsgtraceRun::spawn(&cfg, &log, &[]);
     run.wait_running(|| lines_of_gen(&s.out, "1") > 0);
     let both = [one[0], ("added", added.0.as_str(), added.1.as_str())];
-    std::fs::write(&s.cfg, s.toml(&both, "fields = { gen = \"2\" }")).unwrap();
+    std::fs::write(&cfg, paced(&s, &both, "fields = { gen = \"2\" }")).unwrap();
     run.signal(libc::SIGHUP);
-    let exp = expected(&s.sim, &[(&src.0, &src.1), (&added.0, &added.1)]);
-    run.wait_for_rows(&[&s.out], &exp);
+    let exp = expected(s.sim(), &[(&src.0, &src.1), (&added.0, &added.1)]);
+    wait_for_rows(&mut run, &[&s.out], &exp);
     let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(
@@ -179,7 +98,7 @@ fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() 
     );
     let (first, second) = (lines_of_gen(&s.out, "1"), lines_of_gen(&s.out, "2"));
     assert!(first > 0 && second > 0, "gen 1: {first}, gen 2: {second}");
-    let store = Store::open(&s.state).unwrap();
+    let store = s.store();
     let jobs = store.jobs(Some("src")).unwrap();
     assert!(
         jobs.iter().any(|j| j.state == JobState::Cancelled),
@@ -192,15 +111,16 @@ fn sighup_restarts_a_changed_source_at_its_checkpoint_and_starts_an_added_one() 
 #[test]
 fn watch_config_reloads_when_the_file_changes() {
     let s = setup();
+    let (cfg, log) = (s.path("c.toml"), s.path("log.txt"));
     let src = (hours_ago(50), hours_ago(1));
     let one = [("src", src.0.as_str(), src.1.as_str())];
-    std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"1\" }")).unwrap();
-    let mut run = Run::spawn(&s.cfg, &s.log, &["--watch-config"]);
+    std::fs::write(&cfg, paced(&s, &one, "fields = { gen = \"1\" }")).unwrap();
+    let mut run = MsgtraceRun::spawn(&cfg, &log, &["--watch-config"]);
     run.wait_running(|| lines_of_gen(&s.out, "1") > 0);
-    std::fs::write(&s.cfg, s.toml(&one, "fields = { gen = \"2\" }")).unwrap();
+    std::fs::write(&cfg, paced(&s, &one, "fields = { gen = \"2\" }")).unwrap();
     run.wait_running(|| lines_of_gen(&s.out, "2") > 0);
-    let exp = expected(&s.sim, &[(&src.0, &src.1)]);
-    run.wait_for_rows(&[&s.out], &exp);
+    let exp = expected(s.sim(), &[(&src.0, &src.1)]);
+    wait_for_rows(&mut run, &[&s.out], &exp);
     let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(
@@ -220,10 +140,11 @@ fn watch_config_reloads_when_the_file_changes() {
 #[test]
 fn logrotate_rename_and_sighup_continue_in_a_new_file_every_row_once() {
     let s = setup();
+    let (cfg, log) = (s.path("c.toml"), s.path("log.txt"));
     let window = (hours_ago(30), hours_ago(1));
-    let toml = s.toml(&[("src", &window.0, &window.1)], "");
-    std::fs::write(&s.cfg, toml).unwrap();
-    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    let toml = paced(&s, &[("src", &window.0, &window.1)], "");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut run = MsgtraceRun::spawn(&cfg, &log, &[]);
     run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
     let rotated = s.out.with_extension("ndjson.1");
     std::fs::rename(&s.out, &rotated).unwrap();
@@ -231,8 +152,8 @@ fn logrotate_rename_and_sighup_continue_in_a_new_file_every_row_once() {
     run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
     // From the new file's first line on, the renamed one is never written again.
     let rotated_bytes = std::fs::read(&rotated).unwrap();
-    let exp = expected(&s.sim, &[(&window.0, &window.1)]);
-    run.wait_for_rows(&[&rotated, &s.out], &exp);
+    let exp = expected(s.sim(), &[(&window.0, &window.1)]);
+    wait_for_rows(&mut run, &[&rotated, &s.out], &exp);
     let status = run.stop();
     assert!(status.success(), "{status}");
     assert_eq!(std::fs::read(&rotated).unwrap(), rotated_bytes);
@@ -249,16 +170,17 @@ fn logrotate_rename_and_sighup_continue_in_a_new_file_every_row_once() {
 #[test]
 fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
     let s = setup();
+    let (cfg, log) = (s.path("c.toml"), s.path("log.txt"));
     let window = (hours_ago(30), hours_ago(1));
-    let good = s.toml(&[("src", &window.0, &window.1)], "");
-    std::fs::write(&s.cfg, &good).unwrap();
-    let mut run = Run::spawn(&s.cfg, &s.log, &[]);
+    let good = paced(&s, &[("src", &window.0, &window.1)], "");
+    std::fs::write(&cfg, &good).unwrap();
+    let mut run = MsgtraceRun::spawn(&cfg, &log, &[]);
     run.wait_running(|| !complete_ids(&[&s.out]).is_empty());
-    let log = || std::fs::read_to_string(&s.log).unwrap_or_default();
+    let log = || std::fs::read_to_string(&log).unwrap_or_default();
     let rejected = |n: usize| move || log().matches("configuration not reloaded").count() >= n;
     // Two errors of the configuration itself.
     let bad = good.replace("page_size = 100", "page_size = 0\npage_sise = 5");
-    std::fs::write(&s.cfg, bad).unwrap();
+    std::fs::write(&cfg, bad).unwrap();
     run.signal(libc::SIGHUP);
     run.wait_running(rejected(1));
     // A pre-run check (`validate`'s): the file sink's path is a directory.
@@ -268,11 +190,11 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
         &serde_json::to_string(&s.out.to_string_lossy()).unwrap(),
         &serde_json::to_string(&dir_path.to_string_lossy()).unwrap(),
     );
-    std::fs::write(&s.cfg, bad).unwrap();
+    std::fs::write(&cfg, bad).unwrap();
     run.signal(libc::SIGHUP);
     run.wait_running(rejected(2));
-    let exp = expected(&s.sim, &[(&window.0, &window.1)]);
-    run.wait_for_rows(&[&s.out], &exp);
+    let exp = expected(s.sim(), &[(&window.0, &window.1)]);
+    wait_for_rows(&mut run, &[&s.out], &exp);
     let status = run.stop();
     assert!(status.success(), "{status}");
     let log = log();
@@ -292,8 +214,12 @@ fn an_invalid_configuration_at_sighup_is_logged_and_the_running_one_stays() {
 
 /// Sources `a` (window `wa`) and `b` (window `wb`) of one paced tenant, `a` feeding the file
 /// sink `fa` (`out_a`), `b` the file sink `fb` (`out_b`).
-fn two_sinks(s: &Setup, wa: &(String, String), wb: &(String, String)) -> msgtrace::config::Config {
-    let mut c = parse(&s.toml(&[("a", &wa.0, &wa.1), ("b", &wb.0, &wb.1)], ""));
+fn two_sinks(
+    s: &Harness,
+    wa: &(String, String),
+    wb: &(String, String),
+) -> msgtrace::config::Config {
+    let mut c = parse(&paced(s, &[("a", &wa.0, &wa.1), ("b", &wb.0, &wb.1)], ""));
     let out = c.sinks.remove("out").unwrap();
     for (id, source) in [("fa", "a"), ("fb", "b")] {
         let mut sink = out.clone();
@@ -354,7 +280,7 @@ fn a_removed_source_stops_after_its_page_in_flight_and_a_rebuilt_sink_loses_noth
             vec!["a".into()]
         )
     );
-    let exp_a = expected(&s.sim, &[(&wa.0, &wa.1)]);
+    let exp_a = expected(s.sim(), &[(&wa.0, &wa.1)]);
     assert!(wait_for(|| {
         let got = complete_ids(&[&out_a]);
         exp_a.iter().all(|k| got.contains_key(k))
@@ -366,14 +292,14 @@ fn a_removed_source_stops_after_its_page_in_flight_and_a_rebuilt_sink_loses_noth
     );
     block_on(engine.shutdown()).unwrap();
     {
-        let store = Store::open(&s.state).unwrap();
+        let store = s.store();
         let b = store.checkpoint("b").unwrap().unwrap();
         let lines = std::fs::read_to_string(&out_b).unwrap().lines().count() as u64;
         assert_eq!(
             b.rows_total, lines,
             "the page in flight was delivered and checkpointed"
         );
-        let exp_b = expected(&s.sim, &[(&wb.0, &wb.1)]);
+        let exp_b = expected(s.sim(), &[(&wb.0, &wb.1)]);
         assert!(lines < exp_b.len() as u64, "stopped inside its window");
         let jobs = store.jobs(Some("b")).unwrap();
         assert_eq!(jobs[0].state, JobState::Cancelled, "{jobs:?}");
@@ -381,7 +307,7 @@ fn a_removed_source_stops_after_its_page_in_flight_and_a_rebuilt_sink_loses_noth
     // Back in the configuration, `b` resumes where it stopped.
     let report = run_once(&config, opts());
     assert!(report.all_succeeded(), "{report:?}");
-    let exp_b = expected(&s.sim, &[(&wb.0, &wb.1)]);
+    let exp_b = expected(s.sim(), &[(&wb.0, &wb.1)]);
     assert_eq!(compare(&complete_ids(&[&out_b]), &exp_b), (0, 0, 0), "b");
     assert_eq!(compare(&complete_ids(&[&out_a]), &exp_a), (0, 0, 0), "a");
 }
@@ -483,7 +409,7 @@ fn a_source_removed_and_added_back_while_stopping_resumes_every_row_once() {
     let back = block_on(engine.reload(config)).unwrap();
     assert_eq!(back.added, ["b"]);
     open.send(true).unwrap();
-    let exp = expected(&s.sim, &[(&wa.0, &wa.1), (&wb.0, &wb.1)]);
+    let exp = expected(s.sim(), &[(&wa.0, &wa.1), (&wb.0, &wb.1)]);
     assert!(wait_for(|| {
         let got = complete_ids(&[&out_a, &out_b]);
         exp.iter().all(|k| got.contains_key(k))
@@ -494,7 +420,7 @@ fn a_source_removed_and_added_back_while_stopping_resumes_every_row_once() {
         (0, 0, 0),
         "missing, extra, duplicates"
     );
-    let jobs = Store::open(&s.state).unwrap().jobs(Some("b")).unwrap();
+    let jobs = s.store().jobs(Some("b")).unwrap();
     assert_eq!(
         jobs.iter().map(|j| j.state).collect::<Vec<_>>(),
         [JobState::Cancelled, JobState::Succeeded],

@@ -23,29 +23,20 @@ struct Outcome {
 }
 
 fn collect_with_late_rows(api: Api, reread: Option<&str>) -> Outcome {
-    let sim = sim(36_000, |c| c.late = Some(LATE));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
     let extra = reread
         .map(|r| format!("reread = \"{r}\""))
         .unwrap_or_default();
-    let cfg = parse(&config_toml(
-        &sim,
-        &Scenario {
-            api,
-            state_dir: &state,
-            out: &out,
-            start: "-20s",
-            end: "now",
-            page_size: 500,
-            extra: &extra,
-        },
-    ));
+    let h = Harness::simulated(api)
+        .rate(36_000)
+        .sim(|c| c.late = Some(LATE))
+        .window("-20s", "now")
+        .page_size(500)
+        .extra(&extra)
+        .build();
     // Four runs, as a schedule would make them: the last ones after everything has settled.
     let mut windows = Vec::new();
     for pause_ms in [1000, 2600, 2600, 0] {
-        let report = run_once(&cfg, opts());
+        let report = h.run_once();
         assert!(report.all_succeeded(), "{report:?}");
         windows.extend(report.jobs.iter().filter_map(|(_, j)| j.window));
         std::thread::sleep(Duration::from_millis(pause_ms));
@@ -53,13 +44,14 @@ fn collect_with_late_rows(api: Api, reread: Option<&str>) -> Outcome {
     // The span whose rows have all been re-read after settling: up to the third run's end.
     let start = windows[0].0;
     let end = windows[2].1;
-    let truth = sim
+    let truth = h
+        .sim()
         .model()
         .expected_visible(start, end, chrono::Utc::now(), &LATE);
     let (id_a, id_b) = api.identity_fields();
     let status_field = api.status_field();
     let mut delivered: HashMap<(String, String), Vec<(String, bool)>> = HashMap::new();
-    for line in std::fs::read_to_string(&out).unwrap().lines() {
+    for line in std::fs::read_to_string(&h.out).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let t = v["_time"].as_f64().unwrap();
         if t < start.timestamp_micros() as f64 / 1e6 || t >= end.timestamp_micros() as f64 / 1e6 {

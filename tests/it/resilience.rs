@@ -7,26 +7,18 @@ use msgtrace_simulator::SimFault;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-fn scenario<'a>(api: Api, dir: &'a std::path::Path, out: &'a std::path::Path) -> Scenario<'a> {
-    Scenario {
-        api,
-        state_dir: dir,
-        out,
-        start: "-1d@h",
-        end: "-1h@h",
-        page_size: 100,
-        extra: "",
-    }
+/// A source of `api` over the day before the current hour, in pages of 100, with `extra`.
+fn harness(api: Api, extra: &str) -> Harness {
+    Harness::simulated(api)
+        .window("-1d@h", "-1h@h")
+        .extra(extra)
+        .build()
 }
 
 fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u64, String, u64) {
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = parse(&config_toml(&sim, &scenario(api, &state, &out)));
+    let h = harness(api, "");
     let armed = Arc::new(AtomicBool::new(true));
-    let (s, a) = (sim.clone(), armed.clone());
+    let (s, a) = (h.shared_sim(), armed.clone());
     let mut o = opts();
     o.page_hook = Some(Arc::new(move |_, pages, _| {
         if pages == page && a.swap(false, Ordering::SeqCst) {
@@ -35,13 +27,10 @@ fn run_with_faults_after_page(api: Api, page: u64, faults: Vec<SimFault>) -> (u6
             }
         }
     }));
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     assert!(report.all_succeeded(), "{report:?}");
-    assert_exactly_once(&sim, &report, &out, api);
-    let jobs = msgtrace::storage::Store::open(&state)
-        .unwrap()
-        .jobs(Some("src"))
-        .unwrap();
+    h.assert_exactly_once(&report);
+    let jobs = h.store().jobs(Some("src")).unwrap();
     let requeries: u32 = jobs[0].tasks.iter().map(|t| t.requeries).sum();
     (requeries as u64, jobs[0].errors.join("\n"), jobs[0].retries)
 }
@@ -87,16 +76,9 @@ fn faults_then_run(
     msgtrace::actors::supervisor::RunReport,
     Vec<msgtrace::storage::JobRecord>,
 ) {
-    let api = Api::Graph;
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let mut sc = scenario(api, &state, &out);
-    sc.extra = extra;
-    let cfg = parse(&config_toml(&sim, &sc));
+    let h = harness(Api::Graph, extra);
     let armed = Arc::new(AtomicBool::new(true));
-    let (s, a) = (sim.clone(), armed.clone());
+    let (s, a) = (h.shared_sim(), armed.clone());
     let mut o = opts();
     o.page_hook = Some(Arc::new(move |_, pages, _| {
         if pages == 2 && a.swap(false, Ordering::SeqCst) {
@@ -108,14 +90,11 @@ fn faults_then_run(
             }
         }
     }));
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     if report.all_succeeded() {
-        assert_exactly_once(&sim, &report, &out, api);
+        h.assert_exactly_once(&report);
     }
-    let jobs = msgtrace::storage::Store::open(&state)
-        .unwrap()
-        .jobs(Some("src"))
-        .unwrap();
+    let jobs = h.store().jobs(Some("src")).unwrap();
     (report, jobs)
 }
 
@@ -137,21 +116,11 @@ fn a_task_failing_with_a_non_fatal_error_is_rescheduled_and_completes() {
 
 #[test]
 fn a_job_stopped_by_job_timeout_resumes_on_the_next_run_without_losing_a_row() {
-    let api = Api::Graph;
-    let sim = sim(60, |c| c.page_latency_ms = 80);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let start = hours_ago(24);
-    let end = hours_ago(1);
-    let mk = |extra: &'static str| {
-        let mut sc = scenario(api, &state, &out);
-        sc.start = &start;
-        sc.end = &end;
-        sc.extra = extra;
-        parse(&config_toml(&sim, &sc))
-    };
-    let first = run_once(&mk("job_timeout = \"1s\""), opts());
+    let h = Harness::graph()
+        .sim(|c| c.page_latency_ms = 80)
+        .window(&hours_ago(24), &hours_ago(1))
+        .build();
+    let first = run_once(&parse(&h.toml_with("job_timeout = \"1s\"")), opts());
     let (_, job) = &first.jobs[0];
     assert_eq!(job.state, msgtrace::storage::JobState::Cancelled, "{job:?}");
     assert!(job
@@ -160,39 +129,29 @@ fn a_job_stopped_by_job_timeout_resumes_on_the_next_run_without_losing_a_row() {
         .unwrap_or_default()
         .contains("job_timeout"));
     assert!(job.pages > 0);
-    let second = run_once(&mk(""), opts());
+    let second = h.run_once();
     assert!(second.all_succeeded(), "{second:?}");
     let (ws, _) = job.window.unwrap();
     let (_, we) = second.jobs[0].1.window.unwrap();
-    let expected = sim.model().expected(ws, we, chrono::Utc::now());
-    assert_eq!(compare(&identities(&out, api), &expected), (0, 0, 0));
+    let expected = h.sim().model().expected(ws, we, chrono::Utc::now());
+    assert_eq!(compare(&h.identities(), &expected), (0, 0, 0));
 }
 
 #[test]
 fn a_page_that_stalls_past_request_timeout_is_retried() {
-    let api = Api::Graph;
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let mut sc = scenario(api, &state, &out);
-    sc.extra = "request_timeout_secs = 1";
-    let cfg = parse(&config_toml(&sim, &sc));
+    let h = harness(Api::Graph, "request_timeout_secs = 1");
     let armed = Arc::new(AtomicBool::new(true));
-    let (s, a) = (sim.clone(), armed.clone());
+    let (s, a) = (h.shared_sim(), armed.clone());
     let mut o = opts();
     o.page_hook = Some(Arc::new(move |_, pages, _| {
         if pages == 2 && a.swap(false, Ordering::SeqCst) {
             s.inject_fault(SimFault::Delay { ms: 2500 });
         }
     }));
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     assert!(report.all_succeeded(), "{report:?}");
-    assert_exactly_once(&sim, &report, &out, api);
-    let jobs = msgtrace::storage::Store::open(&state)
-        .unwrap()
-        .jobs(Some("src"))
-        .unwrap();
+    h.assert_exactly_once(&report);
+    let jobs = h.store().jobs(Some("src")).unwrap();
     assert!(jobs[0].retries >= 1, "{:?}", jobs[0]);
 }
 
@@ -232,13 +191,8 @@ fn hostile_responses_are_retried_and_no_page_is_half_delivered() {
 
 #[test]
 fn revoked_tokens_are_replaced_and_the_page_retried() {
-    let api = Api::Graph;
-    let sim = Arc::new(sim(60, |_| {}));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let cfg = parse(&config_toml(&sim, &scenario(api, &state, &out)));
-    let (s, fired) = (sim.clone(), Arc::new(AtomicBool::new(true)));
+    let h = harness(Api::Graph, "");
+    let (s, fired) = (h.shared_sim(), Arc::new(AtomicBool::new(true)));
     let mut o = opts();
     let f = fired.clone();
     o.page_hook = Some(Arc::new(move |_, pages, _| {
@@ -246,10 +200,10 @@ fn revoked_tokens_are_replaced_and_the_page_retried() {
             s.revoke_tokens();
         }
     }));
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     assert!(!fired.load(Ordering::SeqCst), "tokens were revoked mid-run");
-    assert_exactly_once(&sim, &report, &out, api);
-    let stats = sim.stats();
+    h.assert_exactly_once(&report);
+    let stats = h.sim().stats();
     assert_eq!(
         stats.unauthorized, 1,
         "one 401, then a new token: {stats:?}"
@@ -259,18 +213,11 @@ fn revoked_tokens_are_replaced_and_the_page_retried() {
 
 #[test]
 fn a_body_over_the_size_limit_is_refused_with_a_clear_error() {
-    let api = Api::Graph;
-    let sim = sim(60, |_| {});
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let state = dir.path().join("state");
-    let mut sc = scenario(api, &state, &out);
-    sc.extra = "reschedule_tasks = false";
-    let cfg = parse(&config_toml(&sim, &sc));
+    let h = harness(Api::Graph, "reschedule_tasks = false");
     let mut o = opts();
     // A page of 100 rows is ~40 KB; the limit here is 4 KB.
     o.max_body_bytes = 4096;
-    let report = run_once(&cfg, o);
+    let report = h.run_once_with(o);
     let job = &report.jobs[0].1;
     assert_eq!(job.state, msgtrace::storage::JobState::Failed);
     let err = job.error.clone().unwrap_or_default();
@@ -278,10 +225,7 @@ fn a_body_over_the_size_limit_is_refused_with_a_clear_error() {
         err.contains("larger than 4096 bytes") && err.contains("lower page_size"),
         "{err}"
     );
-    assert!(!out.exists(), "nothing half delivered");
-    let cp = msgtrace::storage::Store::open(&state)
-        .unwrap()
-        .checkpoint("src")
-        .unwrap();
+    assert!(!h.out.exists(), "nothing half delivered");
+    let cp = h.store().checkpoint("src").unwrap();
     assert!(no_page_checkpointed(cp.as_ref()), "{cp:?}");
 }

@@ -7,16 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::common::*;
-use msgtrace::actors::dialect::Api;
 use msgtrace::config;
 use msgtrace_simulator::SimServer;
 
 const ISSUER: &str = "https://oidc.sim.example/cluster";
 const SUBJECT: &str = "system:serviceaccount:mail:msgtrace";
 
-/// [`graph_toml`] with `page_size` rows a page and `auth` (TOML lines) as its auth table.
-fn with_auth(sim: &SimServer, dir: &Path, page_size: u32, auth: &str) -> String {
-    let toml = graph_toml(sim, dir).replace("page_size = 100", &format!("page_size = {page_size}"));
+/// The harness's configuration with `auth` (TOML lines) as its auth table.
+fn with_auth(h: &Harness, auth: &str) -> String {
+    let toml = &h.toml;
     let start = toml.find("[sources.src.auth]").unwrap();
     let end = toml.find("[sources.src.retry]").unwrap();
     format!(
@@ -37,10 +36,14 @@ fn write_atomically(path: &Path, text: &str) {
 fn a_federated_token_rotated_mid_collection_keeps_the_collection_going() {
     // Tokens live one second: every page asks for a new one, so every page after the rotation
     // needs the new workload token.
-    let sim = sim(600, |c| c.token_lifetime_secs = 1);
+    let h = Harness::graph()
+        .rate(600)
+        .sim(|c| c.token_lifetime_secs = 1)
+        .page_size(50)
+        .build();
+    let sim = h.sim();
     let identity = sim.config().identity.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("azure-identity-token");
+    let token_file = h.path("azure-identity-token");
     write_atomically(&token_file, &identity.federate(ISSUER, SUBJECT));
 
     // At the 5th page the platform rotates the token; the simulator refuses the old one from
@@ -54,9 +57,7 @@ fn a_federated_token_rotated_mid_collection_keeps_the_collection_going() {
     });
 
     let toml = with_auth(
-        &sim,
-        dir.path(),
-        50,
+        &h,
         &format!(
             "method = \"oauth_federated\"\ntenant_id = \"sim-tenant\"\nclient_id = \"sim-client\"\n\
              login_url = \"{}\"\ntoken_file = {:?}",
@@ -69,35 +70,32 @@ fn a_federated_token_rotated_mid_collection_keeps_the_collection_going() {
         requests.load(Ordering::SeqCst) >= 15,
         "pages after the rotation: {requests:?}"
     );
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
 #[test]
 fn a_managed_identity_collects_a_window_from_the_metadata_endpoint() {
-    let sim = sim(120, |_| {});
+    let h = Harness::graph().rate(120).build();
+    let sim = h.sim();
     sim.config()
         .identity
         .assign_managed_identity(Some("mi-client"), true);
-    let dir = tempfile::tempdir().unwrap();
     let toml = with_auth(
-        &sim,
-        dir.path(),
-        100,
+        &h,
         &format!(
             "method = \"managed_identity\"\nclient_id = \"mi-client\"\nimds_url = \"{}\"",
             sim.base_url()
         ),
     );
     let report = run_once(&parse(&toml), opts());
-    assert_exactly_once(&sim, &report, &dir.path().join("out.ndjson"), Api::Graph);
+    h.assert_exactly_once(&report);
 }
 
 /// The first job's error of a run with `auth`, against a simulator set up by `setup`.
 fn run_error(setup: impl FnOnce(&SimServer), auth: impl FnOnce(&SimServer) -> String) -> String {
-    let sim = sim(60, |_| {});
-    setup(&sim);
-    let dir = tempfile::tempdir().unwrap();
-    let toml = with_auth(&sim, dir.path(), 100, &auth(&sim));
+    let h = Harness::graph().build();
+    setup(h.sim());
+    let toml = with_auth(&h, &auth(h.sim()));
     let report = run_once(&parse(&toml), opts());
     assert!(!report.all_succeeded(), "{report:?}");
     report.jobs[0].1.error.clone().unwrap_or_default()
@@ -137,8 +135,8 @@ fn managed_identity_errors_name_the_fix() {
 
 #[test]
 fn federated_token_errors_name_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = dir.path().join("missing-token");
+    let h = Harness::graph().build();
+    let missing = h.path("missing-token");
     let auth = |sim: &SimServer, file: &Path| {
         format!(
             "method = \"oauth_federated\"\ntenant_id = \"sim-tenant\"\nclient_id = \"sim-client\"\n\
@@ -148,8 +146,7 @@ fn federated_token_errors_name_the_fix() {
         )
     };
     // Checked before a run starts (and by `msgtrace validate`).
-    let sim = sim(60, |_| {});
-    let config = parse(&with_auth(&sim, dir.path(), 100, &auth(&sim, &missing)));
+    let config = parse(&with_auth(&h, &auth(h.sim(), &missing)));
     let err = msgtrace::preflight::check(&config).unwrap_err().to_string();
     assert!(
         err.starts_with("sources.src.auth.token_file: the federated token file")
@@ -159,7 +156,7 @@ fn federated_token_errors_name_the_fix() {
     );
 
     // A token from an issuer the app registration has no federated credential for.
-    let foreign = dir.path().join("foreign-token");
+    let foreign = h.path("foreign-token");
     let err = run_error(
         |sim| {
             sim.config().identity.federate(ISSUER, SUBJECT);

@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use msgtrace::actors::dialect::Api;
 use msgtrace::actors::retry::RetryPolicy;
 use msgtrace::config::{self, SinkKind};
 use msgtrace::engine::EngineOptions;
@@ -232,65 +231,44 @@ fn script(f: impl Fn(usize, usize) -> (u16, Option<u64>) + Send + Sync + 'static
 }
 
 /// A collection of the simulated tenant into a file sink and an `azure_logs_ingestion` sink.
-struct Setup {
-    sim: msgtrace_simulator::SimServer,
-    dir: tempfile::TempDir,
-    start: String,
-    end: String,
-}
+struct Setup(Harness);
 
 impl Setup {
-    fn new(messages_per_hour: u32, hours: i64) -> Setup {
-        Setup {
-            sim: sim(messages_per_hour, |_| {}),
-            dir: tempfile::tempdir().unwrap(),
-            start: hours_ago(hours + 1),
-            end: hours_ago(1),
-        }
+    /// `messages_per_hour` over the `hours` before the current one, `page_size` rows a page.
+    fn new(messages_per_hour: u32, hours: i64, page_size: u32) -> Setup {
+        Setup(
+            Harness::graph()
+                .rate(messages_per_hour)
+                .window(&hours_ago(hours + 1), &hours_ago(1))
+                .page_size(page_size)
+                .build(),
+        )
     }
 
-    /// The configuration: `page_size` rows a page, the sink table's extra `keys`.
-    fn config(&self, azure: &Azure, page_size: u32, keys: &str) -> config::Config {
-        self.config_with(azure, page_size, keys, "")
+    /// The configuration: the sink table's extra `keys`.
+    fn config(&self, azure: &Azure, keys: &str) -> config::Config {
+        self.config_with(azure, keys, "")
     }
 
     /// [`Setup::config`] with more keys for the source.
-    fn config_with(
-        &self,
-        azure: &Azure,
-        page_size: u32,
-        keys: &str,
-        source: &str,
-    ) -> config::Config {
+    fn config_with(&self, azure: &Azure, keys: &str, source: &str) -> config::Config {
         let auth = format!(
             "method = \"oauth\"\ntenant_id = \"contoso-tenant\"\nclient_id = \"sentinel-writer\"\n\
              client_secret = \"writer-secret\"\nlogin_url = \"{}\"",
             azure.base
         );
-        self.config_with_auth(azure, page_size, keys, source, &auth)
+        self.config_with_auth(azure, keys, source, &auth)
     }
 
     /// [`Setup::config_with`] with `auth` (TOML lines) as the sink's auth table.
     fn config_with_auth(
         &self,
         azure: &Azure,
-        page_size: u32,
         keys: &str,
         source: &str,
         auth: &str,
     ) -> config::Config {
-        let base = config_toml(
-            &self.sim,
-            &Scenario {
-                api: Api::Graph,
-                state_dir: &self.dir.path().join("state"),
-                out: &self.dir.path().join("out.ndjson"),
-                start: &self.start,
-                end: &self.end,
-                page_size,
-                extra: source,
-            },
-        );
+        let base = self.0.toml_with(source);
         parse(&format!(
             r#"{base}
 [sinks.sentinel]
@@ -309,13 +287,11 @@ stream = "{STREAM}"
 
     /// The rows the simulator has in the window, by identity.
     fn expected(&self) -> Vec<(String, String)> {
-        let s = chrono::DateTime::from_timestamp(self.start.parse().unwrap(), 0).unwrap();
-        let e = chrono::DateTime::from_timestamp(self.end.parse().unwrap(), 0).unwrap();
-        self.sim.model().expected(s, e, chrono::Utc::now())
+        self.0.expected()
     }
 
     fn file_rows(&self) -> HashMap<(String, String), usize> {
-        identities(&self.dir.path().join("out.ndjson"), Api::Graph)
+        self.0.identities()
     }
 }
 
@@ -349,13 +325,13 @@ fn count(events: &[Map<String, Value>]) -> HashMap<(String, String), usize> {
 /// was asked of the configured login_url for the Azure Monitor audience.
 #[test]
 fn a_collection_delivers_every_row_exactly_once_through_429_and_503() {
-    let setup = Setup::new(900, 6);
+    let setup = Setup::new(900, 6, 5000);
     let azure = Azure::start(script(|n, _| match n % 7 {
         1 => (429, Some(1)),
         4 => (503, None),
         _ => (204, None),
     }));
-    let config = setup.config(&azure, 5000, "compression = \"gzip\"");
+    let config = setup.config(&azure, "compression = \"gzip\"");
     let report = run_once(&config, fast());
     assert!(report.all_succeeded(), "{report:?}");
 
@@ -382,15 +358,14 @@ fn a_collection_delivers_every_row_exactly_once_through_429_and_503() {
     );
 
     // Each event is the file sink's line plus TimeGenerated.
-    let file: HashMap<(String, String), Map<String, Value>> =
-        std::fs::read_to_string(setup.dir.path().join("out.ndjson"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: Map<String, Value> = serde_json::from_str(l).unwrap();
-                (identity(&v), v)
-            })
-            .collect();
+    let file: HashMap<(String, String), Map<String, Value>> = std::fs::read_to_string(&setup.0.out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Map<String, Value> = serde_json::from_str(l).unwrap();
+            (identity(&v), v)
+        })
+        .collect();
     assert_eq!(file.len(), expected.len());
     for mut e in azure.accepted() {
         let time = e
@@ -460,7 +435,7 @@ fn stream_columns() -> HashMap<String, String> {
 /// A 413 splits the batch: the halves are sent, every row arrives once.
 #[test]
 fn a_batch_the_api_finds_too_large_is_split() {
-    let setup = Setup::new(200, 2);
+    let setup = Setup::new(200, 2, 500);
     let azure = Azure::start(script(|_, bytes| {
         if bytes > 40_000 {
             (413, None)
@@ -468,7 +443,7 @@ fn a_batch_the_api_finds_too_large_is_split() {
             (204, None)
         }
     }));
-    let config = setup.config(&azure, 500, "");
+    let config = setup.config(&azure, "");
     let report = run_once(&config, fast());
     assert!(report.all_succeeded(), "{report:?}");
     let got = count(&azure.accepted());
@@ -487,11 +462,11 @@ fn a_batch_the_api_finds_too_large_is_split() {
 /// A token the API refuses (401) is dropped and a new one asked for, once.
 #[test]
 fn a_refused_token_is_renewed_once() {
-    let setup = Setup::new(40, 2);
+    let setup = Setup::new(40, 2, 100);
     let azure = Azure::start(script(
         |n, _| if n == 0 { (401, None) } else { (204, None) },
     ));
-    let config = setup.config(&azure, 100, "");
+    let config = setup.config(&azure, "");
     let report = run_once(&config, fast());
     assert!(report.all_succeeded(), "{report:?}");
     assert_eq!(azure.scopes().len(), 2, "a new token after the 401");
@@ -504,7 +479,7 @@ fn a_refused_token_is_renewed_once() {
 /// before the refusal arrive twice; nothing is missing).
 #[test]
 fn a_missing_role_fails_the_page_naming_the_role_and_the_next_run_delivers_it() {
-    let setup = Setup::new(900, 3);
+    let setup = Setup::new(900, 3, 5000);
     let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let r = refuse.clone();
     let azure = Azure::start(script(move |n, _| {
@@ -515,7 +490,7 @@ fn a_missing_role_fails_the_page_naming_the_role_and_the_next_run_delivers_it() 
         }
     }));
     // A page of 5000 rows takes more than one call: the second call of the first page is refused.
-    let config = setup.config(&azure, 5000, "");
+    let config = setup.config(&azure, "");
     let report = run_once(&config, fast());
     assert!(!report.all_succeeded());
     let errors = format!("{report:?}");
@@ -549,7 +524,7 @@ fn a_missing_role_fails_the_page_naming_the_role_and_the_next_run_delivers_it() 
 /// to the sink, which skips the calls of it already accepted: every row arrives exactly once.
 #[test]
 fn a_scheduled_run_gives_a_refused_page_again_and_no_row_arrives_twice() {
-    let setup = Setup::new(900, 3);
+    let setup = Setup::new(900, 3, 5000);
     // The second call (of the first page) and the next two tries of the held page are refused.
     let azure = Azure::start(script(|n, _| {
         if (1..=3).contains(&n) {
@@ -558,7 +533,7 @@ fn a_scheduled_run_gives_a_refused_page_again_and_no_row_arrives_twice() {
             (204, None)
         }
     }));
-    let config = setup.config_with(&azure, 5000, "", "reschedule_tasks = false");
+    let config = setup.config_with(&azure, "", "reschedule_tasks = false");
     let expected = setup.expected();
     let handle = msgtrace::embed::EngineBuilder::new(config)
         .options(fast())
@@ -581,14 +556,14 @@ fn a_scheduled_run_gives_a_refused_page_again_and_no_row_arrives_twice() {
 /// (a 307 keeps the form, client secret included) is not followed.
 #[test]
 fn a_token_endpoint_redirecting_elsewhere_is_not_followed() {
-    let setup = Setup::new(20, 1);
+    let setup = Setup::new(20, 1, 100);
     let elsewhere = Azure::start(script(|_, _| (204, None)));
     let azure = Azure::start(script(|_, _| (204, None)));
     azure.seen.lock().unwrap().token_redirect = Some(format!(
         "{}/contoso-tenant/oauth2/v2.0/token",
         elsewhere.base
     ));
-    let config = setup.config(&azure, 100, "");
+    let config = setup.config(&azure, "");
     let report = run_once(&config, fast());
     assert!(!report.all_succeeded(), "{report:?}");
     assert!(
@@ -603,11 +578,11 @@ fn a_token_endpoint_redirecting_elsewhere_is_not_followed() {
 /// not followed (the page fails, naming the 307).
 #[test]
 fn an_ingestion_endpoint_redirecting_elsewhere_is_not_followed() {
-    let setup = Setup::new(20, 1);
+    let setup = Setup::new(20, 1, 100);
     let elsewhere = Azure::start(script(|_, _| (204, None)));
     let azure = Azure::start(script(|_, _| (204, None)));
     azure.seen.lock().unwrap().ingest_redirect = Some(elsewhere.base.clone());
-    let config = setup.config(&azure, 100, "");
+    let config = setup.config(&azure, "");
     let report = run_once(&config, fast());
     assert!(!report.all_succeeded(), "{report:?}");
     assert!(format!("{report:?}").contains("HTTP 307"), "{report:?}");
@@ -622,13 +597,13 @@ fn an_ingestion_endpoint_redirecting_elsewhere_is_not_followed() {
 /// rule), and is not refused for that as a source's would be.
 #[test]
 fn a_managed_identity_signs_the_sink_in_without_an_app_role() {
-    let setup = Setup::new(40, 2);
+    let setup = Setup::new(40, 2, 100);
     let azure = Azure::start(script(|_, _| (204, None)));
     let auth = format!(
         "method = \"managed_identity\"\nclient_id = \"sentinel-mi\"\nimds_url = \"{}\"",
         azure.base
     );
-    let config = setup.config_with_auth(&azure, 100, "", "", &auth);
+    let config = setup.config_with_auth(&azure, "", "", &auth);
     let report = run_once(&config, fast());
     assert!(report.all_succeeded(), "{report:?}");
     assert_eq!(azure.scopes(), ["imds:https://monitor.azure.com"]);
@@ -639,9 +614,9 @@ fn a_managed_identity_signs_the_sink_in_without_an_app_role() {
 /// In GCC High and DoD the token is for the US government audience.
 #[test]
 fn gcc_high_asks_for_the_us_government_monitor_audience() {
-    let setup = Setup::new(20, 1);
+    let setup = Setup::new(20, 1, 100);
     let azure = Azure::start(script(|_, _| (204, None)));
-    let config = setup.config(&azure, 100, "plan = \"gcc_high\"");
+    let config = setup.config(&azure, "plan = \"gcc_high\"");
     let report = run_once(&config, fast());
     assert!(report.all_succeeded(), "{report:?}");
     assert_eq!(azure.scopes(), vec!["https://monitor.azure.us/.default"]);

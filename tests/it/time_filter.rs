@@ -4,7 +4,6 @@
 
 use crate::common::*;
 use actix_web::HttpResponse;
-use msgtrace::storage::Store;
 
 /// The window: an hour two days ago (within what the API keeps).
 fn window() -> (i64, i64) {
@@ -30,22 +29,11 @@ fn page() -> serde_json::Value {
 
 fn run(disable: bool) -> (Vec<String>, u64) {
     let (base, handle) = fake_api(|_| HttpResponse::Ok().json(page()));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.ndjson");
-    let toml = fake_api_toml(
-        &base,
-        window(),
-        &dir.path().join("state"),
-        &out,
-        &format!("disable_time_filter = {disable}"),
-    );
-    let report = run_once(&parse(&toml), opts());
+    let h = Harness::fake(&base, window(), &format!("disable_time_filter = {disable}"));
+    let report = h.run_once();
     assert!(report.all_succeeded(), "{report:?}");
-    let ids = output_ids(&out);
-    let jobs = Store::open(dir.path().join("state"))
-        .unwrap()
-        .jobs(Some("src"))
-        .unwrap();
+    let ids = output_ids(&h.out);
+    let jobs = h.store().jobs(Some("src")).unwrap();
     block_on(handle.stop(false));
     (ids, jobs[0].dropped)
 }

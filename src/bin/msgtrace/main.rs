@@ -744,7 +744,7 @@ fn secrets_command(action: SecretsCommand) -> anyhow::Result<ExitCode> {
     init_logging("warn", false);
     match action {
         SecretsCommand::Set { name, config, kind } => {
-            let kind: SecretKind = kind.parse().map_err(|e: String| anyhow!(e))?;
+            let kind: SecretKind = kind.parse()?;
             if let Err(e) = msgtrace::secrets::check_name(&name) {
                 eprintln!("msgtrace: {e}");
                 return Ok(ExitCode::from(2));
