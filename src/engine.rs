@@ -97,8 +97,9 @@ pub struct EngineOptions {
     /// (default [`msgtrace_actors::fetcher::PREFETCH_PAGES`]); 0 only to measure what it gains.
     pub prefetch: usize,
     /// The most pages that arrive back to back committed together, with one sink `fsync` and
-    /// one checkpoint flush (default [`msgtrace_actors::fetcher::COMMIT_GROUP_PAGES`]); 1
-    /// commits every page on its own. A crash delivers again at most one group's pages.
+    /// one checkpoint flush (default [`msgtrace_actors::fetcher::COMMIT_GROUP_PAGES`], 1: every
+    /// page committed on its own). For sinks whose `fsync` is slow beside the fetch; a crash
+    /// delivers again at most one group's pages.
     pub commit_group: usize,
     /// Called after every committed page: (source, pages, rows) of the running job.
     pub page_hook: Option<PageHook>,

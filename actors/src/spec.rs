@@ -165,12 +165,12 @@ pub struct SourceSpec {
     pub durable: bool,
     /// Pages fetched ahead while the one before them is delivered and committed
     /// ([`crate::fetcher::PREFETCH_PAGES`] by default; 0 only to measure what it gains). At most
-    /// one commit group ([`SourceSpec::commit_group`]) is delivered twice after a crash either
-    /// way, and (with `durable` on) at most one page requested twice: the pages fetched ahead are
+    /// one page (one commit group, [`SourceSpec::commit_group`]) is delivered twice after a crash
+    /// either way, and (with `durable` on) at most one page requested twice: the pages fetched ahead are
     /// kept in the spool until committed.
     pub prefetch: usize,
-    /// The most pages committed together ([`crate::fetcher::COMMIT_GROUP_PAGES`] by default):
-    /// a page whose next page is already fetched and made ready is handed to the sinks
+    /// The most pages committed together ([`crate::fetcher::COMMIT_GROUP_PAGES`], 1, by
+    /// default): above 1, a page whose next page is already fetched and made ready is handed to the sinks
     /// unsynced ([`crate::event::Batch::sync`]) and committed with the pages after it, with one
     /// sink `fsync` and one checkpoint flush for them all. A crash then delivers again at most
     /// the pages of one group (one page when they did not arrive back to back); 1 commits every
