@@ -11,11 +11,12 @@
 //! pages; with `commit_group = 1` (the default), or when pages do not arrive back to back, every
 //! page is committed on its own.
 //!
-//! Measured (session 11, static benchmark, idle machine): groups of 4 were within noise of
-//! single pages (0.95 to 1.06 ×), because the parse had become as fast as the sink and pages were
-//! rarely in before the page ahead of them was settled. They stay for storage whose `fsync`
-//! is slow (the trace above was taken while the disk was busy), turned on with
-//! `EngineOptions::commit_group`.
+//! Measured (session 11, static benchmark): groups of 4 against single pages gained 1 to 11 %
+//! on the idle machine and −9 to +6 % while other builds loaded it: the parse had become about
+//! as fast as the sink, so pages were seldom in before the page ahead of them was settled (226 of
+//! 1,404 deliveries went unsynced in one traced run). Too little to make a crash repeat up to
+//! four pages instead of one by default; they are for storage whose `fsync` is slow, turned on
+//! with `EngineOptions::commit_group`.
 
 use super::*;
 

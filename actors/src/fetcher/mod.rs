@@ -132,9 +132,10 @@ pub const PREFETCH_PAGES: usize = 3;
 
 /// The most pages committed together by default ([`SourceSpec::commit_group`]): 1, every page
 /// committed on its own. Groups ([`group`]) are there to be turned on where a sink's `fsync` is
-/// slow beside the fetch (network disks); on this project's benchmark machine groups of 4 were
-/// within noise of single pages against nginx (0.95 to 1.06 ×, session 11), and a group is what
-/// a crash delivers again, so they are not the default.
+/// slow beside the fetch (network disks). Against nginx on this project's 2-core machine groups
+/// of 4 gained 1 to 11 % when it was idle and −9 to +6 % when it was busy (session 11), and a
+/// group is what a crash delivers again (where a per-page commit repeats one page), so they are
+/// not the default.
 pub const COMMIT_GROUP_PAGES: usize = 1;
 
 /// Start a job now.
