@@ -98,18 +98,29 @@ impl ClusterRun {
     }
 }
 
+/// Why this instance could not join the cluster before a run that ends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The agent ended before its first round.
+    #[error("cluster: the agent stopped before its first round")]
+    AgentStopped,
+    /// The agent's first round failed (etcd unreachable, the name taken): its own one line.
+    #[error("cluster: {0}")]
+    FirstRound(String),
+}
+
 /// Waits for the agent's first round: `Ok` once this instance is a live member holding its
-/// claims, or its first error (etcd unreachable, the name taken) as one line.
-pub(crate) async fn live(owned: Option<watch::Receiver<Ownership>>) -> Result<(), String> {
+/// claims, or its first error (etcd unreachable, the name taken).
+pub(crate) async fn live(owned: Option<watch::Receiver<Ownership>>) -> Result<(), JoinError> {
     let Some(mut owned) = owned else {
         return Ok(());
     };
     let seen = owned
         .wait_for(|o| o.live || o.error.is_some())
         .await
-        .map_err(|_| "cluster: the agent stopped before its first round".to_owned())?;
+        .map_err(|_| JoinError::AgentStopped)?;
     match &seen.error {
-        Some(e) if !seen.live => Err(format!("cluster: {e}")),
+        Some(e) if !seen.live => Err(JoinError::FirstRound(e.clone())),
         _ => Ok(()),
     }
 }

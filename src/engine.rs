@@ -73,8 +73,8 @@ pub enum EngineError {
     #[error("metrics_listen, control_listen: cannot serve on the bound sockets: {0}")]
     Serve(std::io::Error),
     /// `[cluster]`: this instance could not join (etcd unreachable, its name taken).
-    #[error("{0}")]
-    Cluster(String),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::JoinError),
     /// The supervisor stopped before it answered.
     #[error("supervisor stopped: {0}")]
     Supervisor(#[from] actix::MailboxError),
@@ -547,9 +547,7 @@ pub(crate) async fn run(
         // A run that ends collects this instance's share: known once the agent has had its
         // first round.
         if mode != Mode::Continuous {
-            crate::cluster::live(owned)
-                .await
-                .map_err(EngineError::Cluster)?;
+            crate::cluster::live(owned).await?;
         }
         match &mode {
             Mode::Backfill { source, backfill } => Ok(supervisor

@@ -47,7 +47,7 @@ pub async fn collect(
             updated_at: now,
             origin: None,
         }),
-        Err(e) => return end_job(&env, job, JobState::Failed, Some(e)).await,
+        Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
     // Pages fetched but not committed are kept here; a run that resumes this cursor after a
     // crash takes them from here instead of requesting them again.
@@ -65,7 +65,7 @@ pub async fn collect(
     };
     let tasks = match run.plan(&window, backfill.as_ref(), now) {
         Ok(tasks) => tasks,
-        Err(e) => return end_job(&env, run.job, JobState::Failed, Some(e)).await,
+        Err(e) => return end_job(&env, run.job, JobState::Failed, Some(e.to_string())).await,
     };
     run.sweep_spool().await;
     for (i, first_try) in tasks.iter().enumerate() {
@@ -85,18 +85,37 @@ pub async fn collect(
     end_job(&env, run.job, JobState::Succeeded, None).await
 }
 
+/// Why a job could not start collecting (it fails, saying so in one line).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The state directory could not be read or written.
+    #[error(transparent)]
+    Store(#[from] msgtrace_storage::StorageError),
+    /// `[cluster]`: the checkpoint of record could not be read from etcd.
+    #[error(transparent)]
+    Record(#[from] crate::cluster::record::RecordError),
+    /// A backfill whose whole range is older than the API keeps.
+    #[error("the backfill range {start} .. {end} is older than the API keeps ({days} days): nothing can be collected (the span {gap_start} .. {gap_end} is lost); choose a start within the last {days} days")]
+    BackfillTooOld {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        days: i64,
+        gap_start: DateTime<Utc>,
+        gap_end: DateTime<Utc>,
+    },
+}
+
 /// The checkpoint a job starts from: with `[cluster]` the checkpoint of record in etcd (the
 /// last one any instance committed), else (or when etcd has none yet) the local one.
-async fn load_checkpoint(env: &FetcherEnv, cursor: &str) -> Result<Option<Checkpoint>, String> {
-    let local = env.store.checkpoint(cursor).map_err(|e| e.to_string())?;
+async fn load_checkpoint(
+    env: &FetcherEnv,
+    cursor: &str,
+) -> Result<Option<Checkpoint>, StartError> {
+    let local = env.store.checkpoint(cursor)?;
     let Some(cluster) = &env.cluster else {
         return Ok(local);
     };
-    match cluster.load(cursor).await {
-        Ok(Some(of_record)) => Ok(Some(of_record)),
-        Ok(None) => Ok(local),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(cluster.load(cursor).await?.or(local))
 }
 
 /// A job under way: what its slices read and change.
@@ -127,7 +146,7 @@ impl JobRun {
         window: &crate::spec::WindowSpec,
         backfill: Option<&Backfill>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<SliceTask>, String> {
+    ) -> Result<Vec<SliceTask>, StartError> {
         let spec = &self.env.spec;
         let retention = spec.api.retention();
         let plan = window::plan(window, Some(&self.cp), now, Some(retention));
@@ -146,19 +165,19 @@ impl JobRun {
         let tasks = plan.tasks;
         if let (Some(b), Some((g0, g1)), true) = (backfill, plan.gap, tasks.is_empty()) {
             // Nothing of the range can be had: a backfill that says it succeeded would be a lie.
-            return Err(format!(
-                "the backfill range {} .. {} is older than the API keeps ({days} days): nothing can be collected (the span {g0} .. {g1} is lost); choose a start within the last {days} days",
-                b.start, b.end
-            ));
+            return Err(StartError::BackfillTooOld {
+                start: b.start,
+                end: b.end,
+                days,
+                gap_start: g0,
+                gap_end: g1,
+            });
         }
         if self.cp.origin.is_none() {
             self.cp.origin = tasks.first().map(|t| t.start);
         }
         record_tasks(&mut self.job, &tasks);
-        self.env
-            .store
-            .put_job(&self.job)
-            .map_err(|e| e.to_string())?;
+        self.env.store.put_job(&self.job)?;
         match (tasks.first(), tasks.last()) {
             (Some(first), Some(last)) => info!(
                 slices = tasks.len(),
