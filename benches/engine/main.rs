@@ -265,7 +265,6 @@ impl EngineFiles {
 /// Writes a configuration: `(source id, tenant id)` sources against `sim`, all into one file sink.
 /// The request budget is lifted (Graph's default, 100 requests per 5 minutes per tenant, would
 /// measure the budget, not the engine).
-#[allow(clippy::too_many_arguments)]
 fn write_config(
     files: &EngineFiles,
     sim: &SimServer,
@@ -352,7 +351,6 @@ impl Knobs {
 
 /// Runs the engine once (one source, Graph or Reporting) over `[start, end)` and checks that it
 /// delivered exactly `rows` rows.
-#[allow(clippy::too_many_arguments)]
 fn engine_once(
     sim: &SimServer,
     dir: &Path,
