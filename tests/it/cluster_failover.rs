@@ -16,7 +16,6 @@ use msgtrace::storage::Checkpoint;
 use msgtrace_simulator::SimServer;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -168,22 +167,6 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `GET path` on `addr`: (status, body), or `None` if nobody answers.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
 }
 
 /// The value of one sample line (`name{labels} value`) of a `/metrics` page.
@@ -488,14 +471,14 @@ fn owners_shown(s: &Instance, owners: &BTreeMap<String, String>) {
             "{j}"
         );
     }
-    let (status, body) = get(&s.metrics, "/api/jobs").unwrap();
+    let (status, body) = http_get(&s.metrics, "/api/jobs").unwrap();
     assert_eq!(status, 200);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap(),
         serde_json::Value::Array(listed),
         "/api/jobs is what msgtrace jobs --json prints"
     );
-    let (status, body) = get(&s.metrics, "/api/sources").unwrap();
+    let (status, body) = http_get(&s.metrics, "/api/sources").unwrap();
     assert_eq!(status, 200);
     let views: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(views.len(), owners.len());
@@ -559,7 +542,7 @@ impl Restartable {
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.client);
         assert!(
-            wait_for(|| get(&addr, "/version").is_some_and(|(status, _)| status == 200)),
+            wait_for(|| http_get(&addr, "/version").is_some_and(|(status, _)| status == 200)),
             "etcd answers again"
         );
     }
@@ -607,7 +590,7 @@ fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itse
         .collect();
     let client = client_of(&etcd.endpoint());
     let metric = |i: &Instance, series: &str| {
-        get(&i.metrics, "/metrics").and_then(|(_, body)| sample(&body, series))
+        http_get(&i.metrics, "/metrics").and_then(|(_, body)| sample(&body, series))
     };
     // Both collect, every source under way: the metrics say so.
     on_actix(watch_until(
@@ -650,7 +633,7 @@ fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itse
     for i in &instances {
         assert!(
             wait_for(|| {
-                let health = get(&i.metrics, "/health");
+                let health = http_get(&i.metrics, "/health");
                 health.is_some_and(|(status, body)| {
                     status == 503 && body.contains("etcd unreachable")
                 }) && metric(i, "msgtrace_cluster_etcd_up") == Some(0.0)
@@ -658,7 +641,7 @@ fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itse
             }),
             "{}: degraded, naming etcd: {:?}",
             i.name,
-            get(&i.metrics, "/health")
+            http_get(&i.metrics, "/health")
         );
     }
     std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
@@ -676,12 +659,12 @@ fn etcd_stopped_for_30_s_loses_no_row_is_reported_and_collection_resumes_by_itse
     for i in &instances {
         assert!(
             wait_for(
-                || get(&i.metrics, "/health").is_some_and(|(status, _)| status == 200)
+                || http_get(&i.metrics, "/health").is_some_and(|(status, _)| status == 200)
                     && metric(i, "msgtrace_cluster_etcd_up") == Some(1.0)
             ),
             "{}: healthy again: {:?}",
             i.name,
-            get(&i.metrics, "/health")
+            http_get(&i.metrics, "/health")
         );
     }
     let outs: Vec<PathBuf> = instances.iter().map(Instance::out).collect();

@@ -118,20 +118,15 @@ fn collect(
             s.early.push(why);
         }
     });
-    let engine = msgtrace::embed::EngineBuilder::new(cfg)
-        .options(EngineOptions {
-            commit_group,
-            page_hook: Some(hook),
-            ..opts()
-        })
-        .sink(Box::new(Slow(seen.clone(), fail_at)), &["src"])
-        .start()
-        .unwrap();
-    let report = block_on(async {
-        let report = engine.run_once().await.unwrap();
-        engine.shutdown().await.unwrap();
-        report
-    });
+    let report = run_embedded(
+        msgtrace::embed::EngineBuilder::new(cfg)
+            .options(EngineOptions {
+                commit_group,
+                page_hook: Some(hook),
+                ..opts()
+            })
+            .sink(Box::new(Slow(seen.clone(), fail_at)), &["src"]),
+    );
     assert!(report.all_succeeded(), "{report:?}");
     let (pages, rows) = (report.jobs[0].1.pages, report.jobs[0].1.rows);
     assert!(pages >= 12, "enough pages to group: {pages}");

@@ -196,6 +196,35 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Starts an embedded engine, runs it once to its end and shuts it down: its report.
+pub fn run_embedded(builder: msgtrace::embed::EngineBuilder) -> RunReport {
+    let engine = builder.start().unwrap();
+    block_on(async {
+        let report = engine.run_once().await.unwrap();
+        engine.shutdown().await.unwrap();
+        report
+    })
+}
+
+/// `GET path` on `addr` over one HTTP/1.1 connection: (status, body), or `None` if nobody
+/// answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
 /// Parses a configuration or panics with its errors.
 pub fn parse(toml: &str) -> Config {
     config::from_str(toml).unwrap_or_else(|e| panic!("config invalid:\n{e}"))

@@ -1,25 +1,7 @@
 //! `metrics_listen`: `/metrics` shows the counters moving during a run, `/health` answers.
 
 use crate::common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// `GET path` on `addr`: (status, body), or `None` if nobody answers.
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
 
 /// The value of one sample line (`name{labels} value`), 0 if absent.
 fn sample(metrics: &str, series: &str) -> f64 {
@@ -53,7 +35,7 @@ fn metrics_move_during_a_run_and_health_answers() {
     let mut seen = Vec::new();
     let mut healthy = false;
     while !run.is_finished() && Instant::now() < deadline {
-        if let Some((200, body)) = get(&addr, "/metrics") {
+        if let Some((200, body)) = http_get(&addr, "/metrics") {
             let p = sample(&body, pages);
             if p > 0.0 && seen.last() != Some(&p) {
                 seen.push(p);
@@ -79,7 +61,7 @@ fn metrics_move_during_a_run_and_health_answers() {
                 );
             }
         }
-        if let Some((200, body)) = get(&addr, "/health") {
+        if let Some((200, body)) = http_get(&addr, "/health") {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["status"], "ok");
             assert_eq!(v["sources"][0]["source"], "moving");
@@ -100,7 +82,7 @@ fn metrics_move_during_a_run_and_health_answers() {
         "{seen:?} {report:?}"
     );
     // The endpoint stops with the engine.
-    assert!(get(&addr, "/metrics").is_none());
+    assert!(http_get(&addr, "/metrics").is_none());
 }
 
 /// The harness's configuration with `metrics_listen` on a free port and the source renamed to
@@ -126,12 +108,12 @@ fn health_is_degraded_while_a_source_fails_and_names_it() {
         .start()
         .unwrap();
     // Before any job: nothing has failed yet.
-    let (status, body) = get(&addr, "/health").expect("health answers");
+    let (status, body) = http_get(&addr, "/health").expect("health answers");
     assert_eq!(status, 200, "{body}");
     let report = block_on(handle.run_once()).unwrap();
     assert!(!report.all_succeeded(), "{report:?}");
 
-    let (status, body) = get(&addr, "/health").expect("health answers");
+    let (status, body) = http_get(&addr, "/health").expect("health answers");
     assert_eq!(status, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["status"], "degraded", "{body}");
@@ -155,7 +137,7 @@ fn every_metric_is_described_documented_and_there_before_the_first_event() {
         .start()
         .unwrap();
     // No job has run: the source's counters are there, at zero.
-    let (status, body) = get(&addr, "/metrics").expect("metrics answer");
+    let (status, body) = http_get(&addr, "/metrics").expect("metrics answer");
     block_on(handle.shutdown()).unwrap();
     assert_eq!(status, 200, "{body}");
     for series in [
@@ -218,7 +200,7 @@ fn the_last_success_is_shown_again_after_a_restart() {
         .unwrap()
         .start()
         .unwrap();
-    let (_, body) = get(&addr, "/metrics").expect("metrics answer");
+    let (_, body) = http_get(&addr, "/metrics").expect("metrics answer");
     let jobs = block_on(handle.jobs(Some("restarted"))).unwrap();
     block_on(handle.shutdown()).unwrap();
     let finished = jobs[0].finished_at.expect("the job finished");

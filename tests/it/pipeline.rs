@@ -181,16 +181,11 @@ fn a_file_sink_and_a_host_sink_of_one_source_get_the_same_hooked_events() {
             e.fields.insert("hooked".into(), true.into());
         }
     });
-    let engine = msgtrace::embed::EngineBuilder::new(h.config())
-        .sink(Box::new(Keep(kept.clone())), &["src"])
-        .hook(hook)
-        .start()
-        .unwrap();
-    let report = block_on(async {
-        let report = engine.run_once().await.unwrap();
-        engine.shutdown().await.unwrap();
-        report
-    });
+    let report = run_embedded(
+        msgtrace::embed::EngineBuilder::new(h.config())
+            .sink(Box::new(Keep(kept.clone())), &["src"])
+            .hook(hook),
+    );
     assert!(report.all_succeeded(), "{report:?}");
     let written = lines(&h.out);
     let kept = kept.lock().unwrap();
@@ -248,21 +243,13 @@ fn a_sink_that_panics_is_given_its_page_again_and_the_run_goes_on() {
     // is not running") and the job failed, or a scheduled run held the page forever.
     let h = graph_harness("");
     let kept: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let engine = msgtrace::embed::EngineBuilder::new(h.config())
-        .sink(
-            Box::new(PanicsOnce {
-                kept: kept.clone(),
-                calls: 0,
-            }),
-            &["src"],
-        )
-        .start()
-        .unwrap();
-    let report = block_on(async {
-        let report = engine.run_once().await.unwrap();
-        engine.shutdown().await.unwrap();
-        report
-    });
+    let report = run_embedded(msgtrace::embed::EngineBuilder::new(h.config()).sink(
+        Box::new(PanicsOnce {
+            kept: kept.clone(),
+            calls: 0,
+        }),
+        &["src"],
+    ));
     assert!(report.all_succeeded(), "{report:?}");
     let kept = kept.lock().unwrap();
     let (_, job) = &report.jobs[0];

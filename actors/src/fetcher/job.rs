@@ -107,10 +107,7 @@ enum StartError {
 
 /// The checkpoint a job starts from: with `[cluster]` the checkpoint of record in etcd (the
 /// last one any instance committed), else (or when etcd has none yet) the local one.
-async fn load_checkpoint(
-    env: &FetcherEnv,
-    cursor: &str,
-) -> Result<Option<Checkpoint>, StartError> {
+async fn load_checkpoint(env: &FetcherEnv, cursor: &str) -> Result<Option<Checkpoint>, StartError> {
     let local = env.store.checkpoint(cursor)?;
     let Some(cluster) = &env.cluster else {
         return Ok(local);
