@@ -413,7 +413,7 @@ fn every_method_collects_every_row_and_no_secret_leaks() {
     // store secrets resolved and the certificates loaded).
     let config = msgtrace::config::load(&cfg).unwrap();
     let debug = {
-        let store = msgtrace::storage::Store::open(&state).unwrap();
+        let store = open_store(&state);
         let secrets = msgtrace::secrets::SecretStore::new(store);
         let specs: Vec<_> = config
             .sources

@@ -196,6 +196,13 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Opens a state directory an engine of this process used: waiting, as the engine's own start
+/// does, up to 5 s for the lock that the engine's last threads may hold for a moment after its
+/// run returned (a test that opened it at once failed now and then with `Locked`).
+pub fn open_store(dir: impl AsRef<Path>) -> msgtrace::storage::Store {
+    msgtrace::storage::Store::open_waiting(dir, std::time::Duration::from_secs(5)).unwrap()
+}
+
 /// Starts an embedded engine, runs it once to its end and shuts it down: its report.
 pub fn run_embedded(builder: msgtrace::embed::EngineBuilder) -> RunReport {
     let engine = builder.start().unwrap();
@@ -428,7 +435,7 @@ pub fn crash_run(sim: &SimServer, c: &Crash) -> Crashed {
     std::fs::write(&cfg_path, toml).unwrap();
     let kills = kill_repeatedly(&cfg_path, c.kills_wanted, "crash test");
 
-    let store = msgtrace::storage::Store::open(&state).unwrap();
+    let store = open_store(&state);
     let cp = store.checkpoint("src").unwrap().expect("checkpoint");
     assert!(cp.in_flight.is_none());
     let start = store
@@ -960,7 +967,7 @@ impl Harness {
 
     /// Opens the state directory (no engine may hold it).
     pub fn store(&self) -> msgtrace::storage::Store {
-        msgtrace::storage::Store::open(&self.state).unwrap()
+        open_store(&self.state)
     }
 
     /// The source's window as configured: `start` and `end` must be epoch seconds (as the

@@ -6,7 +6,6 @@
 use crate::common::*;
 use msgtrace::actors::dialect::details::DetailsMode;
 use msgtrace::actors::dialect::Api;
-use msgtrace::storage::Store;
 use msgtrace_simulator::{FaultSchedule, LateRows, SimFault, SimQuota, SimServer};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -96,7 +95,7 @@ fn every_detail_record_of_every_row_not_delivered_exactly_once_across_sigkills()
     // At most the records of the one request whose acknowledgement a kill beat to the backlog:
     // a route has at most four records.
     assert!(dups <= crashed.kills as usize * 4, "{dups} twice");
-    let store = Store::open(&crashed.state).unwrap();
+    let store = open_store(&crashed.state);
     assert_eq!(store.details_backlog("src"), 0, "the backlog is drained");
     assert_eq!(sim.stats().throttled, 0, "no 429 under the budget");
     // Each detail event comes after its summary row.

@@ -5,9 +5,10 @@
 #[allow(dead_code)]
 mod example;
 
+use crate::common::open_store;
 use msgtrace::embed::{EmbedError, EngineBuilder};
 use msgtrace::engine::EngineError;
-use msgtrace::storage::{JobState, Store};
+use msgtrace::storage::JobState;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_runs_in_a_host_tokio_runtime_and_shuts_down_cleanly() {
@@ -23,7 +24,7 @@ async fn the_example_runs_in_a_host_tokio_runtime_and_shuts_down_cleanly() {
     assert!(!outcome.counts.contains_key("filteredAsSpam"));
     assert_eq!(outcome.jobs, 1);
     // The engine released the state directory: it opens again, with the job recorded.
-    let store = Store::open(dir.path().join("state")).unwrap();
+    let store = open_store(dir.path().join("state"));
     let jobs = store.jobs(Some("contoso")).unwrap();
     assert_eq!(jobs[0].state, JobState::Succeeded);
     assert_eq!(jobs[0].rows, outcome.rows);
