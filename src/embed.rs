@@ -196,7 +196,14 @@ fn engine_thread(
             let supervisor = engine.supervisor.clone();
             match cmd {
                 Command::RunOnce(tx) => {
+                    // With `[cluster]`, this instance's share is known once the agent has had its
+                    // first round (as `msgtrace run --once` waits for it).
+                    let owned = engine.cluster.as_ref().map(|c| c.handle.owned.clone());
                     actix_rt::spawn(async move {
+                        if let Err(e) = crate::cluster::live(owned).await {
+                            let _ = tx.send(Err(engine::EngineError::from(e).into()));
+                            return;
+                        }
                         let r = supervisor.send(RunAll {
                             kind: JobKind::Once,
                         });

@@ -679,3 +679,30 @@ fn an_instance_paused_past_its_lease_commits_nothing_after_it_and_no_row_is_lost
         "{dups} rows twice: more than the pages in flight"
     );
 }
+
+/// `EngineHandle::run_once` right after `start`: it waits for the agent's first round, so the
+/// instance's share is known and collected (before, the first run_once could come before the
+/// agent's round: no source owned, nothing collected).
+#[test]
+fn an_embedded_run_once_waits_for_the_agents_first_round() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let sim = sim(600, |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let (state, out) = (dir.path().join("state"), dir.path().join("out.ndjson"));
+    let cluster = format!(
+        "[cluster]\netcd = [{:?}]\nprefix = \"/embedded\"\nname = \"e\"\nlease_secs = 2\n",
+        server.endpoint()
+    );
+    let sources = [("src", hours_ago(3), hours_ago(2))];
+    let sources: Vec<(&str, &str, &str)> = sources
+        .iter()
+        .map(|(id, s, e)| (*id, s.as_str(), e.as_str()))
+        .collect();
+    let config = parse(&(graph_sources_toml(&sim, &state, &out, &sources, "") + &cluster));
+    let report = run_embedded(msgtrace::embed::EngineBuilder::new(config));
+    assert_eq!(report.jobs.len(), 1, "{report:?}");
+    assert!(report.all_succeeded(), "{report:?}");
+    assert!(report.jobs[0].1.rows > 0, "{report:?}");
+}
