@@ -169,9 +169,7 @@ impl RunReport {
     }
 }
 
-/// Called after each page commit with (source id, pages and rows of the running job).
-/// An instrumentation and fault-injection point for tests and embedders.
-pub type PageHook = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
+pub use crate::fetcher::PageHook;
 
 struct Slot {
     entry: SourceEntry,

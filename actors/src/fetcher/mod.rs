@@ -95,7 +95,7 @@ pub struct FetcherEnv {
     /// Told when a job ends.
     pub supervisor: Recipient<JobFinished>,
     /// Called after each page commit (instrumentation and fault injection).
-    pub page_hook: Option<crate::supervisor::PageHook>,
+    pub page_hook: Option<PageHook>,
     /// The tenant's request budget.
     pub quota: Option<crate::quota::SharedGate>,
     /// Pipeline hooks applied to each page's events before the sinks.
@@ -122,6 +122,10 @@ pub struct Reads {
     /// Some sink reads NDJSON.
     pub ndjson: bool,
 }
+
+/// Called after each committed page with (source id, pages and rows of the running job up to
+/// that page). An instrumentation and fault-injection point for tests and embedders.
+pub type PageHook = std::sync::Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
 /// Pages a source fetches ahead of the one being delivered and committed, by default. A page
 /// holds its place until it is taken for delivery, through its parse and [`make_ready`] (events,
