@@ -243,7 +243,7 @@ impl AzureLogsSink {
                     ))));
                 }
                 other => failed_try(&self.shown_url, self.request_timeout, other, status_hint)
-                    .map_err(|e| Refused::Failed(self.error(e)))?,
+                    .map_err(|e| Refused::Failed(self.error(e.to_string())))?,
             };
             let (policy, name) = (&self.retry, &self.name);
             retry_wait(
@@ -255,7 +255,7 @@ impl AzureLogsSink {
                 &mut retries,
             )
             .await
-            .map_err(|e| Refused::Failed(self.error(e)))?;
+            .map_err(|e| Refused::Failed(self.error(e.to_string())))?;
         }
     }
 }

@@ -158,7 +158,7 @@ impl HttpSink {
                     }
                 }
                 other => failed_try(&self.shown_url, self.request_timeout, other, status_hint)
-                    .map_err(|e| self.error(e))?,
+                    .map_err(|e| self.error(e.to_string()))?,
             };
             let max_retry_after = msgtrace_actors::retry::MAX_RETRY_AFTER;
             let (policy, name) = (&self.retry, &self.name);
@@ -171,7 +171,7 @@ impl HttpSink {
                 &mut retries,
             )
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(e.to_string()))?;
         }
     }
 
@@ -242,6 +242,22 @@ impl HttpSink {
     }
 }
 
+/// Why a batch is not delivered (the sink's error says it in one line).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Undelivered {
+    /// The request cannot be made at all (a bad URL).
+    #[error("{0}")]
+    Unsendable(String),
+    /// The retry policy gave up after the last try's failure (`last`).
+    #[error("{last}{after}; the page is not acknowledged and is delivered again on the next run")]
+    GaveUp {
+        /// What the last try met.
+        last: String,
+        /// ` (after N retries)`, or nothing.
+        after: String,
+    },
+}
+
 /// A try that got no 2xx: what [`RetryPolicy`] decides on, and the line that says what happened
 /// (`hint` adds the fix for a status); `Err` for a request that cannot be made at all.
 pub(crate) fn failed_try(
@@ -249,7 +265,7 @@ pub(crate) fn failed_try(
     timeout: Duration,
     outcome: Result<(u16, Option<Duration>, actix_web::web::Bytes), SendFailure>,
     hint: fn(u16) -> &'static str,
-) -> Result<(Failure, String), String> {
+) -> Result<(Failure, String), Undelivered> {
     Ok(match outcome {
         Ok((status, retry_after, answer)) => (
             Failure::Status {
@@ -267,7 +283,7 @@ pub(crate) fn failed_try(
             format!("{shown_url}: no answer within {timeout:?}"),
         ),
         Err(SendFailure::Connection(e)) => (Failure::Connection, format!("{shown_url}: {e}")),
-        Err(SendFailure::Request(e)) => return Err(e),
+        Err(SendFailure::Request(e)) => return Err(Undelivered::Unsendable(e)),
     })
 }
 
@@ -280,7 +296,7 @@ pub(crate) async fn retry_wait(
     failure: &Failure,
     message: String,
     retries: &mut u32,
-) -> Result<(), String> {
+) -> Result<(), Undelivered> {
     match policy.decide_honoring(failure, *retries, max_retry_after) {
         Some(d) => {
             *retries += 1;
@@ -294,9 +310,10 @@ pub(crate) async fn retry_wait(
             } else {
                 String::new()
             };
-            Err(format!(
-                "{message}{after}; the page is not acknowledged and is delivered again on the next run"
-            ))
+            Err(Undelivered::GaveUp {
+                last: message,
+                after,
+            })
         }
     }
 }
