@@ -21,10 +21,15 @@
 use super::*;
 
 /// Whether the page being settled may leave its sync and its commit to the page after it: the
-/// slice goes on to that page (`goes_on`), it is already in and made ready (`next_ready`), and
-/// the group, with this page, stays under `limit` pages.
-pub(super) fn defer_commit(goes_on: bool, next_ready: bool, pending: usize, limit: usize) -> bool {
-    goes_on && next_ready && pending + 1 < limit
+/// slice goes on to that page (`goes_on`), the group, with this page, stays under `limit`
+/// pages, and the next page is already in and made ready (`next_ready`, asked last: with
+/// groups off it is never asked).
+pub(super) fn defer_commit(
+    goes_on: bool,
+    (pending, limit): (usize, usize),
+    next_ready: impl FnOnce() -> bool,
+) -> bool {
+    goes_on && pending + 1 < limit && next_ready()
 }
 
 /// The pages delivered and not yet committed, and what they add to the commit.
@@ -124,16 +129,19 @@ mod tests {
 
     #[test]
     fn a_page_waits_for_the_next_only_when_it_is_in_and_the_group_has_room() {
-        assert!(defer_commit(true, true, 0, 4));
-        assert!(defer_commit(true, true, 2, 4));
+        let yes = || true;
+        assert!(defer_commit(true, (0, 4), yes));
+        assert!(defer_commit(true, (2, 4), yes));
         // The fourth page of a group of at most four closes it.
-        assert!(!defer_commit(true, true, 3, 4));
-        // Every page on its own.
-        assert!(!defer_commit(true, true, 0, 1));
+        assert!(!defer_commit(true, (3, 4), yes));
+        // Every page on its own, and the pages ahead are not even looked at.
+        assert!(!defer_commit(true, (0, 1), || panic!(
+            "asked with groups off"
+        )));
         // The next page is not in yet: no waiting for the network before a commit.
-        assert!(!defer_commit(true, false, 0, 4));
+        assert!(!defer_commit(true, (0, 4), || false));
         // The slice ends or is re-queried: nothing follows in this group.
-        assert!(!defer_commit(false, true, 0, 4));
+        assert!(!defer_commit(false, (0, 4), yes));
     }
 
     #[test]

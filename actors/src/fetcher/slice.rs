@@ -120,9 +120,8 @@ async fn settle(
     let (step, mark) = slice.delivered(&run.job.id, ready.parsed, n, ready.oldest, next);
     let defer = defer_commit(
         matches!(step, Step::Next(_)),
-        prefetched.as_mut().is_some_and(Prefetch::next_is_ready),
-        group.len(),
-        env.spec.commit_group,
+        (group.len(), env.spec.commit_group),
+        || prefetched.as_mut().is_some_and(Prefetch::next_is_ready),
     );
     let mut delivered = None;
     if let Some(mut batch) = ready.batch {
