@@ -65,7 +65,8 @@ async fn pages(
             spool: spool.clone(),
         };
         let fetched = next_page(run, &mut prefetched, &url, is_next_link, ahead.clone()).await?;
-        // `_slot` is this page's share of the rows-in-flight budget, held until it is committed.
+        // `_slot` is this page's share of the rows-in-flight budget, held until it is settled
+        // (committed, or delivered into a commit group).
         let Some((parsed, _slot)) = take(run, i, slice, is_next_link, fetched)? else {
             prefetched = None;
             continue;
