@@ -68,16 +68,20 @@ pub fn render(sources: &[SourceView], jobs: &[JobRecord], now: DateTime<Utc>) ->
         env!("CARGO_PKG_VERSION"),
         time(Some(now)),
     );
+    // With `[cluster]` every source has an owner (this instance or another): a column for it.
+    let owners = sources.iter().any(|s| s.owner.is_some());
     h.push_str(
         "<h2>Sources</h2>\n<table id=\"sources\"><thead><tr><th>source</th><th>state</th><th>cursor</th>\
          <th>lag</th><th>next due</th><th>quota left</th><th>last job</th><th>pages</th><th>rows</th>\
-         <th>last error</th></tr></thead><tbody>\n",
+         <th>last error</th>",
     );
+    h.push_str(if owners { "<th>owner</th>" } else { "" });
+    h.push_str("</tr></thead><tbody>\n");
     if sources.is_empty() {
         h.push_str("<tr><td colspan=\"10\">no sources</td></tr>\n");
     }
     for s in sources {
-        source_row(&mut h, s);
+        source_row(&mut h, s, owners);
     }
     h.push_str("</tbody></table>\n");
     let shown = &jobs[jobs.len().saturating_sub(PAGE_JOBS)..];
@@ -102,8 +106,8 @@ pub fn render(sources: &[SourceView], jobs: &[JobRecord], now: DateTime<Utc>) ->
     h
 }
 
-/// One row of the sources table.
-fn source_row(h: &mut String, s: &SourceView) {
+/// One row of the sources table (with its owner's cell when `owners`).
+fn source_row(h: &mut String, s: &SourceView, owners: bool) {
     let quota = match s.quota {
         Some(q) => format!("{} of {} per {} s", q.remaining, q.requests, q.per_secs),
         None => "no budget".into(),
@@ -122,8 +126,14 @@ fn source_row(h: &mut String, s: &SourceView) {
         "<tr data-source=\"{id}\"><td class=\"source\">{id}</td><td class=\"state {state}\">{state}</td>\
          <td class=\"cursor\">{cursor}</td><td class=\"lag num\">{lag}</td><td class=\"next-due\">{next}</td>\
          <td class=\"quota\">{quota}</td><td class=\"last-job {job_state}\">{job} {job_state}</td>\
-         <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"error\">{error}</td></tr>",
+         <td class=\"pages num\">{pages}</td><td class=\"rows num\">{rows}</td><td class=\"error\">{error}</td>{owner}</tr>",
         id = escape(&s.source),
+        owner = if owners {
+            let owner = s.owner.as_deref().map(escape);
+            format!("<td class=\"owner\">{}</td>", owner.unwrap_or_else(|| "–".into()))
+        } else {
+            String::new()
+        },
         state = escape(&s.state),
         cursor = time(s.cursor),
         lag = s.lag_secs.map(span).unwrap_or_else(|| "–".into()),
@@ -246,6 +256,41 @@ mod tests {
             html.find("contoso-29").unwrap() < html.find("contoso-10").unwrap(),
             "newest first"
         );
+    }
+
+    /// With `[cluster]` the sources table has an owner column; without it, none (the page of a
+    /// single instance is unchanged).
+    #[test]
+    fn owners_show_in_a_column_of_their_own_only_with_a_cluster() {
+        let view = |id: &str, owner: Option<&str>| SourceView {
+            source: id.into(),
+            state: "idle".into(),
+            cursor: None,
+            lag_secs: None,
+            next_due: None,
+            last_job: None,
+            last_error: None,
+            restarts: 0,
+            quota: None,
+            details_backlog: 0,
+            owner: owner.map(str::to_owned),
+        };
+        let html = render(
+            &[view("a", Some("collector-0")), view("b", Some("<x>"))],
+            &[],
+            now(),
+        );
+        assert!(html.contains("<th>owner</th>"), "{html}");
+        assert!(
+            html.contains("<td class=\"owner\">collector-0</td></tr>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("<td class=\"owner\">&lt;x&gt;</td>"),
+            "{html}"
+        );
+        let single = render(&[view("a", None)], &[], now());
+        assert!(!single.contains("owner"), "{single}");
     }
 
     #[test]
