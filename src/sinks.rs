@@ -291,12 +291,24 @@ impl FileSink {
             .map(|m| m.len)
     }
 
-    /// Makes what was written unsynced durable.
+    /// Makes what was written unsynced durable. Without the file that holds it (closed by a
+    /// failed write whose own sync failed too) it cannot: an error, so that no commit counts
+    /// on it (the pages are delivered again).
     fn sync_pending(&mut self) -> Result<(), SinkError> {
-        if let (true, Some(f)) = (self.unsynced, &self.file) {
-            f.sync_data()
-                .map_err(|e| self.err("cannot sync (fsync)", e))?;
+        if !self.unsynced {
+            return Ok(());
         }
+        let Some(f) = &self.file else {
+            return Err(SinkError {
+                sink: self.name.clone(),
+                message: format!(
+                    "pages written unsynced to {} before a failed write may not be on disk; they are delivered again",
+                    self.path.display()
+                ),
+            });
+        };
+        f.sync_data()
+            .map_err(|e| self.err("cannot sync (fsync)", e))?;
         self.unsynced = false;
         Ok(())
     }
