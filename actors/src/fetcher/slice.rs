@@ -316,27 +316,8 @@ async fn commit(
     let t = &mut job.tasks[i];
     (t.pages, t.rows) = group.totals;
     t.dropped += group.dropped;
+    persist(run, !task.reread, Some(&group)).await?;
     let spec = &run.env.spec;
-    if let (Some(cluster), Some(claim), false) = (&run.env.cluster, &run.claim, task.reread) {
-        cluster
-            .commit(claim, &run.cursor_name, cp)
-            .await
-            .map_err(FetchError::Fenced)?;
-    }
-    run.env
-        .store
-        .commit(
-            Commit {
-                source: &spec.id,
-                checkpoint: (!task.reread).then_some((run.cursor_name.as_str(), &*cp)),
-                job: Some(job),
-                seen: &group.seen,
-                details: &group.details,
-            },
-            spec.durable,
-        )
-        .await
-        .map_err(FetchError::Checkpoint)?;
     debug!(page = group.totals.0, pages, rows, "page committed");
     let spool = (!task.reread).then_some(&run.spool);
     // The job's totals after each page of the group, as if each had been committed alone.
@@ -356,8 +337,16 @@ async fn commit(
 /// ([`SliceRun::starting`]).
 async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
     run.cp.in_flight = Some(started);
+    persist(run, true, None).await
+}
+
+/// Writes the job's checkpoint (unless `checkpoint` is false: a re-read leaves it alone) and,
+/// for a committed `group`, the job record and the group's index and backlog entries: with
+/// `[cluster]` the checkpoint first to etcd, fenced by the job's claim, then everything to the
+/// state directory in one transaction, durable as configured.
+async fn persist(run: &JobRun, checkpoint: bool, group: Option<&Group>) -> Result<(), FetchError> {
     let spec = &run.env.spec;
-    if let (Some(cluster), Some(claim)) = (&run.env.cluster, &run.claim) {
+    if let (true, Some(cluster), Some(claim)) = (checkpoint, &run.env.cluster, &run.claim) {
         cluster
             .commit(claim, &run.cursor_name, &run.cp)
             .await
@@ -368,10 +357,10 @@ async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchEr
         .commit(
             Commit {
                 source: &spec.id,
-                checkpoint: Some((run.cursor_name.as_str(), &run.cp)),
-                job: None,
-                seen: &[],
-                details: &[],
+                checkpoint: checkpoint.then_some((run.cursor_name.as_str(), &run.cp)),
+                job: group.map(|_| &run.job),
+                seen: group.map_or(&[], |g| &g.seen),
+                details: group.map_or(&[], |g| &g.details),
             },
             spec.durable,
         )
