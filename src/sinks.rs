@@ -506,17 +506,23 @@ mod tests {
             .collect()
     }
 
+    /// A sink with marks under `dir` rotating `path` past 250 bytes, keeping 2 rotated files.
+    fn rotating_sink(dir: &Path, path: &Path) -> (FileSink, PathBuf) {
+        let (sink, state) = sink_with_marks(dir, path);
+        let rotation = crate::config::Rotation {
+            max_bytes: 250,
+            keep: 2,
+        };
+        (sink.with_rotation(Some(rotation)), state)
+    }
+
     /// A page given unsynced stays unsynced until a synced page, a flush, or the file's close
     /// at rotation or reopening syncs it; the lines are the same either way.
     #[test]
     fn a_page_given_unsynced_is_synced_by_a_synced_page_a_flush_a_rotation_or_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ndjson");
-        let (sink, _store) = sink_with_marks(dir.path(), &path);
-        let mut sink = sink.with_rotation(Some(crate::config::Rotation {
-            max_bytes: 250,
-            keep: 2,
-        }));
+        let (mut sink, _store) = rotating_sink(dir.path(), &path);
         let unsynced = Batch {
             sync: false,
             ..page(3)
@@ -549,11 +555,7 @@ mod tests {
     fn rotation_by_size_never_splits_a_page_and_keeps_n_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.ndjson");
-        let (sink, _store) = sink_with_marks(dir.path(), &path);
-        let mut sink = sink.with_rotation(Some(crate::config::Rotation {
-            max_bytes: 250,
-            keep: 2,
-        }));
+        let (mut sink, _store) = rotating_sink(dir.path(), &path);
         for _ in 0..6 {
             deliver(&mut sink, &page(3)).unwrap();
         }
