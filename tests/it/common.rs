@@ -259,11 +259,21 @@ pub fn opts() -> EngineOptions {
 }
 
 /// Counts each (trace id, recipient) identity of the summary rows in an NDJSON file (detail
-/// events, `_detail: true`, are not rows).
+/// events, `_detail: true`, are not rows). Every line must be JSON: a torn line fails the test.
 pub fn identities(path: &Path, api: Api) -> HashMap<(String, String), usize> {
+    count_identities(&std::fs::read_to_string(path).unwrap_or_default(), api)
+}
+
+/// [`identities`] of a file an engine may be writing: only its whole lines (a line still being
+/// written has no newline yet).
+pub fn identities_so_far(path: &Path, api: Api) -> HashMap<(String, String), usize> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    count_identities(&text[..text.rfind('\n').map_or(0, |i| i + 1)], api)
+}
+
+fn count_identities(text: &str, api: Api) -> HashMap<(String, String), usize> {
     let (a, b) = api.identity_fields();
     let mut m = HashMap::new();
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("line {} not JSON: {e}", i + 1));
@@ -860,27 +870,7 @@ impl Harness {
     /// The same configuration with `extra` instead of the source keys it was built with.
     pub fn toml_with(&self, extra: &str) -> String {
         match &self.source {
-            HarnessSource::Sim {
-                start,
-                end,
-                page_size,
-                sink,
-                ..
-            } => {
-                let scenario = Scenario {
-                    api: self.api,
-                    state_dir: &self.state,
-                    out: &self.out,
-                    start,
-                    end,
-                    page_size: *page_size,
-                    extra,
-                };
-                match sink {
-                    Some(sink) => config_toml_with_sink(self.sim(), &scenario, sink),
-                    None => config_toml(self.sim(), &scenario),
-                }
-            }
+            HarnessSource::Sim { sink, .. } => self.sim_toml(extra, sink.as_deref()),
             HarnessSource::Fake { base, window } => {
                 fake_api_toml(base, *window, &self.state, &self.out, extra)
             }
@@ -890,15 +880,23 @@ impl Harness {
     /// The configuration with `sink`, the TOML of its sink tables (taking the source `src`),
     /// instead of the file sink ([`config_toml_with_sink`]).
     pub fn toml_with_sink(&self, sink: &str) -> String {
+        let HarnessSource::Sim { extra, .. } = &self.source else {
+            panic!("a fake API's harness has its file sink");
+        };
+        self.sim_toml(extra, Some(sink))
+    }
+
+    /// The simulated source's configuration with `extra` keys, into `sink`'s tables or the
+    /// file sink.
+    fn sim_toml(&self, extra: &str, sink: Option<&str>) -> String {
         let HarnessSource::Sim {
             start,
             end,
             page_size,
-            extra,
             ..
         } = &self.source
         else {
-            panic!("a fake API's harness has its file sink");
+            panic!("only a simulated source has a scenario");
         };
         let scenario = Scenario {
             api: self.api,
@@ -909,7 +907,10 @@ impl Harness {
             page_size: *page_size,
             extra,
         };
-        config_toml_with_sink(self.sim(), &scenario, sink)
+        match sink {
+            Some(sink) => config_toml_with_sink(self.sim(), &scenario, sink),
+            None => config_toml(self.sim(), &scenario),
+        }
     }
 
     /// Makes the configuration again with the source's `start` and `end` changed.

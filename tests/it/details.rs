@@ -13,10 +13,14 @@ use std::sync::{Arc, Mutex};
 /// A detail record's identity: (`id`, `recipientAddress`, `dateTime`, `event`).
 type DetailId = (String, String, String, String);
 
-/// Counts each detail event's identity in an NDJSON output (summary rows are left out).
+/// Counts each detail event's identity in an NDJSON output (summary rows are left out). Only
+/// whole lines count: the file may be read while the engine writes it, and a line still being
+/// written has no newline yet.
 fn detail_ids(out: &std::path::Path) -> HashMap<DetailId, usize> {
     let mut m = HashMap::new();
-    for line in std::fs::read_to_string(out).unwrap_or_default().lines() {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for line in whole.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if v["_detail"] != true {
             continue;

@@ -704,7 +704,7 @@ fn a_sink_down_for_good_does_not_starve_a_source_feeding_another_sink() {
         .scheduled(true)
         .start()
         .expect("engine starts");
-    wait_for(|| h.identities().len() >= expected_b.len());
+    wait_for(|| identities_so_far(&h.out, h.api).len() >= expected_b.len());
     // Taken while `a` still holds its page (the shutdown would free the budget).
     let b_delivered = h.identities();
     let a_refused = rx.requests().len();
