@@ -277,6 +277,124 @@ fn a_claim_given_up_cannot_commit_even_when_its_instance_claims_the_source_again
     });
 }
 
+#[test]
+fn a_backfill_request_is_asked_once_taken_by_the_claims_holder_only_and_asked_again_after_failing()
+{
+    use msgtrace::actors::cluster::backfill::{self, Asked, Outcome, Request, State};
+    use msgtrace::actors::fetcher::Backfill;
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    on_actix(async {
+        let etcd = client_of(&[server.endpoint()]);
+        let at = |s| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        let range = Backfill {
+            start: at(1_000),
+            end: at(2_000),
+        };
+        let ask = Request::new("contoso", &range, "cli", at(5_000));
+        let first = backfill::ask(&etcd, "/b", &ask).await.unwrap();
+        let Asked::New(queued) = &first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(queued.request.state, State::Queued);
+        // Asking again finds the same request: the range runs once.
+        let again = backfill::ask(
+            &etcd,
+            "/b",
+            &Request::new("contoso", &range, "cli-2", at(6_000)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(again, Asked::Existing(queued.clone()));
+
+        // Only the holder of the source's claim takes it, and only from what it read.
+        let lease = etcd.grant(Duration::from_secs(60)).await.unwrap();
+        let Claimed::Ours(old) = fence::claim(&etcd, "/b", "contoso", "a", lease.id)
+            .await
+            .unwrap()
+        else {
+            panic!("nobody held it")
+        };
+        assert!(fence::release(&etcd, "/b", &old).await.unwrap());
+        let Claimed::Ours(claim) = fence::claim(&etcd, "/b", "contoso", "a", lease.id)
+            .await
+            .unwrap()
+        else {
+            panic!("nobody held it")
+        };
+        let taken = queued.request.taken("a", at(7_000));
+        assert_eq!(
+            backfill::update(&etcd, "/b", &old, queued, &taken)
+                .await
+                .unwrap(),
+            None,
+            "a claim given up takes nothing"
+        );
+        let running = backfill::update(&etcd, "/b", &claim, queued, &taken)
+            .await
+            .unwrap()
+            .expect("the holder takes it");
+        assert_eq!(running.request.describe(), "running on a");
+        assert_eq!(
+            backfill::update(&etcd, "/b", &claim, queued, &taken)
+                .await
+                .unwrap(),
+            None,
+            "a write over a revision read before is refused"
+        );
+
+        // It fails; asking again queues it again; a succeeded one is reported as it is.
+        let failed = Outcome::Failed {
+            error: "HTTP 403".into(),
+            pages: 0,
+            rows: 0,
+        };
+        let failed = backfill::update(
+            &etcd,
+            "/b",
+            &claim,
+            &running,
+            &running.request.ended(&failed, at(8_000)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let requeued = backfill::ask(
+            &etcd,
+            "/b",
+            &Request::new("contoso", &range, "cli-3", at(9_000)),
+        )
+        .await
+        .unwrap();
+        let Asked::Requeued(requeued) = requeued else {
+            panic!("{requeued:?}")
+        };
+        assert_eq!(
+            (requeued.request.state, requeued.request.asked_by.as_str()),
+            (State::Queued, "cli-3")
+        );
+        assert!(requeued.revision > failed.revision);
+
+        // Every request is listed; one that is not a request is its error, in its place.
+        etcd.put(b"/b/backfills/contoso/junk", b"not json", 0)
+            .await
+            .unwrap();
+        let listed = backfill::list(&etcd, "/b").await.unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        assert_eq!(listed[0].as_ref().unwrap(), &requeued);
+        let junk = listed[1].as_ref().unwrap_err().to_string();
+        assert!(
+            junk.contains("/b/backfills/contoso/junk") && junk.contains("remove the key"),
+            "{junk}"
+        );
+        assert_eq!(
+            backfill::get(&etcd, &requeued.key).await.unwrap(),
+            Some(requeued.clone())
+        );
+    });
+}
+
 /// Reads one HTTP request (headers, then a `Content-Length` body).
 fn read_request(s: &mut std::net::TcpStream) {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));

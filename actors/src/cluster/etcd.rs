@@ -121,6 +121,9 @@ pub enum Compare {
     CreateRevision(Vec<u8>, i64),
     /// The key is bound to this lease (0: to none, or the key does not exist).
     Lease(Vec<u8>, i64),
+    /// The key's last change was at this revision (0: the key does not exist): nobody has
+    /// written it since it was read.
+    ModRevision(Vec<u8>, i64),
 }
 
 /// An operation of a transaction.
@@ -496,6 +499,10 @@ fn txn_json(txn: &Txn) -> Value {
                 "target": "LEASE", "result": "EQUAL", "key": b64::encode(key),
                 "lease": lease.to_string(),
             }),
+            Compare::ModRevision(key, rev) => json!({
+                "target": "MOD", "result": "EQUAL", "key": b64::encode(key),
+                "mod_revision": rev.to_string(),
+            }),
         })
         .collect();
     let ops = |ops: &[Op]| ops.iter().map(op_json).collect::<Vec<_>>();
@@ -678,6 +685,7 @@ mod tests {
             compare: vec![
                 Compare::Lease(b"k".to_vec(), 7),
                 Compare::CreateRevision(b"k".to_vec(), 0),
+                Compare::ModRevision(b"k".to_vec(), 12),
             ],
             success: vec![Op::Put {
                 key: b"c".to_vec(),
@@ -692,6 +700,7 @@ mod tests {
                 "compare": [
                     {"target": "LEASE", "result": "EQUAL", "key": "aw==", "lease": "7"},
                     {"target": "CREATE", "result": "EQUAL", "key": "aw==", "create_revision": "0"},
+                    {"target": "MOD", "result": "EQUAL", "key": "aw==", "mod_revision": "12"},
                 ],
                 "success": [{"request_put": {"key": "Yw==", "value": "dg==", "lease": "0"}}],
                 "failure": [{"request_range": {"key": "aw=="}}, {"request_delete_range": {"key": "ZA=="}}],

@@ -188,7 +188,7 @@ pub fn fenced_put_txn(prefix: &str, claim: &Claim, cursor: &str, value: &[u8]) -
 
 /// The compares that hold while `claim` does: its owner key bound to its lease, and created at
 /// its revision.
-fn claim_holds(key: &[u8], claim: &Claim) -> Vec<Compare> {
+pub(crate) fn claim_holds(key: &[u8], claim: &Claim) -> Vec<Compare> {
     vec![
         Compare::Lease(key.to_vec(), claim.lease),
         Compare::CreateRevision(key.to_vec(), claim.revision),

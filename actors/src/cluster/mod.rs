@@ -11,6 +11,7 @@
 //! | [`assign`] | from the members and the claims held, which sources to claim and which to give up (pure) |
 //! | [`record`] | what the supervisor and a fetcher ask: may a source start here, the checkpoint of record read and written fenced |
 //! | [`agent`] | the loop that keeps the lease and the registration, claims and releases, and publishes what this instance owns |
+//! | [`backfill`] | backfills asked for through etcd and run by the owner of their source: the request, asked, taken and ended fenced |
 //!
 //! The keys, all under the deployment's `prefix`:
 //!
@@ -19,9 +20,11 @@
 //! | `<prefix>/members/<name>` | `{"version":"1","since":...}` | the instance's lease |
 //! | `<prefix>/owners/<source>` | `{"version":"1","owner":<name>}` | the owner's lease |
 //! | `<prefix>/checkpoints/<source>` | the checkpoint of record | nothing: it outlives its writers |
+//! | `<prefix>/backfills/<source>/<start>-<end>` | `{"version":"1","state":"queued",...}`, a backfill asked for | nothing: removed by hand once it is of no interest |
 
 pub mod agent;
 pub mod assign;
+pub mod backfill;
 pub mod etcd;
 pub mod fence;
 pub mod membership;
