@@ -11,7 +11,7 @@ use crate::sink::{FlushSink, SinkActor, SinkInput};
 use crate::spec::SourceSpec;
 use actix::prelude::*;
 use msgtrace_storage::{JobKind, JobState, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -50,7 +50,8 @@ pub struct RunAll {
     pub kind: JobKind,
 }
 
-/// Runs a backfill of one source and answers when it ended.
+/// Runs a backfill of one source and answers when it ended. Asked while the source runs a job
+/// (continuous mode), it runs once that job, and the backfills asked before it, have ended.
 #[derive(Message)]
 #[rtype(result = "RunReport")]
 pub struct RunBackfill {
@@ -182,6 +183,9 @@ struct Slot {
     pending: Pending,
     /// The job to run once restarted: the one a reload stopped, or one asked for meanwhile.
     resume: Option<JobRequest>,
+    /// Backfills asked for while a job ran, in order, each with who waits for its report:
+    /// run one after the other once the source is idle (one fetcher, one budget per source).
+    backfills: VecDeque<(Backfill, oneshot::Sender<RunReport>)>,
 }
 
 /// What becomes of a source once its running job has stopped ([`Reconfigure`]).
@@ -205,6 +209,7 @@ impl Slot {
             last: None,
             pending: Pending::Keep,
             resume: None,
+            backfills: VecDeque::new(),
         }
     }
 }
@@ -438,6 +443,7 @@ impl Supervisor {
                         )),
                     };
                     self.finished(source.clone(), summary);
+                    self.next_backfill(&source, ctx);
                 } else {
                     self.run_source(&source, req, ctx);
                 }
@@ -482,6 +488,46 @@ impl Supervisor {
             }
         }
         self.startable = now;
+    }
+
+    /// Runs `backfill` of `source` now; `tx` gets its report.
+    fn start_backfill(
+        &mut self,
+        source: &str,
+        backfill: Backfill,
+        tx: oneshot::Sender<RunReport>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.waiting
+            .push((HashSet::from([source.to_owned()]), tx, RunReport::default()));
+        let req = JobRequest {
+            kind: JobKind::Backfill,
+            backfill: Some(backfill),
+        };
+        self.run_source(source, req, ctx);
+    }
+
+    /// Once `source` is idle: its next backfill asked for meanwhile runs; while the engine
+    /// shuts down, or once this instance may no longer start the source, none does (each
+    /// asker gets an empty report).
+    fn next_backfill(&mut self, source: &str, ctx: &mut Context<Self>) {
+        let startable = !self.shutting_down && self.owned_here(source);
+        let Some(slot) = self.slots.get_mut(source) else {
+            return;
+        };
+        if slot.running.is_some() || !matches!(slot.pending, Pending::Keep) {
+            return;
+        }
+        if !startable {
+            if !slot.backfills.is_empty() {
+                info!(source = %source, count = slot.backfills.len(), "backfills asked for are not run: the source is not this instance's now, or the engine stops");
+            }
+            slot.backfills.clear();
+            return;
+        }
+        if let Some((backfill, tx)) = slot.backfills.pop_front() {
+            self.start_backfill(source, backfill, tx, ctx);
+        }
     }
 
     fn finished(&mut self, source: String, summary: JobSummary) {
@@ -574,6 +620,7 @@ impl Supervisor {
             if let Some(req) = resume.filter(|_| !self.shutting_down && self.owned_here(&id)) {
                 self.run_source(&id, req, ctx);
             }
+            self.next_backfill(&id, ctx);
         }
         for tx in self.reload_waiters.drain(..) {
             let _ = tx.send(());
@@ -667,8 +714,9 @@ impl Handler<JobFinished> for Supervisor {
         {
             self.stopped(&msg.source, Some(msg.summary), ctx);
         } else {
-            self.finished(msg.source, msg.summary);
+            self.finished(msg.source.clone(), msg.summary);
         }
+        self.next_backfill(&msg.source, ctx);
         if self.shutting_down && !self.any_running() {
             self.complete_shutdown(ctx);
         }
@@ -736,29 +784,19 @@ impl Handler<RunBackfill> for Supervisor {
 
     fn handle(&mut self, msg: RunBackfill, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        match self.slots.get(&msg.source) {
-            None => {
-                let _ = tx.send(RunReport::default());
-            }
-            Some(_) if !self.owned_here(&msg.source) => {
+        let owned = self.owned_here(&msg.source);
+        match self.slots.get_mut(&msg.source) {
+            // Not run: the report is empty.
+            None => {}
+            Some(_) if self.shutting_down => {}
+            Some(_) if !owned => {
                 warn!(source = %msg.source, "backfill not run: another instance owns the source");
-                let _ = tx.send(RunReport::default());
             }
-            Some(_) => {
-                self.waiting.push((
-                    HashSet::from([msg.source.clone()]),
-                    tx,
-                    RunReport::default(),
-                ));
-                self.run_source(
-                    &msg.source,
-                    JobRequest {
-                        kind: JobKind::Backfill,
-                        backfill: Some(msg.backfill),
-                    },
-                    ctx,
-                );
+            Some(slot) if slot.running.is_some() || !matches!(slot.pending, Pending::Keep) => {
+                info!(source = %msg.source, "backfill waits for the source's job running now");
+                slot.backfills.push_back((msg.backfill, tx));
             }
+            Some(_) => self.start_backfill(&msg.source, msg.backfill, tx, ctx),
         }
         Box::pin(async move { rx.await.unwrap_or_default() })
     }
@@ -845,8 +883,9 @@ impl Handler<Shutdown> for Supervisor {
             if let Some(s) = &self.scheduler {
                 s.do_send(StopScheduling);
             }
-            for slot in self.slots.values() {
+            for slot in self.slots.values_mut() {
                 slot.fetcher.do_send(Cancel);
+                slot.backfills.clear();
             }
             ctx.run_later(msg.grace, |act, ctx| {
                 if act.any_running() {

@@ -132,3 +132,62 @@ fn a_tick_that_arrives_while_the_previous_run_is_going_is_skipped() {
     assert_eq!(jobs.len(), 1, "no second job was started: {jobs:?}");
     h.assert_exactly_once(&report);
 }
+
+#[test]
+fn a_backfill_asked_while_a_job_runs_waits_for_it_and_then_runs() {
+    use msgtrace::actors::fetcher::Backfill;
+    use msgtrace::actors::supervisor::{GetStatus, RunAll, RunBackfill};
+    use msgtrace::storage::{JobKind, JobState};
+    let h = Harness::graph()
+        .sim(|c| c.page_latency_ms = 40)
+        .window("-1d@h", "-1h@h")
+        .build();
+    let cfg = h.config();
+    let now = chrono::Utc::now();
+    let hour =
+        |h: i64| chrono::DateTime::from_timestamp((now.timestamp() / 3600 - h) * 3600, 0).unwrap();
+    let backfill = Backfill {
+        start: hour(72),
+        end: hour(48),
+    };
+    let (collected, backfilled) = actix_rt::System::new().block_on(async move {
+        let engine = msgtrace::engine::start(&cfg, &opts(), Vec::new()).unwrap();
+        let sup = engine.supervisor.clone();
+        let run = actix_rt::spawn(sup.send(RunAll {
+            kind: JobKind::Once,
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            sup.send(GetStatus).await.unwrap()[0].running,
+            "the first job runs"
+        );
+        let backfilled = sup
+            .send(RunBackfill {
+                source: "src".into(),
+                backfill,
+            })
+            .await
+            .unwrap();
+        let collected = run.await.unwrap().unwrap();
+        engine.stop().await.unwrap();
+        (collected, backfilled)
+    });
+    assert!(collected.all_succeeded(), "{collected:?}");
+    assert_eq!(collected.jobs.len(), 1, "{collected:?}");
+    assert_eq!(backfilled.jobs.len(), 1, "{backfilled:?}");
+    let (ran, job) = &backfilled.jobs[0];
+    assert_eq!((ran.as_str(), job.state), ("src", JobState::Succeeded));
+    assert_ne!(job.job_id, collected.jobs[0].1.job_id, "its own job");
+    assert!(job.rows > 0, "{job:?}");
+    let jobs = h.store().jobs(Some("src")).unwrap();
+    let kinds: Vec<JobKind> = jobs.iter().map(|j| j.kind).collect();
+    assert_eq!(kinds.len(), 2, "{jobs:?}");
+    assert!(
+        kinds.contains(&JobKind::Backfill) && kinds.contains(&JobKind::Once),
+        "{kinds:?}"
+    );
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}"
+    );
+}
