@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use msgtrace_actors::cluster::agent::{self, AgentConfig, Busy, Ownership};
 use msgtrace_actors::cluster::etcd::Etcd;
+use msgtrace_actors::cluster::handoff;
 use msgtrace_actors::cluster::record::ClusterHandle;
+use msgtrace_actors::supervisor::Supervisor;
 use tokio::sync::watch;
 use tracing::info;
 
@@ -22,6 +24,10 @@ pub(crate) struct ClusterRun {
     /// A reload's sources, for the agent.
     sources: watch::Sender<Vec<(String, String)>>,
     task: Option<actix_rt::task::JoinHandle<()>>,
+    /// The lease's time to live: the backfill requests are read every third of it.
+    lease: Duration,
+    /// The loop running the backfills asked for through etcd ([`ClusterRun::serve_backfills`]).
+    handoff: Option<actix_rt::task::JoinHandle<()>>,
     /// The agent before it is started ([`ClusterRun::spawn`]).
     pending: Option<(AgentConfig, watch::Sender<Ownership>, watch::Receiver<bool>)>,
 }
@@ -61,6 +67,8 @@ impl ClusterRun {
             stop,
             sources: reloads,
             task: None,
+            lease: cluster.lease,
+            handoff: None,
             pending: Some((agent, out, stopped)),
         }
     }
@@ -79,6 +87,21 @@ impl ClusterRun {
         }
     }
 
+    /// Runs, through `supervisor`, the backfills asked for through etcd (`msgtrace backfill`
+    /// elsewhere) of the sources this instance holds: continuous mode only (a run that ends
+    /// would leave them half done).
+    pub(crate) fn serve_backfills(&mut self, supervisor: actix::Addr<Supervisor>) {
+        if self.handoff.is_none() {
+            let every = (self.lease / 3).max(Duration::from_millis(500));
+            self.handoff = Some(actix_rt::spawn(handoff::run(
+                self.handle.clone(),
+                supervisor,
+                every,
+                self.stop.subscribe(),
+            )));
+        }
+    }
+
     /// A reload's sources (each id with its tenant's budget key): the agent claims the added
     /// ones it should hold and gives up the removed ones at once.
     pub(crate) fn set_sources(&self, sources: Vec<(String, String)>) {
@@ -92,6 +115,9 @@ impl ClusterRun {
     /// Stops the agent: its lease is revoked, and the others take its sources at once.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
+        if let Some(task) = self.handoff {
+            let _ = task.await;
+        }
         if let Some(task) = self.task {
             let _ = task.await;
         }

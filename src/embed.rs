@@ -25,7 +25,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::engine::{self, Control, EngineOptions, HostSink, Mode};
 use msgtrace_actors::hook::Hook;
 use msgtrace_actors::sink::Sink;
-use msgtrace_actors::supervisor::{GetStatus, RunAll, RunReport, SourceStatus, StartSchedules};
+use msgtrace_actors::supervisor::{GetStatus, RunAll, RunReport, SourceStatus};
 use msgtrace_storage::{JobKind, JobRecord};
 use std::future::Future;
 use std::path::Path;
@@ -189,7 +189,7 @@ fn engine_thread(
         };
         let _ = ready.send(Ok(()));
         if builder.scheduled {
-            engine.supervisor.do_send(StartSchedules);
+            engine.schedule();
         }
         let mut reply = None;
         while let Some(cmd) = commands.recv().await {

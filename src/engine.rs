@@ -542,6 +542,9 @@ pub(crate) async fn run(
 ) -> Result<RunReport, EngineError> {
     let mut engine = start(config, &opts, host_sinks)?;
     let supervisor = engine.supervisor.clone();
+    if mode == Mode::Continuous {
+        engine.schedule();
+    }
     let owned = engine.cluster.as_ref().map(|c| c.handle.owned.clone());
     let work = async {
         // A run that ends collects this instance's share: known once the agent has had its
@@ -561,10 +564,7 @@ pub(crate) async fn run(
                     kind: JobKind::Once,
                 })
                 .await?),
-            Mode::Continuous => {
-                supervisor.do_send(StartSchedules);
-                std::future::pending::<Result<RunReport, EngineError>>().await
-            }
+            Mode::Continuous => std::future::pending::<Result<RunReport, EngineError>>().await,
         }
     };
     let mut work = std::pin::pin!(work);
@@ -630,6 +630,15 @@ pub struct Started {
 }
 
 impl Started {
+    /// Continuous mode: every source on its schedule (from now: catch-up first), and with
+    /// `[cluster]` the backfills asked for through etcd of the sources this instance holds.
+    pub fn schedule(&mut self) {
+        self.supervisor.do_send(StartSchedules);
+        if let Some(c) = &mut self.cluster {
+            c.serve_backfills(self.supervisor.clone());
+        }
+    }
+
     /// Graceful shutdown: pages in flight finish (or are abandoned after the grace period), sinks
     /// and state are flushed, the sink threads stop. Returns the jobs that ended meanwhile.
     pub async fn stop(self) -> Result<RunReport, EngineError> {

@@ -186,6 +186,10 @@ struct Slot {
     /// Backfills asked for while a job ran, in order, each with who waits for its report:
     /// run one after the other once the source is idle (one fetcher, one budget per source).
     backfills: VecDeque<(Backfill, oneshot::Sender<RunReport>)>,
+    /// A tick came (or this instance gained the source) while a backfill ran: the continuous
+    /// job runs once it ends, before the next backfill, so that a backfill delays the
+    /// continuous cursor by its own length only.
+    due: bool,
 }
 
 /// What becomes of a source once its running job has stopped ([`Reconfigure`]).
@@ -210,6 +214,7 @@ impl Slot {
             pending: Pending::Keep,
             resume: None,
             backfills: VecDeque::new(),
+            due: false,
         }
     }
 }
@@ -443,7 +448,7 @@ impl Supervisor {
                         )),
                     };
                     self.finished(source.clone(), summary);
-                    self.next_backfill(&source, ctx);
+                    self.next_job(&source, ctx);
                 } else {
                     self.run_source(&source, req, ctx);
                 }
@@ -478,7 +483,12 @@ impl Supervisor {
             let running = slot.running.is_some();
             if now.contains(&source) {
                 let gained = !self.startable.contains(&source);
-                if gained && scheduling && !running && matches!(slot.pending, Pending::Keep) {
+                if gained && scheduling && running {
+                    // A backfill (handed over with the source) runs: collected once it ends.
+                    if let Some(slot) = self.slots.get_mut(&source) {
+                        slot.due = true;
+                    }
+                } else if gained && scheduling && matches!(slot.pending, Pending::Keep) {
                     info!(source = %source, "cluster: the source is this instance's now; collecting it at once");
                     self.run_source(&source, JobRequest::scheduled(), ctx);
                 }
@@ -507,15 +517,20 @@ impl Supervisor {
         self.run_source(source, req, ctx);
     }
 
-    /// Once `source` is idle: its next backfill asked for meanwhile runs; while the engine
-    /// shuts down, or once this instance may no longer start the source, none does (each
-    /// asker gets an empty report).
-    fn next_backfill(&mut self, source: &str, ctx: &mut Context<Self>) {
+    /// Once `source` is idle: the continuous job a tick asked for while a backfill ran runs,
+    /// else its next backfill asked for meanwhile; while the engine shuts down, or once this
+    /// instance may no longer start the source, none does (each asker of a backfill gets an
+    /// empty report).
+    fn next_job(&mut self, source: &str, ctx: &mut Context<Self>) {
         let startable = !self.shutting_down && self.owned_here(source);
         let Some(slot) = self.slots.get_mut(source) else {
             return;
         };
         if slot.running.is_some() || !matches!(slot.pending, Pending::Keep) {
+            return;
+        }
+        if std::mem::take(&mut slot.due) && startable && self.scheduler.is_some() {
+            self.run_source(source, JobRequest::scheduled(), ctx);
             return;
         }
         if !startable {
@@ -620,7 +635,7 @@ impl Supervisor {
             if let Some(req) = resume.filter(|_| !self.shutting_down && self.owned_here(&id)) {
                 self.run_source(&id, req, ctx);
             }
-            self.next_backfill(&id, ctx);
+            self.next_job(&id, ctx);
         }
         for tx in self.reload_waiters.drain(..) {
             let _ = tx.send(());
@@ -716,7 +731,7 @@ impl Handler<JobFinished> for Supervisor {
         } else {
             self.finished(msg.source.clone(), msg.summary);
         }
-        self.next_backfill(&msg.source, ctx);
+        self.next_job(&msg.source, ctx);
         if self.shutting_down && !self.any_running() {
             self.complete_shutdown(ctx);
         }
@@ -730,13 +745,21 @@ impl Handler<Due> for Supervisor {
         if self.shutting_down {
             return;
         }
-        if self
-            .slots
-            .get(&msg.source)
-            .is_some_and(|s| s.running.is_some())
-        {
-            warn!(source = %msg.source, scheduled_for = %msg.scheduled_for, "previous run still going: this tick is skipped");
-            return;
+        if let Some(slot) = self.slots.get_mut(&msg.source) {
+            match &slot.running {
+                Some(JobRequest {
+                    backfill: Some(_), ..
+                }) => {
+                    debug!(source = %msg.source, scheduled_for = %msg.scheduled_for, "a backfill runs: this tick's job runs once it ends");
+                    slot.due = true;
+                    return;
+                }
+                Some(_) => {
+                    warn!(source = %msg.source, scheduled_for = %msg.scheduled_for, "previous run still going: this tick is skipped");
+                    return;
+                }
+                None => {}
+            }
         }
         if !self.owned_here(&msg.source) {
             debug!(source = %msg.source, "another instance owns the source: this tick is skipped");

@@ -22,28 +22,28 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 /// Rows a page: small, so that a collection has many pages to be interrupted in.
-const PAGE: u32 = 10;
+pub(crate) const PAGE: u32 = 10;
 
 /// Runs `f` on an actix System (awc's client needs one).
-fn on_actix<F: Future>(f: F) -> F::Output {
+pub(crate) fn on_actix<F: Future>(f: F) -> F::Output {
     actix_rt::System::new().block_on(f)
 }
 
-fn client_of(endpoint: &str) -> Etcd {
+pub(crate) fn client_of(endpoint: &str) -> Etcd {
     Etcd::new(vec![Url::parse(endpoint).unwrap()], Duration::from_secs(2))
 }
 
 /// A source: its id (also its tenant) and its window, epoch seconds.
 #[derive(Clone, Debug)]
-struct Window {
-    id: String,
-    start: i64,
-    end: i64,
+pub(crate) struct Window {
+    pub(crate) id: String,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
 }
 
 /// `n` tenants, each its own `mins` minutes, one after the other, ending at the start of the
 /// current hour: each row of the simulator's (shared) mail flow belongs to one source only.
-fn windows(n: usize, mins: i64) -> Vec<Window> {
+pub(crate) fn windows(n: usize, mins: i64) -> Vec<Window> {
     let end: i64 = hours_ago(0).parse().unwrap();
     let start = end - n as i64 * mins * 60;
     (0..n)
@@ -56,7 +56,7 @@ fn windows(n: usize, mins: i64) -> Vec<Window> {
 }
 
 /// The simulator for `sources`: one token per tenant, `latency` ms a page.
-fn tenants_sim(sources: &[Window], messages_per_hour: u32, latency: u64) -> SimServer {
+pub(crate) fn tenants_sim(sources: &[Window], messages_per_hour: u32, latency: u64) -> SimServer {
     sim(messages_per_hour, |c| {
         c.other_tenant_ids = sources.iter().map(|w| w.id.clone()).collect();
         c.page_latency_ms = latency;
@@ -66,7 +66,7 @@ fn tenants_sim(sources: &[Window], messages_per_hour: u32, latency: u64) -> SimS
 /// An instance's configuration: every source signing in to its own tenant, pages of
 /// [`PAGE`], logs at `info`, `/metrics` and `/health` on `metrics`, the control socket in its
 /// state directory, and `[cluster]` on `endpoint` under `prefix` as `name`.
-fn instance_toml(
+pub(crate) fn instance_toml(
     sim: &SimServer,
     home: &Path,
     sources: &[Window],
@@ -104,16 +104,16 @@ fn instance_toml(
 }
 
 /// A `msgtrace run` child process (continuous), its log in `<home>/log`.
-struct Instance {
-    name: String,
-    home: PathBuf,
-    child: Child,
+pub(crate) struct Instance {
+    pub(crate) name: String,
+    pub(crate) home: PathBuf,
+    pub(crate) child: Child,
     metrics: String,
 }
 
 impl Instance {
     /// Writes `toml` to `<home>/msgtrace.toml` and starts `msgtrace run` on it.
-    fn start(name: &str, home: PathBuf, toml: &str, metrics: String) -> Instance {
+    pub(crate) fn start(name: &str, home: PathBuf, toml: &str, metrics: String) -> Instance {
         std::fs::create_dir_all(&home).unwrap();
         let path = home.join("msgtrace.toml");
         std::fs::write(&path, toml).unwrap();
@@ -133,7 +133,7 @@ impl Instance {
         }
     }
 
-    fn signal(&self, sig: libc::c_int) {
+    pub(crate) fn signal(&self, sig: libc::c_int) {
         assert_eq!(
             unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
             0
@@ -141,7 +141,7 @@ impl Instance {
     }
 
     /// SIGTERM, and waits for the graceful stop; panics (with the log) when it fails.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         self.signal(libc::SIGTERM);
         let status = self.child.wait().unwrap();
         let log = self.log();
@@ -153,11 +153,11 @@ impl Instance {
         log
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.home.join("log")).unwrap_or_default()
     }
 
-    fn out(&self) -> PathBuf {
+    pub(crate) fn out(&self) -> PathBuf {
         self.home.join("out.ndjson")
     }
 }
@@ -182,28 +182,28 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 
 /// What etcd holds for a deployment: the checkpoints of record and the owners, by source.
 #[derive(Debug, Default)]
-struct Seen {
-    checkpoints: HashMap<String, Checkpoint>,
-    owners: BTreeMap<String, String>,
-    members: Vec<String>,
+pub(crate) struct Seen {
+    pub(crate) checkpoints: HashMap<String, Checkpoint>,
+    pub(crate) owners: BTreeMap<String, String>,
+    pub(crate) members: Vec<String>,
 }
 
 impl Seen {
     /// Whether `w`'s checkpoint of record is at its window's end.
-    fn done(&self, w: &Window) -> bool {
+    pub(crate) fn done(&self, w: &Window) -> bool {
         self.checkpoints
             .get(&w.id)
             .and_then(|c| c.cursor)
             .is_some_and(|c| c.timestamp() == w.end)
     }
 
-    fn pages(&self, id: &str) -> u64 {
+    pub(crate) fn pages(&self, id: &str) -> u64 {
         self.checkpoints.get(id).map_or(0, |c| c.pages_total)
     }
 }
 
 /// Reads [`Seen`] from etcd (`None` while it does not answer).
-async fn look(etcd: &Etcd, prefix: &str, sources: &[Window]) -> Option<Seen> {
+pub(crate) async fn look(etcd: &Etcd, prefix: &str, sources: &[Window]) -> Option<Seen> {
     let mut seen = Seen::default();
     for w in sources {
         if let Some(bytes) = fence::committed(etcd, prefix, &w.id).await.ok()? {
@@ -222,7 +222,7 @@ async fn look(etcd: &Etcd, prefix: &str, sources: &[Window]) -> Option<Seen> {
 
 /// Looks at etcd every 100 ms until `check` holds, for at most `bound` (a bound for a broken
 /// cluster, not a timing); the last look, or a panic naming `what`.
-async fn watch_until(
+pub(crate) async fn watch_until(
     etcd: &Etcd,
     prefix: &str,
     sources: &[Window],
@@ -247,7 +247,7 @@ async fn watch_until(
 
 /// Every row of every source in `outs`: (missing, extra) over all, and the rows delivered
 /// more than once, by source.
-fn tally(
+pub(crate) fn tally(
     sim: &SimServer,
     sources: &[Window],
     outs: &[PathBuf],

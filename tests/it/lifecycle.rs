@@ -191,3 +191,88 @@ fn a_backfill_asked_while_a_job_runs_waits_for_it_and_then_runs() {
         "{jobs:?}"
     );
 }
+
+#[test]
+fn a_tick_that_comes_while_a_backfill_runs_runs_its_job_once_the_backfill_ends() {
+    use msgtrace::actors::fetcher::Backfill;
+    use msgtrace::actors::scheduler::Due;
+    use msgtrace::actors::supervisor::{RunBackfill, StartSchedules};
+    use msgtrace::storage::{JobKind, JobState};
+    let h = Harness::graph()
+        .sim(|c| c.page_latency_ms = 40)
+        .window("-1d@h", "-1h@h")
+        // No tick of its own during the test: the one sent below is the only one.
+        .extra("schedule = \"0 0 1 1 *\"")
+        .build();
+    let cfg = h.config();
+    let now = chrono::Utc::now();
+    let hour =
+        |h: i64| chrono::DateTime::from_timestamp((now.timestamp() / 3600 - h) * 3600, 0).unwrap();
+    let backfill = Backfill {
+        start: hour(72),
+        end: hour(48),
+    };
+    let jobs = actix_rt::System::new().block_on(async move {
+        let engine = msgtrace::engine::start(&cfg, &opts(), Vec::new()).unwrap();
+        let sup = engine.supervisor.clone();
+        sup.send(StartSchedules).await.unwrap();
+        let asked = actix_rt::spawn(sup.send(RunBackfill {
+            source: "src".into(),
+            backfill,
+        }));
+        let kind_running = |kind: JobKind| {
+            let store = engine.store.clone();
+            async move {
+                let end = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let jobs = store.jobs(Some("src")).unwrap();
+                    if jobs
+                        .iter()
+                        .any(|j| j.kind == kind && j.state == JobState::Running)
+                    {
+                        return;
+                    }
+                    assert!(Instant::now() < end, "no {kind:?} job runs: {jobs:?}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        kind_running(JobKind::Backfill).await;
+        sup.send(Due {
+            source: "src".into(),
+            scheduled_for: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+        let report = asked.await.unwrap().unwrap();
+        assert!(
+            report.all_succeeded() && report.jobs.len() == 1,
+            "{report:?}"
+        );
+        // The tick's job, after the backfill.
+        let end = Instant::now() + Duration::from_secs(60);
+        while engine.store.jobs(Some("src")).unwrap().len() < 3 {
+            assert!(Instant::now() < end, "the tick's job never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let store = engine.store.clone();
+        engine.stop().await.unwrap();
+        let mut jobs = store.jobs(Some("src")).unwrap();
+        jobs.sort_by_key(|j| j.started_at);
+        jobs
+    });
+    let kinds: Vec<JobKind> = jobs.iter().map(|j| j.kind).collect();
+    assert_eq!(
+        kinds,
+        [JobKind::Scheduled, JobKind::Backfill, JobKind::Scheduled],
+        "{jobs:?}"
+    );
+    assert!(
+        jobs[2].started_at >= jobs[1].finished_at.unwrap(),
+        "{jobs:?}"
+    );
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Succeeded),
+        "{jobs:?}"
+    );
+}

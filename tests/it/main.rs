@@ -10,6 +10,7 @@ mod auth;
 mod backfill;
 mod cli;
 mod cluster;
+mod cluster_backfill;
 mod cluster_failover;
 mod collect;
 mod commit_group;

@@ -11,6 +11,7 @@
 //! | [`assign`] | from the members and the claims held, which sources to claim and which to give up (pure) |
 //! | [`record`] | what the supervisor and a fetcher ask: may a source start here, the checkpoint of record read and written fenced |
 //! | [`agent`] | the loop that keeps the lease and the registration, claims and releases, and publishes what this instance owns |
+//! | [`handoff`] | the owner's loop that takes the backfill requests of the sources it holds, runs them through the supervisor and records their end |
 //! | [`backfill`] | backfills asked for through etcd and run by the owner of their source: the request, asked, taken and ended fenced |
 //!
 //! The keys, all under the deployment's `prefix`:
@@ -27,6 +28,7 @@ pub mod assign;
 pub mod backfill;
 pub mod etcd;
 pub mod fence;
+pub mod handoff;
 pub mod membership;
 pub mod ownership;
 pub mod record;

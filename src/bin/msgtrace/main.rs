@@ -1,5 +1,6 @@
 //! The `msgtrace` binary: parses arguments, installs logging, maps signals, calls the library.
 
+mod ask;
 mod demo;
 mod progress;
 mod signals;
@@ -76,6 +77,10 @@ enum Command {
         /// Range end (exclusive): relative time (`-1d@d`) or epoch seconds.
         #[arg(long, allow_hyphen_values = true)]
         end: String,
+        /// With `[cluster]`: ask for the backfill and exit at once, instead of following it
+        /// until the instance holding the source has run it.
+        #[arg(long)]
+        detach: bool,
     },
     /// Check a configuration file and report every error.
     Validate {
@@ -328,7 +333,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             source,
             start,
             end,
-        } => backfill(&config, &source, &start, &end),
+            detach,
+        } => backfill(&config, &source, &start, &end, detach),
         Command::Run {
             config,
             once,
@@ -392,7 +398,15 @@ fn demo(out: &Path, hours: u32, page_size: u32) -> anyhow::Result<ExitCode> {
 }
 
 /// `msgtrace backfill`: one source's past range, once, on its own checkpoint.
-fn backfill(config: &Path, source: &str, start: &str, end: &str) -> anyhow::Result<ExitCode> {
+/// With `[cluster]`, it is asked for through etcd and run by the instance holding the source
+/// (`ask`).
+fn backfill(
+    config: &Path,
+    source: &str,
+    start: &str,
+    end: &str,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
     let cfg = match load(config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
@@ -425,6 +439,14 @@ fn backfill(config: &Path, source: &str, start: &str, end: &str) -> anyhow::Resu
         }
     };
     let backfill = msgtrace::actors::fetcher::Backfill { start: s, end: e };
+    match &cfg.cluster {
+        Some(cluster) => return Ok(ask::ask(cluster, source, backfill, detach)),
+        None if detach => {
+            eprintln!("msgtrace: --detach asks a cluster to run the backfill, and {} has no [cluster]; leave --detach out to run it here", config.display());
+            return Ok(ExitCode::from(2));
+        }
+        None => {}
+    }
     eprintln!(
         "msgtrace: backfilling {source} from {s} to {e} (checkpoint {}; run the same command again to resume)",
         backfill.cursor_name(source)
