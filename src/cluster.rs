@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use msgtrace_actors::cluster::agent::{self, AgentConfig, Busy, Ownership};
-use msgtrace_actors::cluster::etcd::Etcd;
+use msgtrace_actors::cluster::etcd::{Etcd, EtcdError};
 use msgtrace_actors::cluster::handoff;
 use msgtrace_actors::cluster::record::ClusterHandle;
+use msgtrace_actors::cluster::{fence, membership};
 use msgtrace_actors::supervisor::Supervisor;
 use tokio::sync::watch;
 use tracing::info;
@@ -189,6 +190,40 @@ impl ClusterView {
             members: o.members.clone(),
             owned: o.claims.keys().cloned().collect(),
             owners: o.owners.clone(),
+        }
+    }
+
+    /// What etcd says of the deployment of `cluster`, read by a command while this instance
+    /// does not run (`msgtrace jobs` on a stopped instance): the members and who holds each
+    /// source (this instance too, until its lease expires, when it died); etcd `unreachable`,
+    /// with the error, when it does not answer.
+    pub async fn read(cluster: &ClusterConfig) -> ClusterView {
+        msgtrace_actors::http::install_crypto();
+        let etcd = Etcd::new(cluster.etcd.clone(), Duration::from_secs(5));
+        let read = async {
+            let members = membership::members(&etcd, &cluster.prefix).await?;
+            let claimed = fence::claimed(&etcd, &cluster.prefix).await?;
+            Ok::<_, EtcdError>((members, claimed))
+        };
+        let (etcd, error, members, claimed) = match read.await {
+            Ok((members, claimed)) => ("up", None, members, claimed),
+            Err(e) => ("unreachable", Some(e.to_string()), Vec::new(), Vec::new()),
+        };
+        let owners: std::collections::BTreeMap<String, String> = claimed
+            .iter()
+            .map(|(source, kv)| (source.clone(), fence::holder(kv)))
+            .collect();
+        ClusterView {
+            name: cluster.name.clone(),
+            etcd: etcd.to_owned(),
+            error,
+            live: false,
+            members,
+            owned: (owners.iter())
+                .filter(|(_, o)| **o == cluster.name)
+                .map(|(s, _)| s.clone())
+                .collect(),
+            owners,
         }
     }
 

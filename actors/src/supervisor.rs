@@ -159,14 +159,19 @@ pub struct RunReport {
     pub jobs: Vec<(String, JobSummary)>,
     /// Fetcher restarts after crashes.
     pub restarts: u32,
+    /// `[cluster]`: sources whose job here was stopped after its page in flight because the
+    /// hash gives them to another member now (one joined): that member collects the rest.
+    pub handed_over: Vec<String>,
 }
 
 impl RunReport {
-    /// Whether every job succeeded.
+    /// Whether every job succeeded, a job stopped because its source was handed over to
+    /// another member (`handed_over`) counting as done here.
     pub fn all_succeeded(&self) -> bool {
-        self.jobs
-            .iter()
-            .all(|(_, s)| s.state == JobState::Succeeded)
+        self.jobs.iter().all(|(source, s)| {
+            s.state == JobState::Succeeded
+                || (s.state == JobState::Cancelled && self.handed_over.contains(source))
+        })
     }
 }
 
@@ -250,8 +255,9 @@ pub struct Supervisor {
     /// `[cluster]`: the sources this instance could start at the last watch tick.
     startable: HashSet<String>,
     /// `[cluster]`: sources whose running job was told to stop after its page in flight
-    /// because this instance may no longer start them.
-    giving_up: HashSet<String>,
+    /// because this instance may no longer start them, each with whether that is because
+    /// another member should hold them now (rather than a lease that may have ended).
+    giving_up: HashMap<String, bool>,
 }
 
 impl Supervisor {
@@ -287,7 +293,7 @@ impl Supervisor {
             shared: crate::fetcher::Shared::new(crate::fetcher::ROWS_IN_FLIGHT),
             cluster: None,
             startable: HashSet::new(),
-            giving_up: HashSet::new(),
+            giving_up: HashMap::new(),
         }
     }
 }
@@ -475,6 +481,12 @@ impl Supervisor {
             .filter(|s| cluster.may_start(s))
             .cloned()
             .collect();
+        let handed: HashSet<String> = self
+            .order
+            .iter()
+            .filter(|s| cluster.handing_over(s))
+            .cloned()
+            .collect();
         let scheduling = self.scheduler.is_some();
         for source in self.order.clone() {
             let Some(slot) = self.slots.get(&source) else {
@@ -492,7 +504,9 @@ impl Supervisor {
                     info!(source = %source, "cluster: the source is this instance's now; collecting it at once");
                     self.run_source(&source, JobRequest::scheduled(), ctx);
                 }
-            } else if running && self.giving_up.insert(source.clone()) {
+            } else if running && !self.giving_up.contains_key(&source) {
+                let to_another = handed.contains(&source);
+                self.giving_up.insert(source.clone(), to_another);
                 info!(source = %source, "cluster: the source is no longer this instance's; its job stops after its page in flight");
                 slot.fetcher.do_send(CancelJob);
             }
@@ -546,7 +560,8 @@ impl Supervisor {
     }
 
     fn finished(&mut self, source: String, summary: JobSummary) {
-        self.giving_up.remove(&source);
+        let handed =
+            self.giving_up.remove(&source).unwrap_or(false) && summary.state == JobState::Cancelled;
         if let Some((_, busy)) = &self.cluster {
             busy.borrow_mut().remove(&source);
         }
@@ -557,13 +572,21 @@ impl Supervisor {
             }
             slot.last = Some(summary.clone());
         }
-        self.report.jobs.push((source.clone(), summary.clone()));
+        for report in std::iter::once(&mut self.report).chain(
+            self.waiting
+                .iter_mut()
+                .filter(|(set, _, _)| set.contains(&source))
+                .map(|(_, _, r)| r),
+        ) {
+            report.jobs.push((source.clone(), summary.clone()));
+            if handed {
+                report.handed_over.push(source.clone());
+            }
+        }
         let mut i = 0;
         while i < self.waiting.len() {
-            let (set, _, report) = &mut self.waiting[i];
-            if set.remove(&source) {
-                report.jobs.push((source.clone(), summary.clone()));
-            }
+            let (set, _, _) = &mut self.waiting[i];
+            set.remove(&source);
             if set.is_empty() {
                 let (_, tx, report) = self.waiting.remove(i);
                 let _ = tx.send(report);

@@ -737,6 +737,30 @@ pub fn load_state_dir(path: &Path) -> Result<PathBuf, ConfigErrors> {
     state_dir_from_str_with_env(&read_file(path)?, &env::process_env)
 }
 
+/// Reads `state_dir` and `[cluster]` from the configuration file at `path`, as
+/// [`load_state_dir`] reads `state_dir` alone: what `msgtrace jobs` needs to show who owns each
+/// source (from etcd) while this instance does not run.
+pub fn load_state_dir_and_cluster(
+    path: &Path,
+) -> Result<(PathBuf, Option<ClusterConfig>), ConfigErrors> {
+    let env = &env::process_env;
+    let parsed = raw::parse_keeping(&read_file(path)?, env, &|key| {
+        key == "state_dir" || key == "cluster"
+    });
+    let fail = |errors| ConfigErrors {
+        errors,
+        warnings: Vec::new(),
+    };
+    match parsed.raw {
+        Some(raw) if parsed.errors.is_empty() => {
+            let dir = validate::state_dir(raw.state_dir.as_deref()).map_err(|e| fail(vec![e]))?;
+            let cluster = validate::cluster_only(&raw, &parsed.expanded, env).map_err(fail)?;
+            Ok((dir, cluster))
+        }
+        _ => Err(fail(parsed.errors)),
+    }
+}
+
 /// [`load_state_dir`] of configuration text, looking variables up with `env`.
 ///
 /// ```

@@ -116,6 +116,27 @@ pub(crate) fn validate_parsed(
     })
 }
 
+/// `[cluster]` alone, validated as in [`validate`] (`None` without the table): what
+/// `msgtrace jobs` reads beside `state_dir`.
+pub(crate) fn cluster_only(
+    raw: &RawConfig,
+    expanded: &BTreeSet<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<ClusterConfig>, Vec<ConfigError>> {
+    let mut cx = Cx {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        expanded,
+        env,
+    };
+    let cluster = raw.cluster.as_ref().and_then(|c| cx.cluster(c));
+    if cx.errors.is_empty() {
+        Ok(cluster)
+    } else {
+        Err(cx.errors)
+    }
+}
+
 /// `state_dir`: the directory given, or the default `./msgtrace-state`.
 pub(crate) fn state_dir(value: Option<&str>) -> Result<PathBuf, ConfigError> {
     match value {

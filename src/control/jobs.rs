@@ -83,12 +83,19 @@ pub fn to_json_with_owners(
     serde_json::to_string_pretty(&with).unwrap_or_default() + "\n"
 }
 
-/// What `msgtrace jobs` prints after the jobs with `[cluster]` on a running engine: this
-/// instance, etcd's state, the members, and who holds each claimed source.
+/// What `msgtrace jobs` prints after the jobs with `[cluster]`: this instance, etcd's state,
+/// the members, and who holds each claimed source (from the running engine, or read from etcd
+/// while it does not run).
 pub fn render_owners(view: &crate::cluster::ClusterView) -> String {
     use std::fmt::Write as _;
+    // A stopped instance (read from etcd by the command), or one before its first round.
+    let not_live = if view.live {
+        ""
+    } else {
+        " (not a live member)"
+    };
     let mut s = format!(
-        "\ncluster: this instance `{}`, etcd {}, members {}\n",
+        "\ncluster: this instance `{}`{not_live}, etcd {}, members {}\n",
         view.name,
         view.etcd,
         if view.members.is_empty() {

@@ -88,9 +88,9 @@ impl Deployment {
 
     /// `msgtrace backfill` of the range of `tenant00` from the asker's configuration, its
     /// output in `<asker>/ask.out` and `ask.err`.
-    fn ask(&self) -> Child {
+    fn ask(&self) -> Asking {
         let home = self.asker.parent().unwrap();
-        Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        let child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
             .args(["backfill", "-c"])
             .arg(&self.asker)
             .args(["--source", "tenant00", "--start"])
@@ -100,7 +100,8 @@ impl Deployment {
             .stdout(std::fs::File::create(home.join("ask.out")).unwrap())
             .stderr(std::fs::File::create(home.join("ask.err")).unwrap())
             .spawn()
-            .expect("msgtrace starts")
+            .expect("msgtrace starts");
+        Asking(child)
     }
 
     /// What the last [`Deployment::ask`] printed: (stdout, stderr).
@@ -175,12 +176,23 @@ impl Deployment {
     }
 }
 
+/// A `msgtrace backfill` child process, killed if the test ends before it does (it would
+/// follow its request for ever).
+struct Asking(Child);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for `child` for at most `bound` (a bound for a broken command, not a timing), calling
 /// `each` every 100 ms meanwhile.
-fn wait_watching(child: &mut Child, bound: Duration, mut each: impl FnMut()) -> bool {
+fn wait_watching(child: &mut Asking, bound: Duration, mut each: impl FnMut()) -> bool {
     let end = Instant::now() + bound;
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status.success();
         }
         assert!(

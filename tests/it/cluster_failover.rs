@@ -114,12 +114,24 @@ pub(crate) struct Instance {
 impl Instance {
     /// Writes `toml` to `<home>/msgtrace.toml` and starts `msgtrace run` on it.
     pub(crate) fn start(name: &str, home: PathBuf, toml: &str, metrics: String) -> Instance {
+        Instance::spawn(name, home, toml, metrics, &["run"])
+    }
+
+    /// Writes `toml` to `<home>/msgtrace.toml` and starts `msgtrace <command> -c` on it.
+    pub(crate) fn spawn(
+        name: &str,
+        home: PathBuf,
+        toml: &str,
+        metrics: String,
+        command: &[&str],
+    ) -> Instance {
         std::fs::create_dir_all(&home).unwrap();
         let path = home.join("msgtrace.toml");
         std::fs::write(&path, toml).unwrap();
         let log = std::fs::File::create(home.join("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
-            .args(["run", "-c"])
+            .args(command)
+            .arg("-c")
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(log)
@@ -408,6 +420,29 @@ fn three_instances_share_thirty_tenants_and_a_killed_ones_sources_resume_on_the_
         .collect();
     for s in &survivors {
         owners_shown(s, &after.owners);
+    }
+    // The victim does not run: its `msgtrace jobs` reads the owners from etcd.
+    let out = Command::new(env!("CARGO_BIN_EXE_msgtrace"))
+        .args(["jobs", "-c"])
+        .arg(dir.path().join(victim).join("msgtrace.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "cluster: this instance `{victim}` (not a live member), etcd up, members {}",
+            after.members.join(", ")
+        )),
+        "{text}"
+    );
+    for (source, owner) in &after.owners {
+        let line = format!("{source:<24} {owner}\n");
+        assert!(text.contains(&line), "{line:?} not in {text}");
     }
     for s in survivors {
         let name = s.name.clone();
@@ -773,6 +808,71 @@ fn a_joining_instance_takes_its_share_after_the_page_in_flight_not_after_the_job
         "{a_log}"
     );
     // A handover at a page boundary: every row exactly once.
+    let (missing, extra, dups) = tally(&sim, &sources, &outs);
+    assert_eq!(
+        (missing, extra, dups.values().sum::<usize>()),
+        (0, 0, 0),
+        "missing, extra, twice: {dups:?}"
+    );
+}
+
+#[test]
+fn a_run_once_whose_sources_move_to_a_joining_instance_hands_them_over_and_exits_0() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let sources = windows(6, 60);
+    let sim = tenants_sim(&sources, 300, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "/join-once";
+    let start = |name: &str, command: &[&str]| {
+        let home = dir.path().join(name);
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let toml = instance_toml(
+            &sim,
+            &home,
+            &sources,
+            &etcd.endpoint(),
+            (prefix, name, 2),
+            &metrics,
+        );
+        Instance::spawn(name, home, &toml, metrics, command)
+    };
+    let client = client_of(&etcd.endpoint());
+    // a (`--once`) alone holds every source and is in the middle of each; b joins.
+    let mut a = start("a", &["run", "--once"]);
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(60),
+        "a collects all",
+        |seen| {
+            seen.owners.len() == 6
+                && sources
+                    .iter()
+                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
+        },
+    ));
+    let b = start("b", &["run"]);
+    let status = a.child.wait().unwrap();
+    let a_log = a.log();
+    // The sources b took were handed over, not failed: the run collected what was its own.
+    assert!(status.success(), "a exited with {status}: {a_log}");
+    assert!(
+        a_log.contains("the source is another instance's now (one joined the cluster)"),
+        "{a_log}"
+    );
+    on_actix(watch_until(
+        &client,
+        prefix,
+        &sources,
+        Duration::from_secs(120),
+        "every source collected",
+        |seen| sources.iter().all(|w| seen.done(w)),
+    ));
+    let outs = [a.out(), b.out()];
+    b.stop();
     let (missing, extra, dups) = tally(&sim, &sources, &outs);
     assert_eq!(
         (missing, extra, dups.values().sum::<usize>()),

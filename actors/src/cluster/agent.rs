@@ -269,26 +269,17 @@ async fn held(
     cfg: &AgentConfig,
     lease: i64,
 ) -> Result<(BTreeMap<String, Claim>, BTreeMap<String, String>), EtcdError> {
-    let head = fence::owner_key(&cfg.prefix, "");
-    let kvs = cfg.etcd.get_prefix(&head).await?;
     let mut claims = BTreeMap::new();
     let mut owners = BTreeMap::new();
-    for kv in kvs {
-        let Some(source) = kv
-            .key
-            .strip_prefix(head.as_slice())
-            .and_then(|k| std::str::from_utf8(k).ok())
-        else {
-            continue;
-        };
-        owners.insert(source.to_owned(), fence::holder(&kv));
+    for (source, kv) in fence::claimed(&cfg.etcd, &cfg.prefix).await? {
+        owners.insert(source.clone(), fence::holder(&kv));
         if kv.lease == lease {
             let claim = Claim {
-                source: source.to_owned(),
+                source: source.clone(),
                 lease,
                 revision: kv.create_revision,
             };
-            claims.insert(source.to_owned(), claim);
+            claims.insert(source, claim);
         }
     }
     Ok((claims, owners))

@@ -195,6 +195,20 @@ pub(crate) fn claim_holds(key: &[u8], claim: &Claim) -> Vec<Compare> {
     ]
 }
 
+/// Every claimed source under `prefix`, with its owner key (whose [`holder`] holds it), in
+/// key order.
+pub async fn claimed(etcd: &Etcd, prefix: &str) -> Result<Vec<(String, Kv)>, EtcdError> {
+    let head = owner_key(prefix, "");
+    let kvs = etcd.get_prefix(&head).await?;
+    Ok(kvs
+        .into_iter()
+        .filter_map(|kv| {
+            let source = std::str::from_utf8(kv.key.strip_prefix(head.as_slice())?).ok()?;
+            Some((source.to_owned(), kv))
+        })
+        .collect())
+}
+
 /// The claimer an owner key names (or says that it names none).
 pub fn holder(kv: &Kv) -> String {
     match serde_json::from_slice::<OwnerRecord>(&kv.value) {

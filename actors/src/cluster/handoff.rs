@@ -158,7 +158,7 @@ async fn record(
     match backfill::update(&handle.etcd, &handle.prefix, claim, taken, &next).await {
         Ok(Some(_)) => info!(source = %source, state = %next.describe(), "cluster: backfill ended"),
         Ok(None) => {
-            info!(source = %source, "cluster: the backfill's end is not recorded: the source's claim has ended; its next owner runs it again from its checkpoint")
+            info!(source = %source, "cluster: the backfill's end is not recorded: the source's claim has ended (or the request changed since it was taken); the source's owner runs it again from its checkpoint")
         }
         Err(e) => {
             warn!(source = %source, error = %e, "cluster: the backfill's end is not recorded; it runs again from its checkpoint")

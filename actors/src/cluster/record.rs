@@ -47,6 +47,13 @@ impl ClusterHandle {
         owned.live && owned.claims.contains_key(source) && !owned.leaving.contains(source)
     }
 
+    /// Whether this instance is live and gives `source` up because the hash gives it to
+    /// another member now (not because its lease may have ended).
+    pub fn handing_over(&self, source: &str) -> bool {
+        let owned = self.owned.borrow();
+        owned.live && owned.leaving.contains(source)
+    }
+
     /// The checkpoint of record of `cursor`, if one was committed.
     pub async fn load(&self, cursor: &str) -> Result<Option<Checkpoint>, RecordError> {
         let Some(bytes) = fence::committed(&self.etcd, &self.prefix, cursor).await? else {

@@ -85,11 +85,11 @@ async fn follow(
                 if r.state.is_final() {
                     return ended(&shown, r);
                 }
-                let holder = match etcd.get(&fence::owner_key(prefix, &r.source)).await {
-                    Ok(kv) => kv.map(|kv| fence::holder(&kv)),
-                    Err(_) => None,
+                let line = match etcd.get(&fence::owner_key(prefix, &r.source)).await {
+                    Ok(kv) => said.next(r, kv.map(|kv| fence::holder(&kv)).as_deref()),
+                    Err(e) => said.unreachable(&e.to_string()),
                 };
-                if let Some(line) = said.next(r, holder.as_deref()) {
+                if let Some(line) = line {
                     eprintln!("msgtrace: {line}");
                 }
             }

@@ -8,13 +8,14 @@ mod signals;
 use anyhow::{anyhow, Context};
 use clap::{CommandFactory as _, Parser, Subcommand};
 use msgtrace::actors::supervisor::RunReport;
+use msgtrace::cluster::ClusterView;
 use msgtrace::config::{self, Config, LogFormat};
 use msgtrace::control::client::StateDir;
 use msgtrace::control::jobs::JobFilter;
 use msgtrace::embed::{EmbedError, EngineBuilder};
 use msgtrace::engine::{EngineOptions, Mode};
 use msgtrace::secrets::{KeySource, SecretKind, SecretStore, SecretValue};
-use msgtrace::storage::{StorageError, Store};
+use msgtrace::storage::{JobState, StorageError, Store};
 use msgtrace_simulator::{
     FaultSchedule, LateRows, SimConfig, SimFault, SimQuota, SimServer, TenantModel,
 };
@@ -503,7 +504,12 @@ fn run(config: &Path, once: bool, watch_config: bool) -> anyhow::Result<ExitCode
         Err(code) => return Ok(code),
     };
     for (source, job) in &report.jobs {
-        if let Some(e) = &job.error {
+        if report.handed_over.contains(source) && job.state == JobState::Cancelled {
+            eprintln!(
+                "msgtrace: source {source}: job {} stopped after {} pages: the source is another instance's now (one joined the cluster), which collects the rest",
+                job.job_id, job.pages
+            );
+        } else if let Some(e) = &job.error {
             eprintln!(
                 "msgtrace: source {source}: job {} {:?}: {e}",
                 job.job_id, job.state
@@ -519,9 +525,14 @@ fn run(config: &Path, once: bool, watch_config: bool) -> anyhow::Result<ExitCode
 /// `msgtrace jobs`: the job records, from the running engine's control socket or the state
 /// directory.
 fn jobs(config: &Path, json: bool, filter: JobFilter) -> anyhow::Result<ExitCode> {
-    let state_dir = match load_state_dir(config) {
+    let (state_dir, cluster_config) = match config::load_state_dir_and_cluster(config) {
         Ok(d) => d,
-        Err(code) => return Ok(code),
+        Err(errors) => {
+            for e in &errors.errors {
+                eprintln!("msgtrace: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
     };
     // A running engine holds the directory: its control socket answers instead.
     let read = StateDir::open(&state_dir)
@@ -531,6 +542,11 @@ fn jobs(config: &Path, json: bool, filter: JobFilter) -> anyhow::Result<ExitCode
         Err(e) => return Ok(report_failure(&e.into())),
     };
     let jobs = filter.apply(jobs);
+    // No engine answers for the cluster (stopped, or a release before `/api/cluster`): etcd does.
+    let cluster = match (cluster, cluster_config) {
+        (None, Some(c)) => Some(actix_rt::System::new().block_on(ClusterView::read(&c))),
+        (view, _) => view,
+    };
     let owners = cluster.as_ref().map(|c| &c.owners);
     if json {
         print!(
