@@ -61,7 +61,10 @@ pub fn ask(cluster: &ClusterConfig, source: &str, range: Backfill, detach: bool)
 /// What was asked, in one line.
 fn asked_line(asked: &Asked, key: &str) -> String {
     let r = &asked.found().request;
-    let range = format!("{} from {} to {}", r.source, r.start, r.end);
+    let range = match r.backfill() {
+        Some(b) => format!("{} from {} to {}", r.source, b.start, b.end),
+        None => format!("{} from {} to {}", r.source, r.start, r.end),
+    };
     match asked {
         Asked::New(_) => format!("backfill of {range} asked for in etcd ({key}); the instance holding {} runs it", r.source),
         Asked::Existing(_) => format!("backfill of {range} was asked for already ({key}, by {} at {}): following it; it runs once", r.asked_by, r.asked_at),
