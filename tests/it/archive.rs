@@ -166,6 +166,10 @@ impl Moto {
 
     /// Every object of `bucket`, read back with the crate itself.
     fn objects(&self, bucket: &str) -> Objects {
+        // The client needs the process's crypto provider, which the engine installs: a test
+        // that reads the bucket before any engine ran in its process (nextest runs each test
+        // in its own) would panic without this.
+        msgtrace::actors::http::install_crypto();
         let store = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_endpoint(self.endpoint())
