@@ -755,19 +755,7 @@ fn a_joining_instance_takes_its_share_after_the_page_in_flight_not_after_the_job
     let client = client_of(&etcd.endpoint());
     // a alone holds every source and is in the middle of each.
     let a = start("a");
-    on_actix(watch_until(
-        &client,
-        prefix,
-        &sources,
-        Duration::from_secs(60),
-        "a collects all",
-        |seen| {
-            seen.owners.len() == 6
-                && sources
-                    .iter()
-                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
-        },
-    ));
+    in_the_middle_of_all(&client, prefix, &sources);
     // b joins: the sources the hash gives it change hands while their jobs on a still had
     // pages to go (a stops each after its page in flight).
     let b = start("b");
@@ -792,23 +780,51 @@ fn a_joining_instance_takes_its_share_after_the_page_in_flight_not_after_the_job
         "b claimed {:?} in the middle of their collection",
         taken.iter().map(|w| &w.id).collect::<Vec<_>>()
     );
-    on_actix(watch_until(
-        &client,
-        prefix,
-        &sources,
-        Duration::from_secs(120),
-        "every source collected",
-        |seen| sources.iter().all(|w| seen.done(w)),
-    ));
     let outs = [a.out(), b.out()];
+    collected_once(&client, prefix, &sim, &sources, &outs);
     let a_log = a.stop();
     b.stop();
     assert!(
         a_log.contains("no longer this instance's; its job stops after its page in flight"),
         "{a_log}"
     );
-    // A handover at a page boundary: every row exactly once.
-    let (missing, extra, dups) = tally(&sim, &sources, &outs);
+}
+
+/// Waits until the one instance running holds all six `sources` and is in the middle of each.
+fn in_the_middle_of_all(client: &Etcd, prefix: &str, sources: &[Window]) {
+    on_actix(watch_until(
+        client,
+        prefix,
+        sources,
+        Duration::from_secs(60),
+        "a collects all",
+        |seen| {
+            seen.owners.len() == 6
+                && sources
+                    .iter()
+                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
+        },
+    ));
+}
+
+/// Waits until every source is collected, then checks that `outs` hold every row exactly once
+/// (a handover at a page boundary).
+fn collected_once(
+    client: &Etcd,
+    prefix: &str,
+    sim: &SimServer,
+    sources: &[Window],
+    outs: &[PathBuf],
+) {
+    on_actix(watch_until(
+        client,
+        prefix,
+        sources,
+        Duration::from_secs(120),
+        "every source collected",
+        |seen| sources.iter().all(|w| seen.done(w)),
+    ));
+    let (missing, extra, dups) = tally(sim, sources, outs);
     assert_eq!(
         (missing, extra, dups.values().sum::<usize>()),
         (0, 0, 0),
@@ -841,19 +857,7 @@ fn a_run_once_whose_sources_move_to_a_joining_instance_hands_them_over_and_exits
     let client = client_of(&etcd.endpoint());
     // a (`--once`) alone holds every source and is in the middle of each; b joins.
     let mut a = start("a", &["run", "--once"]);
-    on_actix(watch_until(
-        &client,
-        prefix,
-        &sources,
-        Duration::from_secs(60),
-        "a collects all",
-        |seen| {
-            seen.owners.len() == 6
-                && sources
-                    .iter()
-                    .all(|w| seen.pages(&w.id) >= 2 && !seen.done(w))
-        },
-    ));
+    in_the_middle_of_all(&client, prefix, &sources);
     let b = start("b", &["run"]);
     let status = a.child.wait().unwrap();
     let a_log = a.log();
@@ -863,22 +867,8 @@ fn a_run_once_whose_sources_move_to_a_joining_instance_hands_them_over_and_exits
         a_log.contains("the source is another instance's now (one joined the cluster)"),
         "{a_log}"
     );
-    on_actix(watch_until(
-        &client,
-        prefix,
-        &sources,
-        Duration::from_secs(120),
-        "every source collected",
-        |seen| sources.iter().all(|w| seen.done(w)),
-    ));
-    let outs = [a.out(), b.out()];
+    collected_once(&client, prefix, &sim, &sources, &[a.out(), b.out()]);
     b.stop();
-    let (missing, extra, dups) = tally(&sim, &sources, &outs);
-    assert_eq!(
-        (missing, extra, dups.values().sum::<usize>()),
-        (0, 0, 0),
-        "missing, extra, twice: {dups:?}"
-    );
 }
 
 #[test]

@@ -172,10 +172,16 @@ pub fn request_key(prefix: &str, source: &str, backfill: &Backfill) -> Vec<u8> {
 impl Request {
     /// A new request of `backfill` of `source`, asked by `asked_by` at `now`.
     pub fn new(source: &str, backfill: &Backfill, asked_by: &str, now: DateTime<Utc>) -> Request {
+        let (start, end) = (backfill.start.timestamp(), backfill.end.timestamp());
+        Request::queued(source, start, end, asked_by, now)
+    }
+
+    /// A queued request of `source` from `start` to `end` (epoch seconds).
+    fn queued(source: &str, start: i64, end: i64, asked_by: &str, now: DateTime<Utc>) -> Request {
         Request {
             source: source.to_owned(),
-            start: backfill.start.timestamp(),
-            end: backfill.end.timestamp(),
+            start,
+            end,
             asked_by: asked_by.to_owned(),
             asked_at: now,
             state: State::Queued,
@@ -225,17 +231,7 @@ impl Request {
 
     /// The request asked for again (after it failed) by `asked_by` at `now`.
     fn requeued(&self, asked_by: &str, now: DateTime<Utc>) -> Request {
-        Request {
-            asked_by: asked_by.to_owned(),
-            asked_at: now,
-            state: State::Queued,
-            by: None,
-            error: None,
-            pages: 0,
-            rows: 0,
-            updated_at: now,
-            ..self.clone()
-        }
+        Request::queued(&self.source, self.start, self.end, asked_by, now)
     }
 
     /// Where it is, in words: `queued`, `running on c-1`, `succeeded on c-1 (3 pages, 12 rows
