@@ -486,6 +486,10 @@ fn parse_plain_timestamp(s: &[u8]) -> Option<DateTime<Utc>> {
         Some((b'Z', rest)) => (rest, true),
         _ => (s, false),
     };
+    // Nineteen bytes ending in `Z` (a seconds digit missing) are too short once it is cut off.
+    if rest.len() < 19 {
+        return None;
+    }
     match (s[10], zulu) {
         (b'T', _) | (b' ', false) => {}
         _ => return None,
@@ -1393,6 +1397,26 @@ mod tests {
                     prop_assert_eq!(parse_plain_timestamp(z.as_bytes()), parse_timestamp_slowly(&z), "{}", z);
                 }
             }
+        }
+
+        /// A valid timestamp with one byte cut out or doubled (a digit short, a `Z` early): never
+        /// a panic, and the fast path reads it as the general one does. A 19-byte string
+        /// ending in `Z` panicked the parse thread before (a slice past its end).
+        #[test]
+        fn a_timestamp_a_byte_off_never_panics_and_reads_as_the_general_path(secs in 0i64..7_258_118_400, at in 0usize..30, double in any::<bool>(), zulu in any::<bool>()) {
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string().into_bytes();
+            if zulu {
+                s.push(b'Z');
+            }
+            let at = at % s.len();
+            if double { s.insert(at, s[at]) } else { s.remove(at); }
+            let s = String::from_utf8(s).unwrap();
+            let fast = parse_plain_timestamp(s.as_bytes());
+            if fast.is_some() {
+                prop_assert_eq!(fast, parse_timestamp_slowly(&s), "{}", s);
+            }
+            prop_assert_eq!(parse_timestamp(&s), fast.or_else(|| parse_timestamp_slowly(&s)), "{}", s);
         }
 
         #[test]
