@@ -34,8 +34,8 @@ use url::Url;
 
 pub mod details;
 mod envelope;
-mod members;
 pub mod raw;
+mod scan;
 
 /// How many characters of a response body (or of a value taken from it) an error message quotes.
 const MAX_QUOTED_CHARS: usize = 200;

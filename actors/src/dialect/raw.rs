@@ -10,12 +10,10 @@
 //! asked for, a row with a key the engine writes itself (`_…`, a static field), a row with one
 //! of the fields read here twice, a page none of whose rows has any field of a trace row.
 
+use super::scan::{text, Scan};
 use super::{parse_timestamp, resolve_next_link, Api};
 use chrono::{DateTime, Utc};
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::fmt;
 use url::Url;
 
 /// The most rows [`Api::parse_raw_page`] reserves room for before reading them: the largest page
@@ -62,7 +60,8 @@ impl RawRow<'_> {
 impl Api {
     /// Reads `body` as a [`RawPage`] of at most `max_rows` rows, none of which has a key in
     /// `reserved` or starting with `_`; `None` when the body is anything but the common envelope
-    /// (see the module's documentation).
+    /// (see the module's documentation). One validating pass ([`super::scan`]): what is not
+    /// valid JSON is `None` too, and the full parser says what is wrong with it.
     pub fn parse_raw_page<'a>(
         self,
         body: &'a [u8],
@@ -71,20 +70,24 @@ impl Api {
         reserved: &[&str],
     ) -> Option<RawPage<'a>> {
         let text = std::str::from_utf8(body).ok()?;
-        let mut de = serde_json::Deserializer::from_str(text);
-        let envelope = TopSeed {
-            api: self,
-            max_rows,
+        let (id, recipient) = self.identity_fields();
+        let fields = Fields {
+            time: self.time_field(),
+            trace_id: id,
+            recipient,
+            status: self.status_field(),
             reserved,
+        };
+        let mut scan = Scan::new(text);
+        let top = read_top(&mut scan, fields, max_rows)?;
+        if !scan.at_end() {
+            return None;
         }
-        .deserialize(&mut de)
-        .ok()?;
-        de.end().ok()?;
-        let rows = envelope.rows?;
+        let rows = top.rows?;
         if !rows.rows.is_empty() && !rows.any_trace_field {
             return None;
         }
-        let link = envelope.odata4.or(envelope.odata3).flatten();
+        let link = top.odata4.or(top.odata3).flatten();
         let next_link = match link.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(link) => Some(resolve_next_link(link, request_url).ok()?),
@@ -106,12 +109,6 @@ struct Fields<'r> {
     reserved: &'r [&'r str],
 }
 
-struct TopSeed<'r> {
-    api: Api,
-    max_rows: usize,
-    reserved: &'r [&'r str],
-}
-
 #[derive(Default)]
 struct Top<'a> {
     rows: Option<Rows<'a>>,
@@ -127,172 +124,104 @@ struct Rows<'a> {
     any_trace_field: bool,
 }
 
-/// The reason a body is not read here; the full parser says what it is.
-fn other<E: serde::de::Error>() -> E {
-    E::custom("not the common envelope")
-}
-
-impl<'de, 'r> DeserializeSeed<'de> for TopSeed<'r> {
-    type Value = Top<'de>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
-        d.deserialize_map(self)
+/// The page's object: its rows and next links read, every other member checked and skipped.
+fn read_top<'a>(s: &mut Scan<'a>, fields: Fields<'_>, max_rows: usize) -> Option<Top<'a>> {
+    s.expect(b'{')?;
+    let mut top = Top::default();
+    if s.eat(b'}') {
+        return Some(top);
     }
-}
-
-impl<'de, 'r> Visitor<'de> for TopSeed<'r> {
-    type Value = Top<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a page")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
-        let (id, recipient) = self.api.identity_fields();
-        let fields = Fields {
-            time: self.api.time_field(),
-            trace_id: id,
-            recipient,
-            status: self.api.status_field(),
-            reserved: self.reserved,
-        };
-        let mut top = Top::default();
-        while let Some(key) = map.next_key::<Key>()? {
-            match key.0.as_ref() {
-                "value" if top.rows.is_none() => {
-                    top.rows = Some(map.next_value_seed(RowsSeed {
-                        fields,
-                        max_rows: self.max_rows,
-                    })?)
-                }
-                "@odata.nextLink" if top.odata4.is_none() => {
-                    top.odata4 = Some(map.next_value::<Option<Text>>()?.map(|t| t.0))
-                }
-                "odata.nextLink" if top.odata3.is_none() => {
-                    top.odata3 = Some(map.next_value::<Option<Text>>()?.map(|t| t.0))
-                }
-                "value" | "@odata.nextLink" | "odata.nextLink" | "d" | "__next" | "error"
-                | "odata.error" | "ErrorCode" => return Err(other()),
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+    loop {
+        let key = s.key()?;
+        match key.as_ref() {
+            "value" if top.rows.is_none() => top.rows = Some(read_rows(s, fields, max_rows)?),
+            "@odata.nextLink" if top.odata4.is_none() => top.odata4 = Some(read_link(s)?),
+            "odata.nextLink" if top.odata3.is_none() => top.odata3 = Some(read_link(s)?),
+            "value" | "@odata.nextLink" | "odata.nextLink" | "d" | "__next" | "error"
+            | "odata.error" | "ErrorCode" => return None,
+            _ => s.skip_value()?,
         }
-        Ok(top)
-    }
-}
-
-struct RowsSeed<'r> {
-    fields: Fields<'r>,
-    max_rows: usize,
-}
-
-impl<'de, 'r> DeserializeSeed<'de> for RowsSeed<'r> {
-    type Value = Rows<'de>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Rows<'de>, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, 'r> Visitor<'de> for RowsSeed<'r> {
-    type Value = Rows<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of rows")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows<'de>, A::Error> {
-        let mut rows = Rows {
-            // serde_json gives no size hint: a page's rows, reserved at once rather than grown.
-            rows: Vec::with_capacity(self.max_rows.min(MAX_RESERVED_ROWS)),
-            any_trace_field: false,
-        };
-        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-            if rows.rows.len() == self.max_rows {
-                return Err(other());
-            }
-            let (row, trace_field) =
-                read_row(raw.get(), self.fields).ok_or_else(other::<A::Error>)?;
-            rows.any_trace_field |= trace_field;
-            rows.rows.push(row);
+        if s.then_close(b'}')? {
+            return Some(top);
         }
-        Ok(rows)
+    }
+}
+
+/// A next link: a string, or null (`None`).
+fn read_link<'a>(s: &mut Scan<'a>) -> Option<Option<Cow<'a, str>>> {
+    match s.value()? {
+        "null" => Some(None),
+        link => text(link).map(Some),
+    }
+}
+
+/// The rows' array: objects only, at most `max_rows` of them.
+fn read_rows<'a>(s: &mut Scan<'a>, fields: Fields<'_>, max_rows: usize) -> Option<Rows<'a>> {
+    s.expect(b'[')?;
+    let mut rows = Rows {
+        // A page's rows, reserved at once rather than grown.
+        rows: Vec::with_capacity(max_rows.min(MAX_RESERVED_ROWS)),
+        any_trace_field: false,
+    };
+    if s.eat(b']') {
+        return Some(rows);
+    }
+    loop {
+        if rows.rows.len() == max_rows {
+            return None;
+        }
+        let (row, trace_field) = read_row(s, fields)?;
+        rows.any_trace_field |= trace_field;
+        rows.rows.push(row);
+        if s.then_close(b']')? {
+            return Some(rows);
+        }
     }
 }
 
 /// A row's fields the engine reads, and whether it has any field of a trace row (time, trace id,
-/// recipient); `None` when the row is not read here (a key the engine writes itself, one of the
-/// fields read twice). `text` is valid JSON (serde_json took it as a `RawValue`), so its
-/// members are found by a scan, not parsed again ([`super::members`]).
-fn read_row<'de>(text: &'de str, f: Fields<'_>) -> Option<(RawRow<'de>, bool)> {
+/// recipient); `None` when the row is not read here (not an object, a key the engine writes
+/// itself, one of the fields read twice) or is not valid JSON.
+fn read_row<'a>(s: &mut Scan<'a>, f: Fields<'_>) -> Option<(RawRow<'a>, bool)> {
     // Each slot: `None` until its key is seen (a key seen twice is not read here).
-    let [mut time, mut trace_id, mut recipient, mut status]: [Option<Option<Cow<'de, str>>>; 4] =
+    let [mut time, mut trace_id, mut recipient, mut status]: [Option<Option<Cow<'a, str>>>; 4] =
         Default::default();
-    let mut members = super::members::members(text);
-    for (key, value) in &mut members {
-        let key = key.as_ref();
-        if key.starts_with('_') || f.reserved.contains(&key) {
-            return None;
+    let start = s.here();
+    s.expect(b'{')?;
+    if !s.eat(b'}') {
+        loop {
+            let key = s.key()?;
+            let key = key.as_ref();
+            if key.starts_with('_') || f.reserved.contains(&key) {
+                return None;
+            }
+            let slot = match key {
+                k if k == f.time => Some(&mut time),
+                k if k == f.trace_id => Some(&mut trace_id),
+                k if k == f.recipient => Some(&mut recipient),
+                k if k == f.status => Some(&mut status),
+                _ => None,
+            };
+            match slot {
+                Some(Some(_)) => return None,
+                Some(slot) => *slot = Some(text(s.value()?)),
+                // Every other value checked, not read.
+                None => s.skip_value()?,
+            }
+            if s.then_close(b'}')? {
+                break;
+            }
         }
-        let slot = match key {
-            k if k == f.time => &mut time,
-            k if k == f.trace_id => &mut trace_id,
-            k if k == f.recipient => &mut recipient,
-            k if k == f.status => &mut status,
-            _ => continue,
-        };
-        if slot.is_some() {
-            return None;
-        }
-        *slot = Some(super::members::text(value));
-    }
-    if !members.closed() {
-        return None;
     }
     let trace_field = time.is_some() || trace_id.is_some() || recipient.is_some();
     let row = RawRow {
-        text,
+        text: s.since(start),
         time: time.flatten().as_deref().and_then(parse_timestamp),
         trace_id: trace_id.flatten(),
         recipient: recipient.flatten(),
         status: status.flatten(),
     };
     Some((row, trace_field))
-}
-
-/// A key, borrowed from the body unless it has escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextVisitor).map(Key)
-    }
-}
-
-/// A string value, borrowed from the body unless it has escapes (a link).
-struct Text<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(TextVisitor).map(Text)
-    }
-}
-
-struct TextVisitor;
-
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Cow<'de, str>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a string")
-    }
-
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
 }
 
 #[cfg(test)]
@@ -375,5 +304,67 @@ mod tests {
         let mut bad = format!(r#"{{"value":[{ROW}]}}"#).into_bytes();
         bad[40] = 0xff;
         assert!(Api::Graph.parse_raw_page(&bad, &url(), 2, &[]).is_none());
+    }
+
+    /// Every fixture body, each with a byte changed at a spread of places, and every fixture
+    /// row pretty-printed into the envelope: whatever is read here is valid JSON to serde_json,
+    /// with the same rows (each row's text its object) and the same fields read.
+    #[test]
+    fn a_page_read_here_is_the_page_serde_json_reads() {
+        use crate::dialect::scan::tests::{fixture_bodies, mutations};
+        let mut bodies = Vec::new();
+        for body in fixture_bodies() {
+            let b = body.as_bytes();
+            for at in (0..b.len()).step_by((b.len() / 53).max(1)) {
+                bodies.extend(mutations(b, at));
+            }
+            if let Ok(serde_json::Value::Object(top)) = serde_json::from_str(&body) {
+                if let Some(serde_json::Value::Array(rows)) = top.get("value") {
+                    let pretty = rows
+                        .iter()
+                        .map(|r| serde_json::to_string_pretty(r).unwrap());
+                    let page = format!(
+                        "{{ \"value\" : [ {} ] }}",
+                        pretty.collect::<Vec<_>>().join(" ,\n")
+                    );
+                    bodies.push(page.into_bytes());
+                }
+            }
+            bodies.push(body.into_bytes());
+        }
+        let (mut read, mut rows_read) = (0, 0);
+        for body in &bodies {
+            for api in [Api::Graph, Api::Reporting] {
+                let Some(page) = api.parse_raw_page(body, &url(), 100_000, &[]) else {
+                    continue;
+                };
+                let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body);
+                assert!(valid.is_ok(), "a page read here is valid JSON: {valid:?}");
+                // A number past f64's range is valid JSON that a `Value` cannot hold: such a
+                // row is passed through as the API wrote it.
+                let Ok(parsed) = serde_json::from_slice::<serde_json::Value>(body) else {
+                    continue;
+                };
+                let rows = parsed["value"].as_array().expect("rows");
+                assert_eq!(rows.len(), page.rows.len());
+                let (id, recipient) = api.identity_fields();
+                for (raw, row) in page.rows.iter().zip(rows) {
+                    let text: serde_json::Value = serde_json::from_str(raw.text).unwrap();
+                    assert_eq!(&text, row);
+                    let field = |name: &str| row.get(name).and_then(|v| v.as_str());
+                    assert_eq!(raw.status(), field(api.status_field()));
+                    assert_eq!(raw.trace_id.as_deref(), field(id));
+                    assert_eq!(raw.recipient.as_deref(), field(recipient));
+                    let time = field(api.time_field()).and_then(parse_timestamp);
+                    assert_eq!(raw.time, time);
+                }
+                read += 1;
+                rows_read += page.rows.len();
+            }
+        }
+        assert!(
+            read > 100 && rows_read > 1000,
+            "pages read: {read}, rows: {rows_read}"
+        );
     }
 }
