@@ -108,10 +108,7 @@ impl<'a> Scan<'a> {
                     let array = open == b'[';
                     stack = (stack << 1) | u64::from(array);
                     if !self.eat(if array { b']' } else { b'}' }) {
-                        if !array {
-                            self.key()?;
-                        }
-                        self.ws();
+                        self.element(array)?;
                         continue;
                     }
                     depth -= 1;
@@ -133,16 +130,22 @@ impl<'a> Scan<'a> {
                 }
                 let array = stack & 1 == 1;
                 if !self.then_close(if array { b']' } else { b'}' })? {
-                    if !array {
-                        self.key()?;
-                    }
-                    self.ws();
+                    self.element(array)?;
                     break;
                 }
                 depth -= 1;
                 stack >>= 1;
             }
         }
+    }
+
+    /// To the first byte of a container's next value: past its key in an object.
+    fn element(&mut self, array: bool) -> Option<()> {
+        if !array {
+            self.key()?;
+        }
+        self.ws();
+        Some(())
     }
 
     fn peek(&self) -> Option<u8> {
