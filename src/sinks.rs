@@ -217,10 +217,8 @@ impl FileSink {
             ino,
             len,
         };
-        if let Some(marks) = &self.marks {
-            marks
-                .store(&mark, true)
-                .map_err(|e| self.err("cannot record the length of", e))?;
+        if let Some(Err(e)) = self.marks.as_mut().map(|m| m.store(&mark, true)) {
+            return Err(self.err("cannot record the length of", e));
         }
         self.mark = Some(mark);
         self.file = Some(f);
@@ -412,6 +410,7 @@ impl Sink for FileSink {
     }
 
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>> {
+        tracing::trace!("file sink: page in");
         let mut buf = std::mem::take(&mut self.buf);
         let bytes = batch.ndjson(&mut buf);
         let r = self
@@ -441,7 +440,15 @@ impl FileSink {
             .write_all(newline)
             .and_then(|()| f.write_all(bytes))
             .and_then(|()| f.flush())
-            .and_then(|()| if fsync { f.sync_data() } else { Ok(()) });
+            .and_then(|()| {
+                tracing::trace!(bytes = bytes.len(), "file sink: written");
+                if fsync {
+                    f.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        tracing::trace!(fsync, "file sink: synced");
         if let Err(e) = r {
             // What earlier pages left unsynced is synced if it can be; a page is committed only
             // after a later synced write (or flush) succeeds anyway.
@@ -459,11 +466,12 @@ impl FileSink {
         self.unsynced = self.fsync && !sync;
         let mark = self.mark.as_mut().expect("opened with a mark");
         mark.len += (newline.len() + bytes.len()) as u64;
-        if let Some(marks) = &self.marks {
+        if let Some(marks) = &mut self.marks {
             // Not synced: a mark older than the file is safe (only a torn line past it is cut).
-            marks
-                .store(mark, false)
-                .map_err(|e| self.err("cannot record the length of", e))?;
+            if let Err(e) = marks.store(mark, false) {
+                return Err(self.err("cannot record the length of", e));
+            }
+            tracing::trace!("file sink: mark stored");
         }
         Ok(())
     }
