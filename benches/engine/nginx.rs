@@ -206,6 +206,9 @@ struct Runs {
     rows: u64,
     curl: Finished,
     plain_cpu: f64,
+    /// The least time of the durable I/O floor: each page's lines written and synced, then a
+    /// checkpoint (see `child::DurableFloor`).
+    floor_io: f64,
     python: Option<Finished>,
     engine: Finished,
     /// The engine with commit groups of up to 4 pages (`commit_group = 4`).
@@ -287,7 +290,7 @@ fn measure_api(
 
     let (mut curls, mut pythons, mut engines, mut plains, mut paired) =
         (vec![], vec![], vec![], vec![], vec![]);
-    let mut groupeds = vec![];
+    let (mut groupeds, mut floors) = (vec![], vec![]);
     for round in 1..=plan.rounds {
         eprintln!("bench: static {name}: round {round} of {}", plan.rounds);
         let out = site_dir.join("curl.out");
@@ -306,11 +309,14 @@ fn measure_api(
         let _ = std::fs::remove_file(&out);
         curls.push(f);
 
+        let floor_dir = site_dir.join("floor");
         let plain = measure::spawn(&Work::PlainParse {
             api,
             pages: site.pages.clone(),
+            durable_dir: Some(floor_dir.clone()),
         })
         .wait();
+        let _ = std::fs::remove_dir_all(&floor_dir);
         assert!(plain.success, "static {name}: plain parse failed");
         assert_eq!(
             plain.result["rows"].as_u64(),
@@ -319,6 +325,7 @@ fn measure_api(
         );
         let plain_cpu = plain.result["cpu_secs"].as_f64().expect("cpu_secs");
         plains.push(plain_cpu);
+        floors.push(plain.result["io_secs"].as_f64().expect("io_secs"));
 
         if python {
             let out = site_dir.join("python.ndjson");
@@ -342,6 +349,7 @@ fn measure_api(
         rows,
         curl: best(curls),
         plain_cpu: plains.iter().copied().fold(f64::INFINITY, f64::min),
+        floor_io: floors.iter().copied().fold(f64::INFINITY, f64::min),
         python: (!pythons.is_empty()).then(|| best(pythons)),
         engine: best(engines),
         grouped: best(groupeds),
@@ -423,6 +431,19 @@ fn report(table: &mut Table, api: Api, r: &Runs) {
             ratio >= 10.0,
         );
     }
+    let floor_rate = r.rows as f64 / r.floor_io;
+    table.row(
+        &format!("{name} from nginx: engine vs the durable I/O floor"),
+        &format!("{} rows/s", thousands(rate(&r.engine))),
+        &format!(
+            "each page's lines written + fdatasync, then a checkpoint's (nothing else): {} rows/s, {:.2} × curl",
+            thousands(floor_rate),
+            floor_rate / rate(&r.curl)
+        ),
+        rate(&r.engine) / floor_rate,
+        "-",
+        true,
+    );
     table.row(
         &format!("{name} from nginx: engine with commit groups of 4"),
         &format!("commit_group = 4: {}", describe(&r.grouped)),

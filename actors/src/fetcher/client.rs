@@ -178,6 +178,7 @@ impl PageRequest<'_, '_> {
             Ok(Err(e)) => return Err(FetchError::Token(e).into()),
             Err(e) => return Err(FetchError::TokenActor(e).into()),
         };
+        tracing::trace!("page requested");
         let answer = http::get(
             self.url,
             Some(header.0.expose()),
@@ -196,8 +197,10 @@ impl PageRequest<'_, '_> {
         };
         if resp.status == 200 {
             crate::telemetry::response_bytes(&spec.id, resp.body.len());
+            tracing::trace!(bytes = resp.body.len(), "page answered");
             if let Some(s) = &self.page_use.spool {
                 keep(&self.env.shared, s, self.url, resp.body.clone()).await;
+                tracing::trace!("page kept in the spool");
             }
             return Ok(match self.use_body(resp.body, request_url).await? {
                 Ok(page) => Attempt::Got(Box::new((page, slot))),

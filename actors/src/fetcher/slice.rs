@@ -90,6 +90,7 @@ async fn pages(
                 make_ready_off_thread(&env.shared, plan, page, strip_query(&url)).await?
             }
         };
+        tracing::trace!("page ready to deliver");
         let step = settle(run, (i, task), slice, (&url, ready), &mut prefetched, group).await?;
         match step {
             Step::Done => return Ok(()),
