@@ -448,7 +448,7 @@ impl FileSink {
                     Ok(())
                 }
             });
-        tracing::trace!(fsync, "file sink: synced");
+        tracing::trace!(fsync, ok = r.is_ok(), "file sink: synced");
         if let Err(e) = r {
             // What earlier pages left unsynced is synced if it can be; a page is committed only
             // after a later synced write (or flush) succeeds anyway.
