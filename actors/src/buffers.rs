@@ -44,15 +44,24 @@ impl Pool {
         }
     }
 
+    /// The smallest kept buffer with room for `capacity` bytes, or a new one. A kept buffer too
+    /// small is left for a smaller request: growing it would allocate anew all the same, and copy
+    /// the old block (the allocator does not know that it is empty).
     fn take(&self, capacity: usize) -> Vec<u8> {
-        let mut buf = self
-            .buffers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default();
-        buf.reserve(capacity);
-        buf
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        let fit = buffers
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= capacity)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => buffers.swap_remove(i),
+            None => {
+                drop(buffers);
+                Vec::with_capacity(capacity)
+            }
+        }
     }
 
     fn give(&self, mut buf: Vec<u8>) {
@@ -60,11 +69,19 @@ impl Pool {
         if buf.capacity() == 0 {
             return;
         }
-        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        let kept: usize = buffers.iter().map(Vec::capacity).sum();
-        if kept + buf.capacity() <= self.limit {
-            buffers.push(buf);
+        if buf.capacity() > self.limit {
+            return;
         }
+        // The largest buffers are kept: a page's take can use them, and a small one could
+        // otherwise hold the place of every larger one for good.
+        let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
+        buffers.push(buf);
+        buffers.sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
+        let mut kept = 0;
+        buffers.retain(|b| {
+            kept += b.capacity();
+            kept <= self.limit
+        });
     }
 
     fn give_bytes(&self, bytes: bytes::Bytes) {
@@ -110,5 +127,58 @@ mod tests {
             .collect();
         assert_eq!(kept.len(), 3, "{kept:?}");
         assert!(kept.iter().sum::<usize>() <= 1000);
+    }
+
+    /// Regression (session 17): the pool handed out its last buffer whatever its size, so a
+    /// page's lines (a body's size and more) often got a body's buffer and grew it: a new block,
+    /// faulted in again, and the old one copied over first.
+    #[test]
+    fn a_take_gets_the_smallest_buffer_that_fits_and_never_grows_one() {
+        let pool = Pool::new(1 << 20);
+        let large = Vec::with_capacity(3000);
+        let at = large.as_ptr();
+        pool.give(large);
+        pool.give(Vec::with_capacity(1000));
+        let got = pool.take(2000);
+        assert_eq!(
+            got.as_ptr(),
+            at,
+            "the buffer with room, not the last one given"
+        );
+        // Only a smaller one kept: a new buffer, and the small one stays for a small request.
+        let fresh = pool.take(2000);
+        assert!(fresh.capacity() >= 2000);
+        let small = pool.take(500);
+        assert!(
+            small.capacity() >= 1000 && small.capacity() < 2000,
+            "{}",
+            small.capacity()
+        );
+    }
+
+    #[test]
+    fn small_buffers_do_not_keep_a_larger_one_out() {
+        let pool = Pool::new(1000);
+        for _ in 0..5 {
+            pool.give(Vec::with_capacity(200));
+        }
+        pool.give(Vec::with_capacity(800));
+        let kept: Vec<usize> = pool
+            .buffers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::capacity)
+            .collect();
+        assert!(kept.iter().any(|&c| c >= 800), "{kept:?}");
+        assert!(kept.iter().sum::<usize>() <= 1000, "{kept:?}");
+        // One larger than the whole pool is not kept at all.
+        pool.give(Vec::with_capacity(5000));
+        assert!(pool
+            .buffers
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|b| b.capacity() < 5000));
     }
 }
