@@ -166,11 +166,12 @@ fn read_rows<'a>(s: &mut Scan<'a>, fields: Fields<'_>, max_rows: usize) -> Optio
     if s.eat(b']') {
         return Some(rows);
     }
+    let mut keys = Vec::new();
     loop {
         if rows.rows.len() == max_rows {
             return None;
         }
-        let (row, trace_field) = read_row(s, fields)?;
+        let (row, trace_field) = read_row(s, fields, &mut keys)?;
         rows.any_trace_field |= trace_field;
         rows.rows.push(row);
         if s.then_close(b']')? {
@@ -179,41 +180,78 @@ fn read_rows<'a>(s: &mut Scan<'a>, fields: Fields<'_>, max_rows: usize) -> Optio
     }
 }
 
+/// What a key is to the engine: the index of the field read under it, or a field passed over.
+#[derive(Clone, Copy)]
+enum Role {
+    Read(usize),
+    Passed,
+}
+
+impl Fields<'_> {
+    /// `None`: a key the engine writes itself, whose row is not read here.
+    fn role(&self, key: &str) -> Option<Role> {
+        if key.starts_with('_') || self.reserved.contains(&key) {
+            return None;
+        }
+        Some(match key {
+            k if k == self.time => Role::Read(0),
+            k if k == self.trace_id => Role::Read(1),
+            k if k == self.recipient => Role::Read(2),
+            k if k == self.status => Role::Read(3),
+            _ => Role::Passed,
+        })
+    }
+}
+
+/// The keys of the rows read so far, by position in the row: each key's token (when it has no
+/// escape) and its role. A row's key is first compared with the token at its position
+/// ([`Scan::same_key`]); only a different one is scanned and looked up.
+type Keys<'a> = Vec<Option<(&'a str, Role)>>;
+
 /// A row's fields the engine reads, and whether it has any field of a trace row (time, trace id,
 /// recipient); `None` when the row is not read here (not an object, a key the engine writes
 /// itself, one of the fields read twice) or is not valid JSON.
-fn read_row<'a>(s: &mut Scan<'a>, f: Fields<'_>) -> Option<(RawRow<'a>, bool)> {
-    // Each slot: `None` until its key is seen (a key seen twice is not read here).
-    let [mut time, mut trace_id, mut recipient, mut status]: [Option<Option<Cow<'a, str>>>; 4] =
-        Default::default();
+fn read_row<'a>(
+    s: &mut Scan<'a>,
+    f: Fields<'_>,
+    keys: &mut Keys<'a>,
+) -> Option<(RawRow<'a>, bool)> {
+    // Time, trace id, recipient, status: `None` until the key is seen (a key seen twice is not
+    // read here).
+    let mut read: [Option<Option<Cow<'a, str>>>; 4] = Default::default();
     let start = s.here();
     s.expect(b'{')?;
     if !s.eat(b'}') {
+        let mut n = 0;
         loop {
-            let key = s.key()?;
-            let key = key.as_ref();
-            if key.starts_with('_') || f.reserved.contains(&key) {
-                return None;
-            }
-            let slot = match key {
-                k if k == f.time => Some(&mut time),
-                k if k == f.trace_id => Some(&mut trace_id),
-                k if k == f.recipient => Some(&mut recipient),
-                k if k == f.status => Some(&mut status),
+            let known = match keys.get(n) {
+                Some(&Some((token, role))) => s.same_key(token)?.then_some(role),
                 _ => None,
             };
-            match slot {
-                Some(Some(_)) => return None,
-                Some(slot) => *slot = Some(text(s.value()?)),
+            let role = match known {
+                Some(role) => role,
+                None => {
+                    let (key, token) = s.key_and_token()?;
+                    let role = f.role(&key)?;
+                    keys.truncate(n);
+                    keys.push(token.map(|t| (t, role)));
+                    role
+                }
+            };
+            match role {
+                Role::Read(i) if read[i].is_some() => return None,
+                Role::Read(i) => read[i] = Some(text(s.value()?)),
                 // Every other value checked, not read.
-                None => s.skip_value()?,
+                Role::Passed => s.skip_value()?,
             }
+            n += 1;
             if s.then_close(b'}')? {
                 break;
             }
         }
     }
-    let trace_field = time.is_some() || trace_id.is_some() || recipient.is_some();
+    let trace_field = read[..3].iter().any(Option::is_some);
+    let [time, trace_id, recipient, status] = read;
     let row = RawRow {
         text: s.since(start),
         time: time.flatten().as_deref().and_then(parse_timestamp),
@@ -366,5 +404,73 @@ mod tests {
             read > 100 && rows_read > 1000,
             "pages read: {read}, rows: {rows_read}"
         );
+    }
+
+    /// Session 17: a row's key is first compared with the key at its place in the rows before
+    /// it. Later rows whose keys differ from the first row's in every way that comparison could
+    /// be fooled by read as serde_json reads them, or not at all where the first row would not be.
+    #[test]
+    fn keys_like_those_of_the_row_before_are_read_as_their_own() {
+        let first = r#"{"MessageTraceId":"a","RecipientAddress":"x@y","Received":"2026-12-01T00:00:00","Status":"Delivered","Size":1}"#;
+        let same = r#"{"MessageTraceId":"b","RecipientAddress":"x@z","Received":"2026-12-01T00:00:01","Status":"Failed","Size":2}"#;
+        /// A row's trace id and status as read.
+        type Read<'s> = (Option<&'s str>, Option<&'s str>);
+        // (second row, what is read of it; `None`: the page is not read here)
+        let cases: Vec<(&str, Option<Read>)> = vec![
+            (same, Some((Some("b"), Some("Failed")))),
+            // A longer key, and a shorter one, where a read key was.
+            (
+                r#"{"MessageTraceIdX":"c","RecipientAddress":"x@y","Received":"2026-12-01T00:00:00","Statu":"Failed"}"#,
+                Some((None, None)),
+            ),
+            // A read key escaped: the same key.
+            (
+                r#"{"MessageTrace\u0049d":"d","RecipientAddress":"x@y","Received":"2026-12-01T00:00:00","St\u0061tus":"Failed"}"#,
+                Some((Some("d"), Some("Failed"))),
+            ),
+            // Another order, fewer keys, whitespace before the colons.
+            (
+                r#"{ "Status" : "Expanded" , "MessageTraceId" : "e" }"#,
+                Some((Some("e"), Some("Expanded"))),
+            ),
+            // A read key twice, at a place the first row had another key.
+            (
+                r#"{"MessageTraceId":"f","RecipientAddress":"x@y","MessageTraceId":"g"}"#,
+                None,
+            ),
+            // A key the engine writes itself, at a place the first row had a passed one.
+            (
+                r#"{"MessageTraceId":"h","RecipientAddress":"x@y","Received":"2026-12-01T00:00:00","Status":"Failed","_time":2}"#,
+                None,
+            ),
+            // A known key, then no colon: not JSON.
+            (r#"{"MessageTraceId" "i"}"#, None),
+            (r#"{"MessageTraceId""#, None),
+        ];
+        for (second, want) in cases {
+            // The same row twice after the first: the third is read through the second's keys.
+            let body = format!(r#"{{"value":[{first},{second},{second}]}}"#);
+            let page = Api::Reporting.parse_raw_page(body.as_bytes(), &url(), 10, &[]);
+            let got = page.as_ref().map(|p| {
+                assert_eq!(p.rows.len(), 3);
+                assert_eq!(p.rows[0].trace_id.as_deref(), Some("a"));
+                assert_eq!(p.rows[1].text, second);
+                let (two, three) = (&p.rows[1], &p.rows[2]);
+                assert_eq!(two.trace_id, three.trace_id);
+                assert_eq!(two.status, three.status);
+                (two.trace_id.as_deref(), two.status())
+            });
+            assert_eq!(got, want, "{second}");
+            if let Some(p) = &page {
+                // What serde_json reads of the same row.
+                let row: serde_json::Value = serde_json::from_str(p.rows[1].text).unwrap();
+                let field = |k: &str| row.get(k).and_then(|v| v.as_str());
+                assert_eq!(got.unwrap(), (field("MessageTraceId"), field("Status")));
+            } else {
+                let serde_reads = serde_json::from_str::<serde_json::Value>(&body).is_ok();
+                let why = ["\"_time\"", "\"g\""].iter().any(|k| second.contains(k));
+                assert!(!serde_reads || why, "{second}: refused only for a reason");
+            }
+        }
     }
 }

@@ -69,15 +69,37 @@ impl<'a> Scan<'a> {
 
     /// An object member's key and the colon after it, the key unescaped when it has escapes.
     pub fn key(&mut self) -> Option<Cow<'a, str>> {
+        self.key_and_token().map(|(key, _)| key)
+    }
+
+    /// [`Scan::key`], and the key's token as the text has it (quotes included) when it has no
+    /// escape: what [`Scan::same_key`] compares a later key with.
+    pub fn key_and_token(&mut self) -> Option<(Cow<'a, str>, Option<&'a str>)> {
         self.ws();
         let start = self.at;
         let key = if self.string()? {
-            text(self.since(start))?
+            (text(self.since(start))?, None)
         } else {
-            Cow::Borrowed(&self.text[start + 1..self.at - 1])
+            let token = self.since(start);
+            (Cow::Borrowed(&token[1..token.len() - 1]), Some(token))
         };
         self.expect(b':')?;
         Some(key)
+    }
+
+    /// Whether the next member's key is `token`, a key's token without escapes as
+    /// [`Scan::key_and_token`] gave it: then the key and the colon after it are taken
+    /// (`Some(true)`); `Some(false)` takes only whitespace. The same bytes are the same valid
+    /// string (the closing quote included, so not a longer one), so they need no scan: a page's
+    /// rows nearly always have the same keys in the same order.
+    pub fn same_key(&mut self, token: &str) -> Option<bool> {
+        self.ws();
+        if !self.text.as_bytes()[self.at..].starts_with(token.as_bytes()) {
+            return Some(false);
+        }
+        self.at += token.len();
+        self.expect(b':')?;
+        Some(true)
     }
 
     /// Any JSON value, after whitespace: its text.
