@@ -240,7 +240,7 @@ fn read_row<'a>(
             };
             match role {
                 Role::Read(i) if read[i].is_some() => return None,
-                Role::Read(i) => read[i] = Some(text(s.value()?)),
+                Role::Read(i) => read[i] = Some(s.string_value()?),
                 // Every other value checked, not read.
                 Role::Passed => s.skip_value()?,
             }

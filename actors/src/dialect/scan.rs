@@ -109,6 +109,25 @@ impl<'a> Scan<'a> {
         Some(self.since(start))
     }
 
+    /// Any JSON value, after whitespace: a string's text unescaped (as [`text`] reads it), or
+    /// `Some(None)` for any other value (or a string [`text`] does not read). The scan knows
+    /// whether the string has an escape: one without is borrowed as it is, unsearched.
+    pub fn string_value(&mut self) -> Option<Option<Cow<'a, str>>> {
+        self.ws();
+        if self.peek() != Some(b'"') {
+            self.skip_value()?;
+            return Some(None);
+        }
+        let start = self.at;
+        let escaped = self.string()?;
+        let token = self.since(start);
+        Some(if escaped {
+            text(token)
+        } else {
+            Some(Cow::Borrowed(&token[1..token.len() - 1]))
+        })
+    }
+
     /// Any JSON value, after whitespace, checked and passed.
     pub fn skip_value(&mut self) -> Option<()> {
         self.ws();
@@ -469,6 +488,40 @@ pub(super) mod tests {
         for not in ["1", "null", "[\"a\"]", "{}", "true", r#""\uD800""#] {
             assert_eq!(text(not), None, "{not}");
         }
+    }
+
+    /// `string_value` reads what `text` of `value` reads, and takes the same text.
+    #[test]
+    fn a_string_value_read_in_the_scan_is_the_text_of_the_value() {
+        let values = [
+            r#""plain""#,
+            r#""\u00e9\"\\""#,
+            r#""\uD800""#,
+            r#""a\nb""#,
+            r#""""#,
+            "1",
+            "null",
+            "[\"a\"]",
+            "{\"k\":\"v\"}",
+            "true",
+            r#""cut"#,
+            "\"ctl\u{1}\"",
+            "-",
+        ];
+        for v in values {
+            let text_of_value = {
+                let mut s = Scan::new(v);
+                s.value().map(|t| (text(t), s.here()))
+            };
+            let mut s = Scan::new(v);
+            let read = s.string_value().map(|t| (t, s.here()));
+            assert_eq!(read, text_of_value, "{v}");
+        }
+        let mut s = Scan::new(r#" "plain" "#);
+        assert!(matches!(
+            s.string_value(),
+            Some(Some(Cow::Borrowed("plain")))
+        ));
     }
 
     #[test]
