@@ -832,13 +832,32 @@ fn collected_once(
     );
 }
 
+/// The simulator for `sources` (300 messages an hour, 200 ms a page) on a port where the hash
+/// gives member `b` at least one of them beside `a`. A source is shared by its budget key, which
+/// holds the simulator's address (`SourceSpec::quota_key`), so on one port in 64 the hash gives
+/// `a` all six, and nothing would move when `b` joins.
+fn sim_giving_b_a_share(sources: &[Window]) -> SimServer {
+    use msgtrace::actors::cluster::ownership;
+    let members = ["a".to_owned(), "b".to_owned()];
+    loop {
+        let sim = tenants_sim(sources, 300, 200);
+        let key = |id: &str| format!("{}/{id}", sim.addr());
+        if sources
+            .iter()
+            .any(|w| ownership::owner(&key(&w.id), &members) == Some("b"))
+        {
+            return sim;
+        }
+    }
+}
+
 #[test]
 fn a_run_once_whose_sources_move_to_a_joining_instance_hands_them_over_and_exits_0() {
     let Some(etcd) = EtcdServer::start() else {
         return;
     };
     let sources = windows(6, 60);
-    let sim = tenants_sim(&sources, 300, 200);
+    let sim = sim_giving_b_a_share(&sources);
     let dir = tempfile::tempdir().unwrap();
     let prefix = "/join-once";
     let start = |name: &str, command: &[&str]| {
