@@ -736,7 +736,7 @@ fn a_joining_instance_takes_its_share_after_the_page_in_flight_not_after_the_job
         return;
     };
     let sources = windows(6, 60);
-    let sim = tenants_sim(&sources, 300, 200);
+    let sim = sim_giving_b_a_share(&sources);
     let dir = tempfile::tempdir().unwrap();
     let prefix = "/join";
     let start = |name: &str| {
