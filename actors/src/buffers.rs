@@ -112,19 +112,23 @@ mod tests {
         assert!(again.is_empty() && again.capacity() >= 1 << 16);
     }
 
+    /// The capacities the pool keeps.
+    fn capacities(pool: &Pool) -> Vec<usize> {
+        pool.buffers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::capacity)
+            .collect()
+    }
+
     #[test]
     fn the_pool_keeps_at_most_its_limit() {
         let pool = Pool::new(1000);
         for _ in 0..5 {
             pool.give(Vec::with_capacity(300));
         }
-        let kept: Vec<usize> = pool
-            .buffers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Vec::capacity)
-            .collect();
+        let kept = capacities(&pool);
         assert_eq!(kept.len(), 3, "{kept:?}");
         assert!(kept.iter().sum::<usize>() <= 1000);
     }
@@ -163,22 +167,11 @@ mod tests {
             pool.give(Vec::with_capacity(200));
         }
         pool.give(Vec::with_capacity(800));
-        let kept: Vec<usize> = pool
-            .buffers
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Vec::capacity)
-            .collect();
+        let kept = capacities(&pool);
         assert!(kept.iter().any(|&c| c >= 800), "{kept:?}");
         assert!(kept.iter().sum::<usize>() <= 1000, "{kept:?}");
         // One larger than the whole pool is not kept at all.
         pool.give(Vec::with_capacity(5000));
-        assert!(pool
-            .buffers
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|b| b.capacity() < 5000));
+        assert!(capacities(&pool).iter().all(|&c| c < 5000));
     }
 }

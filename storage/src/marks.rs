@@ -8,8 +8,8 @@
 //! per-page update of the length (unsynced) rewrites the padded record in place with one
 //! `pwrite`, which a killed process cannot tear: creating and renaming a file per page cost
 //! 0.78 ms of the page's delivery on average (median 0.44 ms, session 16's trace), and journal
-//! work for the page's `fsync`. A mark that cannot be read (a power cut tearing an unsynced rewrite) is treated as
-//! none, which is safe: without a mark the sink never cuts anything.
+//! work for the page's `fsync`. A mark that cannot be read (a power cut tearing an unsynced
+//! rewrite) is treated as none, which is safe: without a mark the sink never cuts anything.
 
 use crate::layout;
 use crate::record::{self, FileMark};

@@ -839,7 +839,9 @@ fn collected_once(
 fn sim_giving_b_a_share(sources: &[Window]) -> SimServer {
     use msgtrace::actors::cluster::ownership;
     let members = ["a".to_owned(), "b".to_owned()];
-    loop {
+    // A bound for a broken prediction, not a timing: 50 ports in a row giving b nothing is
+    // a chance of 64^-50.
+    for _ in 0..50 {
         let sim = tenants_sim(sources, 300, 200);
         let key = |id: &str| format!("{}/{id}", sim.addr());
         if sources
@@ -849,6 +851,10 @@ fn sim_giving_b_a_share(sources: &[Window]) -> SimServer {
             return sim;
         }
     }
+    panic!(
+        "no simulator port gave b a share of {} sources",
+        sources.len()
+    );
 }
 
 #[test]
