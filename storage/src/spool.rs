@@ -209,11 +209,22 @@ impl Spool {
     }
 
     /// Forgets every page of this cursor (its job ended with everything committed).
+    ///
+    /// The last page's [`Spool::remove`] may still run as the directory goes (it is not waited
+    /// for, and with the commit's flush behind the next page it comes just before the job's
+    /// end): its file renamed in after the directory was read fails the removal with the
+    /// directory not empty, or a file it renamed away with not found. The removal is then tried
+    /// again.
     pub fn clear(&self) -> io::Result<()> {
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let mut tries = 0;
+        loop {
+            self.free.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => return Ok(()),
+                Err(_) if !self.dir.exists() => return Ok(()),
+                Err(_) if tries < 4 => tries += 1,
+                Err(e) => return Err(e),
+            }
         }
     }
 
