@@ -464,7 +464,7 @@ fn build_sink(
     kind: &SinkKind,
     auth: Option<&AuthSpec>,
     opts: &EngineOptions,
-    state_dir: &std::path::Path,
+    (state_dir, replay): (&std::path::Path, Option<crate::sinks::replay::Replay>),
 ) -> Box<dyn Sink> {
     match kind {
         SinkKind::Stdout => Box::new(StdoutSink::new(id)),
@@ -472,7 +472,8 @@ fn build_sink(
             FileSink::new(id, path)
                 .with_rotation(*rotate)
                 .with_mode(*mode)
-                .with_marks(state_dir),
+                .with_marks(state_dir)
+                .with_replay(replay),
         ),
         SinkKind::Http(http) => {
             let sink = HttpSink::new(id, http);
@@ -716,8 +717,16 @@ pub fn start(
     }
     describe_sources(config, &store)?;
 
+    let replays = find_replays(config, &store)?;
     let (stopping, stop_rx) = tokio::sync::watch::channel(false);
-    let running = sink_actors(config, opts, &store, &sink_auth, host_sinks, &stop_rx);
+    let running = sink_actors(
+        config,
+        opts,
+        (&store, replays),
+        &sink_auth,
+        host_sinks,
+        &stop_rx,
+    );
     let sinks = running.iter().map(|s| s.entry(config)).collect();
     // Restarted by actix if it ever stops; a panic of a token request is caught (auth::guarded).
     let auth = actix::Supervisor::start(|_| AuthToken::default());
@@ -786,19 +795,49 @@ fn describe_sources(config: &Config, store: &Store) -> Result<(), msgtrace_stora
     Ok(())
 }
 
+/// Before any sink opens its file: where each file sink's file holds pages past its last
+/// commit ([`crate::sinks::replay`]), for the sink to compare the pages delivered again with;
+/// the records of files no sink writes now are let go. With `[cluster]`, whose checkpoint of
+/// record is etcd's, nothing is replayed and every record is let go (the fetchers' flushes do
+/// not run behind there).
+fn find_replays(config: &Config, store: &Store) -> Result<Replays, EngineError> {
+    let mut keep = Vec::new();
+    let mut replays = Replays::new();
+    if config.cluster.is_none() {
+        for s in config.sinks.values() {
+            let SinkKind::File { path, .. } = &s.kind else {
+                continue;
+            };
+            match crate::sinks::replay::uncommitted(store, &s.id, path) {
+                Ok(found) => {
+                    keep.extend(found.map(|f| (s.id.as_str(), f.file)));
+                    replays.extend(found.and_then(|f| f.replay).map(|r| (s.id.clone(), r)));
+                }
+                Err(e) => tracing::warn!(error = %e, "file sink not replayed"),
+            }
+        }
+    }
+    store.keep_positions(&keep)?;
+    Ok(replays)
+}
+
+/// Where each file sink's file holds pages past its last commit, by sink id.
+type Replays = std::collections::HashMap<String, crate::sinks::replay::Replay>;
+
 /// The sink actors: the configured sinks (one that panics is built again from its
 /// configuration), then the host's (kept as they are).
 fn sink_actors(
     config: &Config,
     opts: &EngineOptions,
-    store: &Store,
+    (store, mut replays): (&Store, Replays),
     sink_auth: &std::collections::HashMap<String, AuthSpec>,
     host_sinks: Vec<HostSink>,
     stop_rx: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<RunningSink> {
     let configured = config.sinks.values().map(|s| {
         let auth = sink_auth.get(&s.id).cloned();
-        RunningSink::configured(s, auth, opts, store.dir(), stop_rx.clone())
+        let replay = replays.remove(&s.id);
+        RunningSink::configured(s, (auth, replay), opts, store.dir(), stop_rx.clone())
     });
     let hosted = host_sinks
         .into_iter()
@@ -848,13 +887,14 @@ impl RunningSink {
         }
     }
 
-    /// Starts the sink of configuration `c` (`auth`: its [`sink_auth_spec`]), built again from
-    /// it should it panic. The factory
+    /// Starts the sink of configuration `c` (`auth`: its [`sink_auth_spec`]; `replay`: where a
+    /// file sink's file holds pages past its last commit, given to the first sink built only),
+    /// built again from it should it panic. The factory
     /// holds the state directory's path, not the store: a sink's thread may outlive the engine's
     /// stop, and an open store there would keep the directory locked.
     pub(crate) fn configured(
         c: &crate::config::SinkConfig,
-        auth: Option<AuthSpec>,
+        (auth, replay): (Option<AuthSpec>, Option<crate::sinks::replay::Replay>),
         opts: &EngineOptions,
         state_dir: &std::path::Path,
         stopping: tokio::sync::watch::Receiver<bool>,
@@ -865,8 +905,11 @@ impl RunningSink {
             opts.clone(),
             state_dir.to_path_buf(),
         );
-        let factory: msgtrace_actors::sink::SinkFactory =
-            Box::new(move || build_sink(&id, &kind, auth.as_ref(), &opts, &dir));
+        let replay = std::sync::Mutex::new(replay);
+        let factory: msgtrace_actors::sink::SinkFactory = Box::new(move || {
+            let replay = replay.lock().ok().and_then(|mut r| r.take());
+            build_sink(&id, &kind, auth.as_ref(), &opts, (&dir, replay))
+        });
         RunningSink::spawn(
             factory(),
             Some(c.clone()),
@@ -888,6 +931,11 @@ impl RunningSink {
             addr: self.addr.clone(),
             inputs,
             reads: self.reads,
+            // A file sink compares the pages delivered again after a restart with its file.
+            replays: matches!(
+                self.config.as_ref().map(|c| &c.kind),
+                Some(SinkKind::File { .. })
+            ),
         }
     }
 }

@@ -286,7 +286,7 @@ impl Started {
             let c = &running.sinks[id];
             sinks.push(RunningSink::configured(
                 c,
-                sink_auth.get(id).cloned(),
+                (sink_auth.get(id).cloned(), None),
                 &self.opts,
                 self.store.dir(),
                 stopping.clone(),

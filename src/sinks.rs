@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub mod archive;
 pub mod azure;
 pub mod http;
+pub mod replay;
 pub use archive::ArchiveSink;
 pub use azure::AzureLogsSink;
 pub use http::HttpSink;
@@ -106,6 +107,12 @@ pub struct FileSink {
     /// ([`Batch::sync`]), synced by the next synced page, by [`Sink::flush`], and before the
     /// file is closed (rotation, reopening).
     unsynced: bool,
+    /// Where the file held pages past its last commit when the engine started, until the file
+    /// is first opened ([`FileSink::with_replay`]).
+    replay: Option<replay::Replay>,
+    /// While the pages delivered again match the file's bytes past its last commit: where the
+    /// next one is compared (see [`FileSink::with_replay`]).
+    replaying: Option<u64>,
 }
 
 /// Mode of the files a file sink creates unless configured (`mode`): owner and group read.
@@ -126,7 +133,20 @@ impl FileSink {
             newline_first: false,
             buf: Vec::new(),
             unsynced: false,
+            replay: None,
+            replaying: None,
         }
+    }
+
+    /// The file holds pages past its last commit from `replay.from` on ([`replay`]): their
+    /// sources deliver them again, and each page delivered again that has the bytes the file
+    /// holds where the last one matched is acknowledged without being written, and synced as a
+    /// page written would be, so that what is acknowledged is on disk. The first page that
+    /// differs ends it, and it and every page after it are appended as usual. Only the file
+    /// with `replay.file`'s identity, as the sink first opens it, is replayed.
+    pub fn with_replay(mut self, replay: Option<replay::Replay>) -> FileSink {
+        self.replay = replay;
+        self
     }
 
     /// Rotates the file by size (see [`crate::config::Rotation`]).
@@ -162,6 +182,7 @@ impl FileSink {
     fn rotate(&mut self, keep: u32) -> std::io::Result<()> {
         self.file = None;
         self.mark = None;
+        self.replaying = None;
         let rotated = |n: u32| {
             let mut p = self.path.clone().into_os_string();
             p.push(format!(".{n}"));
@@ -220,9 +241,70 @@ impl FileSink {
         if let Some(Err(e)) = self.marks.as_mut().map(|m| m.store(&mark, true)) {
             return Err(self.err("cannot record the length of", e));
         }
+        self.replaying = self.start_replay((dev, ino), len);
         self.mark = Some(mark);
         self.file = Some(f);
         Ok(())
+    }
+
+    /// Where the replay of the file just opened (`identity`, `len` bytes) begins, when the
+    /// engine's start found pages past its last commit in this same file.
+    fn start_replay(&mut self, identity: (u64, u64), len: u64) -> Option<u64> {
+        let r = self
+            .replay
+            .take()
+            .filter(|r| r.file == identity && r.from < len)?;
+        tracing::info!(sink = %self.name, file = %self.path.display(), bytes = len - r.from, "the file holds pages written after its last commit: the pages delivered again are compared with them, not written twice");
+        Some(r.from)
+    }
+
+    /// Whether the file holds exactly `bytes` at `at` (read a block at a time: a page that
+    /// differs is told from its first block).
+    fn holds(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<bool> {
+        let f = self.file.as_mut().expect("opened by prepare");
+        if f.metadata()?.len() < at + bytes.len() as u64 {
+            return Ok(false);
+        }
+        f.seek(SeekFrom::Start(at))?;
+        let mut held = vec![0u8; bytes.len().min(64 * 1024)];
+        for want in bytes.chunks(held.len().max(1)) {
+            let held = &mut held[..want.len()];
+            f.read_exact(held)?;
+            if held != want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// While replaying: whether `bytes` are the file's next ones past the last commit, then
+    /// taken as written: synced as a write would be (`sync`). The first page that is not ends
+    /// the replay.
+    fn replayed(&mut self, bytes: &[u8], sync: bool) -> Result<bool, SinkError> {
+        let Some(at) = self.replaying else {
+            return Ok(false);
+        };
+        if self
+            .holds(at, bytes)
+            .map_err(|e| self.err("cannot read", e))?
+        {
+            if self.fsync && sync {
+                let f = self.file.as_ref().expect("opened by prepare");
+                f.sync_data()
+                    .map_err(|e| self.err("cannot sync (fsync)", e))?;
+                self.unsynced = false;
+            } else if self.fsync {
+                self.unsynced = true;
+            }
+            let next = at + bytes.len() as u64;
+            let end = self.mark.as_ref().map_or(0, |m| m.len);
+            self.replaying = (next < end).then_some(next);
+            tracing::debug!(sink = %self.name, bytes = bytes.len(), "a page delivered again was in the file already");
+            return Ok(true);
+        }
+        self.replaying = None;
+        tracing::info!(sink = %self.name, file = %self.path.display(), "a page delivered again differs from what the file holds past its last commit: it and the pages after it are appended (the rest of what the file held there stays, delivered twice)");
+        Ok(false)
     }
 
     /// Opens the file for appending (its directory created, a symbolic link refused, a new file
@@ -336,14 +418,15 @@ pub fn symlink_refusal(path: &Path) -> String {
     )
 }
 
+/// A file's device and inode.
 #[cfg(unix)]
-fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
+pub(crate) fn file_identity(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt as _;
     (m.dev(), m.ino())
 }
 
 #[cfg(not(unix))]
-fn file_identity(_m: &std::fs::Metadata) -> (u64, u64) {
+pub(crate) fn file_identity(_m: &std::fs::Metadata) -> (u64, u64) {
     (0, 0)
 }
 
@@ -406,6 +489,7 @@ impl Sink for FileSink {
         self.sync_pending()?;
         self.file = None;
         self.mark = None;
+        self.replaying = None;
         self.open()
     }
 
@@ -413,9 +497,14 @@ impl Sink for FileSink {
         tracing::trace!("file sink: page in");
         let mut buf = std::mem::take(&mut self.buf);
         let bytes = batch.ndjson(&mut buf);
-        let r = self
-            .prepare(bytes.len())
-            .and_then(|()| self.write(bytes, batch.sync));
+        // A page the file holds already adds nothing to it: compared before any rotation.
+        let r = self.open().and_then(|()| {
+            if self.replayed(bytes, batch.sync)? {
+                return Ok(());
+            }
+            self.prepare(bytes.len())?;
+            self.write(bytes, batch.sync)
+        });
         self.buf = buf;
         release_if_large(&mut self.buf);
         Box::pin(async move { r })
@@ -425,6 +514,37 @@ impl Sink for FileSink {
     fn flush(&mut self) -> LocalBoxFuture<'_, Result<(), SinkError>> {
         let r = self.sync_pending();
         Box::pin(async move { r })
+    }
+
+    /// As a job starts (see [`Sink::resume`]): when the open file holds more than the
+    /// greatest length its commits recorded, the pages delivered again are compared with what
+    /// lies past it, as after a restart ([`FileSink::with_replay`]).
+    fn resume(&mut self, committed: &[FileMark]) {
+        if self.replaying.is_some() {
+            return;
+        }
+        let (Some(_), Some(mark)) = (&self.file, &self.mark) else {
+            return;
+        };
+        let Some(c) = committed
+            .iter()
+            .find(|c| (c.dev, c.ino) == (mark.dev, mark.ino) && c.len < mark.len)
+        else {
+            return;
+        };
+        tracing::debug!(sink = %self.name, file = %self.path.display(), bytes = mark.len - c.len, "the file holds pages written after its last commit: the pages delivered again are compared with them, not written twice");
+        self.replaying = Some(c.len);
+    }
+
+    /// The open file's mark, when the sink records its marks (in the state directory): how far
+    /// the file holds the pages delivered so far (while replaying, the end of the last page
+    /// matched, not the file's end).
+    fn position(&self) -> Option<FileMark> {
+        let mark = self.marks.as_ref().and(self.mark.as_ref())?;
+        Some(FileMark {
+            len: self.replaying.unwrap_or(mark.len),
+            ..mark.clone()
+        })
     }
 }
 
@@ -498,6 +618,112 @@ mod tests {
 
     fn deliver(sink: &mut FileSink, batch: &Batch) -> Result<(), SinkError> {
         actix_rt::System::new().block_on(sink.deliver(batch))
+    }
+
+    /// A page of `n` events numbered from `first`.
+    fn page_from(first: u64, n: u64) -> Batch {
+        page_of(first..first + n)
+    }
+
+    /// A page of events numbered `ids`.
+    fn page_of(ids: impl Iterator<Item = u64>) -> Batch {
+        let events = ids
+            .map(|i| {
+                let mut fields = serde_json::Map::new();
+                fields.insert("i".into(), i.into());
+                Event::new(fields, Arc::from("s"), Arc::from("u"))
+            })
+            .collect();
+        Batch::new(Arc::from("s"), events)
+    }
+
+    /// After a restart, the pages delivered again that the file holds past its last commit
+    /// are taken as written, one after the other, and the first that differs ends it: it and
+    /// every page after it are appended. Only the file the replay names is replayed.
+    #[test]
+    fn pages_delivered_again_that_the_file_holds_past_its_commit_are_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (mut first, state) = sink_with_marks(dir.path(), &path);
+        let mut ends = Vec::new();
+        for k in 0..3 {
+            deliver(&mut first, &page_from(2 * k, 2)).unwrap();
+            ends.push(first.position().unwrap().len);
+        }
+        drop(first);
+        let written = std::fs::read_to_string(&path).unwrap();
+        let file = file_identity(&std::fs::metadata(&path).unwrap());
+        // Killed with only the first page committed: the next two are delivered again.
+        let restarted = || {
+            FileSink::new("f", &path)
+                .with_marks(&state)
+                .with_replay(Some(replay::Replay {
+                    file,
+                    from: ends[0],
+                }))
+        };
+        let mut sink = restarted();
+        deliver(&mut sink, &page_from(2, 2)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+        assert_eq!(
+            sink.position().unwrap().len,
+            ends[1],
+            "the commit records the match"
+        );
+        deliver(&mut sink, &page_from(4, 2)).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+        assert_eq!(sink.position().unwrap().len, ends[2]);
+        assert_eq!(sink.replaying, None, "the file's end: the replay is over");
+        deliver(&mut sink, &page_from(6, 1)).unwrap();
+        assert_eq!(lines_of(&path).len(), 7, "the next page is appended");
+        let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert_eq!(sink.position().unwrap().len, len(&path));
+        drop(sink);
+
+        // The page delivered again differs (the API sent it with a late row): it is appended,
+        // and the replay is over even for a page that would match after it.
+        let path_len = len(&path);
+        let mut sink = restarted();
+        deliver(&mut sink, &page_of([99, 2, 3].into_iter())).unwrap();
+        assert_eq!(sink.replaying, None);
+        deliver(&mut sink, &page_from(4, 2)).unwrap();
+        assert_eq!(lines_of(&path).len(), 7 + 3 + 2);
+        assert_eq!(sink.position().unwrap().len, len(&path));
+        assert!(len(&path) > path_len);
+        drop(sink);
+
+        // As a job starts in the same process (the fetcher before it panicked): the commits
+        // recorded less than the file holds, and the pages delivered again are matched too.
+        let held = std::fs::read_to_string(&path).unwrap();
+        let mut sink = restarted().with_replay(None);
+        deliver(&mut sink, &page_from(100, 1)).unwrap();
+        let committed = sink.position().unwrap();
+        deliver(&mut sink, &page_from(101, 2)).unwrap();
+        let end = sink.position().unwrap();
+        sink.resume(&[FileMark {
+            ino: 0,
+            ..committed.clone()
+        }]);
+        assert_eq!(sink.replaying, None, "another file's record");
+        sink.resume(std::slice::from_ref(&end));
+        assert_eq!(sink.replaying, None, "nothing past the commit");
+        sink.resume(std::slice::from_ref(&committed));
+        deliver(&mut sink, &page_from(101, 2)).unwrap();
+        assert_eq!(sink.position().unwrap(), end);
+        assert_eq!(sink.replaying, None);
+        let lines = |t: &str| t.lines().count();
+        assert_eq!(
+            lines(&std::fs::read_to_string(&path).unwrap()),
+            lines(&held) + 3
+        );
+        drop(sink);
+
+        // Another file under the path: nothing of it is taken for the pages delivered again.
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        std::fs::write(&path, &written).unwrap();
+        let mut sink = restarted();
+        deliver(&mut sink, &page_from(2, 2)).unwrap();
+        assert_eq!(lines_of(&path).len(), 6 + 2);
     }
 
     /// A sink recording its marks in a state directory under `dir`.

@@ -5,6 +5,7 @@ use crate::hook::panic_message;
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt as _;
+use msgtrace_storage::{FileMark, SinkPosition};
 use std::panic::AssertUnwindSafe;
 
 /// Why a sink could not take a batch.
@@ -41,6 +42,20 @@ pub trait Sink: Send + 'static {
     }
     /// Delivers one batch.
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>>;
+    /// The file the sink appends to and its length after the last delivery, recorded with the
+    /// commit that covers it ([`msgtrace_storage::positions`]). Only a sink whose file the engine
+    /// cuts back to that record on a restart gives one (msgtrace's `file` sink); `None` by
+    /// default.
+    fn position(&self) -> Option<FileMark> {
+        None
+    }
+    /// As a job starts: the greatest lengths the commits recorded for the sink's files. A sink
+    /// that gives positions compares the pages delivered again with what its file holds past
+    /// them instead of writing them twice (a fetcher that panicked, a commit that failed after
+    /// its page was delivered). Does nothing by default.
+    fn resume(&mut self, committed: &[FileMark]) {
+        let _ = committed;
+    }
     /// Flushes anything buffered (called on shutdown).
     fn flush(&mut self) -> LocalBoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async { Ok(()) })
@@ -53,10 +68,17 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Delivers one page's events; answered once the sink has them.
+/// Delivers one page's events; answered once the sink has them, with where its file then
+/// stands ([`Sink::position`]).
 #[derive(Message, Clone)]
-#[rtype(result = "Result<(), SinkError>")]
+#[rtype(result = "Result<Option<SinkPosition>, SinkError>")]
 pub struct Deliver(pub Batch);
+
+/// Tells the sink, as a job starts, how far the commits say its files hold rows
+/// ([`Sink::resume`]): every record, the sink takes its own.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resume(pub std::sync::Arc<Vec<SinkPosition>>);
 
 /// Flushes the sink.
 #[derive(Message)]
@@ -180,7 +202,7 @@ impl Actor for SinkActor {
 }
 
 impl Handler<Deliver> for SinkActor {
-    type Result = AtomicResponse<Self, Result<(), SinkError>>;
+    type Result = AtomicResponse<Self, Result<Option<SinkPosition>, SinkError>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) -> Self::Result {
         let name = self.name.clone();
@@ -211,7 +233,12 @@ impl Handler<Deliver> for SinkActor {
             }
             .into_actor(self)
             .map(|(sink, r), act, _| {
-                act.settle(sink, r, "; the page was not acknowledged and is given to it again")
+                act.settle(sink, r, "; the page was not acknowledged and is given to it again")?;
+                let file = act.sink.as_ref().and_then(|s| s.position());
+                Ok(file.map(|file| SinkPosition {
+                    sink: act.name.clone(),
+                    file,
+                }))
             }),
         ))
     }
@@ -224,6 +251,26 @@ impl Handler<Reopen> for SinkActor {
         // Deliveries are atomic responses: none is under way while this runs.
         if let Some(Err(e)) = self.sink.as_mut().map(|s| s.reopen()) {
             tracing::warn!(error = %e, "reload: the sink could not reopen; it tries again at its next page");
+        }
+    }
+}
+
+impl Handler<Resume> for SinkActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) {
+        // Deliveries are atomic responses: none is under way while this runs.
+        let own: Vec<FileMark> = msg
+            .0
+            .iter()
+            .filter(|p| p.sink == self.name)
+            .map(|p| p.file.clone())
+            .collect();
+        if let Some(s) = self.sink.as_mut() {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| s.resume(&own)));
+            if let Err(panic) = r {
+                tracing::error!(sink = %self.name, panic = %panic_message(&*panic), "the sink panicked when told its committed positions; it goes on without them");
+            }
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct SinkEntry {
     pub inputs: Vec<String>,
     /// What it reads of a batch ([`Sink::input`](crate::sink::Sink::input)).
     pub reads: SinkInput,
+    /// After a restart, the sink compares the pages delivered again with what its file holds
+    /// past the position the last commit recorded
+    /// ([`Sink::position`](crate::sink::Sink::position)), and does not write them twice.
+    pub replays: bool,
 }
 
 /// A source as the supervisor runs it.
@@ -342,6 +346,7 @@ impl Supervisor {
                 events: feeds().any(|s| s.reads == SinkInput::Events),
                 ndjson: feeds().any(|s| s.reads == SinkInput::Ndjson),
             },
+            replays: feeds().all(|s| s.replays),
             spec: entry.spec.clone(),
             store: self.store.clone(),
             auth: self.auth.clone(),

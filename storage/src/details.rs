@@ -131,6 +131,7 @@ impl Store {
         source: &str,
         entry: &DetailEntry,
         delivered: &[DetailRecordId],
+        positions: &[crate::SinkPosition],
         durable: bool,
     ) -> Result<bool> {
         use sled::Transactional;
@@ -138,8 +139,8 @@ impl Store {
         let prefix = records_prefix(source, entry);
         let records: Vec<Vec<u8>> = delivered.iter().map(|r| record_key(&prefix, r)).collect();
         let seen_value = record::encode_detail_seen();
-        let removed = (&self.details, &self.details_seen)
-            .transaction(|(backlog, seen)| {
+        let removed = (&self.details, &self.details_seen, &self.positions)
+            .transaction(|(backlog, seen, sink_positions)| {
                 let same = backlog
                     .get(&key)?
                     .and_then(|v| record::decode_detail_entry(&v).ok())
@@ -150,6 +151,7 @@ impl Store {
                 for k in &records {
                     seen.insert(k.as_slice(), seen_value.as_slice())?;
                 }
+                crate::positions::record_in(sink_positions, positions)?;
                 Ok(same)
             })
             .map_err(|e| self.transaction_err(e))?;
@@ -304,7 +306,7 @@ mod tests {
             .unwrap();
         assert!(store.details_known("s", &e).unwrap().is_empty());
         let delivered = [record("Receive", 0), record("Defer", 2)];
-        assert!(block_on(store.complete_details("s", &e, &delivered, true)).unwrap());
+        assert!(block_on(store.complete_details("s", &e, &delivered, &[], true)).unwrap());
         assert_eq!(store.details_backlog("s"), 0);
         let known = store.details_known("s", &e).unwrap();
         assert_eq!(known, delivered.iter().cloned().collect());
@@ -335,11 +337,12 @@ mod tests {
         // The re-read saw the change while the first request was under way: the entry stays
         // for the second request, the first one's records are known.
         add(&failed);
-        assert!(!block_on(store.complete_details("s", &pending, &first, false)).unwrap());
+        assert!(!block_on(store.complete_details("s", &pending, &first, &[], false)).unwrap());
         assert_eq!(store.details_pending("s", 9).unwrap(), vec![failed.clone()]);
         assert_eq!(store.details_known("s", &failed).unwrap().len(), 2);
         assert!(
-            block_on(store.complete_details("s", &failed, &[record("Fail", 9)], false)).unwrap()
+            block_on(store.complete_details("s", &failed, &[record("Fail", 9)], &[], false))
+                .unwrap()
         );
         assert_eq!(store.details_backlog("s"), 0);
         assert_eq!(store.details_known("s", &failed).unwrap().len(), 3);
@@ -351,12 +354,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         for (h, trace) in [(1, "old"), (3, "new")] {
             let e = entry(h, trace, "Failed");
-            block_on(store.complete_details("s", &e, &[record("Fail", 1)], false)).unwrap();
+            block_on(store.complete_details("s", &e, &[record("Fail", 1)], &[], false)).unwrap();
         }
         block_on(store.complete_details(
             "u",
             &entry(1, "old", "Failed"),
             &[record("Fail", 1)],
+            &[],
             false,
         ))
         .unwrap();

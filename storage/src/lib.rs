@@ -9,6 +9,7 @@
 //! | `meta` | `schema` | the layout version of the directory (checked at open) |
 //! | `secrets` | secret name | an encrypted secret, versioned by its owner (`msgtrace::secrets`) through [`Store::put_raw`] |
 //! | `details`, `details_seen` | see [`details`] | the details backlog and the identities of the detail records delivered |
+//! | `sink_positions` | `<sink id>\0<file identity>` | how far a file sink's file holds committed rows ([`positions`]) |
 //!
 //! Beside the database, the marker [`layout::MARKER`] says that the directory holds a database
 //! (so that one emptied or deleted is refused, not silently started over), `sinks/` how far
@@ -23,6 +24,7 @@ pub mod details;
 pub mod dump;
 pub mod layout;
 pub mod marks;
+pub mod positions;
 pub mod record;
 pub mod spool;
 
@@ -31,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use details::{DetailEntry, DetailRecordId};
+pub use positions::SinkPosition;
 pub use record::{Checkpoint, FileMark, InFlight, JobKind, JobRecord, JobState, TaskRecord};
 pub use spool::Spool;
 
@@ -131,6 +134,7 @@ pub struct Store {
     seen: sled::Tree,
     details: sled::Tree,
     details_seen: sled::Tree,
+    positions: sled::Tree,
     flushes: Arc<FlushGate>,
 }
 
@@ -161,6 +165,8 @@ pub struct Commit<'a> {
     /// Rows delivered whose details are to be fetched: added to the details backlog
     /// ([`details`]) with the page's checkpoint, so that a crash loses neither or repeats both.
     pub details: &'a [DetailEntry],
+    /// Where the file sinks' files stood after the pages this commit covers ([`positions`]).
+    pub positions: &'a [SinkPosition],
 }
 
 /// A delivered row in the identity index: its identity, received time and status.
@@ -238,6 +244,7 @@ impl Store {
         let seen = db.open_tree(SEEN).map_err(sled_err)?;
         let details = db.open_tree(DETAILS).map_err(sled_err)?;
         let details_seen = db.open_tree(DETAILS_SEEN).map_err(sled_err)?;
+        let positions = db.open_tree(positions::SINK_POSITIONS).map_err(sled_err)?;
         let meta = db.open_tree(META).map_err(sled_err)?;
         match meta.get("schema").map_err(sled_err)? {
             None if had_database => return Err(StorageError::Lost { dir }),
@@ -275,6 +282,7 @@ impl Store {
             seen,
             details,
             details_seen,
+            positions,
             flushes: Arc::default(),
         })
     }
@@ -351,8 +359,14 @@ impl Store {
                 )
             })
             .collect();
-        (&self.checkpoints, &self.jobs, &self.seen, &self.details)
-            .transaction(|(cps, jobs, seen_tree, backlog)| {
+        (
+            &self.checkpoints,
+            &self.jobs,
+            &self.seen,
+            &self.details,
+            &self.positions,
+        )
+            .transaction(|(cps, jobs, seen_tree, backlog, positions)| {
                 if let Some((k, v)) = &cp {
                     cps.insert(k.as_slice(), v.as_slice())?;
                 }
@@ -365,7 +379,7 @@ impl Store {
                 for (k, v) in &details {
                     backlog.insert(k.as_slice(), v.as_slice())?;
                 }
-                Ok(())
+                positions::record_in(positions, commit.positions)
             })
             .map_err(|e| self.transaction_err(e))
     }
@@ -885,6 +899,7 @@ mod tests {
                                     job: Some(&job),
                                     seen: &[],
                                     details: &[],
+                                    positions: &[],
                                 },
                                 true,
                             )

@@ -103,6 +103,7 @@ async fn row_details(
     let n = events.len() as u64;
     let plan = PagePlan::for_details(env);
     let mut rows = 0;
+    let mut positions = Vec::new();
     if let Some(batch) = into_batch(&plan, events, false, &mut rows)? {
         let mut nothing_ahead = None;
         let hold = delivery.hold.then_some(Hold {
@@ -110,12 +111,14 @@ async fn row_details(
             deadline: delivery.deadline,
             ahead: &mut nothing_ahead,
         });
-        if let Some(e) = deliver(env, batch, hold).await? {
+        let taken = deliver(env, batch, hold).await?;
+        if let Some(e) = taken.refusal {
             debug!(error = %e, "a sink refused detail events for a while; they were held and delivered");
         }
+        positions = taken.positions;
     }
     env.store
-        .complete_details(&spec.id, entry, &delivered, spec.durable)
+        .complete_details(&spec.id, entry, &delivered, &positions, spec.durable)
         .await
         .map_err(FetchError::Details)?;
     crate::telemetry::detail_events(&spec.id, n);
@@ -234,7 +237,7 @@ async fn give_up(
         "the API refused the details of a row for good; the row leaves the backlog without them"
     );
     env.store
-        .complete_details(&env.spec.id, entry, &[], env.spec.durable)
+        .complete_details(&env.spec.id, entry, &[], &[], env.spec.durable)
         .await
         .map_err(FetchError::Details)?;
     done.given_up += 1;

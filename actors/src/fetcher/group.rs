@@ -50,6 +50,9 @@ pub(super) struct Group {
     pub(super) totals: (u64, u64),
     /// A page of the group went to the sinks unsynced, and no synced batch has followed it.
     pub(super) unsynced: bool,
+    /// Where the sinks' files stood after each page ([`SinkPosition`]), recorded with the
+    /// commit.
+    pub(super) positions: Vec<SinkPosition>,
 }
 
 impl Group {
@@ -58,14 +61,15 @@ impl Group {
         self.pages.len()
     }
 
-    /// Adds a settled page (`synced`: its batch went to the sinks synced, which makes every
-    /// page before it durable too; a page without rows sends nothing and changes nothing).
+    /// Adds a settled page (`delivered`: whether its batch went to the sinks synced, which
+    /// makes every page before it durable too, and where their files then stood; a page without
+    /// rows sends nothing and changes nothing).
     pub(super) fn add(
         &mut self,
         url: &str,
         page: PageAdds,
         (mark, totals): (Mark, (u64, u64)),
-        delivered: Option<bool>,
+        delivered: Option<(bool, Vec<SinkPosition>)>,
     ) {
         self.pages.push((url.to_owned(), page.rows));
         self.marks.push(mark);
@@ -73,10 +77,9 @@ impl Group {
         self.dropped += page.dropped;
         self.seen.extend(page.seen);
         self.details.extend(page.details);
-        match delivered {
-            Some(true) => self.unsynced = false,
-            Some(false) => self.unsynced = true,
-            None => {}
+        if let Some((synced, positions)) = delivered {
+            self.unsynced = !synced;
+            self.positions.extend(positions);
         }
     }
 
@@ -147,12 +150,22 @@ mod tests {
     #[test]
     fn a_group_is_unsynced_from_an_unsynced_page_until_a_synced_one() {
         let mut g = Group::default();
-        g.add("a", adds(5), (Mark::Unchanged, (1, 5)), Some(false));
+        g.add(
+            "a",
+            adds(5),
+            (Mark::Unchanged, (1, 5)),
+            Some((false, Vec::new())),
+        );
         assert!(g.unsynced);
         // A page without rows sent nothing: the group stays unsynced.
         g.add("b", adds(0), (Mark::Unchanged, (2, 5)), None);
         assert!(g.unsynced);
-        g.add("c", adds(7), (Mark::Unchanged, (3, 12)), Some(true));
+        g.add(
+            "c",
+            adds(7),
+            (Mark::Unchanged, (3, 12)),
+            Some((true, Vec::new())),
+        );
         assert!(!g.unsynced);
         assert_eq!((g.len(), g.rows(), g.dropped), (3, 12, 3));
         assert_eq!((g.marks.len(), g.totals), (3, (3, 12)));

@@ -49,6 +49,7 @@ pub async fn collect(
         }),
         Err(e) => return end_job(&env, job, JobState::Failed, Some(e.to_string())).await,
     };
+    resume_sinks(&env);
     // Pages fetched but not committed are kept here; a run that resumes this cursor after a
     // crash takes them from here instead of requesting them again.
     let spool = Arc::new(env.store.spool(&cursor_name));
@@ -62,6 +63,7 @@ pub async fn collect(
         deadline,
         hold: kind == JobKind::Scheduled,
         claim,
+        flushing: None,
     };
     let tasks = match run.plan(&window, backfill.as_ref(), now) {
         Ok(tasks) => tasks,
@@ -133,6 +135,8 @@ pub(super) struct JobRun {
     pub(super) hold: bool,
     /// `[cluster]`: the claim of the source this job commits under (taken at its start).
     pub(super) claim: Option<crate::cluster::fence::Claim>,
+    /// The last commit, when its flush runs behind the next page's delivery ([`Flushing`]).
+    pub(super) flushing: Option<Flushing>,
 }
 
 impl JobRun {

@@ -41,14 +41,14 @@ use crate::dialect::{self, Api, Page};
 use crate::event::{Batch, Event, EventMeta, Ndjson, PageKey};
 use crate::http::{self, HttpError};
 use crate::retry::Failure;
-use crate::sink::{Deliver, FlushSink, SinkActor};
+use crate::sink::{Deliver, FlushSink, Resume, SinkActor};
 use crate::spec::SourceSpec;
 use crate::window::{self, SliceTask};
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use msgtrace_storage::{
-    Checkpoint, Commit, DetailEntry, InFlight, JobKind, JobRecord, JobState, SeenEntry, Spool,
-    Store, TaskRecord,
+    Checkpoint, Commit, DetailEntry, InFlight, JobKind, JobRecord, JobState, SeenEntry,
+    SinkPosition, Spool, Store, TaskRecord,
 };
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,6 +60,7 @@ mod client;
 mod deliver;
 mod details;
 mod error;
+mod flushing;
 mod group;
 mod job;
 mod passthrough;
@@ -73,6 +74,7 @@ use client::*;
 use deliver::*;
 use error::Stop;
 pub use error::{CancelReason, FetchError, Kind};
+use flushing::*;
 use group::*;
 pub use job::collect;
 use job::*;
@@ -105,6 +107,10 @@ pub struct FetcherEnv {
     pub shared: Shared,
     /// What the source's sinks read of a batch.
     pub reads: Reads,
+    /// Every sink of the source replays: after a restart it does not write twice the pages it
+    /// holds past the position its last commit recorded (see `flushing.rs`), so a commit's
+    /// flush may run behind the next page's delivery.
+    pub replays: bool,
     /// Told when a commit adds rows to the details backlog (the scheduled mode's detail worker
     /// waits for it).
     pub details_wake: tokio::sync::Notify,

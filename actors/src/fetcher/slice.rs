@@ -29,12 +29,15 @@ pub(super) async fn collect_slice(
     // Pages delivered and not yet committed (their next page was already in).
     let mut group = Group::default();
     let outcome = pages(run, (i, task), &mut slice, &mut group).await;
+    // The last commit's flush, if it still runs behind: the slice is over when it is done.
+    let flushed = settle_flushing(run).await;
     if outcome.is_err() && group.len() > 0 {
         if let Err(e) = commit(run, i, task, std::mem::take(&mut group)).await {
             warn!(error = %e, "the pages delivered before the slice stopped could not be committed; they are delivered again");
         }
     }
-    outcome
+    outcome?;
+    Ok(flushed?)
 }
 
 /// The slice's pages: fetched (or taken from those fetched ahead), made ready, settled.
@@ -133,9 +136,9 @@ async fn settle(
             reread: task.reread,
         }));
         batch.sync = !defer;
-        hand_over(run, batch, prefetched).await?;
+        let positions = hand_over(run, batch, prefetched).await?;
         tracing::trace!(synced = !defer, "page delivered");
-        delivered = Some(!defer);
+        delivered = Some((!defer, positions));
     }
     if let Step::Requery(why) = &step {
         abandoned(&env, &mut run.job, i, slice.progress(), why);
@@ -181,28 +184,30 @@ fn take(
 }
 
 /// Delivers a page's batch to the sinks; a scheduled job holds it while a sink refuses it
-/// (dropping the pages fetched ahead), and the refusal is recorded in the job.
+/// (dropping the pages fetched ahead), and the refusal is recorded in the job. Returns where
+/// the sinks' files stood after it.
 async fn hand_over(
     run: &mut JobRun,
     batch: Batch,
     prefetched: &mut Option<Prefetch>,
-) -> Result<(), Stop> {
+) -> Result<Vec<SinkPosition>, Stop> {
     let hold = run.hold.then_some(Hold {
         cancel: &run.cancel,
         deadline: run.deadline,
         ahead: prefetched,
     });
-    if let Some(e) = deliver(&run.env, batch, hold).await? {
+    let delivered = deliver(&run.env, batch, hold).await?;
+    if let Some(e) = delivered.refusal {
         run.job.errors.push(format!(
             "a sink refused a page for a while (the page was held and delivered again): {e}"
         ));
     }
-    Ok(())
+    Ok(delivered.positions)
 }
 
 /// After a page's commit: its body leaves the spool, the metrics and the page hook hear of it
 /// (with the job's pages and rows up to this page).
-fn committed(
+pub(super) fn committed(
     env: &FetcherEnv,
     spool: Option<&Arc<Spool>>,
     url: &str,
@@ -289,6 +294,7 @@ async fn commit(
     task: &SliceTask,
     group: Group,
 ) -> Result<(), FetchError> {
+    settle_flushing(run).await?;
     if group.unsynced {
         flush_sinks(&run.env).await?;
     }
@@ -317,19 +323,19 @@ async fn commit(
     let t = &mut job.tasks[i];
     (t.pages, t.rows) = group.totals;
     t.dropped += group.dropped;
-    persist(run, !task.reread, Some(&group)).await?;
-    let spec = &run.env.spec;
-    debug!(page = group.totals.0, pages, rows, "page committed");
-    let spool = (!task.reread).then_some(&run.spool);
-    // The job's totals after each page of the group, as if each had been committed alone.
-    let mut so_far = (job_totals.0 - pages, job_totals.1 - rows);
-    for (url, rows) in &group.pages {
-        so_far = (so_far.0 + 1, so_far.1 + rows);
-        committed(&run.env, spool, url, *rows, so_far);
-    }
-    if !group.details.is_empty() {
-        crate::telemetry::details_backlog(&spec.id, run.env.store.details_backlog(&spec.id));
-        run.env.details_wake.notify_waiters();
+    let behind = flush_behind(&run.env);
+    persist(run, !task.reread, Some(&group), !behind).await?;
+    debug!(page = group.totals.0, pages, rows, behind, "page committed");
+    let then = Announce {
+        before: (job_totals.0 - pages, job_totals.1 - rows),
+        spool: (!task.reread).then(|| run.spool.clone()),
+        details: !group.details.is_empty(),
+        pages: group.pages,
+    };
+    if behind {
+        run.flushing = Some(Flushing::start(&run.env.store, then));
+    } else {
+        then.announce(&run.env);
     }
     Ok(())
 }
@@ -337,15 +343,21 @@ async fn commit(
 /// Records in the checkpoint that the slice is under way, before its first page
 /// ([`SliceRun::starting`]).
 async fn mark_started(run: &mut JobRun, started: InFlight) -> Result<(), FetchError> {
+    settle_flushing(run).await?;
     run.cp.in_flight = Some(started);
-    persist(run, true, None).await
+    persist(run, true, None, true).await
 }
 
 /// Writes the job's checkpoint (unless `checkpoint` is false: a re-read leaves it alone) and,
 /// for a committed `group`, the job record and the group's index and backlog entries: with
 /// `[cluster]` the checkpoint first to etcd, fenced by the job's claim, then everything to the
-/// state directory in one transaction, durable as configured.
-async fn persist(run: &JobRun, checkpoint: bool, group: Option<&Group>) -> Result<(), FetchError> {
+/// state directory in one transaction, durable as configured (and waited for when `flush`).
+async fn persist(
+    run: &JobRun,
+    checkpoint: bool,
+    group: Option<&Group>,
+    flush: bool,
+) -> Result<(), FetchError> {
     let spec = &run.env.spec;
     if let (true, Some(cluster), Some(claim)) = (checkpoint, &run.env.cluster, &run.claim) {
         cluster
@@ -362,8 +374,9 @@ async fn persist(run: &JobRun, checkpoint: bool, group: Option<&Group>) -> Resul
                 job: group.map(|_| &run.job),
                 seen: group.map_or(&[], |g| &g.seen),
                 details: group.map_or(&[], |g| &g.details),
+                positions: group.map_or(&[], |g| &g.positions),
             },
-            spec.durable,
+            spec.durable && flush,
         )
         .await
         .map_err(FetchError::Checkpoint)
