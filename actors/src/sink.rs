@@ -43,9 +43,9 @@ pub trait Sink: Send + 'static {
     /// Delivers one batch.
     fn deliver<'a>(&'a mut self, batch: &'a Batch) -> LocalBoxFuture<'a, Result<(), SinkError>>;
     /// The file the sink appends to and its length after the last delivery, recorded with the
-    /// commit that covers it ([`msgtrace_storage::positions`]). Only a sink whose file the engine
-    /// cuts back to that record on a restart gives one (msgtrace's `file` sink); `None` by
-    /// default.
+    /// commit that covers it ([`msgtrace_storage::positions`]). Only a sink that, after a
+    /// restart, recognises the pages it holds past that record when they are delivered again
+    /// gives one (msgtrace's `file` sink); `None` by default.
     fn position(&self) -> Option<FileMark> {
         None
     }
