@@ -258,36 +258,47 @@ impl FileSink {
         Some(r.from)
     }
 
-    /// Whether the file holds exactly `bytes` at `at` (read a block at a time: a page that
-    /// differs is told from its first block).
-    fn holds(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<bool> {
+    /// How many of `bytes` the file holds at `at`, from the first: up to the first byte that
+    /// differs or the file's end (read a block at a time: a page that differs is told from its
+    /// first block); and whether it is the file's end that stopped it.
+    fn held_prefix(&mut self, at: u64, bytes: &[u8]) -> std::io::Result<(usize, bool)> {
         let f = self.file.as_mut().expect("opened by prepare");
-        if f.metadata()?.len() < at + bytes.len() as u64 {
-            return Ok(false);
-        }
+        let len = f.metadata()?.len();
+        let there = usize::try_from(len.saturating_sub(at))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         f.seek(SeekFrom::Start(at))?;
-        let mut held = vec![0u8; bytes.len().min(64 * 1024)];
-        for want in bytes.chunks(held.len().max(1)) {
-            let held = &mut held[..want.len()];
-            f.read_exact(held)?;
-            if held != want {
-                return Ok(false);
+        let mut held = vec![0u8; there.clamp(1, 64 * 1024)];
+        let mut k = 0;
+        while k < there {
+            let n = (there - k).min(held.len());
+            f.read_exact(&mut held[..n])?;
+            if let Some(i) = held[..n]
+                .iter()
+                .zip(&bytes[k..k + n])
+                .position(|(a, b)| a != b)
+            {
+                return Ok((k + i, false));
             }
+            k += n;
         }
-        Ok(true)
+        Ok((k, at + k as u64 == len))
     }
 
-    /// While replaying: whether `bytes` are the file's next ones past the last commit, then
-    /// taken as written: synced as a write would be (`sync`). The first page that is not ends
-    /// the replay.
-    fn replayed(&mut self, bytes: &[u8], sync: bool) -> Result<bool, SinkError> {
+    /// While replaying: how many of the page's `bytes`, from the first, the file holds already
+    /// past its last commit, and so are not written again. All of them: the page is taken as
+    /// written, synced as a write would be (`sync`), and the next page compared after it. A
+    /// first part of them up to the file's end (the page a kill cut short, its torn line cut
+    /// at the opening): the rest is written after it, and the replay is over. A byte that
+    /// differs: none, and the replay is over.
+    fn replayed(&mut self, bytes: &[u8], sync: bool) -> Result<usize, SinkError> {
         let Some(at) = self.replaying else {
-            return Ok(false);
+            return Ok(0);
         };
-        if self
-            .holds(at, bytes)
-            .map_err(|e| self.err("cannot read", e))?
-        {
+        let (held, at_end) = self
+            .held_prefix(at, bytes)
+            .map_err(|e| self.err("cannot read", e))?;
+        if held == bytes.len() {
             if self.fsync && sync {
                 let f = self.file.as_ref().expect("opened by prepare");
                 f.sync_data()
@@ -300,11 +311,18 @@ impl FileSink {
             let end = self.mark.as_ref().map_or(0, |m| m.len);
             self.replaying = (next < end).then_some(next);
             tracing::debug!(sink = %self.name, bytes = bytes.len(), "a page delivered again was in the file already");
-            return Ok(true);
+            return Ok(held);
         }
         self.replaying = None;
+        if at_end {
+            // The file ends with this page's first part: its rest follows it, with no newline
+            // before it (the line the file ends in, if any, is this page's).
+            self.newline_first = false;
+            tracing::info!(sink = %self.name, file = %self.path.display(), bytes = held, "a page delivered again was in the file in part (a kill cut its write short): the rest of it is appended");
+            return Ok(held);
+        }
         tracing::info!(sink = %self.name, file = %self.path.display(), "a page delivered again differs from what the file holds past its last commit: it and the pages after it are appended (the rest of what the file held there stays, delivered twice)");
-        Ok(false)
+        Ok(0)
     }
 
     /// Opens the file for appending (its directory created, a symbolic link refused, a new file
@@ -497,13 +515,17 @@ impl Sink for FileSink {
         tracing::trace!("file sink: page in");
         let mut buf = std::mem::take(&mut self.buf);
         let bytes = batch.ndjson(&mut buf);
-        // A page the file holds already adds nothing to it: compared before any rotation.
+        // What the file holds of the page already is not written again: compared before any
+        // rotation, which would split the page.
         let r = self.open().and_then(|()| {
-            if self.replayed(bytes, batch.sync)? {
+            let held = self.replayed(bytes, batch.sync)?;
+            if held == bytes.len() {
                 return Ok(());
             }
-            self.prepare(bytes.len())?;
-            self.write(bytes, batch.sync)
+            if held == 0 {
+                self.prepare(bytes.len())?;
+            }
+            self.write(&bytes[held..], batch.sync)
         });
         self.buf = buf;
         release_if_large(&mut self.buf);
@@ -635,6 +657,47 @@ mod tests {
             })
             .collect();
         Batch::new(Arc::from("s"), events)
+    }
+
+    /// A page whose write a kill cut short (its torn line cut at the opening) is completed by
+    /// its delivery again: the file holds each row once, in order.
+    #[test]
+    fn a_page_the_file_holds_in_part_is_completed_not_written_again_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.ndjson");
+        let (mut first, state) = sink_with_marks(dir.path(), &path);
+        deliver(&mut first, &page_from(0, 2)).unwrap();
+        let committed = first.position().unwrap().len;
+        deliver(&mut first, &page_from(2, 2)).unwrap();
+        drop(first);
+        // The next page's write, cut short by the kill: one line whole, the next torn.
+        let whole = {
+            let mut buf = Vec::new();
+            page_from(4, 3).ndjson(&mut buf).to_vec()
+        };
+        let torn = whole.iter().position(|b| *b == b'\n').unwrap() + 4;
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&whole[..torn]).unwrap();
+        drop(f);
+        let file = file_identity(&std::fs::metadata(&path).unwrap());
+        let mut sink = FileSink::new("f", &path)
+            .with_marks(&state)
+            .with_replay(Some(replay::Replay {
+                file,
+                from: committed,
+            }));
+        deliver(&mut sink, &page_from(2, 2)).unwrap();
+        deliver(&mut sink, &page_from(4, 3)).unwrap();
+        assert_eq!(sink.replaying, None);
+        let ids: Vec<u64> = lines_of(&path)
+            .iter()
+            .map(|v| v["i"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, (0..7).collect::<Vec<_>>());
+        assert_eq!(
+            sink.position().unwrap().len,
+            std::fs::metadata(&path).unwrap().len()
+        );
     }
 
     /// After a restart, the pages delivered again that the file holds past its last commit
