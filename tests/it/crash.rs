@@ -1,6 +1,6 @@
 //! Crash test: the collector runs as a child process and is killed with SIGKILL at random
 //! moments, then restarted, many times over one collection. At the end every expected row is
-//! present; duplicates come only from pages in flight at a kill (at most one page per kill).
+//! present, and none twice: the file sink does not write again the pages in flight at a kill.
 //! The machinery ([`crash_run`], [`crash_collect`], [`kill_repeatedly`]) is in `common.rs`:
 //! the details test runs it too, and `archive.rs` runs the same collection into an object store,
 //! where even the pages in flight at a kill are overwritten, not doubled.

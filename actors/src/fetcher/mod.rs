@@ -5,7 +5,10 @@
 //! fetch → parse → deliver to every sink → every sink acknowledges → write checkpoint and job
 //! record (one sled transaction) → `flush_async().await` → deliver the next page.
 //! A crash anywhere before the flush completes means the page is fetched again on restart
-//! (a duplicate, never a loss); a crash after it means the page is not fetched again.
+//! (a duplicate, never a loss); a crash after it means the page is not fetched again. When
+//! every sink of the source is a `file` sink, the flush runs while the next page is delivered
+//! ([`flushing`]), and the file sink does not write twice the pages a kill left past the last
+//! commit.
 //!
 //! With [`SourceSpec::commit_group`] above 1 (not the default, [`COMMIT_GROUP_PAGES`]), pages
 //! that arrive back to back are committed together ([`group`]): all but the last are delivered
@@ -21,7 +24,8 @@
 //! Each body is kept in the cursor's spool ([`Spool`]) as soon as it arrives, before the request
 //! for the page after it goes out, and removed once its page is committed; a run that resumes
 //! after a crash takes the pages it finds there instead of requesting them. So a crash delivers
-//! at most one page twice (the one being committed; one commit group with groups on) and
+//! at most one page twice into other sinks (the one being committed; one commit group with
+//! groups on), none into `file` sinks, and
 //! requests at most one page twice (the one whose request was outstanding). Re-read slices bypass the spool ([`PageUse`]).
 //!
 //! The thread that parses a page also makes it ready ([`make_ready`]: events, pipeline hooks,
